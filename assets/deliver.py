@@ -1,0 +1,159 @@
+"""Deliver assets of one target list: pull unsubscribes and bounces back, push only what changed
+(X2), then send tracking events; mail an error report when members are refused (C6).
+"""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from assets import naming
+from memberflow import delivery, model
+from memberflow.config import Integration
+from resources.base import TargetClient, UpsertFlags
+from resources.mailer import ErrorReportMailer
+
+
+class DeliverConfig(dg.Config):
+    """Per-run overrides of the integration's import settings (C5); None keeps the file's value."""
+
+    reimport_unsubscribed: bool | None = None
+    send_optin: bool | None = None
+    send_automations: bool | None = None
+
+
+def delivery_settings(
+    integration: Integration, run_id: str, config: DeliverConfig | None = None
+) -> delivery.DeliverySettings:
+    imp = integration.import_
+    config = config or DeliverConfig()
+
+    def pick(override: bool | None, default: bool) -> bool:
+        return default if override is None else override
+
+    return delivery.DeliverySettings(
+        list_id=integration.target.list_id,
+        match_on=integration.match_on,
+        import_type=imp.type.value,
+        reimport_unsubscribed=pick(config.reimport_unsubscribed, imp.reimport_unsubscribed),
+        flags=UpsertFlags(
+            send_optin=pick(config.send_optin, imp.send_optin),
+            send_automations=pick(config.send_automations, imp.send_automations),
+            send_webhooks=imp.send_webhooks,
+        ),
+        tracking_id=getattr(integration.target, "tracking_id", None),
+        run_id=run_id,
+    )
+
+
+def build_deliver_assets(
+    list_key: str, integrations: list[Integration], feeds: list[model.Feed]
+) -> list[dg.AssetsDefinition]:
+    warehouse_key = naming.warehouse_resource_key(list_key)
+    target_key = naming.target_resource_key(list_key)
+    first = integrations[0]
+    fields = model.member_fields(feeds)
+    columns = model.event_columns(feeds)
+    report_to = sorted(
+        {i.import_.error_report_to for i in integrations if i.import_.error_report_to}
+    )
+    members_delivered = naming.list_asset_key(list_key, "members_delivered")
+
+    @dg.asset(
+        key=members_delivered,
+        group_name=list_key,
+        deps=[naming.list_asset_key(list_key, "members")],
+        description=(
+            f"Members pushed to {first.target.kind} list {first.target.list_id}: first the list's "
+            "unsubscribes and bounces are pulled back, then only new or changed members are "
+            "sent (X2); a mapped field missing on the list stops delivery before any send (C7)."
+        ),
+        required_resource_keys={warehouse_key, target_key, "mailer"},
+        pool=naming.pool(list_key),
+        kinds={first.target.kind},
+        tags={"memberflow/stage": "deliver"},
+    )
+    def _members_delivered(
+        context: dg.AssetExecutionContext, config: DeliverConfig
+    ) -> dg.MaterializeResult:
+        settings = delivery_settings(first, context.run_id, config)
+        warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
+        client: TargetClient = getattr(context.resources, target_key).client()
+        try:
+            list_fields = delivery.check_mapping(client, settings.list_id, fields)
+            with warehouse.get_connection() as conn:
+                pulled = delivery.pull_feedback(conn, client, settings.list_id, settings.match_on)
+                report = delivery.deliver_members(conn, client, settings, fields, list_fields)
+        finally:
+            client.close()
+        _mail_report(context, report_to, settings, report)
+        if report.transient_errors:
+            raise dg.Failure(
+                description=f"{len(report.transient_errors)} member(s) could not be sent after "
+                "retries; acknowledged ones are recorded and will not be resent",
+                metadata={"first_errors": report.transient_errors[:5]},
+            )
+        return dg.MaterializeResult(
+            metadata={
+                **report.counts(),
+                "dagster/row_count": report.created + report.updated,
+                "pulled_back": pulled,
+                "api_calls": client.calls.total,
+                "api_calls_by_endpoint": client.calls.by_endpoint(),
+                "refused_sample": dg.MetadataValue.json(report.refused[:10]),
+            }
+        )
+
+    @dg.asset(
+        key=naming.list_asset_key(list_key, "events_delivered"),
+        group_name=list_key,
+        deps=[naming.list_asset_key(list_key, "tracking_events"), members_delivered],
+        description=(
+            "Tracking events not sent before, for members on the list, sent in the target's bulk "
+            "import (activity feed); refused rows are quarantined with the target's reason."
+        ),
+        required_resource_keys={warehouse_key, target_key},
+        pool=naming.pool(list_key),
+        kinds={first.target.kind},
+        tags={"memberflow/stage": "deliver"},
+    )
+    def _events_delivered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        settings = delivery_settings(first, context.run_id)
+        warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
+        client: TargetClient = getattr(context.resources, target_key).client()
+        try:
+            with warehouse.get_connection() as conn:
+                counts = delivery.deliver_events(conn, client, settings, columns)
+        finally:
+            client.close()
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": counts["sent"],
+                **counts,
+                "api_calls": client.calls.total,
+            }
+        )
+
+    return [_members_delivered, _events_delivered]
+
+
+def _mail_report(
+    context: dg.AssetExecutionContext,
+    report_to: list[str],
+    settings: delivery.DeliverySettings,
+    report: delivery.MemberReport,
+) -> None:
+    failed = report.refused + [{"match_key": "", "reason": e} for e in report.transient_errors]
+    if not failed or not report_to:
+        return
+    mailer: ErrorReportMailer = context.resources.mailer
+    summary = (
+        f"memberflow run {context.run_id}: {len(failed)} member(s) were not imported into list "
+        f"{settings.list_id}. Counts: {report.counts()}"
+    )
+    for address in report_to:
+        sent = mailer.send_report(
+            address, f"memberflow: import errors on list {settings.list_id}", summary, failed
+        )
+        if sent:
+            context.log.info(f"error report with {len(failed)} member(s) mailed to {address}")
+        else:
+            context.log.warning("error report not mailed: MEMBERFLOW_SMTP_HOST is not set")

@@ -1,0 +1,103 @@
+"""Model assets of one target list: `members` and `tracking_events`, across every integration that
+feeds the list (X6), rebuilt in DuckDB SQL from the staged tables.
+"""
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from assets import naming
+from memberflow import model
+from memberflow.config import Integration
+
+UNIQUE_CHECK = "one_row_per_match_key"
+
+
+def build_model_assets(
+    list_key: str, integrations: list[Integration], feeds: list[model.Feed]
+) -> list[dg.AssetsDefinition]:
+    warehouse_key = naming.warehouse_resource_key(list_key)
+    members_key = naming.list_asset_key(list_key, "members")
+    member_deps = [
+        naming.staged_key(i, f.members.entity) for i, f in zip(integrations, feeds, strict=True)
+    ]
+    event_deps = [
+        naming.staged_key(i, m.entity)
+        for i, f in zip(integrations, feeds, strict=True)
+        for m in f.events
+    ]
+    names = ", ".join(f"`{i.name}`" for i in integrations)
+
+    @dg.asset(
+        key=members_key,
+        group_name=list_key,
+        deps=member_deps,
+        description=(
+            f"One row per match key ({integrations[0].match_on}) for list "
+            f"{integrations[0].target.list_id}, merged from {names}. Per field the non-empty "
+            "value of the most recently modified source record wins (X6); a consent withdrawn "
+            "at a source marks the member withdrawn."
+        ),
+        required_resource_keys={warehouse_key},
+        pool=naming.pool(list_key),
+        kinds={"duckdb"},
+        tags={"memberflow/stage": "model"},
+        check_specs=[dg.AssetCheckSpec(UNIQUE_CHECK, asset=members_key, blocking=True)],
+    )
+    def _members(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
+        with warehouse.get_connection() as conn:
+            counts = model.build_members(conn, feeds)
+            dupes = conn.execute(
+                "SELECT count(*) - count(DISTINCT match_key) FROM members"
+            ).fetchone()[0]
+            sample = conn.execute(
+                "SELECT match_key, sources, source_records, withdrawn FROM members "
+                "ORDER BY len(sources) DESC, match_key LIMIT 5"
+            ).df()
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": counts["members"],
+                "merged_across_sources": counts["merged_across_sources"],
+                "source_records": counts["source_records"],
+                "withdrawn": counts["withdrawn"],
+                "preview": dg.MetadataValue.md(sample.to_markdown(index=False)),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=UNIQUE_CHECK,
+                    passed=dupes == 0,
+                    metadata={"duplicate_keys": int(dupes)},
+                )
+            ],
+        )
+
+    @dg.asset(
+        key=naming.list_asset_key(list_key, "tracking_events"),
+        group_name=list_key,
+        deps=[*event_deps, members_key],
+        description=(
+            "Every staged event (journal line, ticket, order ticket) whose customer is a member "
+            "of the list, with the member's match key; events of non-members are counted, not sent."
+        ),
+        required_resource_keys={warehouse_key},
+        pool=naming.pool(list_key),
+        kinds={"duckdb"},
+        tags={"memberflow/stage": "model"},
+    )
+    def _tracking_events(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
+        with warehouse.get_connection() as conn:
+            counts = model.build_tracking_events(conn, feeds)
+            by_source = conn.execute(
+                "SELECT integration, entity, count(*) AS events FROM tracking_events "
+                "GROUP BY ALL ORDER BY ALL"
+            ).df()
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": counts["events"],
+                "events_without_member": counts["without_member"],
+                "by_source": dg.MetadataValue.md(by_source.to_markdown(index=False)),
+            }
+        )
+
+    return [_members, _tracking_events]

@@ -1,0 +1,225 @@
+"""Integration files: one YAML file per integration, validated strictly on load.
+
+An error names the file, the key and what was expected, so a typo fails at load instead of
+silently changing what a sync does. Unknown keys are errors. Credentials appear only as the names
+of environment variables (C2).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from resources.registry import SourceSection, TargetSection
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+INTEGRATIONS_DIR = REPO_ROOT / "integrations"
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_ENV_REF = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::-([^}]*))?\}")
+
+
+class IntegrationFileError(ValueError):
+    """A broken integration file: says which file, which key and what was expected."""
+
+
+class ImportType(StrEnum):
+    create_only = "create_only"
+    create_and_update = "create_and_update"
+    update_only = "update_only"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImportSettings(_Strict):
+    """C6: how members are created and updated on the target list."""
+
+    type: ImportType = ImportType.create_and_update
+    date_format: str | None = Field(
+        default=None, description="strptime format of source dates; default: the source's own"
+    )
+    option_separator: str = Field(default=",", min_length=1, max_length=3)
+    reimport_unsubscribed: bool = True
+    send_optin: bool = False
+    send_automations: bool = False
+    send_webhooks: bool = False
+    error_report_to: str | None = None
+    phone_region: str = Field(default="DK", pattern=r"^[A-Z]{2}$")
+
+
+class ScheduleSettings(_Strict):
+    """C4/X5: the sensor interval and the first day backfills can reach."""
+
+    interval_minutes: int = Field(default=5, ge=1, le=1440)
+    history_start: date = date(2024, 1, 1)
+    enabled: bool = True
+
+
+FieldOverride = str | dict[str, Any] | None
+
+
+class Integration(_Strict):
+    """One source account feeding one target list (C1)."""
+
+    name: str
+    description: str = ""
+    source: SourceSection
+    target: TargetSection
+    match_on: Literal["email", "mobile"] = "email"
+    tracking: list[str] = Field(
+        default_factory=list, description="event entities to fetch: journals, tickets, orders…"
+    )
+    schedule: ScheduleSettings = ScheduleSettings()
+    import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
+    mapping: dict[str, dict[str, FieldOverride]] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_an_identifier(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be lowercase letters, digits and _ (it becomes an asset key)")
+        return value
+
+    @property
+    def list_key(self) -> str:
+        """The identity of the target list; integrations that share it share one member table."""
+        raw = f"{self.target.kind}_{self.target.account}_{self.target.list_id}"
+        return re.sub(r"[^A-Za-z0-9_]", "_", raw).lower()
+
+    @property
+    def source_file(self) -> str:
+        return getattr(self, "_source_file", "<memory>")
+
+
+def _expand_env_refs(value: Any) -> Any:
+    """`${VAR:-default}` in string values, so demo hosts can follow the sandbox's port.
+
+    Only non-secret settings use this; credentials are always env var names, never values.
+    """
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, dict):
+        return {k: _expand_env_refs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env_refs(v) for v in value]
+    return value
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: invalid integration file"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<top>"
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        lines.append(f"  - {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_integration(path: Path) -> Integration:
+    """Read and validate one integration file; the name defaults to the file's stem."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise IntegrationFileError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise IntegrationFileError(f"{path}: expected a mapping at the top level")
+    raw = _expand_env_refs(raw)
+    raw.setdefault("name", path.stem.replace("-", "_"))
+    try:
+        integration = Integration.model_validate(raw)
+    except ValidationError as exc:
+        raise IntegrationFileError(_format_errors(path, exc)) from None
+    object.__setattr__(integration, "_source_file", str(path))
+    _check_semantics(path, integration)
+    return integration
+
+
+def _check_semantics(path: Path, integration: Integration) -> None:
+    """Rules that need the source's entity list: tracking kinds and mapped entities must exist."""
+    from memberflow.mapping import available_entities
+
+    entities = available_entities(integration.source.kind)
+    for kind in integration.tracking:
+        if kind not in entities.events:
+            raise IntegrationFileError(
+                f"{path}: tracking: {kind!r} is not an event entity of "
+                f"{integration.source.kind} (expected one of {sorted(entities.events)})"
+            )
+    for entity in integration.mapping:
+        if entity not in entities.all:
+            raise IntegrationFileError(
+                f"{path}: mapping.{entity}: no such entity for {integration.source.kind} "
+                f"(expected one of {sorted(entities.all)})"
+            )
+
+
+def discover_files(directory: Path | None = None) -> list[Path]:
+    """The integration files Dagster loads: MEMBERFLOW_INTEGRATIONS (a dir or os.pathsep list)."""
+    setting = os.environ.get("MEMBERFLOW_INTEGRATIONS")
+    if directory is None and setting:
+        paths: list[Path] = []
+        for part in setting.split(os.pathsep):
+            p = Path(part)
+            paths.extend(sorted(p.glob("*.yaml")) if p.is_dir() else [p])
+        return paths
+    return sorted((directory or INTEGRATIONS_DIR).glob("*.yaml"))
+
+
+def load_all(paths: list[Path] | None = None) -> list[Integration]:
+    """Load every file and check the rules that span files (unique names, shared lists)."""
+    integrations = [load_integration(p) for p in (paths if paths is not None else discover_files())]
+    _check_unique_names(integrations)
+    _check_shared_lists(integrations)
+    return integrations
+
+
+def _check_unique_names(integrations: list[Integration]) -> None:
+    seen: dict[str, str] = {}
+    for item in integrations:
+        if item.name in seen:
+            raise IntegrationFileError(
+                f"{item.source_file}: name: {item.name!r} is already used by {seen[item.name]}"
+            )
+        seen[item.name] = item.source_file
+
+
+def _check_shared_lists(integrations: list[Integration]) -> None:
+    """Integrations on one list must agree on the account's host, credentials and match key.
+
+    They share one member table (X6); disagreeing settings would mean two accounts under one
+    name, which could leak one client's members into another's list (C1).
+    """
+    first: dict[str, Integration] = {}
+    for item in integrations:
+        other = first.setdefault(item.list_key, item)
+        if other is item:
+            continue
+        shared_import = {
+            "type",
+            "reimport_unsubscribed",
+            "send_optin",
+            "send_automations",
+            "send_webhooks",
+        }
+        if (
+            item.target != other.target
+            or item.match_on != other.match_on
+            or item.import_.model_dump(include=shared_import)
+            != other.import_.model_dump(include=shared_import)
+        ):
+            raise IntegrationFileError(
+                f"{item.source_file}: target: list {item.target.list_id} of account "
+                f"{item.target.account!r} is also used by {other.source_file} with different "
+                "target, match_on or import settings; integrations on one list send one member "
+                "each, so they must agree"
+            )

@@ -1,0 +1,204 @@
+"""Field mappings as data: the defaults in `mappings/`, merged with an integration's overrides.
+
+A mapping turns a raw JSON payload into named target fields. It compiles to DuckDB JSON-path
+expressions, so extraction runs inside DuckDB over the landing files, and a mapping change is
+replayed over the stored raw data without fetching the source again (X3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
+FIELD_TYPES = {"text", "email", "mobile", "date", "datetime", "number", "boolean", "choice"}
+_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_TARGET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class MappingError(ValueError):
+    """A mapping that cannot work: names the file or integration key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """How one target field is read from a source record."""
+
+    target: str
+    path: str | None = None
+    type: str = "text"
+    values: tuple[tuple[str, str], ...] = ()
+    value: str | None = None
+    required: bool = False
+
+    def describe(self) -> str:
+        return f"{self.value!r}" if self.path is None else self.path
+
+
+@dataclass(frozen=True)
+class EntityMapping:
+    """The mapping of one source entity, defaults and overrides already merged."""
+
+    source: str
+    entity: str
+    role: Literal["members", "events"]
+    record_id: str
+    fields: tuple[FieldRule, ...]
+    modified: str | None = None
+    consent: str | None = None
+    customer_id: str | None = None
+    explode: str | None = None
+
+    def field(self, name: str) -> FieldRule | None:
+        return next((f for f in self.fields if f.target == name), None)
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever the mapping does, so staging knows to replay history (X3)."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SourceEntities:
+    members: frozenset[str]
+    events: frozenset[str]
+
+    @property
+    def all(self) -> frozenset[str]:
+        return self.members | self.events
+
+
+def available_entities(source_kind: str) -> SourceEntities:
+    """The entities a source kind has: one default mapping file each."""
+    members, events = set(), set()
+    for path in sorted((MAPPINGS_DIR / source_kind).glob("*.yaml")):
+        raw = _read_default(path)
+        (members if raw.get("role") == "members" else events).add(path.stem)
+    return SourceEntities(frozenset(members), frozenset(events))
+
+
+@cache
+def _read_default(path: Path) -> dict[str, Any]:
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise MappingError(f"{path}: expected a mapping")
+    return raw
+
+
+def load_mapping(
+    source_kind: str, entity: str, overrides: dict[str, Any] | None = None, where: str = ""
+) -> EntityMapping:
+    """The default mapping of `entity` with an integration's overrides applied.
+
+    An override of None removes a field; a string or mapping adds or replaces one.
+    """
+    path = MAPPINGS_DIR / source_kind / f"{entity}.yaml"
+    if not path.exists():
+        raise MappingError(f"{where or path}: no default mapping for {source_kind}.{entity}")
+    raw = _read_default(path)
+    specs: dict[str, Any] = dict(raw.get("fields") or {})
+    for name, spec in (overrides or {}).items():
+        if spec is None:
+            specs.pop(name, None)
+        else:
+            specs[name] = spec
+    origin = where or str(path)
+    rules = tuple(
+        _field_rule(name, spec, f"{origin}: {entity}.{name}") for name, spec in specs.items()
+    )
+    return EntityMapping(
+        source=source_kind,
+        entity=entity,
+        role=raw.get("role", "members"),
+        record_id=raw["record_id"],
+        fields=rules,
+        modified=raw.get("modified"),
+        consent=raw.get("consent"),
+        customer_id=raw.get("customer_id"),
+        explode=raw.get("explode"),
+    )
+
+
+def _field_rule(name: str, spec: Any, where: str) -> FieldRule:
+    if not _TARGET_NAME.match(name):
+        raise MappingError(f"{where}: target field name must be letters, digits and _")
+    if isinstance(spec, str):
+        spec = {"path": spec}
+    if not isinstance(spec, dict):
+        raise MappingError(f"{where}: expected a path string or a mapping, got {spec!r}")
+    unknown = set(spec) - {"path", "type", "values", "value", "required"}
+    if unknown:
+        raise MappingError(f"{where}: unknown key(s) {sorted(unknown)}")
+    path, value = spec.get("path"), spec.get("value")
+    if (path is None) == (value is None):
+        raise MappingError(f"{where}: give exactly one of 'path' or 'value'")
+    if path is not None and not _PATH.match(str(path)):
+        raise MappingError(f"{where}: path {path!r} is not a dot-path like cards.Cardnumber")
+    kind = spec.get("type", "text")
+    if kind not in FIELD_TYPES:
+        raise MappingError(f"{where}: type {kind!r} is not one of {sorted(FIELD_TYPES)}")
+    values = spec.get("values") or {}
+    if kind == "choice" and not isinstance(values, dict):
+        raise MappingError(f"{where}: 'values' must map source values to option labels")
+    return FieldRule(
+        target=name,
+        path=None if path is None else str(path),
+        type=kind,
+        values=tuple((str(k), str(v)) for k, v in values.items()),
+        value=None if value is None else str(value),
+        required=bool(spec.get("required", False)),
+    )
+
+
+def json_path_sql(column: str, path: str, separator: str) -> str:
+    """A DuckDB expression reading dot-path `path` from JSON `column` as text.
+
+    A path that crosses arrays (`cards.Cardnumber` over `cards: [...]`) yields every element's
+    value joined by `separator` (C6's option separator).
+    """
+    parts = path.split(".")
+    plain = "$." + ".".join(parts)
+    direct = f"json_extract_string({column}, {_sql_str(plain)})"
+    if len(parts) == 1:
+        return direct
+    walked = "$." + ".".join(p + "[*]" for p in parts[:-1]) + "." + parts[-1]
+    joined = (
+        f"array_to_string(json_extract_string({column}, {_sql_str(walked)}), {_sql_str(separator)})"
+    )
+    return f"coalesce({direct}, nullif({joined}, ''))"
+
+
+def rule_sql(rule: FieldRule, record_col: str, line_col: str | None, separator: str) -> str:
+    """The DuckDB expression for one rule, reading `line.` paths from the exploded line."""
+    if rule.path is None:
+        return _sql_str(rule.value or "")
+    if rule.path.startswith("line.") and line_col is not None:
+        return json_path_sql(line_col, rule.path[len("line.") :], separator)
+    return json_path_sql(record_col, rule.path, separator)
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def mapping_summary(mapping: EntityMapping) -> str:
+    """A Markdown table of the mapping, shown in the asset's description in the UI."""
+    rows = [f"| {r.target} | {r.describe()} | {r.type} |" for r in mapping.fields]
+    return "\n".join(["| target field | source | type |", "| --- | --- | --- |", *rows])
+
+
+def choice_values(rule: FieldRule) -> dict[str, str]:
+    return dict(rule.values)
+
+
+def as_json(mapping: EntityMapping) -> str:
+    return json.dumps(
+        {r.target: {"path": r.path, "type": r.type} for r in mapping.fields}, sort_keys=True
+    )

@@ -1,0 +1,97 @@
+"""The data-quality gate (X4): mapped, normalised rows are checked with pandera, and every row
+that fails gets a reason instead of stopping the batch.
+
+Normalisation (memberflow.normalize) already turns unreadable values into reasons; this gate adds
+the structural rules: the match key is present and canonical, required fields are set, dates and
+numbers have the shape the target expects.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+
+from memberflow import normalize
+from memberflow.mapping import EntityMapping, choice_values
+
+_SHAPES = {
+    "email": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
+    "mobile": r"^\+[1-9]\d{6,14}$",
+    "date": r"^\d{4}-\d{2}-\d{2}$",
+    "datetime": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$",
+    "number": r"^-?\d+(\.\d+)?(e-?\d+)?$",
+    "boolean": r"^[01]$",
+}
+
+
+def schema_for(mapping: EntityMapping, match_on: str | None) -> pa.DataFrameSchema:
+    """A pandera schema for the staged rows of one mapped entity."""
+    columns: dict[str, pa.Column] = {"record_id": pa.Column(str, nullable=False)}
+    for rule in mapping.fields:
+        checks = [pa.Check.str_matches(_SHAPES[rule.type])] if rule.type in _SHAPES else []
+        columns[rule.target] = pa.Column(
+            object, checks=checks, nullable=not rule.required, required=True, coerce=False
+        )
+    if match_on is not None:
+        columns["match_key"] = pa.Column(str, nullable=False)
+    return pa.DataFrameSchema(columns, strict=False, unique=None)
+
+
+def normalise(
+    frame: pd.DataFrame, mapping: EntityMapping, date_format: str, phone_region: str
+) -> pd.Series:
+    """Normalise mapped columns in place; returns each row's problems (empty string if none)."""
+    problems = pd.Series("", index=frame.index, dtype=object)
+    mobile = normalize.mobile_for(phone_region)
+    for rule in mapping.fields:
+        column = frame[rule.target]
+        if rule.type == "email":
+            values, issues = normalize._per_distinct(column, normalize.email)
+        elif rule.type == "mobile":
+            values, issues = normalize._per_distinct(column, mobile)
+        elif rule.type in ("date", "datetime"):
+            values, issues = normalize.dates(column, date_format, rule.type == "datetime")
+        elif rule.type == "number":
+            values, issues = normalize.numbers(column)
+        elif rule.type == "boolean":
+            values, issues = normalize.booleans(column)
+        elif rule.type == "choice":
+            values, issues = normalize.choices(column, choice_values(rule))
+        else:
+            values = column.map(lambda v: v.strip() or None if isinstance(v, str) else None)
+            issues = pd.Series(None, index=frame.index, dtype=object)
+        frame[rule.target] = values
+        problems = _append(problems, issues.map(lambda m, t=rule.target: f"{t}: {m}" if m else ""))
+    return problems
+
+
+def gate(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Series:
+    """Run the pandera schema lazily and turn its failure cases into one reason per row."""
+    reasons = pd.Series("", index=frame.index, dtype=object)
+    try:
+        schema.validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        cases = cases[cases["index"].notna()]
+        for (index, column), group in cases.groupby(["index", "column"], dropna=False):
+            checks = ", ".join(sorted({_explain(c) for c in group["check"].astype(str)}))
+            reasons.loc[index] = _join(reasons.loc[index], f"{column}: {checks}")
+    return reasons
+
+
+def _explain(check: str) -> str:
+    if check.startswith("not_nullable"):
+        return "missing (required)"
+    if check.startswith("str_matches"):
+        return "wrong shape " + check.removeprefix("str_matches")
+    return check
+
+
+def _append(left: pd.Series, right: pd.Series) -> pd.Series:
+    return pd.Series(
+        [_join(a, b) for a, b in zip(left, right, strict=True)], index=left.index, dtype=object
+    )
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a and b else (a or b)

@@ -1,0 +1,119 @@
+"""The five-minute sensor of an integration (C4): decides whether to run, never does the work.
+
+Each tick makes one cheap probe per entity ("anything changed since the committed high-water
+mark?") and one on the target list (unsubscribes, bounces). The high-water marks are the ones the
+extract assets committed after landing their pages, so the cursor never runs ahead of data on
+disk. A tick is skipped while a run on the same list is queued or running (AF7).
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from assets import naming
+from memberflow import landing
+from memberflow.config import Integration
+from memberflow.mapping import available_entities
+
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+
+
+def run_in_flight(instance: dg.DagsterInstance, list_key: str) -> bool:
+    runs = instance.get_run_records(
+        filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={naming.LIST_TAG: list_key}), limit=1
+    )
+    return bool(runs)
+
+
+def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.SensorDefinition:
+    source_key = naming.source_resource_key(integration)
+    target_key = naming.target_resource_key(integration.list_key)
+    entities = sorted(available_entities(integration.source.kind).members) + list(
+        integration.tracking
+    )
+
+    @dg.sensor(
+        name=f"{integration.name}_sensor",
+        job=job,
+        minimum_interval_seconds=integration.schedule.interval_minutes * 60,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={source_key, target_key},
+        description=(
+            f"Every {integration.schedule.interval_minutes} min: probe {integration.source.kind} "
+            f"for changes since the committed cursor and the list for unsubscribes; run "
+            f"{job.name} when anything changed."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext):
+        if run_in_flight(context.instance, integration.list_key):
+            return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        marks = {e: landing.read_cursor(integration.name, e) for e in entities}
+        now = datetime.now(UTC)
+        changed = _probe_source(context, source_key, marks)
+        checked = cursor.get("target_checked_at")
+        if _probe_target(context, target_key, integration, checked):
+            changed.append("list")
+        new_cursor = {
+            "high_water_marks": {e: m.isoformat() if m else None for e, m in marks.items()},
+            "target_checked_at": now.isoformat(),
+        }
+        context.update_cursor(json.dumps(new_cursor, sort_keys=True))
+        if not changed:
+            return dg.SkipReason("nothing changed since the last committed cursor")
+        return dg.RunRequest(
+            run_key=f"{integration.name}:{now.isoformat()}",
+            partition_key=now.date().isoformat() if integration.tracking else None,
+            tags={
+                naming.MODE_TAG: naming.INCREMENTAL,
+                naming.LIST_TAG: integration.list_key,
+                naming.INTEGRATION_TAG: integration.name,
+                "memberflow/changed": ",".join(changed),
+            },
+        )
+
+    return _sensor
+
+
+def _probe_source(
+    context: dg.SensorEvaluationContext, source_key: str, marks: dict[str, datetime | None]
+) -> list[str]:
+    client = getattr(context.resources, source_key).client()
+    try:
+        return [
+            entity
+            for entity, mark in marks.items()
+            if mark is None or client.has_changes(entity, _just_after(mark))
+        ]
+    finally:
+        client.close()
+
+
+def _probe_target(
+    context: dg.SensorEvaluationContext,
+    target_key: str,
+    integration: Integration,
+    checked_at: str | None,
+) -> bool:
+    if checked_at is None:
+        return True
+    client = getattr(context.resources, target_key).client()
+    try:
+        return client.has_member_changes(
+            integration.target.list_id, datetime.fromisoformat(checked_at)
+        )
+    finally:
+        client.close()
+
+
+def _just_after(mark: datetime) -> datetime:
+    """The probe asks for records after the mark: modifiedSince is inclusive (FP-A3, TM-A2),
+    and the record at the mark itself is already landed."""
+    return mark + timedelta(seconds=1)

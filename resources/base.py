@@ -1,0 +1,216 @@
+"""Role interfaces every vendor client implements: a source hands out raw records, a target takes
+members and tracking events.
+
+Assets depend on these roles only, never on a vendor class, so a new vendor is a new client here
+plus an emulator, a mapping and an integration file, and no edit to the pipeline.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any, ClassVar, Literal
+
+
+class VendorError(RuntimeError):
+    """A refusal from a vendor API, kept whole so the user sees the vendor's own reason (C8).
+
+    `status` is the HTTP status (0 for a transport failure after all retries); `message` is the
+    vendor's error text with any secret removed; `body` is the parsed error body when it was JSON.
+    """
+
+    def __init__(self, vendor: str, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"{vendor} answered {status}: {message}")
+        self.vendor = vendor
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+class CallCounter:
+    """Counts the HTTP calls a client spends, by endpoint label, so every run can report them (AF8).
+
+    Thread-safe because target clients send in parallel.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_endpoint: Counter[str] = Counter()
+
+    def add(self, endpoint: str) -> None:
+        with self._lock:
+            self._by_endpoint[endpoint] += 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self._by_endpoint.values())
+
+    def by_endpoint(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._by_endpoint)
+
+
+@dataclass(frozen=True)
+class EntitySpec:
+    """One kind of record a source hands out.
+
+    role "members" records become list members (customers); role "events" records become tracking
+    events and are landed in daily partitions by their business date.
+    """
+
+    name: str
+    role: Literal["members", "events"]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """What the pipeline must know of a raw record without parsing its business fields."""
+
+    record_id: str
+    modified: datetime  # timezone-aware UTC
+    business_date: date | None  # the day partition of an event record; None for members
+
+
+class SourceClient(ABC):
+    """A vendor API that records are read from."""
+
+    vendor: ClassVar[str]
+    default_date_format: ClassVar[str]  # strptime format of dates the source sends (C6 default)
+
+    calls: CallCounter
+
+    @abstractmethod
+    def entities(self) -> Sequence[EntitySpec]:
+        """The entities this configured source can deliver (e.g. tickets only with Attractions)."""
+
+    @abstractmethod
+    def check_connection(self) -> None:
+        """One cheap authenticated call; raises VendorError when credentials or host are wrong."""
+
+    @abstractmethod
+    def iter_changed(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        """Pages of records changed at or after `since` (aware UTC); everything when None.
+
+        Vendor rules live here: customer filters (FP2), consent filtering (TM2), and catching
+        consent withdrawals on incremental reads (TM-A3).
+        """
+
+    @abstractmethod
+    def iter_range(self, entity: str, start: date, end: date) -> Iterator[list[dict[str, Any]]]:
+        """Pages of event records whose business date lies in [start, end], both inclusive.
+
+        The client splits the range into the windows its vendor accepts (one year, TM4/FP-A3).
+        """
+
+    @abstractmethod
+    def has_changes(self, entity: str, since: datetime | None) -> bool:
+        """A one-call probe for the five-minute sensor: is anything new since `since`?"""
+
+    @abstractmethod
+    def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        """Id, modified time (as aware UTC) and business date of one raw record."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the HTTP connection pool."""
+
+
+@dataclass(frozen=True)
+class ListField:
+    """One field of a target list: its name, format and, for choice fields, options id -> label."""
+
+    name: str
+    format: str  # text | number | date | boolean | choice | multi
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RemoteMember:
+    """A member as the target list reports it, for the pull-back of unsubscribes and bounces."""
+
+    member_id: str
+    email: str | None
+    mobile: str | None
+    status: str  # active | unsubscribed
+    email_status: str | None  # active | hard_bounce | complaint | None
+    unsubscribed_at: datetime | None
+    updated_at: datetime | None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UpsertFlags:
+    """Per-send switches of C5/C6: opt-in mail first, automations (welcome mails), webhooks."""
+
+    send_optin: bool = False
+    send_automations: bool = False
+    send_webhooks: bool = False
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    action: Literal["create", "update"]
+    member_id: str
+
+
+@dataclass(frozen=True)
+class EventImportResult:
+    """The target's answer to one batch of tracking events: rows imported, rows refused."""
+
+    imported: int
+    failed: list[tuple[int, str]]  # (0-based row index in the batch, the target's reason)
+
+
+class TargetClient(ABC):
+    """A list where members are kept and tracking events land."""
+
+    vendor: ClassVar[str]
+    calls: CallCounter
+    # How the target wants a canonical E.164 mobile: as is, or digits only (HL-A8: 4512345678).
+    mobile_wire_format: ClassVar[Literal["e164", "digits"]] = "e164"
+
+    @abstractmethod
+    def check_connection(self) -> None:
+        """One cheap authenticated call; raises VendorError when credentials or host are wrong."""
+
+    @abstractmethod
+    def list_fields(self, list_id: str) -> dict[str, ListField]:
+        """The fields of the list by name, for the mapping check (C7) and choice option ids."""
+
+    @abstractmethod
+    def iter_members(self, list_id: str, changed_since: datetime | None) -> Iterator[RemoteMember]:
+        """Every member of the list, or those changed at or after `changed_since` (aware UTC)."""
+
+    @abstractmethod
+    def has_member_changes(self, list_id: str, changed_since: datetime | None) -> bool:
+        """A one-call probe for the sensor: did any member change on the list since then?"""
+
+    @abstractmethod
+    def upsert_member(
+        self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
+    ) -> UpsertResult:
+        """Create or update one member recognised by `match_field` (email or mobile, C3).
+
+        `fields` holds target field names with values already in the target's wire format.
+        Raises VendorError with the target's reason when the member is refused.
+        """
+
+    @abstractmethod
+    def remove_member(self, list_id: str, member_id: str) -> None:
+        """Take a member off the list (consent withdrawn at the source)."""
+
+    @abstractmethod
+    def send_events(
+        self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> EventImportResult:
+        """Send one batch of tracking events (at most `max_events_per_call` rows)."""
+
+    max_events_per_call: ClassVar[int] = 50_000
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the HTTP connection pool."""

@@ -1,0 +1,391 @@
+"""Amero/FlexPOS source client: customers and journals from the POS API, tickets and memberships
+from the optional Attractions API (FP4).
+
+Everything about the wire is the designed contract of shared/apis/flexpos.md section 5 (FP-A*);
+when real documentation arrives, change it there and here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, ClassVar, Literal
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from resources.base import EntitySpec, RecordMeta, SourceClient, VendorError
+from resources.http import (
+    EnvVarName,
+    HttpUrlStr,
+    VendorHttp,
+    as_utc,
+    date_windows,
+    resolve_secret,
+)
+
+COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
+LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
+TOKEN_MARGIN_SECONDS = 60.0  # FP-A2: refresh 60 s before expiry
+MAX_PAGE_SIZE = 500  # FP-A3
+
+
+@dataclass(frozen=True)
+class _Entity:
+    api: Literal["pos", "attractions"]
+    path: str
+    id_field: str
+    date_field: str | None  # business date (FP-A5..A7); None for customers
+    spec: EntitySpec
+
+
+_ENTITIES: dict[str, _Entity] = {
+    "customers": _Entity(
+        "pos", "customers", "CustomerId", None, EntitySpec("customers", "members", "POS customers")
+    ),
+    "journals": _Entity(
+        "pos", "journals", "JournalId", "Date", EntitySpec("journals", "events", "POS sales")
+    ),
+    "tickets": _Entity(
+        "attractions",
+        "tickets",
+        "TicketId",
+        "BookingDate",
+        EntitySpec("tickets", "events", "Attractions tickets"),
+    ),
+    "memberships": _Entity(
+        "attractions",
+        "memberships",
+        "MembershipId",
+        "PurchaseDate",
+        EntitySpec("memberships", "events", "Attractions memberships"),
+    ),
+}
+
+
+class _TokenSource:
+    """One OAuth2 client-credentials token per base URL (FP-A2), shared safely across threads."""
+
+    def __init__(
+        self,
+        http: VendorHttp,
+        api: str,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self._http = http
+        self._api = api
+        self._url = f"{base_url}/oauth/token"
+        self._form = {
+            "grant_type": "client_credentials",
+            "client_id": client_id,
+            "client_secret": client_secret,
+        }
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._expires_at = 0.0
+
+    def bearer(self) -> str:
+        """A token valid for at least TOKEN_MARGIN_SECONDS more, fetched when needed."""
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_at - TOKEN_MARGIN_SECONDS:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def invalidate(self, token: str) -> None:
+        """Forget `token` after a 401, unless another thread already replaced it."""
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    def _fetch(self) -> None:
+        response = self._http.request(
+            "POST", self._url, endpoint=f"{self._api}/oauth/token", data=self._form
+        )
+        body = response.json()
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not token:
+            raise VendorError("flexpos", response.status_code, "token response without a token")
+        self._token = str(token)
+        self._expires_at = self._clock() + float(body.get("expires_in") or 3600)
+
+
+class FlexPOSClient(SourceClient):
+    """Reads FlexPOS records page by page (FP-A3); knows the customer filters of FP2."""
+
+    vendor: ClassVar[str] = "flexpos"
+    default_date_format: ClassVar[str] = LOCAL_FORMAT
+
+    def __init__(
+        self,
+        *,
+        pos_base_url: str,
+        client_id: str,
+        client_secret: str,
+        attractions_base_url: str | None = None,
+        attractions_client_id: str | None = None,
+        attractions_client_secret: str | None = None,
+        only_active: bool = False,
+        only_club_members: bool = False,
+        only_newsletter: bool = False,
+        page_size: int = 500,
+        timeout: float = 30.0,
+        max_tries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        attractions = (attractions_base_url, attractions_client_id, attractions_client_secret)
+        if any(attractions) and not all(attractions):
+            raise ValueError("Attractions needs base URL, client id and client secret together")
+        self._http = VendorHttp(
+            vendor=self.vendor,
+            timeout=timeout,
+            max_tries=max_tries,
+            transport=transport,
+            sleep=sleep,
+            secrets=[client_secret, attractions_client_secret or ""],
+        )
+        self.calls = self._http.calls
+        self._bases = {"pos": pos_base_url.rstrip("/")}
+        self._tokens = {
+            "pos": _TokenSource(
+                self._http, "pos", self._bases["pos"], client_id, client_secret, clock
+            )
+        }
+        if all(attractions):
+            base = str(attractions_base_url).rstrip("/")
+            self._bases["attractions"] = base
+            self._tokens["attractions"] = _TokenSource(
+                self._http,
+                "attractions",
+                base,
+                str(attractions_client_id),
+                str(attractions_client_secret),
+                clock,
+            )
+        self._customer_filters = _customer_filters(only_active, only_club_members, only_newsletter)
+        self._page_size = max(1, min(page_size, MAX_PAGE_SIZE))
+
+    # --- SourceClient --------------------------------------------------------------------------
+
+    def entities(self) -> Sequence[EntitySpec]:
+        """Tickets and memberships only with Attractions credentials (FP-A6)."""
+        return [e.spec for e in _ENTITIES.values() if e.api in self._bases]
+
+    def check_connection(self) -> None:
+        """Token(s) plus one customer (FP-A2, FP-A4)."""
+        for tokens in self._tokens.values():
+            tokens.bearer()
+        self._get_page(_ENTITIES["customers"], {"page": 1, "pageSize": 1})
+
+    def iter_changed(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
+        spec = self._entity(entity)
+        return self._pages(spec, self._base_params(spec, since))
+
+    def iter_range(self, entity: str, start: date, end: date) -> Iterator[list[dict[str, Any]]]:
+        """Event pages by business date, one ≤366-day window per request series (FP-A3)."""
+        spec = self._entity(entity)
+        if spec.date_field is None:
+            raise ValueError(f"flexpos {entity} has no business date; use iter_changed")
+        for window_start, window_end in date_windows(start, end):
+            params = {"fromDate": window_start.isoformat(), "toDate": window_end.isoformat()}
+            yield from self._pages(spec, params)
+
+    def has_changes(self, entity: str, since: datetime | None) -> bool:
+        """One call, pageSize=1: TotalCount > 0 (AF sensor probe)."""
+        spec = self._entity(entity)
+        params = {**self._base_params(spec, since), "page": 1, "pageSize": 1}
+        body = self._get_page(spec, params)
+        return int(body.get("TotalCount") or 0) > 0 or bool(body.get("Items"))
+
+    def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        spec = self._entity(entity)
+        business = None
+        if spec.date_field is not None:
+            business = parse_local(record[spec.date_field]).astimezone(COPENHAGEN).date()
+        return RecordMeta(
+            record_id=str(record[spec.id_field]),
+            modified=parse_local(record["Modified"]).astimezone(UTC),
+            business_date=business,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _entity(self, name: str) -> _Entity:
+        spec = _ENTITIES.get(name)
+        if spec is None:
+            raise ValueError(f"flexpos has no entity {name!r}; known: {sorted(_ENTITIES)}")
+        if spec.api not in self._bases:
+            raise ValueError(f"flexpos {name} needs the Attractions API credentials (FP4)")
+        return spec
+
+    def _base_params(self, spec: _Entity, since: datetime | None) -> dict[str, Any]:
+        """modifiedSince in Copenhagen local time (FP-A3) plus the FP2 filters for customers."""
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["modifiedSince"] = format_local(since)
+        if spec.path == "customers":
+            params.update(self._customer_filters)
+        return params
+
+    def _pages(self, spec: _Entity, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Page until Page*PageSize >= TotalCount, or an empty page (FP-A3)."""
+        page = 1
+        while True:
+            body = self._get_page(spec, {**params, "page": page, "pageSize": self._page_size})
+            items = body.get("Items") or []
+            if not items:
+                return
+            yield items
+            seen = int(body.get("Page") or page) * int(body.get("PageSize") or self._page_size)
+            if seen >= int(body.get("TotalCount") or 0):
+                return
+            page += 1
+
+    def _get_page(self, spec: _Entity, params: dict[str, Any]) -> dict[str, Any]:
+        """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
+        url = f"{self._bases[spec.api]}/api/v1/{spec.path}"
+        tokens = self._tokens[spec.api]
+        for attempt in (1, 2):
+            token = tokens.bearer()
+            headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+            try:
+                body = self._http.get_json(url, endpoint=spec.path, params=params, headers=headers)
+            except VendorError as exc:
+                if exc.status != 401 or attempt == 2:
+                    raise
+                tokens.invalidate(token)
+                continue
+            if not isinstance(body, dict):
+                raise VendorError(self.vendor, 200, f"{spec.path}: expected a paging envelope")
+            return body
+        raise AssertionError("unreachable")
+
+
+def _customer_filters(active: bool, club: bool, newsletter: bool) -> dict[str, str]:
+    """FP2 switches (FP-A4): a switched-off filter is not sent at all."""
+    filters = {}
+    if active:
+        filters["isActive"] = "true"
+    if club:
+        filters["isClubMember"] = "1"
+    if newsletter:
+        filters["getsNewsletter"] = "1"
+    return filters
+
+
+def format_local(moment: datetime) -> str:
+    """Aware (or naive UTC) datetime -> Copenhagen wall time without offset (FP-A3)."""
+    return as_utc(moment).astimezone(COPENHAGEN).strftime(LOCAL_FORMAT)
+
+
+def parse_local(value: str) -> datetime:
+    """FlexPOS datetime text -> aware datetime; no offset means Copenhagen local (FP-A3)."""
+    moment = datetime.fromisoformat(str(value))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=COPENHAGEN)
+    return moment
+
+
+# --- integration file section and Dagster resource ---------------------------------------------
+
+
+class FlexPOSAttractionsSection(BaseModel):
+    """The optional Attractions API credentials (FP4, FP-A1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: HttpUrlStr
+    client_id_env: EnvVarName
+    client_secret_env: EnvVarName
+
+
+class FlexPOSCustomerFilters(BaseModel):
+    """FP2 customer filters; all off by default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    only_active: bool = False
+    only_club_members: bool = False
+    only_newsletter: bool = False
+
+
+class FlexPOSResource(dg.ConfigurableResource):
+    """FlexPOS settings with secrets as `dg.EnvVar`, resolved only when a client is built."""
+
+    pos_base_url: str
+    client_id: str
+    client_secret: str
+    attractions_base_url: str | None = None
+    attractions_client_id: str | None = None
+    attractions_client_secret: str | None = None
+    only_active: bool = False
+    only_club_members: bool = False
+    only_newsletter: bool = False
+    page_size: int = 500
+
+    def client(self) -> FlexPOSClient:
+        return FlexPOSClient(
+            pos_base_url=self.pos_base_url,
+            client_id=resolve_secret(self.client_id, "flexpos client_id") or "",
+            client_secret=resolve_secret(self.client_secret, "flexpos client_secret") or "",
+            attractions_base_url=self.attractions_base_url,
+            attractions_client_id=resolve_secret(
+                self.attractions_client_id, "flexpos attractions client_id"
+            ),
+            attractions_client_secret=resolve_secret(
+                self.attractions_client_secret, "flexpos attractions client_secret"
+            ),
+            only_active=self.only_active,
+            only_club_members=self.only_club_members,
+            only_newsletter=self.only_newsletter,
+            page_size=self.page_size,
+        )
+
+
+class FlexPOSSource(BaseModel):
+    """`source:` section with `kind: flexpos`; credentials are env var names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["flexpos"]
+    pos_base_url: HttpUrlStr
+    client_id_env: EnvVarName
+    client_secret_env: EnvVarName
+    attractions: FlexPOSAttractionsSection | None = None
+    customers: FlexPOSCustomerFilters = Field(default_factory=FlexPOSCustomerFilters)
+
+    def env_vars(self) -> list[str]:
+        names = [self.client_id_env, self.client_secret_env]
+        if self.attractions is not None:
+            names += [self.attractions.client_id_env, self.attractions.client_secret_env]
+        return names
+
+    def resource(self) -> FlexPOSResource:
+        attractions = self.attractions
+        return FlexPOSResource(
+            pos_base_url=self.pos_base_url,
+            client_id=dg.EnvVar(self.client_id_env),
+            client_secret=dg.EnvVar(self.client_secret_env),
+            attractions_base_url=attractions.base_url if attractions else None,
+            attractions_client_id=dg.EnvVar(attractions.client_id_env) if attractions else None,
+            attractions_client_secret=(
+                dg.EnvVar(attractions.client_secret_env) if attractions else None
+            ),
+            only_active=self.customers.only_active,
+            only_club_members=self.customers.only_club_members,
+            only_newsletter=self.customers.only_newsletter,
+        )

@@ -1,0 +1,399 @@
+"""Heyloyalty target client: list fields, member upserts and read-back, and BI tracking imports.
+
+Auth and endpoints are confirmed in shared/apis/heyloyalty.md sections 1-2; where they are not,
+this client follows the assumed contract of section 5 (HL-A*).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import hmac
+import io
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, date, datetime
+from email.utils import format_datetime
+from typing import Annotated, Any, ClassVar, Literal
+
+import dagster as dg
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from resources.base import (
+    EventImportResult,
+    ListField,
+    RemoteMember,
+    TargetClient,
+    UpsertFlags,
+    UpsertResult,
+    VendorError,
+)
+from resources.http import (
+    EnvVarName,
+    HttpUrlStr,
+    VendorHttp,
+    as_utc,
+    resolve_secret,
+    str_id,
+)
+
+MEMBERS_PER_PAGE = 1000  # HL-A4
+WIRE_DATETIME = "%Y-%m-%d %H:%M:%S"  # HL-A3/HL-A5, UTC
+BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
+_EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
+# Keys of the flat HL-mind member shape that are not list fields (HL-A3).
+_FLAT_META = {
+    "id",
+    "status",
+    "created_at",
+    "updated_at",
+    "unsubscribed_at",
+    "sent_mail",
+    "sent_sms",
+    "open_rate",
+    "click_rate",
+    "imported",
+    "data",
+    "fields",
+}
+
+
+def sign(api_secret: str, timestamp: str) -> str:
+    """HL-A1 / section 1: base64 of the lowercase HEX text of HMAC-SHA256(secret, timestamp)."""
+    digest = hmac.new(api_secret.encode(), timestamp.encode(), hashlib.sha256).hexdigest()
+    return base64.b64encode(digest.encode("ascii")).decode("ascii")
+
+
+def auth_headers(api_key: str, api_secret: str, now: datetime) -> dict[str, str]:
+    """The two headers of one signed request: RFC 1123 timestamp and Basic key:signature."""
+    timestamp = format_datetime(as_utc(now), usegmt=True)
+    basic = base64.b64encode(f"{api_key}:{sign(api_secret, timestamp)}".encode()).decode()
+    return {"X-Request-Timestamp": timestamp, "Authorization": f"Basic {basic}"}
+
+
+class HeyloyaltyClient(TargetClient):
+    """Thread-safe: the only shared state is the VendorHttp, and signing is per request."""
+
+    vendor: ClassVar[str] = "heyloyalty"
+    mobile_wire_format: ClassVar[Literal["e164", "digits"]] = "digits"  # HL-A8: 4512345678
+    max_events_per_call: ClassVar[int] = 50_000  # HL-A10
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        api_secret: str,
+        bi_base_url: str | None = None,
+        timeout: float = 30.0,
+        max_tries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._http = VendorHttp(
+            vendor=self.vendor,
+            timeout=timeout,
+            max_tries=max_tries,
+            transport=transport,
+            sleep=sleep,
+            secrets=[api_secret, api_key],
+        )
+        self.calls = self._http.calls
+        self._base = base_url.rstrip("/")
+        self._bi_base = bi_base_url.rstrip("/") if bi_base_url else None
+        self._api_key = api_key
+        self._api_secret = api_secret
+        self._clock = clock or (lambda: datetime.now(UTC))
+
+    # --- TargetClient --------------------------------------------------------------------------
+
+    def check_connection(self) -> None:
+        """`GET /lists`: cheap, and a wrong key or secret answers 401 (HL-A1)."""
+        self._call("GET", f"{self._base}/lists", endpoint="lists")
+
+    def list_fields(self, list_id: str) -> dict[str, ListField]:
+        """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9)."""
+        body = self._call("GET", self._list_url(list_id), endpoint="lists/{id}").json()
+        raw = body.get("fields") if isinstance(body, dict) else None
+        named = raw.items() if isinstance(raw, dict) else ((None, e) for e in raw or [])
+        fields = [_list_field(key, entry) for key, entry in named if isinstance(entry, dict)]
+        return {f.name: f for f in fields if f.name}
+
+    def iter_members(self, list_id: str, changed_since: datetime | None) -> Iterator[RemoteMember]:
+        """Pages of perpage=1000 until a short page (HL-A4), optionally changed since (HL-A5)."""
+        page = 1
+        while True:
+            members = self._members_page(list_id, changed_since, page, MEMBERS_PER_PAGE)
+            yield from (parse_member(m) for m in members)
+            if len(members) < MEMBERS_PER_PAGE:
+                return
+            page += 1
+
+    def has_member_changes(self, list_id: str, changed_since: datetime | None) -> bool:
+        """A perpage=1 probe with the HL-A5 filter."""
+        return bool(self._members_page(list_id, changed_since, 1, 1))
+
+    def upsert_member(
+        self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
+    ) -> UpsertResult:
+        """POST /members/upsert as raw JSON (HL-A6) with the C5/C6 switches (HL-A7)."""
+        payload = {
+            "unique_field": match_field,
+            "member": fields,
+            "skipOptIn": 0 if flags.send_optin else 1,
+            "trigger_autoresponder": int(flags.send_automations),
+            "trigger_webhooks": int(flags.send_webhooks),
+        }
+        url = f"{self._list_url(list_id)}/members/upsert"
+        body = self._call("POST", url, endpoint="members/upsert", json=payload).json()
+        action = str(body.get("type", "")).lower() if isinstance(body, dict) else ""
+        member_id = (body.get("member_id") or body.get("id")) if isinstance(body, dict) else None
+        if action not in ("create", "update") or not member_id:
+            raise VendorError(self.vendor, 200, f"unexpected upsert answer: {body!r}"[:300], body)
+        return UpsertResult(action=action, member_id=str(member_id))  # type: ignore[arg-type]
+
+    def remove_member(self, list_id: str, member_id: str) -> None:
+        """DELETE the member (HL 2.3). A 404 means it is already gone, which is the goal."""
+        url = f"{self._list_url(list_id)}/members/{member_id}"
+        try:
+            self._call("DELETE", url, endpoint="members/delete")
+        except VendorError as exc:
+            if exc.status != 404:
+                raise
+
+    def send_events(
+        self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
+    ) -> EventImportResult:
+        """One BI CSV import (HL-A10); a `status: error` answer raises VendorError."""
+        if not rows:
+            return EventImportResult(imported=0, failed=[])
+        self._check_batch(match_field, columns, rows)
+        url = f"{self._bi_url()}/transaction/import/{tracking_id}"
+        form = {
+            "date_format": BI_DATE_FORMAT,
+            "delimiter": ",",
+            "skip_header_line": "1",
+            "fields_selected[]": list(columns),
+        }
+        files = {"file": ("events.csv", events_csv(columns, rows), "text/csv")}
+        response = self._call("POST", url, endpoint="transaction/import", data=form, files=files)
+        return self._import_result(response, len(rows))
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def lookup_member(self, list_id: str, field: str, value: str) -> RemoteMember | None:
+        """The member whose `field` equals `value` (filter eq, HL 2.3), or None.
+
+        Used before an upsert to respect "do not re-create previously unsubscribed" (HL-A6).
+        """
+        params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
+        body = self._call("GET", self._members_url(list_id), endpoint="members", params=params)
+        members = _members_of(body.json())
+        return parse_member(members[0]) if members else None
+
+    def _members_page(
+        self, list_id: str, changed_since: datetime | None, page: int, perpage: int
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"page": page, "perpage": perpage}
+        if changed_since is not None:
+            params["filter[updated_at][gte][]"] = as_utc(changed_since).strftime(WIRE_DATETIME)
+        body = self._call("GET", self._members_url(list_id), endpoint="members", params=params)
+        return _members_of(body.json())
+
+    def _call(self, method: str, url: str, *, endpoint: str, **kwargs: Any) -> httpx.Response:
+        """Every call signed afresh, also on retries (HL-A1)."""
+        return self._http.request(method, url, endpoint=endpoint, headers=self._sign, **kwargs)
+
+    def _sign(self) -> Mapping[str, str]:
+        headers = auth_headers(self._api_key, self._api_secret, self._clock())
+        return {**headers, "Accept": "application/json"}
+
+    def _list_url(self, list_id: str) -> str:
+        return f"{self._base}/lists/{list_id}"
+
+    def _members_url(self, list_id: str) -> str:
+        return f"{self._list_url(list_id)}/members"
+
+    def _bi_url(self) -> str:
+        if self._bi_base is None:
+            raise ValueError("heyloyalty bi_base_url is not configured; cannot send events")
+        return self._bi_base
+
+    def _check_batch(self, match_field: str, columns: Sequence[str], rows: list[Any]) -> None:
+        if match_field not in columns:
+            raise ValueError(f"match field {match_field!r} is not among the event columns")
+        if len(rows) > self.max_events_per_call:
+            raise ValueError(f"{len(rows)} events exceed {self.max_events_per_call} per call")
+
+    def _import_result(self, response: httpx.Response, sent: int) -> EventImportResult:
+        try:
+            body = response.json()
+        except ValueError:
+            body = response.text[:300]
+        if not isinstance(body, dict) or body.get("status") == "error":
+            message = body.get("message") if isinstance(body, dict) else None
+            text = self._http.redact(str(message or body))
+            raise VendorError(self.vendor, response.status_code, text, body)
+        failed = [_failed_row(item) for item in body.get("failed") or []]
+        imported = body.get("imported")
+        return EventImportResult(
+            imported=int(imported) if imported is not None else sent - len(failed),
+            failed=failed,
+        )
+
+
+def events_csv(columns: Sequence[str], rows: list[dict[str, Any]]) -> bytes:
+    """The BI CSV: a header line of `columns`, then one line per row, csv-module quoting."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_value(row.get(column)) for column in columns])
+    return buffer.getvalue().encode("utf-8")
+
+
+def _csv_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return as_utc(value).strftime(WIRE_DATETIME)  # date_format=Y-m-d H:i:s (HL-A10)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
+
+
+def _failed_row(item: Any) -> tuple[int, str]:
+    """HL-A10 `failed: [{"row": i, "error": "..."}]`; `row` read as the 0-based batch index."""
+    if isinstance(item, dict):
+        return int(item.get("row", -1)), str(item.get("error") or item.get("message") or "")
+    return -1, str(item)
+
+
+def _members_of(body: Any) -> list[dict[str, Any]]:
+    """HL-A4: `{"members": [...]}`; tolerate a bare array."""
+    members = body.get("members") if isinstance(body, dict) else body
+    return [m for m in members or [] if isinstance(m, dict)]
+
+
+def _list_field(key: str | None, entry: dict[str, Any]) -> ListField:
+    """One entry of `fields` in GET /lists/{id}; the dict key is the name when `name` is absent."""
+    options = entry.get("options") or {}
+    if isinstance(options, list):  # [{id, label}] as some clients send them
+        options = {o.get("id"): o.get("label") for o in options if isinstance(o, dict)}
+    return ListField(
+        name=str(entry.get("name") or key or ""),
+        format=str(entry.get("format") or "text"),
+        options={str(k): str(v) for k, v in options.items()},
+    )
+
+
+def parse_member(raw: dict[str, Any]) -> RemoteMember:
+    """Either member shape of HL-A3: NP-BC `fields.<name>.value` or flat HL-mind (`data[...]`)."""
+    fields = _member_fields(raw)
+    status = raw.get("status")
+    status = status if isinstance(status, dict) else {"status": status}
+    return RemoteMember(
+        member_id=str(raw.get("id") or ""),
+        email=_text(fields.get("email")),
+        mobile=_text(fields.get("mobile")),
+        status=str(status.get("status") or "active"),
+        email_status=_text(status.get("email")),
+        unsubscribed_at=parse_wire_datetime(raw.get("unsubscribed_at")),
+        updated_at=parse_wire_datetime(raw.get("updated_at")),
+        fields=fields,
+    )
+
+
+def _member_fields(raw: dict[str, Any]) -> dict[str, Any]:
+    nested = raw.get("fields")
+    if isinstance(nested, dict):
+        return {
+            name: (value.get("value") if isinstance(value, dict) else value)
+            for name, value in nested.items()
+        }
+    data = raw.get("data")
+    if isinstance(data, dict):
+        return dict(data)
+    return {key: value for key, value in raw.items() if key not in _FLAT_META}
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def parse_wire_datetime(value: Any) -> datetime | None:
+    """HL-A3 datetimes: `YYYY-MM-DD HH:MM:SS` UTC (or ISO); `0000-00-00` means empty."""
+    if value is None or str(value).strip() in _EMPTY_DATES:
+        return None
+    try:
+        return as_utc(datetime.fromisoformat(str(value).strip()))
+    except ValueError:
+        return None
+
+
+# --- integration file section and Dagster resource ---------------------------------------------
+
+StrId = Annotated[str, BeforeValidator(str_id), Field(min_length=1)]
+
+
+class HeyloyaltyResource(dg.ConfigurableResource):
+    """Heyloyalty settings with secrets as `dg.EnvVar`, resolved only when a client is built."""
+
+    account: str
+    base_url: str
+    bi_base_url: str | None = None
+    api_key: str
+    api_secret: str
+    list_id: str
+    tracking_id: str | None = None
+
+    def client(self) -> HeyloyaltyClient:
+        return HeyloyaltyClient(
+            base_url=self.base_url,
+            bi_base_url=self.bi_base_url,
+            api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
+            api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
+        )
+
+
+class HeyloyaltyTarget(BaseModel):
+    """`target:` section with `kind: heyloyalty`; credentials are env var names (HL-A1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["heyloyalty"]
+    account: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    base_url: HttpUrlStr
+    bi_base_url: HttpUrlStr | None = None
+    api_key_env: EnvVarName
+    api_secret_env: EnvVarName
+    list_id: StrId
+    tracking_id: StrId | None = None
+
+    @model_validator(mode="after")
+    def _tracking_needs_bi(self) -> HeyloyaltyTarget:
+        if self.tracking_id is not None and self.bi_base_url is None:
+            raise ValueError("tracking_id needs bi_base_url: tracking events go to the BI API")
+        return self
+
+    def env_vars(self) -> list[str]:
+        return [self.api_key_env, self.api_secret_env]
+
+    def resource(self) -> HeyloyaltyResource:
+        return HeyloyaltyResource(
+            account=self.account,
+            base_url=self.base_url,
+            bi_base_url=self.bi_base_url,
+            api_key=dg.EnvVar(self.api_key_env),
+            api_secret=dg.EnvVar(self.api_secret_env),
+            list_id=self.list_id,
+            tracking_id=self.tracking_id,
+        )

@@ -1,0 +1,286 @@
+"""HeyloyaltyClient edge cases against httpx.MockTransport (HL-A1..HL-A10)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import email
+import hashlib
+import hmac
+import io
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from resources.base import UpsertFlags, VendorError
+from resources.heyloyalty import HeyloyaltyClient
+
+BASE = "http://hl.test/heyloyalty/loyalty/v1"
+BI = "http://hl.test/heyloyalty/bi/api"
+KEY = "hl-key"
+SECRET = "hl-api-secret-value"
+T0 = datetime(2013, 5, 24, 13, 16, 26, tzinfo=UTC)
+
+
+def expected_authorization(timestamp: str) -> str:
+    """Section 1 of heyloyalty.md, computed independently of the client."""
+    hex_text = hmac.new(SECRET.encode(), timestamp.encode(), hashlib.sha256).hexdigest()
+    signature = base64.b64encode(hex_text.encode()).decode()
+    assert len(signature) == 88
+    return "Basic " + base64.b64encode(f"{KEY}:{signature}".encode()).decode()
+
+
+def make_client(handler, waits: list[float] | None = None, clock=None) -> HeyloyaltyClient:
+    return HeyloyaltyClient(
+        base_url=BASE,
+        bi_base_url=BI,
+        api_key=KEY,
+        api_secret=SECRET,
+        transport=httpx.MockTransport(handler),
+        sleep=(waits if waits is not None else []).append,
+        clock=clock or (lambda: T0),
+    )
+
+
+def recorder(response: httpx.Response | None = None):
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return response or httpx.Response(200, json={})
+
+    return handler, seen
+
+
+def test_signature_matches_known_vector():
+    handler, seen = recorder(httpx.Response(200, json=[]))
+    make_client(handler).check_connection()
+    [request] = seen
+    assert request.headers["X-Request-Timestamp"] == "Fri, 24 May 2013 13:16:26 GMT"
+    assert request.headers["Authorization"] == expected_authorization(
+        "Fri, 24 May 2013 13:16:26 GMT"
+    )
+    assert request.url == f"{BASE}/lists"
+
+
+def test_each_retry_is_signed_afresh():
+    ticks = iter([T0, T0 + timedelta(seconds=1)])
+    answers = [httpx.Response(429, headers={"Retry-After": "1"}, json={"message": "Too Many"})]
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers.pop(0) if answers else httpx.Response(200, json=[])
+
+    waits: list[float] = []
+    make_client(handler, waits, clock=lambda: next(ticks)).check_connection()
+    stamps = [r.headers["X-Request-Timestamp"] for r in seen]
+    assert stamps == ["Fri, 24 May 2013 13:16:26 GMT", "Fri, 24 May 2013 13:16:27 GMT"]
+    assert seen[1].headers["Authorization"] == expected_authorization(stamps[1])
+    assert waits == [1.0]
+
+
+def test_list_fields_with_options():
+    body = {
+        "id": 4711,
+        "fields": {
+            "email": {"id": 1, "name": "email", "format": "text"},
+            "sex": {
+                "id": 2,
+                "name": "sex",
+                "format": "choice",
+                "options": {"1": "Mand", "2": "Kvinde"},
+            },
+        },
+    }
+    handler, seen = recorder(httpx.Response(200, json=body))
+    fields = make_client(handler).list_fields("4711")
+    assert set(fields) == {"email", "sex"}
+    assert fields["sex"].format == "choice" and fields["sex"].options == {
+        "1": "Mand",
+        "2": "Kvinde",
+    }
+    assert seen[0].url.path == "/heyloyalty/loyalty/v1/lists/4711"
+
+
+def _np_bc_member(i: int) -> dict:
+    return {
+        "id": f"guid-{i}",
+        "created_at": "2024-01-01 00:00:00",
+        "updated_at": "2024-05-01 10:00:00",
+        "unsubscribed_at": None,
+        "status": {"status": "active", "email": "active", "mobile": None},
+        "fields": {"email": {"value": f"m{i}@x.dk"}, "sex": {"value": "2", "options": {"2": "K"}}},
+    }
+
+
+def test_iter_members_pages_until_short_page_with_changed_since_filter():
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        page = int(request.url.params["page"])
+        count = 1000 if page == 1 else 3
+        return httpx.Response(200, json={"members": [_np_bc_member(i) for i in range(count)]})
+
+    since = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    members = list(make_client(handler).iter_members("4711", since))
+    assert len(members) == 1003 and len(seen) == 2
+    params = seen[0].url.params
+    assert params["perpage"] == "1000"
+    assert params["filter[updated_at][gte][]"] == "2024-05-01 12:00:00"
+    first = members[0]
+    assert first.member_id == "guid-0" and first.email == "m0@x.dk" and first.mobile is None
+    assert first.fields["sex"] == "2" and first.email_status == "active"
+    assert first.updated_at == datetime(2024, 5, 1, 10, 0, tzinfo=UTC)
+
+
+def test_flat_member_shape_is_parsed():
+    flat = {
+        "id": "g1",
+        "status": {"status": "unsubscribed", "email": "hard_bounce"},
+        "data": {"email": "a@b.dk", "mobile": "4512345678", "firstname": "A"},
+        "unsubscribed_at": "2024-02-03 04:05:06",
+        "updated_at": "0000-00-00 00:00:00",
+    }
+    handler, seen = recorder(httpx.Response(200, json={"members": [flat]}))
+    [member] = list(make_client(handler).iter_members("1", None))
+    assert "filter[updated_at][gte][]" not in seen[0].url.params
+    assert (member.email, member.mobile, member.status) == ("a@b.dk", "4512345678", "unsubscribed")
+    assert member.email_status == "hard_bounce" and member.updated_at is None
+    assert member.unsubscribed_at == datetime(2024, 2, 3, 4, 5, 6, tzinfo=UTC)
+
+
+def test_has_member_changes_is_a_perpage_1_probe():
+    handler, seen = recorder(httpx.Response(200, json={"members": []}))
+    assert make_client(handler).has_member_changes("1", datetime(2024, 1, 1, tzinfo=UTC)) is False
+    assert seen[0].url.params["perpage"] == "1"
+
+
+def test_upsert_sends_json_with_flags():
+    handler, seen = recorder(httpx.Response(200, json={"type": "create", "member_id": "g9"}))
+    flags = UpsertFlags(send_optin=True, send_automations=True, send_webhooks=False)
+    result = make_client(handler).upsert_member("4711", "email", {"email": "a@b.dk"}, flags)
+    assert (result.action, result.member_id) == ("create", "g9")
+    request = seen[0]
+    assert request.method == "POST" and request.url.path.endswith("/lists/4711/members/upsert")
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == {
+        "unique_field": "email",
+        "member": {"email": "a@b.dk"},
+        "skipOptIn": 0,
+        "trigger_autoresponder": 1,
+        "trigger_webhooks": 0,
+    }
+    make_client(handler).upsert_member("4711", "mobile", {"mobile": "45"}, UpsertFlags())
+    assert json.loads(seen[1].content)["skipOptIn"] == 1
+
+
+def test_upsert_refusal_fails_at_once_with_vendor_text(caplog):
+    caplog.set_level(logging.DEBUG)
+    handler, seen = recorder(httpx.Response(400, json={"error": "Unknown field: shoe_size"}))
+    with pytest.raises(VendorError) as info:
+        make_client(handler).upsert_member("1", "email", {"shoe_size": 42}, UpsertFlags())
+    assert info.value.status == 400 and info.value.message == "Unknown field: shoe_size"
+    assert len(seen) == 1
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+
+
+def test_remove_member_deletes_and_tolerates_404():
+    handler, seen = recorder(httpx.Response(204))
+    make_client(handler).remove_member("4711", "g1")
+    assert seen[0].method == "DELETE" and seen[0].url.path.endswith("/lists/4711/members/g1")
+    gone, _ = recorder(httpx.Response(404, json={"message": "Not Found", "code": 404}))
+    make_client(gone).remove_member("4711", "g1")
+
+
+def _multipart(request: httpx.Request) -> tuple[dict[str, list[str]], bytes]:
+    head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode()
+    message = email.message_from_bytes(head + request.content)
+    form: dict[str, list[str]] = {}
+    file_bytes = b""
+    for part in message.get_payload():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if name == "file":
+            file_bytes = payload
+        else:
+            form.setdefault(name, []).append(payload.decode())
+    return form, file_bytes
+
+
+def test_send_events_posts_bi_csv_and_reads_failed_rows():
+    answer = {
+        "status": "success",
+        "message": "1 rows imported",
+        "imported": 1,
+        "failed": [{"row": 1, "error": "unknown email"}],
+    }
+    handler, seen = recorder(httpx.Response(200, json=answer))
+    columns = ["email", "product_name", "amount", "date"]
+    rows = [
+        {
+            "email": "a@b.dk",
+            "product_name": 'Show, "live"',
+            "amount": 100,
+            "date": "2024-01-01 10:00:00",
+        },
+        {
+            "email": "c@d.dk",
+            "product_name": "X",
+            "amount": None,
+            "date": datetime(2024, 1, 2, tzinfo=UTC),
+        },
+    ]
+    result = make_client(handler).send_events("99", "email", columns, rows)
+    assert result.imported == 1 and result.failed == [(1, "unknown email")]
+    request = seen[0]
+    assert str(request.url) == f"{BI}/transaction/import/99"
+    assert request.headers["Authorization"] == expected_authorization(
+        request.headers["X-Request-Timestamp"]
+    )
+    form, file_bytes = _multipart(request)
+    assert form["fields_selected[]"] == columns
+    assert form["date_format"] == ["Y-m-d H:i:s"] and form["skip_header_line"] == ["1"]
+    assert form["delimiter"] == [","]
+    parsed = list(csv.reader(io.StringIO(file_bytes.decode())))
+    assert parsed == [
+        columns,
+        ["a@b.dk", 'Show, "live"', "100", "2024-01-01 10:00:00"],
+        ["c@d.dk", "X", "", "2024-01-02 00:00:00"],
+    ]
+
+
+def test_send_events_status_error_raises():
+    handler, _ = recorder(httpx.Response(200, json={"status": "error", "message": "bad date"}))
+    with pytest.raises(VendorError, match="bad date"):
+        make_client(handler).send_events("99", "email", ["email"], [{"email": "a@b.dk"}])
+
+
+def test_send_events_needs_match_column_and_skips_empty_batches():
+    handler, seen = recorder()
+    client = make_client(handler)
+    assert client.send_events("99", "email", ["email"], []).imported == 0
+    with pytest.raises(ValueError, match="match field"):
+        client.send_events("99", "mobile", ["email"], [{"email": "a"}])
+    assert seen == []
+
+
+def test_lookup_member_uses_eq_filter():
+    handler, seen = recorder(httpx.Response(200, json={"members": [_np_bc_member(1)]}))
+    member = make_client(handler).lookup_member("4711", "mobile", "4512345678")
+    assert member is not None and member.member_id == "guid-1"
+    assert seen[0].url.params["filter[mobile][eq][]"] == "4512345678"
+    empty, _ = recorder(httpx.Response(200, json={"members": []}))
+    assert make_client(empty).lookup_member("4711", "email", "x@y.dk") is None
+
+
+def test_unauthorized_is_not_retried_and_hides_the_secret():
+    handler, seen = recorder(httpx.Response(401, json={"message": "Unauthorized", "code": 401}))
+    with pytest.raises(VendorError) as info:
+        make_client(handler).list_fields("1")
+    assert info.value.status == 401 and info.value.message == "Unauthorized" and len(seen) == 1
+    assert SECRET not in repr(info.value.__dict__)

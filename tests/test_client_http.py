@@ -1,0 +1,187 @@
+"""VendorHttp: error classification, retries with Retry-After, redaction (STYLE 4, 8)."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
+
+import httpx
+import pytest
+
+from resources.base import VendorError
+from resources.http import (
+    VendorHttp,
+    date_windows,
+    parse_retry_after,
+    redact_query_secrets,
+    vendor_message,
+)
+
+SECRET = "s3cr3t-apikey-value"
+
+
+def scripted(*responses: httpx.Response | Exception):
+    """A MockTransport handler answering with `responses` in order; records the requests."""
+    queue = list(responses)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    return handler, seen
+
+
+def make_http(handler, waits: list[float], **kwargs) -> VendorHttp:
+    return VendorHttp(
+        vendor="acme",
+        transport=httpx.MockTransport(handler),
+        sleep=waits.append,
+        secrets=[SECRET],
+        **kwargs,
+    )
+
+
+def test_429_honours_retry_after_seconds_then_succeeds():
+    handler, seen = scripted(
+        httpx.Response(429, headers={"Retry-After": "2"}, json={"message": "slow down"}),
+        httpx.Response(200, json={"ok": True}),
+    )
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    assert http.get_json("http://api.test/x", endpoint="x") == {"ok": True}
+    assert waits == [2.0]
+    assert http.calls.by_endpoint() == {"x": 2}
+
+
+def test_retry_after_http_date_and_cap():
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    assert 25 <= parse_retry_after(format_datetime(later, usegmt=True)) <= 30
+    handler, _ = scripted(
+        httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(200, json={})
+    )
+    waits: list[float] = []
+    make_http(handler, waits).get_json("http://api.test/x", endpoint="x")
+    assert waits == [60.0]
+
+
+def test_503_retries_with_backoff_then_succeeds():
+    handler, seen = scripted(
+        httpx.Response(503), httpx.Response(503), httpx.Response(200, json=[1])
+    )
+    waits: list[float] = []
+    assert make_http(handler, waits).get_json("http://api.test/x", endpoint="x") == [1]
+    assert waits == [0.5, 1.0]
+    assert len(seen) == 3
+
+
+def test_gives_up_after_max_tries_with_vendor_message():
+    handler, seen = scripted(httpx.Response(500, json={"errors": [{"detail": "boom"}]}))
+    waits: list[float] = []
+    with pytest.raises(VendorError) as info:
+        make_http(handler, waits, max_tries=5).get_json("http://api.test/x", endpoint="x")
+    assert info.value.status == 500 and info.value.message == "boom"
+    assert len(seen) == 5 and len(waits) == 4
+
+
+def test_400_fails_at_once_with_problem_details():
+    body = {
+        "title": "One or more validation errors occurred.",
+        "status": 400,
+        "errors": {"fromDate": ["Range must not exceed 366 days"]},
+    }
+    handler, seen = scripted(httpx.Response(400, json=body))
+    waits: list[float] = []
+    with pytest.raises(VendorError) as info:
+        make_http(handler, waits).get_json("http://api.test/x", endpoint="x")
+    assert len(seen) == 1 and waits == []
+    assert "Range must not exceed 366 days" in info.value.message
+    assert "validation errors" in str(info.value)
+    assert info.value.body == body
+
+
+def test_transport_errors_are_retried_then_reported_as_status_0():
+    handler, seen = scripted(httpx.ConnectError("refused"))
+    waits: list[float] = []
+    with pytest.raises(VendorError) as info:
+        make_http(handler, waits, max_tries=3).get_json("http://api.test/x", endpoint="x")
+    assert info.value.status == 0 and len(seen) == 3
+
+
+def test_timeout_then_success():
+    handler, _ = scripted(httpx.ReadTimeout("slow"), httpx.Response(200, json={}))
+    waits: list[float] = []
+    assert make_http(handler, waits).get_json("http://api.test/x", endpoint="x") == {}
+    assert waits == [0.5]
+
+
+def test_throttle_hook_overrides_retry_after():
+    handler, _ = scripted(
+        httpx.Response(429, headers={"Retry-After": "9"}), httpx.Response(200, json={})
+    )
+    waits: list[float] = []
+    http = make_http(handler, waits, throttle_wait=lambda response: 0.25)
+    http.get_json("http://api.test/x", endpoint="x")
+    assert waits == [0.25]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"fault": {"faultstring": "Invalid ApiKey"}}, "Invalid ApiKey"),
+        ({"errors": [{"code": "X", "detail": "Market not allowed"}]}, "Market not allowed"),
+        ({"error": "Multiple members match"}, "Multiple members match"),
+        ({"message": "Unauthorized", "code": 401}, "Unauthorized"),
+        ({"error": "invalid_client"}, "invalid_client"),
+        ({"title": "Bad", "detail": "pageSize too big"}, "Bad; pageSize too big"),
+    ],
+)
+def test_vendor_message_dialects(body, expected):
+    assert vendor_message(body) == expected
+
+
+def test_secrets_are_redacted_from_errors_and_logs(caplog):
+    caplog.set_level(logging.DEBUG)
+    echoed = {"message": f"bad key {SECRET} in https://api.test/x?apikey={SECRET}"}
+    handler, _ = scripted(
+        httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(401, json=echoed)
+    )
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    with pytest.raises(VendorError) as info:
+        http.get_json(
+            f"http://api.test/x?apikey={SECRET}",
+            endpoint="x",
+            headers={"Authorization": f"Bearer {SECRET}"},
+        )
+    assert SECRET not in str(info.value) and SECRET not in str(info.value.body)
+    assert SECRET not in caplog.text
+    assert "apikey=***" in caplog.text  # the retry was logged, redacted
+
+
+def test_redact_query_secrets():
+    assert redact_query_secrets("GET /a?page=1&apikey=abc&x=2") == "GET /a?page=1&apikey=***&x=2"
+
+
+def test_date_windows_split_two_years_into_one_year_windows():
+    windows = list(date_windows(date(2023, 1, 1), date(2024, 12, 31)))
+    assert windows == [
+        (date(2023, 1, 1), date(2024, 1, 1)),
+        (date(2024, 1, 2), date(2024, 12, 31)),
+    ]
+    assert all((end - start).days + 1 <= 366 for start, end in windows)
+    assert list(date_windows(date(2024, 3, 1), date(2024, 3, 1))) == [
+        (date(2024, 3, 1), date(2024, 3, 1))
+    ]
+
+
+def test_calls_are_counted_across_threads():
+    http = make_http(lambda request: httpx.Response(200, json={}), [])
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: http.get_json("http://api.test/x", endpoint="x"), range(40)))
+    assert http.calls.total == 40
