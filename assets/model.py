@@ -49,7 +49,7 @@ def build_model_assets(
             counts = model.build_members(conn, feeds)
             dupes = conn.execute(
                 "SELECT count(*) - count(DISTINCT match_key) FROM members"
-            ).fetchone()[0]
+            ).fetchall()[0][0]
             sample = conn.execute(
                 "SELECT match_key, sources, source_records, withdrawn FROM members "
                 "ORDER BY len(sources) DESC, match_key LIMIT 5"

@@ -107,7 +107,7 @@ def _expand_env_refs(value: Any) -> Any:
     Only non-secret settings use this; credentials are always env var names, never values.
     """
     if isinstance(value, str):
-        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        return _ENV_REF.sub(lambda m: os.environ.get(m.group(1)) or m.group(2) or "", value)
     if isinstance(value, dict):
         return {k: _expand_env_refs(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -118,9 +118,14 @@ def _expand_env_refs(value: Any) -> Any:
 def _format_errors(path: Path, error: ValidationError) -> str:
     lines = [f"{path}: invalid integration file"]
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "<top>"
+        loc = list(item["loc"])
+        if len(loc) > 1 and loc[0] in ("source", "target") and isinstance(loc[1], str):
+            loc.pop(1)  # pydantic's union tag (the `kind`), not a key of the file
+        key = ".".join(str(p) for p in loc) or "<top>"
         got = item.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        # Never echo a value that may be a secret pasted into the wrong key (C2).
+        secretish = item["type"] == "extra_forbidden" or key.endswith("_env")
+        shown = "" if secretish or isinstance(got, dict | list) else f" (got {got!r})"
         lines.append(f"  - {key}: {item['msg']}{shown}")
     return "\n".join(lines)
 
@@ -149,7 +154,10 @@ def _check_semantics(path: Path, integration: Integration) -> None:
     from memberflow.mapping import available_entities
 
     entities = available_entities(integration.source.kind)
+    unavailable = getattr(integration.source, "unavailable_entities", dict)()
     for kind in integration.tracking:
+        if kind in unavailable:
+            raise IntegrationFileError(f"{path}: tracking: {kind!r} {unavailable[kind]}")
         if kind not in entities.events:
             raise IntegrationFileError(
                 f"{path}: tracking: {kind!r} is not an event entity of "

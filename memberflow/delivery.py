@@ -82,8 +82,8 @@ def ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
 
 
 def _state(conn: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM list_state WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
+    rows = conn.execute("SELECT value FROM list_state WHERE key = ?", [key]).fetchall()
+    return rows[0][0] if rows else None
 
 
 def _set_state(conn: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
@@ -396,7 +396,7 @@ def deliver_events(
         """SELECT count(*) FROM tracking_events e
            LEFT JOIN sync_state s ON s.match_key = e.match_key
            WHERE s.match_key IS NULL"""
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     sent = refused = batches = 0
     size = client.max_events_per_call
     for start in range(0, len(pending), size):

@@ -108,7 +108,7 @@ def _merge_lines(integrations: list) -> list[str]:
         with duckdb.connect(str(warehouse_path(list_key)), read_only=True) as conn:
             total, merged = conn.execute(
                 "SELECT count(*), count(*) FILTER (WHERE len(sources) > 1) FROM members"
-            ).fetchone()
+            ).fetchall()[0]
         lines.append(
             f"list {list_key}: {total} members, {merged} of them merged across sources (X6)"
         )

@@ -104,12 +104,17 @@ def load_mapping(
         raise MappingError(f"{where or path}: no default mapping for {source_kind}.{entity}")
     raw = _read_default(path)
     specs: dict[str, Any] = dict(raw.get("fields") or {})
+    origin = where or str(path)
     for name, spec in (overrides or {}).items():
         if spec is None:
-            specs.pop(name, None)
+            if name not in specs:  # a typo would silently keep sending the field
+                raise MappingError(
+                    f"{origin}: {entity}.{name}: no such field to remove "
+                    f"(known: {', '.join(sorted(specs))})"
+                )
+            del specs[name]
         else:
             specs[name] = spec
-    origin = where or str(path)
     rules = tuple(
         _field_rule(name, spec, f"{origin}: {entity}.{name}") for name, spec in specs.items()
     )
@@ -168,11 +173,15 @@ def json_path_sql(column: str, path: str, separator: str) -> str:
     direct = f"json_extract_string({column}, {_sql_str(plain)})"
     if len(parts) == 1:
         return direct
-    walked = "$." + ".".join(p + "[*]" for p in parts[:-1]) + "." + parts[-1]
-    joined = (
-        f"array_to_string(json_extract_string({column}, {_sql_str(walked)}), {_sql_str(separator)})"
-    )
-    return f"coalesce({direct}, nullif({joined}, ''))"
+    # Any step before the last may be an array (`a.b.c` over `a: {b: [...]}` or `a: [{b: ...}]`):
+    # try each mix of walked and plain steps; a step walked over an object yields nothing.
+    joined = []
+    for mask in range(1, 2 ** (len(parts) - 1)):
+        steps = [p + "[*]" if mask >> i & 1 else p for i, p in enumerate(parts[:-1])]
+        walked = _sql_str("$." + ".".join([*steps, parts[-1]]))
+        listed = f"json_extract_string({column}, {walked})"
+        joined.append(f"nullif(array_to_string({listed}, {_sql_str(separator)}), '')")
+    return f"coalesce({direct}, {', '.join(joined)})"
 
 
 def rule_sql(rule: FieldRule, record_col: str, line_col: str | None, separator: str) -> str:

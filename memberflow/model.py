@@ -47,7 +47,7 @@ def event_columns(feeds: list[Feed]) -> list[str]:
 def _existing(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     row = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-    ).fetchone()
+    ).fetchall()[0]
     return bool(row[0])
 
 
@@ -96,7 +96,7 @@ def build_members(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> dict[st
         """SELECT count(*), count(*) FILTER (WHERE len(sources) > 1),
                   count(*) FILTER (WHERE withdrawn), coalesce(sum(source_records), 0)
            FROM members"""
-    ).fetchone()
+    ).fetchall()[0]
     return {
         "members": row[0],
         "merged_across_sources": row[1],
@@ -140,6 +140,6 @@ def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
     row = conn.execute(
         """SELECT (SELECT count(*) FROM tracking_events), (SELECT count(*) FROM all_events),
                   (SELECT count(DISTINCT integration) FROM tracking_events)"""
-    ).fetchone()
+    ).fetchall()[0]
     conn.execute("DROP TABLE all_events")
     return {"events": row[0], "without_member": row[1] - row[0], "integrations": row[2]}

@@ -17,6 +17,11 @@ from email_validator import EmailNotValidError, validate_email
 Result = tuple[str | None, str | None]
 
 
+def nones(index: pd.Index) -> pd.Series:
+    """An object column of real Nones (pd.Series(None, dtype=object) holds NaN instead)."""
+    return pd.Series([None] * len(index), index=index, dtype=object)
+
+
 def _per_distinct(series: pd.Series, fn: Callable[[str], Result]) -> tuple[pd.Series, pd.Series]:
     present = series.dropna()
     results = {value: fn(value) for value in present.unique()}
@@ -51,11 +56,19 @@ def mobile_for(region: str) -> Callable[[str], Result]:
             number = phonenumbers.parse(text, region)
         except phonenumbers.NumberParseException:
             return None, f"invalid mobile {value!r}: not a phone number"
-        if not phonenumbers.is_valid_number(number):
+        # Possible (right length for its country), not "valid": validity follows the range
+        # allocations in phonenumbers' metadata, which would make a match key depend on the
+        # library version and refuse real spellings such as 12345678.
+        if not phonenumbers.is_possible_number(number):
             return None, f"invalid mobile {value!r}: not a valid number for region {region}"
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 
     return mobile
+
+
+def no_problems(index: pd.Index) -> pd.Series:
+    """A column of None: `pd.Series(None, dtype=object)` holds NaN, which reads as a problem."""
+    return pd.Series([None] * len(index), index=index, dtype=object)
 
 
 def dates(series: pd.Series, fmt: str, with_time: bool) -> tuple[pd.Series, pd.Series]:
@@ -75,7 +88,7 @@ def dates(series: pd.Series, fmt: str, with_time: bool) -> tuple[pd.Series, pd.S
     out_fmt = "%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d"
     values = parsed.dt.strftime(out_fmt).astype(object).where(parsed.notna(), None)
     bad = parsed.isna() & text.notna()
-    problems = pd.Series(None, index=series.index, dtype=object)
+    problems = no_problems(series.index)
     problems[bad] = "unreadable date " + text[bad].astype(str).map(repr) + f" (format {fmt})"
     return values, problems
 
@@ -85,7 +98,7 @@ def numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
     parsed = pd.to_numeric(text, errors="coerce")
     bad = parsed.isna() & text.notna() & (text != "")
     values = parsed.map(_number_text).astype(object).where(parsed.notna(), None)
-    problems = pd.Series(None, index=series.index, dtype=object)
+    problems = no_problems(series.index)
     problems[bad] = "not a number: " + text[bad].astype(str).map(repr)
     return values, problems
 

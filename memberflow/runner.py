@@ -83,7 +83,7 @@ class RunSummary:
 def summarise(result: dg.ExecuteInProcessResult) -> RunSummary:
     summary = RunSummary(run_id=result.run_id, success=result.success)
     for event in result.get_asset_materialization_events():
-        mat = event.asset_materialization
+        mat = getattr(event.event_specific_data, "materialization", None)
         if mat is None:
             continue
         values = {k: _plain(v) for k, v in mat.metadata.items()}
@@ -100,7 +100,10 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     messages = []
     for event in result.all_events:
         if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            messages.append(f"{event.step_key}: {event.step_failure_data.error.message.strip()}")
+            error = event.step_failure_data.error
+            while error.cause is not None:  # the vendor's or the mapping check's own words
+                error = error.cause
+            messages.append(f"{event.step_key}: {error.message.strip()}")
     return messages
 
 

@@ -42,6 +42,9 @@ def ensure_bookkeeping(conn: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE TABLE IF NOT EXISTS staged_files (
             integration VARCHAR, entity VARCHAR, path VARCHAR, fingerprint VARCHAR);
+        CREATE TABLE IF NOT EXISTS stage_meta (
+            integration VARCHAR, entity VARCHAR, fingerprint VARCHAR,
+            PRIMARY KEY (integration, entity));
         CREATE TABLE IF NOT EXISTS quarantine (
             integration VARCHAR, entity VARCHAR, stage VARCHAR, record_id VARCHAR,
             match_key VARCHAR, reason VARCHAR, payload VARCHAR,
@@ -66,19 +69,22 @@ def _pending_files(
     """(all files, files not yet staged under this mapping, whether a full rebuild is due)."""
     files = landing.day_files(settings.integration, mapping.entity)
     table = stage_table(settings.integration, mapping.entity)
-    seen = conn.execute(
-        "SELECT path, fingerprint FROM staged_files WHERE integration = ? AND entity = ?",
+    meta = conn.execute(
+        "SELECT fingerprint FROM stage_meta WHERE integration = ? AND entity = ?",
         [settings.integration, mapping.entity],
     ).fetchall()
     exists = bool(
         conn.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
-    stale = any(fp != mapping.fingerprint for _, fp in seen)
-    if stale or not exists:
+    if not exists or not meta or meta[0][0] != mapping.fingerprint:
         return files, files, True
-    done = {path for path, _ in seen}
+    seen = conn.execute(
+        "SELECT path FROM staged_files WHERE integration = ? AND entity = ?",
+        [settings.integration, mapping.entity],
+    ).fetchall()
+    done = {path for (path,) in seen}
     return files, [f for f in files if f not in done], False
 
 
@@ -92,6 +98,9 @@ def _mark_staged(
     conn.execute(
         "DELETE FROM staged_files WHERE integration = ? AND entity = ? AND fingerprint <> ?",
         [settings.integration, entity, fp],
+    )
+    conn.execute(
+        "INSERT OR REPLACE INTO stage_meta VALUES (?, ?, ?)", [settings.integration, entity, fp]
     )
     if files:
         frame = pd.DataFrame({"path": files})
@@ -199,7 +208,9 @@ def stage_events(
         [sorted(touched_days)],
     )
     if day_files:
-        _map_events(conn, mapping, settings, day_files)
+        # The records of the touched days, each at its latest version wherever it landed (a
+        # sale re-dated to another day must not come back in its old version).
+        _map_events(conn, mapping, settings, files, day_files)
         conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
         conn.execute(
             "DELETE FROM quarantine WHERE integration = ? AND entity = ? "
@@ -217,6 +228,7 @@ def _map_events(
     mapping: EntityMapping,
     settings: StageSettings,
     files: list[str],
+    touched_files: list[str],
 ) -> None:
     line = "line" if mapping.explode else None
     cols = ", ".join(
@@ -235,7 +247,9 @@ def _map_events(
         CREATE OR REPLACE TEMP TABLE mapped AS
         WITH raw AS (
             SELECT record_id, modified, business_date, fetched_at, payload
-            FROM read_parquet({_file_list_sql(files)})),
+            FROM read_parquet({_file_list_sql(files)})
+            WHERE record_id IN (
+                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)}))),
         latest AS (
             SELECT * FROM (
                 SELECT *, row_number() OVER (
@@ -272,7 +286,7 @@ def _process_chunks(
     *,
     member: bool,
 ) -> None:
-    total = conn.execute("SELECT count(*) FROM mapped").fetchone()[0]
+    total = conn.execute("SELECT count(*) FROM mapped").fetchall()[0][0]
     schema = validation.schema_for(mapping, settings.match_on if member else None)
     for start in range(0, total, CHUNK_ROWS):
         frame = conn.execute(
@@ -297,7 +311,10 @@ def _write_chunk(
     problems = validation.normalise(frame, mapping, settings.date_format, settings.phone_region)
     if member:
         frame["match_key"] = frame[settings.match_on] if settings.match_on in frame else None
-        no_consent = frame["consent"].eq(False) & ~frame["ever_consented"].astype(bool)
+        consent_false = ~frame["consent"].astype(object).fillna(True).astype(bool)
+        no_consent = consent_false & ~frame["ever_consented"].astype(object).fillna(False).astype(
+            bool
+        )
         result.skipped += int(no_consent.sum())
         missing_key = frame["match_key"].isna() & (problems == "") & ~no_consent
         problems[missing_key] = f"no {settings.match_on} (the match key)"
@@ -318,6 +335,9 @@ def _write_chunk(
     problems.loc[gated.index] = gated
     bad = checkable & (problems != "")
     good = checkable & ~bad if not member else ~bad
+    skipped_outside = 0 if member else int((~checkable).sum())  # members keep no-consent rows
+    if int(good.sum()) + int(bad.sum()) + skipped_outside != len(frame):
+        raise AssertionError(f"{table}: staging would lose rows; refusing to write")  # X4
     _insert(conn, table, frame[good], mapping, member)
     _quarantine(conn, settings, mapping, frame[bad], problems[bad])
     result.staged += int(good.sum())

@@ -59,9 +59,12 @@ def normalise(
             values, issues = normalize.choices(column, choice_values(rule))
         else:
             values = column.map(lambda v: v.strip() or None if isinstance(v, str) else None)
-            issues = pd.Series(None, index=frame.index, dtype=object)
+            issues = normalize.no_problems(frame.index)
         frame[rule.target] = values
-        problems = _append(problems, issues.map(lambda m, t=rule.target: f"{t}: {m}" if m else ""))
+        problems = _append(
+            problems,
+            issues.map(lambda m, t=rule.target: f"{t}: {m}" if isinstance(m, str) and m else ""),
+        )
     return problems
 
 

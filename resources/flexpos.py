@@ -368,6 +368,13 @@ class FlexPOSSource(BaseModel):
     attractions: FlexPOSAttractionsSection | None = None
     customers: FlexPOSCustomerFilters = Field(default_factory=FlexPOSCustomerFilters)
 
+    def unavailable_entities(self) -> dict[str, str]:
+        """Entities this configuration cannot fetch, with why: checked when the file loads."""
+        if self.attractions is not None:
+            return {}
+        why = "needs the `attractions:` section (Attraction API url and credentials, FP4)"
+        return {"tickets": why, "memberships": why}
+
     def env_vars(self) -> list[str]:
         names = [self.client_id_env, self.client_secret_env]
         if self.attractions is not None:

@@ -271,9 +271,11 @@ def _csv_value(value: Any) -> str:
 
 
 def _failed_row(item: Any) -> tuple[int, str]:
-    """HL-A10 `failed: [{"row": i, "error": "..."}]`; `row` read as the 0-based batch index."""
+    """HL-A10 `failed: [{"row": i, "error": "..."}]`, `row` counting data rows from 1 as CSV
+    row numbers are read by people (assumption kept here); returned as the 0-based batch index."""
     if isinstance(item, dict):
-        return int(item.get("row", -1)), str(item.get("error") or item.get("message") or "")
+        row = int(item.get("row", 0)) - 1
+        return row, str(item.get("error") or item.get("message") or "")
     return -1, str(item)
 
 

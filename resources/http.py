@@ -300,7 +300,8 @@ _ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 def _check_env_name(value: str) -> str:
     if not _ENV_NAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an environment variable name (^[A-Z_][A-Z0-9_]*$)")
+        # The value is not repeated: a secret pasted here by mistake must not reach a log (C2).
+        raise ValueError("expected the NAME of an environment variable (^[A-Z_][A-Z0-9_]*$)")
     return value
 
 

@@ -217,7 +217,7 @@ def test_send_events_posts_bi_csv_and_reads_failed_rows():
         "status": "success",
         "message": "1 rows imported",
         "imported": 1,
-        "failed": [{"row": 1, "error": "unknown email"}],
+        "failed": [{"row": 2, "error": "unknown email"}],  # data rows count from 1
     }
     handler, seen = recorder(httpx.Response(200, json=answer))
     columns = ["email", "product_name", "amount", "date"]

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from tests.harness import Harness
+
+
+@pytest.fixture
+def sandbox():
+    """A fresh sandbox per test: 150 generated customers over 120 days, no throttling."""
+    from sandbox.server import SandboxServer
+
+    with SandboxServer(seed=7, customers=150, days=120, rate_limits=False) as server:
+        yield server
+
+
+@pytest.fixture
+def harness(sandbox, tmp_path, monkeypatch) -> Harness:
+    """Environment pointed at the sandbox, demo credentials, and an isolated Dagster instance."""
+    from sandbox.credentials import SANDBOX_ENV
+
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MEMBERFLOW_SANDBOX_URL", sandbox.url)
+    for name, value in SANDBOX_ENV.items():
+        monkeypatch.setenv(name, value)
+    with dg.instance_for_test() as instance:
+        yield Harness(tmp=tmp_path, sandbox=sandbox, instance=instance)

@@ -1,0 +1,236 @@
+"""Value normalisation and the data-quality gate: good values canonical, bad ones a reason."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from memberflow import normalize, validation
+from memberflow.mapping import load_mapping
+
+FLEXPOS_FORMAT = "%Y-%m-%dT%H:%M:%S"
+TICKETMASTER_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def series(*values) -> pd.Series:
+    return pd.Series(list(values), dtype=object)
+
+
+def fine(problems: pd.Series) -> list[bool]:
+    """Which rows have no problem (None, not NaN: NaN reads as a problem downstream)."""
+    return [p is None for p in problems]
+
+
+# --- emails -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("anna@example.dk", "anna@example.dk"),
+        ("Anna.Berg@Example.DK", "anna.berg@example.dk"),
+        ("  ANNA@EXAMPLE.DK ", "anna@example.dk"),
+    ],
+)
+def test_email_is_trimmed_and_lower_cased(raw, expected):
+    assert normalize.email(raw) == (expected, None)
+
+
+@pytest.mark.parametrize("raw", ["anna.example.dk", "anna@", "anna@example", "an na@example.dk"])
+def test_invalid_email_gives_a_reason(raw):
+    value, problem = normalize.email(raw)
+    assert value is None
+    assert problem.startswith("invalid email ") and repr(raw.strip()) in problem
+
+
+def test_blank_email_is_missing_not_invalid():
+    assert normalize.email("   ") == (None, None)
+
+
+# --- mobiles ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "12345678",
+        "+45 12 34 56 78",
+        "0045 12345678",
+        "12 34 56 78",
+        "+4512345678",
+        "004512345678",
+        " 12345678 ",
+    ],
+)
+def test_danish_mobile_in_every_spelling_is_e164(raw):
+    assert normalize.mobile_for("DK")(raw) == ("+4512345678", None)
+
+
+def test_a_mobile_in_the_sandbox_ranges_is_e164():
+    assert normalize.mobile_for("DK")("20 30 40 50") == ("+4520304050", None)
+
+
+def test_a_foreign_number_keeps_its_country():
+    assert normalize.mobile_for("DK")("+46 70 123 45 67") == ("+46701234567", None)
+    assert normalize.mobile_for("SE")("070-123 45 67") == ("+46701234567", None)
+
+
+@pytest.mark.parametrize("raw", ["1234", "12345", "abc", "000", "+45 1234", "123456789012"])
+def test_invalid_mobile_gives_a_reason(raw):
+    value, problem = normalize.mobile_for("DK")(raw)
+    assert value is None
+    assert problem.startswith(f"invalid mobile {raw!r}")
+
+
+def test_blank_mobile_is_missing_not_invalid():
+    assert normalize.mobile_for("DK")("  ") == (None, None)
+
+
+def test_per_distinct_maps_every_row_and_keeps_missing_values_missing():
+    values, problems = normalize._per_distinct(
+        series("12345678", None, "abc", "12 34 56 78", "12345678"), normalize.mobile_for("DK")
+    )
+    assert list(values) == ["+4512345678", None, None, "+4512345678", "+4512345678"]
+    assert fine(problems) == [True, True, False, True, True]
+
+
+# --- dates ------------------------------------------------------------------------------------
+
+
+def test_dates_in_the_source_format():
+    values, problems = normalize.dates(series("31-12-1990", "01-02-2001"), "%d-%m-%Y", False)
+    assert list(values) == ["1990-12-31", "2001-02-01"]
+    assert fine(problems) == [True, True]
+
+
+def test_dates_fall_back_to_iso_8601():
+    values, problems = normalize.dates(
+        series("31-12-1990", "1990-12-31", "2024-03-01T10:00:00"), "%d-%m-%Y", False
+    )
+    assert list(values) == ["1990-12-31", "1990-12-31", "2024-03-01"]
+    assert fine(problems) == [True, True, True]
+
+
+def test_datetimes_with_the_source_format_and_aware_iso_converted_to_utc():
+    values, problems = normalize.dates(
+        series("2024-03-01T10:00:00Z", "2024-03-01T10:00:00+02:00", "2024-03-01"),
+        TICKETMASTER_FORMAT,
+        True,
+    )
+    assert list(values) == ["2024-03-01 10:00:00", "2024-03-01 08:00:00", "2024-03-01 00:00:00"]
+    assert fine(problems) == [True, True, True]
+
+
+def test_unreadable_and_missing_dates():
+    values, problems = normalize.dates(
+        series("garbage", None, "  ", "1990-12-31", "31/12/1990"), FLEXPOS_FORMAT, False
+    )
+    assert list(values) == [None, None, None, "1990-12-31", None]
+    assert fine(problems) == [False, True, True, True, False]
+    assert problems[0] == f"unreadable date 'garbage' (format {FLEXPOS_FORMAT})"
+
+
+# --- numbers, booleans, choices ---------------------------------------------------------------
+
+
+def test_numbers_accept_a_decimal_comma_and_give_canonical_text():
+    values, problems = normalize.numbers(series("12,50", "100", "100.0", "-3.25", "1e3", None))
+    assert list(values) == ["12.5", "100", "100", "-3.25", "1000", None]
+    assert fine(problems) == [True] * 6
+
+
+def test_not_a_number_gives_a_reason():
+    values, problems = normalize.numbers(series("abc", "7", " "))
+    assert list(values) == [None, "7", None]
+    assert problems[0] == "not a number: 'abc'"
+    assert fine(problems) == [False, True, True]
+
+
+def test_booleans():
+    values, problems = normalize.booleans(series("true", "FALSE", "1", "no", "maybe", None))
+    assert list(values) == ["1", "0", "1", "0", None, None]
+    assert fine(problems) == [True, True, True, True, False, True]
+    assert problems[4] == "not a boolean: 'maybe'"
+
+
+def test_choices_map_codes_to_labels_and_an_empty_label_leaves_the_field_empty():
+    values, problems = normalize.choices(
+        series("M", "F", "U", "X", None), {"M": "Male", "F": "Female", "U": ""}
+    )
+    assert list(values) == ["Male", "Female", None, None, None]
+    assert fine(problems) == [True, True, True, False, True]
+    assert problems[3] == "no option for 'X' (known: F, M, U)"
+
+
+# --- validation: normalise + gate -------------------------------------------------------------
+
+
+def customers_frame(**columns) -> pd.DataFrame:
+    mapping = load_mapping("flexpos", "customers")
+    rows = len(next(iter(columns.values())))
+    data = {"record_id": [str(i) for i in range(rows)]}
+    data |= {r.target: columns.get(r.target, [None] * rows) for r in mapping.fields}
+    return pd.DataFrame(data, dtype=object)
+
+
+def test_normalise_leaves_good_rows_without_problems():
+    mapping = load_mapping("flexpos", "customers")
+    frame = customers_frame(
+        email=["Anna@Example.DK", "bo@example.dk"],
+        mobile=["12 34 56 78", None],
+        firstname=["  Anna ", ""],
+        birthdate=["1990-12-31T00:00:00", None],
+        sex=["F", None],
+        cardnumber=["40000001,40000002", None],
+    )
+    problems = validation.normalise(frame, mapping, FLEXPOS_FORMAT, "DK")
+    assert list(problems) == ["", ""]
+    assert list(frame["email"]) == ["anna@example.dk", "bo@example.dk"]
+    assert list(frame["mobile"]) == ["+4512345678", None]
+    assert list(frame["firstname"]) == ["Anna", None]
+    assert list(frame["birthdate"]) == ["1990-12-31", None]
+    assert list(frame["sex"]) == ["Female", None]
+
+
+def test_normalise_names_each_bad_field_of_a_row():
+    mapping = load_mapping("flexpos", "customers")
+    frame = customers_frame(
+        email=["not-an-email", "ok@example.dk"],
+        mobile=["1234", "12345678"],
+        birthdate=["1990-12-31T00:00:00", "yesterday"],
+        sex=["F", "X"],
+    )
+    problems = validation.normalise(frame, mapping, FLEXPOS_FORMAT, "DK")
+    first, second = problems
+    assert first.startswith("email: invalid email 'not-an-email'")
+    assert "; mobile: invalid mobile '1234'" in first
+    assert second == (
+        f"birthdate: unreadable date 'yesterday' (format {FLEXPOS_FORMAT}); "
+        "sex: no option for 'X' (known: F, M)"
+    )
+
+
+def test_gate_turns_pandera_failures_into_one_reason_per_row():
+    mapping = load_mapping("flexpos", "journals")
+    schema = validation.schema_for(mapping, None)
+    frame = pd.DataFrame(
+        {
+            "record_id": ["J1", "J2", "J3"],
+            **{r.target: ["x"] * 3 for r in mapping.fields},
+        },
+        dtype=object,
+    )
+    frame["date"] = ["2024-03-01 10:00:00", None, "2024-03-01"]
+    frame["amount"] = ["12.5", "12.5", "twelve"]
+    reasons = validation.gate(frame, schema)
+    assert reasons[0] == ""
+    assert reasons[1] == "date: missing (required)"
+    assert reasons[2].startswith("amount: wrong shape") and "; date: wrong shape" in reasons[2]
+
+
+def test_gate_requires_a_match_key_for_members():
+    mapping = load_mapping("flexpos", "customers")
+    frame = customers_frame(email=["a@example.dk", None])
+    frame["match_key"] = frame["email"]
+    reasons = validation.gate(frame, validation.schema_for(mapping, "email"))
+    assert list(reasons) == ["", "match_key: missing (required)"]

@@ -1,0 +1,386 @@
+"""Staging: landing files -> staged DuckDB tables + quarantine, incremental and replayable.
+
+The landing files are written by `landing.land_pages` through a hand-written stand-in for a
+source client: these tests are about the DuckDB logic, not about any vendor's API.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+import duckdb
+import pytest
+
+from memberflow import landing, staging
+from memberflow.mapping import load_mapping
+from resources.base import RecordMeta
+
+FLEXPOS_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+
+class FakeSource:
+    """Just enough of a SourceClient for `land_pages`: id, modified and business date."""
+
+    def __init__(self, id_field: str, modified: str = "Modified", day: str | None = None):
+        self.id_field, self.modified, self.day = id_field, modified, day
+
+    def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        modified = datetime.fromisoformat(record[self.modified]).replace(tzinfo=UTC)
+        business = date.fromisoformat(record[self.day][:10]) if self.day else None
+        return RecordMeta(str(record[self.id_field]), modified, business)
+
+
+CUSTOMERS = FakeSource("CustomerId")
+JOURNALS = FakeSource("JournalId", day="Date")
+
+
+@pytest.fixture()
+def conn(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    yield connection
+    connection.close()
+
+
+def settings(match_on: str = "email", separator: str = ",") -> staging.StageSettings:
+    return staging.StageSettings(
+        integration="fp",
+        separator=separator,
+        date_format=FLEXPOS_FORMAT,
+        phone_region="DK",
+        match_on=match_on,
+        run_id="run-1",
+    )
+
+
+def customer(cid: int, modified: str = "2025-01-01T10:00:00", **fields: Any) -> dict[str, Any]:
+    record = {
+        "CustomerId": cid,
+        "CustomerNo": f"K{cid:07d}",
+        "FirstName": f"First{cid}",
+        "LastName": f"Last{cid}",
+        "Email": f"c{cid}@example.dk",
+        "Mobile": None,
+        "BirthDate": None,
+        "Gender": "F",
+        "cards": [],
+        "Modified": modified,
+    }
+    record.update(fields)
+    return record
+
+
+def journal(jid: str, customer_id: int | None, lines: list[dict], **fields: Any) -> dict:
+    record = {
+        "JournalId": jid,
+        "CustomerId": customer_id,
+        "Date": "2025-03-01T12:30:00",
+        "Currency": "DKK",
+        "StoreName": "Aarhus",
+        "Lines": lines,
+        "Modified": "2025-03-01T12:31:00",
+    }
+    record.update(fields)
+    return record
+
+
+def line(product: str, amount: Any = "10.00") -> dict[str, Any]:
+    return {"ProductId": product, "ProductName": f"Product {product}", "Amount": amount}
+
+
+def land(source: FakeSource, entity: str, *records: dict[str, Any]) -> landing.LandingStats:
+    return landing.land_pages(source, "fp", entity, [list(records)])
+
+
+def rows(conn, sql: str) -> list[tuple]:
+    return conn.execute(sql).fetchall()
+
+
+def staged(conn, column: str = "firstname") -> dict[str, Any]:
+    return dict(rows(conn, f'SELECT record_id, "{column}" FROM stg_fp_customers'))
+
+
+def quarantined(conn, entity: str = "customers") -> dict[str, str]:
+    return dict(rows(conn, f"SELECT record_id, reason FROM quarantine WHERE entity = '{entity}'"))
+
+
+# --- members ----------------------------------------------------------------------------------
+
+
+def test_landing_writes_parquet_by_day_and_the_cursor_round_trips(conn, tmp_path):
+    stats = land(JOURNALS, "journals", journal("J1", 1, [line("P1")]))
+    assert stats.records == 1 and stats.pages == 1 and stats.days == {date(2025, 3, 1)}
+    assert landing.day_files("fp", "journals", [date(2025, 3, 1)]) == stats.files
+    assert stats.files[0].startswith(str(tmp_path / "data" / "landing" / "fp" / "journals"))
+    assert stats.high_water_mark == datetime(2025, 3, 1, 12, 31, tzinfo=UTC)
+    assert landing.read_cursor("fp", "journals") is None
+    landing.write_cursor("fp", "journals", stats.high_water_mark)
+    assert landing.read_cursor("fp", "journals") == stats.high_water_mark
+
+
+def test_good_rows_are_staged_and_bad_rows_quarantined_with_a_reason(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(1, Email="Anna@Example.DK", Mobile="12 34 56 78", BirthDate="1990-12-31T00:00:00"),
+        customer(2, Email="not-an-email"),
+        customer(3, Mobile="1234"),
+        customer(4, Email=None),
+        customer(5, BirthDate="31/12/1990"),
+        customer(6, Gender="X"),
+        customer(7, cards=[{"Cardnumber": 40000001}, {"Cardnumber": 40000002}]),
+    )
+    result = staging.stage_members(conn, mapping, settings())
+
+    assert (result.staged, result.quarantined, result.files_read) == (2, 5, 1)
+    assert result.full_rebuild
+    assert rows(
+        conn,
+        "SELECT record_id, email, mobile, birthdate, sex, match_key, cardnumber "
+        "FROM stg_fp_customers ORDER BY record_id",
+    ) == [
+        ("1", "anna@example.dk", "+4512345678", "1990-12-31", "Female", "anna@example.dk", None),
+        ("7", "c7@example.dk", None, None, "Female", "c7@example.dk", "40000001,40000002"),
+    ]
+    reasons = quarantined(conn)
+    assert reasons["2"].startswith("email: invalid email 'not-an-email'")
+    assert reasons["3"].startswith("mobile: invalid mobile '1234'")
+    assert reasons["4"] == "no email (the match key)"
+    assert reasons["5"].startswith("birthdate: unreadable date '31/12/1990'")
+    assert reasons["6"].startswith("sex: no option for 'X'")
+    assert result.reasons == {"email": 1, "mobile": 1, "no email (the match key)": 1,
+                              "birthdate": 1, "sex": 1}  # fmt: skip
+    payload, run_id = rows(conn, "SELECT payload, run_id FROM quarantine WHERE record_id = '2'")[0]
+    assert '"Email":"not-an-email"' in payload and run_id == "run-1"
+
+
+def test_match_on_mobile_uses_the_canonical_mobile(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(1, Mobile="0045 12345678"),
+        customer(2, Mobile=None),
+    )
+    result = staging.stage_members(conn, mapping, settings(match_on="mobile"))
+    assert staged(conn, "match_key") == {"1": "+4512345678"}
+    assert quarantined(conn) == {"2": "no mobile (the match key)"}
+    assert result.staged == 1
+
+
+def test_incremental_staging_restages_only_touched_records_and_latest_modified_wins(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", customer(1), customer(2), customer(3, "2025-01-05T10:00:00"))
+    first = staging.stage_members(conn, mapping, settings())
+    assert (first.staged, first.full_rebuild) == (3, True)
+
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(2, "2025-01-02T10:00:00", FirstName="Bo"),
+        customer(3, "2025-01-03T10:00:00", FirstName="Older"),  # landed later, modified earlier
+        customer(4),
+    )
+    second = staging.stage_members(conn, mapping, settings())
+    assert (second.files_read, second.full_rebuild) == (1, False)
+    assert second.staged == 3  # records 2, 3 and 4; record 1 is not touched
+    assert staged(conn) == {"1": "First1", "2": "Bo", "3": "First3", "4": "First4"}
+
+    nothing = staging.stage_members(conn, mapping, settings())
+    assert (nothing.files_read, nothing.staged, nothing.full_rebuild) == (0, 0, False)
+    assert len(staged(conn)) == 4
+
+
+def test_a_fixed_record_leaves_quarantine_and_a_broken_one_leaves_the_staged_table(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", customer(1, Email="broken"), customer(2))
+    staging.stage_members(conn, mapping, settings())
+    assert set(quarantined(conn)) == {"1"} and set(staged(conn)) == {"2"}
+
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(1, "2025-01-02T10:00:00"),
+        customer(2, "2025-01-02T10:00:00", Email="broken"),
+    )
+    staging.stage_members(conn, mapping, settings())
+    assert set(quarantined(conn)) == {"2"} and set(staged(conn)) == {"1"}
+
+
+def test_a_mapping_change_replays_history_without_new_landing_files(conn):
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(1, BirthDate="1990-12-31T00:00:00", StoreId="S1"),
+        customer(2, BirthDate="garbage", StoreId="S2"),
+    )
+    land(CUSTOMERS, "customers", customer(3, StoreId="S3"))
+    before = staging.stage_members(conn, load_mapping("flexpos", "customers"), settings())
+    assert (before.staged, before.quarantined) == (2, 1)
+    files = landing.day_files("fp", "customers")
+
+    changed = load_mapping("flexpos", "customers", {"birthdate": None, "store": "StoreId"})
+    after = staging.stage_members(conn, changed, settings())
+
+    assert landing.day_files("fp", "customers") == files  # nothing fetched or landed
+    assert after.full_rebuild and after.files_read == 2
+    assert (after.staged, after.quarantined) == (3, 0)
+    assert staged(conn, "store") == {"1": "S1", "2": "S2", "3": "S3"}
+    columns = [r[0] for r in rows(conn, "DESCRIBE stg_fp_customers")]
+    assert "store" in columns and "birthdate" not in columns
+    assert quarantined(conn) == {}
+    fingerprints = rows(conn, "SELECT DISTINCT fingerprint FROM staged_files")
+    assert fingerprints == [(changed.fingerprint,)]
+
+    again = staging.stage_members(conn, changed, settings())
+    assert (again.full_rebuild, again.files_read) == (False, 0)
+
+
+def test_never_consented_customers_are_skipped_not_quarantined(conn):
+    mapping = load_mapping("ticketmaster", "customers")
+    source = FakeSource("customerId", modified="modifiedDate")
+
+    def tm(cid: str, consent: bool, modified: str, email: str | None = None) -> dict:
+        return {
+            "customerId": cid,
+            "email": email if email is not None else f"{cid}@example.dk",
+            "marketingConsent": consent,
+            "modifiedDate": modified,
+        }
+
+    landing.land_pages(
+        source,
+        "fp",
+        "customers",
+        [
+            [
+                tm("never", False, "2025-01-01T10:00:00"),
+                tm("never-bad", False, "2025-01-01T10:00:00", email="broken"),
+                tm("withdrew", True, "2025-01-01T10:00:00"),
+                tm("withdrew", False, "2025-01-02T10:00:00"),
+                tm("yes", True, "2025-01-01T10:00:00"),
+            ]
+        ],
+    )
+    result = staging.stage_members(
+        conn,
+        mapping,
+        staging.StageSettings("fp", ",", "%Y-%m-%dT%H:%M:%SZ", "DK", "email"),
+    )
+    assert result.skipped == 2 and result.quarantined == 0
+    state = rows(
+        conn,
+        "SELECT record_id, consent, ever_consented FROM stg_fp_customers "
+        "WHERE record_id IN ('withdrew', 'yes') ORDER BY record_id",
+    )
+    assert state == [("withdrew", False, True), ("yes", True, True)]
+
+
+def test_a_mapping_change_after_an_empty_first_run_rebuilds_the_table(conn):
+    first = staging.stage_members(conn, load_mapping("flexpos", "customers"), settings())
+    assert first.full_rebuild and first.staged == 0
+    land(CUSTOMERS, "customers", customer(1, StoreId="S1"))
+    changed = load_mapping("flexpos", "customers", {"store": "StoreId"})
+    result = staging.stage_members(conn, changed, settings())
+    assert result.full_rebuild
+    assert staged(conn, "store") == {"1": "S1"}
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def events(conn) -> list[tuple]:
+    return rows(
+        conn,
+        "SELECT event_id, customer_id, business_date, product_id, amount, currency, date "
+        "FROM stg_fp_journals ORDER BY event_id",
+    )
+
+
+def test_events_are_exploded_per_line_with_ids_and_anonymous_sales_skipped(conn):
+    mapping = load_mapping("flexpos", "journals")
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1001, [line("P1", 12.5), line("P2", "7,00")]),
+        journal("J2", None, [line("P3")]),
+        journal("J3", 1002, [line("P4", "lots")]),
+        journal("J4", 1003, []),
+    )
+    result = staging.stage_events(conn, mapping, settings())
+
+    march = date(2025, 3, 1)
+    assert events(conn) == [
+        ("fp:journals:J1:1", "1001", march, "P1", "12.5", "DKK", "2025-03-01 12:30:00"),
+        ("fp:journals:J1:2", "1001", march, "P2", "7", "DKK", "2025-03-01 12:30:00"),
+    ]
+    assert (result.staged, result.skipped, result.quarantined) == (2, 1, 1)
+    assert quarantined(conn, "journals") == {"J3": "amount: not a number: 'lots'"}
+
+
+def test_a_required_event_date_that_is_unreadable_quarantines_the_event(conn):
+    mapping = load_mapping("flexpos", "journals")
+    land(JOURNALS, "journals", journal("J1", 1001, [line("P1")], Date="2025-03-01T25:99:00"))
+    result = staging.stage_events(conn, mapping, settings())
+    assert result.quarantined == 1 and events(conn) == []
+    assert quarantined(conn, "journals")["J1"].startswith("date: unreadable date")
+
+
+def test_a_changed_sale_replaces_its_lines_and_other_days_are_not_reread(conn):
+    mapping = load_mapping("flexpos", "journals")
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1001, [line("P1"), line("P2")]),
+        journal("J9", 1009, [line("P9")], Date="2025-02-01T09:00:00"),
+    )
+    staging.stage_events(conn, mapping, settings())
+    assert len(events(conn)) == 3
+
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1001, [line("P1", "20")], Modified="2025-03-02T08:00:00"),
+    )
+    result = staging.stage_events(conn, mapping, settings())
+    assert (result.full_rebuild, result.files_read) == (False, 2)  # both files of 2025-03-01
+    assert [(e[0], e[3], e[4]) for e in events(conn)] == [
+        ("fp:journals:J1:1", "P1", "20"),
+        ("fp:journals:J9:1", "P9", "10"),
+    ]
+
+
+def test_an_event_mapping_change_replays_every_day(conn):
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1001, [line("P1")]),
+        journal("J9", 1009, [line("P9")], Date="2025-02-01T09:00:00"),
+    )
+    staging.stage_events(conn, load_mapping("flexpos", "journals"), settings())
+    changed = load_mapping("flexpos", "journals", {"store": None, "name": "line.ProductName"})
+    result = staging.stage_events(conn, changed, settings())
+    assert result.full_rebuild and result.staged == 2
+    assert rows(conn, "SELECT name FROM stg_fp_journals ORDER BY name") == [
+        ("Product P1",),
+        ("Product P9",),
+    ]
+
+
+def test_a_sale_moved_to_another_day_stays_moved_when_its_old_day_is_restaged(conn):
+    mapping = load_mapping("flexpos", "journals")
+    land(JOURNALS, "journals", journal("J1", 1001, [line("OLD")]))
+    staging.stage_events(conn, mapping, settings())
+    moved = journal(
+        "J1", 1001, [line("NEW")], Date="2025-03-02T10:00:00", Modified="2025-03-05T10:00:00"
+    )
+    land(JOURNALS, "journals", moved)
+    staging.stage_events(conn, mapping, settings())
+    land(JOURNALS, "journals", journal("J2", 1002, [line("P2")], Modified="2025-03-06T10:00:00"))
+    staging.stage_events(conn, mapping, settings())
+    assert [(e[0], e[2], e[3]) for e in events(conn)] == [
+        ("fp:journals:J1:1", date(2025, 3, 2), "NEW"),
+        ("fp:journals:J2:1", date(2025, 3, 1), "P2"),
+    ]
