@@ -53,9 +53,8 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
 @click.option("--customers", default=300, show_default=True)
 def sandbox(port: int, host: str, seed: int, customers: int) -> None:
     """Serve the vendor emulators (FlexPOS, Ticketmaster, Heyloyalty) until Ctrl-C."""
-    from sandbox.server import serve_forever
-
     from sandbox.credentials import SANDBOX_ENV
+    from sandbox.server import serve_forever
 
     click.echo(f"sandbox on http://{host}:{port} ({customers} customers, seed {seed})")
     click.echo("export these to run the demo integrations against it:")

@@ -11,12 +11,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 import dagster as dg
-from sandbox.server import SandboxServer
 
 from memberflow import runner
 from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT, load_all
 from pipelines.factory import build_definitions, warehouse_path
 from sandbox.credentials import SANDBOX_ENV
+from sandbox.server import SandboxServer
 
 DEMO_FILES = ("demo_flexpos.yaml", "demo_ticketmaster.yaml")
 
