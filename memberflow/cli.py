@@ -51,7 +51,8 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--seed", default=42, show_default=True)
 @click.option("--customers", default=300, show_default=True)
-def sandbox(port: int, host: str, seed: int, customers: int) -> None:
+@click.option("--no-rate-limits", is_flag=True, help="Disable the emulators' rate limits.")
+def sandbox(port: int, host: str, seed: int, customers: int, no_rate_limits: bool) -> None:
     """Serve the vendor emulators (FlexPOS, Ticketmaster, Heyloyalty) until Ctrl-C."""
     from sandbox.credentials import SANDBOX_ENV
     from sandbox.server import serve_forever
@@ -61,7 +62,9 @@ def sandbox(port: int, host: str, seed: int, customers: int) -> None:
     click.echo(f"  export MEMBERFLOW_SANDBOX_URL=http://{host}:{port}")
     for name, value in SANDBOX_ENV.items():
         click.echo(f"  export {name}={value}")
-    serve_forever(seed=seed, customers=customers, port=port, host=host)
+    serve_forever(
+        seed=seed, customers=customers, port=port, host=host, rate_limits=not no_rate_limits
+    )
 
 
 @main.command()

@@ -157,7 +157,13 @@ class SandboxServer:
 
 
 def serve_forever(
-    seed: int = 42, customers: int = 300, port: int = 8765, host: str = "127.0.0.1"
+    seed: int = 42,
+    customers: int = 300,
+    port: int = 8765,
+    host: str = "127.0.0.1",
+    rate_limits: bool = True,
 ) -> None:
     """Blocking entry point for the CLI: generate, then serve until interrupted."""
-    SandboxServer(seed=seed, customers=customers, port=port, host=host).serve_forever()
+    SandboxServer(
+        seed=seed, customers=customers, port=port, host=host, rate_limits=rate_limits
+    ).serve_forever()
