@@ -90,6 +90,7 @@ def _run(
         context.log.info(f"{entity}: backfilling {days[0]} .. {days[-1]} ({len(days)} days)")
         pages = client.iter_range(entity, days[0], days[-1])
         stats = landing.land_pages(client, name, entity, pages, replace_days=days)
+        _start_cursor_after_full_history(integration, entity, days, stats)
         return stats, f"range {days[0]} .. {days[-1]}"
     context.log.info(f"{entity}: full fetch")
     stats = landing.land_pages(client, name, entity, client.iter_changed(entity, None))
@@ -97,6 +98,17 @@ def _run(
     if stats.high_water_mark is not None and (previous is None or stats.high_water_mark > previous):
         landing.write_cursor(name, entity, stats.high_water_mark)
     return stats, "full"
+
+
+def _start_cursor_after_full_history(
+    integration: Integration, entity: str, days: list, stats: landing.LandingStats
+) -> None:
+    """A backfill from the first partition up to today has landed everything in scope, so the
+    first incremental run may start from its high-water mark instead of refetching history.
+    A partial backfill never moves the cursor: records of other days may be newer."""
+    covers = days[0] <= integration.schedule.history_start and days[-1] >= datetime.now(UTC).date()
+    if covers and stats.high_water_mark and landing.read_cursor(integration.name, entity) is None:
+        landing.write_cursor(integration.name, entity, stats.high_water_mark)
 
 
 def _describe(integration: Integration, mapping: EntityMapping) -> str:

@@ -367,7 +367,7 @@ def mapping_baseline(files: list[str], mapping: EntityMapping, separator: str) -
     file_list = "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
     with duckdb.connect() as conn:
         started = time.perf_counter()
-        table = conn.execute(f"SELECT {cols} FROM read_parquet({file_list})").fetch_arrow_table()
+        table = conn.execute(f"SELECT {cols} FROM read_parquet({file_list})").to_arrow_table()
         duckdb_s = time.perf_counter() - started
         threads = conn.execute("SELECT current_setting('threads')").fetchall()[0][0]
     rows = len(python_rows)
@@ -394,6 +394,10 @@ def mapping_baseline(files: list[str], mapping: EntityMapping, separator: str) -
 # --- the report -------------------------------------------------------------------------------
 
 
+def _stage_order(stage: str) -> int:
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
+
+
 def _rate(rows: int, seconds: float) -> str:
     return f"{rows / seconds:,.0f}" if seconds > 0 and rows else "-"
 
@@ -406,14 +410,13 @@ def report(
     customers: int,
     sandbox_start_s: float,
     sandbox: ProcStats,
-    full: RunFigures,
-    quiet: RunFigures,
+    runs: list[RunFigures],
     mapping: dict[str, Any] | None,
 ) -> list[str]:
     lines = [f"## memberflow full sync, {customers:,} customers (demo_flexpos -> heyloyalty)", ""]
     lines.append(f"sandbox: generated and healthy in {sandbox_start_s:.1f} s (separate process)")
     lines.append("")
-    for run in (full, quiet):
+    for run in runs:
         lines += [
             f"### {run.label}: {'ok' if run.success else 'FAILED'}, wall {run.wall_s:.1f} s, "
             f"pipeline CPU {run.cpu_s:.1f} s, sandbox CPU {run.sandbox_cpu_s:.1f} s",
@@ -421,7 +424,7 @@ def report(
             "| stage | asset | seconds | rows | rows/s | API calls |",
             "| --- | --- | ---: | ---: | ---: | ---: |",
         ]
-        for step in sorted(run.steps, key=lambda s: (STAGES.index(s.stage), s.asset)):
+        for step in sorted(run.steps, key=lambda s: (_stage_order(s.stage), s.asset)):
             flag = "" if step.ok else " (FAILED)"
             lines.append(
                 f"| {step.stage} | {step.asset}{flag} | {step.seconds:.2f} | {step.rows:,} | "
@@ -445,26 +448,31 @@ def report(
         for message in run.failures:
             lines.append(f"error: {message}")
         lines.append("")
-    full_calls = full.source_calls + full.target_calls
-    quiet_calls = quiet.source_calls + quiet.target_calls
+    full, rest = runs[0], runs[1:]
     lines += [
-        f"peak RSS: pipeline process {quiet.peak_rss_mb:,.0f} MB (ru_maxrss, both runs), "
-        f"sandbox process {sandbox.peak_rss_mb:,.0f} MB (VmHWM)",
+        f"peak RSS: pipeline process {max(r.peak_rss_mb for r in runs):,.0f} MB "
+        f"(ru_maxrss, all runs), sandbox process {sandbox.peak_rss_mb:,.0f} MB (VmHWM)",
         "",
-        "### full run / no-change run",
+        "### full run / no-change runs",
         "",
-        "| figure | full | no change | ratio |",
-        "| --- | ---: | ---: | ---: |",
-        f"| wall time (s) | {full.wall_s:.1f} | {quiet.wall_s:.1f} | "
-        f"{_ratio(full.wall_s, quiet.wall_s)} |",
-        f"| API calls, source | {full.source_calls:,} | {quiet.source_calls:,} | "
-        f"{_ratio(full.source_calls, quiet.source_calls)} |",
-        f"| API calls, target | {full.target_calls:,} | {quiet.target_calls:,} | "
-        f"{_ratio(full.target_calls, quiet.target_calls)} |",
-        f"| API calls, total | {full_calls:,} | {quiet_calls:,} | "
-        f"{_ratio(full_calls, quiet_calls)} |",
-        "",
+        "| figure | full | "
+        + " | ".join(f"no change #{i}" for i in range(1, len(rest) + 1))
+        + " | "
+        + " | ".join(f"ratio full / #{i}" for i in range(1, len(rest) + 1))
+        + " |",
+        "| --- " + "| ---: " * (1 + 2 * len(rest)) + "|",
     ]
+    figures = [
+        ("wall time (s)", lambda r: r.wall_s, "{:.1f}"),
+        ("API calls, source", lambda r: r.source_calls, "{:,}"),
+        ("API calls, target", lambda r: r.target_calls, "{:,}"),
+        ("API calls, total", lambda r: r.source_calls + r.target_calls, "{:,}"),
+    ]
+    for name, get, fmt in figures:
+        values = " | ".join(fmt.format(get(r)) for r in rest)
+        ratios = " | ".join(_ratio(get(full), get(r)) for r in rest)
+        lines.append(f"| {name} | {fmt.format(get(full))} | {values} | {ratios} |")
+    lines.append("")
     if mapping:
         lines += [
             f"### mapping {mapping['rows']:,} customer payloads x {mapping['fields']} fields "
@@ -557,9 +565,18 @@ def main(argv: list[str] | None = None) -> int:
             start=start,
             end=end,
         )
-        quiet = run_once(
-            "no-change incremental run", defs, integration, instance, procs[0].pid, run_config
-        )
+        runs = [full]
+        for i in (1, 2):
+            runs.append(
+                run_once(
+                    f"no-change incremental run #{i}",
+                    defs,
+                    integration,
+                    instance,
+                    procs[0].pid,
+                    run_config,
+                )
+            )
         sandbox = proc_stats(procs[0].pid)
 
         members = feed_of(integration).members
@@ -580,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_sandbox(proc)
         log("sandbox stopped")
 
-    lines = report(args.customers, sandbox_start_s, sandbox, full, quiet, mapping)
+    lines = report(args.customers, sandbox_start_s, sandbox, runs, mapping)
     lines += [
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM, "
@@ -596,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                 "customers": args.customers,
                 "sandbox_start_s": sandbox_start_s,
                 "sandbox_peak_rss_mb": sandbox.peak_rss_mb,
-                "runs": [_run_json(full), _run_json(quiet)],
+                "runs": [_run_json(r) for r in runs],
                 "mapping": mapping,
             },
             indent=2,
@@ -607,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(run_dir / "data", ignore_errors=True)
         shutil.rmtree(run_dir / "dagster_home", ignore_errors=True)
     log(f"report in {run_dir / 'report.md'}")
-    return 0 if full.success and quiet.success else 1
+    return 0 if all(r.success for r in runs) else 1
 
 
 def _run_json(run: RunFigures) -> dict[str, Any]:

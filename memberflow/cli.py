@@ -15,6 +15,9 @@ from memberflow.config import IntegrationFileError, discover_files, load_all
 @click.group()
 def main() -> None:
     """memberflow: sources (POS, ticketing, booking) -> email-marketing lists, on Dagster."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in beta.*")
 
 
 @main.command()

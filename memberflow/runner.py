@@ -38,6 +38,7 @@ def run_sync(
     start: date | None = None,
     end: date | None = None,
     run_config: dict[str, Any] | None = None,
+    quiet: bool = False,
 ) -> dg.ExecuteInProcessResult:
     """One sync: a backfill over [start, end] when given, else an incremental run like a tick."""
     tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
@@ -49,11 +50,14 @@ def run_sync(
     else:
         tags[naming.MODE_TAG] = naming.INCREMENTAL
         partition_key = date.today().isoformat() if integration.tracking else None
+    config = dict(run_config or {})
+    if quiet:  # the run's own log stays complete in the instance; only the console is quieter
+        config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
     return job.execute_in_process(
         instance=instance,
         tags=tags,
         partition_key=partition_key,
-        run_config=run_config or {},
+        run_config=config,
         raise_on_error=False,
     )
 

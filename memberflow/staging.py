@@ -311,10 +311,8 @@ def _write_chunk(
     problems = validation.normalise(frame, mapping, settings.date_format, settings.phone_region)
     if member:
         frame["match_key"] = frame[settings.match_on] if settings.match_on in frame else None
-        consent_false = ~frame["consent"].astype(object).fillna(True).astype(bool)
-        no_consent = consent_false & ~frame["ever_consented"].astype(object).fillna(False).astype(
-            bool
-        )
+        consent_false = ~_flags(frame["consent"], default=True)
+        no_consent = consent_false & ~_flags(frame["ever_consented"], default=False)
         result.skipped += int(no_consent.sum())
         missing_key = frame["match_key"].isna() & (problems == "") & ~no_consent
         problems[missing_key] = f"no {settings.match_on} (the match key)"
@@ -345,6 +343,11 @@ def _write_chunk(
     for reason in problems[bad]:
         key = reason.split(":")[0]
         result.reasons[key] = result.reasons.get(key, 0) + 1
+
+
+def _flags(column: pd.Series, default: bool) -> pd.Series:
+    """A nullable boolean column as plain bools: NA must never leak into a row mask."""
+    return column.map(lambda v: default if pd.isna(v) else bool(v)).astype(bool)
 
 
 def _insert(

@@ -162,7 +162,7 @@ class VendorHttp:
         exc = state.outcome.exception() if state.outcome else None
         reason = exc.response.status_code if isinstance(exc, _RetryableStatus) else repr(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning(
+        log.info(
             "%s %s %s (%s): %s, try %d of %d, waiting %.2f s",
             self.vendor,
             method,
