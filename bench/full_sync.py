@@ -149,6 +149,38 @@ def proc_stats(pid: int) -> ProcStats:
     return stats
 
 
+class RssSampler:
+    """Resident memory of this process every 50 ms (cheap: /proc/self/statm), so the peak can be
+    attributed to the step that reached it; ru_maxrss only gives the peak of the whole process."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def _run(self) -> None:
+        statm = Path("/proc/self/statm")
+        while not self._stop.is_set():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pages = int(statm.read_text().split()[1])
+                self.samples.append((time.time(), pages * self._page))
+            self._stop.wait(self.interval)
+
+    def start(self) -> RssSampler:
+        if Path("/proc/self/statm").exists():
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def peak_mb(self, start: float, end: float) -> float:
+        inside = [rss for t, rss in self.samples if start <= t <= end]
+        return max(inside, default=0) / 2**20
+
+
 def self_stats() -> ProcStats:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return ProcStats(cpu_s=usage.ru_utime + usage.ru_stime, peak_rss_mb=usage.ru_maxrss / 1024)
@@ -197,6 +229,7 @@ class StepFigure:
     stage: str
     seconds: float
     rows: int
+    peak_rss_mb: float
     api_calls: int
     ok: bool
 
@@ -235,15 +268,15 @@ def asset_stages(defs: dg.Definitions) -> dict[str, tuple[str, str]]:
     return out
 
 
-def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, bool]]:
-    """Step key -> (seconds from STEP_START to STEP_SUCCESS/FAILURE, succeeded)."""
+def step_windows(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[float, float, bool]]:
+    """Step key -> (STEP_START time, STEP_SUCCESS/FAILURE time, succeeded), epoch seconds."""
     kinds = {
         dg.DagsterEventType.STEP_START,
         dg.DagsterEventType.STEP_SUCCESS,
         dg.DagsterEventType.STEP_FAILURE,
     }
     starts: dict[str, float] = {}
-    out: dict[str, tuple[float, bool]] = {}
+    out: dict[str, tuple[float, float, bool]] = {}
     for entry in instance.all_logs(run_id, of_type=kinds):
         event = entry.dagster_event
         if event is None or event.step_key is None:
@@ -252,7 +285,7 @@ def step_seconds(instance: dg.DagsterInstance, run_id: str) -> dict[str, tuple[f
             starts[event.step_key] = entry.timestamp
         elif event.step_key in starts:
             ok = event.event_type == dg.DagsterEventType.STEP_SUCCESS
-            out[event.step_key] = (entry.timestamp - starts[event.step_key], ok)
+            out[event.step_key] = (starts[event.step_key], entry.timestamp, ok)
     return out
 
 
@@ -263,6 +296,7 @@ def run_once(
     instance: dg.DagsterInstance,
     sandbox_pid: int,
     run_config: dict[str, Any],
+    rss: RssSampler,
     **window: date,
 ) -> RunFigures:
     log(f"run: {label} ...")
@@ -283,14 +317,15 @@ def run_once(
         summary={k: _jsonable(v) for k, v in summary.assets.items()},
     )
     stages = asset_stages(defs)
-    for step_key, (seconds, ok) in sorted(step_seconds(instance, result.run_id).items()):
+    for step_key, (begin, end, ok) in sorted(step_windows(instance, result.run_id).items()):
         asset, stage = stages.get(step_key, (step_key, "other"))
         meta = summary.assets.get(asset, {})
         figures.steps.append(
             StepFigure(
                 asset=asset,
                 stage=stage,
-                seconds=seconds,
+                seconds=end - begin,
+                peak_rss_mb=rss.peak_mb(begin, end),
                 rows=int(meta.get("dagster/row_count", 0) or 0),
                 api_calls=int(meta.get("api_calls", 0) or 0),
                 ok=ok,
@@ -421,24 +456,25 @@ def report(
             f"### {run.label}: {'ok' if run.success else 'FAILED'}, wall {run.wall_s:.1f} s, "
             f"pipeline CPU {run.cpu_s:.1f} s, sandbox CPU {run.sandbox_cpu_s:.1f} s",
             "",
-            "| stage | asset | seconds | rows | rows/s | API calls |",
-            "| --- | --- | ---: | ---: | ---: | ---: |",
+            "| stage | asset | seconds | rows | rows/s | API calls | peak RSS MB |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for step in sorted(run.steps, key=lambda s: (_stage_order(s.stage), s.asset)):
             flag = "" if step.ok else " (FAILED)"
             lines.append(
                 f"| {step.stage} | {step.asset}{flag} | {step.seconds:.2f} | {step.rows:,} | "
-                f"{_rate(step.rows, step.seconds)} | {step.api_calls:,} |"
+                f"{_rate(step.rows, step.seconds)} | {step.api_calls:,} | "
+                f"{step.peak_rss_mb:,.0f} |"
             )
         for stage in STAGES:
             secs, rows = run.stage_seconds(stage), run.stage_rows(stage)
             calls = sum(s.api_calls for s in run.steps if s.stage == stage)
             lines.append(
                 f"| **{stage}** | (all) | **{secs:.2f}** | {rows:,} | {_rate(rows, secs)} | "
-                f"{calls:,} |"
+                f"{calls:,} | |"
             )
         lines.append(
-            f"| other | Dagster run overhead (wall - steps) | {run.overhead_s:.2f} | | | |"
+            f"| other | Dagster run overhead (wall - steps) | {run.overhead_s:.2f} | | | | |"
         )
         lines.append("")
         lines.append(
@@ -541,6 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the sandbox
     procs: list[subprocess.Popen] = []
     timer = _watchdog(args.run_timeout, procs)
+    rss = RssSampler().start()
     try:
         procs.append(start_sandbox(args.customers, port, args.seed, run_dir / "sandbox.log"))
         sandbox_start_s = wait_healthy(url, procs[0], args.startup_timeout)
@@ -562,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
             instance,
             procs[0].pid,
             run_config,
+            rss,
             start=start,
             end=end,
         )
@@ -575,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
                     instance,
                     procs[0].pid,
                     run_config,
+                    rss,
                 )
             )
         sandbox = proc_stats(procs[0].pid)
@@ -593,6 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         timer.cancel()
+        rss.stop()
         for proc in procs:
             stop_sandbox(proc)
         log("sandbox stopped")
