@@ -26,9 +26,8 @@ test: $(STAMP) ## set up, lint, and run every test (unit + end-to-end against th
 sandbox: $(STAMP) ## serve the vendor emulators on :8765 until Ctrl-C
 	$(BIN)/memberflow sandbox
 
-dev: $(STAMP) ## Dagster UI on :3000 over the integrations (run `make sandbox` beside it)
-	mkdir -p .dagster_home && cp -n dagster.yaml .dagster_home/dagster.yaml || true
-	DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w workspace.yaml
+dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000) wired together
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/memberflow ui
 
 bench: $(STAMP) ## the 100,000-customer full-sync benchmark (minutes)
 	$(BIN)/python bench/full_sync.py --customers 100000

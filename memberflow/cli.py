@@ -71,6 +71,31 @@ def sandbox(port: int, host: str, seed: int, customers: int, no_rate_limits: boo
 
 
 @main.command()
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--sandbox-port", default=8765, show_default=True)
+@click.option("--customers", default=300, show_default=True)
+def ui(port: int, sandbox_port: int, customers: int) -> None:
+    """The sandbox and the Dagster UI together, wired to each other, until Ctrl-C."""
+    import os
+    import subprocess
+
+    from memberflow import runner
+    from memberflow.config import REPO_ROOT
+    from memberflow.demo import prepare_environment
+    from sandbox.server import SandboxServer
+
+    runner.ensure_dagster_home()
+    with SandboxServer(customers=customers, port=sandbox_port) as server:
+        prepare_environment(server.url, REPO_ROOT / "data" / "ui")
+        click.echo(f"sandbox on {server.url}; Dagster UI on http://127.0.0.1:{port}")
+        command = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]
+        try:
+            subprocess.run(command, env=os.environ.copy(), check=False)
+        except KeyboardInterrupt:
+            pass
+
+
+@main.command()
 @click.option("--customers", default=300, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
