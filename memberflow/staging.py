@@ -158,14 +158,7 @@ def stage_members(
         FROM ranked WHERE rn = 1
         """
     )
-    conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
-    conn.execute(
-        "DELETE FROM quarantine WHERE integration = ? AND entity = ? "
-        "AND record_id IN (SELECT record_id FROM mapped)",
-        [settings.integration, mapping.entity],
-    )
-    _process_chunks(conn, table, mapping, settings, result, member=True)
-    conn.execute("DROP TABLE mapped")
+    _replace_mapped(conn, table, mapping, settings, result, member=True)
     _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
     return result
 
@@ -211,14 +204,7 @@ def stage_events(
         # The records of the touched days, each at its latest version wherever it landed (a
         # sale re-dated to another day must not come back in its old version).
         _map_events(conn, mapping, settings, files, day_files)
-        conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
-        conn.execute(
-            "DELETE FROM quarantine WHERE integration = ? AND entity = ? "
-            "AND record_id IN (SELECT record_id FROM mapped)",
-            [settings.integration, mapping.entity],
-        )
-        _process_chunks(conn, table, mapping, settings, result, member=False)
-        conn.execute("DROP TABLE mapped")
+        _replace_mapped(conn, table, mapping, settings, result, member=False)
     _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
     return result
 
@@ -275,6 +261,26 @@ def _create_event_table(
 
 
 # --- shared: normalise, gate, write -----------------------------------------------------------
+
+
+def _replace_mapped(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    mapping: EntityMapping,
+    settings: StageSettings,
+    result: StageResult,
+    *,
+    member: bool,
+) -> None:
+    """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones."""
+    conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
+    conn.execute(
+        "DELETE FROM quarantine WHERE integration = ? AND entity = ? "
+        "AND record_id IN (SELECT record_id FROM mapped)",
+        [settings.integration, mapping.entity],
+    )
+    _process_chunks(conn, table, mapping, settings, result, member=member)
+    conn.execute("DROP TABLE mapped")
 
 
 def _process_chunks(
