@@ -187,3 +187,17 @@ def test_secrets_never_reach_run_logs_or_metadata(harness):
     )
     for secret in secrets:
         assert secret not in text and secret not in logs
+
+
+def test_import_flags_reach_the_list_and_run_overrides_win(harness):
+    edit = {"import.send_automations": True, "import.send_webhooks": True}
+    harness.load("demo_flexpos", edit={"demo_flexpos": edit})
+    overrides = {
+        "ops": {"heyloyalty_demo_4711__members_delivered": {"config": {"send_optin": True}}}
+    }
+    assert harness.backfill("demo_flexpos", run_config=overrides).success
+    email = harness.sandbox.heyloyalty.members(LIST)[0]["email"]
+    (flags,) = harness.sandbox.heyloyalty.upsert_flags(LIST, email)
+    assert flags["trigger_autoresponder"] == 1  # C6 send automations (HL-A7)
+    assert flags["trigger_webhooks"] == 1  # C6 send webhooks
+    assert flags["skipOptIn"] == 0  # C5 per-run override: opt-in mail first
