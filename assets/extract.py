@@ -90,7 +90,7 @@ def _run(
         context.log.info(f"{entity}: backfilling {days[0]} .. {days[-1]} ({len(days)} days)")
         pages = client.iter_range(entity, days[0], days[-1])
         stats = landing.land_pages(client, name, entity, pages, replace_days=days)
-        _start_cursor_after_full_history(integration, entity, days, stats)
+        _start_cursor_after_initial_import(integration, entity, days, stats)
         return stats, f"range {days[0]} .. {days[-1]}"
     context.log.info(f"{entity}: full fetch")
     stats = landing.land_pages(client, name, entity, client.iter_changed(entity, None))
@@ -100,14 +100,20 @@ def _run(
     return stats, "full"
 
 
-def _start_cursor_after_full_history(
+def _start_cursor_after_initial_import(
     integration: Integration, entity: str, days: list, stats: landing.LandingStats
 ) -> None:
-    """A backfill from the first partition up to today has landed everything in scope, so the
-    first incremental run may start from its high-water mark instead of refetching history.
-    A partial backfill never moves the cursor: records of other days may be newer."""
-    covers = days[0] <= integration.schedule.history_start and days[-1] >= datetime.now(UTC).date()
-    if covers and stats.high_water_mark and landing.read_cursor(integration.name, entity) is None:
+    """The initial import (C5) is a backfill up to today: after it, the five-minute runs fetch
+    what changes from then on, from its high-water mark, instead of refetching all history.
+    Records of days before the range are the user's choice to leave out; any of them modified
+    later is still caught, since modifiedSince ignores the business date. A backfill that
+    stops before today, or one run when a cursor exists, never moves the cursor."""
+    reaches_today = days[-1] >= datetime.now(UTC).date()
+    if (
+        reaches_today
+        and stats.high_water_mark
+        and landing.read_cursor(integration.name, entity) is None
+    ):
         landing.write_cursor(integration.name, entity, stats.high_water_mark)
 
 

@@ -164,47 +164,54 @@ def _remote_key(value: str | None, match_on: str) -> str | None:
 # --- members ----------------------------------------------------------------------------------
 
 
-def plan_members(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> pd.DataFrame:
-    """Every member with what to do about it: create, update, remove or a skip reason."""
+# What to do about each member, decided in one SQL pass (cheap at 100,000 members):
+# create | update | remove | unchanged | unsubscribed | import_type.
+_ACTION_SQL = """
+    CASE
+      WHEN withdrawn THEN
+        CASE WHEN on_list AND NOT removed_before THEN 'remove' ELSE 'unchanged' END
+      WHEN remote_status = 'unsubscribed' THEN
+        CASE WHEN $reimport AND remote_unsubscribed_at IS NOT NULL
+                  AND modified > remote_unsubscribed_at
+                  AND sent_hash IS DISTINCT FROM fields_hash
+             THEN 'update' ELSE 'unsubscribed' END
+      WHEN on_list THEN
+        CASE WHEN sent_hash = fields_hash AND NOT removed_before THEN 'unchanged'
+             WHEN $import_type = 'create_only' THEN 'import_type'
+             ELSE 'update' END
+      WHEN $import_type = 'update_only' THEN 'import_type'
+      ELSE 'create'
+    END"""
+
+
+def plan_members(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> None:
+    """Create the temp table `member_plan`: every member with its action (see _ACTION_SQL).
+
+    Unsubscribed on the list: sent again only when `reimport_unsubscribed` is on and the source
+    record changed after the unsubscribe. Withdrawn: removed if it is on the list.
+    """
     ensure_state(conn)
-    return conn.execute(
-        """
-        SELECT m.*, s.member_id AS known_id, s.fields_hash AS sent_hash,
-               coalesce(s.removed, false) AS removed_before,
-               r.member_id AS remote_id, r.status AS remote_status,
-               r.unsubscribed_at AS remote_unsubscribed_at
-        FROM members m
-        LEFT JOIN sync_state s USING (match_key)
-        LEFT JOIN (SELECT * FROM remote_members QUALIFY
-                   row_number() OVER (PARTITION BY match_key ORDER BY updated_at DESC) = 1) r
-               ON r.match_key = m.match_key
-        """
-    ).df()
-
-
-def decide(row: pd.Series, settings: DeliverySettings) -> str:
-    """One member's action: create | update | remove | unchanged | unsubscribed | import_type."""
-    on_list = bool(_present(row.remote_id)) or (
-        bool(_present(row.known_id)) and not row.removed_before
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE member_plan AS
+        WITH joined AS (
+            SELECT m.*, s.member_id AS known_id, s.fields_hash AS sent_hash,
+                   coalesce(s.removed, false) AS removed_before,
+                   r.member_id AS remote_id, r.status AS remote_status,
+                   r.unsubscribed_at AS remote_unsubscribed_at
+            FROM members m
+            LEFT JOIN sync_state s USING (match_key)
+            LEFT JOIN (SELECT * FROM remote_members QUALIFY
+                       row_number() OVER (PARTITION BY match_key ORDER BY updated_at DESC) = 1) r
+                   ON r.match_key = m.match_key),
+        flagged AS (
+            SELECT *, remote_id IS NOT NULL OR (known_id IS NOT NULL AND NOT removed_before)
+                      AS on_list
+            FROM joined)
+        SELECT *, {_ACTION_SQL} AS action FROM flagged
+        """,
+        {"reimport": settings.reimport_unsubscribed, "import_type": settings.import_type},
     )
-    if row.withdrawn:
-        return "remove" if on_list and not row.removed_before else "unchanged"
-    if row.remote_status == "unsubscribed":
-        changed_after = (
-            _present(row.remote_unsubscribed_at) and row.modified > row.remote_unsubscribed_at
-        )
-        if (
-            not settings.reimport_unsubscribed
-            or not changed_after
-            or row.sent_hash == row.fields_hash
-        ):
-            return "unsubscribed"
-        return "update"
-    if on_list:
-        if row.sent_hash == row.fields_hash and not row.removed_before:
-            return "unchanged"
-        return "import_type" if settings.import_type == "create_only" else "update"
-    return "import_type" if settings.import_type == "update_only" else "create"
 
 
 def _present(value: Any) -> bool:
@@ -212,7 +219,7 @@ def _present(value: Any) -> bool:
 
 
 def wire_fields(
-    row: pd.Series, fields: list[str], list_fields: dict[str, ListField], client: TargetClient
+    row: dict[str, Any], fields: list[str], list_fields: dict[str, ListField], client: TargetClient
 ) -> dict[str, Any]:
     """Values in the target's wire format; raises ValueError naming a field that cannot be sent."""
     out: dict[str, Any] = {}
@@ -243,18 +250,16 @@ def deliver_members(
 ) -> MemberReport:
     """Create, update and remove what changed; record each acknowledgement as it arrives."""
     report = MemberReport()
-    plan = plan_members(conn, settings)
-    work: list[tuple[str, pd.Series]] = []
-    for _, row in plan.iterrows():
-        action = decide(row, settings)
-        if action in ("create", "update", "remove"):
-            work.append((action, row))
-        elif action == "unchanged":
-            report.unchanged += 1
-        elif action == "unsubscribed":
-            report.skipped_unsubscribed += 1
-        else:
-            report.skipped_by_import_type += 1
+    plan_members(conn, settings)
+    counts = dict(conn.execute("SELECT action, count(*) FROM member_plan GROUP BY 1").fetchall())
+    report.unchanged = counts.get("unchanged", 0)
+    report.skipped_unsubscribed = counts.get("unsubscribed", 0)
+    report.skipped_by_import_type = counts.get("import_type", 0)
+    work = (
+        conn.execute("SELECT * FROM member_plan WHERE action IN ('create', 'update', 'remove')")
+        .df()
+        .to_dict("records")
+    )
     acks: list[dict[str, Any]] = []
     for outcome in _send_all(client, settings, work, fields, list_fields):
         _tally(report, outcome)
@@ -271,14 +276,13 @@ def deliver_members(
 def _send_all(
     client: TargetClient,
     settings: DeliverySettings,
-    work: list[tuple[str, pd.Series]],
+    work: list[dict[str, Any]],
     fields: list[str],
     list_fields: dict[str, ListField],
 ) -> Iterator[dict[str, Any]]:
     with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
         futures = [
-            pool.submit(_send_one, client, settings, action, row, fields, list_fields)
-            for action, row in work
+            pool.submit(_send_one, client, settings, row, fields, list_fields) for row in work
         ]
         for future in as_completed(futures):
             yield future.result()
@@ -287,16 +291,15 @@ def _send_all(
 def _send_one(
     client: TargetClient,
     settings: DeliverySettings,
-    action: str,
-    row: pd.Series,
+    row: dict[str, Any],
     fields: list[str],
     list_fields: dict[str, ListField],
 ) -> dict[str, Any]:
     now = datetime.now(UTC)
-    key = row.match_key
+    key = row["match_key"]
     try:
-        if action == "remove":
-            member_id = row.remote_id if _present(row.remote_id) else row.known_id
+        if row["action"] == "remove":
+            member_id = row["remote_id"] if _present(row["remote_id"]) else row["known_id"]
             client.remove_member(settings.list_id, member_id)
             ack = {
                 "match_key": key,
@@ -318,7 +321,7 @@ def _send_one(
     ack = {
         "match_key": key,
         "member_id": result.member_id,
-        "fields_hash": row.fields_hash,
+        "fields_hash": row["fields_hash"],
         "action": result.action,
         "acked_at": now,
         "removed": False,
@@ -383,47 +386,36 @@ def deliver_events(
     if not settings.tracking_id:
         return {"sent": 0, "refused": 0, "batches": 0, "pending_members": 0}
     match_col = settings.match_on
-    selected = ", ".join(f'e."{c}"' for c in columns)
-    pending = conn.execute(
-        f"""SELECT e.event_id, e.match_key, {selected}
-            FROM tracking_events e
-            JOIN sync_state s ON s.match_key = e.match_key AND NOT s.removed
-            LEFT JOIN event_sync x ON x.event_id = e.event_id
-            WHERE x.event_id IS NULL
-            ORDER BY e.business_date, e.event_id"""
-    ).df()
-    waiting = conn.execute(
-        """SELECT count(*) FROM tracking_events e
-           LEFT JOIN sync_state s ON s.match_key = e.match_key
-           WHERE s.match_key IS NULL"""
-    ).fetchall()[0][0]
+    key = "e.match_key"
+    if match_col == "mobile" and client.mobile_wire_format == "digits":
+        key = "ltrim(e.match_key, '+')"
+    values = ", ".join(f'coalesce(e."{c}", \'\') AS "{c}"' for c in columns)
+    # One bulk call per batch, read batch by batch so memory stays flat; every batch is recorded
+    # before the next is read, so the next query no longer sees it.
+    query = f"""SELECT e.event_id, {key} AS "{match_col}", {values}
+                FROM tracking_events e
+                JOIN sync_state s ON s.match_key = e.match_key AND NOT s.removed
+                LEFT JOIN event_sync x ON x.event_id = e.event_id
+                WHERE x.event_id IS NULL
+                ORDER BY e.business_date, e.event_id
+                LIMIT {int(client.max_events_per_call)}"""
     sent = refused = batches = 0
-    size = client.max_events_per_call
-    for start in range(0, len(pending), size):
-        chunk = pending.iloc[start : start + size]
-        rows = [_event_row(r, match_col, columns, client) for _, r in chunk.iterrows()]
+    while not (batch := conn.execute(query).df()).empty:
+        rows = batch.drop(columns="event_id").to_dict("records")
         result = client.send_events(settings.tracking_id, match_col, [match_col, *columns], rows)
         batches += 1
         failed = dict(result.failed)
         status = ["refused" if i in failed else "sent" for i in range(len(rows))]
         reasons = [failed.get(i) for i in range(len(rows))]
-        _record_events(conn, chunk["event_id"].tolist(), status, reasons, settings)
+        _record_events(conn, batch["event_id"].tolist(), status, reasons, settings)
         refused += len(failed)
         sent += len(rows) - len(failed)
+    waiting = conn.execute(
+        """SELECT count(*) FROM tracking_events e
+           LEFT JOIN sync_state s ON s.match_key = e.match_key
+           WHERE s.match_key IS NULL"""
+    ).fetchall()[0][0]
     return {"sent": sent, "refused": refused, "batches": batches, "pending_members": int(waiting)}
-
-
-def _event_row(
-    row: pd.Series, match_col: str, columns: list[str], client: TargetClient
-) -> dict[str, Any]:
-    key = row.match_key
-    if match_col == "mobile" and client.mobile_wire_format == "digits":
-        key = key.lstrip("+")
-    out = {match_col: key}
-    for c in columns:
-        value = row.get(c)
-        out[c] = "" if not _present(value) else value
-    return out
 
 
 def _record_events(
