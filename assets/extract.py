@@ -54,7 +54,7 @@ def build_extract_asset(
             client.close()
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": stats.records,
+                **naming.row_count(context, stats.records),
                 "mode": mode,
                 "pages": stats.pages,
                 "files_written": len(stats.files),

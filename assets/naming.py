@@ -66,5 +66,13 @@ def partition_days(context: dg.AssetExecutionContext) -> list[date]:
     return [date.fromisoformat(k) for k in keys]
 
 
+def row_count(context: dg.AssetExecutionContext, rows: int) -> dict[str, int]:
+    """`dagster/row_count` only where it is true: a single-run backfill records the same metadata
+    on every day of its range, so there the figure is `rows_in_run` instead."""
+    if len(partition_days(context)) > 1:
+        return {"rows_in_run": rows}
+    return {"dagster/row_count": rows}
+
+
 def is_incremental(context: dg.AssetExecutionContext) -> bool:
     return context.run.tags.get(MODE_TAG) == INCREMENTAL

@@ -78,7 +78,7 @@ def build_stage_asset(
             ).df()
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": result.staged,
+                **naming.row_count(context, result.staged),
                 "table": result.table,
                 "quarantined": result.quarantined,
                 "quarantine_reasons": result.reasons,

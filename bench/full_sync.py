@@ -39,7 +39,6 @@ import dagster as dg
 import duckdb
 import httpx
 import pyarrow.parquet as pq
-import yaml
 
 from memberflow import runner
 from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
@@ -200,26 +199,7 @@ def prepare_environment(sandbox_url: str, run_dir: Path) -> None:
 
 
 def dagster_instance() -> dg.DagsterInstance:
-    """The instance in DAGSTER_HOME, with the project's dagster.yaml.
-
-    Dagster 1.13 refuses `run_queue.max_concurrent_runs` / `tag_concurrency_limits` next to a
-    `concurrency:` block; if the project's file still has them there, they are moved to
-    `concurrency.runs` (same meaning) in the bench's own copy, and the fix is reported.
-    """
-    try:
-        return dg.DagsterInstance.get()
-    except dg.DagsterInvalidConfigError as exc:
-        log(f"project dagster.yaml rejected ({exc}); moving run_queue limits to concurrency.runs")
-    path = Path(os.environ["DAGSTER_HOME"]) / "dagster.yaml"
-    config = yaml.safe_load(path.read_text())
-    queue = config.pop("run_queue", {}) or {}
-    runs = config.setdefault("concurrency", {}).setdefault("runs", {})
-    for key in ("max_concurrent_runs", "tag_concurrency_limits"):
-        if key in queue:
-            runs[key] = queue.pop(key)
-    if queue:
-        config["run_queue"] = queue
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    """The instance in DAGSTER_HOME, with the project's dagster.yaml."""
     return dg.DagsterInstance.get()
 
 
@@ -326,7 +306,7 @@ def run_once(
                 stage=stage,
                 seconds=end - begin,
                 peak_rss_mb=rss.peak_mb(begin, end),
-                rows=int(meta.get("dagster/row_count", 0) or 0),
+                rows=int(meta.get("dagster/row_count", meta.get("rows_in_run", 0)) or 0),
                 api_calls=int(meta.get("api_calls", 0) or 0),
                 ok=ok,
             )

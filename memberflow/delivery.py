@@ -9,7 +9,6 @@ acknowledged and loses nothing that was not.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -438,26 +437,3 @@ def _record_events(
         [settings.run_id],
     )
     conn.unregister("sent_events")
-
-
-def preview(frame: pd.DataFrame, limit: int = 5) -> str:
-    """A small Markdown table for materialization metadata (no secrets: data only)."""
-    if frame.empty:
-        return "(none)"
-    return (
-        frame.head(limit).to_markdown(index=False)
-        if _has_tabulate()
-        else frame.head(limit).to_string(index=False)
-    )
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)

@@ -76,14 +76,9 @@ def _describe(
     status = "ok" if s.success else "FAILED"
     out = [f"== {integration.name}: {label}{window} — {status} (run {s.run_id[:8]})"]
     events_fetched = sum(
-        int(m.get("dagster/row_count", 0) or 0)
-        for k, m in s.assets.items()
-        if k.endswith("_raw") and not k.endswith("customers_raw")
+        s.rows(k) for k in s.assets if k.endswith("_raw") and not k.endswith("customers_raw")
     )
-    out.append(
-        f"   fetched: {s.get('customers_raw', 'dagster/row_count')} customers, "
-        f"{events_fetched} event records"
-    )
+    out.append(f"   fetched: {s.rows('customers_raw')} customers, {events_fetched} event records")
     out.append(
         f"   members: {s.get('members_delivered', 'created')} created, "
         f"{s.get('members_delivered', 'updated')} updated, "

@@ -13,7 +13,7 @@ import os
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -160,7 +160,3 @@ def write_cursor(integration: str, entity: str, mark: datetime) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"high_water_mark": mark.isoformat()}))
     tmp.replace(path)
-
-
-def iter_nothing() -> Iterator[list[dict[str, Any]]]:
-    yield from ()

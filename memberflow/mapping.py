@@ -8,7 +8,6 @@ replayed over the stored raw data without fetching the source again (X3).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -205,9 +204,3 @@ def mapping_summary(mapping: EntityMapping) -> str:
 
 def choice_values(rule: FieldRule) -> dict[str, str]:
     return dict(rule.values)
-
-
-def as_json(mapping: EntityMapping) -> str:
-    return json.dumps(
-        {r.target: {"path": r.path, "type": r.type} for r in mapping.fields}, sort_keys=True
-    )

@@ -76,6 +76,13 @@ class RunSummary:
                 return meta.get(key, default)
         return default
 
+    def rows(self, suffix: str) -> int:
+        """Rows an asset handled in this run, whether or not it ran over a partition range."""
+        for name, meta in self.assets.items():
+            if name.endswith(suffix):
+                return int(meta.get("dagster/row_count", meta.get("rows_in_run", 0)) or 0)
+        return 0
+
     def total(self, suffix: str, key: str) -> int:
         return sum(
             int(meta.get(key, 0) or 0)
