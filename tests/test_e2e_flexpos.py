@@ -201,3 +201,14 @@ def test_import_flags_reach_the_list_and_run_overrides_win(harness):
     assert flags["trigger_autoresponder"] == 1  # C6 send automations (HL-A7)
     assert flags["trigger_webhooks"] == 1  # C6 send webhooks
     assert flags["skipOptIn"] == 0  # C5 per-run override: opt-in mail first
+
+
+def test_memberships_are_one_more_tracked_entity(harness):
+    edit = {"tracking": ["journals", "tickets", "memberships"]}
+    harness.load("demo_flexpos", edit={"demo_flexpos": edit})
+    run = harness.backfill("demo_flexpos")
+    assert run.success, run.failures
+    events = harness.sandbox.heyloyalty.events(TRACKING)
+    memberships = [e for e in events if e.get("event_type") == "membership"]
+    assert memberships, "no membership reached the activity feed"
+    assert all(e.get("valid_to") and e.get("status") for e in memberships)

@@ -37,7 +37,7 @@ def one(conn, record, path, separator=","):
 def test_each_source_kind_offers_its_default_entities():
     flexpos = available_entities("flexpos")
     assert flexpos.members == {"customers"}
-    assert flexpos.events == {"journals", "tickets"}
+    assert flexpos.events == {"journals", "tickets", "memberships"}
     ticketmaster = available_entities("ticketmaster")
     assert ticketmaster.members == {"customers"} and ticketmaster.events == {"orders"}
     assert available_entities("no_such_vendor").all == frozenset()
