@@ -31,6 +31,8 @@ def test_only_consenting_customers_become_members_with_their_ticket_events(harne
 
     events = harness.sandbox.heyloyalty.events(TRACKING)
     assert events and all(_lower(e["email"]) in on_list for e in events)
+    kinds = {e["event_type"] for e in events}
+    assert kinds <= {"bought", "refunded"} and "bought" in kinds  # a refund is not a purchase
     sample = events[0]  # TM3: one event per ticket, with its ticket info
     for column in ("product_name", "venue", "section", "row", "seat", "amount", "date"):
         assert sample.get(column) not in (None, ""), column
