@@ -2,6 +2,8 @@
 (X2), then send tracking events; mail an error report when members are refused (C6).
 """
 
+import smtplib
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -150,9 +152,15 @@ def _mail_report(
         f"{settings.list_id}. Counts: {report.counts()}"
     )
     for address in report_to:
-        sent = mailer.send_report(
-            address, f"memberflow: import errors on list {settings.list_id}", summary, failed
-        )
+        try:
+            sent = mailer.send_report(
+                address, f"memberflow: import errors on list {settings.list_id}", summary, failed
+            )
+        except (OSError, smtplib.SMTPException) as exc:
+            # The members' fate is recorded either way; a mail server down must not stop the
+            # events step. The exception class only: SMTP errors can echo the login.
+            context.log.error(f"error report to {address} not sent: {type(exc).__name__}")
+            continue
         if sent:
             context.log.info(f"error report with {len(failed)} member(s) mailed to {address}")
         else:

@@ -94,8 +94,9 @@ def _run(
         return stats, f"range {days[0]} .. {days[-1]}"
     context.log.info(f"{entity}: full fetch")
     stats = landing.land_pages(client, name, entity, client.iter_changed(entity, None))
-    previous = landing.read_cursor(name, entity)
-    if stats.high_water_mark is not None and (previous is None or stats.high_water_mark > previous):
+    # A full fetch may be filtered (consent=true, FP2 switches): it cannot see withdrawals, so it
+    # only starts a cursor and never moves an existing one past changes it did not fetch.
+    if stats.high_water_mark is not None and landing.read_cursor(name, entity) is None:
         landing.write_cursor(name, entity, stats.high_water_mark)
     return stats, "full"
 

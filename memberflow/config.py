@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from memberflow.mapping import MappingError, SourceEntities, available_entities, load_mapping
 from resources.registry import SourceSection, TargetSection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -124,7 +125,7 @@ def _format_errors(path: Path, error: ValidationError) -> str:
         key = ".".join(str(p) for p in loc) or "<top>"
         got = item.get("input")
         # Never echo a value that may be a secret pasted into the wrong key (C2).
-        secretish = item["type"] == "extra_forbidden" or key.endswith("_env")
+        secretish = item["type"] == "extra_forbidden" or key.endswith(("_env", "url", "code"))
         shown = "" if secretish or isinstance(got, dict | list) else f" (got {got!r})"
         lines.append(f"  - {key}: {item['msg']}{shown}")
     return "\n".join(lines)
@@ -151,7 +152,6 @@ def load_integration(path: Path) -> Integration:
 
 def _check_semantics(path: Path, integration: Integration) -> None:
     """Rules that need the source's entity list: tracking kinds and mapped entities must exist."""
-    from memberflow.mapping import available_entities
 
     entities = available_entities(integration.source.kind)
     unavailable = getattr(integration.source, "unavailable_entities", dict)()
@@ -163,11 +163,29 @@ def _check_semantics(path: Path, integration: Integration) -> None:
                 f"{path}: tracking: {kind!r} is not an event entity of "
                 f"{integration.source.kind} (expected one of {sorted(entities.events)})"
             )
+    _check_match_field(path, integration, entities)
     for entity in integration.mapping:
         if entity not in entities.all:
             raise IntegrationFileError(
                 f"{path}: mapping.{entity}: no such entity for {integration.source.kind} "
                 f"(expected one of {sorted(entities.all)})"
+            )
+
+
+def _check_match_field(path: Path, integration: Integration, entities: SourceEntities) -> None:
+    """Without the match field mapped as its type, every customer would be quarantined."""
+    for entity in entities.members:
+        try:
+            mapping = load_mapping(
+                integration.source.kind, entity, integration.mapping.get(entity), str(path)
+            )
+        except MappingError as exc:
+            raise IntegrationFileError(str(exc)) from None
+        rule = mapping.field(integration.match_on)
+        if rule is None or rule.type != integration.match_on:
+            raise IntegrationFileError(
+                f"{path}: match_on: {integration.match_on!r} needs mapping.{entity}."
+                f"{integration.match_on} mapped with type {integration.match_on}"
             )
 
 

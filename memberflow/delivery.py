@@ -74,7 +74,8 @@ def ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
             email_status VARCHAR, unsubscribed_at TIMESTAMPTZ, updated_at TIMESTAMPTZ,
             pulled_at TIMESTAMPTZ);
         CREATE TABLE IF NOT EXISTS event_sync (
-            event_id VARCHAR PRIMARY KEY, status VARCHAR, reason VARCHAR, sent_at TIMESTAMPTZ);
+            event_id VARCHAR PRIMARY KEY, status VARCHAR, reason VARCHAR, sent_at TIMESTAMPTZ,
+            event_hash VARCHAR);
         CREATE TABLE IF NOT EXISTS list_state (key VARCHAR PRIMARY KEY, value VARCHAR);
         """
     )
@@ -170,7 +171,8 @@ _ACTION_SQL = """
       WHEN withdrawn THEN
         CASE WHEN on_list AND NOT removed_before THEN 'remove' ELSE 'unchanged' END
       WHEN remote_status = 'unsubscribed' THEN
-        CASE WHEN $reimport AND remote_unsubscribed_at IS NOT NULL
+        CASE WHEN $import_type = 'create_only' THEN 'import_type'
+             WHEN $reimport AND remote_unsubscribed_at IS NOT NULL
                   AND modified > remote_unsubscribed_at
                   AND sent_hash IS DISTINCT FROM fields_hash
              THEN 'update' ELSE 'unsubscribed' END
@@ -391,22 +393,22 @@ def deliver_events(
     values = ", ".join(f'coalesce(e."{c}", \'\') AS "{c}"' for c in columns)
     # One bulk call per batch, read batch by batch so memory stays flat; every batch is recorded
     # before the next is read, so the next query no longer sees it.
-    query = f"""SELECT e.event_id, {key} AS "{match_col}", {values}
+    query = f"""SELECT e.event_id, e.event_hash, {key} AS "{match_col}", {values}
                 FROM tracking_events e
                 JOIN sync_state s ON s.match_key = e.match_key AND NOT s.removed
                 LEFT JOIN event_sync x ON x.event_id = e.event_id
-                WHERE x.event_id IS NULL
+                WHERE x.event_id IS NULL OR x.event_hash IS DISTINCT FROM e.event_hash
                 ORDER BY e.business_date, e.event_id
                 LIMIT {int(client.max_events_per_call)}"""
     sent = refused = batches = 0
     while not (batch := conn.execute(query).df()).empty:
-        rows = batch.drop(columns="event_id").to_dict("records")
+        rows = batch.drop(columns=["event_id", "event_hash"]).to_dict("records")
         result = client.send_events(settings.tracking_id, match_col, [match_col, *columns], rows)
         batches += 1
         failed = dict(result.failed)
         status = ["refused" if i in failed else "sent" for i in range(len(rows))]
         reasons = [failed.get(i) for i in range(len(rows))]
-        _record_events(conn, batch["event_id"].tolist(), status, reasons, settings)
+        _record_events(conn, batch, status, reasons, settings)
         refused += len(failed)
         sent += len(rows) - len(failed)
     waiting = conn.execute(
@@ -419,16 +421,23 @@ def deliver_events(
 
 def _record_events(
     conn: duckdb.DuckDBPyConnection,
-    ids: list[str],
+    batch: pd.DataFrame,
     status: list[str],
     reasons: list[str | None],
     settings: DeliverySettings,
 ) -> None:
-    frame = pd.DataFrame({"event_id": ids, "status": status, "reason": reasons})
+    frame = pd.DataFrame(
+        {
+            "event_id": batch["event_id"].tolist(),
+            "event_hash": batch["event_hash"].tolist(),
+            "status": status,
+            "reason": reasons,
+        }
+    )
     conn.register("sent_events", frame)
     conn.execute(
         """INSERT OR REPLACE INTO event_sync
-           SELECT event_id, status, reason, current_timestamp FROM sent_events"""
+           SELECT event_id, status, reason, current_timestamp, event_hash FROM sent_events"""
     )
     conn.execute(
         """INSERT INTO quarantine (integration, entity, stage, record_id, reason, run_id)

@@ -112,6 +112,11 @@ def load_mapping(
                     f"(known: {', '.join(sorted(specs))})"
                 )
             del specs[name]
+        elif isinstance(spec, str) and isinstance(specs.get(name), dict):
+            # A new path for a default field keeps its type: `email: Mail` is still an email,
+            # normalised like one (a raw match key would miss unsubscribes on the list).
+            specs[name] = {**specs[name], "path": spec}
+            specs[name].pop("value", None)
         else:
             specs[name] = spec
     rules = tuple(
@@ -130,9 +135,38 @@ def load_mapping(
     )
 
 
+# Columns the pipeline itself keeps beside mapped fields; a target field may not take their names.
+RESERVED = frozenset(
+    {
+        "record_id",
+        "modified",
+        "consent",
+        "ever_consented",
+        "match_key",
+        "payload",
+        "event_id",
+        "line_no",
+        "customer_id",
+        "business_date",
+        "integration",
+        "entity",
+        "rank",
+        "sources",
+        "source_records",
+        "withdrawn",
+        "fields_hash",
+        "event_hash",
+        "line",
+        "action",
+    }
+)
+
+
 def _field_rule(name: str, spec: Any, where: str) -> FieldRule:
     if not _TARGET_NAME.match(name):
         raise MappingError(f"{where}: target field name must be letters, digits and _")
+    if name in RESERVED or name.startswith("_"):
+        raise MappingError(f"{where}: {name!r} is a name memberflow uses itself; pick another")
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, dict):

@@ -120,7 +120,8 @@ def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
             parts.append(
                 f"""SELECT e.event_id, '{feed.integration}' AS integration,
                         '{mapping.entity}' AS entity, e.business_date, c.match_key, {cols}
-                    FROM {events} e LEFT JOIN {customers} c ON c.record_id = e.customer_id"""
+                    FROM {events} e LEFT JOIN {customers} c ON c.record_id = e.customer_id
+                        AND (coalesce(c.consent, true) OR c.ever_consented)"""
             )
     if not parts:
         cols = ", ".join(f'NULL::VARCHAR AS "{c}"' for c in columns)
@@ -129,11 +130,15 @@ def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
                      NULL::VARCHAR AS entity, NULL::DATE AS business_date,
                      NULL::VARCHAR AS match_key{", " + cols if cols else ""} LIMIT 0"""
         ]
+    # What the activity feed last got for an event: when it changes (a ticket refunded), the
+    # event is sent again as a new activity row.
+    hashed = ", ".join(f"'{c}', a.\"{c}\"" for c in ["match_key", *columns])
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE all_events AS {" UNION ALL ".join(parts)};
         CREATE OR REPLACE TABLE tracking_events AS
-            SELECT a.* FROM all_events a JOIN members m USING (match_key)
+            SELECT a.*, md5(json_object({hashed})::VARCHAR) AS event_hash
+            FROM all_events a JOIN members m USING (match_key)
             WHERE NOT m.withdrawn;
         """
     )

@@ -114,6 +114,8 @@ def booleans(series: pd.Series) -> tuple[pd.Series, pd.Series]:
 
     def one(value: str) -> Result:
         key = value.strip().lower()
+        if not key:
+            return None, None
         return (truth[key], None) if key in truth else (None, f"not a boolean: {value!r}")
 
     return _per_distinct(series, one)
@@ -123,6 +125,8 @@ def choices(series: pd.Series, values: dict[str, str]) -> tuple[pd.Series, pd.Se
     """Source code -> option label; an unknown code is a quarantine reason (HL-A8)."""
 
     def one(value: str) -> Result:
+        if not value.strip():
+            return None, None  # an empty code is an empty field, as for text
         if value in values:
             return (values[value] or None), None  # an empty label means "leave the field empty"
         return None, f"no option for {value!r} (known: {', '.join(sorted(values))})"

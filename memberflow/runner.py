@@ -10,7 +10,7 @@ import os
 import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ def run_sync(
         tags["dagster/asset_partition_range_end"] = end.isoformat()
     else:
         tags[naming.MODE_TAG] = naming.INCREMENTAL
-        partition_key = date.today().isoformat() if integration.tracking else None
+        today = datetime.now(UTC).date()  # partitions are UTC days, like the sensor's
+        partition_key = today.isoformat() if integration.tracking else None
     config = dict(run_config or {})
     if quiet:  # the run's own log stays complete in the instance; only the console is quieter
         config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}

@@ -203,7 +203,7 @@ def stage_events(
     if day_files:
         # The records of the touched days, each at its latest version wherever it landed (a
         # sale re-dated to another day must not come back in its old version).
-        _map_events(conn, mapping, settings, files, day_files)
+        result.skipped += _map_events(conn, mapping, settings, files, day_files)
         _replace_mapped(conn, table, mapping, settings, result, member=False)
     _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
     return result
@@ -215,7 +215,9 @@ def _map_events(
     settings: StageSettings,
     files: list[str],
     touched_files: list[str],
-) -> None:
+) -> int:
+    """Create the temp table `mapped`, one row per event line; returns how many records had no
+    line at all (a journal without lines: counted as skipped, not lost)."""
     line = "line" if mapping.explode else None
     cols = ", ".join(
         f'{rule_sql(r, "payload", line, settings.separator)} AS "{r.target}"'
@@ -230,23 +232,34 @@ def _map_events(
         exploded = "SELECT *, NULL::JSON AS line, 1 AS line_no FROM latest"
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE mapped AS
+        CREATE OR REPLACE TEMP TABLE latest AS
         WITH raw AS (
             SELECT record_id, modified, business_date, fetched_at, payload
             FROM read_parquet({_file_list_sql(files)})
             WHERE record_id IN (
-                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)}))),
-        latest AS (
-            SELECT * FROM (
-                SELECT *, row_number() OVER (
-                    PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn
-                FROM raw) WHERE rn = 1),
-        exploded AS ({exploded})
+                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)})))
+        SELECT * FROM (
+            SELECT *, row_number() OVER (
+                PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn
+            FROM raw) WHERE rn = 1
+        """
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE mapped AS
+        WITH exploded AS ({exploded})
         SELECT row_number() OVER () AS _row, record_id, line_no, modified, business_date,
                {customer} AS customer_id, payload, {cols}
         FROM exploded
         """
     )
+    lineless = 0
+    if mapping.explode:
+        lineless = conn.execute(
+            f"SELECT count(*) FROM latest WHERE coalesce(len({lines}), 0) = 0"
+        ).fetchall()[0][0]
+    conn.execute("DROP TABLE latest")
+    return int(lineless)
 
 
 def _create_event_table(

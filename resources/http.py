@@ -308,9 +308,9 @@ def _check_env_name(value: str) -> str:
 def _check_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"{value!r} is not an http(s) URL")
+        raise ValueError("expected an http(s) URL")  # the value is not echoed: it may hold a key
     if parts.query or parts.fragment:
-        raise ValueError(f"{value!r} must not carry a query or fragment")
+        raise ValueError("must not carry a query or fragment (credentials go in env vars)")
     return value.rstrip("/")
 
 

@@ -226,7 +226,7 @@ def parse_utc(value: str) -> datetime:
 def _check_market_code(value: str) -> str:
     # It goes into the URL path (TM-A1), so keep it to letters, digits and underscores.
     if not value or not all(ch.isascii() and (ch.isalnum() or ch == "_") for ch in value):
-        raise ValueError(f"{value!r} is not a market code such as TM_DK")
+        raise ValueError("expected a market code such as TM_DK (letters, digits and _)")
     return value
 
 

@@ -229,3 +229,28 @@ def test_an_empty_list_builds_empty_tables(conn):
     assert model.build_tracking_events(conn, FEEDS)["events"] == 0
     columns = [r[0] for r in conn.execute("DESCRIBE members").fetchall()]
     assert {"match_key", "sources", "withdrawn", "fields_hash", "email"} <= set(columns)
+
+
+def test_purchases_of_a_customer_who_never_consented_are_not_sent(conn):
+    """TM2: the FlexPOS member anna is on the list, but her Ticketmaster self never consented,
+    so her Ticketmaster orders must not reach the activity feed through the FlexPOS member."""
+    tm_orders = load_mapping("ticketmaster", "orders")
+    feeds = [model.Feed("fp", FP_CUSTOMERS, ()), model.Feed("tm", TM_CUSTOMERS, (tm_orders,))]
+    feed_fp(fp_customer(1, "2025-01-01T10:00:00", Email="anna@example.dk"))
+    feed_tm(tm_customer("t1", "2025-01-01T10:00:00Z", email="anna@example.dk", consent=False))
+    order = {
+        "orderId": "O1",
+        "customerId": "t1",
+        "orderDate": "2025-03-01T12:00:00Z",
+        "modifiedDate": "2025-03-01T12:00:00Z",
+        "tickets": [{"eventId": "E1", "eventName": "Koncert", "price": 300, "status": "sold"}],
+    }
+    landing.land_pages(
+        FakeSource("orderId", "modifiedDate", day="orderDate"), "tm", "orders", [[order]]
+    )
+    staging.stage_members(conn, FP_CUSTOMERS, FP_SETTINGS)
+    staging.stage_members(conn, TM_CUSTOMERS, TM_SETTINGS)
+    staging.stage_events(conn, tm_orders, TM_SETTINGS)
+    model.build_members(conn, feeds)
+    counts = model.build_tracking_events(conn, feeds)
+    assert counts["events"] == 0 and counts["without_member"] == 1

@@ -1,0 +1,84 @@
+"""End-to-end guards of the rules a user relies on: refunds reach the feed, create_only never
+reactivates, and a manual full fetch never hides a consent withdrawal from the next tick."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+LIST = 4711
+TRACKING = 99
+
+
+def _lower(value):
+    return (value or "").strip().lower()
+
+
+def test_a_ticket_refunded_after_it_was_sent_reaches_the_feed_as_a_refund(harness):
+    harness.load("demo_flexpos")
+    assert harness.backfill("demo_flexpos").success
+    on_list = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    customers = harness.sandbox.data.flexpos_customers
+    by_id = {c["CustomerId"]: _lower(c.get("Email")) for c in customers}
+    ticket = next(
+        t
+        for t in harness.sandbox.data.tickets
+        if t["Status"] == "Sold" and by_id.get(t["CustomerId"]) in on_list
+    )
+    refunded = copy.deepcopy(ticket)
+    refunded["Status"] = "Refunded"
+    now = datetime.now(ZoneInfo("Europe/Copenhagen")).replace(tzinfo=None, microsecond=0)
+    refunded["Modified"] = now.isoformat()
+    harness.sandbox.flexpos.add_ticket(refunded)
+
+    run = harness.tick("demo_flexpos")
+    assert run.success, run.failures
+    assert run.get("events_delivered", "sent") == 1
+    refunds = [
+        e
+        for e in harness.sandbox.heyloyalty.events(TRACKING)
+        if e.get("event_type") == "refunded" and str(e.get("product_id")) == str(ticket["EventId"])
+    ]
+    assert refunds
+
+
+def test_create_only_never_reactivates_an_unsubscribed_member(harness):
+    edit = {"import.type": "create_only", "import.reimport_unsubscribed": True}
+    harness.load("demo_flexpos", edit={"demo_flexpos": edit})
+    assert harness.backfill("demo_flexpos").success
+    member = harness.sandbox.heyloyalty.members(LIST)[0]
+    harness.sandbox.heyloyalty.unsubscribe(LIST, email=member["email"])
+    customer = next(
+        c
+        for c in harness.sandbox.data.flexpos_customers
+        if _lower(c.get("Email")) == member["email"]
+    )
+    changed = copy.deepcopy(harness.sandbox.flexpos.customer(customer["CustomerId"]))
+    changed["City"] = "Odense"
+    harness.sandbox.flexpos.upsert_customer(changed)
+
+    assert harness.tick("demo_flexpos").success
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, member["email"])["status"] == (
+        "unsubscribed"
+    )
+
+
+def test_a_manual_full_fetch_does_not_hide_a_withdrawal_from_the_next_tick(harness):
+    harness.load("demo_ticketmaster")
+    assert harness.backfill("demo_ticketmaster").success
+    listed = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    person = next(
+        c
+        for c in harness.sandbox.data.tm_customers
+        if c["marketingConsent"] and _lower(c["email"]) in listed
+    )
+    harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
+    # a manual run: its customer fetch asks for consent=true only, so it cannot see the withdrawal
+    assert harness.backfill("demo_ticketmaster", days=10).success
+    run = harness.tick("demo_ticketmaster")
+    assert run.success, run.failures
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
