@@ -205,6 +205,7 @@ def stage_events(
         # sale re-dated to another day must not come back in its old version).
         result.skipped += _map_events(conn, mapping, settings, files, day_files)
         _replace_mapped(conn, table, mapping, settings, result, member=False)
+        conn.execute("DROP TABLE latest_records")
     _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
     return result
 
@@ -227,12 +228,12 @@ def _map_events(
     if mapping.explode:
         lines = f"json_extract(payload, '$.{mapping.explode}[*]')"
         exploded = f"""SELECT *, unnest({lines}) AS line,
-                              unnest(range(1, len({lines}) + 1)) AS line_no FROM latest"""
+                              unnest(range(1, len({lines}) + 1)) AS line_no FROM latest_records"""
     else:
-        exploded = "SELECT *, NULL::JSON AS line, 1 AS line_no FROM latest"
+        exploded = "SELECT *, NULL::JSON AS line, 1 AS line_no FROM latest_records"
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE latest AS
+        CREATE OR REPLACE TEMP TABLE latest_records AS
         WITH raw AS (
             SELECT record_id, modified, business_date, fetched_at, payload
             FROM read_parquet({_file_list_sql(files)})
@@ -249,16 +250,15 @@ def _map_events(
         CREATE OR REPLACE TEMP TABLE mapped AS
         WITH exploded AS ({exploded})
         SELECT row_number() OVER () AS _row, record_id, line_no, modified, business_date,
-               {customer} AS customer_id, payload, {cols}
+               {customer} AS customer_id, {cols}
         FROM exploded
         """
     )
     lineless = 0
     if mapping.explode:
         lineless = conn.execute(
-            f"SELECT count(*) FROM latest WHERE coalesce(len({lines}), 0) = 0"
+            f"SELECT count(*) FROM latest_records WHERE coalesce(len({lines}), 0) = 0"
         ).fetchall()[0][0]
-    conn.execute("DROP TABLE latest")
     return int(lineless)
 
 
@@ -400,16 +400,20 @@ def _quarantine(
     if frame.empty:
         return
     rows = pd.DataFrame(
-        {
-            "record_id": frame["record_id"].astype(str),
-            "reason": reasons.astype(str),
-            "payload": frame["payload"].astype(str),
-        }
+        {"record_id": frame["record_id"].astype(str), "reason": reasons.astype(str)}
     )
+    # Members carry their payload; event lines do not (one copy per line would multiply memory
+    # by the lines per sale), so theirs is read from the record it came from.
+    if "payload" in frame:
+        rows["payload"] = frame["payload"].astype(str)
+        source = "SELECT record_id, reason, payload FROM bad_rows"
+    else:
+        source = """SELECT b.record_id, b.reason, l.payload FROM bad_rows b
+                    LEFT JOIN latest_records l USING (record_id)"""
     conn.register("bad_rows", rows)
     conn.execute(
         "INSERT INTO quarantine (integration, entity, stage, record_id, reason, payload, run_id) "
-        "SELECT ?, ?, 'stage', record_id, reason, payload, ? FROM bad_rows",
+        f"SELECT ?, ?, 'stage', record_id, reason, payload, ? FROM ({source})",
         [settings.integration, mapping.entity, settings.run_id],
     )
     conn.unregister("bad_rows")

@@ -319,6 +319,8 @@ def test_events_are_exploded_per_line_with_ids_and_anonymous_sales_skipped(conn)
     # skipped: J2 (anonymous sale, FP-A5) and J4 (no lines): counted, not lost
     assert (result.staged, result.skipped, result.quarantined) == (2, 2, 1)
     assert quarantined(conn, "journals") == {"J3": "amount: not a number: 'lots'"}
+    (payload,) = conn.execute("SELECT payload FROM quarantine WHERE record_id = 'J3'").fetchall()[0]
+    assert '"lots"' in payload  # the raw record is kept beside the reason, for the user
 
 
 def test_a_required_event_date_that_is_unreadable_quarantines_the_event(conn):
