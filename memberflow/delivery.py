@@ -354,6 +354,11 @@ def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]]) ->
            SELECT match_key, member_id, fields_hash, action, acked_at::TIMESTAMPTZ, removed
            FROM acks"""
     )
+    # A member we took off the list is no longer there: forget the list's last word on it, so
+    # a consent given again creates it anew (also under create_only).
+    conn.execute(
+        "DELETE FROM remote_members WHERE member_id IN (SELECT member_id FROM acks WHERE removed)"
+    )
     conn.unregister("acks")
 
 

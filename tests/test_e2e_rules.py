@@ -82,3 +82,25 @@ def test_a_manual_full_fetch_does_not_hide_a_withdrawal_from_the_next_tick(harne
     run = harness.tick("demo_ticketmaster")
     assert run.success, run.failures
     assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
+
+
+def test_a_member_removed_for_a_withdrawal_comes_back_when_consent_is_given_again(harness):
+    harness.load("demo_ticketmaster", edit={"demo_ticketmaster": {"import.type": "create_only"}})
+    assert harness.backfill("demo_ticketmaster").success
+    listed = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    person = next(
+        c
+        for c in harness.sandbox.data.tm_customers
+        if c["marketingConsent"] and _lower(c["email"]) in listed
+    )
+    harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
+    assert harness.tick("demo_ticketmaster").success
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
+
+    again = copy.deepcopy(harness.sandbox.ticketmaster.customer(person["customerId"]))
+    again["marketingConsent"] = True
+    harness.sandbox.ticketmaster.upsert_customer(again)
+    run = harness.tick("demo_ticketmaster")
+    assert run.success, run.failures
+    assert run.get("members_delivered", "created") == 1
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is not None
