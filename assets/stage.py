@@ -36,6 +36,20 @@ def stage_settings(integration: Integration, run_id: str) -> staging.StageSettin
     )
 
 
+def _column_schema(mapping: EntityMapping) -> dg.TableSchema:
+    """The staged table's mapped columns, each with the source path it is read from."""
+    key = "match_key" if mapping.role == "members" else "event_id"
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(key, "VARCHAR", description="what the target recognises the row by"),
+            *(
+                dg.TableColumn(r.target, "VARCHAR", description=f"{r.describe()} ({r.type})")
+                for r in mapping.fields
+            ),
+        ]
+    )
+
+
 def build_stage_asset(
     integration: Integration,
     mapping: EntityMapping,
@@ -87,6 +101,7 @@ def build_stage_asset(
                 "landing_files_read": result.files_read,
                 "replayed_from_raw": result.full_rebuild,
                 "mapping_fingerprint": mapping.fingerprint,
+                "dagster/column_schema": _column_schema(mapping),
             },
             check_results=[
                 dg.AssetCheckResult(
