@@ -65,6 +65,11 @@ class Harness:
             return conn.execute(sql, params or []).fetchall()
 
 
+def lower(value: str | None) -> str:
+    """An email as the list compares it: trimmed, lower-case; '' for none."""
+    return (value or "").strip().lower()
+
+
 def _set(raw: dict[str, Any], keys: list[str], value: Any) -> None:
     for key in keys[:-1]:
         raw = raw.setdefault(key, {})

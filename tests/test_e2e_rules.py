@@ -9,21 +9,19 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.harness import lower
+
 pytestmark = pytest.mark.e2e
 LIST = 4711
 TRACKING = 99
 
 
-def _lower(value):
-    return (value or "").strip().lower()
-
-
 def test_a_ticket_refunded_after_it_was_sent_reaches_the_feed_as_a_refund(harness):
     harness.load("demo_flexpos")
     assert harness.backfill("demo_flexpos").success
-    on_list = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    on_list = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
     customers = harness.sandbox.data.flexpos_customers
-    by_id = {c["CustomerId"]: _lower(c.get("Email")) for c in customers}
+    by_id = {c["CustomerId"]: lower(c.get("Email")) for c in customers}
     ticket = next(
         t
         for t in harness.sandbox.data.tickets
@@ -55,7 +53,7 @@ def test_create_only_never_reactivates_an_unsubscribed_member(harness):
     customer = next(
         c
         for c in harness.sandbox.data.flexpos_customers
-        if _lower(c.get("Email")) == member["email"]
+        if lower(c.get("Email")) == member["email"]
     )
     changed = copy.deepcopy(harness.sandbox.flexpos.customer(customer["CustomerId"]))
     changed["City"] = "Odense"
@@ -70,32 +68,32 @@ def test_create_only_never_reactivates_an_unsubscribed_member(harness):
 def test_a_manual_full_fetch_does_not_hide_a_withdrawal_from_the_next_tick(harness):
     harness.load("demo_ticketmaster")
     assert harness.backfill("demo_ticketmaster").success
-    listed = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
     person = next(
         c
         for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and _lower(c["email"]) in listed
+        if c["marketingConsent"] and lower(c["email"]) in listed
     )
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
     # a manual run: its customer fetch asks for consent=true only, so it cannot see the withdrawal
     assert harness.backfill("demo_ticketmaster", days=10).success
     run = harness.tick("demo_ticketmaster")
     assert run.success, run.failures
-    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is None
 
 
 def test_a_member_removed_for_a_withdrawal_comes_back_when_consent_is_given_again(harness):
     harness.load("demo_ticketmaster", edit={"demo_ticketmaster": {"import.type": "create_only"}})
     assert harness.backfill("demo_ticketmaster").success
-    listed = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
     person = next(
         c
         for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and _lower(c["email"]) in listed
+        if c["marketingConsent"] and lower(c["email"]) in listed
     )
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
     assert harness.tick("demo_ticketmaster").success
-    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is None
 
     again = copy.deepcopy(harness.sandbox.ticketmaster.customer(person["customerId"]))
     again["marketingConsent"] = True
@@ -103,4 +101,4 @@ def test_a_member_removed_for_a_withdrawal_comes_back_when_consent_is_given_agai
     run = harness.tick("demo_ticketmaster")
     assert run.success, run.failures
     assert run.get("members_delivered", "created") == 1
-    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is not None
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is not None

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.harness import lower
+
 pytestmark = pytest.mark.e2e
 LIST = 4711
 TRACKING = 99
-
-
-def _lower(value):
-    return (value or "").strip().lower()
 
 
 def test_only_consenting_customers_become_members_with_their_ticket_events(harness):
@@ -18,10 +16,10 @@ def test_only_consenting_customers_become_members_with_their_ticket_events(harne
     run = harness.backfill("demo_ticketmaster")
     assert run.success, run.failures
 
-    on_list = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
-    consenting = {_lower(c["email"]) for c in harness.sandbox.data.tm_customers if c["email"]}
+    on_list = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    consenting = {lower(c["email"]) for c in harness.sandbox.data.tm_customers if c["email"]}
     refused = {
-        _lower(c["email"])
+        lower(c["email"])
         for c in harness.sandbox.data.tm_customers
         if c["email"] and not c["marketingConsent"]
     }
@@ -30,7 +28,7 @@ def test_only_consenting_customers_become_members_with_their_ticket_events(harne
     assert not on_list & refused
 
     events = harness.sandbox.heyloyalty.events(TRACKING)
-    assert events and all(_lower(e["email"]) in on_list for e in events)
+    assert events and all(lower(e["email"]) in on_list for e in events)
     kinds = {e["event_type"] for e in events}
     assert kinds <= {"bought", "refunded"} and "bought" in kinds  # a refund is not a purchase
     sample = events[0]  # TM3: one event per ticket, with its ticket info
@@ -55,7 +53,7 @@ def test_one_list_fed_by_two_sources_has_one_member_per_person(harness):
     assert run.success, run.failures
 
     members = harness.sandbox.heyloyalty.members(LIST)
-    emails = [_lower(m["email"]) for m in members]
+    emails = [lower(m["email"]) for m in members]
     assert len(emails) == len(set(emails)), "a person is on the list twice"
 
     merged = harness.query("SELECT match_key FROM members WHERE len(sources) = 2 AND NOT withdrawn")
@@ -63,7 +61,7 @@ def test_one_list_fed_by_two_sources_has_one_member_per_person(harness):
     events = harness.sandbox.heyloyalty.events(TRACKING)
     both = 0
     for (key,) in merged:
-        mine = [e for e in events if _lower(e["email"]) == key]
+        mine = [e for e in events if lower(e["email"]) == key]
         from_tm = any(e.get("venue") for e in mine)
         from_fp = any(e.get("store") or e.get("zone") for e in mine)
         both += from_tm and from_fp
@@ -80,8 +78,8 @@ def test_precedence_latest_modified_source_wins_per_field(harness):
     (key,) = harness.query(
         "SELECT match_key FROM members WHERE len(sources) = 2 ORDER BY match_key LIMIT 1"
     )[0]
-    tm = next(c for c in harness.sandbox.data.tm_customers if _lower(c["email"]) == key)
-    fp = next(c for c in harness.sandbox.data.flexpos_customers if _lower(c.get("Email")) == key)
+    tm = next(c for c in harness.sandbox.data.tm_customers if lower(c["email"]) == key)
+    fp = next(c for c in harness.sandbox.data.flexpos_customers if lower(c.get("Email")) == key)
 
     changed = copy.deepcopy(harness.sandbox.ticketmaster.customer(tm["customerId"]))
     changed["lastName"] = "Ticketmastersen"  # TM is now the latest modified source
@@ -120,18 +118,18 @@ def test_same_mobile_in_different_spellings_is_one_member(harness):
 def test_a_consent_withdrawn_at_ticketmaster_takes_the_member_off_the_list(harness):
     harness.load("demo_ticketmaster")
     assert harness.backfill("demo_ticketmaster").success
-    listed = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
     person = next(
         c
         for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and _lower(c["email"]) in listed
+        if c["marketingConsent"] and lower(c["email"]) in listed
     )
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
 
     run = harness.tick("demo_ticketmaster")
     assert run.success, run.failures
     assert run.get("members_delivered", "removed") == 1
-    assert harness.sandbox.heyloyalty.member_by_email(LIST, _lower(person["email"])) is None
+    assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is None
     quiet = harness.tick("demo_ticketmaster")  # and it is not sent again
     assert quiet.get("members_delivered", "created") == 0
 
@@ -147,10 +145,10 @@ def test_integrations_on_other_lists_never_see_each_others_members(harness):
     harness.load("demo_flexpos", "demo_ticketmaster", edit={"demo_ticketmaster": other})
     assert harness.backfill("demo_flexpos").success
     assert harness.backfill("demo_ticketmaster").success
-    fp_list = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
-    tm_list = {_lower(m["email"]) for m in harness.sandbox.heyloyalty.members(5001)}
-    fp_people = {_lower(c.get("Email")) for c in harness.sandbox.data.flexpos_customers}
-    tm_people = {_lower(c.get("email")) for c in harness.sandbox.data.tm_customers}
+    fp_list = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
+    tm_list = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(5001)}
+    fp_people = {lower(c.get("Email")) for c in harness.sandbox.data.flexpos_customers}
+    tm_people = {lower(c.get("email")) for c in harness.sandbox.data.tm_customers}
     assert fp_list and tm_list
     assert fp_list <= fp_people and tm_list <= tm_people  # C1: no client's data on another list
     assert not (tm_list - fp_people) & fp_list
