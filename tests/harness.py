@@ -59,6 +59,15 @@ class Harness:
         summary.failures = runner.failure_messages(result)  # type: ignore[attr-defined]
         return summary
 
+    def listed_tm_customer(self, list_id: int = 4711) -> dict[str, Any]:
+        """A consenting Ticketmaster customer who is on the list now (for withdrawal tests)."""
+        listed = {lower(m["email"]) for m in self.sandbox.heyloyalty.members(list_id)}
+        return next(
+            c
+            for c in self.sandbox.data.tm_customers
+            if c["marketingConsent"] and lower(c["email"]) in listed
+        )
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple]:
         path = warehouse_path(self.integrations[0].list_key)
         with duckdb.connect(str(path), read_only=True) as conn:

@@ -68,12 +68,7 @@ def test_create_only_never_reactivates_an_unsubscribed_member(harness):
 def test_a_manual_full_fetch_does_not_hide_a_withdrawal_from_the_next_tick(harness):
     harness.load("demo_ticketmaster")
     assert harness.backfill("demo_ticketmaster").success
-    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
-    person = next(
-        c
-        for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and lower(c["email"]) in listed
-    )
+    person = harness.listed_tm_customer(LIST)
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
     # a manual run: its customer fetch asks for consent=true only, so it cannot see the withdrawal
     assert harness.backfill("demo_ticketmaster", days=10).success
@@ -85,12 +80,7 @@ def test_a_manual_full_fetch_does_not_hide_a_withdrawal_from_the_next_tick(harne
 def test_a_member_removed_for_a_withdrawal_comes_back_when_consent_is_given_again(harness):
     harness.load("demo_ticketmaster", edit={"demo_ticketmaster": {"import.type": "create_only"}})
     assert harness.backfill("demo_ticketmaster").success
-    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
-    person = next(
-        c
-        for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and lower(c["email"]) in listed
-    )
+    person = harness.listed_tm_customer(LIST)
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
     assert harness.tick("demo_ticketmaster").success
     assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is None

@@ -118,12 +118,7 @@ def test_same_mobile_in_different_spellings_is_one_member(harness):
 def test_a_consent_withdrawn_at_ticketmaster_takes_the_member_off_the_list(harness):
     harness.load("demo_ticketmaster")
     assert harness.backfill("demo_ticketmaster").success
-    listed = {lower(m["email"]) for m in harness.sandbox.heyloyalty.members(LIST)}
-    person = next(
-        c
-        for c in harness.sandbox.data.tm_customers
-        if c["marketingConsent"] and lower(c["email"]) in listed
-    )
+    person = harness.listed_tm_customer(LIST)
     harness.sandbox.ticketmaster.withdraw_consent(person["customerId"])
 
     run = harness.tick("demo_ticketmaster")
