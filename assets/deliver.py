@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets import naming
-from memberflow import delivery, model
+from memberflow import delivery, event_delivery, model
 from memberflow.config import Integration
 from resources.base import TargetClient, UpsertFlags
 from resources.mailer import ErrorReportMailer
@@ -123,7 +123,7 @@ def build_deliver_assets(
         client: TargetClient = getattr(context.resources, target_key).client()
         try:
             with warehouse.get_connection() as conn:
-                counts = delivery.deliver_events(conn, client, settings, columns)
+                counts = event_delivery.deliver_events(conn, client, settings, columns)
         finally:
             client.close()
         return dg.MaterializeResult(

@@ -191,6 +191,19 @@ class TargetClient(ABC):
         """A one-call probe for the sensor: did any member change on the list since then?"""
 
     @abstractmethod
+    def member_count(self, list_id: str) -> int | None:
+        """How many members the list holds now, in one cheap call; None if the target can't say.
+
+        Delivery compares it with what the list acknowledged, to notice a list that was emptied
+        or restored (reconciliation)."""
+
+    @abstractmethod
+    def find_member(self, list_id: str, match_field: str, value: str) -> RemoteMember | None:
+        """The member whose `match_field` (email or mobile, in wire format) equals `value`.
+
+        Used right before an update, so a member who unsubscribed meanwhile is not reactivated."""
+
+    @abstractmethod
     def upsert_member(
         self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
     ) -> UpsertResult:

@@ -136,6 +136,18 @@ class HeyloyaltyClient(TargetClient):
         """A perpage=1 probe with the HL-A5 filter."""
         return bool(self._members_page(list_id, changed_since, 1, 1))
 
+    def member_count(self, list_id: str) -> int | None:
+        """`members` of the list's entry in `GET /lists` (HL 2.2); None if the list is absent."""
+        body = self._call("GET", f"{self._base}/lists", endpoint="lists").json()
+        for entry in body if isinstance(body, list) else []:
+            if isinstance(entry, dict) and str(entry.get("id")) == str(list_id):
+                count = entry.get("members")
+                return int(count) if isinstance(count, int | str) and str(count).isdigit() else None
+        return None
+
+    def find_member(self, list_id: str, match_field: str, value: str) -> RemoteMember | None:
+        return self.lookup_member(list_id, match_field, value)
+
     def upsert_member(
         self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
     ) -> UpsertResult:

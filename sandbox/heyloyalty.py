@@ -41,8 +41,10 @@ BI_PREFIX = "/heyloyalty/bi/api"
 CLOCK_SKEW = timedelta(minutes=15)  # HL-A1
 MAX_PERPAGE = 5000  # HL-A4
 MAX_BI_ROWS = 50_000  # HL-A10
-SEX_OPTIONS = {"1": "Male", "2": "Female"}
-COUNTRY_OPTIONS = {"1": "Denmark", "2": "Sweden", "3": "Norway", "4": "Germany", "5": "Finland"}
+# Danish labels, as on a real Danish list: only the option ids of `sex` are documented (1 = male,
+# 2 = female), so a client that resolves options by an English label fails here as it would there.
+SEX_OPTIONS = {"1": "Mand", "2": "Kvinde"}
+COUNTRY_OPTIONS = {"1": "Danmark", "2": "Sverige", "3": "Norge", "4": "Tyskland", "5": "Finland"}
 # Fixed fields of every list (heyloyalty.md 2.2); `country` is a choice there, so it is here too.
 FIXED_FIELDS: list[tuple[str, str, dict[str, str] | None]] = [
     ("firstname", "text", None),

@@ -75,7 +75,7 @@ def test_flexpos_customer_defaults():
     assert mapping.record_id == "CustomerId" and mapping.modified == "Modified"
     assert mapping.consent is None
     assert mapping.field("cardnumber").path == "cards.Cardnumber"
-    assert choice_values(mapping.field("sex")) == {"M": "Male", "F": "Female"}
+    assert choice_values(mapping.field("sex")) == {"M": "1", "F": "2"}
 
 
 def test_override_none_removes_and_string_adds_a_field():

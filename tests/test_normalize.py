@@ -189,7 +189,7 @@ def test_normalise_leaves_good_rows_without_problems():
     assert list(frame["mobile"]) == ["+4512345678", None]
     assert list(frame["firstname"]) == ["Anna", None]
     assert list(frame["birthdate"]) == ["1990-12-31", None]
-    assert list(frame["sex"]) == ["Female", None]
+    assert list(frame["sex"]) == ["2", None]
 
 
 def test_normalise_names_each_bad_field_of_a_row():

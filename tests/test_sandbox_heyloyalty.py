@@ -87,7 +87,7 @@ def test_list_fields(client):
         "language",
     } <= set(fields)
     assert fields["sex"]["format"] == "choice"
-    assert fields["sex"]["options"] == {"1": "Male", "2": "Female"}
+    assert fields["sex"]["options"] == {"1": "Mand", "2": "Kvinde"}
     assert "cardnumber" not in client.get(f"{V1}/lists/4712").json()["fields"]
 
 
@@ -205,7 +205,7 @@ def test_member_get_put_patch_delete(client):
     url = f"{V1}/lists/4711/members/{member_id}"
     shown = client.get(url).json()
     assert shown["id"] == member_id and shown["status"]["status"] == "active"
-    assert shown["fields"]["sex"] == {"value": "2", "options": {"1": "Male", "2": "Female"}}
+    assert shown["fields"]["sex"] == {"value": "2", "options": {"1": "Mand", "2": "Kvinde"}}
     assert client.patch(url, json={"lastname": "Dahl"}).status_code == 204
     assert client.get(url).json()["fields"]["city"]["value"] == "Køge"
     assert client.put(url, json={"email": "bodil@mail.dk", "firstname": "Bo"}).status_code == 204

@@ -141,8 +141,8 @@ def test_good_rows_are_staged_and_bad_rows_quarantined_with_a_reason(conn):
         "SELECT record_id, email, mobile, birthdate, sex, match_key, cardnumber "
         "FROM stg_fp_customers ORDER BY record_id",
     ) == [
-        ("1", "anna@example.dk", "+4512345678", "1990-12-31", "Female", "anna@example.dk", None),
-        ("7", "c7@example.dk", None, None, "Female", "c7@example.dk", "40000001,40000002"),
+        ("1", "anna@example.dk", "+4512345678", "1990-12-31", "2", "anna@example.dk", None),
+        ("7", "c7@example.dk", None, None, "2", "c7@example.dk", "40000001,40000002"),
     ]
     reasons = quarantined(conn)
     assert reasons["2"].startswith("email: invalid email 'not-an-email'")
