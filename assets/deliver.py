@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets import naming
-from memberflow import delivery, event_delivery, model
+from memberflow import delivery, model
 from memberflow.config import Integration
 from resources.base import TargetClient, UpsertFlags
 from resources.mailer import ErrorReportMailer
@@ -53,7 +53,6 @@ def build_deliver_assets(
     target_key = naming.target_resource_key(list_key)
     first = integrations[0]
     fields = model.member_fields(feeds)
-    columns = model.event_columns(feeds)
     report_to = sorted(
         {i.import_.error_report_to for i in integrations if i.import_.error_report_to}
     )
@@ -104,37 +103,7 @@ def build_deliver_assets(
             }
         )
 
-    @dg.asset(
-        key=naming.list_asset_key(list_key, "events_delivered"),
-        group_name=list_key,
-        deps=[naming.list_asset_key(list_key, "tracking_events"), members_delivered],
-        description=(
-            "Tracking events not sent before, for members on the list, sent in the target's bulk "
-            "import (activity feed); refused rows are quarantined with the target's reason."
-        ),
-        required_resource_keys={warehouse_key, target_key},
-        pool=naming.pool(list_key),
-        kinds={first.target.kind},
-        tags={"memberflow/stage": "deliver"},
-    )
-    def _events_delivered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-        settings = delivery_settings(first, context.run_id)
-        warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
-        client: TargetClient = getattr(context.resources, target_key).client()
-        try:
-            with warehouse.get_connection() as conn:
-                counts = event_delivery.deliver_events(conn, client, settings, columns)
-        finally:
-            client.close()
-        return dg.MaterializeResult(
-            metadata={
-                "dagster/row_count": counts["sent"],
-                **counts,
-                "api_calls": client.calls.total,
-            }
-        )
-
-    return [_members_delivered, _events_delivered]
+    return [_members_delivered]
 
 
 def _mail_report(

@@ -15,6 +15,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets import naming
 from assets.deliver import build_deliver_assets
+from assets.deliver_events import build_events_delivered_asset
 from assets.extract import build_extract_asset
 from assets.model import build_model_assets
 from assets.stage import build_stage_asset
@@ -56,9 +57,11 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
     resources: dict[str, object] = {"mailer": ErrorReportMailer()}
     for list_key, members in sorted(by_list.items()):
         feeds = [feed_of(i) for i in members]
-        list_assets = build_model_assets(list_key, members, feeds) + build_deliver_assets(
-            list_key, members, feeds
-        )
+        list_assets = [
+            *build_model_assets(list_key, members, feeds),
+            *build_deliver_assets(list_key, members, feeds),
+            build_events_delivered_asset(list_key, members, feeds),
+        ]
         assets += list_assets
         path = warehouse_path(list_key)
         path.parent.mkdir(parents=True, exist_ok=True)

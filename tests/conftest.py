@@ -5,6 +5,11 @@ import pytest
 
 from tests.harness import Harness
 
+# As in the project's dagster.yaml: the vendor clients' retry log lines reach the run's log.
+INSTANCE_OVERRIDES = {
+    "python_logs": {"managed_python_loggers": ["resources.http"], "python_log_level": "INFO"}
+}
+
 
 @pytest.fixture
 def sandbox():
@@ -24,5 +29,5 @@ def harness(sandbox, tmp_path, monkeypatch) -> Harness:
     monkeypatch.setenv("MEMBERFLOW_SANDBOX_URL", sandbox.url)
     for name, value in SANDBOX_ENV.items():
         monkeypatch.setenv(name, value)
-    with dg.instance_for_test() as instance:
+    with dg.instance_for_test(overrides=INSTANCE_OVERRIDES) as instance:
         yield Harness(tmp=tmp_path, sandbox=sandbox, instance=instance)
