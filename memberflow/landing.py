@@ -4,6 +4,11 @@
 their business date, so a backfill of a day replaces exactly that folder; member records go to the
 folder of the day they were fetched. Nothing here parses business fields: mapping changes replay
 from these files (X3).
+
+A record whose id, modification time or business date cannot be read (a null id, `Modified:
+"yesterday"`, month 13) is landed beside them in `_unreadable/<batch>.parquet` with the reason,
+and the run goes on: one poison record never stops every run, and nothing is lost (staging moves
+it into the quarantine table).
 """
 
 from __future__ import annotations
@@ -35,6 +40,19 @@ SCHEMA = pa.schema(
     ]
 )
 
+UNREADABLE = "_unreadable"
+UNREADABLE_SCHEMA = pa.schema(
+    [
+        ("reason", pa.string()),
+        ("payload", pa.string()),
+        ("fetched_at", pa.timestamp("us", tz="UTC")),
+        ("batch_id", pa.string()),
+    ]
+)
+# What a record's metadata can fail with when the source sends something other than documented;
+# anything else is a bug of ours and must fail the run, not be filed away as bad data.
+UNREADABLE_ERRORS = (ValueError, KeyError, TypeError)
+
 
 def data_dir() -> Path:
     """Where landing files and warehouses live: MEMBERFLOW_DATA_DIR, default `./data`."""
@@ -54,6 +72,9 @@ class LandingStats:
     files: list[str] = field(default_factory=list)
     days: set[date] = field(default_factory=set)
     high_water_mark: datetime | None = None
+    records_by_day: dict[date, int] = field(default_factory=dict)
+    unreadable: int = 0
+    unreadable_reasons: dict[str, int] = field(default_factory=dict)
 
 
 def land_pages(
@@ -76,13 +97,22 @@ def land_pages(
     fetched_at = datetime.now(UTC)
     for page in pages:
         stats.pages += 1
-        for day, rows in _by_day(client, entity, page, fetched_at).items():
+        groups, unreadable = _by_day(client, entity, page, fetched_at)
+        for day, rows in groups.items():
             stats.files.append(str(_write_batch(target / day.isoformat(), rows)))
             stats.days.add(day)
             stats.records += len(rows["record_id"])
+            stats.records_by_day[day] = stats.records_by_day.get(day, 0) + len(rows["record_id"])
             mark = max(rows["modified"])
             if stats.high_water_mark is None or mark > stats.high_water_mark:
                 stats.high_water_mark = mark
+        if unreadable["payload"]:
+            # Straight into the live folder, also in a backfill: it belongs to no day to swap.
+            _write_batch(base / UNREADABLE, unreadable, UNREADABLE_SCHEMA)
+            stats.unreadable += len(unreadable["payload"])
+            for reason in unreadable["reason"]:
+                key = reason.split(":")[0]
+                stats.unreadable_reasons[key] = stats.unreadable_reasons.get(key, 0) + 1
     if replace:
         _swap_in(base, target, replace)
         stats.files = [f.replace(str(target), str(base)) for f in stats.files]
@@ -92,27 +122,45 @@ def land_pages(
 
 def _by_day(
     client: SourceClient, entity: str, page: list[dict[str, Any]], fetched_at: datetime
-) -> dict[date, dict[str, list[Any]]]:
+) -> tuple[dict[date, dict[str, list[Any]]], dict[str, list[Any]]]:
+    """The page's records grouped by day folder, and the records whose metadata is unreadable."""
     groups: dict[date, dict[str, list[Any]]] = defaultdict(lambda: defaultdict(list))
+    unreadable: dict[str, list[Any]] = defaultdict(list)
     batch = uuid.uuid4().hex
     for record in page:
-        meta = client.record_meta(entity, record)
+        payload = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        try:
+            meta = client.record_meta(entity, record)
+        except UNREADABLE_ERRORS as exc:
+            unreadable["reason"].append(f"unreadable record: {_reason(exc)}")
+            unreadable["payload"].append(payload)
+            unreadable["fetched_at"].append(fetched_at)
+            unreadable["batch_id"].append(batch)
+            continue
         day = meta.business_date or fetched_at.date()
         rows = groups[day]
         rows["record_id"].append(meta.record_id)
         rows["modified"].append(meta.modified)
         rows["business_date"].append(meta.business_date)
-        rows["payload"].append(json.dumps(record, ensure_ascii=False, separators=(",", ":")))
+        rows["payload"].append(payload)
         rows["fetched_at"].append(fetched_at)
         rows["batch_id"].append(batch)
-    return groups
+    return groups, unreadable
 
 
-def _write_batch(folder: Path, rows: dict[str, list[Any]]) -> Path:
+def _reason(exc: Exception) -> str:
+    """The error as one short line (a KeyError's text is just the quoted key)."""
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}" if exc.args else "missing field"
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _write_batch(folder: Path, rows: dict[str, list[Any]], schema: pa.Schema = SCHEMA) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{datetime.now(UTC):%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.table(rows, schema=SCHEMA), tmp, compression="zstd")
+    pq.write_table(pa.table(rows, schema=schema), tmp, compression="zstd")
     tmp.rename(path)
     return path
 
@@ -136,6 +184,11 @@ def day_files(integration: str, entity: str, days: Iterable[date] | None = None)
     if days is None:
         return sorted(str(p) for p in base.glob("[0-9]*/*.parquet"))
     return sorted(str(p) for d in days for p in (base / d.isoformat()).glob("*.parquet"))
+
+
+def unreadable_files(integration: str, entity: str) -> list[str]:
+    """Batches of records whose metadata could not be read (see the module docstring)."""
+    return sorted(str(p) for p in (entity_dir(integration, entity) / UNREADABLE).glob("*.parquet"))
 
 
 # --- the incremental cursor -------------------------------------------------------------------

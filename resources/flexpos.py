@@ -209,13 +209,15 @@ class FlexPOSClient(SourceClient):
         return int(body.get("TotalCount") or 0) > 0 or bool(body.get("Items"))
 
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        """Id, modification time and business date; a ValueError naming the field when a record
+        lacks one or it is not a date, so landing can quarantine just that record."""
         spec = self._entity(entity)
         business = None
         if spec.date_field is not None:
-            business = parse_local(record[spec.date_field]).astimezone(COPENHAGEN).date()
+            business = _field_datetime(record, spec.date_field).astimezone(COPENHAGEN).date()
         return RecordMeta(
-            record_id=str(record[spec.id_field]),
-            modified=parse_local(record["Modified"]).astimezone(UTC),
+            record_id=_field_id(record, spec.id_field),
+            modified=_field_datetime(record, "Modified"),
             business_date=business,
         )
 
@@ -290,6 +292,29 @@ def _customer_filters(active: bool, club: bool, newsletter: bool) -> dict[str, s
 def format_local(moment: datetime) -> str:
     """Aware (or naive UTC) datetime -> Copenhagen wall time without offset (FP-A3)."""
     return as_utc(moment).astimezone(COPENHAGEN).strftime(LOCAL_FORMAT)
+
+
+def _field_id(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if value is None or isinstance(value, (dict, list, bool)) or not str(value).strip():
+        raise ValueError(f"{name}: {_shown(value)} is not a record id")
+    return str(value)
+
+
+def _field_datetime(record: dict[str, Any], name: str) -> datetime:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: {_shown(value)} is not a date")
+    try:
+        return parse_local(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name}: {_shown(value)} is not a date") from None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a record's field may be anything."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_local(value: str) -> datetime:

@@ -120,15 +120,17 @@ class TicketmasterClient(SourceClient):
         return bool(_items(body, spec.path))
 
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        """Id, modification time and business date; a ValueError naming the field when a record
+        lacks one or it is not a date, so landing can quarantine just that record."""
         spec = self._entity(entity)
         business = None
         if spec.date_field is not None:
             # The vendor filters fromDate/toDate on the date of this UTC datetime (TM-A4), so the
             # partition uses the same day, keeping backfill windows and partitions aligned.
-            business = parse_utc(record[spec.date_field]).date()
+            business = _field_datetime(record, spec.date_field).date()
         return RecordMeta(
-            record_id=str(record[spec.id_field]),
-            modified=parse_utc(record["modifiedDate"]),
+            record_id=_field_id(record, spec.id_field),
+            modified=_field_datetime(record, "modifiedDate"),
             business_date=business,
         )
 
@@ -213,6 +215,29 @@ def rate_limit_reset_wait(
 def format_utc(moment: datetime) -> str:
     """ISO 8601 UTC with Z (TM-A2)."""
     return as_utc(moment).strftime(UTC_FORMAT)
+
+
+def _field_id(record: dict[str, Any], name: str) -> str:
+    value = record.get(name)
+    if value is None or isinstance(value, (dict, list, bool)) or not str(value).strip():
+        raise ValueError(f"{name}: {_shown(value)} is not a record id")
+    return str(value)
+
+
+def _field_datetime(record: dict[str, Any], name: str) -> datetime:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"{name}: {_shown(value)} is not a date")
+    try:
+        return parse_utc(value)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{name}: {_shown(value)} is not a date") from None
+
+
+def _shown(value: Any) -> str:
+    """A value for an error message, cut short: a record's field may be anything."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_utc(value: str) -> datetime:
