@@ -141,5 +141,24 @@ def sync(name: str, start: object, end: object) -> None:
     sys.exit(0 if result.success else 1)
 
 
+@main.command()
+def recover() -> None:
+    """Fail this host's runs whose process died, free their pool slots, remove orphan temp files.
+
+    Runs also do this by themselves before each `sync` and at each sensor tick; this command
+    shows what it finds, e.g. after a crash.
+    """
+    import dagster as dg
+
+    from memberflow import recovery, runner
+
+    runner.ensure_dagster_home()
+    outcome = recovery.recover(dg.DagsterInstance.get())
+    for line in outcome.lines() or [
+        "nothing to recover: no dead run on this host, no orphan temp file"
+    ]:
+        click.echo(line)
+
+
 if __name__ == "__main__":
     main()

@@ -17,6 +17,7 @@ from typing import Any
 import dagster as dg
 
 from assets import naming
+from memberflow import recovery
 from memberflow.config import REPO_ROOT, Integration
 
 
@@ -40,8 +41,14 @@ def run_sync(
     run_config: dict[str, Any] | None = None,
     quiet: bool = False,
 ) -> dg.ExecuteInProcessResult:
-    """One sync: a backfill over [start, end] when given, else an incremental run like a tick."""
+    """One sync: a backfill over [start, end] when given, else an incremental run like a tick.
+
+    First recovers runs of this host whose process died (they would hold the list's pool slot
+    forever), and tags this run with this process so a later call can do the same for it.
+    """
+    recovery.recover(instance)
     tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
+    tags.update(recovery.run_tags())
     job = defs.resolve_job_def(naming.job_name(integration))
     partition_key = None
     if start and end:

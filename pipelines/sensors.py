@@ -3,7 +3,9 @@
 Each tick makes one cheap probe per entity ("anything changed since the committed high-water
 mark?") and one on the target list (unsubscribes, bounces). The high-water marks are the ones the
 extract assets committed after landing their pages, so the cursor never runs ahead of data on
-disk. A tick is skipped while a run on the same list is queued or running (AF7).
+disk. A tick is skipped while a run on the same list is queued or running (AF7); first, runs of
+this host whose process died are failed and their pool slots freed (memberflow.recovery), so a
+killed run never blocks the list.
 """
 
 import json
@@ -12,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import dagster as dg
 
 from assets import naming
-from memberflow import landing
+from memberflow import landing, recovery
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
 
@@ -52,6 +54,8 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
+        for line in recovery.recover(context.instance, sweep_landing=False).lines():
+            context.log.warning(f"recovered: {line}")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
         cursor = json.loads(context.cursor) if context.cursor else {}

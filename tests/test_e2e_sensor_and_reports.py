@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 import time
 
@@ -64,6 +65,39 @@ def test_sensor_skips_while_a_run_on_the_same_list_is_in_flight(harness):
     result = _evaluate(harness, None)
     assert not result.run_requests
     assert "in flight" in (result.skip_message or "")
+
+
+def test_a_killed_in_process_run_does_not_block_the_sensor_or_the_next_run(harness):
+    """Issue 6, item 6: a run whose process died is failed and its pool slot freed at the next
+    tick, instead of the list being blocked forever."""
+    import subprocess
+    import sys
+
+    from memberflow import recovery
+
+    harness.load("demo_flexpos")
+    list_key = harness.integration("demo_flexpos").list_key
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a process that ran the run and is gone
+    tags = {recovery.HOST_TAG: recovery.hostname(), recovery.PID_TAG: str(child.pid)}
+    dead = create_run_for_test(
+        harness.instance,
+        job_name="sync_demo_flexpos",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={"memberflow/list": list_key, **tags},
+    )
+    pool = f"warehouse_{list_key}"
+    harness.instance.event_log_storage.set_concurrency_slots(pool, 1)
+    harness.instance.event_log_storage.claim_concurrency_slot(pool, dead.run_id, "members")
+
+    result = _evaluate(harness, None)
+    assert result.run_requests, result.skip_message  # not "a run is still in flight"
+    assert harness.instance.get_run_by_id(dead.run_id).status == dg.DagsterRunStatus.FAILURE
+    assert harness.instance.event_log_storage.get_concurrency_info(pool).claimed_slots == []
+    summary = harness.backfill("demo_flexpos", days=30)
+    assert summary.success, summary.failures
+    run = harness.instance.get_run_by_id(summary.run_id)
+    assert run.tags[recovery.PID_TAG] == str(os.getpid())  # who runs it, for the next recovery
 
 
 def test_transient_vendor_faults_are_retried_and_nothing_is_lost(harness):
