@@ -19,20 +19,44 @@ from typing import Any, ClassVar, Literal
 class VendorError(RuntimeError):
     """A refusal from a vendor API, kept whole so the user sees the vendor's own reason (C8).
 
-    `status` is the HTTP status (0 for a transport failure after all retries); `message` is the
-    vendor's error text with any secret removed; `body` is the parsed error body when it was JSON.
+    `status` is the HTTP status, or 0 when no usable answer came back after all retries (the host
+    could not be reached, or every answer was unreadable): a transient failure, never a refusal.
+    `message` is the vendor's error text (or what went wrong) with any secret removed; `body` is
+    the parsed error body when it was JSON.
     """
 
     def __init__(self, vendor: str, status: int, message: str, body: Any = None) -> None:
-        super().__init__(f"{vendor} answered {status}: {message}")
         self.vendor = vendor
         self.status = status
         self.message = message
         self.body = body
+        super().__init__(self.summary())
+
+    def summary(self) -> str:
+        if self.status == 0:  # "heyloyalty: could not reach api.heyloyalty.com: ..."
+            return f"{self.vendor}: {self.message}"
+        return f"{self.vendor} answered {self.status}: {self.message}"
+
+
+class UncertainOutcome(VendorError):
+    """A request that is not idempotent was sent, and its answer was lost or unreadable.
+
+    The vendor may or may not have acted on it, so it is never retried blindly: the caller must
+    record the outcome as unknown and resolve it (see memberflow/event_delivery.py). `status` is
+    the HTTP status seen (e.g. 500, 502, 504, or 200 with a cut-off body), or 0 for none.
+
+    Idempotent requests (GET, PUT, DELETE, and upserts such as Heyloyalty's, HL-A6) never raise
+    this: they are retried, and end as a plain VendorError with status 0 once the tries are spent.
+    """
+
+    def summary(self) -> str:
+        seen = f"answered {self.status}" if self.status else "no answer"
+        return f"{self.vendor}: outcome unknown ({seen}): {self.message}"
 
 
 class CallCounter:
-    """Counts the HTTP calls a client spends, by endpoint label, so every run can report them (AF8).
+    """Counts the HTTP calls a client spends, by endpoint label, and how many of them were retries
+    and throttled (429) answers, so every run can report them (AF8, C8).
 
     Thread-safe because target clients send in parallel.
     """
@@ -40,15 +64,33 @@ class CallCounter:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_endpoint: Counter[str] = Counter()
+        self._retries = 0
+        self._throttled = 0
 
     def add(self, endpoint: str) -> None:
         with self._lock:
             self._by_endpoint[endpoint] += 1
 
+    def add_retry(self, *, throttled: bool) -> None:
+        """One more try after a failed one; `throttled` when the failure was a 429."""
+        with self._lock:
+            self._retries += 1
+            self._throttled += int(throttled)
+
     @property
     def total(self) -> int:
         with self._lock:
             return sum(self._by_endpoint.values())
+
+    @property
+    def retries(self) -> int:
+        with self._lock:
+            return self._retries
+
+    @property
+    def throttled(self) -> int:
+        with self._lock:
+            return self._throttled
 
     def by_endpoint(self) -> dict[str, int]:
         with self._lock:
@@ -210,7 +252,10 @@ class TargetClient(ABC):
         """Create or update one member recognised by `match_field` (email or mobile, C3).
 
         `fields` holds target field names with values already in the target's wire format.
-        Raises VendorError with the target's reason when the member is refused.
+        Raises VendorError with the target's reason (status 4xx) when the member is refused.
+        An upsert is idempotent, so a lost or unreadable answer is retried; once the tries are
+        spent it raises VendorError with status 0 (transient: try again next run), never a
+        refusal and never UncertainOutcome.
         """
 
     @abstractmethod
@@ -221,9 +266,28 @@ class TargetClient(ABC):
     def send_events(
         self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
     ) -> EventImportResult:
-        """Send one batch of tracking events (at most `max_events_per_call` rows)."""
+        """Send one batch of tracking events (at most `max_events_per_call` rows).
 
+        The import is not idempotent (the activity feed is append-only): it is retried only when
+        the request certainly did not reach the target's logic. When it may have, it raises
+        UncertainOutcome; any other VendorError means nothing was stored.
+        """
+
+    def events_present(
+        self, tracking_id: str, match_field: str, events: dict[str, dict[str, Any]]
+    ) -> set[str] | None:
+        """Which of `events` (event id -> the row as sent) the target holds; None: cannot tell.
+
+        Resolves a batch whose import answer was lost. A target with a read path answers exactly;
+        one without (Heyloyalty's activity feed, heyloyalty.md 2.5) returns None, and memberflow
+        holds those events until a user resends them deliberately.
+        """
+        return None
+
+    # Hard limit of one bulk call, and the batch size memberflow uses: small, so a lost answer
+    # leaves at most one small batch uncertain (the worst case of a run).
     max_events_per_call: ClassVar[int] = 50_000
+    events_per_batch: int = 1_000
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP connection pool."""

@@ -92,7 +92,11 @@ class HeyloyaltyClient(TargetClient):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] | None = None,
+        events_per_batch: int = 1_000,
     ) -> None:
+        if not 1 <= events_per_batch <= self.max_events_per_call:
+            raise ValueError(f"events_per_batch must be 1..{self.max_events_per_call}")
+        self.events_per_batch = events_per_batch
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
@@ -116,7 +120,7 @@ class HeyloyaltyClient(TargetClient):
 
     def list_fields(self, list_id: str) -> dict[str, ListField]:
         """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9)."""
-        body = self._call("GET", self._list_url(list_id), endpoint="lists/{id}").json()
+        body = self._json("GET", self._list_url(list_id), endpoint="lists/{id}")
         raw = body.get("fields") if isinstance(body, dict) else None
         named = raw.items() if isinstance(raw, dict) else ((None, e) for e in raw or [])
         fields = [_list_field(key, entry) for key, entry in named if isinstance(entry, dict)]
@@ -138,7 +142,7 @@ class HeyloyaltyClient(TargetClient):
 
     def member_count(self, list_id: str) -> int | None:
         """`members` of the list's entry in `GET /lists` (HL 2.2); None if the list is absent."""
-        body = self._call("GET", f"{self._base}/lists", endpoint="lists").json()
+        body = self._json("GET", f"{self._base}/lists", endpoint="lists")
         for entry in body if isinstance(body, list) else []:
             if isinstance(entry, dict) and str(entry.get("id")) == str(list_id):
                 count = entry.get("members")
@@ -151,7 +155,12 @@ class HeyloyaltyClient(TargetClient):
     def upsert_member(
         self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
     ) -> UpsertResult:
-        """POST /members/upsert as raw JSON (HL-A6) with the C5/C6 switches (HL-A7)."""
+        """POST /members/upsert as raw JSON (HL-A6) with the C5/C6 switches (HL-A7).
+
+        The upsert is idempotent (HL-A6: the same member ends in the same state however often it
+        is sent), so a lost, cut-off or unexpected answer is retried, and after the tries it is a
+        transient VendorError (status 0), never a refusal.
+        """
         payload = {
             "unique_field": match_field,
             "member": fields,
@@ -160,12 +169,14 @@ class HeyloyaltyClient(TargetClient):
             "trigger_webhooks": int(flags.send_webhooks),
         }
         url = f"{self._list_url(list_id)}/members/upsert"
-        body = self._call("POST", url, endpoint="members/upsert", json=payload).json()
-        action = str(body.get("type", "")).lower() if isinstance(body, dict) else ""
-        member_id = (body.get("member_id") or body.get("id")) if isinstance(body, dict) else None
-        if action not in ("create", "update") or not member_id:
-            raise VendorError(self.vendor, 200, f"unexpected upsert answer: {body!r}"[:300], body)
-        return UpsertResult(action=action, member_id=str(member_id))  # type: ignore[arg-type]
+        return self._json(
+            "POST",
+            url,
+            endpoint="members/upsert",
+            idempotent=True,
+            validate=_upsert_result,
+            json=payload,
+        )
 
     def remove_member(self, list_id: str, member_id: str) -> None:
         """DELETE the member (HL 2.3). A 404 means it is already gone, which is the goal."""
@@ -179,7 +190,12 @@ class HeyloyaltyClient(TargetClient):
     def send_events(
         self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
     ) -> EventImportResult:
-        """One BI CSV import (HL-A10); a `status: error` answer raises VendorError."""
+        """One BI CSV import (HL-A10); a `status: error` answer raises VendorError.
+
+        Not idempotent: every accepted row is appended to the activity feed. It is retried only
+        when it certainly did not reach Heyloyalty's logic (no connection, 429, 503); a lost or
+        unreadable answer raises UncertainOutcome.
+        """
         if not rows:
             return EventImportResult(imported=0, failed=[])
         self._check_batch(match_field, columns, rows)
@@ -191,8 +207,30 @@ class HeyloyaltyClient(TargetClient):
             "fields_selected[]": list(columns),
         }
         files = {"file": ("events.csv", events_csv(columns, rows), "text/csv")}
-        response = self._call("POST", url, endpoint="transaction/import", data=form, files=files)
-        return self._import_result(response, len(rows))
+        body = self._json(
+            "POST",
+            url,
+            endpoint="transaction/import",
+            idempotent=False,
+            validate=_import_answer,
+            data=form,
+            files=files,
+        )
+        if body.get("status") == "error":  # a clear answer: the file was refused, nothing stored
+            text = self._http.redact(str(body.get("message") or body))
+            raise VendorError(self.vendor, 200, text, body)
+        failed = [_failed_row(item) for item in body.get("failed") or []]
+        imported = body.get("imported")
+        return EventImportResult(
+            imported=int(imported) if imported is not None else len(rows) - len(failed),
+            failed=failed,
+        )
+
+    def events_present(
+        self, tracking_id: str, match_field: str, events: dict[str, dict[str, Any]]
+    ) -> set[str] | None:
+        """Cannot tell: Heyloyalty documents no way to read the activity feed back (2.5)."""
+        return None
 
     def close(self) -> None:
         self._http.close()
@@ -205,8 +243,8 @@ class HeyloyaltyClient(TargetClient):
         Used before an upsert to respect "do not re-create previously unsubscribed" (HL-A6).
         """
         params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
-        body = self._call("GET", self._members_url(list_id), endpoint="members", params=params)
-        members = _members_of(body.json())
+        body = self._json("GET", self._members_url(list_id), endpoint="members", params=params)
+        members = _members_of(body)
         return parse_member(members[0]) if members else None
 
     def _members_page(
@@ -215,12 +253,16 @@ class HeyloyaltyClient(TargetClient):
         params: dict[str, Any] = {"page": page, "perpage": perpage}
         if changed_since is not None:
             params["filter[updated_at][gte][]"] = as_utc(changed_since).strftime(WIRE_DATETIME)
-        body = self._call("GET", self._members_url(list_id), endpoint="members", params=params)
-        return _members_of(body.json())
+        body = self._json("GET", self._members_url(list_id), endpoint="members", params=params)
+        return _members_of(body)
 
     def _call(self, method: str, url: str, *, endpoint: str, **kwargs: Any) -> httpx.Response:
         """Every call signed afresh, also on retries (HL-A1)."""
         return self._http.request(method, url, endpoint=endpoint, headers=self._sign, **kwargs)
+
+    def _json(self, method: str, url: str, *, endpoint: str, **kwargs: Any) -> Any:
+        """A signed call whose JSON answer is parsed (and validated) inside the retry loop."""
+        return self._http.request_json(method, url, endpoint=endpoint, headers=self._sign, **kwargs)
 
     def _sign(self) -> Mapping[str, str]:
         headers = auth_headers(self._api_key, self._api_secret, self._clock())
@@ -243,22 +285,6 @@ class HeyloyaltyClient(TargetClient):
         if len(rows) > self.max_events_per_call:
             raise ValueError(f"{len(rows)} events exceed {self.max_events_per_call} per call")
 
-    def _import_result(self, response: httpx.Response, sent: int) -> EventImportResult:
-        try:
-            body = response.json()
-        except ValueError:
-            body = response.text[:300]
-        if not isinstance(body, dict) or body.get("status") == "error":
-            message = body.get("message") if isinstance(body, dict) else None
-            text = self._http.redact(str(message or body))
-            raise VendorError(self.vendor, response.status_code, text, body)
-        failed = [_failed_row(item) for item in body.get("failed") or []]
-        imported = body.get("imported")
-        return EventImportResult(
-            imported=int(imported) if imported is not None else sent - len(failed),
-            failed=failed,
-        )
-
 
 def events_csv(columns: Sequence[str], rows: list[dict[str, Any]]) -> bytes:
     """The BI CSV: a header line of `columns`, then one line per row, csv-module quoting."""
@@ -280,6 +306,26 @@ def _csv_value(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     return str(value)
+
+
+def _upsert_result(body: Any) -> UpsertResult:
+    """HL-A6 `{type: create|update, member_id}`; anything else is an unreadable answer."""
+    action = str(body.get("type", "")).lower() if isinstance(body, dict) else ""
+    member_id = (body.get("member_id") or body.get("id")) if isinstance(body, dict) else None
+    if action not in ("create", "update") or not member_id:
+        raise ValueError("upsert answer without type create/update and member_id")
+    return UpsertResult(action=action, member_id=str(member_id))  # type: ignore[arg-type]
+
+
+def _import_answer(body: Any) -> dict[str, Any]:
+    """HL-A10 `{status, message, imported, failed}`; anything else is an unreadable answer."""
+    if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
+        raise ValueError("BI import answer without status success/error")
+    if body["status"] == "success":
+        imported, failed = body.get("imported"), body.get("failed") or []
+        if (imported is not None and not isinstance(imported, int)) or not isinstance(failed, list):
+            raise ValueError("BI import answer with unreadable imported/failed")
+    return body
 
 
 def _failed_row(item: Any) -> tuple[int, str]:

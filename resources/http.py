@@ -1,11 +1,23 @@
 """Shared HTTP plumbing for the vendor clients: one place that counts calls, retries and turns a
 vendor's refusal into a VendorError, so each client only states its vendor's rules.
 
-Errors are classified once (STYLE 4): 429, 5xx, timeouts and connection errors are retried with
-exponential backoff honouring `Retry-After` (or a vendor throttle signal through `throttle_wait`);
-any other 4xx fails at once with the vendor's own error text. Secrets never reach a log line or an
-exception message: query parameters such as `apikey` are redacted, Authorization headers are never
-printed, and known secret values are masked wherever they might be echoed.
+Errors are classified once (STYLE 4), and what may be retried depends on whether the request is
+idempotent (sending it twice has the effect of sending it once):
+
+- Always retried: the connection could not be made (connect error/timeout, no free connection),
+  the request body could not be fully written (see `_NOT_FULLY_SENT`), 429, and 503.
+- Retried only when idempotent: a read timeout, a reset or a closed connection after the request
+  went out, 500/502/504 and other 5xx, and a 2xx whose body cannot be parsed. For a request that
+  is not idempotent these are an *uncertain outcome*: `UncertainOutcome` is raised at once, never
+  retried, so the caller can record it instead of duplicating what the vendor may have stored.
+- Any other 4xx fails at once with the vendor's own error text.
+
+Waits honour `Retry-After` (or a vendor throttle signal through `throttle_wait`), else back off
+exponentially. Every retry is logged at WARNING on this module's logger (a Dagster managed logger,
+so it lands in the run's log) and counted on the CallCounter. Secrets never reach a log line or
+an exception message: logs carry the URL path only (queries may hold keys or member emails),
+Authorization headers are never printed, and known secret values are masked wherever they might
+be echoed.
 """
 
 from __future__ import annotations
@@ -15,16 +27,16 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import AfterValidator
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from resources.base import CallCounter, VendorError
+from resources.base import CallCounter, UncertainOutcome, VendorError
 
 # httpx logs every request URL at INFO, and Ticketmaster's URLs carry `apikey=` (TM-A1).
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -35,20 +47,35 @@ log = logging.getLogger(__name__)
 MAX_WAIT_SECONDS = 60.0
 SECRET_QUERY_PARAMS = ("apikey", "api_key", "client_secret", "password", "token", "access_token")
 _MASK = "***"
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+# ASSUMPTION (the one place it is made): a 429 or a 503 is answered before the server acts on the
+# request (throttled, or not accepting work), so even a request that is not idempotent may be
+# sent again. Any other 5xx may come after the server acted (a 500 thrown mid-way, a 502/504
+# from a proxy whose backend carried on) and is an uncertain outcome for such a request.
+REFUSED_BEFORE_PROCESSING = frozenset({429, 503})
+# Never connected: the server cannot have seen the request.
+_NOT_CONNECTED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# The request body could not be fully written. Safe to send again: HTTP framing (Content-Length
+# or the chunked terminator) tells the server the request is incomplete, and a server does not
+# act on a request it has not fully received. (A failure after the last byte left would surface
+# as a read error or timeout instead, which is treated as uncertain.)
+_NOT_FULLY_SENT = (httpx.WriteError, httpx.WriteTimeout)
+# The request went out and its answer was lost: the server may have acted.
+_ANSWER_LOST = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, httpx.CloseError)
 
 HeaderSource = Mapping[str, str] | Callable[[], Mapping[str, str]]
 ThrottleWait = Callable[[httpx.Response], float | None]
+T = TypeVar("T")
 
 
-class _RetryableStatus(Exception):
-    """A 429/5xx answer that the retry loop may try again; carries the response for the wait."""
+@dataclass(frozen=True)
+class _Failure:
+    """One try that may be retried: what went wrong, in words fit for a log line."""
 
-    def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"HTTP {response.status_code}")
-        self.response = response
-
-
-_RETRYABLE_TRANSPORT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+    reason: str
+    response: httpx.Response | None = None  # a 429/5xx answer, for Retry-After and the error
+    unreadable: bool = False  # a 2xx whose body could not be read
+    sent: bool = True  # False when the request certainly never reached the server's logic
 
 
 class VendorHttp:
@@ -91,36 +118,73 @@ class VendorHttp:
         url: str | httpx.URL,
         *,
         endpoint: str,
+        idempotent: bool | None = None,
         params: Mapping[str, Any] | None = None,
         headers: HeaderSource | None = None,
         **kwargs: Any,
     ) -> httpx.Response:
-        """Send one logical request, retrying transient failures; returns a 2xx/3xx response.
+        """Send one logical request, retrying what is safe to retry; returns a 2xx/3xx response.
 
-        `headers` may be a callable so signatures and tokens are fresh on every try (HL-A1).
-        Raises VendorError for a refusal or once the retries are spent.
+        `idempotent` defaults to the method's nature (GET/PUT/DELETE yes, POST no); pass True for
+        a POST that is an upsert. `headers` may be a callable so signatures and tokens are fresh
+        on every try (HL-A1). Raises VendorError for a refusal or once the retries are spent, and
+        UncertainOutcome when a request that is not idempotent may have been acted on.
         """
-        retrying = Retrying(
-            stop=stop_after_attempt(self._max_tries),
-            wait=self._wait,
-            retry=retry_if_exception_type((_RetryableStatus, *_RETRYABLE_TRANSPORT)),
-            sleep=self._sleep,
-            before_sleep=lambda state: self._log_retry(method, url, endpoint, state),
-            reraise=True,
+        return self._send(method, url, endpoint, idempotent, params, headers, kwargs, None)
+
+    def request_json(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        *,
+        endpoint: str,
+        idempotent: bool | None = None,
+        validate: Callable[[Any], T] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: HeaderSource | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Like `request`, and parse the JSON body (then `validate(body)`) inside the retry loop.
+
+        A 2xx whose body is cut off, not JSON, or refused by `validate` (which raises ValueError)
+        is retried like a 5xx when the request is idempotent, and ends as VendorError status 0
+        once the tries are spent; for a request that is not idempotent it is UncertainOutcome.
+        """
+        check = validate or _identity
+        return self._send(
+            method, url, endpoint, idempotent, params, headers, kwargs, lambda r: check(r.json())
         )
-        try:
-            return retrying(self._send_once, method, url, endpoint, params, headers, kwargs)
-        except _RetryableStatus as exc:
-            raise self.error_from(exc.response) from None
-        except httpx.TransportError as exc:
-            message = self.redact(f"{type(exc).__name__} on {endpoint}: {exc}")
-            raise VendorError(self.vendor, 0, message) from None
 
     def get_json(self, url: str | httpx.URL, *, endpoint: str, **kwargs: Any) -> Any:
-        """GET and parse the JSON body."""
-        return self.request("GET", url, endpoint=endpoint, **kwargs).json()
+        """GET and parse the JSON body; an unreadable 2xx is retried (GET is idempotent)."""
+        return self.request_json("GET", url, endpoint=endpoint, **kwargs)
 
-    def _send_once(
+    def _send(
+        self,
+        method: str,
+        url: str | httpx.URL,
+        endpoint: str,
+        idempotent: bool | None,
+        params: Mapping[str, Any] | None,
+        headers: HeaderSource | None,
+        kwargs: dict[str, Any],
+        parse: Callable[[httpx.Response], Any] | None,
+    ) -> Any:
+        method = method.upper()
+        safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        for attempt in range(1, self._max_tries + 1):
+            self.calls.add(endpoint)
+            outcome = self._try_once(method, url, endpoint, params, headers, kwargs, parse)
+            if not isinstance(outcome, _Failure):
+                return outcome.value
+            if not safe_to_repeat and not self._repeatable(outcome):
+                raise self._uncertain(method, url, endpoint, outcome)
+            if attempt == self._max_tries:
+                raise self._given_up(method, url, endpoint, outcome)
+            self._pause(method, url, outcome, attempt)
+        raise AssertionError("unreachable")
+
+    def _try_once(
         self,
         method: str,
         url: str | httpx.URL,
@@ -128,26 +192,82 @@ class VendorHttp:
         params: Mapping[str, Any] | None,
         headers: HeaderSource | None,
         kwargs: dict[str, Any],
-    ) -> httpx.Response:
-        self.calls.add(endpoint)
+        parse: Callable[[httpx.Response], Any] | None,
+    ) -> _Answer | _Failure:
         resolved = headers() if callable(headers) else headers
-        response = self._client.request(method, url, params=params, headers=resolved, **kwargs)
+        try:
+            response = self._client.request(method, url, params=params, headers=resolved, **kwargs)
+        except _NOT_CONNECTED + _NOT_FULLY_SENT as exc:
+            return _Failure(transport_reason(exc), sent=False)
+        except _ANSWER_LOST as exc:
+            return _Failure(transport_reason(exc))
         status = response.status_code
         if status == 429 or status >= 500:
-            raise _RetryableStatus(response)
+            return _Failure(f"{status} {response.reason_phrase}".strip(), response=response)
         if status >= 400:
             raise self.error_from(response)
-        return response
+        if parse is None:
+            return _Answer(response)
+        try:
+            return _Answer(parse(response))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            reason = f"unreadable {status} answer ({_short(self.redact(str(exc)))})"
+            return _Failure(reason, unreadable=True)
 
-    def _wait(self, state: RetryCallState) -> float:
+    @staticmethod
+    def _repeatable(failure: _Failure) -> bool:
+        """May a request that is not idempotent be sent again after this failure?"""
+        if failure.response is not None:
+            return failure.response.status_code in REFUSED_BEFORE_PROCESSING
+        return not failure.sent
+
+    def _uncertain(
+        self, method: str, url: str | httpx.URL, endpoint: str, failure: _Failure
+    ) -> UncertainOutcome:
+        status = failure.response.status_code if failure.response is not None else 0
+        if failure.unreadable:
+            status = 200
+        message = (
+            f"{method} {endpoint} to {_host(url)}: {failure.reason} after the request was sent; "
+            "the vendor may have acted on it, so it was not sent again (not idempotent)"
+        )
+        return UncertainOutcome(self.vendor, status, self.redact(message))
+
+    def _given_up(
+        self, method: str, url: str | httpx.URL, endpoint: str, failure: _Failure
+    ) -> VendorError:
+        tries = f"after {self._max_tries} {'try' if self._max_tries == 1 else 'tries'}"
+        if failure.response is not None:  # the vendor's own words stay as they are (C8)
+            return self.error_from(failure.response)
+        if failure.unreadable:
+            message = f"{method} {endpoint} on {_host(url)}: {failure.reason} {tries}"
+        else:
+            message = f"could not reach {_host(url)}: {failure.reason} {tries}"
+        return VendorError(self.vendor, 0, self.redact(message))
+
+    def _pause(self, method: str, url: str | httpx.URL, failure: _Failure, attempt: int) -> None:
+        wait = self._wait(failure, attempt)
+        throttled = failure.response is not None and failure.response.status_code == 429
+        self.calls.add_retry(throttled=throttled)
+        log.warning(
+            "%s %s %s: %s, waiting %.1f s (try %d of %d)",
+            self.vendor,
+            method,
+            self.redact(_path(url)),
+            failure.reason,
+            wait,
+            attempt + 1,
+            self._max_tries,
+        )
+        self._sleep(wait)
+
+    def _wait(self, failure: _Failure, attempt: int) -> float:
         """Seconds before the next try: the vendor's own signal if any, else exponential backoff."""
-        exc = state.outcome.exception() if state.outcome else None
-        backoff = self._backoff_base * 2 ** (state.attempt_number - 1)
-        if isinstance(exc, _RetryableStatus):
-            asked = self._asked_wait(exc.response)
+        if failure.response is not None:
+            asked = self._asked_wait(failure.response)
             if asked is not None:
                 return min(max(asked, 0.0), self._max_wait)
-        return min(backoff, self._max_wait)
+        return min(self._backoff_base * 2 ** (attempt - 1), self._max_wait)
 
     def _asked_wait(self, response: httpx.Response) -> float | None:
         if self._throttle_wait is not None:
@@ -155,24 +275,6 @@ class VendorHttp:
             if hooked is not None:
                 return hooked
         return parse_retry_after(response.headers.get("Retry-After"))
-
-    def _log_retry(
-        self, method: str, url: str | httpx.URL, endpoint: str, state: RetryCallState
-    ) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        reason = exc.response.status_code if isinstance(exc, _RetryableStatus) else repr(exc)
-        wait = state.next_action.sleep if state.next_action else 0.0
-        log.info(
-            "%s %s %s (%s): %s, try %d of %d, waiting %.2f s",
-            self.vendor,
-            method,
-            redact_url(url),
-            endpoint,
-            self.redact(str(reason)),
-            state.attempt_number,
-            self._max_tries,
-            wait,
-        )
 
     def error_from(self, response: httpx.Response) -> VendorError:
         """The VendorError for a refused response, with the vendor's own reason (C8)."""
@@ -201,6 +303,57 @@ class VendorHttp:
         if isinstance(body, dict):
             return {key: self._redact_body(value) for key, value in body.items()}
         return body
+
+
+@dataclass(frozen=True)
+class _Answer:
+    value: Any
+
+
+def _identity(body: Any) -> Any:
+    return body
+
+
+def transport_reason(exc: httpx.TransportError) -> str:
+    """A transport failure in a few plain words, without URLs or secrets."""
+    text = str(exc).lower()
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(exc, httpx.PoolTimeout):
+        return "no free connection (pool timeout)"
+    if isinstance(exc, httpx.ConnectError):
+        if "refused" in text:
+            return "connection refused"
+        if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
+            return "host name not resolved"
+        return "could not connect"
+    if isinstance(exc, httpx.WriteTimeout):
+        return "write timeout"
+    if isinstance(exc, httpx.WriteError):
+        return "connection broken while sending"
+    if isinstance(exc, httpx.ReadTimeout):
+        return "read timeout"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection closed before a complete answer"
+    if isinstance(exc, httpx.ReadError):
+        return "connection reset while reading the answer"
+    return type(exc).__name__
+
+
+def _host(url: str | httpx.URL) -> str:
+    """`api.heyloyalty.com` (with a port if one is given): never the userinfo or the query."""
+    parts = urlsplit(str(url))
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def _path(url: str | httpx.URL) -> str:
+    """The URL's path only: queries may carry keys (TM-A1) or member emails (filters)."""
+    return urlsplit(str(url)).path or "/"
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def vendor_message(body: Any) -> str:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from resources.base import UpsertFlags, VendorError
+from resources.base import UncertainOutcome, UpsertFlags, VendorError
 from resources.heyloyalty import HeyloyaltyClient
 
 BASE = "http://hl.test/heyloyalty/loyalty/v1"
@@ -284,3 +284,106 @@ def test_unauthorized_is_not_retried_and_hides_the_secret():
         make_client(handler).list_fields("1")
     assert info.value.status == 401 and info.value.message == "Unauthorized" and len(seen) == 1
     assert SECRET not in repr(info.value.__dict__)
+
+
+# --- lost and unreadable answers (issue 6 items 4, 5) -----------------------------------------
+
+
+def scripted_client(*answers, max_tries: int = 5):
+    queue = list(answers)
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        item = queue.pop(0) if len(queue) > 1 else queue[0]
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    client = HeyloyaltyClient(
+        base_url=BASE,
+        bi_base_url=BI,
+        api_key=KEY,
+        api_secret=SECRET,
+        transport=httpx.MockTransport(handler),
+        sleep=lambda _: None,
+        clock=lambda: T0,
+        max_tries=max_tries,
+    )
+    return client, seen
+
+
+CUT_OFF_UPSERT = httpx.Response(200, content=b'{"type": "update", "memb')
+ROW = [{"email": "a@b.dk", "date": "2024-01-01 10:00:00"}]
+
+
+def test_a_cut_off_upsert_answer_is_retried_not_a_refusal():
+    ok = httpx.Response(200, json={"type": "update", "member_id": "m-1"})
+    client, seen = scripted_client(CUT_OFF_UPSERT, ok)
+    result = client.upsert_member("4711", "email", {"email": "a@b.dk"}, UpsertFlags())
+    assert (result.action, result.member_id, len(seen)) == ("update", "m-1", 2)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [CUT_OFF_UPSERT, httpx.Response(200, json={"weird": True}), httpx.ReadTimeout("slow")],
+    ids=["cut-off", "unexpected-shape", "read-timeout"],
+)
+def test_an_upsert_unreadable_every_time_ends_transient_with_status_0(answer):
+    client, seen = scripted_client(answer, max_tries=3)
+    with pytest.raises(VendorError) as info:
+        client.upsert_member("4711", "email", {"email": "a@b.dk"}, UpsertFlags())
+    assert info.value.status == 0 and not isinstance(info.value, UncertainOutcome)
+    assert len(seen) == 3
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("peer closed connection without sending complete message body"),
+        httpx.Response(200, content=b'{"status": "success", "imported": 1'),
+        httpx.Response(200, json={"status": "success", "imported": "one"}),
+        httpx.Response(502),
+    ],
+    ids=["read-timeout", "reset", "cut-off", "bad-count", "502"],
+)
+def test_a_bi_import_whose_answer_is_lost_is_sent_once_and_uncertain(lost):
+    client, seen = scripted_client(lost, httpx.Response(200, json={"status": "success"}))
+    with pytest.raises(UncertainOutcome):
+        client.send_events("99", "email", ["email", "date"], ROW)
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.Response(429, headers={"Retry-After": "1"}, json={"message": "Too Many Requests"}),
+        httpx.Response(503),
+    ],
+    ids=["connect", "429", "503"],
+)
+def test_a_bi_import_refused_before_processing_is_retried(before):
+    ok = httpx.Response(200, json={"status": "success", "imported": 1, "failed": []})
+    client, seen = scripted_client(before, ok)
+    assert client.send_events("99", "email", ["email", "date"], ROW).imported == 1
+    assert len(seen) == 2 and client.calls.retries == 1
+
+
+def test_heyloyalty_cannot_tell_which_events_it_holds_and_batches_are_small():
+    client, seen = scripted_client(httpx.Response(200, json={}))
+    assert client.events_present("99", "email", {"e1": ROW[0]}) is None  # heyloyalty.md 2.5
+    assert seen == []
+    assert client.events_per_batch == 1000 <= client.max_events_per_call
+    with pytest.raises(ValueError, match="events_per_batch"):
+        HeyloyaltyClient(base_url=BASE, api_key=KEY, api_secret=SECRET, events_per_batch=60_000)
+
+
+def test_an_unreachable_list_says_so_by_host():
+    client, _ = scripted_client(httpx.ConnectError("[Errno 111] Connection refused"), max_tries=2)
+    with pytest.raises(VendorError) as info:
+        client.check_connection()
+    assert (
+        str(info.value) == "heyloyalty: could not reach hl.test: connection refused after 2 tries"
+    )

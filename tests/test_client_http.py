@@ -10,7 +10,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from resources.base import VendorError
+from resources.base import UncertainOutcome, VendorError
 from resources.http import (
     VendorHttp,
     date_windows,
@@ -161,7 +161,7 @@ def test_secrets_are_redacted_from_errors_and_logs(caplog):
         )
     assert SECRET not in str(info.value) and SECRET not in str(info.value.body)
     assert SECRET not in caplog.text
-    assert "apikey=***" in caplog.text  # the retry was logged, redacted
+    assert "acme GET /x: 429" in caplog.text  # the retry was logged, by path only
 
 
 def test_redact_query_secrets():
@@ -185,3 +185,140 @@ def test_calls_are_counted_across_threads():
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: http.get_json("http://api.test/x", endpoint="x"), range(40)))
     assert http.calls.total == 40
+
+
+# --- idempotency: what may be sent again after a failure (issue 6 items 4, 5) ----------------
+
+CUT_OFF = httpx.Response(200, content=b'{"status": "success", "impo')
+NOT_JSON = httpx.Response(200, content=b"<html>gateway</html>")
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [
+        httpx.ReadTimeout("slow"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+        httpx.ReadError("Connection reset by peer"),
+        httpx.Response(500),
+        httpx.Response(502),
+        httpx.Response(504),
+        CUT_OFF,
+        NOT_JSON,
+    ],
+    ids=["read-timeout", "disconnect", "reset", "500", "502", "504", "cut-off-200", "html-200"],
+)
+def test_a_post_whose_answer_is_lost_is_uncertain_and_never_resent(lost):
+    handler, seen = scripted(lost, httpx.Response(200, json={"status": "success"}))
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    with pytest.raises(UncertainOutcome) as info:
+        http.request_json("POST", "http://api.test/import", endpoint="import")
+    assert len(seen) == 1 and waits == []
+    assert isinstance(info.value, VendorError) and not 400 <= info.value.status < 500
+    assert "outcome unknown" in str(info.value) and "not sent again" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "refused_before",
+    [
+        httpx.ConnectError("[Errno 111] Connection refused"),
+        httpx.ConnectTimeout("timed out"),
+        httpx.PoolTimeout("no connection"),
+        httpx.WriteError("Broken pipe"),
+        httpx.WriteTimeout("timed out"),
+        httpx.Response(429, headers={"Retry-After": "1"}),
+        httpx.Response(503),
+    ],
+    ids=["connect", "connect-timeout", "pool", "write-error", "write-timeout", "429", "503"],
+)
+def test_a_post_that_never_reached_the_server_is_retried(refused_before):
+    handler, seen = scripted(refused_before, httpx.Response(200, json={"status": "success"}))
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    assert http.request_json("POST", "http://api.test/import", endpoint="import") == {
+        "status": "success"
+    }
+    assert len(seen) == 2 and len(waits) == 1
+    assert http.calls.retries == 1
+    assert http.calls.throttled == (1 if "429" in repr(refused_before) else 0)
+
+
+def test_an_idempotent_post_with_a_cut_off_answer_is_retried():
+    handler, seen = scripted(CUT_OFF, httpx.ReadTimeout("slow"), httpx.Response(200, json={"a": 1}))
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    body = http.request_json("POST", "http://api.test/upsert", endpoint="upsert", idempotent=True)
+    assert body == {"a": 1} and len(seen) == 3
+
+
+def test_an_unreadable_answer_after_every_try_is_transient_not_a_refusal():
+    handler, seen = scripted(CUT_OFF)
+    waits: list[float] = []
+    with pytest.raises(VendorError) as info:
+        make_http(handler, waits, max_tries=3).request_json(
+            "POST", "http://api.test/upsert", endpoint="upsert", idempotent=True
+        )
+    assert not isinstance(info.value, UncertainOutcome)
+    assert info.value.status == 0 and len(seen) == 3
+    assert "unreadable 200 answer" in info.value.message and "after 3 tries" in info.value.message
+
+
+def test_get_json_retries_a_malformed_page():
+    handler, seen = scripted(NOT_JSON, httpx.Response(200, json={"items": []}))
+    waits: list[float] = []
+    assert make_http(handler, waits).get_json("http://api.test/x", endpoint="x") == {"items": []}
+    assert len(seen) == 2
+
+
+def test_validate_refusing_the_shape_counts_as_unreadable():
+    def needs_id(body):
+        if "id" not in body:
+            raise ValueError("no id")
+        return body["id"]
+
+    handler, seen = scripted(httpx.Response(200, json={}), httpx.Response(200, json={"id": 7}))
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    assert http.request_json("GET", "http://api.test/x", endpoint="x", validate=needs_id) == 7
+    assert len(seen) == 2
+
+
+def test_transport_failure_names_the_host_and_the_reason_not_a_status():
+    handler, _ = scripted(httpx.ConnectError("[Errno 111] Connection refused"))
+    waits: list[float] = []
+    with pytest.raises(VendorError) as info:
+        make_http(handler, waits, max_tries=3).get_json(
+            f"http://api.test:8080/x?apikey={SECRET}", endpoint="x"
+        )
+    assert (
+        str(info.value) == "acme: could not reach api.test:8080: connection refused after 3 tries"
+    )
+    assert "answered" not in str(info.value)
+    handler, _ = scripted(httpx.ReadTimeout("timed out"))
+    with pytest.raises(VendorError, match="could not reach api.test: read timeout after 2 tries"):
+        make_http(handler, waits, max_tries=2).get_json("http://api.test/x", endpoint="x")
+
+
+def test_each_retry_and_throttle_is_logged_at_warning_and_counted(caplog):
+    caplog.set_level(logging.WARNING, logger="resources.http")
+    handler, _ = scripted(
+        httpx.Response(429, headers={"Retry-After": "1"}, json={"message": "Too Many Requests"}),
+        httpx.Response(502),
+        httpx.Response(200, json={"type": "create", "member_id": "m1"}),
+    )
+    waits: list[float] = []
+    http = make_http(handler, waits)
+    http.request_json(
+        "POST",
+        "http://api.test/lists/4711/members/upsert?filter[email][eq][]=jens@example.dk",
+        endpoint="members/upsert",
+        idempotent=True,
+    )
+    lines = [r.getMessage() for r in caplog.records if r.name == "resources.http"]
+    assert lines == [
+        "acme POST /lists/4711/members/upsert: 429 Too Many Requests, waiting 1.0 s (try 2 of 5)",
+        "acme POST /lists/4711/members/upsert: 502 Bad Gateway, waiting 1.0 s (try 3 of 5)",
+    ]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    assert "jens@example.dk" not in caplog.text  # queries (filters, keys) never reach the log
+    assert (http.calls.retries, http.calls.throttled, http.calls.total) == (2, 1, 3)
