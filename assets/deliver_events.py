@@ -1,5 +1,6 @@
 """The events_delivered asset of one target list: tracking events the list has not acknowledged,
-sent in the target's bulk import (activity feed).
+sent in the target's bulk import (activity feed), in small batches booked before each send so a
+lost answer never makes memberflow send an event twice.
 """
 
 import dagster as dg
@@ -11,6 +12,17 @@ from memberflow import event_delivery, model
 from memberflow.config import Integration
 from resources.base import TargetClient
 
+UNCERTAIN_CHECK = "no_uncertain_event_batches"
+
+
+class EventsDeliveredConfig(dg.Config):
+    """Per-run override: send again the events held because an import answer was lost.
+
+    Only after checking the list's activity feed: events the list did store are then duplicated.
+    """
+
+    resend_uncertain: bool = False
+
 
 def build_events_delivered_asset(
     list_key: str, integrations: list[Integration], feeds: list[model.Feed]
@@ -19,9 +31,10 @@ def build_events_delivered_asset(
     target_key = naming.target_resource_key(list_key)
     first = integrations[0]
     columns = model.event_columns(feeds)
+    key = naming.list_asset_key(list_key, "events_delivered")
 
     @dg.asset(
-        key=naming.list_asset_key(list_key, "events_delivered"),
+        key=key,
         group_name=list_key,
         deps=[
             naming.list_asset_key(list_key, "tracking_events"),
@@ -29,28 +42,62 @@ def build_events_delivered_asset(
         ],
         description=(
             "Tracking events not sent before, for members on the list, sent in the target's bulk "
-            "import (activity feed); refused rows are quarantined with the target's reason."
+            "import (activity feed) in small batches, each booked before it is sent; refused rows "
+            "are quarantined with the target's reason. An import whose answer was lost is held, "
+            "not resent: see the no_uncertain_event_batches check and resend_uncertain. "
+            "dagster/row_count is every event the list acknowledged; *_this_run are this run's."
         ),
         required_resource_keys={warehouse_key, target_key},
         pool=naming.pool(list_key),
         kinds={first.target.kind},
         tags={"memberflow/stage": "deliver"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                UNCERTAIN_CHECK,
+                asset=key,
+                blocking=False,
+                description=(
+                    "No events held because the list's answer to their import was lost; "
+                    "when it fails, check the list's feed, then resend_uncertain: true."
+                ),
+            )
+        ],
     )
-    def _events_delivered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _events_delivered(
+        context: dg.AssetExecutionContext, config: EventsDeliveredConfig
+    ) -> dg.MaterializeResult:
         settings = delivery_settings(first, context.run_id)
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         client: TargetClient = getattr(context.resources, target_key).client()
         try:
             with warehouse.get_connection() as conn:
-                counts = event_delivery.deliver_events(conn, client, settings, columns)
+                report = event_delivery.deliver_events(
+                    conn, client, settings, columns, resend_uncertain=config.resend_uncertain
+                )
         finally:
             client.close()
+        for warning in report.warnings:
+            context.log.warning(warning)
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": counts["sent"],
-                **counts,
+                "dagster/row_count": report.acknowledged,
+                **report.metadata(),
+                "sent": report.sent,  # kept for readers of earlier runs: the same as sent_this_run
                 "api_calls": client.calls.total,
-            }
+                "api_retries": client.calls.retries,
+                "api_throttled": client.calls.throttled,
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=UNCERTAIN_CHECK,
+                    passed=report.held == 0,
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={
+                        "held_events": report.held,
+                        "held_sample": ", ".join(report.held_sample),
+                    },
+                )
+            ],
         )
 
     return _events_delivered
