@@ -1,20 +1,49 @@
-"""Value normalisation for mapped fields: emails, mobile numbers, dates, numbers, choices.
+"""Value normalisation for mapped fields: emails, mobile numbers, dates, numbers, choices, text.
 
 Each function takes a column and returns the normalised column plus a column of problems (None
-where the value is fine), so a bad value quarantines its row with a reason instead of failing the
-batch (X4). Parsing is done once per distinct value: source data repeats values a lot.
+where the value is fine), so a bad value costs only that value, with a reason, instead of failing
+the batch (X4). A value is also checked for what the target accepts (`plain`): at most 255
+characters, no control or bidi/format characters, no JSON object or array where a plain value is
+expected. Parsing is done once per distinct value: source data repeats values a lot, and Python's
+own parsers (not pandas' datetime64, which cannot hold 0001-01-01) decide what a value is.
+
+Reasons never echo a whole long value, nor a whole email or phone number (memberflow.masking).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
+from memberflow.masking import mask_email, mask_phone
+
 Result = tuple[str | None, str | None]
+
+MAX_TEXT = 255  # what a list field takes (text ≤ 255 characters)
+MAX_EMAIL_LOCAL = 64  # RFC 5321: the part before the @
+# C0 and C1 controls (tab and newline too: a list field is one line), bidi embeddings, overrides
+# and isolates, the directional marks and the byte-order mark: invisible text that can reorder
+# or hide what a reader of the list sees.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+MAX_NUMBER = 1e15  # beyond any amount or quantity a sale has; larger is a unit or parse error
+PLAUSIBLE_YEARS = (1900, 2100)  # a POS's 0001-01-01 placeholder means "unknown", not a date
+
+
+def shown(value: str, limit: int = 40) -> str:
+    """A value quoted for a reason, cut to `limit` characters with its full length noted."""
+    if len(value) <= limit:
+        return repr(value)
+    return repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
 def nones(index: pd.Index) -> pd.Series:
@@ -23,11 +52,41 @@ def nones(index: pd.Index) -> pd.Series:
 
 
 def _per_distinct(series: pd.Series, fn: Callable[[str], Result]) -> tuple[pd.Series, pd.Series]:
-    present = series.dropna()
-    results = {value: fn(value) for value in present.unique()}
-    values = series.map(lambda v: None if v is None or v != v else results[v][0])
-    problems = series.map(lambda v: None if v is None or v != v else results[v][1])
-    return values.astype(object), problems.astype(object)
+    """Apply `fn` once per distinct present value and spread the results back by position."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    results = [fn(value) for value in uniques]
+    # One slot more for "missing" (code -1 indexes the last slot): value and problem None.
+    values = np.array([r[0] for r in results] + [None], dtype=object)
+    problems = np.array([r[1] for r in results] + [None], dtype=object)
+    return (
+        pd.Series(values[codes], index=series.index, dtype=object),
+        pd.Series(problems[codes], index=series.index, dtype=object),
+    )
+
+
+def _plain_one(value: str) -> Result:
+    if not isinstance(value, str):
+        return None, f"not a text value: {type(value).__name__}"
+    text = value.strip()
+    if text[:1] in "{[" and text[-1:] in "}]":
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, (dict, list)):
+            kind = "object" if isinstance(parsed, dict) else "array"
+            return None, f"a JSON {kind} where a plain value is expected: {shown(text, 30)}"
+    bad = _FORBIDDEN.search(text)
+    if bad:
+        return None, f"contains control or bidi character U+{ord(bad.group()):04X}"
+    if len(text) > MAX_TEXT:
+        return None, f"longer than {MAX_TEXT} characters ({len(text)}): {shown(text, 30)}"
+    return text or None, None
+
+
+def plain(series: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """Trimmed text the target accepts, or a problem: what every field type is checked for."""
+    return _per_distinct(series, _plain_one)
 
 
 @lru_cache(maxsize=200_000)
@@ -39,7 +98,9 @@ def email(value: str) -> Result:
     try:
         checked = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
-        return None, f"invalid email {text!r}: {exc}"
+        return None, f"invalid email {mask_email(text)!r}: {exc}"
+    if len(checked.local_part) > MAX_EMAIL_LOCAL:
+        return None, f"invalid email {mask_email(text)!r}: more than 64 characters before the @"
     return checked.normalized.lower(), None
 
 
@@ -55,12 +116,12 @@ def mobile_for(region: str) -> Callable[[str], Result]:
         try:
             number = phonenumbers.parse(text, region)
         except phonenumbers.NumberParseException:
-            return None, f"invalid mobile {value!r}: not a phone number"
+            return None, f"invalid mobile {mask_phone(text)!r}: not a phone number"
         # Possible (right length for its country), not "valid": validity follows the range
         # allocations in phonenumbers' metadata, which would make a match key depend on the
         # library version and refuse real spellings such as 12345678.
         if not phonenumbers.is_possible_number(number):
-            return None, f"invalid mobile {value!r}: not a valid number for region {region}"
+            return None, f"invalid mobile {mask_phone(text)!r}: not a possible number in {region}"
         return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164), None
 
     return mobile
@@ -75,32 +136,60 @@ def dates(series: pd.Series, fmt: str, with_time: bool) -> tuple[pd.Series, pd.S
     """Parse with the integration's date format (C6), falling back to ISO 8601.
 
     Returns `YYYY-MM-DD` (or `YYYY-MM-DD HH:MM:SS`, timezone dropped after conversion to UTC for
-    aware inputs).
+    aware inputs). Years outside PLAUSIBLE_YEARS are a problem ("implausible date").
     """
-    text = series.astype("string").str.strip().replace("", pd.NA)
-    parsed = pd.to_datetime(text, format=fmt, errors="coerce")
-    missing = parsed.isna() & text.notna()
-    if missing.any():
-        fallback = pd.to_datetime(text[missing], format="ISO8601", errors="coerce", utc=True)
-        parsed = parsed.astype(object)
-        parsed[missing] = fallback.dt.tz_convert(None)
-        parsed = pd.to_datetime(parsed, errors="coerce")
+    return _per_distinct(series, _date_parser(fmt, with_time))
+
+
+@lru_cache(maxsize=64)
+def _date_parser(fmt: str, with_time: bool) -> Callable[[str], Result]:
     out_fmt = "%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d"
-    values = parsed.dt.strftime(out_fmt).astype(object).where(parsed.notna(), None)
-    bad = parsed.isna() & text.notna()
-    problems = no_problems(series.index)
-    problems[bad] = "unreadable date " + text[bad].astype(str).map(repr) + f" (format {fmt})"
-    return values, problems
+
+    def one(value: str) -> Result:
+        text = value.strip()
+        if not text:
+            return None, None
+        moment = _parse_date(text, fmt)
+        if moment is None:
+            return None, f"unreadable date {shown(text)} (format {fmt})"
+        low, high = PLAUSIBLE_YEARS
+        if not low <= moment.year <= high:
+            return None, f"implausible date {shown(text)} (years {low}..{high} are kept)"
+        return moment.strftime(out_fmt), None
+
+    return one
+
+
+def _parse_date(text: str, fmt: str) -> datetime | None:
+    for parse in (lambda t: datetime.strptime(t, fmt), datetime.fromisoformat):
+        try:
+            moment = parse(text)
+        except ValueError:
+            continue
+        if moment.tzinfo is not None:
+            try:
+                moment = moment.astimezone(UTC).replace(tzinfo=None)
+            except OverflowError:
+                return moment.replace(tzinfo=None)  # year 1 or 9999: implausible anyway
+        return moment
+    return None
 
 
 def numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    text = series.astype("string").str.strip().str.replace(",", ".", regex=False)
-    parsed = pd.to_numeric(text, errors="coerce")
-    bad = parsed.isna() & text.notna() & (text != "")
-    values = parsed.map(_number_text).astype(object).where(parsed.notna(), None)
-    problems = no_problems(series.index)
-    problems[bad] = "not a number: " + text[bad].astype(str).map(repr)
-    return values, problems
+    """Decimal text (comma or point) -> canonical text; NaN, Infinity and huge values refused."""
+    return _per_distinct(series, _number_one)
+
+
+def _number_one(value: str) -> Result:
+    text = value.strip().replace(",", ".")
+    if not text:
+        return None, None
+    if not _NUMBER.match(text):
+        return None, f"not a number: {shown(text)}"
+    number = float(text)
+    if not math.isfinite(number) or abs(number) >= MAX_NUMBER:
+        return None, f"number out of range: {shown(text)}"
+    return _number_text(number), None
 
 
 def _number_text(value: float) -> str | None:
@@ -116,7 +205,7 @@ def booleans(series: pd.Series) -> tuple[pd.Series, pd.Series]:
         key = value.strip().lower()
         if not key:
             return None, None
-        return (truth[key], None) if key in truth else (None, f"not a boolean: {value!r}")
+        return (truth[key], None) if key in truth else (None, f"not a boolean: {shown(value)}")
 
     return _per_distinct(series, one)
 
@@ -129,6 +218,6 @@ def choices(series: pd.Series, values: dict[str, str]) -> tuple[pd.Series, pd.Se
             return None, None  # an empty code is an empty field, as for text
         if value in values:
             return (values[value] or None), None  # an empty label means "leave the field empty"
-        return None, f"no option for {value!r} (known: {', '.join(sorted(values))})"
+        return None, f"no option for {shown(value)} (known: {', '.join(sorted(values))})"
 
     return _per_distinct(series, one)

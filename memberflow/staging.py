@@ -3,6 +3,12 @@
 Staging is incremental and replayable. It remembers which landing files it has read (and under
 which mapping fingerprint); new files re-stage only the records they touch, and a changed mapping
 re-stages everything from the raw layer without calling the source (X3).
+
+What a bad value costs (X4): a missing or invalid match key, a field the mapping marks
+`required`, or a record id that arrived twice at once with different content withholds the row
+(quarantine action 'row withheld'); any other bad field is set to NULL and the row goes on without
+it, reported once per field (action 'field dropped'). Records landing could not read
+(`_unreadable/`) are moved into quarantine with stage 'land', once.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import duckdb
 import pandas as pd
 
 from memberflow import landing, validation
-from memberflow.mapping import EntityMapping, rule_sql
+from memberflow.mapping import EntityMapping, FieldRule, rule_sql
 
 CHUNK_ROWS = 50_000
 
@@ -26,11 +32,20 @@ class StageResult:
 
     table: str
     staged: int = 0
-    quarantined: int = 0
+    quarantined: int = 0  # rows withheld (plus unreadable records moved from landing)
     files_read: int = 0
     full_rebuild: bool = False
     skipped: int = 0  # never-consented customers; anonymous sales (FP-A5)
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # withheld rows by field
+    fields_dropped: int = 0  # bad optional values set to NULL on rows that were staged
+    drop_reasons: dict[str, int] = field(default_factory=dict)  # "field: what was wrong" -> n
+    unreadable: int = 0  # records landing could not read, quarantined this run
+    rows_by_day: dict[date, int] = field(default_factory=dict)  # staged event rows per day
+
+    @property
+    def rows_seen(self) -> int:
+        """Every row this run decided on: staged + withheld + skipped (counts add up, X4)."""
+        return self.staged + self.quarantined + self.skipped
 
 
 def stage_table(integration: str, entity: str) -> str:
@@ -49,8 +64,14 @@ def ensure_bookkeeping(conn: duckdb.DuckDBPyConnection) -> None:
             integration VARCHAR, entity VARCHAR, stage VARCHAR, record_id VARCHAR,
             match_key VARCHAR, reason VARCHAR, payload VARCHAR,
             quarantined_at TIMESTAMPTZ DEFAULT current_timestamp, run_id VARCHAR);
+        ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS field VARCHAR;
+        ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS action VARCHAR;
         """
     )
+
+
+ROW_WITHHELD = "row withheld"  # a NULL action (rows other modules insert) means the same
+FIELD_DROPPED = "field dropped"
 
 
 @dataclass(frozen=True)
@@ -126,8 +147,9 @@ def stage_members(
     result.full_rebuild, result.files_read = full, len(new)
     if full:
         _create_member_table(conn, table, mapping)
+    unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     if not new:
-        _mark_staged(conn, settings, mapping.entity, [], mapping.fingerprint)
+        _mark_staged(conn, settings, mapping.entity, unreadable, mapping.fingerprint)
         return result
     consent = (
         f"(json_extract_string(payload, '$.{mapping.consent}') = 'true')"
@@ -150,17 +172,73 @@ def stage_members(
             SELECT *, {consent} AS consent,
                 row_number() OVER (PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC)
                     AS rn,
+                {_AMBIGUOUS} AS _ambiguous,
                 coalesce(bool_or({consent}) OVER (PARTITION BY record_id), false)
                     AS ever_consented
             FROM raw)
         SELECT row_number() OVER () AS _row, record_id, modified, consent, ever_consented,
-               payload, {cols}
+               _ambiguous, payload, {cols}
         FROM ranked WHERE rn = 1
         """
     )
     _replace_mapped(conn, table, mapping, settings, result, member=True)
-    _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
+    _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
     return result
+
+
+# Two versions of one record with the same modification and fetch time (one page, one batch) but
+# different content: which is the record? Neither is picked; the record is withheld instead.
+_AMBIGUOUS = """(min(payload) OVER (PARTITION BY record_id, modified, fetched_at)
+                 <> max(payload) OVER (PARTITION BY record_id, modified, fetched_at))"""
+
+
+def _quarantine_unreadable(
+    conn: duckdb.DuckDBPyConnection,
+    settings: StageSettings,
+    mapping: EntityMapping,
+    result: StageResult,
+    full: bool,
+) -> list[str]:
+    """Move records landing could not read into quarantine (stage 'land'), each once: a record
+    the source serves again and again is one quarantine row. Returns the files read."""
+    files = landing.unreadable_files(settings.integration, mapping.entity)
+    if not full:
+        seen = conn.execute(
+            "SELECT path FROM staged_files WHERE integration = ? AND entity = ?",
+            [settings.integration, mapping.entity],
+        ).fetchall()
+        done = {path for (path,) in seen}
+        files = [f for f in files if f not in done]
+    if not files:
+        return []
+    record_id = f"json_extract_string(payload, {_sql_text('$.' + mapping.record_id)})"
+    inserted = conn.execute(
+        f"""
+        INSERT INTO quarantine (integration, entity, stage, record_id, reason, payload, run_id,
+                                field, action)
+        SELECT ?, ?, 'land', {record_id}, reason, payload, ?,
+               nullif(regexp_extract(reason, '^unreadable record: ([A-Za-z0-9_.]+): ', 1), ''),
+               '{ROW_WITHHELD}'
+        FROM (SELECT DISTINCT reason, payload FROM read_parquet({_file_list_sql(files)})) u
+        WHERE NOT EXISTS (
+            SELECT 1 FROM quarantine q
+            WHERE q.integration = ? AND q.entity = ? AND q.stage = 'land'
+              AND q.payload = u.payload AND q.reason = u.reason)
+        RETURNING reason
+        """,
+        [settings.integration, mapping.entity, settings.run_id]
+        + [settings.integration, mapping.entity],
+    ).fetchall()
+    result.unreadable += len(inserted)
+    result.quarantined += len(inserted)
+    if inserted:
+        key = "unreadable record"
+        result.reasons[key] = result.reasons.get(key, 0) + len(inserted)
+    return files
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _create_member_table(
@@ -191,6 +269,7 @@ def stage_events(
     result.full_rebuild = full
     if full:
         _create_event_table(conn, table, mapping)
+    unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     touched_days = {date.fromisoformat(f.split("/")[-2]) for f in new} | set(days)
     day_files = (
         files if full else landing.day_files(settings.integration, mapping.entity, touched_days)
@@ -206,8 +285,23 @@ def stage_events(
         result.skipped += _map_events(conn, mapping, settings, files, day_files)
         _replace_mapped(conn, table, mapping, settings, result, member=False)
         conn.execute("DROP TABLE latest_records")
-    _mark_staged(conn, settings, mapping.entity, new, mapping.fingerprint)
+    _count_by_day(conn, table, touched_days, result)
+    _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
     return result
+
+
+def _count_by_day(
+    conn: duckdb.DuckDBPyConnection, table: str, days: set[date], result: StageResult
+) -> None:
+    """Rows now in the table for each day this run re-derived (per-partition figures)."""
+    if not days:
+        return
+    rows = conn.execute(
+        f"""SELECT d.day, count(t.business_date) FROM (SELECT unnest(?::DATE[]) AS day) d
+            LEFT JOIN {table} t ON t.business_date = d.day GROUP BY d.day""",
+        [sorted(days)],
+    ).fetchall()
+    result.rows_by_day = {day: int(n) for day, n in rows}
 
 
 def _map_events(
@@ -218,19 +312,19 @@ def _map_events(
     touched_files: list[str],
 ) -> int:
     """Create the temp table `mapped`, one row per event line; returns how many records had no
-    line at all (a journal without lines: counted as skipped, not lost)."""
-    line = "line" if mapping.explode else None
-    cols = ", ".join(
-        f'{rule_sql(r, "payload", line, settings.separator)} AS "{r.target}"'
-        for r in mapping.fields
+    line at all (a journal without lines: counted as skipped, not lost).
+
+    Memory stays flat in lines per record: record-level fields are read once per record, and
+    the lines are exploded from the lines array alone (record id, line number, line JSON), then
+    joined to them. No line row ever carries its record's whole payload, which made a journal
+    of n lines cost n copies of an O(n) payload.
+    """
+    sep = settings.separator
+    line_rules = [r for r in mapping.fields if mapping.explode and _reads_line(r)]
+    record_rules = [r for r in mapping.fields if r not in line_rules]
+    record_cols = "".join(
+        f', {rule_sql(r, "payload", None, sep)} AS "{r.target}"' for r in record_rules
     )
-    customer = f"json_extract_string(payload, '$.{mapping.customer_id}')"
-    if mapping.explode:
-        lines = f"json_extract(payload, '$.{mapping.explode}[*]')"
-        exploded = f"""SELECT *, unnest({lines}) AS line,
-                              unnest(range(1, len({lines}) + 1)) AS line_no FROM latest_records"""
-    else:
-        exploded = "SELECT *, NULL::JSON AS line, 1 AS line_no FROM latest_records"
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE latest_records AS
@@ -238,28 +332,55 @@ def _map_events(
             SELECT record_id, modified, business_date, fetched_at, payload
             FROM read_parquet({_file_list_sql(files)})
             WHERE record_id IN (
-                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)})))
-        SELECT * FROM (
+                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)}))),
+        ranked AS (
             SELECT *, row_number() OVER (
-                PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn
-            FROM raw) WHERE rn = 1
+                    PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn,
+                {_AMBIGUOUS} AS _ambiguous
+            FROM raw)
+        SELECT record_id, modified, business_date, payload, _ambiguous FROM ranked WHERE rn = 1
         """
     )
-    conn.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE mapped AS
-        WITH exploded AS ({exploded})
-        SELECT row_number() OVER () AS _row, record_id, line_no, modified, business_date,
-               {customer} AS customer_id, {cols}
-        FROM exploded
-        """
-    )
+    customer = f"json_extract_string(payload, {_sql_text('$.' + str(mapping.customer_id))})"
+    records = f"""SELECT record_id, modified, business_date, _ambiguous,
+                         {customer} AS customer_id{record_cols}
+                  FROM latest_records"""
+    record_names = "".join(f', r."{r.target}"' for r in record_rules)
+    line_names = "".join(f', l."{r.target}"' for r in line_rules)
+    if mapping.explode:
+        items = f"json_extract(payload, {_sql_text('$.' + mapping.explode + '[*]')})"
+        line_cols = "".join(
+            f', {rule_sql(r, "line", "line", sep)} AS "{r.target}"' for r in line_rules
+        )
+        select = f"""
+            WITH arrays AS (SELECT record_id, {items} AS items FROM latest_records),
+            lines AS (
+                SELECT record_id, unnest(items) AS line,
+                       unnest(range(1, len(items) + 1)) AS line_no
+                FROM arrays),
+            line_fields AS (SELECT record_id, line_no{line_cols} FROM lines),
+            records AS ({records})
+            SELECT row_number() OVER () AS _row, r.record_id, l.line_no, r.modified,
+                   r.business_date, r._ambiguous, r.customer_id{record_names}{line_names}
+            FROM line_fields l JOIN records r USING (record_id)"""
+    else:
+        select = f"""
+            WITH records AS ({records})
+            SELECT row_number() OVER () AS _row, r.record_id, 1 AS line_no, r.modified,
+                   r.business_date, r._ambiguous, r.customer_id{record_names}
+            FROM records r"""
+    conn.execute(f"CREATE OR REPLACE TEMP TABLE mapped AS {select}")
     lineless = 0
     if mapping.explode:
         lineless = conn.execute(
-            f"SELECT count(*) FROM latest_records WHERE coalesce(len({lines}), 0) = 0"
+            f"""SELECT count(*) FROM latest_records
+                WHERE coalesce(len({items}), 0) = 0"""
         ).fetchall()[0][0]
     return int(lineless)
+
+
+def _reads_line(rule: FieldRule) -> bool:
+    return rule.path is not None and rule.path.startswith("line.")
 
 
 def _create_event_table(
@@ -288,7 +409,7 @@ def _replace_mapped(
     """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones."""
     conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
     conn.execute(
-        "DELETE FROM quarantine WHERE integration = ? AND entity = ? "
+        "DELETE FROM quarantine WHERE integration = ? AND entity = ? AND stage = 'stage' "
         "AND record_id IN (SELECT record_id FROM mapped)",
         [settings.integration, mapping.entity],
     )
@@ -327,14 +448,21 @@ def _write_chunk(
     member: bool,
 ) -> None:
     frame = frame.where(frame.notna(), None)
-    problems = validation.normalise(frame, mapping, settings.date_format, settings.phone_region)
+    issues = validation.normalise(frame, mapping, settings.date_format, settings.phone_region)
+    keys = _row_keys(mapping, settings, member)
+    problems = validation.row_problems({f: v for f, v in issues.items() if f in keys}, frame.index)
+    drops = {f: v for f, v in issues.items() if f not in keys}
+    ambiguous = _flags(frame["_ambiguous"], default=False)
+    problems[ambiguous] = problems[ambiguous].map(
+        lambda p: validation._join(p, f"record_id: {_AMBIGUOUS_REASON}")
+    )
     if member:
         frame["match_key"] = frame[settings.match_on] if settings.match_on in frame else None
         consent_false = ~_flags(frame["consent"], default=True)
         no_consent = consent_false & ~_flags(frame["ever_consented"], default=False)
         result.skipped += int(no_consent.sum())
         missing_key = frame["match_key"].isna() & (problems == "") & ~no_consent
-        problems[missing_key] = f"no {settings.match_on} (the match key)"
+        problems[missing_key] = f"{settings.match_on}: missing (the match key)"
         checkable = ~no_consent
     else:
         frame["event_id"] = (
@@ -348,20 +476,122 @@ def _write_chunk(
         )
         checkable = frame["customer_id"].notna()
         result.skipped += int((~checkable).sum())  # anonymous sales (FP-A5)
-    gated = validation.gate(frame[checkable & (problems == "")], schema)
-    problems.loc[gated.index] = gated
+    _gate(frame, schema, checkable & (problems == ""), keys, problems, drops)
     bad = checkable & (problems != "")
     good = checkable & ~bad if not member else ~bad
     skipped_outside = 0 if member else int((~checkable).sum())  # members keep no-consent rows
     if int(good.sum()) + int(bad.sum()) + skipped_outside != len(frame):
         raise AssertionError(f"{table}: staging would lose rows; refusing to write")  # X4
     _insert(conn, table, frame[good], mapping, member)
-    _quarantine(conn, settings, mapping, frame[bad], problems[bad])
+    withheld = _reason_rows(frame[bad], problems[bad], mapping, ROW_WITHHELD)
+    dropped = _dropped_rows(frame, drops, checkable & ~bad, mapping)
+    _quarantine(conn, settings, mapping, pd.concat([withheld, dropped], ignore_index=True))
     result.staged += int(good.sum())
+    if not member:
+        staged_days = frame.loc[good, "business_date"].value_counts()
+        for day, n in staged_days.items():
+            result.rows_by_day[day] = result.rows_by_day.get(day, 0) + int(n)
     result.quarantined += int(bad.sum())
-    for reason in problems[bad]:
-        key = reason.split(":")[0]
+    for field_name, problem in zip(withheld["field"], withheld["problem"], strict=True):
+        key = f"{field_name}: {_kind(problem)}"
         result.reasons[key] = result.reasons.get(key, 0) + 1
+    result.fields_dropped += len(dropped)
+    for field_name, problem in zip(dropped["field"], dropped["problem"], strict=True):
+        key = f"{field_name}: {_kind(problem)}"
+        result.drop_reasons[key] = result.drop_reasons.get(key, 0) + 1
+
+
+_AMBIGUOUS_REASON = (
+    "arrived more than once at the same time with different content; withheld rather than "
+    "picking one version"
+)
+
+
+def _row_keys(mapping: EntityMapping, settings: StageSettings, member: bool) -> set[str]:
+    """Fields whose bad value withholds the whole row: the match key and required fields."""
+    keys = {r.target for r in mapping.fields if r.required} | {"record_id"}
+    if member:
+        keys |= {settings.match_on, "match_key"}
+    return keys
+
+
+def _gate(
+    frame: pd.DataFrame,
+    schema: object,
+    rows: pd.Series,
+    keys: set[str],
+    problems: pd.Series,
+    drops: dict[str, pd.Series],
+) -> None:
+    """The pandera gate over `rows`: a failing key field withholds its row (into `problems`),
+    a failing optional field is dropped (set to None, reason into `drops`)."""
+    for column, failures in validation.gate_by_column(frame[rows], schema).items():
+        failing = failures[failures != ""]
+        if column in keys or column not in drops:
+            named = failing.map(lambda m, c=column: f"{c}: {m}")
+            problems.loc[failing.index] = [
+                validation._join(p, n)
+                for p, n in zip(problems.loc[failing.index], named, strict=True)
+            ]
+        else:
+            frame.loc[failing.index, column] = None
+            drops[column] = drops[column].copy()
+            drops[column].loc[failing.index] = failing
+
+
+def _reason_rows(
+    frame: pd.DataFrame, reasons: pd.Series, mapping: EntityMapping, action: str
+) -> pd.DataFrame:
+    """Quarantine rows for withheld rows: the first field named in the reason as `field`."""
+    fields = reasons.map(lambda r: r.split(":", 1)[0])
+    return _rows(frame, fields, reasons.map(lambda r: r.split(":", 1)[1].strip()), mapping, action)
+
+
+def _dropped_rows(
+    frame: pd.DataFrame, drops: dict[str, pd.Series], rows: pd.Series, mapping: EntityMapping
+) -> pd.DataFrame:
+    """One quarantine row per field set to NULL on a staged row, naming field and reason."""
+    parts = []
+    for target, problem in drops.items():
+        hit = rows & problem.notna() & (problem.astype(str) != "")
+        if hit.any():
+            fields = pd.Series(target, index=frame.index[hit], dtype=object)
+            parts.append(_rows(frame[hit], fields, problem[hit], mapping, FIELD_DROPPED))
+    if not parts:
+        return _rows(frame.iloc[:0], pd.Series(dtype=object), pd.Series(dtype=object), mapping, "")
+    return pd.concat(parts, ignore_index=True)
+
+
+def _rows(
+    frame: pd.DataFrame,
+    fields: pd.Series,
+    problems: pd.Series,
+    mapping: EntityMapping,
+    action: str,
+) -> pd.DataFrame:
+    reasons = fields.astype(str) + ": " + problems.astype(str)
+    if mapping.role == "events" and mapping.explode:
+        reasons = reasons + " (line " + frame["line_no"].astype(str) + ")"
+    rows = pd.DataFrame(
+        {
+            "record_id": frame["record_id"].astype(str),
+            "line_no": frame["line_no"] if "line_no" in frame else 0,
+            "field": fields.astype(str),
+            "problem": problems.astype(str),
+            "reason": reasons,
+            "action": action,
+        }
+    )
+    if "payload" in frame:
+        rows["payload"] = frame["payload"].astype(object)
+    return rows.reset_index(drop=True)
+
+
+def _kind(problem: str) -> str:
+    """What was wrong, without the value: 'invalid mobile', 'implausible date', ..."""
+    for stop in (" '", " (", ":", ";", " U+"):
+        problem = problem.split(stop, 1)[0]
+    return problem.strip()
 
 
 def _flags(column: pd.Series, default: bool) -> pd.Series:
@@ -394,26 +624,26 @@ def _quarantine(
     conn: duckdb.DuckDBPyConnection,
     settings: StageSettings,
     mapping: EntityMapping,
-    frame: pd.DataFrame,
-    reasons: pd.Series,
+    rows: pd.DataFrame,
 ) -> None:
-    if frame.empty:
+    if rows.empty:
         return
-    rows = pd.DataFrame(
-        {"record_id": frame["record_id"].astype(str), "reason": reasons.astype(str)}
-    )
     # Members carry their payload; event lines do not (one copy per line would multiply memory
-    # by the lines per sale), so theirs is read from the record it came from.
-    if "payload" in frame:
-        rows["payload"] = frame["payload"].astype(str)
-        source = "SELECT record_id, reason, payload FROM bad_rows"
+    # by the lines per sale), so theirs is read from the record it came from, once per record
+    # and chunk: the record's other rows point at it by record id.
+    if "payload" in rows:
+        source = "SELECT record_id, field, reason, action, payload FROM bad_rows"
     else:
-        source = """SELECT b.record_id, b.reason, l.payload FROM bad_rows b
-                    LEFT JOIN latest_records l USING (record_id)"""
+        source = """SELECT b.record_id, b.field, b.reason, b.action,
+                           CASE WHEN row_number() OVER (PARTITION BY b.record_id
+                                    ORDER BY b.line_no, b.field) = 1
+                                THEN l.payload END AS payload
+                    FROM bad_rows b LEFT JOIN latest_records l USING (record_id)"""
     conn.register("bad_rows", rows)
     conn.execute(
-        "INSERT INTO quarantine (integration, entity, stage, record_id, reason, payload, run_id) "
-        f"SELECT ?, ?, 'stage', record_id, reason, payload, ? FROM ({source})",
+        "INSERT INTO quarantine (integration, entity, stage, record_id, reason, payload, run_id, "
+        "field, action) "
+        f"SELECT ?, ?, 'stage', record_id, reason, payload, ?, field, action FROM ({source})",
         [settings.integration, mapping.entity, settings.run_id],
     )
     conn.unregister("bad_rows")

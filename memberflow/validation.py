@@ -39,47 +39,65 @@ def schema_for(mapping: EntityMapping, match_on: str | None) -> pa.DataFrameSche
 
 def normalise(
     frame: pd.DataFrame, mapping: EntityMapping, date_format: str, phone_region: str
-) -> pd.Series:
-    """Normalise mapped columns in place; returns each row's problems (empty string if none)."""
-    problems = pd.Series("", index=frame.index, dtype=object)
+) -> dict[str, pd.Series]:
+    """Normalise mapped columns in place (a bad value becomes None); returns, per field, each
+    row's problem with that field's value (None if fine). Whether a problem withholds the row or
+    only drops the field is the caller's decision (match key and required fields vs the rest)."""
+    issues: dict[str, pd.Series] = {}
     mobile = normalize.mobile_for(phone_region)
     for rule in mapping.fields:
-        column = frame[rule.target]
+        column, plain_issues = normalize.plain(frame[rule.target])
         if rule.type == "email":
-            values, issues = normalize._per_distinct(column, normalize.email)
+            values, typed = normalize._per_distinct(column, normalize.email)
         elif rule.type == "mobile":
-            values, issues = normalize._per_distinct(column, mobile)
+            values, typed = normalize._per_distinct(column, mobile)
         elif rule.type in ("date", "datetime"):
-            values, issues = normalize.dates(column, date_format, rule.type == "datetime")
+            values, typed = normalize.dates(column, date_format, rule.type == "datetime")
         elif rule.type == "number":
-            values, issues = normalize.numbers(column)
+            values, typed = normalize.numbers(column)
         elif rule.type == "boolean":
-            values, issues = normalize.booleans(column)
+            values, typed = normalize.booleans(column)
         elif rule.type == "choice":
-            values, issues = normalize.choices(column, choice_values(rule))
+            values, typed = normalize.choices(column, choice_values(rule))
         else:
-            values = column.map(lambda v: v.strip() or None if isinstance(v, str) else None)
-            issues = normalize.no_problems(frame.index)
+            values, typed = column, normalize.no_problems(frame.index)
         frame[rule.target] = values
-        problems = _append(
-            problems,
-            issues.map(lambda m, t=rule.target: f"{t}: {m}" if isinstance(m, str) and m else ""),
-        )
+        issues[rule.target] = plain_issues.where(plain_issues.notna(), typed)
+    return issues
+
+
+def row_problems(issues: dict[str, pd.Series], index: pd.Index) -> pd.Series:
+    """`field: problem; field: problem` per row ('' if none), over the given fields' issues."""
+    problems = pd.Series("", index=index, dtype=object)
+    for target, column in issues.items():
+        named = column.map(lambda m, t=target: f"{t}: {m}" if isinstance(m, str) and m else "")
+        problems = _append(problems, named)
     return problems
 
 
 def gate(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Series:
     """Run the pandera schema lazily and turn its failure cases into one reason per row."""
     reasons = pd.Series("", index=frame.index, dtype=object)
+    for column, failures in sorted(gate_by_column(frame, schema).items()):
+        named = failures.map(lambda m, c=column: f"{c}: {m}" if m else "")
+        reasons = _append(reasons, named)
+    return reasons
+
+
+def gate_by_column(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[str, pd.Series]:
+    """The pandera schema's failures per column: a reason per failing row, '' elsewhere."""
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         cases = cases[cases["index"].notna()]
+        out: dict[str, pd.Series] = {}
         for (index, column), group in cases.groupby(["index", "column"], dropna=False):
             checks = ", ".join(sorted({_explain(c) for c in group["check"].astype(str)}))
-            reasons.loc[index] = _join(reasons.loc[index], f"{column}: {checks}")
-    return reasons
+            out.setdefault(str(column), pd.Series("", index=frame.index, dtype=object))
+            out[str(column)].loc[index] = checks
+        return out
+    return {}
 
 
 def _explain(check: str) -> str:

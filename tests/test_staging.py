@@ -119,7 +119,7 @@ def test_landing_writes_parquet_by_day_and_the_cursor_round_trips(conn, tmp_path
     assert landing.read_cursor("fp", "journals") == stats.high_water_mark
 
 
-def test_good_rows_are_staged_and_bad_rows_quarantined_with_a_reason(conn):
+def test_a_bad_match_key_withholds_the_row_and_a_bad_optional_field_only_drops_the_field(conn):
     mapping = load_mapping("flexpos", "customers")
     land(
         CUSTOMERS,
@@ -134,7 +134,8 @@ def test_good_rows_are_staged_and_bad_rows_quarantined_with_a_reason(conn):
     )
     result = staging.stage_members(conn, mapping, settings())
 
-    assert (result.staged, result.quarantined, result.files_read) == (2, 5, 1)
+    assert (result.staged, result.quarantined, result.files_read) == (5, 2, 1)
+    assert result.fields_dropped == 3
     assert result.full_rebuild
     assert rows(
         conn,
@@ -142,18 +143,46 @@ def test_good_rows_are_staged_and_bad_rows_quarantined_with_a_reason(conn):
         "FROM stg_fp_customers ORDER BY record_id",
     ) == [
         ("1", "anna@example.dk", "+4512345678", "1990-12-31", "2", "anna@example.dk", None),
+        ("3", "c3@example.dk", None, None, "2", "c3@example.dk", None),
+        ("5", "c5@example.dk", None, None, "2", "c5@example.dk", None),
+        ("6", "c6@example.dk", None, None, None, "c6@example.dk", None),
         ("7", "c7@example.dk", None, None, "2", "c7@example.dk", "40000001,40000002"),
     ]
-    reasons = quarantined(conn)
-    assert reasons["2"].startswith("email: invalid email 'not-an-email'")
-    assert reasons["3"].startswith("mobile: invalid mobile '1234'")
-    assert reasons["4"] == "no email (the match key)"
-    assert reasons["5"].startswith("birthdate: unreadable date '31/12/1990'")
-    assert reasons["6"].startswith("sex: no option for 'X'")
-    assert result.reasons == {"email": 1, "mobile": 1, "no email (the match key)": 1,
-                              "birthdate": 1, "sex": 1}  # fmt: skip
+    reasons = {
+        rid: (field, action, reason)
+        for rid, field, action, reason in rows(
+            conn, "SELECT record_id, field, action, reason FROM quarantine"
+        )
+    }
+    assert reasons["2"][:2] == ("email", "row withheld")
+    assert reasons["2"][2].startswith("email: invalid email 'n***'")  # masked, never the address
+    assert reasons["4"] == ("email", "row withheld", "email: missing (the match key)")
+    assert reasons["3"][:2] == ("mobile", "field dropped")
+    assert reasons["3"][2] == "mobile: invalid mobile '**34': not a possible number in DK"
+    assert reasons["5"][:2] == ("birthdate", "field dropped")
+    assert reasons["5"][2].startswith("birthdate: unreadable date '31/12/1990'")
+    assert reasons["6"][:2] == ("sex", "field dropped")
+    assert reasons["6"][2].startswith("sex: no option for 'X'")
+    assert result.reasons == {"email: invalid email": 1, "email: missing": 1}
+    assert result.drop_reasons == {
+        "mobile: invalid mobile": 1,
+        "birthdate: unreadable date": 1,
+        "sex: no option for": 1,
+    }
     payload, run_id = rows(conn, "SELECT payload, run_id FROM quarantine WHERE record_id = '2'")[0]
     assert '"Email":"not-an-email"' in payload and run_id == "run-1"
+
+
+def test_a_required_field_withholds_the_row(conn):
+    mapping = load_mapping(
+        "flexpos", "customers", {"firstname": {"path": "FirstName", "required": True}}
+    )
+    land(CUSTOMERS, "customers", customer(1, FirstName="x" * 300), customer(2))
+    result = staging.stage_members(conn, mapping, settings())
+    assert (result.staged, result.quarantined, result.fields_dropped) == (1, 1, 0)
+    ((field, action, reason),) = rows(conn, "SELECT field, action, reason FROM quarantine")
+    assert (field, action) == ("firstname", "row withheld")
+    assert reason.startswith("firstname: longer than 255 characters (300)") and len(reason) < 120
 
 
 def test_match_on_mobile_uses_the_canonical_mobile(conn):
@@ -166,7 +195,7 @@ def test_match_on_mobile_uses_the_canonical_mobile(conn):
     )
     result = staging.stage_members(conn, mapping, settings(match_on="mobile"))
     assert staged(conn, "match_key") == {"1": "+4512345678"}
-    assert quarantined(conn) == {"2": "no mobile (the match key)"}
+    assert quarantined(conn) == {"2": "mobile: missing (the match key)"}
     assert result.staged == 1
 
 
@@ -218,7 +247,7 @@ def test_a_mapping_change_replays_history_without_new_landing_files(conn):
     )
     land(CUSTOMERS, "customers", customer(3, StoreId="S3"))
     before = staging.stage_members(conn, load_mapping("flexpos", "customers"), settings())
-    assert (before.staged, before.quarantined) == (2, 1)
+    assert (before.staged, before.quarantined, before.fields_dropped) == (3, 0, 1)
     files = landing.day_files("fp", "customers")
 
     changed = load_mapping("flexpos", "customers", {"birthdate": None, "store": "StoreId"})
@@ -315,10 +344,13 @@ def test_events_are_exploded_per_line_with_ids_and_anonymous_sales_skipped(conn)
     assert events(conn) == [
         ("fp:journals:J1:1", "1001", march, "P1", "12.5", "DKK", "2025-03-01 12:30:00"),
         ("fp:journals:J1:2", "1001", march, "P2", "7", "DKK", "2025-03-01 12:30:00"),
+        ("fp:journals:J3:1", "1002", march, "P4", None, "DKK", "2025-03-01 12:30:00"),
     ]
-    # skipped: J2 (anonymous sale, FP-A5) and J4 (no lines): counted, not lost
-    assert (result.staged, result.skipped, result.quarantined) == (2, 2, 1)
-    assert quarantined(conn, "journals") == {"J3": "amount: not a number: 'lots'"}
+    # skipped: J2 (anonymous sale, FP-A5) and J4 (no lines): counted, not lost; J3's amount is
+    # optional, so the line is staged without it and the drop reported
+    assert (result.staged, result.skipped, result.quarantined, result.fields_dropped) == (
+        3, 2, 0, 1)  # fmt: skip
+    assert quarantined(conn, "journals") == {"J3": "amount: not a number: 'lots' (line 1)"}
     (payload,) = conn.execute("SELECT payload FROM quarantine WHERE record_id = 'J3'").fetchall()[0]
     assert '"lots"' in payload  # the raw record is kept beside the reason, for the user
 
@@ -387,3 +419,119 @@ def test_a_sale_moved_to_another_day_stays_moved_when_its_old_day_is_restaged(co
         ("fp:journals:J1:1", date(2025, 3, 2), "NEW"),
         ("fp:journals:J2:1", date(2025, 3, 1), "P2"),
     ]
+
+
+# --- unreadable and ambiguous records (nothing lost, nothing collapsed) -----------------------
+
+
+class StrictSource(FakeSource):
+    """Like a real client: a record whose id or Modified cannot be read raises a ValueError."""
+
+    def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
+        if record.get(self.id_field) in (None, ""):
+            raise ValueError(f"{self.id_field}: {record.get(self.id_field)!r} is not a record id")
+        try:
+            return super().record_meta(entity, record)
+        except (TypeError, ValueError):
+            raise ValueError(f"Modified: {record.get('Modified')!r} is not a date") from None
+
+
+def test_an_unreadable_record_is_landed_apart_quarantined_once_and_does_not_block_the_cursor(
+    conn,
+):
+    source = StrictSource("JournalId", day="Date")
+    mapping = load_mapping("flexpos", "journals")
+    page = [
+        journal("J1", 1, [line("P1")]),
+        journal("J2", 1, [line("P2")], Modified="yesterday"),
+        journal("J3", 1, [line("P3")], Modified=None),
+        journal("J4", 1, [line("P4")], Modified="2025-13-01T10:00:00"),
+        journal(None, 1, [line("P5")]),
+    ]
+    stats = landing.land_pages(source, "fp", "journals", [page])
+    assert (stats.records, stats.unreadable) == (1, 4)
+    assert stats.high_water_mark == datetime(2025, 3, 1, 12, 31, tzinfo=UTC)  # J1 moves it
+    assert len(landing.unreadable_files("fp", "journals")) == 1
+
+    result = staging.stage_events(conn, mapping, settings())
+    assert (result.staged, result.unreadable, result.quarantined) == (1, 4, 4)
+    land_rows = rows(
+        conn,
+        "SELECT record_id, field, action, reason FROM quarantine WHERE stage = 'land' "
+        "ORDER BY record_id NULLS FIRST",
+    )
+    assert [(r[0], r[1], r[2]) for r in land_rows] == [
+        (None, "JournalId", "row withheld"),
+        ("J2", "Modified", "row withheld"),
+        ("J3", "Modified", "row withheld"),
+        ("J4", "Modified", "row withheld"),
+    ]
+    assert land_rows[1][3] == "unreadable record: Modified: 'yesterday' is not a date"
+
+    # served again by the source: landed again, but quarantined once
+    landing.land_pages(source, "fp", "journals", [page[1:]])
+    again = staging.stage_events(conn, mapping, settings())
+    assert again.unreadable == 0
+    assert rows(conn, "SELECT count(*) FROM quarantine WHERE stage = 'land'") == [(4,)]
+
+
+def test_one_id_twice_in_one_batch_with_different_content_is_withheld_not_collapsed(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(
+        CUSTOMERS,
+        "customers",
+        customer(1, Email="anna@example.dk"),
+        customer(1, Email="bo@example.dk"),  # same id, same Modified, other person
+        customer(2),
+        customer(2),  # an identical duplicate is just a duplicate
+    )
+    result = staging.stage_members(conn, mapping, settings())
+    assert (result.staged, result.quarantined) == (1, 1)
+    assert set(staged(conn)) == {"2"}
+    ((reason, action),) = rows(conn, "SELECT reason, action FROM quarantine")
+    assert reason.startswith("record_id: arrived more than once") and action == "row withheld"
+
+
+def test_ambiguous_journal_lines_are_withheld_with_their_record(conn):
+    mapping = load_mapping("flexpos", "journals")
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1, [line("P1"), line("P2")]),
+        journal("J1", 1, [line("P9")]),
+    )
+    result = staging.stage_events(conn, mapping, settings())
+    assert result.staged == 0 and result.quarantined in (1, 2)
+    assert {r[0] for r in rows(conn, "SELECT record_id FROM quarantine")} == {"J1"}
+
+
+def test_every_line_of_a_long_journal_is_staged_once_with_its_line_number(conn):
+    mapping = load_mapping("flexpos", "journals")
+    lines = [line(f"P{n}", n) for n in range(1, 2001)]
+    land(JOURNALS, "journals", journal("J1", 1, lines), journal("J2", 2, lines[:3]))
+    result = staging.stage_events(conn, mapping, settings())
+    assert result.staged == 2003
+    staged_lines = rows(
+        conn,
+        "SELECT record_id, line_no, product_id, amount, currency FROM stg_fp_journals "
+        "ORDER BY record_id, line_no",
+    )
+    assert [(r, n) for r, n, *_ in staged_lines] == [("J1", n) for n in range(1, 2001)] + [
+        ("J2", 1),
+        ("J2", 2),
+        ("J2", 3),
+    ]
+    assert all(p == f"P{n}" and a == str(n) and c == "DKK" for _, n, p, a, c in staged_lines)
+    assert result.rows_by_day == {date(2025, 3, 1): 2003}
+
+
+def test_an_existing_quarantine_table_gets_the_field_and_action_columns(conn):
+    conn.execute(
+        """CREATE TABLE quarantine (
+            integration VARCHAR, entity VARCHAR, stage VARCHAR, record_id VARCHAR,
+            match_key VARCHAR, reason VARCHAR, payload VARCHAR,
+            quarantined_at TIMESTAMPTZ DEFAULT current_timestamp, run_id VARCHAR)"""
+    )
+    conn.execute("INSERT INTO quarantine (record_id, reason) VALUES ('old', 'kept')")
+    staging.ensure_bookkeeping(conn)
+    assert rows(conn, "SELECT record_id, field, action FROM quarantine") == [("old", None, None)]
