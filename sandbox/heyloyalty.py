@@ -796,8 +796,6 @@ def _event_problem(
     date_format: str,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Why a BI row cannot be stored (None if it can), and the member it belongs to."""
-    if len(row) != len(columns):
-        return f"Expected {len(columns)} columns, got {len(row)}", None
     values = dict(zip(columns, row, strict=True))
     if "date" in values and not _valid_datetime(values["date"], date_format):
         return f"Invalid date '{values['date']}' for date_format {date_format}", None
@@ -828,17 +826,37 @@ def _csv_rows(form: Any) -> tuple[list[str], list[list[str]]]:
     delimiter = {"\\t": "\t", "tab": "\t", "semicolon": ";", "comma": ","}.get(delimiter, delimiter)
     if len(delimiter) != 1:
         raise HeyloyaltyError(400, {"status": "error", "message": "Invalid delimiter"})
-    text = file_part[1].decode("utf-8-sig", errors="replace")
-    rows = [row for row in csv.reader(io.StringIO(text), delimiter=delimiter) if row]
+    try:
+        text = file_part[1].decode("utf-8-sig")
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+        rows = [row for row in reader if row]
+    except (UnicodeDecodeError, csv.Error) as error:
+        message = f"Malformed file, nothing imported: {error}"
+        raise HeyloyaltyError(400, {"status": "error", "message": message}) from error
     selected = form.get_all("fields_selected[]") or form.get_all("fields_selected")
     skip_header = _flag(form.get("skip_header_line")) == 1
     if not selected:
         if not rows:
             return [], []
-        return [c.strip() for c in rows[0]], rows[1:]
-    if rows and (skip_header or [c.strip() for c in rows[0]] == selected):
-        rows = rows[1:]
-    return selected, rows
+        columns, rows = [c.strip() for c in rows[0]], rows[1:]
+    else:
+        columns = selected
+        if rows and (skip_header or [c.strip() for c in rows[0]] == selected):
+            rows = rows[1:]
+    _check_shape(columns, rows)
+    return columns, rows
+
+
+def _check_shape(columns: list[str], rows: list[list[str]]) -> None:
+    """HL-A10 is one file per call: a row with a different number of columns means the file is
+    broken (cut off, or a delimiter inside an unquoted value), so nothing of it is stored."""
+    for number, row in enumerate(rows, start=1):
+        if len(row) != len(columns):
+            message = (
+                f"Malformed file, nothing imported: row {number} has {len(row)} columns, "
+                f"expected {len(columns)}"
+            )
+            raise HeyloyaltyError(400, {"status": "error", "message": message})
 
 
 def _int(raw: str | None, default: int) -> int:

@@ -271,3 +271,38 @@ def test_rate_limit_and_fault_injection(sandbox, client):
     sandbox.faults.add("/members/upsert", 500, times=1)
     assert upsert(client, {"email": "fejl@mail.dk"}).status_code == 500
     assert upsert(client, {"email": "fejl@mail.dk"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "email,product_id,date\nkunde@mail.dk,1,2025-01-02 10:00:00\nkunde@mail.dk,2\n",
+        "email,product_id,date\nkunde@mail.dk,1,2025-01-02 10:00:00\nkunde@mail.dk,2,x,y\n",
+        'email,product_id,date\nkunde@mail.dk,1,2025-01-02 10:00:00\nkunde@mail.dk,"2,',
+        b"email,product_name,date\nkunde@mail.dk,K\xf8ge,2025-01-02 10:00:00\n",
+    ],
+    ids=["cut-off-row", "extra-column", "open-quote", "not-utf8"],
+)
+def test_bi_import_stores_nothing_of_a_malformed_file(sandbox, client, broken):
+    """HL-A10: one file per call; a broken file is refused whole, never half stored."""
+    upsert(client, {"email": "kunde@mail.dk"})
+    before = len(sandbox.heyloyalty.events(99))
+    data = {"date_format": "Y-m-d H:i:s", "delimiter": ","}
+    content = broken if isinstance(broken, bytes) else broken.encode()
+    answer = client.post(f"{BI}/99", data=data, files={"file": ("events.csv", content, "text/csv")})
+    assert answer.status_code == 400
+    assert answer.json()["status"] == "error" and "nothing imported" in answer.json()["message"]
+    assert len(sandbox.heyloyalty.events(99)) == before
+
+
+def test_bi_import_counts_rows_exactly(sandbox, client):
+    upsert(client, {"email": "kunde@mail.dk"})
+    before = len(sandbox.heyloyalty.events(99))  # the sandbox is shared by this module
+    csv_text = "email,product_id,date\n" + "".join(
+        f"kunde@mail.dk,{n},2025-01-02 10:00:00\n" for n in range(7)
+    )
+    csv_text += "ukendt@mail.dk,8,2025-01-02 10:00:00\n"
+    body = bi_post(client, 99, csv_text).json()
+    assert (body["imported"], [f["row"] for f in body["failed"]]) == (7, [8])
+    assert body["message"] == "7 rows imported"
+    assert len(sandbox.heyloyalty.events(99)) == before + 7
