@@ -52,18 +52,43 @@ def build_extract_asset(
             stats, mode = _run(context, client, integration, mapping, events)
         finally:
             client.close()
-        return dg.MaterializeResult(
-            metadata={
-                **naming.row_count(context, stats.records),
-                "mode": mode,
-                "pages": stats.pages,
-                "files_written": len(stats.files),
-                "days_touched": len(stats.days),
-                "high_water_mark": str(stats.high_water_mark or ""),
-                "api_calls": client.calls.total,
-                "api_calls_by_endpoint": client.calls.by_endpoint(),
+        if stats.unreadable:
+            context.log.warning(
+                f"{mapping.entity}: {stats.unreadable} record(s) could not be read and were "
+                f"landed apart for quarantine: {stats.unreadable_reasons}"
+            )
+        run_metadata = {
+            "mode": mode,
+            "run_records_landed": stats.records,
+            "run_unreadable_records": stats.unreadable,
+            "run_unreadable_reasons": stats.unreadable_reasons,
+            "run_pages": stats.pages,
+            "run_files_written": len(stats.files),
+            "run_days_touched": len(stats.days),
+            "high_water_mark": str(stats.high_water_mark or ""),
+            "api_calls": client.calls.total,  # this run's calls, also on each day it credits
+            "api_calls_by_endpoint": client.calls.by_endpoint(),
+        }
+        if not events:
+            return dg.MaterializeResult(
+                metadata={
+                    "dagster/row_count": landing.count_records(integration.name, mapping.entity),
+                    "records_this_run": stats.records,
+                    **run_metadata,
+                }
+            )
+        days = set(stats.days) | set(naming.partition_days(context))
+        per_day = {
+            day: {
+                "dagster/row_count": landing.count_records(integration.name, mapping.entity, [day]),
+                "records_this_run": stats.records_by_day.get(day, 0),
             }
-        )
+            for day in days
+        }
+        outside = naming.report_per_day(context, per_day, run_metadata)
+        if outside:
+            run_metadata["run_days_outside_partitions"] = ", ".join(map(str, outside))
+        return dg.MaterializeResult(metadata=run_metadata)
 
     return _extract
 

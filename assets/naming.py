@@ -7,6 +7,7 @@ names in the integration file, so a comment change in YAML never moves a key.
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import dagster as dg
 
@@ -66,12 +67,41 @@ def partition_days(context: dg.AssetExecutionContext) -> list[date]:
     return [date.fromisoformat(k) for k in keys]
 
 
-def row_count(context: dg.AssetExecutionContext, rows: int) -> dict[str, int]:
-    """`dagster/row_count` only where it is true: a single-run backfill records the same metadata
-    on every day of its range, so there the figure is `rows_in_run` instead."""
-    if len(partition_days(context)) > 1:
-        return {"rows_in_run": rows}
-    return {"dagster/row_count": rows}
+def report_per_day(
+    context: dg.AssetExecutionContext,
+    per_day: dict[date, dict[str, Any]],
+    run_metadata: dict[str, Any],
+) -> list[date]:
+    """Give each day its own figures, however the run was partitioned (issue 6, item 10).
+
+    Dagster records a ranged run's MaterializeResult metadata on every partition of the range,
+    so day figures go through `context.add_asset_metadata(partition_key=...)`, which Dagster
+    merges over the result's metadata for that partition only. A day outside the run's
+    partitions (an incremental run is tagged with today, but lands records into their business
+    dates) gets its own materialization event via `context.log_event`, carrying the run
+    metadata too; days outside the partitions definition (before history start, in the future)
+    are returned instead, to be reported as run figures. Keys in `run_metadata` must say they
+    are run figures.
+    """
+    targeted = set(partition_days(context))
+    partitions = context.assets_def.partitions_def
+    known = partitions.get_partition_keys() if partitions is not None else []
+    valid = {date.fromisoformat(k) for k in known}
+    outside = []
+    for day, figures in sorted(per_day.items()):
+        if day in targeted:
+            context.add_asset_metadata(figures, partition_key=day.isoformat())
+        elif day in valid:
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=context.asset_key,
+                    partition=day.isoformat(),
+                    metadata={**run_metadata, **figures},
+                )
+            )
+        else:
+            outside.append(day)
+    return outside
 
 
 def is_incremental(context: dg.AssetExecutionContext) -> bool:

@@ -186,6 +186,11 @@ def day_files(integration: str, entity: str, days: Iterable[date] | None = None)
     return sorted(str(p) for d in days for p in (base / d.isoformat()).glob("*.parquet"))
 
 
+def count_records(integration: str, entity: str, days: Iterable[date] | None = None) -> int:
+    """Records in the landing files (every version landed), from the Parquet footers only."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in day_files(integration, entity, days))
+
+
 def unreadable_files(integration: str, entity: str) -> list[str]:
     """Batches of records whose metadata could not be read (see the module docstring)."""
     return sorted(str(p) for p in (entity_dir(integration, entity) / UNREADABLE).glob("*.parquet"))

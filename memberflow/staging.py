@@ -40,7 +40,8 @@ class StageResult:
     fields_dropped: int = 0  # bad optional values set to NULL on rows that were staged
     drop_reasons: dict[str, int] = field(default_factory=dict)  # "field: what was wrong" -> n
     unreadable: int = 0  # records landing could not read, quarantined this run
-    rows_by_day: dict[date, int] = field(default_factory=dict)  # staged event rows per day
+    rows_by_day: dict[date, int] = field(default_factory=dict)  # table rows of each touched day
+    staged_by_day: dict[date, int] = field(default_factory=dict)  # rows staged this run, by day
 
     @property
     def rows_seen(self) -> int:
@@ -488,9 +489,9 @@ def _write_chunk(
     _quarantine(conn, settings, mapping, pd.concat([withheld, dropped], ignore_index=True))
     result.staged += int(good.sum())
     if not member:
-        staged_days = frame.loc[good, "business_date"].value_counts()
-        for day, n in staged_days.items():
-            result.rows_by_day[day] = result.rows_by_day.get(day, 0) + int(n)
+        for day, n in frame.loc[good, "business_date"].value_counts().items():
+            key = day.date() if isinstance(day, pd.Timestamp) else day
+            result.staged_by_day[key] = result.staged_by_day.get(key, 0) + int(n)
     result.quarantined += int(bad.sum())
     for field_name, problem in zip(withheld["field"], withheld["problem"], strict=True):
         key = f"{field_name}: {_kind(problem)}"

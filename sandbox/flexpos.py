@@ -83,6 +83,9 @@ class FlexposState:
         self.tokens_issued: Counter[str] = Counter()
         self._tokens: dict[str, _Token] = {}
         self._lock = threading.RLock()
+        # Tests of hostile data: records served verbatim on page 1 of every listing of a
+        # resource, outside the indexed collection (a null id or Modified could not be sorted).
+        self.raw_extras: dict[str, list[Record]] = {}
 
     # -- tokens (FP-A2) ---------------------------------------------------------------------
     def valid_client(self, api: str, client_id: str, client_secret: str) -> bool:
@@ -352,6 +355,8 @@ class _Handlers:
         cache_key = (key, modified, from_date, to_date)
         rows = collection.select(cache_key, modified, from_date, to_date, predicate)
         items = rows[(page - 1) * size : page * size]
+        if page == 1:
+            items = items + self.state.raw_extras.get(resource, [])
         envelope = {"Items": items, "Page": page, "PageSize": size, "TotalCount": len(rows)}
         return JSONResponse(envelope)
 
