@@ -35,12 +35,18 @@ def uncertain_check_passed(harness, run_id: str) -> bool:
 def test_a_throttled_import_is_retried_in_the_run_log_and_sent_once(harness):
     harness.load("demo_flexpos")
     harness.sandbox.faults.add("/transaction/import/", 429, times=1, retry_after=0.2)
+    harness.sandbox.faults.add("/members/upsert", 429, times=1, retry_after=0.2)
     run = harness.backfill("demo_flexpos")
     assert run.success, run.failures
 
+    log = run_log(harness, run.run_id)
     retry = "heyloyalty POST /heyloyalty/bi/api/transaction/import/99: 429 Too Many Requests"
-    lines = [line for line in run_log(harness, run.run_id) if line.startswith(retry)]
-    assert lines == [f"{retry}, waiting 0.2 s (try 2 of 5)"]
+    assert [line for line in log if line.startswith(retry)] == [
+        f"{retry}, waiting 0.2 s (try 2 of 5)"
+    ]
+    # upserts run in a thread pool; their retries reach the run's log all the same
+    upsert = "heyloyalty POST /heyloyalty/loyalty/v1/lists/4711/members/upsert: 429 Too Many"
+    assert sum(line.startswith(upsert) for line in log) == 1
     assert run.get("events_delivered", "api_throttled") == 1
     assert run.get("events_delivered", "api_retries") == 1
 
