@@ -242,7 +242,8 @@ def _select_pending(
               AND NOT EXISTS (
                   SELECT 1 FROM event_batch_items i JOIN event_batches b USING (batch_id)
                   WHERE b.status IN ({held}) AND i.event_id = e.event_id
-                    AND i.event_hash IS NOT DISTINCT FROM e.event_hash)"""
+                    AND i.event_hash IS NOT DISTINCT FROM e.event_hash)
+            ORDER BY n"""  # stored in order: each batch's `n > ?` skips what was sent
     )
 
 

@@ -414,11 +414,13 @@ class HeyloyaltyResource(dg.ConfigurableResource):
     api_secret: str
     list_id: str
     tracking_id: str | None = None
+    events_per_batch: int = 1_000
 
     def client(self) -> HeyloyaltyClient:
         return HeyloyaltyClient(
             base_url=self.base_url,
             bi_base_url=self.bi_base_url,
+            events_per_batch=self.events_per_batch,
             api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
             api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
         )
@@ -437,6 +439,8 @@ class HeyloyaltyTarget(BaseModel):
     api_secret_env: EnvVarName
     list_id: StrId
     tracking_id: StrId | None = None
+    # Rows per BI import: the most a lost answer can leave uncertain (HL-A10 allows 50,000).
+    events_per_batch: int = Field(1_000, ge=1, le=HeyloyaltyClient.max_events_per_call)
 
     @model_validator(mode="after")
     def _tracking_needs_bi(self) -> HeyloyaltyTarget:
@@ -456,4 +460,5 @@ class HeyloyaltyTarget(BaseModel):
             api_secret=dg.EnvVar(self.api_secret_env),
             list_id=self.list_id,
             tracking_id=self.tracking_id,
+            events_per_batch=self.events_per_batch,
         )

@@ -387,3 +387,33 @@ def test_an_unreachable_list_says_so_by_host():
     assert (
         str(info.value) == "heyloyalty: could not reach hl.test: connection refused after 2 tries"
     )
+
+
+def test_events_per_batch_comes_from_the_integration_file():
+    from pydantic import ValidationError
+
+    from resources.heyloyalty import HeyloyaltyResource, HeyloyaltyTarget
+
+    section = {
+        "kind": "heyloyalty",
+        "account": "acme",
+        "base_url": BASE,
+        "bi_base_url": BI,
+        "api_key_env": "HL_KEY",
+        "api_secret_env": "HL_SECRET",
+        "list_id": 4711,
+        "tracking_id": 99,
+    }
+    assert HeyloyaltyTarget(**section).events_per_batch == 1000
+    assert HeyloyaltyTarget(**section, events_per_batch=250).resource().events_per_batch == 250
+    with pytest.raises(ValidationError):
+        HeyloyaltyTarget(**section, events_per_batch=50_001)
+    resource = HeyloyaltyResource(
+        account="acme",
+        base_url=BASE,
+        api_key=KEY,
+        api_secret=SECRET,
+        list_id="4711",
+        events_per_batch=250,
+    )
+    assert resource.client().events_per_batch == 250
