@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +27,59 @@ class Fault:
     fired: int = field(default=0)
 
 
+@dataclass
+class AfterHook:
+    """One armed hook: call `callback(path)` once the app has handled a matching request and
+    produced its answer, before the answer's last byte leaves (crash tests kill the client here:
+    the app acted, the client never learns it)."""
+
+    path_contains: str
+    callback: Callable[[str], None]
+    times: int
+    method: str | None = None
+    skip: int = 0  # let this many matching requests through first
+    fired: int = field(default=0)
+
+
 class FaultInjector:
     """Thread-safe registry of armed faults, consulted before any emulator handles a request."""
 
     def __init__(self) -> None:
         self._faults: list[Fault] = []
+        self._hooks: list[AfterHook] = []
         self._lock = threading.Lock()
         self.fired: list[tuple[str, int]] = []
+
+    def after_answer(
+        self,
+        path_contains: str,
+        callback: Callable[[str], None],
+        times: int = 1,
+        method: str | None = None,
+        skip: int = 0,
+    ) -> AfterHook:
+        """Call `callback` after the app answered the next `times` matching requests (after
+        `skip` of them), just before the answer completes on the wire."""
+        hook = AfterHook(path_contains, callback, times, method, skip)
+        with self._lock:
+            self._hooks.append(hook)
+        return hook
+
+    def take_hook(self, path: str, method: str) -> AfterHook | None:
+        """Consume one shot of the first armed hook matching this request, if any."""
+        with self._lock:
+            for hook in self._hooks:
+                if hook.path_contains not in path or hook.method not in (None, method):
+                    continue
+                if hook.skip > 0:
+                    hook.skip -= 1
+                    return None
+                hook.times -= 1
+                hook.fired += 1
+                if hook.times <= 0:
+                    self._hooks.remove(hook)
+                return hook
+        return None
 
     def add(
         self,
@@ -52,6 +99,7 @@ class FaultInjector:
         """Disarm every fault and forget what fired."""
         with self._lock:
             self._faults.clear()
+            self._hooks.clear()
             self.fired.clear()
 
     def take(self, path: str) -> Fault | None:
@@ -78,7 +126,10 @@ class FaultMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         fault = self.injector.take(scope["path"]) if scope["type"] == "http" else None
         if fault is None:
-            await self.app(scope, receive, send)
+            hook = None
+            if scope["type"] == "http":
+                hook = self.injector.take_hook(scope["path"], scope.get("method", ""))
+            await self.app(scope, receive, send if hook is None else _calling(hook, scope, send))
             return
         body = json.dumps(fault.body or {"error": "injected fault", "status": fault.status})
         headers = [(b"content-type", b"application/json")]
@@ -86,6 +137,17 @@ class FaultMiddleware:
             headers.append((b"retry-after", _retry_after(fault.retry_after).encode()))
         await send({"type": "http.response.start", "status": fault.status, "headers": headers})
         await send({"type": "http.response.body", "body": body.encode()})
+
+
+def _calling(hook: AfterHook, scope: Scope, send: Send) -> Send:
+    """`send` that calls the hook when the app hands over its answer's last body message."""
+
+    async def wrapped(message: Any) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            hook.callback(scope["path"])
+        await send(message)
+
+    return wrapped
 
 
 def _retry_after(seconds: float) -> str:
