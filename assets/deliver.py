@@ -1,15 +1,19 @@
-"""Deliver assets of one target list: pull unsubscribes and bounces back, push only what changed
-(X2), then send tracking events; mail an error report when members are refused (C6).
+"""Deliver assets of one target list: pull unsubscribes and bounces back, notice members the list
+lost, push only what changed (X2); mail an error report when members are refused (C6).
 """
 
+import re
 import smtplib
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from assets import naming
-from memberflow import delivery, model
+from memberflow import delivery, model, reconcile
 from memberflow.config import Integration
+from memberflow.masking import mask_match_key
 from resources.base import TargetClient, UpsertFlags
 from resources.mailer import ErrorReportMailer
 
@@ -20,6 +24,11 @@ class DeliverConfig(dg.Config):
     reimport_unsubscribed: bool | None = None
     send_optin: bool | None = None
     send_automations: bool | None = None
+    full_listing_hours: float = Field(
+        default=reconcile.FULL_LISTING_HOURS,
+        description="Read the whole list to reconcile it at least this often (hours), even "
+        "when its member count looks right.",
+    )
 
 
 def delivery_settings(
@@ -82,7 +91,14 @@ def build_deliver_assets(
             list_fields = delivery.check_mapping(client, settings.list_id, fields)
             with warehouse.get_connection() as conn:
                 pulled = delivery.pull_feedback(conn, client, settings.list_id, settings.match_on)
-                report = delivery.deliver_members(conn, client, settings, fields, list_fields)
+                found = reconcile.reconcile(
+                    conn, client, settings.list_id, settings.match_on, config.full_listing_hours
+                )
+                _warn_missing(context, settings, found)
+                report = delivery.deliver_members(
+                    conn, client, settings, fields, list_fields, found.missing
+                )
+                on_list = acknowledged_on_list(conn)
         finally:
             client.close()
         _mail_report(context, report_to, settings, report)
@@ -90,20 +106,59 @@ def build_deliver_assets(
             raise dg.Failure(
                 description=f"{len(report.transient_errors)} member(s) could not be sent after "
                 "retries; acknowledged ones are recorded and will not be resent",
-                metadata={"first_errors": report.transient_errors[:5]},
+                metadata={"first_errors": [_masked(e) for e in report.transient_errors[:5]]},
             )
         return dg.MaterializeResult(
             metadata={
+                # the table this asset stands for: members on the list, as it acknowledged them
+                "dagster/row_count": on_list,
                 **report.counts(),
-                "dagster/row_count": report.created + report.updated,
+                "sent_this_run": report.created + report.updated,
                 "pulled_back": pulled,
+                **found.metadata(),
+                "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
-                "refused_sample": dg.MetadataValue.json(report.refused[:10]),
+                "refused_sample": dg.MetadataValue.json(_masked_rows(report.refused[:10])),
+                "fields_dropped_sample": dg.MetadataValue.json(
+                    _masked_rows(report.dropped_fields[:10])
+                ),
             }
         )
 
     return [_members_delivered]
+
+
+def acknowledged_on_list(conn: duckdb.DuckDBPyConnection) -> int:
+    """Members on the list as the list acknowledged them (not removed since)."""
+    return int(conn.execute("SELECT count(*) FROM sync_state WHERE NOT removed").fetchall()[0][0])
+
+
+def _warn_missing(
+    context: dg.AssetExecutionContext,
+    settings: delivery.DeliverySettings,
+    found: reconcile.Reconciliation,
+) -> None:
+    if found.missing:
+        context.log.warning(
+            f"list {settings.list_id}: {len(found.missing)} acknowledged member(s) are missing "
+            f"on the list ({found.full_listing}); they are created again this run and "
+            f"{found.events_to_resend} of their events sent again"
+        )
+
+
+_EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+")
+_PHONE = re.compile(r"\+?\d[\d ]{6,}\d")
+
+
+def _masked(text: str) -> str:
+    """Free text from the list (a refusal reason) with any email or phone number in it masked."""
+    text = _EMAIL.sub(lambda m: mask_match_key(m.group(0)), text)
+    return _PHONE.sub(lambda m: mask_match_key(m.group(0)), text)
+
+
+def _masked_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: _masked(str(v)) if v is not None else v for k, v in row.items()} for row in rows]
 
 
 def _mail_report(

@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 from assets import naming
 from memberflow import model
 from memberflow.config import Integration
+from memberflow.masking import mask_match_key
 
 UNIQUE_CHECK = "one_row_per_match_key"
 
@@ -54,9 +55,10 @@ def build_model_assets(
                 "SELECT match_key, sources, source_records, withdrawn FROM members "
                 "ORDER BY len(sources) DESC, match_key LIMIT 5"
             ).df()
+        sample["match_key"] = sample["match_key"].map(mask_match_key)  # never a whole address
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": counts["members"],
+                "dagster/row_count": counts["members"],  # rows of the members table
                 "merged_across_sources": counts["merged_across_sources"],
                 "source_records": counts["source_records"],
                 "withdrawn": counts["withdrawn"],
@@ -94,7 +96,7 @@ def build_model_assets(
             ).df()
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": counts["events"],
+                "dagster/row_count": counts["events"],  # rows of the tracking_events table
                 "events_without_member": counts["without_member"],
                 "by_source": dg.MetadataValue.md(by_source.to_markdown(index=False)),
             }
