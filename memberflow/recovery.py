@@ -160,8 +160,10 @@ def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Recovere
             recovered.slots_freed += [
                 f"{key}:{s.step_key}" for s in info.claimed_slots if s.run_id == run.run_id
             ]
-            recovered.pending_dropped += [
-                f"{key}:{p.step_key}" for p in info.pending_steps if p.run_id == run.run_id
+            recovered.pending_dropped += [  # steps still waiting; an assigned one also claims
+                f"{key}:{p.step_key}"
+                for p in info.pending_steps
+                if p.run_id == run.run_id and p.assigned_timestamp is None
             ]
     instance.report_run_failed(
         run,
