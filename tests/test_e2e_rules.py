@@ -92,3 +92,25 @@ def test_a_member_removed_for_a_withdrawal_comes_back_when_consent_is_given_agai
     assert run.success, run.failures
     assert run.get("members_delivered", "created") == 1
     assert harness.sandbox.heyloyalty.member_by_email(LIST, lower(person["email"])) is not None
+
+
+def test_refusals_are_reported_by_the_run_that_saw_them(harness):
+    harness.load("demo_flexpos")
+    reason = "Member blocked by list policy"
+    harness.sandbox.faults.add("members/upsert", 400, times=2, body={"error": reason})
+    first = harness.backfill("demo_flexpos")
+    assert first.success, first.failures
+    assert first.get("members_delivered", "refused") == 2
+
+    harness.sandbox.faults.add("members/upsert", 400, times=1, body={"error": reason})
+    again = harness.tick("demo_flexpos")  # both are sent again; the list refuses one of them
+    assert again.success, again.failures
+    assert again.get("members_delivered", "refused") == 1
+    assert again.get("members_delivered", "created") == 1
+    rows = harness.query(
+        "SELECT match_key, run_id FROM quarantine WHERE stage = 'deliver' AND entity = 'members'"
+    )
+    assert [r[1] for r in rows] == [again.run_id]  # the first run's verdicts are replaced
+    (sample,) = again.get("members_delivered", "refused_sample")
+    assert sample["reason"] == reason
+    assert "***" in sample["match_key"] and sample["match_key"] != rows[0][0]

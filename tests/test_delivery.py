@@ -1,0 +1,32 @@
+"""Wire values of one member: choice fields by option id, and a value the list cannot take costs
+only its field (issue 6, items 1 and 2)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from memberflow.delivery import choice_option_id, wire_fields
+from resources.base import ListField
+
+SEX = ListField("sex", "choice", {"1": "Mand", "2": "Kvinde"})
+FIELDS = {
+    "email": ListField("email", "text"),
+    "mobile": ListField("mobile", "number"),
+    "sex": SEX,
+}
+DIGITS = SimpleNamespace(mobile_wire_format="digits")
+
+
+@pytest.mark.parametrize("value", ["2", " 2 ", "Kvinde", "kvinde"])
+def test_a_choice_is_sent_by_its_option_id_given_the_id_or_the_label(value):
+    assert choice_option_id("sex", SEX, value) == "2"
+
+
+def test_a_choice_with_no_such_option_is_dropped_and_reported_not_the_member():
+    row = {"email": "a@example.dk", "mobile": "+4512345678", "sex": "Female"}
+    values, dropped = wire_fields(row, list(FIELDS), FIELDS, DIGITS)
+    assert values == {"email": "a@example.dk", "mobile": "4512345678"}
+    ((field, reason),) = dropped
+    assert field == "sex" and "'Female'" in reason and "1=Mand" in reason
