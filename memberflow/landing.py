@@ -128,14 +128,16 @@ def _by_day(
     unreadable: dict[str, list[Any]] = defaultdict(list)
     batch = uuid.uuid4().hex
     for record in page:
-        payload = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        payload = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         try:
+            payload.encode("utf-8")  # a lone surrogate ("\ud800") is JSON but not Unicode text
             meta = client.record_meta(entity, record)
+        except UnicodeEncodeError:
+            reason = "unreadable record: text that is not valid Unicode (a lone surrogate)"
+            _add(unreadable, reason, json.dumps(record, separators=(",", ":")), fetched_at, batch)
+            continue
         except UNREADABLE_ERRORS as exc:
-            unreadable["reason"].append(f"unreadable record: {_reason(exc)}")
-            unreadable["payload"].append(payload)
-            unreadable["fetched_at"].append(fetched_at)
-            unreadable["batch_id"].append(batch)
+            _add(unreadable, f"unreadable record: {_reason(exc)}", payload, fetched_at, batch)
             continue
         day = meta.business_date or fetched_at.date()
         rows = groups[day]
@@ -146,6 +148,15 @@ def _by_day(
         rows["fetched_at"].append(fetched_at)
         rows["batch_id"].append(batch)
     return groups, unreadable
+
+
+def _add(
+    rows: dict[str, list[Any]], reason: str, payload: str, fetched_at: datetime, batch: str
+) -> None:
+    rows["reason"].append(reason)
+    rows["payload"].append(payload)
+    rows["fetched_at"].append(fetched_at)
+    rows["batch_id"].append(batch)
 
 
 def _reason(exc: Exception) -> str:

@@ -212,7 +212,11 @@ def _quarantine_unreadable(
         files = [f for f in files if f not in done]
     if not files:
         return []
-    record_id = f"json_extract_string(payload, {_sql_text('$.' + mapping.record_id)})"
+    # A payload that is not valid JSON (a lone surrogate) is kept as it came, without an id.
+    record_id = (
+        f"CASE WHEN json_valid(payload) THEN "
+        f"json_extract_string(payload, {_sql_text('$.' + mapping.record_id)}) END"
+    )
     inserted = conn.execute(
         f"""
         INSERT INTO quarantine (integration, entity, stage, record_id, reason, payload, run_id,
