@@ -485,7 +485,10 @@ def _check_before_update(
     Skipped: an unsubscribed member the reimport rule does not let back (HL-A6), a member gone
     from the list under update_only, and a member that appeared on the list under create_only.
     """
-    found = client.find_member(settings.list_id, settings.match_on, str(values[settings.match_on]))
+    key = values.get(settings.match_on) or row["match_key"]
+    if settings.match_on == "mobile" and client.mobile_wire_format == "digits":
+        key = str(key).lstrip("+")
+    found = client.find_member(settings.list_id, settings.match_on, str(key))
     if found is None:
         return {"action": "import_type"} if settings.import_type == "update_only" else None
     if row.get("planned") == "create" and settings.import_type == "create_only":

@@ -113,6 +113,11 @@ def test_same_mobile_in_different_spellings_is_one_member(harness):
     assert mobiles and len(mobiles) == len(set(mobiles))
     merged = harness.query("SELECT count(*) FROM members WHERE len(sources) = 2")[0][0]
     assert merged > 0
+    # each update was preceded by a look-up by mobile (wire format, HL-A8) that found the member
+    updated = run.get("members_delivered", "updated")
+    assert updated > 0 and run.get("members_delivered", "unsubscribed_meanwhile") == 0
+    guard = run.get("members_delivered", "unsubscribe_guard_calls")
+    assert guard["checks_before_update"] >= updated
 
 
 def test_a_consent_withdrawn_at_ticketmaster_takes_the_member_off_the_list(harness):
