@@ -53,6 +53,9 @@ STAGES = ("extract", "stage", "model", "deliver")
 STAGE_TAG = "memberflow/stage"
 
 
+_ROW_KEYS = ("run_records_landed", "run_rows_staged", "dagster/row_count")
+
+
 def log(message: str) -> None:
     """Progress on stderr, so a backgrounded run can be followed with `tail -f`."""
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
@@ -306,7 +309,10 @@ def run_once(
                 stage=stage,
                 seconds=end - begin,
                 peak_rss_mb=rss.peak_mb(begin, end),
-                rows=int(meta.get("dagster/row_count", meta.get("rows_in_run", 0)) or 0),
+                rows=next(  # this run's rows: run totals before the table's row count
+                    (int(meta[k] or 0) for k in _ROW_KEYS if k in meta),
+                    0,
+                ),
                 api_calls=int(meta.get("api_calls", 0) or 0),
                 ok=ok,
             )

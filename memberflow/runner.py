@@ -88,7 +88,12 @@ class RunSummary:
         """Rows an asset handled in this run, whether or not it ran over a partition range."""
         for name, meta in self.assets.items():
             if name.endswith(suffix):
-                return int(meta.get("dagster/row_count", meta.get("rows_in_run", 0)) or 0)
+                # run totals first: dagster/row_count is rows in the table (of one day, on a
+                # day partition's event), not what this run handled
+                for key in ("run_records_landed", "run_rows_staged", "dagster/row_count"):
+                    if key in meta:
+                        return int(meta[key] or 0)
+                return 0
         return 0
 
     def total(self, suffix: str, key: str) -> int:
