@@ -8,10 +8,11 @@ worker is whatever process called `execute_in_process`. So every in-process run 
 it (`memberflow/host`, `memberflow/pid` and the process's start time, set at launch by
 `memberflow.runner`), and `recover` — called before every in-process run, at the start of every
 sensor tick and by `memberflow recover` — finds in-flight runs of this host whose process is
-gone, marks them failed with a message saying so, frees their pool slots, and removes the
-landing temp files a dead run left behind.
+gone (and, on a local SQLite instance, daemon-launched runs whose worker pid is gone, which
+Dagster's DefaultRunLauncher cannot health-check), marks them failed with a message saying so,
+frees their pool slots, and removes the landing temp files a dead run left behind.
 
-Cheap when there is nothing to do: one run-records query filtered by host tag.
+Cheap when there is nothing to do: one run-records query of the runs in flight.
 """
 
 from __future__ import annotations
@@ -87,24 +88,58 @@ def hostname() -> str:
 
 
 def recover(instance: dg.DagsterInstance, *, sweep_landing: bool = True) -> Recovery:
-    """Fail this host's in-flight runs whose process is gone, free their slots, sweep temp files.
+    """Fail in-flight runs whose worker process is gone, free their slots, sweep temp files.
 
-    `sweep_landing=False` sweeps only when a dead run was found (the sensor's cheap path).
+    Judged: runs tagged with this host (in-process runs), and, on a local SQLite instance
+    (whose run workers all run on this machine), daemon-launched runs by the pid their worker
+    reported. `sweep_landing=False` sweeps only when a dead run was found (the sensor's path).
     """
     outcome = Recovery()
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(statuses=IN_FLIGHT, tags={HOST_TAG: hostname()})
-    )
-    for record in records:
+    local = _single_host(instance)
+    for record in instance.get_run_records(filters=dg.RunsFilter(statuses=IN_FLIGHT)):
         run = record.dagster_run
-        if worker_alive(run.tags):
-            continue
-        outcome.runs.append(_fail_and_free(instance, run))
+        if run.tags.get(HOST_TAG) == hostname():
+            dead = not worker_alive(run.tags)
+            pid = int(run.tags.get(PID_TAG, 0) or 0)
+        elif HOST_TAG not in run.tags and local and run.status == dg.DagsterRunStatus.STARTED:
+            pid = _reported_worker_pid(instance, run.run_id) or 0
+            dead = bool(pid) and not _same_process_alive(pid, record.start_time)
+        else:
+            continue  # another host's run, or no worker known yet: run monitoring's to judge
+        if dead:
+            outcome.runs.append(_fail_and_free(instance, run, pid))
     if sweep_landing or outcome.runs:
         outcome.removed = sweep_orphan_temp_files(instance)
     for line in outcome.lines():
         log.warning("recovery: %s", line)
     return outcome
+
+
+def _single_host(instance: dg.DagsterInstance) -> bool:
+    """A SQLite instance lives on one machine's disk, so every run worker of it runs here."""
+    from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+
+    return isinstance(instance.run_storage, SqliteRunStorage)
+
+
+def _reported_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+    """The pid a launched run's worker reported ("Started process for run (pid: N).")."""
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
+        if not (event.message or "").startswith("Started process for run"):
+            continue
+        data = event.dagster_event.engine_event_data if event.dagster_event else None
+        pid = data.metadata.get("pid") if data else None
+        if pid is not None:
+            return int(pid.value)
+    return None
+
+
+def _same_process_alive(pid: int, run_started: float | None) -> bool:
+    """Alive, and not a newer process that reused the pid after the run began."""
+    if not _pid_running(pid):
+        return False
+    started = process_started_at(pid)
+    return started is None or run_started is None or started <= run_started + 1
 
 
 def worker_alive(tags: dict[str, str]) -> bool:
@@ -136,6 +171,20 @@ def process_start(pid: int) -> str | None:
     return fields[19] if fields and len(fields) > 19 else None
 
 
+def process_started_at(pid: int) -> float | None:
+    """When the process started, as a Unix timestamp (Linux /proc), None elsewhere."""
+    ticks = process_start(pid)
+    try:
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+    except (OSError, StopIteration):
+        return None
+    return None if ticks is None else boot + int(ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_state(pid: int) -> str | None:
     fields = _proc_stat_fields(pid)
     return fields[0] if fields else None
@@ -150,8 +199,7 @@ def _proc_stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
-def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun) -> RecoveredRun:
-    pid = int(run.tags[PID_TAG])
+def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int) -> RecoveredRun:
     recovered = RecoveredRun(run_id=run.run_id, job_name=run.job_name, pid=pid)
     storage = instance.event_log_storage
     if storage.supports_global_concurrency_limits:
@@ -167,9 +215,9 @@ def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun) -> Recovere
             ]
     instance.report_run_failed(
         run,
-        f"The process running this run (pid {pid} on {run.tags.get(HOST_TAG)}) is gone: it was "
-        "killed or crashed. memberflow marked the run failed and freed its pool slots; the "
-        "next run redoes its work (nothing acknowledged by the list is sent again).",
+        f"The process running this run (pid {pid} on {run.tags.get(HOST_TAG, hostname())}) is "
+        "gone: it was killed or crashed. memberflow marked the run failed and freed its pool "
+        "slots, so the next run on the list can start and pick up from what was recorded.",
     )
     if storage.supports_global_concurrency_limits:
         storage.free_concurrency_slots_for_run(run.run_id)

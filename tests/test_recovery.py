@@ -104,6 +104,24 @@ def test_live_runs_and_other_hosts_runs_are_left_alone(instance, data_dir):
     assert claimed(instance) == [live.run_id]
 
 
+def test_a_daemon_launched_run_whose_worker_died_is_failed_on_a_local_instance(instance, data_dir):
+    """The DefaultRunLauncher has no worker health check; on a SQLite instance every worker
+    runs on this machine, so the pid the worker reported is judged like ours."""
+    from dagster._core.events import EngineEventData
+
+    dead = started_run(instance, {})
+    live = started_run(instance, {}, claim=None)
+    for run, pid in ((dead, dead_pid()), (live, os.getpid())):
+        instance.report_engine_event(
+            f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+        )
+    outcome = recovery.recover(instance)
+    assert [r.run_id for r in outcome.runs] == [dead.run_id]
+    assert status(instance, dead) == dg.DagsterRunStatus.FAILURE
+    assert status(instance, live) == dg.DagsterRunStatus.STARTED
+    assert claimed(instance) == []
+
+
 def test_a_reused_pid_does_not_keep_a_dead_run_alive(instance, data_dir):
     if recovery.process_start(os.getpid()) is None:
         pytest.skip("process start times need Linux /proc")
