@@ -4,10 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test lint sandbox dev bench clean
+.PHONY: help demo test test-quick recover sandbox dev bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ test: $(STAMP) ## set up, lint, and run every test (unit + end-to-end against th
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+test-quick: $(STAMP) ## every test except the slow fault-injection and kill -9 runs (CI runs all)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+recover: $(STAMP) ## fail runs whose process died, free their pool slots, remove orphan temp files
+	$(BIN)/memberflow recover
 
 sandbox: $(STAMP) ## serve the vendor emulators on :8765 until Ctrl-C
 	$(BIN)/memberflow sandbox
