@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import time
 from datetime import UTC, date, datetime
 
@@ -182,3 +183,23 @@ def test_record_meta():
     customer = client.record_meta("customers", {"customerId": "c1", "modifiedDate": "2024-03-02"})
     assert customer.business_date is None and customer.modified.tzinfo == UTC
     assert [e.name for e in client.entities()] == ["customers", "orders"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"modifiedDate": "yesterday"}, "modifiedDate: 'yesterday' is not a date"),
+        ({"modifiedDate": None}, "modifiedDate: None is not a date"),
+        ({"orderDate": "2024-13-01T00:00:00Z"}, "orderDate: '2024-13-01T00:00:00Z' is not a date"),
+        ({"orderId": None}, "orderId: None is not a record id"),
+        ({"orderId": {"id": 1}}, "orderId: {'id': 1} is not a record id"),
+    ],
+)
+def test_record_meta_names_the_field_it_cannot_read(change, message):
+    """A ValueError naming the field (never KeyError/TypeError): landing quarantines the record."""
+    client = make_client(FakeTicketmaster())
+    order = {"orderId": 9, "orderDate": "2024-03-01T23:30:00Z", "modifiedDate": "2024-03-02"}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        client.record_meta("orders", {**order, **change})
+    with pytest.raises(ValueError, match="modifiedDate: None is not a date"):
+        client.record_meta("orders", {"orderId": 9, "orderDate": "2024-03-01T23:30:00Z"})

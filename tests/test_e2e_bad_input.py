@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from datetime import date
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
@@ -153,3 +153,36 @@ def test_quarantine_sample_shows_only_this_runs_rows_masked(harness):
     # this run re-read only what changed since the cursor (the boundary record, inclusively)
     this_run = quiet.get("customers_staged", "rows_this_run")
     assert this_run == quiet.get("customers_staged", "run_rows_staged") < table_rows
+
+
+def test_an_incremental_run_credits_the_business_day_it_landed_records_in(harness):
+    harness.load("demo_flexpos")
+    assert harness.backfill("demo_flexpos", days=30).success
+    day = date.today() - timedelta(days=10)
+    customer = next(c for c in harness.sandbox.data.flexpos_customers if c.get("Email"))
+    harness.sandbox.flexpos.add_journal(
+        {
+            "CustomerId": customer["CustomerId"],
+            "Date": f"{day.isoformat()}T11:00:00",
+            "Lines": [{"LineNo": 1, "ProductId": 101, "ProductName": "Kaffe", "Amount": 42.0}],
+        }
+    )
+    tick = harness.tick("demo_flexpos")
+    assert tick.success, tick.failures
+
+    integration = harness.integration("demo_flexpos")
+    for asset, key in (("journals_raw", "records_this_run"), ("journals_staged", "rows_this_run")):
+        records = harness.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey([integration.name, asset]), asset_partitions=[str(day)]
+            ),
+            limit=10,
+        ).records
+        mine = [r.asset_materialization for r in records if r.run_id == tick.run_id]
+        assert mine, f"{asset}: the tick did not credit {day}"
+        figures = {k: v.value for k, v in mine[0].metadata.items()}
+        assert figures[key] >= 1
+    (rows,) = harness.query(
+        "SELECT count(*) FROM stg_demo_flexpos_journals WHERE business_date = ?", [day]
+    )[0]
+    assert figures["dagster/row_count"] == rows
