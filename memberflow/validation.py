@@ -70,8 +70,11 @@ def row_problems(issues: dict[str, pd.Series], index: pd.Index) -> pd.Series:
     """`field: problem; field: problem` per row ('' if none), over the given fields' issues."""
     problems = pd.Series("", index=index, dtype=object)
     for target, column in issues.items():
-        named = column.map(lambda m, t=target: f"{t}: {m}" if isinstance(m, str) and m else "")
-        problems = _append(problems, named)
+        hit = column.notna() & (column.astype(str) != "")
+        if not hit.any():
+            continue
+        before = problems[hit]
+        problems[hit] = before.where(before == "", before + "; ") + f"{target}: " + column[hit]
     return problems
 
 
