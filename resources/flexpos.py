@@ -108,15 +108,25 @@ class _TokenSource:
                 self._token = None
 
     def _fetch(self) -> None:
-        response = self._http.request(
-            "POST", self._url, endpoint=f"{self._api}/oauth/token", data=self._form
+        # Asking for a token twice only yields two tokens: the POST is safe to repeat, so a lost
+        # or unreadable answer is retried like a GET's (FP-A2).
+        body = self._http.request_json(
+            "POST",
+            self._url,
+            endpoint=f"{self._api}/oauth/token",
+            idempotent=True,
+            data=self._form,
+            validate=_token_answer,
         )
-        body = response.json()
-        token = body.get("access_token") if isinstance(body, dict) else None
-        if not token:
-            raise VendorError("flexpos", response.status_code, "token response without a token")
-        self._token = str(token)
+        self._token = str(body["access_token"])
         self._expires_at = self._clock() + float(body.get("expires_in") or 3600)
+
+
+def _token_answer(body: Any) -> dict[str, Any]:
+    """A token answer must carry a token; anything else is read as a garbled answer."""
+    if not isinstance(body, dict) or not body.get("access_token"):
+        raise ValueError("token response without a token")
+    return body
 
 
 class FlexPOSClient(SourceClient):

@@ -263,3 +263,32 @@ def test_400_problem_details_reach_the_vendor_error():
         list(client.iter_range("journals", date(2024, 1, 1), date(2024, 1, 2)))
     assert "Range exceeds 366 days" in info.value.message and info.value.status == 400
     assert client.calls.total == 2
+
+
+def test_a_garbled_or_lost_token_answer_is_asked_again():
+    """A token request is safe to repeat: a cut-off 200 or a 502 is retried, not a failure."""
+    fake = FakeFlexPOS(total=1)
+    answers = iter(
+        [
+            httpx.Response(200, content=b'{"access_tok'),
+            httpx.Response(502, json={"error": "bad gateway"}),
+        ]
+    )
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth/token"):
+            scripted = next(answers, None)
+            if scripted is not None:
+                return scripted
+        return fake(request)
+
+    client = FlexPOSClient(
+        pos_base_url=POS,
+        client_id="pos-id",
+        client_secret=SECRET,
+        transport=httpx.MockTransport(flaky),
+        sleep=lambda _: None,
+    )
+    pages = list(client.iter_changed("customers", None))
+    assert [r["CustomerId"] for p in pages for r in p] == [0]
+    assert fake.tokens_issued == 1
