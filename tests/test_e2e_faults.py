@@ -51,7 +51,7 @@ def sync_until_done(h: Harness, runs: list[str]) -> list[str]:
 def environment(mp: pytest.MonkeyPatch, data_dir, url: str) -> None:
     mp.setenv("MEMBERFLOW_DATA_DIR", str(data_dir))
     mp.setenv("MEMBERFLOW_SANDBOX_URL", url)
-    mp.setenv("MEMBERFLOW_HTTP_TIMEOUT", "1")  # if the client reads it (hang faults stay short)
+    mp.setenv("MEMBERFLOW_HTTP_TIMEOUT", "2")  # once the client reads it, a hang outlasts it
     for name, value in SANDBOX_ENV.items():
         mp.setenv(name, value)
 
@@ -78,7 +78,7 @@ def faulted_sync(tmp, rules: list[FaultRule], rate: float, seed: int):
     """Sync through the proxy; returns the list's state, the proxy and the run failures."""
     with (
         SandboxServer(**SANDBOX) as sandbox,
-        FaultProxy(sandbox.url, rate=rate, seed=seed, rules=rules, hang_seconds=1.5) as proxy,
+        FaultProxy(sandbox.url, rate=rate, seed=seed, rules=rules, hang_seconds=3.0) as proxy,
         pytest.MonkeyPatch.context() as mp,
         dg.instance_for_test() as instance,
     ):
