@@ -2,7 +2,6 @@
 lost, push only what changed (X2); mail an error report when members are refused (C6).
 """
 
-import re
 import smtplib
 
 import dagster as dg
@@ -13,7 +12,7 @@ from pydantic import Field
 from assets import naming
 from memberflow import delivery, model, reconcile
 from memberflow.config import Integration
-from memberflow.masking import mask_match_key
+from memberflow.masking import mask_text
 from resources.base import TargetClient, UpsertFlags
 from resources.mailer import ErrorReportMailer
 
@@ -106,7 +105,7 @@ def build_deliver_assets(
             raise dg.Failure(
                 description=f"{len(report.transient_errors)} member(s) could not be sent after "
                 "retries; acknowledged ones are recorded and will not be resent",
-                metadata={"first_errors": [_masked(e) for e in report.transient_errors[:5]]},
+                metadata={"first_errors": [mask_text(e) for e in report.transient_errors[:5]]},
             )
         return dg.MaterializeResult(
             metadata={
@@ -147,18 +146,8 @@ def _warn_missing(
         )
 
 
-_EMAIL = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+")
-_PHONE = re.compile(r"\+?\d[\d ]{6,}\d")
-
-
-def _masked(text: str) -> str:
-    """Free text from the list (a refusal reason) with any email or phone number in it masked."""
-    text = _EMAIL.sub(lambda m: mask_match_key(m.group(0)), text)
-    return _PHONE.sub(lambda m: mask_match_key(m.group(0)), text)
-
-
 def _masked_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{k: _masked(str(v)) if v is not None else v for k, v in row.items()} for row in rows]
+    return [{k: mask_text(v) if v is not None else v for k, v in row.items()} for row in rows]
 
 
 def _mail_report(

@@ -7,8 +7,6 @@ figures under `rows_this_run` and `run_*`, and a sample of this run's quarantine
 non-blocking check turns yellow when anything was quarantined or dropped.
 """
 
-import re
-
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
@@ -16,7 +14,7 @@ from assets import naming
 from memberflow import staging
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping, mapping_summary
-from memberflow.masking import mask_email, mask_phone
+from memberflow.masking import mask_text
 from resources.base import SourceClient
 
 QUARANTINE_CHECK = "nothing_quarantined"
@@ -147,10 +145,6 @@ def build_stage_asset(
     return _stage
 
 
-_EMAIL = re.compile(r"[^\s'\"@]+@[^\s'\"@]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+?\d[\d ]{6,}\d")
-
-
 def _quarantine_sample(conn: object, integration: str, entity: str, run_id: str) -> str:
     """This run's quarantine rows (never all-time ones), emails and phones masked."""
     rows = conn.execute(  # type: ignore[attr-defined]
@@ -162,12 +156,5 @@ def _quarantine_sample(conn: object, integration: str, entity: str, run_id: str)
     ).df()
     if rows.empty:
         return "nothing quarantined in this run"
-    rows["reason"] = rows["reason"].map(_masked)
+    rows["reason"] = rows["reason"].map(mask_text)
     return rows.to_markdown(index=False)
-
-
-def _masked(text: str) -> str:
-    """A reason with any email or phone number in it masked (they are masked at the source;
-    this keeps a reason written elsewhere from leaking one into the UI)."""
-    text = _EMAIL.sub(lambda m: mask_email(m.group()), str(text))
-    return _PHONE.sub(lambda m: mask_phone(m.group()), text)

@@ -6,7 +6,11 @@ Run metadata, quarantine reasons, logs and the UI show enough to recognise and d
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_EMAIL_IN_TEXT = re.compile(r"[^\s@'\"<>(),;:]+@[^\s@'\"<>(),;:]+")
+_PHONE_IN_TEXT = re.compile(r"\+?\d[\d ]{6,}\d")
 
 
 def mask_email(value: Any) -> str:
@@ -41,6 +45,13 @@ def mask_match_key(value: Any) -> str:
     """A match key is an email or a mobile number; mask it as whichever it is."""
     text = "" if value is None else str(value)
     return mask_email(text) if "@" in text else mask_phone(text)
+
+
+def mask_text(text: Any) -> str:
+    """Free text (a vendor's refusal, a quarantine reason) with every email and phone number in it
+    masked: such text is written by others and may quote the value it refused."""
+    masked = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group(0)), str(text))
+    return _PHONE_IN_TEXT.sub(lambda m: mask_phone(m.group(0)), masked)
 
 
 def _mask_all(text: str) -> str:
