@@ -21,10 +21,10 @@ demo: $(STAMP) ## set up, start the sandbox, run the demo integrations once, pri
 test: $(STAMP) ## set up, lint, and run every test (unit + end-to-end against the sandbox)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal  # two workers; each test has its own sandbox, instance and data dir
 
 test-quick: $(STAMP) ## every test except the slow fault-injection and kill -9 runs (CI runs all)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow"
 
 recover: $(STAMP) ## fail runs whose process died, free their pool slots, remove orphan temp files
 	$(BIN)/memberflow recover

@@ -87,11 +87,19 @@ def _describe(
         f"{s.get('members_delivered', 'removed')} removed, "
         f"{s.get('members_delivered', 'refused')} refused by the list"
     )
-    out.append(f"   tracking events sent: {s.get('events_delivered', 'sent')}")
+    held = s.get("events_delivered", "held_uncertain")
+    out.append(
+        f"   tracking events sent: {s.get('events_delivered', 'sent_this_run')}"
+        + (f", {held} held (answer lost; see no_uncertain_event_batches)" if held else "")
+    )
     reasons = runner.quarantine_reasons(s)
     quarantined = s.total("_staged", "quarantined")
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
-    out.append(f"   quarantined rows: {quarantined} ({detail})")
+    out.append(f"   rows withheld: {quarantined} ({detail})")
+    drops = runner.quarantine_reasons(s, key="field_drop_reasons")
+    dropped = s.total("_staged", "fields_dropped") + s.get("members_delivered", "fields_dropped")
+    detail = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
+    out.append(f"   fields dropped, rows kept: {dropped} ({detail})")
     source_calls = s.total("_raw", "api_calls")
     target_calls = s.total("_delivered", "api_calls")
     out.append(

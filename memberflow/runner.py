@@ -131,10 +131,12 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
     return messages
 
 
-def quarantine_reasons(summary: RunSummary) -> dict[str, int]:
+def quarantine_reasons(summary: RunSummary, key: str = "quarantine_reasons") -> dict[str, int]:
+    """This run's staging problems by `<entity>.<reason>`: rows withheld (`quarantine_reasons`)
+    or, with `key="field_drop_reasons"`, fields dropped from rows that went on."""
     reasons: dict[str, int] = defaultdict(int)
     for name, meta in summary.assets.items():
         if name.endswith("_staged"):
-            for reason, count in (meta.get("quarantine_reasons") or {}).items():
+            for reason, count in (meta.get(key) or {}).items():
                 reasons[f"{name.split('/')[-1].removesuffix('_staged')}.{reason}"] += count
     return dict(reasons)
