@@ -249,7 +249,10 @@ class VendorHttp:
         wait = self._wait(failure, attempt)
         throttled = failure.response is not None and failure.response.status_code == 429
         self.calls.add_retry(throttled=throttled)
-        log.warning(
+        # Throttling is the vendor's rate limit doing its job: INFO, still in the run's log (the
+        # instance's python_log_level), but not on a quiet console; a fault is a WARNING.
+        log.log(
+            logging.INFO if throttled else logging.WARNING,
             "%s %s %s: %s, waiting %.1f s (try %d of %d)",
             self.vendor,
             method,
