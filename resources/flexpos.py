@@ -28,6 +28,7 @@ from resources.http import (
     date_windows,
     resolve_secret,
 )
+from resources.record_fields import record_datetime, record_id
 
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -224,10 +225,10 @@ class FlexPOSClient(SourceClient):
         spec = self._entity(entity)
         business = None
         if spec.date_field is not None:
-            business = _field_datetime(record, spec.date_field).astimezone(COPENHAGEN).date()
+            business = _local_datetime(record, spec.date_field).astimezone(COPENHAGEN).date()
         return RecordMeta(
-            record_id=_field_id(record, spec.id_field),
-            modified=_field_datetime(record, "Modified"),
+            record_id=record_id(record, spec.id_field),
+            modified=_local_datetime(record, "Modified"),
             business_date=business,
         )
 
@@ -304,27 +305,8 @@ def format_local(moment: datetime) -> str:
     return as_utc(moment).astimezone(COPENHAGEN).strftime(LOCAL_FORMAT)
 
 
-def _field_id(record: dict[str, Any], name: str) -> str:
-    value = record.get(name)
-    if value is None or isinstance(value, (dict, list, bool)) or not str(value).strip():
-        raise ValueError(f"{name}: {_shown(value)} is not a record id")
-    return str(value)
-
-
-def _field_datetime(record: dict[str, Any], name: str) -> datetime:
-    value = record.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: {_shown(value)} is not a date")
-    try:
-        return parse_local(value).astimezone(UTC)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{name}: {_shown(value)} is not a date") from None
-
-
-def _shown(value: Any) -> str:
-    """A value for an error message, cut short: a record's field may be anything."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def _local_datetime(record: dict[str, Any], name: str) -> datetime:
+    return record_datetime(record, name, lambda text: parse_local(text).astimezone(UTC))
 
 
 def parse_local(value: str) -> datetime:

@@ -26,6 +26,7 @@ from resources.http import (
     date_windows,
     resolve_secret,
 )
+from resources.record_fields import record_datetime, record_id
 
 UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # TM-A2
 MAX_PAGE_SIZE = 500  # TM-A2
@@ -127,10 +128,10 @@ class TicketmasterClient(SourceClient):
         if spec.date_field is not None:
             # The vendor filters fromDate/toDate on the date of this UTC datetime (TM-A4), so the
             # partition uses the same day, keeping backfill windows and partitions aligned.
-            business = _field_datetime(record, spec.date_field).date()
+            business = record_datetime(record, spec.date_field, parse_utc).date()
         return RecordMeta(
-            record_id=_field_id(record, spec.id_field),
-            modified=_field_datetime(record, "modifiedDate"),
+            record_id=record_id(record, spec.id_field),
+            modified=record_datetime(record, "modifiedDate", parse_utc),
             business_date=business,
         )
 
@@ -215,29 +216,6 @@ def rate_limit_reset_wait(
 def format_utc(moment: datetime) -> str:
     """ISO 8601 UTC with Z (TM-A2)."""
     return as_utc(moment).strftime(UTC_FORMAT)
-
-
-def _field_id(record: dict[str, Any], name: str) -> str:
-    value = record.get(name)
-    if value is None or isinstance(value, (dict, list, bool)) or not str(value).strip():
-        raise ValueError(f"{name}: {_shown(value)} is not a record id")
-    return str(value)
-
-
-def _field_datetime(record: dict[str, Any], name: str) -> datetime:
-    value = record.get(name)
-    if not isinstance(value, str):
-        raise ValueError(f"{name}: {_shown(value)} is not a date")
-    try:
-        return parse_utc(value)
-    except (ValueError, OverflowError):
-        raise ValueError(f"{name}: {_shown(value)} is not a date") from None
-
-
-def _shown(value: Any) -> str:
-    """A value for an error message, cut short: a record's field may be anything."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_utc(value: str) -> datetime:
