@@ -53,7 +53,7 @@ STAGES = ("extract", "stage", "model", "deliver")
 STAGE_TAG = "memberflow/stage"
 
 
-_ROW_KEYS = ("run_records_landed", "run_rows_staged", "dagster/row_count")
+_ROW_KEYS = ("run_records_landed", "run_rows_staged", "sent_this_run", "dagster/row_count")
 
 
 def log(message: str) -> None:

@@ -149,7 +149,7 @@ class FlexPOSClient(SourceClient):
         only_club_members: bool = False,
         only_newsletter: bool = False,
         page_size: int = 500,
-        timeout: float = 30.0,
+        timeout: float | None = None,  # None: MEMBERFLOW_HTTP_TIMEOUT or 30 s
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,

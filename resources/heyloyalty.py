@@ -87,7 +87,7 @@ class HeyloyaltyClient(TargetClient):
         api_key: str,
         api_secret: str,
         bi_base_url: str | None = None,
-        timeout: float = 30.0,
+        timeout: float | None = None,  # None: MEMBERFLOW_HTTP_TIMEOUT or 30 s
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,

@@ -78,6 +78,27 @@ class _Failure:
     sent: bool = True  # False when the request certainly never reached the server's logic
 
 
+DEFAULT_TIMEOUT_SECONDS = 30.0
+TIMEOUT_ENV = "MEMBERFLOW_HTTP_TIMEOUT"
+
+
+def default_timeout() -> float:
+    """Seconds a vendor call may take (connect, each read): `MEMBERFLOW_HTTP_TIMEOUT`, else 30.
+
+    One setting for every client, so an operator can shorten it for a slow vendor's hangs (and
+    the fault tests can make a hang outlast it) without touching integration files."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise ValueError(f"{TIMEOUT_ENV}={raw!r}: expected seconds between 0 and 3600")
+    return value
+
+
 class VendorHttp:
     """One `httpx.Client` for one vendor, with call counting, retries and error classification.
 
@@ -89,7 +110,7 @@ class VendorHttp:
         self,
         *,
         vendor: str,
-        timeout: float = 30.0,
+        timeout: float | None = None,
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -101,7 +122,9 @@ class VendorHttp:
     ) -> None:
         self.vendor = vendor
         self.calls = calls if calls is not None else CallCounter()
-        self._client = httpx.Client(timeout=timeout, transport=transport)
+        self._client = httpx.Client(
+            timeout=timeout if timeout is not None else default_timeout(), transport=transport
+        )
         self._max_tries = max(1, max_tries)
         self._sleep = sleep
         self._throttle_wait = throttle_wait

@@ -65,7 +65,7 @@ class TicketmasterClient(SourceClient):
         username: str,
         password: str,
         page_size: int = 500,
-        timeout: float = 30.0,
+        timeout: float | None = None,  # None: MEMBERFLOW_HTTP_TIMEOUT or 30 s
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,

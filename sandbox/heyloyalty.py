@@ -881,7 +881,13 @@ def _filtered(target: _List, query: Any) -> list[dict[str, Any]]:
     logic = query.get("logic", "and")
     combine = any if logic == "or" else all
     members = list(target.members.values())
-    if conditions:
+    if len(conditions) == 1 and conditions[0][:2] == ("updated_at", "gte"):
+        # The changed-since read (HL-A5) is asked before every chunk of sends: a plain string
+        # comparison (both sides `YYYY-MM-DD HH:MM:SS`, which sorts as time), same result as
+        # the general path below without its per-member cost on a 100k list.
+        low = min(_normal("updated_at", w) for w in conditions[0][2])
+        members = [m for m in members if m.get("updated_at") and m["updated_at"] >= low]
+    elif conditions:
         members = [m for m in members if combine(_test(m, *c) for c in conditions)]
     order_by = query.get("orderby", "created_at")
     reverse = query.get("order") in ("-1", "desc")

@@ -323,3 +323,15 @@ def test_each_retry_and_throttle_is_logged_and_counted(caplog):
     assert [r.levelno for r in caplog.records] == [logging.INFO, logging.WARNING]
     assert "jens@example.dk" not in caplog.text  # queries (filters, keys) never reach the log
     assert (http.calls.retries, http.calls.throttled, http.calls.total) == (2, 1, 3)
+
+
+def test_the_timeout_comes_from_the_environment_and_a_bad_value_names_the_variable(monkeypatch):
+    from resources.http import TIMEOUT_ENV, VendorHttp, default_timeout
+
+    monkeypatch.delenv(TIMEOUT_ENV, raising=False)
+    assert default_timeout() == 30.0
+    monkeypatch.setenv(TIMEOUT_ENV, "2.5")
+    assert VendorHttp(vendor="acme")._client.timeout.read == 2.5
+    monkeypatch.setenv(TIMEOUT_ENV, "soon")
+    with pytest.raises(ValueError, match="MEMBERFLOW_HTTP_TIMEOUT='soon'"):
+        default_timeout()
