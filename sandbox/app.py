@@ -7,22 +7,52 @@ its own prefix so the integration files point at `<url>/flexpos/pos`, `<url>/hey
 
 from __future__ import annotations
 
+import importlib
 import json
-from dataclasses import dataclass
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import BaseRoute, Mount, Route
 
+from sandbox.emulator import Emulator
 from sandbox.faults import FaultInjector, FaultMiddleware
 from sandbox.flexpos import ATTRACTIONS, POS, PREFIXES, FlexposState
 from sandbox.generator import SandboxData
 from sandbox.heyloyalty import BI_PREFIX, LOYALTY_PREFIX, HeyloyaltyState
 from sandbox.ticketmaster import PREFIX as TM_PREFIX
 from sandbox.ticketmaster import TicketmasterState
+
+
+def discover_emulators(package: ModuleType) -> dict[str, Emulator]:
+    """Every `EMULATOR` defined at module level in `package`'s modules, by emulator name.
+
+    Each module is imported, so a broken vendor module fails the sandbox's start with its own
+    ImportError instead of silently missing from it; two emulators with one name are an error.
+    """
+    found: dict[str, Emulator] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        emulator = getattr(module, "EMULATOR", None)
+        if not isinstance(emulator, Emulator):
+            continue
+        if emulator.name in found:
+            raise ValueError(
+                f"two sandbox emulators are named {emulator.name!r} ({module.__name__} and another)"
+            )
+        found[emulator.name] = emulator
+    return found
+
+
+def discovered_emulators() -> dict[str, Emulator]:
+    """The emulators of the `sandbox` package (see `sandbox.emulator`)."""
+    return discover_emulators(importlib.import_module("sandbox"))
 
 
 @dataclass
@@ -34,12 +64,22 @@ class SandboxState:
     heyloyalty: HeyloyaltyState
     ticketmaster: TicketmasterState
     faults: FaultInjector
+    specs: dict[str, Emulator] = field(default_factory=dict)  # discovered emulators, by name
+    states: dict[str, Any] = field(default_factory=dict)  # their built states, by name
 
     @classmethod
     def from_data(
-        cls, data: SandboxData, rate_limits: bool = True, token_lifetime: float = 3600
+        cls,
+        data: SandboxData,
+        rate_limits: bool = True,
+        token_lifetime: float = 3600,
+        emulators: Mapping[str, Emulator] | None = None,
     ) -> SandboxState:
-        """Build every emulator over `data`; `rate_limits=False` disables all limits."""
+        """Build every emulator over `data`; `rate_limits=False` disables all limits.
+
+        `emulators` defaults to the discovered ones; tests pass their own.
+        """
+        specs = dict(discovered_emulators() if emulators is None else emulators)
         return cls(
             data=data,
             flexpos=FlexposState(data, token_lifetime, 10 if rate_limits else None),
@@ -48,17 +88,36 @@ class SandboxState:
                 data, 5 if rate_limits else None, 5000 if rate_limits else None
             ),
             faults=FaultInjector(),
+            specs=specs,
+            states={name: spec.build(data, rate_limits) for name, spec in specs.items()},
         )
+
+    def emulator(self, name: str) -> Any:
+        """The state of the discovered emulator `name` (e.g. "teyca")."""
+        try:
+            return self.states[name]
+        except KeyError:
+            known = ", ".join(sorted(self.states)) or "none"
+            raise KeyError(f"no sandbox emulator named {name!r} (found: {known})") from None
 
     def summary(self) -> dict[str, Any]:
         """Record counts per emulator."""
-        return {
+        result: dict[str, Any] = {
             "seed": self.data.seed,
             "today": self.data.today.isoformat(),
             "flexpos": self.flexpos.counts(),
             "heyloyalty": self.heyloyalty.counts(),
             "ticketmaster": self.ticketmaster.counts(),
         }
+        for name, spec in self.specs.items():
+            result[name] = spec.summary(self.states[name]) if spec.summary else {}
+        return result
+
+    def discovered_routes(self) -> list[BaseRoute]:
+        """The routes of every discovered emulator, each under its own prefix."""
+        return [
+            route for name, spec in self.specs.items() for route in spec.routes(self.states[name])
+        ]
 
 
 def build_app(sandbox: SandboxState) -> Starlette:
@@ -75,8 +134,9 @@ def build_app(sandbox: SandboxState) -> Starlette:
         Route("/_sandbox/heyloyalty/unsubscribe", control.unsubscribe, methods=["POST"]),
         Route("/_sandbox/ticketmaster/withdraw-consent", control.withdraw, methods=["POST"]),
         Route("/_sandbox/flexpos/customers", control.upsert_customer, methods=["POST"]),
+        *sandbox.discovered_routes(),
     ]
-    middleware = [Middleware(FaultMiddleware, injector=sandbox.faults)]
+    middleware = [Middleware(FaultMiddleware, injector=sandbox.faults)]  # in front of every route
     return Starlette(routes=routes, middleware=middleware)
 
 

@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import date
 from types import TracebackType
+from typing import Any
 
 import httpx
 import uvicorn
@@ -154,6 +155,10 @@ class SandboxServer:
     @property
     def faults(self) -> FaultInjector:
         return self._state().faults
+
+    def emulator(self, name: str) -> Any:
+        """The state of a discovered emulator (`sandbox.emulator`), e.g. `emulator("teyca")`."""
+        return self._state().emulator(name)
 
 
 def serve_forever(
