@@ -202,7 +202,10 @@ def _check_cards(value: Any) -> dict[str, str]:
         if not isinstance(card, dict):
             problems[where] = "must be an object"
             continue
-        problems.update(_check_card(where, card))
+        card_problems = _check_card(where, card)
+        problems |= card_problems
+        if card_problems:
+            continue  # a key of wrong types (say a list) cannot be compared, nor needs to be
         key = card_key(card)
         if key in seen:
             problems[where] = "repeats an earlier card with the same source and user_id"
@@ -411,6 +414,7 @@ class AxleState:
         self, api_key: str, filters: dict[str, Any], limit: int, offset: int
     ) -> tuple[list[dict[str, Any]], int]:
         """One page of the account's clients matching every filter, and the total matching."""
+        filters = dict(filters)
         since: datetime | None = filters.pop("updated_since", None)
         with self._lock:
             matching = [

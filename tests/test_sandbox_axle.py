@@ -447,6 +447,7 @@ BAD_CARDS = [
     ({**card(1), "link": "x"}, "link"),
     ({**card(1), "user_id": True}, "user_id"),
     ({**card(1), "user_id": ""}, "user_id"),
+    ({**card(1), "user_id": [1]}, "user_id"),
     ({**card(1), "source": ""}, "source"),
     ({**card(1), "barcode": 123}, "barcode"),
 ]
