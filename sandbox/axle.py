@@ -161,7 +161,11 @@ def _birthday(value: Any, today: date | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class FieldSpec:
-    """One writable AX-A2 field: how it is checked and what a new client holds when not sent."""
+    """One writable AX-A2 field: how it is checked and what a new client holds when not sent.
+
+    [I] The contract does not say which fields a create needs: only the match key is required;
+    the rest start as null, false, 0 or empty, so an unsent consent is never a consent (TX4).
+    """
 
     check: Check
     default: Any = None
@@ -214,6 +218,8 @@ def _check_cards(value: Any) -> dict[str, str]:
 
 
 def _check_card(where: str, card: dict[str, Any]) -> dict[str, str]:
+    """[I] every entry carries the five keys AX-A2 lists; barcode, template and wallet_link may
+    be null (a pass without a wallet link), but a forgotten key is a mapping mistake."""
     problems = {f"{where}.{name}": "unknown field" for name in card if name not in CARD_KEYS}
     problems |= {f"{where}.{name}": "is required" for name in CARD_KEYS if name not in card}
     if "source" in card and (message := _non_empty_string(card["source"])):
