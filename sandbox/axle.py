@@ -15,7 +15,6 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -28,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
 from sandbox.httputil import bearer_token, media_type
+from sandbox.ratelimit import RateLimiter
 
 PREFIX = "/axle/api/v1"  # AX-A1
 AXLE_API_KEY = "demo-axle-key"
@@ -268,37 +268,6 @@ def validate_client(raw: Any, today: date | None = None) -> dict[str, Any]:
     return json.loads(json.dumps(raw))  # a deep copy the caller cannot change afterwards
 
 
-# -- rate limiting --------------------------------------------------------------------------------
-class SlidingWindow:
-    """At most `limit` requests per `window` seconds per key, on an injectable clock (AX-A4).
-
-    Its own small limiter, not sandbox/ratelimit.py's, because tests drive it with a fake clock.
-    """
-
-    def __init__(self, limit: int | None, clock: Callable[[], float], window: float = 1.0) -> None:
-        self.limit, self.clock, self.window = limit, clock, window
-        self._hits: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, key: str) -> int | None:
-        """Count one request and return None, or refuse it: whole seconds to wait (at least 1)."""
-        if self.limit is None:
-            return None
-        now = self.clock()
-        with self._lock:
-            hits = self._hits.setdefault(key, deque())
-            while hits and hits[0] <= now - self.window:
-                hits.popleft()
-            if len(hits) >= self.limit:
-                return max(1, math.ceil(hits[0] + self.window - now))
-            hits.append(now)
-            return None
-
-    def reset(self) -> None:
-        with self._lock:
-            self._hits.clear()
-
-
 # -- state ----------------------------------------------------------------------------------------
 @dataclass
 class _Client:
@@ -335,7 +304,7 @@ class AxleState:
     ) -> None:
         self.clock = clock
         self.accounts = {key: _Account(*account) for key, account in ACCOUNTS.items()}
-        self.limiter = SlidingWindow(rate_limit, clock)
+        self.limiter = RateLimiter(rate_limit, 1.0, clock)  # AX-A4; tests pass a fake clock
         self._requests: list[RecordedRequest] = []
         self._lock = threading.RLock()
 
@@ -584,11 +553,12 @@ class _Handlers:
     async def _answer(self, request: Request, handler: Handler, api_key: str | None) -> Response:
         if api_key is None:
             return JSONResponse(UNAUTHORIZED, 401)  # AX-A1
-        wait = self.state.limiter.retry_after(api_key)
-        if wait is not None:  # AX-A4
-            message = f"More than {self.state.limiter.limit} requests per second; retry later"
+        decision = self.state.limiter.hit(api_key)
+        if not decision.allowed:  # AX-A4
+            message = f"More than {decision.limit} requests per second; retry later"
             body = {"error": {"code": "rate_limited", "message": message}}
-            return JSONResponse(body, 429, headers={"Retry-After": str(wait)})
+            headers = {"Retry-After": decision.retry_after_header}
+            return JSONResponse(body, 429, headers=headers)
         try:
             return await handler(request, api_key)
         except AxleError as error:
