@@ -1,5 +1,7 @@
-"""Local emulators of the vendor APIs (FlexPOS, Heyloyalty, Ticketmaster) with generated data.
+"""Local emulators of the vendor APIs (FlexPOS, Heyloyalty, Ticketmaster, and every module that
+defines an `EMULATOR`, e.g. Teyca) with generated data.
 
 Written from `shared/apis/*.md` only, never from the project's clients, so the end-to-end tests
-catch a client that misreads the contract. Start one with `sandbox.server.SandboxServer`.
+catch a client that misreads the contract. Start one with `sandbox.server.SandboxServer`; vendor
+modules are discovered (`sandbox.emulator`, `sandbox.app.discovered_emulators`), not listed.
 """
