@@ -3,11 +3,12 @@ again: the list ends exactly as after a clean sync, and no run is left waiting (
 
 The sync runs as a real subprocess (`python -m memberflow.cli sync demo_flexpos`) on its own
 DAGSTER_HOME and data dir, against this test's sandbox. Two kinds of kill point:
-- a step starting (extract, stage, model, members_delivered, events_delivered): the test polls
-  the run's event log and kills the process when the step's STEP_START appears;
+- a step starting (extract, stage, model): the test polls the run's event log and kills the
+  process when the step's STEP_START appears;
 - right after the list applied a call but before the client hears back: the sandbox's
-  FaultInjector calls back when the app has answered the Nth upsert / the first BI event import,
-  and the callback kills the process, so the list holds what the warehouse never booked.
+  FaultInjector calls back when the app has answered the Nth upsert (members_delivered) / the
+  first BI event import (events_delivered), and the callback kills the process, so the list
+  holds what the warehouse never booked.
 Each killed run is followed by the next one (which must not hang on the killed run's pool slot),
 and one last run must finish cleanly.
 """
@@ -49,12 +50,15 @@ class KillPoint:
 
 
 # In order: each run is killed at the next point, so every point is reached with work pending.
+# The delivery steps are killed inside, at their sends: a kill polled from the event log at
+# events_delivered's start races its first import (a few milliseconds later on small data), and
+# a kill between booking a batch and sending it leaves the batch held as uncertain by design
+# (README: the list may or may not have it), which a clean-sync comparison can't expect.
 KILL_POINTS = [
     KillPoint("extract", STEP, "customers_raw"),
     KillPoint("stage", STEP, "journals_staged"),
     KillPoint("model", STEP, "__members"),
     KillPoint("an upsert applied, not booked", AFTER_ANSWER, "/members/upsert", skip=4),
-    KillPoint("events_delivered", STEP, "events_delivered"),
     KillPoint("a BI import stored, not booked", AFTER_ANSWER, "/transaction/import"),
 ]
 
