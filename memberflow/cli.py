@@ -56,7 +56,7 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
 @click.option("--customers", default=300, show_default=True)
 @click.option("--no-rate-limits", is_flag=True, help="Disable the emulators' rate limits.")
 def sandbox(port: int, host: str, seed: int, customers: int, no_rate_limits: bool) -> None:
-    """Serve the vendor emulators (FlexPOS, Ticketmaster, Heyloyalty) until Ctrl-C."""
+    """Serve every vendor emulator of sandbox/ (one port, a prefix per vendor) until Ctrl-C."""
     from sandbox.credentials import SANDBOX_ENV
     from sandbox.server import serve_forever
 
