@@ -91,8 +91,11 @@ def deliver_events(
     ensure_event_state(conn)
     report = EventReport()
     if settings.tracking_id:
-        report.uncertain += _abandon_in_flight(conn, settings.run_id)
-        _resolve_uncertain(conn, client, settings, columns, resend_uncertain, report)
+        abandoned = _abandon_in_flight(conn, settings.run_id)
+        report.uncertain += sum(abandoned.values())
+        _resolve_uncertain(
+            conn, client, settings, columns, resend_uncertain, report, set(abandoned)
+        )
         _send_pending(conn, client, settings, columns, report)
     _totals(conn, report)
     if report.held:
@@ -108,11 +111,14 @@ def deliver_events(
 # --- uncertain batches ------------------------------------------------------------------------
 
 
-def _abandon_in_flight(conn: duckdb.DuckDBPyConnection, run_id: str) -> int:
-    """Batches still in flight belong to a run that died between send and bookkeeping."""
-    found = conn.execute(
-        "SELECT coalesce(sum(events), 0) FROM event_batches WHERE status = 'in_flight'"
-    ).fetchall()[0][0]
+def _abandon_in_flight(conn: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
+    """Batches still in flight belong to a run that died between send and bookkeeping: they
+    become uncertain now; returns their ids and sizes."""
+    found = dict(
+        conn.execute(
+            "SELECT batch_id, events FROM event_batches WHERE status = 'in_flight'"
+        ).fetchall()
+    )
     conn.execute(
         """UPDATE event_batches SET status = 'uncertain', finished_at = current_timestamp,
                   detail = 'found in flight by run ' || ? || ': the run that sent it stopped '
@@ -120,7 +126,7 @@ def _abandon_in_flight(conn: duckdb.DuckDBPyConnection, run_id: str) -> int:
            WHERE status = 'in_flight'""",
         [run_id],
     )
-    return int(found)
+    return {batch: int(events or 0) for batch, events in found.items()}
 
 
 def _resolve_uncertain(
@@ -130,8 +136,13 @@ def _resolve_uncertain(
     columns: list[str],
     resend: bool,
     report: EventReport,
+    found_this_run: set[str],
 ) -> None:
-    """Ask the target about each uncertain batch; without an answer, release only on request."""
+    """Ask the target about each uncertain batch; without an answer, release only on request.
+
+    `resend_uncertain` releases only batches that were uncertain before this run began, i.e.
+    the ones a user could have checked; a batch this run found in flight waits for the next
+    check (releasing it too would resend what a crashed run may have delivered)."""
     batches = conn.execute(
         "SELECT batch_id FROM event_batches WHERE status = 'uncertain' ORDER BY started_at"
     ).fetchall()
@@ -140,7 +151,7 @@ def _resolve_uncertain(
         rows = _wire_rows(frame)
         events = dict(zip(frame["event_id"].tolist(), rows, strict=True))
         present = client.events_present(str(settings.tracking_id), settings.match_on, events)
-        if present is None and not resend:
+        if present is None and (not resend or batch_id in found_this_run):
             continue
         present = present or set()
         acked = frame[frame["event_id"].isin(present)]

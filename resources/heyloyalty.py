@@ -325,16 +325,30 @@ def _import_answer(body: Any) -> dict[str, Any]:
         imported, failed = body.get("imported"), body.get("failed") or []
         if (imported is not None and not isinstance(imported, int)) or not isinstance(failed, list):
             raise ValueError("BI import answer with unreadable imported/failed")
+        if not all(_readable_failure(item) for item in failed):
+            # The list stored the file and then said something we can't map to rows: an
+            # uncertain outcome (held), never "nothing stored" (which would resend the batch).
+            raise ValueError("BI import answer with an unreadable failed[] row")
     return body
+
+
+def _readable_failure(item: Any) -> bool:
+    """A `failed[]` entry names its row as a whole number (HL-A10)."""
+    if not isinstance(item, dict):
+        return False
+    row = item.get("row")
+    return (
+        isinstance(row, int)
+        and not isinstance(row, bool)
+        or (isinstance(row, str) and row.strip().isdigit())
+    )
 
 
 def _failed_row(item: Any) -> tuple[int, str]:
     """HL-A10 `failed: [{"row": i, "error": "..."}]`, `row` counting data rows from 1 as CSV
     row numbers are read by people (assumption kept here); returned as the 0-based batch index."""
-    if isinstance(item, dict):
-        row = int(item.get("row", 0)) - 1
-        return row, str(item.get("error") or item.get("message") or "")
-    return -1, str(item)
+    row = int(str(item["row"]).strip()) - 1  # checked by _readable_failure inside the retry
+    return row, str(item.get("error") or item.get("message") or "")
 
 
 def _members_of(body: Any) -> list[dict[str, Any]]:

@@ -417,3 +417,15 @@ def test_events_per_batch_comes_from_the_integration_file():
         events_per_batch=250,
     )
     assert resource.client().events_per_batch == 250
+
+
+@pytest.mark.parametrize("row", ["n/a", None, 1.5, True])
+def test_a_stored_import_whose_failed_rows_cannot_be_read_is_uncertain_not_failed(row):
+    """The list took the file; an answer we can't map to rows must hold the batch, since a
+    "nothing stored" reading would send it again (a review found 4 of 4 events duplicated)."""
+    answer = {"status": "success", "imported": 1, "failed": [{"row": row, "error": "x"}]}
+    handler, seen = recorder(httpx.Response(200, json=answer))
+    columns = ["email", "product_name"]
+    with pytest.raises(UncertainOutcome):
+        make_client(handler).send_events("99", "email", columns, [{"email": "a@b.dk"}] * 2)
+    assert len(seen) == 1  # not retried: the import is not idempotent

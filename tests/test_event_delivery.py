@@ -201,6 +201,18 @@ def test_held_events_are_resent_only_when_a_user_asks(sandbox, warehouse):
     assert statuses == {"released": 1, "done": 3}
 
 
+def test_resend_uncertain_releases_only_batches_held_before_the_run(sandbox, warehouse):
+    """A user who checked batch A and asks to resend it must not also resend batch B, which a
+    run killed after the list stored it left in flight meanwhile."""
+    run(warehouse, client_for(sandbox, answered(502)), "run-1")  # A: uncertain, nothing stored
+    with pytest.raises(Killed):  # B: stored by the list, the run dies before booking it
+        run(warehouse, client_for(sandbox, stored_then(Killed)), "run-2")
+    resent = run(warehouse, client_for(sandbox), "run-3", resend_uncertain=True)
+    assert (resent.released, resent.uncertain) == (BATCH, BATCH)  # A released, B found and held
+    assert duplicates(sandbox) == 0
+    assert sorted(on_the_list(sandbox).values()) == [1] * EVENTS
+
+
 class ReadableFeed(HeyloyaltyClient):
     """A target that can read its feed back (as a future one might): resolves exactly."""
 
