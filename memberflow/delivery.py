@@ -336,6 +336,16 @@ def choice_option_id(name: str, spec: ListField, value: Any) -> str:
 #   who both appeared and unsubscribed is one chunk's sending time.
 
 
+# Statuses that say "try later", not "this member is refused": after the client's retries are
+# spent they are transient errors (the run fails and the member is sent again), never a refusal.
+_NOT_REFUSALS = frozenset({408, 425, 429})
+
+
+def is_refusal(exc: VendorError) -> bool:
+    """A 4xx that judges the request (bad value, unknown field), not one asking us to wait."""
+    return 400 <= exc.status < 500 and exc.status not in _NOT_REFUSALS
+
+
 def deliver_members(
     conn: duckdb.DuckDBPyConnection,
     client: TargetClient,
@@ -357,16 +367,19 @@ def deliver_members(
     report.skipped_by_import_type = counts.get("import_type", 0)
     outcomes = _Outcomes(conn, report, recreate)
     existing = _plan_rows(conn, "action IN ('update', 'remove')")
-    outcomes.take(_send_all(client, settings, existing, fields, list_fields))
     creates = _plan_rows(conn, "action = 'create'")
-    cursor: datetime | None = None
-    for start in range(0, len(creates), CREATE_CHUNK):
-        before = client.calls.total
-        cursor = refresh_feedback(conn, client, settings.list_id, settings.match_on, cursor)
-        report.refresh_calls += client.calls.total - before
-        chunk = _route_appeared(conn, creates[start : start + CREATE_CHUNK])
-        outcomes.take(_send_all(client, settings, chunk, fields, list_fields))
-    outcomes.flush()
+    try:
+        outcomes.take(_send_all(client, settings, existing, fields, list_fields))
+        cursor: datetime | None = None
+        for start in range(0, len(creates), CREATE_CHUNK):
+            before = client.calls.total
+            cursor = refresh_feedback(conn, client, settings.list_id, settings.match_on, cursor)
+            report.refresh_calls += client.calls.total - before
+            chunk = _route_appeared(conn, creates[start : start + CREATE_CHUNK])
+            outcomes.take(_send_all(client, settings, chunk, fields, list_fields))
+    finally:
+        # Whatever stops delivery, what the list acknowledged is recorded (never resent).
+        outcomes.flush()
     attempted = [row["match_key"] for row in existing + creates]
     _quarantine_outcomes(conn, settings, attempted, report)
     return report
@@ -435,7 +448,7 @@ def _send_one(
     try:
         result = client.upsert_member(settings.list_id, settings.match_on, values, settings.flags)
     except VendorError as exc:
-        if 400 <= exc.status < 500:
+        if is_refusal(exc):
             refusal = {"match_key": key, "reason": exc.message}
             return {"action": "refused", "refused": refusal, "checked": checked}
         return {"action": "error", "error": f"{key}: {exc}", "checked": checked}
@@ -463,7 +476,7 @@ def _remove_one(
     try:
         client.remove_member(settings.list_id, member_id)
     except VendorError as exc:
-        if 400 <= exc.status < 500:
+        if is_refusal(exc):
             return {"action": "refused", "refused": {"match_key": key, "reason": exc.message}}
         return {"action": "error", "error": f"{key}: {exc}"}
     ack = {

@@ -30,3 +30,13 @@ def test_a_choice_with_no_such_option_is_dropped_and_reported_not_the_member():
     assert values == {"email": "a@example.dk", "mobile": "4512345678"}
     ((field, reason),) = dropped
     assert field == "sex" and "'Female'" in reason and "1=Mand" in reason
+
+
+def test_only_a_judging_4xx_is_a_refusal_not_one_asking_to_wait():
+    from memberflow.delivery import is_refusal
+    from resources.base import VendorError
+
+    assert is_refusal(VendorError("heyloyalty", 400, "Unknown field: shoe_size"))
+    assert not is_refusal(VendorError("heyloyalty", 429, "Too Many Requests"))
+    assert not is_refusal(VendorError("heyloyalty", 408, "Request Timeout"))
+    assert not is_refusal(VendorError("heyloyalty", 0, "could not reach api: read timeout"))
