@@ -176,17 +176,38 @@ def _write_batch(folder: Path, rows: dict[str, list[Any]], schema: pa.Schema = S
     return path
 
 
+REPLACED = ".replaced"  # suffix of a day's old folder parked inside `.incoming-*` during a swap
+
+
 def _swap_in(base: Path, incoming: Path, days: list[date]) -> None:
-    """Replace each day folder of `days` with the freshly fetched one (empty if none came)."""
+    """Replace each day folder of `days` with the freshly fetched one (empty if none came).
+
+    Never delete before the new folder is in place: the old one is first parked inside
+    `incoming` (a rename on the same disk), so a crash mid-swap leaves every day either in its
+    place or in `incoming`, from where `undo_interrupted_swap` puts it back."""
     for day in days:
         old = base / day.isoformat()
+        parked = incoming / f"{day.isoformat()}{REPLACED}"
         if old.exists():
-            shutil.rmtree(old)
+            incoming.mkdir(parents=True, exist_ok=True)
+            old.rename(parked)
         new = incoming / day.isoformat()
         if new.exists():
             new.rename(old)
     if incoming.exists():
         shutil.rmtree(incoming)
+
+
+def undo_interrupted_swap(incoming: Path) -> list[str]:
+    """Put back the day folders a crashed backfill had parked in `incoming` and not yet
+    replaced (its run failed, so what is staged still matches the old files); returns them."""
+    restored = []
+    for parked in sorted(incoming.glob(f"*{REPLACED}")):
+        day = incoming.parent / parked.name.removesuffix(REPLACED)
+        if not day.exists():
+            parked.rename(day)
+            restored.append(str(day))
+    return restored
 
 
 def day_files(integration: str, entity: str, days: Iterable[date] | None = None) -> list[str]:

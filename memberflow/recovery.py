@@ -71,7 +71,12 @@ class Recovery:
 
     def lines(self) -> list[str]:
         out = [r.describe() for r in self.runs]
-        return out + [f"removed orphan landing temp {path}" for path in self.removed]
+        return out + [
+            f"{path} (its backfill was killed mid-swap)"
+            if path.startswith("restored ")
+            else f"removed orphan landing temp {path}"
+            for path in self.removed
+        ]
 
 
 def run_tags() -> dict[str, str]:
@@ -237,6 +242,7 @@ def sweep_orphan_temp_files(instance: dg.DagsterInstance) -> list[str]:
         if not path.exists() or _newest_mtime(path) >= cutoff:
             continue
         if path.is_dir():
+            removed += [f"restored {day}" for day in landing.undo_interrupted_swap(path)]
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

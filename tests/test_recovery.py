@@ -159,6 +159,26 @@ def test_orphan_landing_temp_files_are_removed_but_a_live_runs_are_kept(instance
     assert kept.exists() and live_tmp.exists()
 
 
+def test_a_backfill_killed_mid_swap_gets_its_old_day_back(instance, data_dir):
+    """The swap parks the old day inside `.incoming-*` before moving the new one in; a kill
+    between the two must not lose the day when recovery clears the orphan folder."""
+    entity = data_dir / "landing" / "demo_flexpos" / "journals"
+    incoming = entity / ".incoming-5678efgh"
+    parked = incoming / "2026-01-06.replaced"
+    parked.mkdir(parents=True)
+    (parked / "old.parquet").write_bytes(b"the day's landed file")
+    (incoming / "2026-01-06").mkdir()  # the new folder, never moved in
+    past = time.time() - 60
+    for path in (incoming, parked, parked / "old.parquet", incoming / "2026-01-06"):
+        os.utime(path, (past, past))
+
+    outcome = recovery.recover(instance)
+
+    assert (entity / "2026-01-06" / "old.parquet").read_bytes() == b"the day's landed file"
+    assert not incoming.exists()
+    assert f"restored {entity / '2026-01-06'}" in outcome.removed
+
+
 def test_the_cli_prints_what_it_recovered(instance, data_dir, monkeypatch, tmp_path):
     from click.testing import CliRunner
 
