@@ -80,8 +80,20 @@ def reconcile(
     if not why:
         return Reconciliation(on_list, acknowledged, "", frozenset(), 0)
     listed = read_members(client, list_id, match_on, None)
-    missing, events = _forget_missing(conn, listed)
-    set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
+    if on_list is not None and len(listed) < on_list:
+        # Page-number listings skip members when others are deleted meanwhile, and a short page
+        # ends the listing early: forgetting on a listing that doesn't add up to the list's own
+        # count would resend members' events needlessly. Try again next run.
+        why = f"{why}; not acted on: the listing gave {len(listed)} of {on_list} members"
+        return Reconciliation(on_list, acknowledged, why, frozenset(), 0)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        missing, events = _forget_missing(conn, listed)
+        set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
     return Reconciliation(on_list, acknowledged, why, missing, events)
 
 
