@@ -40,3 +40,31 @@ def test_only_a_judging_4xx_is_a_refusal_not_one_asking_to_wait():
     assert not is_refusal(VendorError("heyloyalty", 429, "Too Many Requests"))
     assert not is_refusal(VendorError("heyloyalty", 408, "Request Timeout"))
     assert not is_refusal(VendorError("heyloyalty", 0, "could not reach api: read timeout"))
+
+
+def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
+    """Page-number listings skip members when others are deleted meanwhile: acting on one that
+    doesn't add up to the list's count would recreate members and resend their events."""
+    import duckdb
+
+    from memberflow import reconcile
+    from memberflow.delivery import ensure_state
+    from resources.base import RemoteMember
+
+    class ShortListing:
+        def member_count(self, list_id):
+            return 3
+
+        def iter_members(self, list_id, since):
+            yield RemoteMember("m1", "a@x.dk", None, "active", "active", None, None)
+
+    conn = duckdb.connect()
+    ensure_state(conn)
+    conn.execute(
+        "INSERT INTO sync_state VALUES ('a@x.dk', 'm1', 'h', 'create', now(), false), "
+        "('b@x.dk', 'm2', 'h', 'create', now(), false), "
+        "('c@x.dk', 'm3', 'h', 'create', now(), false)"
+    )
+    found = reconcile.reconcile(conn, ShortListing(), "4711", "email")
+    assert found.missing == frozenset() and "not acted on" in found.full_listing
+    assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
