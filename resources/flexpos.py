@@ -1,8 +1,9 @@
 """Amero/FlexPOS source client: customers and journals from the POS API, tickets and memberships
 from the optional Attractions API (FP4).
 
-Everything about the wire is the designed contract of shared/apis/flexpos.md section 5 (FP-A*);
-when real documentation arrives, change it there and here.
+FlexPOS publishes no API documentation: everything about the wire is memberflow's designed
+contract, the labelled assumptions FP-A* (summarised in the README) that this client and the
+emulator in sandbox/ both implement; when real documentation arrives, change it here.
 """
 
 from __future__ import annotations

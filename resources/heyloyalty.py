@@ -1,7 +1,8 @@
 """Heyloyalty target client: list fields, member upserts and read-back, and BI tracking imports.
 
-Auth and endpoints are confirmed in shared/apis/heyloyalty.md sections 1-2; where they are not,
-this client follows the assumed contract of section 5 (HL-A*).
+Auth (HMAC over a timestamp) and the endpoints follow Heyloyalty's published API; where it is
+silent, this client follows one labelled assumption (HL-A*, summarised in the README) that the
+emulator in sandbox/ implements too.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Ticketmaster client-data source client: consented customers (TM2) and orders with their ticket
 lines (TM3).
 
-The wire format is the designed contract of shared/apis/ticketmaster.md section 5 (TM-A*); the
-product behind "apikey + market code + username + password" is not publicly documented.
+The product behind "apikey + market code + username + password" is not publicly documented:
+the wire format is memberflow's designed contract, the labelled assumptions TM-A* (summarised in
+the README) that this client and the emulator in sandbox/ both implement.
 """
 
 from __future__ import annotations

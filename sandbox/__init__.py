@@ -1,7 +1,9 @@
 """Local emulators of the vendor APIs (FlexPOS, Heyloyalty, Ticketmaster, and every module that
 defines an `EMULATOR`, e.g. Teyca) with generated data.
 
-Written from `shared/apis/*.md` only, never from the project's clients, so the end-to-end tests
-catch a client that misreads the contract. Start one with `sandbox.server.SandboxServer`; vendor
-modules are discovered (`sandbox.emulator`, `sandbox.app.discovered_emulators`), not listed.
+Written from each vendor's published API and memberflow's labelled assumptions (FP-A*, TM-A*,
+HL-A*, TY-A*, AX-A*; see the README), never from the project's clients, so the end-to-end
+tests catch a client that misreads the contract. Start one with `sandbox.server.SandboxServer`;
+vendor modules are discovered (`sandbox.emulator`, `sandbox.app.discovered_emulators`), not
+listed.
 """
