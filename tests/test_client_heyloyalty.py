@@ -17,6 +17,7 @@ import pytest
 
 from resources.base import UncertainOutcome, UpsertFlags, VendorError
 from resources.heyloyalty import HeyloyaltyClient
+from tests.scripted import scripted
 
 BASE = "http://hl.test/heyloyalty/loyalty/v1"
 BI = "http://hl.test/heyloyalty/bi/api"
@@ -290,16 +291,7 @@ def test_unauthorized_is_not_retried_and_hides_the_secret():
 
 
 def scripted_client(*answers, max_tries: int = 5):
-    queue = list(answers)
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        item = queue.pop(0) if len(queue) > 1 else queue[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
+    handler, seen = scripted(*answers)
     client = HeyloyaltyClient(
         base_url=BASE,
         bi_base_url=BI,

@@ -18,23 +18,9 @@ from resources.http import (
     redact_query_secrets,
     vendor_message,
 )
+from tests.scripted import scripted
 
 SECRET = "s3cr3t-apikey-value"
-
-
-def scripted(*responses: httpx.Response | Exception):
-    """A MockTransport handler answering with `responses` in order; records the requests."""
-    queue = list(responses)
-    seen: list[httpx.Request] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        item = queue.pop(0) if len(queue) > 1 else queue[0]
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    return handler, seen
 
 
 def make_http(handler, waits: list[float], **kwargs) -> VendorHttp:

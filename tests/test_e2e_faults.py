@@ -51,7 +51,7 @@ def sync_until_done(h: Harness, runs: list[str]) -> list[str]:
 def environment(mp: pytest.MonkeyPatch, data_dir, url: str) -> None:
     mp.setenv("MEMBERFLOW_DATA_DIR", str(data_dir))
     mp.setenv("MEMBERFLOW_SANDBOX_URL", url)
-    mp.setenv("MEMBERFLOW_HTTP_TIMEOUT", "2")  # once the client reads it, a hang outlasts it
+    mp.setenv("MEMBERFLOW_HTTP_TIMEOUT", "2")  # the proxy's 3 s hangs outlast it
     for name, value in SANDBOX_ENV.items():
         mp.setenv(name, value)
 
