@@ -46,11 +46,6 @@ def shown(value: str, limit: int = 40) -> str:
     return repr(value[:limit]) + f"... ({len(value)} characters)"
 
 
-def nones(index: pd.Index) -> pd.Series:
-    """An object column of real Nones (pd.Series(None, dtype=object) holds NaN instead)."""
-    return pd.Series([None] * len(index), index=index, dtype=object)
-
-
 def _per_distinct(series: pd.Series, fn: Callable[[str], Result]) -> tuple[pd.Series, pd.Series]:
     """Apply `fn` once per distinct present value and spread the results back by position."""
     codes, uniques = pd.factorize(series, use_na_sentinel=True)

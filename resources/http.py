@@ -429,10 +429,6 @@ def redact_query_secrets(text: str) -> str:
     return _SECRET_PARAM_RE.sub(lambda m: f"{m.group(1)}={_MASK}", text)
 
 
-def redact_url(url: str | httpx.URL) -> str:
-    return redact_query_secrets(str(url))
-
-
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """Seconds asked by a `Retry-After` header: delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
     if not value:
