@@ -13,11 +13,28 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
-FIELD_TYPES = {"text", "email", "mobile", "date", "datetime", "number", "boolean", "choice"}
+FIELD_TYPES = {
+    "text",
+    "email",
+    "mobile",
+    "date",
+    "datetime",
+    "number",
+    "boolean",
+    "choice",
+    "present",
+    "object",
+}
+RULE_KEYS = frozenset(
+    {"path", "type", "values", "value", "required", "format", "timezone", "true_values", "strip"}
+)
+# The computed canonical field: "<source kind>:<record id>", never read from a payload.
+EXTERNAL_ID = "external_id"
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _TARGET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -36,8 +53,15 @@ class FieldRule:
     values: tuple[tuple[str, str], ...] = ()
     value: str | None = None
     required: bool = False
+    format: str | None = None  # strptime format of this field's dates; else the integration's
+    timezone: str | None = None  # IANA zone of naive datetimes; else UTC
+    true_values: tuple[str, ...] = ()  # boolean: texts meaning true (lower-case); others false
+    strip: str = ""  # characters removed before a number is parsed ("%" for "10%")
+    fields: tuple[FieldRule, ...] = ()  # type object: its members, paths relative to the record
 
     def describe(self) -> str:
+        if self.type == "object":
+            return "{" + ", ".join(f"{f.target}: {f.describe()}" for f in self.fields) + "}"
         return f"{self.value!r}" if self.path is None else self.path
 
 
@@ -158,20 +182,28 @@ RESERVED = frozenset(
         "event_hash",
         "line",
         "action",
+        "deleted",
+        EXTERNAL_ID,
     }
 )
+DELETED_FLAG = "_memberflow_deleted"  # a raw record with this key true is a tombstone
 
 
-def _field_rule(name: str, spec: Any, where: str) -> FieldRule:
+def _field_rule(name: str, spec: Any, where: str, nested: bool = False) -> FieldRule:
     if not _TARGET_NAME.match(name):
         raise MappingError(f"{where}: target field name must be letters, digits and _")
-    if name in RESERVED or name.startswith("_"):
+    if not nested and (name in RESERVED or name.startswith("_")):
         raise MappingError(f"{where}: {name!r} is a name memberflow uses itself; pick another")
     if isinstance(spec, str):
         spec = {"path": spec}
     if not isinstance(spec, dict):
         raise MappingError(f"{where}: expected a path string or a mapping, got {spec!r}")
-    unknown = set(spec) - {"path", "type", "values", "value", "required"}
+    kind = spec.get("type", "text")
+    if kind not in FIELD_TYPES:
+        raise MappingError(f"{where}: type {kind!r} is not one of {sorted(FIELD_TYPES)}")
+    if kind == "object":
+        return _object_rule(name, spec, where, nested)
+    unknown = set(spec) - RULE_KEYS
     if unknown:
         raise MappingError(f"{where}: unknown key(s) {sorted(unknown)}")
     path, value = spec.get("path"), spec.get("value")
@@ -179,12 +211,11 @@ def _field_rule(name: str, spec: Any, where: str) -> FieldRule:
         raise MappingError(f"{where}: give exactly one of 'path' or 'value'")
     if path is not None and not _PATH.match(str(path)):
         raise MappingError(f"{where}: path {path!r} is not a dot-path like cards.Cardnumber")
-    kind = spec.get("type", "text")
-    if kind not in FIELD_TYPES:
-        raise MappingError(f"{where}: type {kind!r} is not one of {sorted(FIELD_TYPES)}")
     values = spec.get("values") or {}
     if kind == "choice" and not isinstance(values, dict):
         raise MappingError(f"{where}: 'values' must map source values to option labels")
+    _check_extras(spec, kind, where)
+    true_values = spec.get("true_values") or ()
     return FieldRule(
         target=name,
         path=None if path is None else str(path),
@@ -192,6 +223,48 @@ def _field_rule(name: str, spec: Any, where: str) -> FieldRule:
         values=tuple((str(k), str(v)) for k, v in values.items()),
         value=None if value is None else str(value),
         required=bool(spec.get("required", False)),
+        format=None if spec.get("format") is None else str(spec["format"]),
+        timezone=None if spec.get("timezone") is None else str(spec["timezone"]),
+        true_values=tuple(str(v).strip().lower() for v in true_values),
+        strip=str(spec.get("strip") or ""),
+    )
+
+
+def _check_extras(spec: dict[str, Any], kind: str, where: str) -> None:
+    """The type-specific keys only make sense with their type; a stray one is a typo."""
+    allowed = {
+        "format": {"date", "datetime"},
+        "timezone": {"datetime"},
+        "true_values": {"boolean"},
+        "strip": {"number"},
+    }
+    for key, kinds in allowed.items():
+        if key in spec and kind not in kinds:
+            raise MappingError(f"{where}: {key!r} applies to type {'/'.join(sorted(kinds))} only")
+    if "timezone" in spec:
+        try:
+            ZoneInfo(str(spec["timezone"]))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise MappingError(
+                f"{where}: timezone {spec['timezone']!r} is not an IANA zone"
+            ) from None
+    if "true_values" in spec and not isinstance(spec["true_values"], list):
+        raise MappingError(f"{where}: 'true_values' must be a list of texts")
+
+
+def _object_rule(name: str, spec: dict[str, Any], where: str, nested: bool) -> FieldRule:
+    """type object: `fields: {name: rule}` read from the same record into one JSON object."""
+    if nested:
+        raise MappingError(f"{where}: an object cannot hold another object")
+    unknown = set(spec) - {"type", "fields", "required"}
+    if unknown:
+        raise MappingError(f"{where}: unknown key(s) {sorted(unknown)} (type object takes fields)")
+    members = spec.get("fields")
+    if not isinstance(members, dict) or not members:
+        raise MappingError(f"{where}: type object needs 'fields: {{name: rule, ...}}'")
+    rules = tuple(_field_rule(str(k), v, f"{where}.{k}", nested=True) for k, v in members.items())
+    return FieldRule(
+        target=name, type="object", required=bool(spec.get("required", False)), fields=rules
     )
 
 
@@ -219,6 +292,13 @@ def json_path_sql(column: str, path: str, separator: str) -> str:
 
 def rule_sql(rule: FieldRule, record_col: str, line_col: str | None, separator: str) -> str:
     """The DuckDB expression for one rule, reading `line.` paths from the exploded line."""
+    if rule.type == "object":
+        # Raw texts of the members, normalised one by one later (memberflow.validation).
+        pairs = ", ".join(
+            f"{_sql_str(f.target)}, {rule_sql(f, record_col, line_col, separator)}"
+            for f in rule.fields
+        )
+        return f"json_object({pairs})::VARCHAR"
     if rule.path is None:
         return _sql_str(rule.value or "")
     if rule.path.startswith("line.") and line_col is not None:

@@ -1,39 +1,65 @@
-"""The model of one target list: `members` (one row per match key, across every source that feeds
-the list) and `tracking_events` (every staged event whose customer is a member).
+"""The model of one target list: `member_profile` (canonical fields, one row per match key, across
+every source that feeds the list), `members` (the same members under the target's field names)
+and `tracking_events` (every staged event whose customer is a member).
 
-Precedence across sources (X6), documented in the README: for each field, the non-empty value of
-the most recently modified source record wins; ties go to the integration whose name sorts first.
-A consent withdrawn at any source (consent false after it was true) withdraws the member: it is
-taken off the list and not sent again until that source gives consent anew.
+Precedence across records (X6), documented in the README: for each field, the non-empty value of
+the most recently modified source record wins; ties go to the integration whose name sorts first,
+then to the lowest record id. A consent withdrawn at any source (consent false after it was true)
+withdraws the member: it is taken off the list and not sent again until that source gives consent
+anew. A record the source deleted only withdraws its member when no live record shares the key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import duckdb
 
-from memberflow.mapping import EntityMapping
+from memberflow.mapping import EXTERNAL_ID, EntityMapping
+from memberflow.segments import SegmentSettings, build_segments
 from memberflow.staging import stage_table
+from memberflow.target_mapping import TargetField, TargetMapping, identity
 
 INTERNAL = ("match_key", "sources", "source_records", "modified", "withdrawn", "fields_hash")
 
 
 @dataclass(frozen=True)
 class Feed:
-    """One integration feeding the list: its member mapping and its event mappings."""
+    """One integration feeding the list: its member mapping, its event mappings and the target's
+    field names (None: every canonical field under its own name)."""
 
     integration: str
     members: EntityMapping
     events: tuple[EntityMapping, ...]
+    target: TargetMapping | None = None
 
 
-def member_fields(feeds: list[Feed]) -> list[str]:
-    """Every target field any feed maps, in first-seen order."""
+def canonical_fields(feeds: list[Feed]) -> list[str]:
+    """Every canonical field any feed's source mapping produces, in first-seen order, then the
+    computed `external_id`."""
     names: list[str] = []
     for feed in feeds:
         names += [r.target for r in feed.members.fields if r.target not in names]
-    return names
+    return [*names, EXTERNAL_ID]
+
+
+def target_columns(feeds: list[Feed]) -> list[TargetField]:
+    """The `members` columns named as the target names them (feeds on one list share a target)."""
+    mapping = next((f.target for f in feeds if f.target is not None), None) or identity()
+    return mapping.columns(canonical_fields(feeds))
+
+
+def member_fields(feeds: list[Feed]) -> list[str]:
+    """Every target field the list's members carry, by the target's names (what C7 checks)."""
+    return [c.name for c in target_columns(feeds)]
+
+
+def match_field(feeds: list[Feed], match_on: str) -> str | None:
+    """The target field that carries the match key (None: the target gets it another way)."""
+    mapping = next((f.target for f in feeds if f.target is not None), None) or identity()
+    return mapping.match_field(match_on)
 
 
 def event_columns(feeds: list[Feed]) -> list[str]:
@@ -51,47 +77,24 @@ def _existing(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(row[0])
 
 
-def build_members(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> dict[str, int]:
-    """Rebuild `members` from every feed's staged customers; returns counts for metadata."""
-    fields = member_fields(feeds)
-    tables = {f.integration: stage_table(f.integration, f.members.entity) for f in feeds}
-    parts = [
-        f"SELECT '{name}' AS integration, * FROM {table}"
-        for name, table in tables.items()
-        if _existing(conn, table)
-    ]
-    if not parts:
-        parts = [
-            "SELECT NULL::VARCHAR AS integration, NULL::VARCHAR AS match_key, "
-            "NULL::TIMESTAMPTZ AS modified, NULL::BOOLEAN AS consent, "
-            "NULL::BOOLEAN AS ever_consented LIMIT 0"
-        ]
-    picks = ",\n".join(
-        f"""arg_max("{name}", (modified, -rank)) FILTER (WHERE "{name}" IS NOT NULL) AS "{name}\""""
-        for name in fields
-    )
-    hashed = ", ".join(f"'{n}', \"{n}\"" for n in fields)
-    union = "\nUNION ALL BY NAME\n".join(parts)
-    typed = ", ".join(f'NULL::VARCHAR AS "{n}"' for n in fields)
-    conn.execute(
-        f"""
-        CREATE OR REPLACE TABLE members AS
-        WITH contrib AS (
-            SELECT * FROM (SELECT {typed}, NULL::VARCHAR AS integration LIMIT 0)
-            UNION ALL BY NAME {union}),
-        ranked AS (
-            SELECT *, dense_rank() OVER (ORDER BY integration) AS rank FROM contrib
-            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented)),
-        grouped AS (
-            SELECT match_key, {picks},
-                list(DISTINCT integration ORDER BY integration) AS sources,
-                count(*) AS source_records,
-                max(modified) AS modified,
-                bool_or(consent = false AND ever_consented) AS withdrawn
-            FROM ranked GROUP BY match_key)
-        SELECT *, md5(json_object({hashed})::VARCHAR) AS fields_hash FROM grouped
-        """
-    )
+def build_members(
+    conn: duckdb.DuckDBPyConnection,
+    feeds: list[Feed],
+    segments: Sequence[SegmentSettings] = (),
+    today: date | None = None,
+    timezone: str = "UTC",
+) -> dict[str, int]:
+    """Rebuild `member_profile` (canonical fields) and `members` (the target's fields) from every
+    feed's staged customers; with `segments`, also the segment tables and `members.groups`.
+    Returns counts for metadata."""
+    _build_member_records(conn, feeds)
+    _build_profile(conn, canonical_fields(feeds))
+    counts: dict[str, int] = {}
+    if segments:
+        groups = build_segments(conn, list(segments), today or date.today(), timezone)
+        counts["segment_members"] = int(sum(groups.values()))
+    _build_target_rows(conn, target_columns(feeds), with_groups=bool(segments))
+    conn.execute("DROP TABLE member_records")
     row = conn.execute(
         """SELECT count(*), count(*) FILTER (WHERE len(sources) > 1),
                   count(*) FILTER (WHERE withdrawn), coalesce(sum(source_records), 0)
@@ -102,7 +105,120 @@ def build_members(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> dict[st
         "merged_across_sources": row[1],
         "withdrawn": row[2],
         "source_records": int(row[3]),
+        **counts,
     }
+
+
+def _build_member_records(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> None:
+    """Temp table `member_records`: every staged record that contributes to a member, ranked.
+
+    A record never consented is no member. A deleted record (a tombstone) contributes nothing
+    while another live record shares its match key; a member whose records are all deleted
+    keeps their last values and is withdrawn. `rank` orders records for ties and lists: by
+    integration name, then record id (numerically when ids are numbers).
+    """
+    fields = canonical_fields(feeds)
+    tables = {f.integration: stage_table(f.integration, f.members.entity) for f in feeds}
+    parts = [
+        f"SELECT '{name}' AS integration, * FROM {table}"
+        for name, table in tables.items()
+        if _existing(conn, table)
+    ]
+    typed = ", ".join(f'NULL::VARCHAR AS "{n}"' for n in fields)
+    empty = (
+        f"SELECT {typed}, NULL::VARCHAR AS integration, NULL::VARCHAR AS record_id, "
+        "NULL::VARCHAR AS match_key, NULL::TIMESTAMPTZ AS modified, NULL::BOOLEAN AS consent, "
+        "NULL::BOOLEAN AS ever_consented, NULL::BOOLEAN AS deleted LIMIT 0"
+    )
+    union = "".join(f"\nUNION ALL BY NAME {part}" for part in parts)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE member_records AS
+        WITH contrib AS ({empty}{union}),
+        ranked AS (
+            SELECT *, NOT coalesce(deleted, false) AS live,
+                dense_rank() OVER (ORDER BY integration,
+                    try_cast(record_id AS HUGEINT) NULLS LAST, record_id) AS rank
+            FROM contrib
+            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented))
+        SELECT * FROM ranked QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key)
+        """
+    )
+
+
+def _build_profile(conn: duckdb.DuckDBPyConnection, fields: list[str]) -> None:
+    """`member_profile`: one row per match key; per field the non-empty value of the most
+    recently modified record wins, ties to the lower rank (X6)."""
+    picks = ",\n".join(
+        f"""arg_max("{name}", (modified, -rank)) FILTER (WHERE "{name}" IS NOT NULL) AS "{name}\""""
+        for name in fields
+    )
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TABLE member_profile AS
+        SELECT match_key, {picks},
+            list(DISTINCT integration ORDER BY integration) AS sources,
+            count(*) AS source_records,
+            max(modified) AS modified,
+            bool_or(consent = false AND ever_consented) AS withdrawn
+        FROM member_records GROUP BY match_key
+        """
+    )
+
+
+def _build_target_rows(
+    conn: duckdb.DuckDBPyConnection, columns: list[TargetField], with_groups: bool
+) -> None:
+    """`members`: the profile under the target's field names, values translated, collected
+    fields as lists; `fields_hash` over the target columns (what delivery compares)."""
+    joins, selects = [], []
+    for i, col in enumerate(columns):
+        if col.collect:
+            alias = f"c{i}"
+            joins.append(
+                f"""LEFT JOIN (
+                    SELECT match_key, list(v ORDER BY r) AS v FROM (
+                        SELECT match_key, {_translated(col, f'"{col.source}"')} AS v,
+                            min(rank) AS r
+                        FROM member_records WHERE "{col.source}" IS NOT NULL GROUP BY ALL)
+                    WHERE v IS NOT NULL GROUP BY match_key) {alias} USING (match_key)"""
+            )
+            selects.append(f'{alias}.v AS "{col.name}"')
+        else:
+            selects.append(f'{_translated(col, f"p.{_q(col.source)}")} AS "{col.name}"')
+    if with_groups:
+        joins.append(
+            """LEFT JOIN (SELECT match_key, list(DISTINCT group_name ORDER BY group_name) AS g
+                          FROM segment_members GROUP BY match_key) sg USING (match_key)"""
+        )
+        selects.append("coalesce(sg.g, []::VARCHAR[]) AS groups")
+    hashed = ", ".join(f"'{c.name}', \"{c.name}\"" for c in columns)
+    cols = "".join(f", {s}" for s in selects)
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TABLE members AS
+        WITH t AS (
+            SELECT p.match_key{cols}, p.sources, p.source_records, p.modified, p.withdrawn
+            FROM member_profile p {" ".join(joins)})
+        SELECT *, md5(json_object({hashed})::VARCHAR) AS fields_hash FROM t
+        """
+    )
+
+
+def _translated(col: TargetField, expr: str) -> str:
+    """`values:` applied in SQL: a canonical value without an entry is no value."""
+    if not col.values:
+        return expr
+    cases = " ".join(f"WHEN {_lit(k)} THEN {_lit(v)}" for k, v in col.values)
+    return f"CASE {expr} {cases} END"
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> dict[str, int]:

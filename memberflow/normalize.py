@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -127,24 +128,28 @@ def no_problems(index: pd.Index) -> pd.Series:
     return pd.Series([None] * len(index), index=index, dtype=object)
 
 
-def dates(series: pd.Series, fmt: str, with_time: bool) -> tuple[pd.Series, pd.Series]:
-    """Parse with the integration's date format (C6), falling back to ISO 8601.
+def dates(
+    series: pd.Series, fmt: str, with_time: bool, zone: str | None = None
+) -> tuple[pd.Series, pd.Series]:
+    """Parse with the field's or the integration's date format (C6), falling back to ISO 8601.
 
-    Returns `YYYY-MM-DD` (or `YYYY-MM-DD HH:MM:SS`, timezone dropped after conversion to UTC for
-    aware inputs). Years outside PLAUSIBLE_YEARS are a problem ("implausible date").
+    Returns `YYYY-MM-DD` (or `YYYY-MM-DD HH:MM:SS` in UTC: aware inputs are converted, naive
+    ones are read in `zone`, UTC when None). Years outside PLAUSIBLE_YEARS are a problem
+    ("implausible date").
     """
-    return _per_distinct(series, _date_parser(fmt, with_time))
+    return _per_distinct(series, date_parser(fmt, with_time, zone))
 
 
 @lru_cache(maxsize=64)
-def _date_parser(fmt: str, with_time: bool) -> Callable[[str], Result]:
+def date_parser(fmt: str, with_time: bool, zone: str | None = None) -> Callable[[str], Result]:
     out_fmt = "%Y-%m-%d %H:%M:%S" if with_time else "%Y-%m-%d"
+    tz = ZoneInfo(zone) if zone and with_time else None
 
     def one(value: str) -> Result:
         text = value.strip()
         if not text:
             return None, None
-        moment = _parse_date(text, fmt)
+        moment = _parse_date(text, fmt, tz)
         if moment is None:
             return None, f"unreadable date {shown(text)} (format {fmt})"
         low, high = PLAUSIBLE_YEARS
@@ -155,12 +160,14 @@ def _date_parser(fmt: str, with_time: bool) -> Callable[[str], Result]:
     return one
 
 
-def _parse_date(text: str, fmt: str) -> datetime | None:
+def _parse_date(text: str, fmt: str, zone: ZoneInfo | None = None) -> datetime | None:
     for parse in (lambda t: datetime.strptime(t, fmt), datetime.fromisoformat):
         try:
             moment = parse(text)
         except ValueError:
             continue
+        if moment.tzinfo is None and zone is not None:
+            moment = moment.replace(tzinfo=zone)  # a wall-clock time of the source's zone
         if moment.tzinfo is not None:
             try:
                 moment = moment.astimezone(UTC).replace(tzinfo=None)
@@ -170,9 +177,22 @@ def _parse_date(text: str, fmt: str) -> datetime | None:
     return None
 
 
-def numbers(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Decimal text (comma or point) -> canonical text; NaN, Infinity and huge values refused."""
-    return _per_distinct(series, _number_one)
+def numbers(series: pd.Series, strip: str = "") -> tuple[pd.Series, pd.Series]:
+    """Decimal text (comma or point) -> canonical text; NaN, Infinity and huge values refused.
+
+    `strip` lists characters removed first: a source that sends "10%" or "1 250" as text.
+    """
+    return _per_distinct(series, number_parser(strip))
+
+
+@lru_cache(maxsize=64)
+def number_parser(strip: str = "") -> Callable[[str], Result]:
+    table = str.maketrans("", "", strip)
+
+    def one(value: str) -> Result:
+        return _number_one(value.translate(table) if strip else value)
+
+    return one
 
 
 def _number_one(value: str) -> Result:
@@ -193,21 +213,41 @@ def _number_text(value: float) -> str | None:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def booleans(series: pd.Series) -> tuple[pd.Series, pd.Series]:
-    truth = {"true": "1", "1": "1", "yes": "1", "false": "0", "0": "0", "no": "0"}
+_TRUTH = {"true": "1", "1": "1", "yes": "1", "false": "0", "0": "0", "no": "0"}
 
+
+def booleans(series: pd.Series, true_values: tuple[str, ...] = ()) -> tuple[pd.Series, pd.Series]:
+    """ "1"/"0". With `true_values` (lower-case texts) those mean true and any other text false:
+    for sources that spell consent several ways ("да", "Yes", "1"); without, only the usual
+    spellings are read and anything else is a problem."""
+    return _per_distinct(series, boolean_parser(true_values))
+
+
+@lru_cache(maxsize=64)
+def boolean_parser(true_values: tuple[str, ...] = ()) -> Callable[[str], Result]:
     def one(value: str) -> Result:
         key = value.strip().lower()
         if not key:
             return None, None
-        return (truth[key], None) if key in truth else (None, f"not a boolean: {shown(value)}")
+        if true_values:
+            return ("1" if key in true_values else "0"), None
+        return (_TRUTH[key], None) if key in _TRUTH else (None, f"not a boolean: {shown(value)}")
 
-    return _per_distinct(series, one)
+    return one
+
+
+def present(series: pd.Series) -> pd.Series:
+    """ "1" where the value is there and not blank, "0" elsewhere (missing included)."""
+    has = series.map(lambda v: isinstance(v, str) and bool(v.strip()))
+    return has.map(lambda v: "1" if v else "0").astype(object)
 
 
 def choices(series: pd.Series, values: dict[str, str]) -> tuple[pd.Series, pd.Series]:
     """Source code -> option label; an unknown code is a quarantine reason (HL-A8)."""
+    return _per_distinct(series, choice_parser(values))
 
+
+def choice_parser(values: dict[str, str]) -> Callable[[str], Result]:
     def one(value: str) -> Result:
         if not value.strip():
             return None, None  # an empty code is an empty field, as for text
@@ -215,4 +255,4 @@ def choices(series: pd.Series, values: dict[str, str]) -> tuple[pd.Series, pd.Se
             return (values[value] or None), None  # an empty label means "leave the field empty"
         return None, f"no option for {shown(value)} (known: {', '.join(sorted(values))})"
 
-    return _per_distinct(series, one)
+    return one

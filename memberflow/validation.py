@@ -8,11 +8,14 @@ numbers have the shape the target expects.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+
 import pandas as pd
 import pandera.pandas as pa
 
 from memberflow import normalize
-from memberflow.mapping import EntityMapping, choice_values
+from memberflow.mapping import EntityMapping, FieldRule, choice_values
 
 _SHAPES = {
     "email": r"^[^@\s]+@[^@\s]+\.[^@\s]+$",
@@ -28,7 +31,8 @@ def schema_for(mapping: EntityMapping, match_on: str | None) -> pa.DataFrameSche
     """A pandera schema for the staged rows of one mapped entity."""
     columns: dict[str, pa.Column] = {"record_id": pa.Column(str, nullable=False)}
     for rule in mapping.fields:
-        checks = [pa.Check.str_matches(_SHAPES[rule.type])] if rule.type in _SHAPES else []
+        shape = _SHAPES.get("boolean" if rule.type == "present" else rule.type)
+        checks = [pa.Check.str_matches(shape)] if shape else []
         columns[rule.target] = pa.Column(
             object, checks=checks, nullable=not rule.required, required=True, coerce=False
         )
@@ -44,26 +48,83 @@ def normalise(
     row's problem with that field's value (None if fine). Whether a problem withholds the row or
     only drops the field is the caller's decision (match key and required fields vs the rest)."""
     issues: dict[str, pd.Series] = {}
-    mobile = normalize.mobile_for(phone_region)
     for rule in mapping.fields:
+        if rule.type == "present":
+            frame[rule.target] = normalize.present(frame[rule.target])
+            issues[rule.target] = normalize.no_problems(frame.index)
+            continue
+        if rule.type == "object":
+            parse = _object_parser(rule, date_format, phone_region)
+            values, typed = normalize._per_distinct(frame[rule.target], parse)
+            frame[rule.target] = values
+            issues[rule.target] = typed
+            continue
         column, plain_issues = normalize.plain(frame[rule.target])
-        if rule.type == "email":
-            values, typed = normalize._per_distinct(column, normalize.email)
-        elif rule.type == "mobile":
-            values, typed = normalize._per_distinct(column, mobile)
-        elif rule.type in ("date", "datetime"):
-            values, typed = normalize.dates(column, date_format, rule.type == "datetime")
-        elif rule.type == "number":
-            values, typed = normalize.numbers(column)
-        elif rule.type == "boolean":
-            values, typed = normalize.booleans(column)
-        elif rule.type == "choice":
-            values, typed = normalize.choices(column, choice_values(rule))
-        else:
+        parse = value_parser(rule, date_format, phone_region)
+        if parse is None:
             values, typed = column, normalize.no_problems(frame.index)
+        else:
+            values, typed = normalize._per_distinct(column, parse)
         frame[rule.target] = values
         issues[rule.target] = plain_issues.where(plain_issues.notna(), typed)
     return issues
+
+
+def value_parser(
+    rule: FieldRule, date_format: str, phone_region: str
+) -> Callable[[str], normalize.Result] | None:
+    """The one-value normaliser of a rule's type (None: text, kept as trimmed)."""
+    if rule.type == "email":
+        return normalize.email
+    if rule.type == "mobile":
+        return normalize.mobile_for(phone_region)
+    if rule.type in ("date", "datetime"):
+        return normalize.date_parser(
+            rule.format or date_format, rule.type == "datetime", rule.timezone
+        )
+    if rule.type == "number":
+        return normalize.number_parser(rule.strip)
+    if rule.type == "boolean":
+        return normalize.boolean_parser(rule.true_values)
+    if rule.type == "choice":
+        return normalize.choice_parser(choice_values(rule))
+    return None
+
+
+def _object_parser(
+    rule: FieldRule, date_format: str, phone_region: str
+) -> Callable[[str], normalize.Result]:
+    """A JSON object of raw member texts -> the object with each member normalised.
+
+    A bad member is left out of the object (its problem reported as `member: problem`); an
+    object with no member left is no value at all.
+    """
+    parsers = {f.target: (f, value_parser(f, date_format, phone_region)) for f in rule.fields}
+
+    def one(text: str) -> normalize.Result:
+        raw = json.loads(text) if isinstance(text, str) else {}
+        out: dict[str, object] = {}
+        problems = []
+        for name, (member, parse) in parsers.items():
+            value = raw.get(name)
+            if member.type == "present":
+                out[name] = "1" if isinstance(value, str) and value.strip() else "0"
+                continue
+            if value is None:
+                continue
+            clean, problem = normalize._plain_one(str(value))
+            if problem is None and clean is not None and parse is not None:
+                clean, problem = parse(clean)
+            if problem:
+                problems.append(f"{name}: {problem}")
+            elif clean is not None:
+                out[name] = clean
+        if not any(v is not None and v != "0" for k, v in out.items()):
+            out = {}
+        value = json.dumps(out, ensure_ascii=False, separators=(",", ":")) if out else None
+        return value, "; ".join(problems) or None
+
+    return one
 
 
 def row_problems(issues: dict[str, pd.Series], index: pd.Index) -> pd.Series:
