@@ -2,8 +2,13 @@
 feeds the list (X6), rebuilt in DuckDB SQL from the staged tables.
 """
 
+import os
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from pydantic import Field
 
 from assets import naming
 from memberflow import model
@@ -11,6 +16,34 @@ from memberflow.config import Integration
 from memberflow.masking import mask_match_key
 
 UNIQUE_CHECK = "one_row_per_match_key"
+TODAY_ENV = "MEMBERFLOW_TODAY"
+
+
+class ModelConfig(dg.Config):
+    """Per-run settings of the members model."""
+
+    today: str | None = Field(
+        default=None,
+        description="The day date segments are computed for (ISO date); default: env "
+        f"{TODAY_ENV}, else today in the integration's timezone. A fixed day replays a past run.",
+    )
+
+
+def resolve_today(today: str | None, timezone: str) -> date:
+    """The segments' day: the run's setting, else MEMBERFLOW_TODAY, else the local date."""
+    text = today or os.environ.get(TODAY_ENV)
+    if text:
+        return date.fromisoformat(text)
+    return datetime.now(ZoneInfo(timezone)).date()
+
+
+def list_segments(integrations: list[Integration]) -> list:
+    """Every segment any integration on the list defines, one per name (the first file's)."""
+    seen: dict[str, object] = {}
+    for integration in integrations:
+        for segment in integration.segments:
+            seen.setdefault(segment.name, segment)
+    return list(seen.values())
 
 
 def build_model_assets(
@@ -27,16 +60,19 @@ def build_model_assets(
         for m in f.events
     ]
     names = ", ".join(f"`{i.name}`" for i in integrations)
+    segments = list_segments(integrations)
 
     @dg.asset(
         key=members_key,
         group_name=list_key,
         deps=member_deps,
         description=(
-            f"One row per match key ({integrations[0].match_on}) for list "
-            f"{integrations[0].target.list_id}, merged from {names}. Per field the non-empty "
-            "value of the most recently modified source record wins (X6); a consent withdrawn "
-            "at a source marks the member withdrawn."
+            f"One row per match key ({integrations[0].match_on}) for target `{list_key}`, "
+            f"merged from {names} into `member_profile` (canonical fields) and `members` (the "
+            "target's field names). Per field the non-empty value of the most recently modified "
+            "source record wins, ties to the integration, then the record id, that sorts first "
+            "(X6); a consent withdrawn at a source marks the member withdrawn, and so does a "
+            "deletion at the source when no other live record shares the key."
         ),
         required_resource_keys={warehouse_key},
         pool=naming.pool(list_key),
@@ -44,10 +80,12 @@ def build_model_assets(
         tags={"memberflow/stage": "model"},
         check_specs=[dg.AssetCheckSpec(UNIQUE_CHECK, asset=members_key, blocking=True)],
     )
-    def _members(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    def _members(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
+        zone = integrations[0].timezone
+        today = resolve_today(config.today, zone) if segments else None
         with warehouse.get_connection() as conn:
-            counts = model.build_members(conn, feeds)
+            counts = model.build_members(conn, feeds, segments, today, zone)
             dupes = conn.execute(
                 "SELECT count(*) - count(DISTINCT match_key) FROM members"
             ).fetchall()[0][0]
@@ -62,6 +100,7 @@ def build_model_assets(
                 "merged_across_sources": counts["merged_across_sources"],
                 "source_records": counts["source_records"],
                 "withdrawn": counts["withdrawn"],
+                **({"segment_members": counts["segment_members"]} if segments else {}),
                 "preview": dg.MetadataValue.md(sample.to_markdown(index=False)),
             },
             check_results=[

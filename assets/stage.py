@@ -36,6 +36,7 @@ def stage_settings(integration: Integration, run_id: str) -> staging.StageSettin
         phone_region=integration.import_.phone_region,
         match_on=integration.match_on,
         run_id=run_id,
+        source_kind=integration.source.kind,
     )
 
 

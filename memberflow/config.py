@@ -9,15 +9,32 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from memberflow.mapping import MappingError, SourceEntities, available_entities, load_mapping
+from memberflow.mapping import (
+    EXTERNAL_ID,
+    MappingError,
+    SourceEntities,
+    available_entities,
+    load_mapping,
+)
+from memberflow.segments import SegmentSettings
+from memberflow.target_mapping import TargetMapping, TargetMappingError, load_target_mapping
 from resources.registry import SourceSection, TargetSection
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +91,18 @@ class Integration(_Strict):
     description: str = ""
     source: SourceSection
     target: TargetSection
-    match_on: Literal["email", "mobile"] = "email"
+    match_on: Literal["email", "mobile", "external_id"] = "email"
+    merge_by_phone: bool | None = Field(
+        default=None,
+        description="true: match_on mobile (records sharing a phone are one member); "
+        "false: match_on external_id (one member per source record)",
+    )
+    target_fields: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="overrides of the target mapping: target field -> canonical field, or null",
+    )
+    timezone: str = Field(default="UTC", description="IANA zone of the integration's calendar")
+    segments: list[SegmentSettings] = Field(default_factory=list)
     tracking: list[str] = Field(
         default_factory=list, description="event entities to fetch: journals, tickets, orders…"
     )
@@ -83,6 +111,23 @@ class Integration(_Strict):
     mapping: dict[str, dict[str, FieldOverride]] = Field(default_factory=dict)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone_is_known(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (expected an IANA name)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _merge_by_phone_sets_match_on(self) -> Integration:
+        """merge_by_phone picks match_on unless the file says it; a conflict is caught later
+        (_check_semantics), where the message can name the file and both keys."""
+        if self.merge_by_phone is not None and "match_on" not in self.model_fields_set:
+            self.match_on = "mobile" if self.merge_by_phone else "external_id"
+        return self
 
     @field_validator("name")
     @classmethod
@@ -163,7 +208,12 @@ def _check_semantics(path: Path, integration: Integration) -> None:
                 f"{path}: tracking: {kind!r} is not an event entity of "
                 f"{integration.source.kind} (expected one of {sorted(entities.events)})"
             )
+    _check_merge_by_phone(path, integration)
     _check_match_field(path, integration, entities)
+    try:
+        target_mapping_of(integration)
+    except TargetMappingError as exc:
+        raise IntegrationFileError(str(exc)) from None
     for entity in integration.mapping:
         if entity not in entities.all:
             raise IntegrationFileError(
@@ -172,8 +222,42 @@ def _check_semantics(path: Path, integration: Integration) -> None:
             )
 
 
+def _check_merge_by_phone(path: Path, integration: Integration) -> None:
+    if integration.merge_by_phone is None:
+        return
+    wanted = "mobile" if integration.merge_by_phone else EXTERNAL_ID
+    if integration.match_on != wanted:
+        flag = "true" if integration.merge_by_phone else "false"
+        raise IntegrationFileError(
+            f"{path}: match_on: {integration.match_on!r} conflicts with merge_by_phone: {flag} "
+            f"(which means match_on: {wanted}); set one of them"
+        )
+
+
+def target_mapping_of(integration: Integration) -> TargetMapping:
+    """The target kind's field names with the integration's `target_fields` applied."""
+    return load_target_mapping(
+        integration.target.kind,
+        integration.target_fields,
+        where=f"{integration.source_file}: target_fields",
+    )
+
+
+def check_match_on_supported(integration: Integration, match_keys: Iterable[str]) -> None:
+    """The target must recognise members by the integration's match key (its capabilities'
+    `match_keys`); raises IntegrationFileError naming the file and key otherwise."""
+    keys = sorted(match_keys)
+    if integration.match_on not in keys:
+        raise IntegrationFileError(
+            f"{integration.source_file}: match_on: {integration.match_on!r} is not a key "
+            f"{integration.target.kind} recognises members by (it takes: {', '.join(keys)})"
+        )
+
+
 def _check_match_field(path: Path, integration: Integration, entities: SourceEntities) -> None:
     """Without the match field mapped as its type, every customer would be quarantined."""
+    if integration.match_on == EXTERNAL_ID:
+        return  # computed from the record id, never mapped
     for entity in entities.members:
         try:
             mapping = load_mapping(
@@ -240,12 +324,13 @@ def _check_shared_lists(integrations: list[Integration]) -> None:
         if (
             item.target != other.target
             or item.match_on != other.match_on
+            or item.target_fields != other.target_fields
             or item.import_.model_dump(include=shared_import)
             != other.import_.model_dump(include=shared_import)
         ):
             raise IntegrationFileError(
                 f"{item.source_file}: target: list {item.target.list_id} of account "
                 f"{item.target.account!r} is also used by {other.source_file} with different "
-                "target, match_on or import settings; integrations on one list send one member "
-                "each, so they must agree"
+                "target, match_on, target_fields or import settings; integrations on one list "
+                "send one member each, so they must agree"
             )

@@ -21,7 +21,7 @@ import duckdb
 import pandas as pd
 
 from memberflow import landing, validation
-from memberflow.mapping import EntityMapping, FieldRule, rule_sql
+from memberflow.mapping import DELETED_FLAG, EXTERNAL_ID, EntityMapping, FieldRule, rule_sql
 
 CHUNK_ROWS = 50_000
 
@@ -83,6 +83,11 @@ class StageSettings:
     phone_region: str
     match_on: str
     run_id: str = ""
+    source_kind: str = ""  # for external_id ("<source kind>:<record id>"); else the integration
+
+    def external_id(self, record_ids: pd.Series) -> pd.Series:
+        """The computed canonical `external_id` of each record id."""
+        return (self.source_kind or self.integration) + ":" + record_ids.astype(str)
 
 
 def _pending_files(
@@ -148,6 +153,7 @@ def stage_members(
     result.full_rebuild, result.files_read = full, len(new)
     if full:
         _create_member_table(conn, table, mapping)
+    _add_member_columns(conn, table)
     unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     if not new:
         _mark_staged(conn, settings, mapping.entity, unreadable, mapping.fingerprint)
@@ -167,24 +173,45 @@ def stage_members(
         f"""
         CREATE OR REPLACE TEMP TABLE mapped AS
         WITH raw AS (
-            SELECT record_id, modified, fetched_at, payload
+            SELECT record_id, modified, fetched_at, payload, {_TOMBSTONE} AS tomb
             FROM read_parquet({_file_list_sql(files)}) {touched}),
+        gone AS (
+            SELECT record_id FROM raw GROUP BY record_id
+            HAVING max(fetched_at) FILTER (WHERE tomb)
+                   >= coalesce(max(fetched_at) FILTER (WHERE NOT tomb), '-infinity'::TIMESTAMPTZ)),
         ranked AS (
             SELECT *, {consent} AS consent,
                 row_number() OVER (PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC)
                     AS rn,
                 {_AMBIGUOUS} AS _ambiguous,
                 coalesce(bool_or({consent}) OVER (PARTITION BY record_id), false)
-                    AS ever_consented
-            FROM raw)
-        SELECT row_number() OVER () AS _row, record_id, modified, consent, ever_consented,
-               _ambiguous, payload, {cols}
-        FROM ranked WHERE rn = 1
+                    AS ever_consented,
+                coalesce(bool_or(coalesce({consent}, true)) OVER (PARTITION BY record_id), false)
+                    AS was_member
+            FROM raw WHERE NOT tomb)
+        SELECT row_number() OVER () AS _row, record_id, modified,
+               CASE WHEN deleted THEN false ELSE consent END AS consent,
+               CASE WHEN deleted THEN was_member ELSE ever_consented END AS ever_consented,
+               deleted, _ambiguous, payload, {cols}
+        FROM (SELECT *, record_id IN (SELECT record_id FROM gone) AS deleted FROM ranked)
+        WHERE rn = 1
         """
     )
+    # A tombstone without any earlier version: nothing to withdraw, nothing to stage.
+    result.skipped += conn.execute(
+        f"""SELECT count(DISTINCT record_id) FROM read_parquet({_file_list_sql(new)})
+            WHERE {_TOMBSTONE} AND record_id NOT IN (SELECT record_id FROM mapped)"""
+    ).fetchall()[0][0]
     _replace_mapped(conn, table, mapping, settings, result, member=True)
     _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
     return result
+
+
+# A record the source deleted lands as a tombstone: its id and `_memberflow_deleted: true`. When
+# it is the record's latest version (fetched no earlier than any live one), the record is staged
+# from its last live version as a consent withdrawn: the model then withdraws its member unless
+# another live record shares the member's key.
+_TOMBSTONE = f"coalesce(json_extract_string(payload, '$.{DELETED_FLAG}') IN ('true', '1'), false)"
 
 
 # Two versions of one record with the same modification and fetch time (one page, one batch) but
@@ -253,7 +280,16 @@ def _create_member_table(
     conn.execute(
         f"""CREATE OR REPLACE TABLE {table} (
             record_id VARCHAR PRIMARY KEY, modified TIMESTAMPTZ, consent BOOLEAN,
-            ever_consented BOOLEAN, match_key VARCHAR, {cols})"""
+            ever_consented BOOLEAN, match_key VARCHAR, deleted BOOLEAN,
+            {EXTERNAL_ID} VARCHAR, {cols})"""
+    )
+
+
+def _add_member_columns(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Tables staged before tombstones and external ids existed gain their columns."""
+    conn.execute(
+        f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS deleted BOOLEAN;
+            ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {EXTERNAL_ID} VARCHAR"""
     )
 
 
@@ -462,6 +498,7 @@ def _write_chunk(
         lambda p: validation._join(p, f"record_id: {_AMBIGUOUS_REASON}")
     )
     if member:
+        frame[EXTERNAL_ID] = settings.external_id(frame["record_id"])
         frame["match_key"] = frame[settings.match_on] if settings.match_on in frame else None
         consent_false = ~_flags(frame["consent"], default=True)
         no_consent = consent_false & ~_flags(frame["ever_consented"], default=False)
@@ -615,7 +652,7 @@ def _insert(
         return
     fields = [r.target for r in mapping.fields]
     keys = (
-        ["record_id", "modified", "consent", "ever_consented", "match_key"]
+        ["record_id", "modified", "consent", "ever_consented", "match_key", "deleted", EXTERNAL_ID]
         if member
         else ["event_id", "record_id", "line_no", "customer_id", "business_date", "modified"]
     )

@@ -20,14 +20,15 @@ from assets.extract import build_extract_asset
 from assets.model import build_model_assets
 from assets.stage import build_stage_asset
 from memberflow import landing, model
-from memberflow.config import Integration
+from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
 from pipelines.sensors import build_sensor
 from resources.mailer import ErrorReportMailer
 
 
 def feed_of(integration: Integration) -> model.Feed:
-    """The member mapping and the tracked event mappings of an integration, overrides applied."""
+    """The member mapping, the tracked event mappings and the target's field names of an
+    integration, overrides applied."""
     entities = available_entities(integration.source.kind)
     where = f"{integration.source_file}: mapping"
 
@@ -41,6 +42,7 @@ def feed_of(integration: Integration) -> model.Feed:
         integration=integration.name,
         members=mapping(members_entity),
         events=tuple(mapping(e) for e in integration.tracking),
+        target=target_mapping_of(integration),
     )
 
 

@@ -75,7 +75,7 @@ def test_flexpos_customer_defaults():
     assert mapping.record_id == "CustomerId" and mapping.modified == "Modified"
     assert mapping.consent is None
     assert mapping.field("cardnumber").path == "cards.Cardnumber"
-    assert choice_values(mapping.field("sex")) == {"M": "1", "F": "2"}
+    assert choice_values(mapping.field("gender")) == {"M": "m", "F": "f"}
 
 
 def test_override_none_removes_and_string_adds_a_field():
@@ -83,14 +83,14 @@ def test_override_none_removes_and_string_adds_a_field():
     mapping = load_mapping(
         "flexpos",
         "customers",
-        {"birthdate": None, "favourite_store": "StoreId", "firstname": "NickName"},
+        {"birthday": None, "favourite_store": "StoreId", "first_name": "NickName"},
     )
     names = [r.target for r in mapping.fields]
-    assert "birthdate" not in names
+    assert "birthday" not in names
     assert mapping.field("favourite_store").path == "StoreId"
     assert mapping.field("favourite_store").type == "text"
-    assert mapping.field("firstname").path == "NickName"  # replaced in place
-    assert names.index("firstname") == [r.target for r in default.fields].index("firstname")
+    assert mapping.field("first_name").path == "NickName"  # replaced in place
+    assert names.index("first_name") == [r.target for r in default.fields].index("first_name")
     assert mapping.fingerprint != default.fingerprint
 
 

@@ -185,18 +185,18 @@ def test_normalise_leaves_good_rows_without_problems():
     frame = customers_frame(
         email=["Anna@Example.DK", "bo@example.dk"],
         mobile=["12 34 56 78", None],
-        firstname=["  Anna ", ""],
-        birthdate=["1990-12-31T00:00:00", None],
-        sex=["F", None],
+        first_name=["  Anna ", ""],
+        birthday=["1990-12-31T00:00:00", None],
+        gender=["F", None],
         cardnumber=["40000001,40000002", None],
     )
     issues = validation.normalise(frame, mapping, FLEXPOS_FORMAT, "DK")
     assert fine_fields(issues) == {}
     assert list(frame["email"]) == ["anna@example.dk", "bo@example.dk"]
     assert list(frame["mobile"]) == ["+4512345678", None]
-    assert list(frame["firstname"]) == ["Anna", None]
-    assert list(frame["birthdate"]) == ["1990-12-31", None]
-    assert list(frame["sex"]) == ["2", None]
+    assert list(frame["first_name"]) == ["Anna", None]
+    assert list(frame["birthday"]) == ["1990-12-31", None]
+    assert list(frame["gender"]) == ["f", None]
 
 
 def test_normalise_names_each_bad_field_of_a_row():
@@ -204,32 +204,32 @@ def test_normalise_names_each_bad_field_of_a_row():
     frame = customers_frame(
         email=["not-an-email", "ok@example.dk"],
         mobile=["1234", "12345678"],
-        birthdate=["1990-12-31T00:00:00", "yesterday"],
-        sex=["F", "X"],
+        birthday=["1990-12-31T00:00:00", "yesterday"],
+        gender=["F", "X"],
     )
     issues = validation.normalise(frame, mapping, FLEXPOS_FORMAT, "DK")
     first, second = validation.row_problems(issues, frame.index)
     assert first.startswith("email: invalid email 'n***'")
     assert "; mobile: invalid mobile '**34'" in first
     assert second == (
-        f"birthdate: unreadable date 'yesterday' (format {FLEXPOS_FORMAT}); "
-        "sex: no option for 'X' (known: F, M)"
+        f"birthday: unreadable date 'yesterday' (format {FLEXPOS_FORMAT}); "
+        "gender: no option for 'X' (known: F, M)"
     )
-    assert list(frame["birthdate"]) == ["1990-12-31", None]  # the bad value is gone
+    assert list(frame["birthday"]) == ["1990-12-31", None]  # the bad value is gone
 
 
 @pytest.mark.parametrize(
     ("field", "raw", "problem"),
     [
-        ("firstname", "x" * 300, "longer than 255 characters (300)"),
-        ("firstname", "Anna\u202eevil", "contains control or bidi character U+202E"),
-        ("firstname", "Anna\x00", "contains control or bidi character U+0000"),
-        ("firstname", "An\u0085na", "contains control or bidi character U+0085"),
-        ("firstname", "Anna\u2066x", "contains control or bidi character U+2066"),
+        ("first_name", "x" * 300, "longer than 255 characters (300)"),
+        ("first_name", "Anna\u202eevil", "contains control or bidi character U+202E"),
+        ("first_name", "Anna\x00", "contains control or bidi character U+0000"),
+        ("first_name", "An\u0085na", "contains control or bidi character U+0085"),
+        ("first_name", "Anna\u2066x", "contains control or bidi character U+2066"),
         ("address", '{"street": "Vej 1"}', "a JSON object where a plain value is expected"),
         ("city", "[1, 2]", "a JSON array where a plain value is expected"),
-        ("birthdate", "0001-01-01T00:00:00", "implausible date '0001-01-01T00:00:00'"),
-        ("birthdate", "2025-13-01T00:00:00", "unreadable date"),
+        ("birthday", "0001-01-01T00:00:00", "implausible date '0001-01-01T00:00:00'"),
+        ("birthday", "2025-13-01T00:00:00", "unreadable date"),
         ("email", "a" * 65 + "@example.dk", "invalid email 'a***@example.dk'"),
     ],
 )

@@ -97,7 +97,7 @@ def rows(conn, sql: str) -> list[tuple]:
     return conn.execute(sql).fetchall()
 
 
-def staged(conn, column: str = "firstname") -> dict[str, Any]:
+def staged(conn, column: str = "first_name") -> dict[str, Any]:
     return dict(rows(conn, f'SELECT record_id, "{column}" FROM stg_fp_customers'))
 
 
@@ -139,14 +139,14 @@ def test_a_bad_match_key_withholds_the_row_and_a_bad_optional_field_only_drops_t
     assert result.full_rebuild
     assert rows(
         conn,
-        "SELECT record_id, email, mobile, birthdate, sex, match_key, cardnumber "
+        "SELECT record_id, email, mobile, birthday, gender, match_key, cardnumber "
         "FROM stg_fp_customers ORDER BY record_id",
     ) == [
-        ("1", "anna@example.dk", "+4512345678", "1990-12-31", "2", "anna@example.dk", None),
-        ("3", "c3@example.dk", None, None, "2", "c3@example.dk", None),
-        ("5", "c5@example.dk", None, None, "2", "c5@example.dk", None),
+        ("1", "anna@example.dk", "+4512345678", "1990-12-31", "f", "anna@example.dk", None),
+        ("3", "c3@example.dk", None, None, "f", "c3@example.dk", None),
+        ("5", "c5@example.dk", None, None, "f", "c5@example.dk", None),
         ("6", "c6@example.dk", None, None, None, "c6@example.dk", None),
-        ("7", "c7@example.dk", None, None, "2", "c7@example.dk", "40000001,40000002"),
+        ("7", "c7@example.dk", None, None, "f", "c7@example.dk", "40000001,40000002"),
     ]
     reasons = {
         rid: (field, action, reason)
@@ -159,15 +159,15 @@ def test_a_bad_match_key_withholds_the_row_and_a_bad_optional_field_only_drops_t
     assert reasons["4"] == ("email", "row withheld", "email: missing (the match key)")
     assert reasons["3"][:2] == ("mobile", "field dropped")
     assert reasons["3"][2] == "mobile: invalid mobile '**34': not a possible number in DK"
-    assert reasons["5"][:2] == ("birthdate", "field dropped")
-    assert reasons["5"][2].startswith("birthdate: unreadable date '31/12/1990'")
-    assert reasons["6"][:2] == ("sex", "field dropped")
-    assert reasons["6"][2].startswith("sex: no option for 'X'")
+    assert reasons["5"][:2] == ("birthday", "field dropped")
+    assert reasons["5"][2].startswith("birthday: unreadable date '31/12/1990'")
+    assert reasons["6"][:2] == ("gender", "field dropped")
+    assert reasons["6"][2].startswith("gender: no option for 'X'")
     assert result.reasons == {"email: invalid email": 1, "email: missing": 1}
     assert result.drop_reasons == {
         "mobile: invalid mobile": 1,
-        "birthdate: unreadable date": 1,
-        "sex: no option for": 1,
+        "birthday: unreadable date": 1,
+        "gender: no option for": 1,
     }
     payload, run_id = rows(conn, "SELECT payload, run_id FROM quarantine WHERE record_id = '2'")[0]
     assert '"Email":"not-an-email"' in payload and run_id == "run-1"
@@ -175,14 +175,14 @@ def test_a_bad_match_key_withholds_the_row_and_a_bad_optional_field_only_drops_t
 
 def test_a_required_field_withholds_the_row(conn):
     mapping = load_mapping(
-        "flexpos", "customers", {"firstname": {"path": "FirstName", "required": True}}
+        "flexpos", "customers", {"first_name": {"path": "FirstName", "required": True}}
     )
     land(CUSTOMERS, "customers", customer(1, FirstName="x" * 300), customer(2))
     result = staging.stage_members(conn, mapping, settings())
     assert (result.staged, result.quarantined, result.fields_dropped) == (1, 1, 0)
     ((field, action, reason),) = rows(conn, "SELECT field, action, reason FROM quarantine")
-    assert (field, action) == ("firstname", "row withheld")
-    assert reason.startswith("firstname: longer than 255 characters (300)") and len(reason) < 120
+    assert (field, action) == ("first_name", "row withheld")
+    assert reason.startswith("first_name: longer than 255 characters (300)") and len(reason) < 120
 
 
 def test_match_on_mobile_uses_the_canonical_mobile(conn):
@@ -250,7 +250,7 @@ def test_a_mapping_change_replays_history_without_new_landing_files(conn):
     assert (before.staged, before.quarantined, before.fields_dropped) == (3, 0, 1)
     files = landing.day_files("fp", "customers")
 
-    changed = load_mapping("flexpos", "customers", {"birthdate": None, "store": "StoreId"})
+    changed = load_mapping("flexpos", "customers", {"birthday": None, "store": "StoreId"})
     after = staging.stage_members(conn, changed, settings())
 
     assert landing.day_files("fp", "customers") == files  # nothing fetched or landed
@@ -258,7 +258,7 @@ def test_a_mapping_change_replays_history_without_new_landing_files(conn):
     assert (after.staged, after.quarantined) == (3, 0)
     assert staged(conn, "store") == {"1": "S1", "2": "S2", "3": "S3"}
     columns = [r[0] for r in rows(conn, "DESCRIBE stg_fp_customers")]
-    assert "store" in columns and "birthdate" not in columns
+    assert "store" in columns and "birthday" not in columns
     assert quarantined(conn) == {}
     fingerprints = rows(conn, "SELECT DISTINCT fingerprint FROM staged_files")
     assert fingerprints == [(changed.fingerprint,)]
