@@ -134,7 +134,7 @@ def _build_member_records(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE member_records AS
-        WITH contrib AS ({empty}{union}),
+        WITH contrib AS (SELECT * FROM ({empty}){union}),
         ranked AS (
             SELECT *, NOT coalesce(deleted, false) AS live,
                 dense_rank() OVER (ORDER BY integration,

@@ -131,6 +131,19 @@ def test_fingerprint_is_stable_for_the_same_mapping():
         ("tier", {"path": "Tier", "type": "choice", "values": ["a"]}, "'values' must map"),
         ("first-name", "FirstName", "target field name"),
         ("birthdte", None, "no such field to remove"),
+        ("external_id", "Id", "a name memberflow uses itself"),
+        ("age", {"path": "Age", "type": "number", "format": "%d"}, "'format' applies to type"),
+        ("seen", {"path": "Seen", "type": "datetime", "timezone": "Mars/Base"}, "IANA zone"),
+        ("ok", {"path": "Ok", "type": "boolean", "true_values": "yes"}, "must be a list"),
+        ("ok", {"path": "Ok", "type": "text", "true_values": ["yes"]}, "applies to type boolean"),
+        ("card", {"type": "object"}, "needs 'fields"),
+        ("card", {"type": "object", "path": "Card", "fields": {"n": "N"}}, "unknown key(s)"),
+        ("card", {"type": "object", "fields": {"n": {"path": "N", "type": "no"}}}, "n: type 'no'"),
+        (
+            "card",
+            {"type": "object", "fields": {"n": {"type": "object", "fields": {"x": "X"}}}},
+            "cannot hold another object",
+        ),
     ],
 )
 def test_a_bad_override_names_the_key(name, spec, message):
@@ -138,7 +151,7 @@ def test_a_bad_override_names_the_key(name, spec, message):
     with pytest.raises(MappingError) as caught:
         load_mapping("flexpos", "customers", {name: spec}, where=where)
     text = str(caught.value)
-    assert text.startswith(f"{where}: customers.{name}: ")
+    assert text.startswith(f"{where}: customers.{name}")  # .member for an object's member
     assert message in text
 
 
@@ -209,3 +222,43 @@ def test_summary_lists_every_field():
     assert "| cardnumber | cards.Cardnumber | text |" in summary
     assert "| origin | 'pos' | text |" in summary
     assert summary.count("\n") == len(mapping.fields) + 1
+
+
+def test_new_rule_keys_are_read():
+    mapping = load_mapping(
+        "flexpos",
+        "customers",
+        {
+            "birthday": {"path": "BirthDate", "type": "date", "format": "%d.%m.%Y"},
+            "seen": {"path": "Seen", "type": "datetime", "timezone": "Europe/Moscow"},
+            "consent_mailing": {"path": "Ok", "type": "boolean", "true_values": ["Да", "YES"]},
+            "push_allowed": {"path": "PushToken", "type": "present"},
+            "discount_percent": {"path": "Discount", "type": "number", "strip": "%"},
+            "card": {
+                "type": "object",
+                "fields": {"number": "Card", "balance": {"path": "Bonus", "type": "number"}},
+            },
+        },
+    )
+    assert mapping.field("birthday").format == "%d.%m.%Y"
+    assert mapping.field("seen").timezone == "Europe/Moscow"
+    assert mapping.field("consent_mailing").true_values == ("да", "yes")
+    assert mapping.field("push_allowed").type == "present"
+    assert mapping.field("discount_percent").strip == "%"
+    card = mapping.field("card")
+    assert [f.target for f in card.fields] == ["number", "balance"]
+    assert card.describe() == "{number: Card, balance: Bonus}"
+
+
+def test_an_object_rule_reads_its_members_into_one_json_object(db):
+    mapping = load_mapping(
+        "flexpos",
+        "customers",
+        {"card": {"type": "object", "fields": {"number": "Card", "balance": "Bonus.Amount"}}},
+    )
+    sql = rule_sql(mapping.field("card"), "payload", None, ",")
+    got = db.execute(
+        f"""SELECT {sql} FROM (SELECT '{{"Card": "77", "Bonus": {{"Amount": "1250"}}}}'
+            AS payload)"""
+    ).fetchone()[0]
+    assert json.loads(got) == {"number": "77", "balance": "1250"}

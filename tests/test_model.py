@@ -13,8 +13,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from memberflow import landing, model, staging
+from memberflow import landing, model, segments, staging, target_mapping
 from memberflow.mapping import load_mapping
+from memberflow.target_mapping import load_target_mapping
 from resources.base import RecordMeta
 
 FP_SETTINGS = staging.StageSettings("fp", ",", "%Y-%m-%dT%H:%M:%S", "DK", "email")
@@ -22,9 +23,10 @@ TM_SETTINGS = staging.StageSettings("tm", ",", "%Y-%m-%dT%H:%M:%SZ", "DK", "emai
 FP_CUSTOMERS = load_mapping("flexpos", "customers")
 FP_JOURNALS = load_mapping("flexpos", "journals")
 TM_CUSTOMERS = load_mapping("ticketmaster", "customers")
+HEYLOYALTY = load_target_mapping("heyloyalty")
 FEEDS = [
-    model.Feed("fp", FP_CUSTOMERS, (FP_JOURNALS,)),
-    model.Feed("tm", TM_CUSTOMERS, ()),
+    model.Feed("fp", FP_CUSTOMERS, (FP_JOURNALS,), HEYLOYALTY),
+    model.Feed("tm", TM_CUSTOMERS, (), HEYLOYALTY),
 ]
 
 
@@ -109,8 +111,10 @@ def members(conn, *columns: str) -> dict[str, tuple]:
 
 def test_member_fields_and_event_columns_are_the_union_of_the_feeds():
     fields = model.member_fields(FEEDS)
-    assert fields[: len(FP_CUSTOMERS.fields)] == [r.target for r in FP_CUSTOMERS.fields]
-    assert "language" in fields and len(fields) == len(set(fields))
+    assert fields == [
+        *("email", "mobile", "firstname", "lastname", "birthdate", "sex", "address"),
+        *("postalcode", "city", "cardnumber", "customer_no", "language"),
+    ]  # the list's names, in the source mappings' order; custom fields under their own name
     assert model.event_columns(FEEDS) == [r.target for r in FP_JOURNALS.fields]
 
 
@@ -235,7 +239,10 @@ def test_purchases_of_a_customer_who_never_consented_are_not_sent(conn):
     """TM2: the FlexPOS member anna is on the list, but her Ticketmaster self never consented,
     so her Ticketmaster orders must not reach the activity feed through the FlexPOS member."""
     tm_orders = load_mapping("ticketmaster", "orders")
-    feeds = [model.Feed("fp", FP_CUSTOMERS, ()), model.Feed("tm", TM_CUSTOMERS, (tm_orders,))]
+    feeds = [
+        model.Feed("fp", FP_CUSTOMERS, (), HEYLOYALTY),
+        model.Feed("tm", TM_CUSTOMERS, (tm_orders,), HEYLOYALTY),
+    ]
     feed_fp(fp_customer(1, "2025-01-01T10:00:00", Email="anna@example.dk"))
     feed_tm(tm_customer("t1", "2025-01-01T10:00:00Z", email="anna@example.dk", consent=False))
     order = {
@@ -254,3 +261,144 @@ def test_purchases_of_a_customer_who_never_consented_are_not_sent(conn):
     model.build_members(conn, feeds)
     counts = model.build_tracking_events(conn, feeds)
     assert counts["events"] == 0 and counts["without_member"] == 1
+
+
+# --- canonical profile, target names, merge keys, tombstones, segments ---------------------------
+
+
+def test_member_profile_keeps_canonical_names_and_members_the_targets(conn):
+    feed_fp(fp_customer(1, "2025-01-01T10:00:00", Gender="F", BirthDate="1990-12-31T00:00:00"))
+    build(conn)
+    profile = conn.execute("SELECT first_name, gender, birthday FROM member_profile").fetchall()
+    assert profile == [("Fp1", "f", "1990-12-31")]
+    assert members(conn, "firstname", "sex", "birthdate") == {
+        "fp1@example.dk": ("Fp1", "2", "1990-12-31")  # the option id the list took before
+    }
+    columns = [r[0] for r in conn.execute("DESCRIBE members").fetchall()]
+    assert "gender" not in columns and "first_name" not in columns and "groups" not in columns
+
+
+def test_fields_hash_is_the_hash_of_the_target_columns_as_before(conn):
+    """Members sent before the split must not all be sent again: same names, same values, same
+    hash as the old model computed (md5 of the JSON object of the fields in mapping order)."""
+    feed_fp(fp_customer(1, "2025-01-01T10:00:00", Gender="M"))
+    build(conn)
+    names = model.member_fields(FEEDS)
+    pairs = ", ".join(f"'{n}', \"{n}\"" for n in names)
+    expected = conn.execute(f"SELECT md5(json_object({pairs})::VARCHAR) FROM members").fetchone()
+    assert conn.execute("SELECT fields_hash FROM members").fetchone() == expected
+
+
+def stage_fp(conn, match_on: str) -> None:
+    settings = staging.StageSettings(
+        "fp", ",", "%Y-%m-%dT%H:%M:%S", "DK", match_on, source_kind="flexpos"
+    )
+    staging.stage_members(conn, FP_CUSTOMERS, settings)
+
+
+def card_feed(target: target_mapping.TargetMapping | None = None) -> list[model.Feed]:
+    mapping = load_mapping(
+        "flexpos",
+        "customers",
+        {"card": {"type": "object", "fields": {"number": "cards.Cardnumber"}}},
+    )
+    return [model.Feed("fp", mapping, (), target)]
+
+
+CARDS = target_mapping.TargetMapping(
+    target="crm",
+    fields=(
+        target_mapping.TargetField("cards", "card", collect=True),
+        target_mapping.TargetField("client_id", "external_id"),
+    ),
+)
+
+
+def test_merge_by_phone_makes_one_member_with_every_card_and_a_survivor_per_field(conn):
+    feed_fp(
+        fp_customer(3, "2025-01-01T10:00:00", Mobile="12345678", cards=[{"Cardnumber": 30}]),
+        fp_customer(2, "2025-02-01T10:00:00", Mobile="+45 12 34 56 78", cards=[{"Cardnumber": 20}]),
+        fp_customer(1, "2025-02-01T10:00:00", Mobile="12345678", FirstName="Tie"),
+        fp_customer(4, "2025-01-01T10:00:00", Mobile="87654321", cards=[{"Cardnumber": 40}]),
+    )
+    feeds = card_feed(CARDS)
+    mapping = feeds[0].members
+    settings = staging.StageSettings("fp", ",", "%Y-%m-%dT%H:%M:%S", "DK", "mobile", "", "flexpos")
+    staging.stage_members(conn, mapping, settings)
+    counts = model.build_members(conn, feeds)
+    assert counts["members"] == 2 and counts["source_records"] == 4
+    found = conn.execute(
+        "SELECT match_key, cards, client_id, first_name, source_records FROM members "
+        "ORDER BY match_key"
+    ).fetchall()
+    assert found == [
+        # cards of every merged record, distinct, by record id; on a modified tie the lower
+        # record id survives (record 1 over 2, both newest); record 1 has no card
+        ("+4512345678", ['{"number":"20"}', '{"number":"30"}'], "flexpos:1", "Tie", 3),
+        ("+4587654321", ['{"number":"40"}'], "flexpos:4", "Fp4", 1),
+    ]
+    assert model.member_fields(feeds)[-2:] == ["cards", "client_id"]
+    assert model.match_field(feeds, "external_id") == "client_id"
+
+
+def test_merge_off_keeps_one_member_per_record_even_with_a_shared_phone(conn):
+    feed_fp(
+        fp_customer(1, "2025-01-01T10:00:00", Mobile="12345678"),
+        fp_customer(2, "2025-01-01T10:00:00", Mobile="12345678"),
+    )
+    feeds = card_feed(CARDS)
+    settings = staging.StageSettings(
+        "fp", ",", "%Y-%m-%dT%H:%M:%S", "DK", "external_id", "", "flexpos"
+    )
+    staging.stage_members(conn, feeds[0].members, settings)
+    model.build_members(conn, feeds)
+    assert members(conn, "mobile", "client_id") == {
+        "flexpos:1": ("+4512345678", "flexpos:1"),
+        "flexpos:2": ("+4512345678", "flexpos:2"),
+    }
+
+
+def tombstone(cid: int) -> dict[str, Any]:
+    return {"CustomerId": cid, "Modified": "2025-01-01T10:00:00", "_memberflow_deleted": True}
+
+
+def test_a_deleted_record_withdraws_its_member_only_when_no_live_record_remains(conn):
+    feed_fp(
+        fp_customer(1, "2025-01-01T10:00:00", Mobile="12345678", City="Aarhus"),
+        fp_customer(2, "2025-01-01T10:00:00", Mobile="12345678"),
+        fp_customer(3, "2025-01-01T10:00:00", Mobile="87654321"),
+    )
+    feed_fp(tombstone(1), tombstone(3))
+    feeds = [model.Feed("fp", FP_CUSTOMERS, (), HEYLOYALTY)]
+    stage_fp(conn, "mobile")
+    counts = model.build_members(conn, feeds)
+    assert counts["withdrawn"] == 1
+    assert members(conn, "withdrawn", "source_records", "city", "email") == {
+        "+4512345678": (False, 1, None, "fp2@example.dk"),  # record 1's city went with it
+        "+4587654321": (True, 1, None, "fp3@example.dk"),  # all gone: taken off the list
+    }
+
+
+def test_a_deleted_record_in_one_integration_does_not_withdraw_the_others_member(conn):
+    feed_fp(fp_customer(1, "2025-01-01T10:00:00", Email="a@example.dk"))
+    feed_tm(tm_customer("t1", "2025-01-01T10:00:00Z", email="a@example.dk"))
+    feed_fp(tombstone(1))
+    counts = build(conn)
+    assert counts["withdrawn"] == 0
+    assert members(conn, "sources", "withdrawn") == {"a@example.dk": (["tm"], False)}
+
+
+def test_segments_add_a_sorted_groups_column(conn):
+    feed_fp(fp_customer(1, "2025-01-01T10:00:00", BirthDate="1990-03-05T00:00:00"))
+    staging.stage_members(conn, FP_CUSTOMERS, FP_SETTINGS)
+    segment = segments.SegmentSettings.model_validate(
+        {"name": "birthday_this_month", "rule": {"anniversary_of": "birthday", "within": "month"}}
+    )
+    model.build_members(conn, FEEDS, [segment], date(2025, 3, 1))
+    groups = conn.execute("SELECT match_key, groups FROM members").fetchall()
+    in_segments = conn.execute(
+        "SELECT match_key, list(group_name ORDER BY group_name) FROM segment_members GROUP BY 1"
+    ).fetchall()
+    assert [(k, g) for k, g in groups if g] == in_segments  # [] for members in no group
+    assert all(isinstance(g, list) for _, g in groups)
+    assert "fp1@example.dk" in {k for k, _ in groups}

@@ -281,3 +281,79 @@ def test_gate_requires_a_match_key_for_members():
     frame["match_key"] = frame["email"]
     reasons = validation.gate(frame, validation.schema_for(mapping, "email"))
     assert list(reasons) == ["", "match_key: missing (required)"]
+
+
+# --- rule keys: format, timezone, true_values, present, strip, object ---------------------------
+
+
+def test_a_fields_own_format_and_timezone_win_over_the_integrations():
+    values, problems = normalize.dates(series("31.12.1990", "1990-12-31", "bad"), "%d.%m.%Y", False)
+    assert list(values) == ["1990-12-31", "1990-12-31", None]  # ISO 8601 still read
+    assert fine(problems) == [True, True, False]
+    moscow, _ = normalize.dates(
+        series("2025-03-01 00:30:00", "2025-03-01T00:30:00+00:00"),
+        "%Y-%m-%d %H:%M:%S",
+        True,
+        "Europe/Moscow",
+    )
+    assert list(moscow) == ["2025-02-28 21:30:00", "2025-03-01 00:30:00"]  # UTC out
+
+
+def test_true_values_make_every_other_text_false():
+    values, problems = normalize.booleans(series("Да", "YES ", "нет", "0", "", None), ("да", "yes"))
+    assert list(values) == ["1", "1", "0", "0", None, None]
+    assert fine(problems) == [True] * 6
+
+
+def test_present_is_true_for_any_non_blank_value_and_false_otherwise():
+    assert list(normalize.present(series("tok", " ", "", None))) == ["1", "0", "0", "0"]
+
+
+def test_strip_removes_characters_before_a_number_is_read():
+    values, problems = normalize.numbers(series("10%", "1 250", "12,5 %", "x%"), strip="% ")
+    assert list(values) == ["10", "1250", "12.5", None]
+    assert fine(problems) == [True, True, True, False]
+
+
+def test_rules_apply_per_field_in_normalise():
+    mapping = load_mapping(
+        "flexpos",
+        "customers",
+        {
+            "birthday": {"path": "BirthDate", "type": "date", "format": "%d.%m.%Y"},
+            "consent_mailing": {"path": "Ok", "type": "boolean", "true_values": ["да"]},
+            "push_allowed": {"path": "Push", "type": "present"},
+            "discount_percent": {"path": "Discount", "type": "number", "strip": "%"},
+            "card": {
+                "type": "object",
+                "fields": {
+                    "number": "Card",
+                    "balance": {"path": "Bonus", "type": "number"},
+                    "issued": {"path": "Issued", "type": "date", "format": "%d.%m.%Y"},
+                },
+            },
+        },
+    )
+    frame = pd.DataFrame(
+        {
+            "record_id": ["1", "2"],
+            **{r.target: [None, None] for r in mapping.fields},
+        },
+        dtype=object,
+    )
+    frame["birthday"] = ["05.06.1990", None]
+    frame["consent_mailing"] = ["Да", "no"]
+    frame["push_allowed"] = ["token", None]
+    frame["discount_percent"] = ["10%", None]
+    frame["card"] = [
+        '{"number": "77", "balance": "1250", "issued": "01.02.2024"}',
+        '{"number": null, "balance": "lots", "issued": null}',
+    ]
+    issues = validation.normalise(frame, mapping, FLEXPOS_FORMAT, "DK")
+    assert list(frame["birthday"]) == ["1990-06-05", None]
+    assert list(frame["consent_mailing"]) == ["1", "0"]
+    assert list(frame["push_allowed"]) == ["1", "0"]
+    assert list(frame["discount_percent"]) == ["10", None]
+    assert frame["card"][0] == '{"number":"77","balance":"1250","issued":"2024-02-01"}'
+    assert frame["card"][1] is None  # nothing good left in it
+    assert fine_fields(issues) == {"card": [None, "balance: not a number: 'lots'"]}

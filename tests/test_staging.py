@@ -199,6 +199,62 @@ def test_match_on_mobile_uses_the_canonical_mobile(conn):
     assert result.staged == 1
 
 
+def test_external_id_is_computed_from_the_source_kind_and_can_be_the_match_key(conn):
+    land(CUSTOMERS, "customers", customer(1), customer(2, Email=None))
+    kind_settings = staging.StageSettings(
+        "fp", ",", FLEXPOS_FORMAT, "DK", "external_id", "run-1", source_kind="flexpos"
+    )
+    result = staging.stage_members(conn, load_mapping("flexpos", "customers"), kind_settings)
+    assert result.staged == 2  # no email is no problem when the key is the record itself
+    assert rows(
+        conn, "SELECT record_id, external_id, match_key FROM stg_fp_customers ORDER BY 1"
+    ) == [("1", "flexpos:1", "flexpos:1"), ("2", "flexpos:2", "flexpos:2")]
+
+
+def tombstone(cid: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "CustomerId": cid,
+        "Modified": "2025-01-01T10:00:00",
+        "_memberflow_deleted": True,
+        **fields,
+    }
+
+
+def test_a_tombstone_stages_the_last_live_version_as_withdrawn(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", customer(1, FirstName="Anna"), customer(2))
+    staging.stage_members(conn, mapping, settings())
+    land(CUSTOMERS, "customers", tombstone(1))  # fetched later: the record is gone
+    result = staging.stage_members(conn, mapping, settings())
+    assert result.staged == 1 and result.quarantined == 0
+    assert rows(
+        conn,
+        "SELECT record_id, first_name, match_key, consent, ever_consented, deleted "
+        "FROM stg_fp_customers ORDER BY 1",
+    ) == [
+        ("1", "Anna", "c1@example.dk", False, True, True),
+        ("2", "First2", "c2@example.dk", None, False, False),
+    ]
+
+
+def test_a_record_seen_again_after_its_tombstone_is_live_again(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", customer(1))
+    land(CUSTOMERS, "customers", tombstone(1))
+    land(CUSTOMERS, "customers", customer(1, "2025-02-01T10:00:00", FirstName="Back"))
+    staging.stage_members(conn, mapping, settings())
+    assert rows(conn, "SELECT first_name, consent, deleted FROM stg_fp_customers") == [
+        ("Back", None, False)
+    ]
+
+
+def test_a_tombstone_of_a_record_never_seen_is_skipped(conn):
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", tombstone(9, Email="c9@example.dk"))
+    result = staging.stage_members(conn, mapping, settings())
+    assert (result.staged, result.quarantined, result.skipped) == (0, 0, 1)
+
+
 def test_incremental_staging_restages_only_touched_records_and_latest_modified_wins(conn):
     mapping = load_mapping("flexpos", "customers")
     land(CUSTOMERS, "customers", customer(1), customer(2), customer(3, "2025-01-05T10:00:00"))
