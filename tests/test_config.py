@@ -14,9 +14,11 @@ from memberflow.config import (
     INTEGRATIONS_DIR,
     ImportType,
     IntegrationFileError,
+    check_match_on_supported,
     discover_files,
     load_all,
     load_integration,
+    target_mapping_of,
 )
 
 DEMO = INTEGRATIONS_DIR / "demo_flexpos.yaml"
@@ -253,8 +255,9 @@ def test_two_integrations_may_share_a_list_when_they_agree(tmp_path):
         lambda d: d.update(match_on="mobile"),
         lambda d: d["import"].update(type="create_only"),
         lambda d: d["import"].update(reimport_unsubscribed=True),
+        lambda d: d.update(target_fields={"sex": None}),
     ],
-    ids=["credentials", "host", "match_on", "import-type", "reimport"],
+    ids=["credentials", "host", "match_on", "import-type", "reimport", "target-fields"],
 )
 def test_two_integrations_on_one_list_that_disagree_name_both_files(tmp_path, change):
     first = write(tmp_path, "a.yaml", demo())
@@ -295,3 +298,59 @@ def test_discover_files_reads_the_environment_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_INTEGRATIONS", f"{folder}{os.pathsep}{single}")
     assert discover_files() == [a, single]
     assert discover_files(folder) == [a]
+
+
+@pytest.mark.parametrize(("merge", "match_on"), [(True, "mobile"), (False, "external_id")])
+def test_merge_by_phone_sets_match_on(tmp_path, merge, match_on):
+    data = demo()
+    del data["match_on"]
+    data["merge_by_phone"] = merge
+    data["mapping"] = {"customers": {}}
+    assert load_integration(write(tmp_path, "fp.yaml", data)).match_on == match_on
+
+
+def test_an_explicit_match_on_that_contradicts_merge_by_phone_names_file_and_keys(tmp_path):
+    data = demo()
+    data["merge_by_phone"] = True  # the demo says match_on: email
+    path = write(tmp_path, "fp.yaml", data)
+    text = load_error(path)
+    assert text.startswith(f"{path}: match_on: 'email' conflicts with merge_by_phone: true")
+
+
+def test_match_on_external_id_needs_no_mapped_field(tmp_path):
+    data = demo()
+    data["match_on"] = "external_id"
+    assert load_integration(write(tmp_path, "fp.yaml", data)).match_on == "external_id"
+
+
+def test_target_fields_override_the_target_mapping_and_a_typo_names_the_key(tmp_path):
+    data = demo()
+    data["target_fields"] = {"sex": None, "firstname": "nick_name"}
+    mapping = target_mapping_of(load_integration(write(tmp_path, "fp.yaml", data)))
+    assert [f.name for f in mapping.columns(["gender", "nick_name"])] == ["firstname"]
+    data["target_fields"] = {"sexx": None}
+    path = write(tmp_path, "fp.yaml", data)
+    assert f"{path}: target_fields.sexx: no such target field" in load_error(path)
+
+
+def test_timezone_and_segments_are_read_and_a_bad_zone_is_an_error(tmp_path):
+    data = demo()
+    data["timezone"] = "Europe/Moscow"
+    data["segments"] = [
+        {"name": "birthday_this_month", "rule": {"anniversary_of": "birthday", "within": "month"}}
+    ]
+    loaded = load_integration(write(tmp_path, "fp.yaml", data))
+    assert loaded.timezone == "Europe/Moscow"
+    assert [s.name for s in loaded.segments] == ["birthday_this_month"]
+    data["timezone"] = "Moscow"
+    assert "timezone" in load_error(write(tmp_path, "fp.yaml", data))
+
+
+def test_match_on_is_checked_against_what_the_target_recognises(tmp_path):
+    data = demo()
+    data["match_on"] = "external_id"
+    path = write(tmp_path, "fp.yaml", data)
+    integration = load_integration(path)
+    check_match_on_supported(integration, {"external_id", "email"})
+    with pytest.raises(IntegrationFileError, match=rf"{path}: match_on: 'external_id' is not"):
+        check_match_on_supported(integration, {"email", "mobile"})
