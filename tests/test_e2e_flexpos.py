@@ -158,7 +158,7 @@ def test_mapping_change_replays_from_raw_without_calling_the_source(harness):
     assert harness.backfill("demo_flexpos").success
     harness.load(
         "demo_flexpos",
-        edit={"demo_flexpos": {"mapping.customers": {"birthdate": None, "customer_no": None}}},
+        edit={"demo_flexpos": {"mapping.customers": {"birthday": None, "customer_no": None}}},
     )
     config = {"ops": {"demo_flexpos__customers_raw": {"config": {"fetch": False}}}}
     for entity in ("journals", "tickets"):
@@ -168,7 +168,7 @@ def test_mapping_change_replays_from_raw_without_calling_the_source(harness):
     assert run.total("_raw", "api_calls") == 0
     assert run.get("customers_staged", "replayed_from_raw") is True
     columns = {r[0] for r in harness.query("DESCRIBE stg_demo_flexpos_customers")}
-    assert "birthdate" not in columns and "customer_no" not in columns
+    assert "birthday" not in columns and "customer_no" not in columns
 
 
 def test_secrets_never_reach_run_logs_or_metadata(harness):
