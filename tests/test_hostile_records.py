@@ -29,14 +29,14 @@ from resources.base import RecordMeta
 from resources.flexpos import FlexPOSClient
 
 FORMAT = "%Y-%m-%dT%H:%M:%S"
-CUSTOMER_FIELDS = {  # source field -> target field; top-level paths only, so raw is easy to read
-    "FirstName": "firstname",
-    "LastName": "lastname",
+CUSTOMER_FIELDS = {  # source field -> canonical field; top-level paths only, so raw is easy to read
+    "FirstName": "first_name",
+    "LastName": "last_name",
     "Mobile": "mobile",
-    "BirthDate": "birthdate",
-    "Gender": "sex",
+    "BirthDate": "birthday",
+    "Gender": "gender",
     "Address": "address",
-    "ZipCode": "postalcode",
+    "ZipCode": "postal_code",
     "City": "city",
     "CustomerNo": "customer_no",
 }
@@ -185,7 +185,7 @@ def test_junk_in_optional_customer_fields_never_costs_the_customer(customers, mo
                 elif raw is not None:
                     # a value that was there and is gone: reported, with field and reason
                     reason = dropped.get((str(record["CustomerId"]), target))
-                    assert not (target == "sex" and raw in ("M", "F")), "a valid code dropped"
+                    assert not (target == "gender" and raw in ("M", "F")), "a valid code dropped"
                     assert reason and reason.startswith(f"{target}: "), (target, raw)
                     assert len(reason) < 200  # never a whole 300-character value
 
