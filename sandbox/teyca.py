@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -45,6 +46,12 @@ MAX_LIMIT = 1000  # TY-A3
 PASSES_DEFAULT_LIMIT = 25  # teyca.md §2.4: the collection's examples
 OPERATIONS_DEFAULT_LIMIT = 100
 RETRY_DELAYS = (60.0, 300.0, 900.0)  # TY-A5: three retries after 1, 5 and 15 minutes
+# Emulator settings read from the environment when the sandbox starts, so a demo or a test that
+# runs the sandbox in another process can match its receiver: the secret sent in `Authorization`
+# (the env var the integration file names too) and, for test speed, the retry delays in seconds
+# ("0.05,0.05,0.05"). Unset means the demo secret and the TY-A5 delays.
+SECRET_ENV = "TEYCA_WEBHOOK_SECRET"
+RETRY_DELAYS_ENV = "SANDBOX_TEYCA_RETRY_DELAYS"
 HOOK_TYPES = ("CREATE", "UPDATE", "DELETE")  # teyca.md §3
 BLOCKED = "Token blocked: used from several instances"  # TY-A2
 
@@ -150,7 +157,8 @@ class TeycaState:
 
     Settings tests change on a built state: `strict_instances` (TY-A2), `webhook_secret`,
     `retry_delays` (seconds between delivery attempts), `loopback_only` (deliver only to
-    loopback hosts) and `limiter.clock` (a fake clock for the TY-A9 windows).
+    loopback hosts) and `limiter.clock` (a fake clock for the TY-A9 windows). A sandbox reads
+    the first two from its environment at start (`configure_webhooks`).
     """
 
     def __init__(self, data: TeycaData, rate_limits: bool = True) -> None:
@@ -574,25 +582,29 @@ class TeycaState:
                 thread.start()
 
     def _deliver(self, delivery: Delivery) -> None:
-        """POST with the secret; a non-2xx answer or a transport error is retried."""
+        """POST with the secret; a non-2xx answer or a transport error is retried.
+
+        No proxy from the environment is used (`trust_env=False`): the sandbox delivers to a
+        receiver on this machine, as Teyca would to the receiver's public address."""
         if self.loopback_only and not _is_loopback(delivery.url):
             delivery.outcome = "skipped"
             return
         delays = list(self.retry_delays)
         headers = {"Authorization": self.webhook_secret}
-        while True:
-            try:
-                status = httpx.post(delivery.url, json=delivery.body, headers=headers, timeout=10)
-                delivery.attempts.append(status.status_code)
-                if 200 <= status.status_code < 300:
-                    delivery.outcome = "delivered"
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            while True:
+                try:
+                    answer = http.post(delivery.url, json=delivery.body, headers=headers)
+                    delivery.attempts.append(answer.status_code)
+                    if 200 <= answer.status_code < 300:
+                        delivery.outcome = "delivered"
+                        return
+                except httpx.HTTPError as error:
+                    delivery.attempts.append(type(error).__name__)
+                if not delays:
+                    delivery.outcome = "failed"
                     return
-            except httpx.HTTPError as error:
-                delivery.attempts.append(type(error).__name__)
-            if not delays:
-                delivery.outcome = "failed"
-                return
-            time.sleep(delays.pop(0))
+                time.sleep(delays.pop(0))
 
 
 Answer = tuple[int, Any, list[tuple[str, Row]]]  # status, JSON body, webhook events to push
@@ -878,9 +890,30 @@ def _is_loopback(url: str) -> bool:
 
 
 def build(data: SandboxData, rate_limits: bool) -> TeycaState:
-    """The Teyca account of a sandbox: passes sized to its generated customers."""
+    """The Teyca account of a sandbox: passes sized to its generated customers, webhook settings
+    from the environment (`configure_webhooks`)."""
     count = pass_count(len(data.flexpos_customers))
-    return TeycaState(generate_teyca(data.seed, count, data.today), rate_limits)
+    state = TeycaState(generate_teyca(data.seed, count, data.today), rate_limits)
+    configure_webhooks(state, os.environ)
+    return state
+
+
+def configure_webhooks(state: TeycaState, env: Mapping[str, str]) -> None:
+    """Apply SECRET_ENV and RETRY_DELAYS_ENV from `env` to `state`, when set."""
+    secret = env.get(SECRET_ENV, "").strip()
+    if secret:
+        state.webhook_secret = secret
+    delays = env.get(RETRY_DELAYS_ENV, "").strip()
+    if delays:
+        try:
+            parsed = tuple(float(part) for part in delays.split(","))
+        except ValueError:
+            raise ValueError(
+                f"{RETRY_DELAYS_ENV} must be seconds separated by commas, got {delays!r}"
+            ) from None
+        if any(d < 0 for d in parsed):
+            raise ValueError(f"{RETRY_DELAYS_ENV} must not be negative, got {delays!r}")
+        state.retry_delays = parsed
 
 
 def seeded_state(
