@@ -1,4 +1,4 @@
-"""Amero/FlexPOS emulator: the POS API and the Attractions API (flexpos.md section 5).
+"""Amero/FlexPOS emulator: the POS API and the Attractions API.
 
 The contract is designed, not documented (FP-A1..FP-A9), so the emulator is strict about it:
 exact parameter names, 1-based paging with a hard pageSize cap, 366-day ranges, per-API tokens

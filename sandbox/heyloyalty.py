@@ -1,4 +1,4 @@
-"""Heyloyalty emulator: loyalty v1 lists/members and the BI tracking import (heyloyalty.md §5).
+"""Heyloyalty emulator: loyalty v1 lists/members and the BI tracking import (HL-A1..HL-A12).
 
 Built from the documented behaviour plus the assumed contract HL-A1..HL-A13: HMAC-over-timestamp
 auth, per-account list isolation, strict field validation on upsert (so a mapping error surfaces
@@ -53,7 +53,7 @@ MAX_BI_ROWS = 50_000  # HL-A10
 # 2 = female), so a client that resolves options by an English label fails here as it would there.
 SEX_OPTIONS = {"1": "Mand", "2": "Kvinde"}
 COUNTRY_OPTIONS = {"1": "Danmark", "2": "Sverige", "3": "Norge", "4": "Tyskland", "5": "Finland"}
-# Fixed fields of every list (heyloyalty.md 2.2); `country` is a choice there, so it is here too.
+# Fixed fields of every list, as Heyloyalty documents them; `country` is a choice there, so here.
 FIXED_FIELDS: list[tuple[str, str, dict[str, str] | None]] = [
     ("firstname", "text", None),
     ("lastname", "text", None),

@@ -1,15 +1,15 @@
-"""Teyca emulator: path tokens, passes, bonuses, operations, webhooks (teyca.md §1-3, TY-A1..A11).
+"""Teyca emulator: path tokens, passes, bonuses, operations, webhooks (TY-A1..A11).
 
-Written from teyca.md alone and as strict as it allows, so a client that misreads the contract
-fails here as it would at api.teyca.ru: the main key is sent raw (no `Bearer`), every
+Written from Teyca's published API alone and as strict as it allows, so a client that misreads
+the contract fails here as it would at api.teyca.ru: the main key is sent raw (no `Bearer`), every
 `/v1/{token}/…` call needs that key *and* a known token, a token used from a second address is
 blocked when `strict_instances` is on (TY-A2), all four rate windows are enforced per token
 (TY-A9), and errors are `{"message": …}` with the TY-A10 statuses. Card changes are pushed to the
 registered webhooks from a background thread with retries (TY-A5), and every delivery is recorded
 so tests can see what the receiver was sent.
 
-Where teyca.md says "Unknown" the emulator picks one answer and documents it beside the code
-(success bodies of token deletion, pass deletion, bonuses and webhook management).
+Where Teyca leaves a detail undocumented the emulator picks one answer and documents it beside
+the code (success bodies of token deletion, pass deletion, bonuses and webhook management).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ TEYCA_API_KEY = "demo-teyca-main-key"  # TY-A1: the main key ("Основной 
 TEYCA_WEBHOOK_SECRET = "demo-teyca-webhook-secret"  # TY-A5: set in the Teyca UI, not the API
 RATE_WINDOWS = [(5, 1.0), (150, 60.0), (1000, 3600.0), (5000, 86400.0)]  # TY-A9, per token
 MAX_LIMIT = 1000  # TY-A3
-PASSES_DEFAULT_LIMIT = 25  # teyca.md §2.4: the collection's examples
+PASSES_DEFAULT_LIMIT = 25  # as in Teyca's published request examples
 OPERATIONS_DEFAULT_LIMIT = 100
 RETRY_DELAYS = (60.0, 300.0, 900.0)  # TY-A5: three retries after 1, 5 and 15 minutes
 # Emulator settings read from the environment when the sandbox starts, so a demo or a test that
@@ -52,7 +52,7 @@ RETRY_DELAYS = (60.0, 300.0, 900.0)  # TY-A5: three retries after 1, 5 and 15 mi
 # ("0.05,0.05,0.05"). Unset means the demo secret and the TY-A5 delays.
 SECRET_ENV = "TEYCA_WEBHOOK_SECRET"
 RETRY_DELAYS_ENV = "SANDBOX_TEYCA_RETRY_DELAYS"
-HOOK_TYPES = ("CREATE", "UPDATE", "DELETE")  # teyca.md §3
+HOOK_TYPES = ("CREATE", "UPDATE", "DELETE")  # the events Teyca pushes
 BLOCKED = "Token blocked: used from several instances"  # TY-A2
 
 _HOOK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -364,7 +364,7 @@ class TeycaState:
         with self._lock:
             self.request_counts[kind] += 1
 
-    # -- passes (§2.1, TY-A3) -----------------------------------------------------------------
+    # -- passes (TY-A3) -----------------------------------------------------------------
     def _passes(self, token: Token, request: Request, body: Row) -> Answer:
         if request.method == "GET":
             params = _query(request, {"search", "limit", "offset"})
@@ -465,7 +465,7 @@ class TeycaState:
             return dict(card)
 
     def _update(self, user_id: int, fields: Row, allow_read_only: bool = False) -> Row:
-        """Partial update (§2.1): fields not sent are kept; `bonus` overwrites the balance."""
+        """Partial update: fields not sent are kept; `bonus` overwrites the balance."""
         changes = _validated(fields, allow_read_only)
         if "user_id" in changes:
             raise _bad("user_id cannot be changed")
@@ -494,7 +494,7 @@ class TeycaState:
             if card.get("barcode") == barcode and card["user_id"] != owner:
                 raise _bad(f"barcode already exists: {barcode}")
 
-    # -- bonuses (§2.1) -----------------------------------------------------------------------
+    # -- bonuses ------------------------------------------------------------------------------
     def _bonuses(self, token: Token, request: Request, body: Row) -> Answer:
         user_id = _user_id(request.path_params["user_id"])
         self._found(user_id)
@@ -513,7 +513,7 @@ class TeycaState:
             return 200, {"bonus": accruals}, [("UPDATE", dict(card))]
         raise TeycaError(405, "Method Not Allowed")
 
-    # -- operations (§2.2, TY-A11) ------------------------------------------------------------
+    # -- operations (TY-A11) ------------------------------------------------------------
     def _operations(self, token: Token, request: Request, body: Row) -> Answer:
         _only(request, "POST")
         limit, offset = _paging(_query(request, {"limit", "offset"}), OPERATIONS_DEFAULT_LIMIT)
@@ -535,7 +535,7 @@ class TeycaState:
         meta = {"size": len(found), "limit": limit, "offset": offset}
         return 200, {"operations": page, "meta": meta}, []
 
-    # -- webhooks (§3, TY-A5) -----------------------------------------------------------------
+    # -- webhooks (TY-A5) -----------------------------------------------------------------
     def _hooks(self, token: Token, request: Request, body: Row) -> Answer:
         if request.method == "GET":
             with self._lock:
@@ -671,7 +671,7 @@ def _integer(value: str, name: str) -> int:
 
 
 def _search(raw: str) -> list[tuple[str, str]]:
-    """§2.1: `field=value` pairs joined by commas; every pair must match (exact text)."""
+    """`field=value` pairs joined by commas; every pair must match (exact text)."""
     pairs: list[tuple[str, str]] = []
     for part in raw.split(","):
         if not part.strip():
@@ -789,7 +789,7 @@ def _number_text(value: float) -> str:
 
 
 def _accruals(body: Row) -> list[Row]:
-    """§2.1: `{bonus: [{value: "500.0", active_from?, expires_at?}]}` (ISO 8601 dates)."""
+    """`{bonus: [{value: "500.0", active_from?, expires_at?}]}` (ISO 8601 dates)."""
     if set(body) != {"bonus"} or not isinstance(body["bonus"], list) or not body["bonus"]:
         raise _bad("body must be {bonus: [{value, active_from, expires_at}]}")
     accruals: list[Row] = []

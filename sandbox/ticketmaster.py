@@ -1,4 +1,4 @@
-"""Ticketmaster client-data emulator (ticketmaster.md section 5, TM-A1..TM-A5).
+"""Ticketmaster client-data emulator (TM-A1..TM-A5).
 
 The contract borrows Ticketmaster's public conventions (apikey query parameter, HAL paging,
 Apigee-style faults and quota headers); the emulator enforces them exactly, including the
