@@ -22,7 +22,7 @@ OTHER = (SANDBOX_ENV["HEYLOYALTY_OTHER_API_KEY"], SANDBOX_ENV["HEYLOYALTY_OTHER_
 
 
 class HeyloyaltyAuth(httpx.Auth):
-    """Written from heyloyalty.md section 1, independently of the project's client."""
+    """Written from the HL-A1 signing rule, independently of the project's client."""
 
     def __init__(self, key: str, secret: str, stamp: str | None = None) -> None:
         self.key, self.secret, self.stamp = key, secret, stamp
