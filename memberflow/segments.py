@@ -32,7 +32,7 @@ member is in no segment at all.
 from __future__ import annotations
 
 import json
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -159,10 +159,15 @@ def check_timezone(name: str) -> str:
 def build_segments(
     conn: duckdb.DuckDBPyConnection,
     segments: list[SegmentSettings],
-    today: date,
+    today: date | str,
     tz: str = "UTC",
 ) -> dict[str, int]:
-    """Replace `segment_groups` and `segment_members` from `member_profile`; counts per group."""
+    """Replace `segment_groups` and `segment_members` from `member_profile`; counts per group.
+
+    `today` is the caller's day (an ISO text is read as one), never the machine's clock, so a
+    test or a rerun of a past day computes that day's groups.
+    """
+    today = _day(today)
     try:
         check_timezone(tz)
     except ValueError as exc:
@@ -194,6 +199,12 @@ def build_segments(
 
 
 _EMPTY = "SELECT NULL::VARCHAR AS match_key, NULL::VARCHAR AS group_name LIMIT 0"
+
+
+def _day(today: date | str) -> date:
+    if isinstance(today, str):
+        return date.fromisoformat(today)
+    return today.date() if isinstance(today, datetime) else today
 
 
 def _unique(segments: list[SegmentSettings]) -> list[SegmentSettings]:

@@ -7,7 +7,7 @@ result that leaned on the machine's zone would show.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 import duckdb
 import pytest
@@ -311,6 +311,13 @@ def test_tables_are_replaced_and_every_group_is_listed_with_its_count():
     rows = conn.execute("SELECT * FROM segment_members ORDER BY ALL").fetchall()
     assert rows == [("a", "all_march"), ("b", "all_march"), ("c", "soon")]
     assert conn.execute("SELECT count(*) FROM segment_groups").fetchall() == [(2,)]
+
+
+def test_today_may_be_an_iso_text_or_a_datetime():
+    conn = birthdays(a="1990-03-10")
+    seg = segment("soon", anniversary_of="birthday", within_days=7)
+    assert build_segments(conn, [seg], "2026-03-04") == {"soon": 1}
+    assert build_segments(conn, [seg], datetime(2026, 3, 3, 23, 59)) == {"soon": 0}
 
 
 def test_no_segments_gives_empty_tables():
