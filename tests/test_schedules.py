@@ -97,3 +97,24 @@ def test_partitioned_job_gets_the_utc_day_like_the_sensor(when, partition):
     schedule = build_segment_schedule(FakeIntegration(tracking=["visits"]), sync_teyca_axle)
     assert schedule is not None
     assert evaluate(schedule, when).partition_key == partition
+
+
+def test_tick_passes_dagsters_checks_inside_definitions_with_daily_partitions():
+    """Through a repository Dagster checks the partition key exists and the job is known."""
+    days = dg.DailyPartitionsDefinition(start_date="2025-01-01", end_offset=1)
+
+    @dg.asset(partitions_def=days)
+    def visits_raw() -> None:
+        return None
+
+    job = dg.define_asset_job("sync_teyca_axle", selection=[visits_raw])
+    schedule = build_segment_schedule(FakeIntegration(tracking=["visits"]), job)
+    assert schedule is not None
+    defs = dg.Definitions(assets=[visits_raw], jobs=[job], schedules=[schedule])
+    repository = defs.get_repository_def()
+    when = datetime(2026, 3, 1, 0, 5, tzinfo=ZoneInfo("Europe/Moscow"))
+    with dg.build_schedule_context(scheduled_execution_time=when, repository_def=repository) as ctx:
+        data = repository.get_schedule_def(schedule.name).evaluate_tick(ctx)
+    (request,) = data.run_requests or []
+    assert request.partition_key == "2026-02-28"
+    assert request.tags["dagster/schedule_name"] == "teyca_axle_segments_daily"
