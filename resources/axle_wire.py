@@ -125,7 +125,7 @@ def wire_text(value: Any) -> Any:
 
 
 def wire_list(value: Any) -> Any:
-    """A JSON array of JSON values; a list exported as JSON text, or items as JSON text, are read."""
+    """A JSON array of JSON values; a list (or its items) exported as JSON text is read too."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
