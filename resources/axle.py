@@ -321,12 +321,11 @@ def _pending(change: MemberChange, match_by: str) -> _Pending:
 def _phone_taken(result: dict[str, Any], match_by: str, client: dict[str, Any]) -> bool:
     """A 409 on a client found by external_id: the phone it brings belongs to another client."""
     error = result.get("error")
-    return (
-        isinstance(error, dict)
-        and error.get("code") == "conflict"
-        and match_by != "phone"
-        and "phone" in client
-    )
+    if not isinstance(error, dict) or error.get("code") != "conflict":
+        return False
+    details = error.get("details")
+    about_phone = not isinstance(details, dict) or not details or "phone" in details
+    return about_phone and match_by != "phone" and "phone" in client
 
 
 def _without_phone(pending: _Pending, reason: str) -> _Pending:

@@ -174,6 +174,15 @@ def test_matched_by_phone_the_phone_is_the_key(client, axle):
     assert (stored["first_name"], stored["last_name"]) == ("A", "B")
 
 
+def test_two_clients_holding_the_phone_refuse_a_match_by_phone(client, axle):
+    for n in (1, 2):
+        axle.add_client({"external_id": f"x{n}", "phone": "+79000000001"}, allow_shared_phone=True)
+    [ack] = write(client, [change("+79000000001", first_name="A")], BY_MOBILE)
+    assert ack.outcome == "refused" and ack.dropped == ()
+    assert "2 clients match this phone" in ack.reason
+    assert requests(axle, "POST", "/clients/batch") == 1  # a refusal, not resent without phone
+
+
 def test_cards_merge_by_source_and_user_id(client, axle):
     write(client, [person(1, cards=[card(101), card(102)])])
     write(client, [person(1, cards=[card(102, barcode="NEW"), card("103")])])
