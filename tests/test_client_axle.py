@@ -44,6 +44,7 @@ def axle(server):
     """The emulator's state, emptied for each test."""
     state = server.emulator("axle")
     state.reset()
+    server.faults.clear()
     return state
 
 
@@ -138,6 +139,24 @@ def test_700_members_go_in_two_batch_calls_with_one_ack_each(client, axle):
     assert {a.outcome for a in again} == {"updated"}
     assert {a.member_id for a in again} == {a.member_id for a in acks}
     assert len(axle.clients()) == 700
+
+
+def test_a_batch_whose_answer_failed_is_sent_again(server, keys, axle):
+    """The batch is an upsert, so a 502 (the vendor may have acted) is retried, not held."""
+    waits: list[float] = []
+    retrying = make_client(server, keys["demo"], sleep=waits.append)
+    server.faults.add("/clients/batch", 502, times=1)
+    acks = write(retrying, [person(1), person(2)])
+    assert {a.outcome for a in acks} == {"created"} and len(waits) == 1
+    assert len(axle.clients()) == 2 and retrying.calls.retries == 1
+
+
+def test_a_batch_without_a_verdict_gives_error_acks(server, keys, axle):
+    failing = make_client(server, keys["demo"], sleep=lambda s: None, max_tries=2)
+    server.faults.add("/clients/batch", 503, times=2)
+    acks = write(failing, [person(1), person(2)])
+    assert {a.outcome for a in acks} == {"error"} and all(a.reason for a in acks)
+    assert axle.clients() == []
 
 
 def test_a_bad_birthday_is_refused_next_to_good_members(client, axle):
