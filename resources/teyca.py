@@ -15,6 +15,7 @@ that would spend more calls per day than the cap allows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import re
@@ -74,6 +75,9 @@ def _passes_spec() -> EntitySpec:
 
 
 PASSES = _passes_spec()
+OPERATIONS = EntitySpec("operations", "events", "Teyca operations (purchases), TY-A11")
+OPERATION_NUMBERS = frozenset({"summ", "bonus"})
+OPERATION_IDS = frozenset({"id", "user_id", "store_id"})
 
 
 class TeycaClient(SourceClient):
@@ -132,7 +136,7 @@ class TeycaClient(SourceClient):
     # --- SourceClient --------------------------------------------------------------------------
 
     def entities(self) -> Sequence[EntitySpec]:
-        return [PASSES]
+        return [PASSES, OPERATIONS]
 
     def check_connection(self) -> None:
         """TY-A1: `GET /v1/{token}/passes?limit=1` answers 200 with `meta` (token made if new)."""
@@ -141,29 +145,35 @@ class TeycaClient(SourceClient):
     def iter_changed(
         self, entity: str, since: datetime | str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
-        """Every pass, whatever `since` says: Teyca has no modified filter (TY-A4)."""
-        self._entity(entity)
-        offset = 0
-        while True:
-            body = self._page(offset, self._page_size)
-            size = int(body["meta"].get("size") or 0)
-            self._last_size = size
-            passes = body["passes"]
-            if passes:
-                yield [cast_pass(p) for p in passes]
-            offset += self._page_size
-            if not passes or offset >= size:  # TY-A3
-                return
+        """Passes: every one, whatever `since` says (no modified filter, TY-A4). Operations:
+        those created at or after `since` (TY-A11), oldest first."""
+        if self._entity(entity) is OPERATIONS:
+            last = _cursor_time(since)
+            filters = {"data_since": format_moscow(last)} if last is not None else {}
+            return self._operation_pages(filters)
+        return self._pass_pages()
 
     def iter_range(self, entity: str, start: date, end: date) -> Iterator[list[dict[str, Any]]]:
-        raise ValueError(f"teyca {entity} has no business date; use iter_changed")
+        """Operations whose Moscow date lies in [start, end], both inclusive (TY-A11)."""
+        if self._entity(entity) is not OPERATIONS:
+            raise ValueError(f"teyca {entity} has no business date; use iter_changed")
+        if end < start:
+            raise ValueError(f"range end {end} is before its start {start}")
+        filters = {
+            "data_since": f"{start:%Y-%m-%d} 00:00:00",
+            "data_last": f"{end:%Y-%m-%d} 23:59:59",
+        }
+        return self._operation_pages(filters)
 
     def has_changes(self, entity: str, since: datetime | str | None) -> bool:
-        """Time for a scan? No call is spent: the cursor is the start of the last full scan, and
-        a scan is due when it is older than the scan interval (nightly with webhooks, else every
-        sensor interval; 10% early, so a sensor tick a little ahead of time still scans)."""
-        self._entity(entity)
+        """Passes: is a scan due? No call is spent: the cursor is the start of the last full scan,
+        and a scan is due when it is older than the scan interval (nightly with webhooks, else
+        every sensor interval; 10% early, so a sensor tick a little ahead of time still scans).
+        Operations: one call, limit 1, for any created since the cursor."""
         last = _cursor_time(since)
+        if self._entity(entity) is OPERATIONS:
+            filters = {"data_since": format_moscow(last)} if last is not None else {}
+            return int(self._operations(filters, 0, 1)["meta"].get("size") or 0) > 0
         if last is None:
             return True
         return datetime.now(UTC) - last >= self.scan_every() * 0.9
@@ -175,13 +185,19 @@ class TeycaClient(SourceClient):
         high_water: datetime | None,
         started_at: datetime,
     ) -> str | None:
-        """The scan's start: a card changed during the scan is read again by the next one."""
+        """Passes: the scan's start (a card changed during the scan is read by the next one).
+        Operations: the newest `created_at` landed, as the other sources do."""
+        if self._entity(entity) is OPERATIONS:
+            return high_water.isoformat() if high_water is not None else previous
         return _aware(started_at).isoformat()
 
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
-        """Id `user_id`; no modified time exists, so `created_at` stands in (staging breaks the
-        tie between versions by fetch time); a tombstone's is when it was seen gone."""
-        self._entity(entity)
+        """Passes: id `user_id`; no modified time exists, so `created_at` stands in (staging
+        breaks the tie between versions by fetch time); a tombstone's is when it was seen gone.
+        Operations: id `id`, business date the Moscow day of `created_at`."""
+        if self._entity(entity) is OPERATIONS:
+            moment = record_datetime(record, "created_at", parse_moscow)
+            return RecordMeta(record_id(record, "id"), moment, moment.astimezone(MOSCOW).date())
         if record.get(DELETED) is True and isinstance(record.get(DELETED_AT), str):
             modified = record_datetime(record, DELETED_AT, _iso_utc)
         elif record.get(DELETED) is True and record.get("created_at") is None:
@@ -192,7 +208,8 @@ class TeycaClient(SourceClient):
 
     def fetch_records(self, entity: str, ids: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
         """Re-read passes by id (TY-A5); one gone at Teyca (404) comes back as a tombstone."""
-        self._entity(entity)
+        if self._entity(entity) is not PASSES:
+            raise ValueError(f"teyca {entity} cannot be re-read by id")
         page: list[dict[str, Any]] = []
         for user_id in dict.fromkeys(str(i) for i in ids):
             page.append(self._one(user_id))
@@ -333,15 +350,47 @@ class TeycaClient(SourceClient):
         except VendorError as exc:
             raise self._auth_error(exc, endpoint) from None
 
+    def _pass_pages(self) -> Iterator[list[dict[str, Any]]]:
+        """Every pass, `limit`/`offset` until offset >= meta.size (TY-A3)."""
+        for body in self._offset_pages(self._page, "passes"):
+            self._last_size = int(body["meta"].get("size") or 0)
+            if body["passes"]:
+                yield [cast_pass(p) for p in body["passes"]]
+
+    def _operation_pages(self, filters: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
+        fetch = functools.partial(self._operations, filters)
+        for body in self._offset_pages(fetch, "operations"):
+            if body["operations"]:
+                yield [cast_operation(op) for op in body["operations"]]
+
+    def _offset_pages(
+        self, fetch: Callable[[int, int], dict[str, Any]], rows: str
+    ) -> Iterator[dict[str, Any]]:
+        """Envelopes from offset 0 in page-size steps until offset >= meta.size (TY-A3), or an
+        empty page (a total that shrank while paging)."""
+        offset = 0
+        while True:
+            body = fetch(offset, self._page_size)
+            yield body
+            offset += self._page_size
+            if not body[rows] or offset >= int(body["meta"].get("size") or 0):
+                return
+
     def _page(self, offset: int, limit: int) -> dict[str, Any]:
-        body = self._call("GET", "passes", "passes", params={"limit": limit, "offset": offset})
-        if (
-            not isinstance(body, dict)
-            or not isinstance(body.get("meta"), dict)
-            or not isinstance(body.get("passes"), list)
-        ):
-            raise VendorError(self.vendor, 200, "passes: expected {passes: [...], meta: {...}}")
-        return body
+        params = {"limit": limit, "offset": offset}
+        return self._call("GET", "passes", "passes", params=params, validate=_passes_envelope)
+
+    def _operations(self, filters: dict[str, str], offset: int, limit: int) -> dict[str, Any]:
+        """`POST /operations` is a read (TY-A11): safe to send again, so retried like a GET."""
+        return self._call(
+            "POST",
+            "operations",
+            "operations",
+            idempotent=True,
+            params={"offset": offset, "limit": limit},
+            json={"filters": filters, "order": "asc"},  # oldest first: stable while paging
+            validate=_operations_envelope,
+        )
 
     def _one(self, user_id: str) -> dict[str, Any]:
         try:
@@ -373,9 +422,11 @@ class TeycaClient(SourceClient):
         message = f"{exc.message} (on {self._host}: {hint})"
         return VendorError(self.vendor, exc.status, message, exc.body)
 
-    def _entity(self, name: str) -> None:
-        if name != PASSES.name:
-            raise ValueError(f"teyca has no entity {name!r}; known: ['passes']")
+    def _entity(self, name: str) -> EntitySpec:
+        for spec in (PASSES, OPERATIONS):
+            if spec.name == name:
+                return spec
+        raise ValueError(f"teyca has no entity {name!r}; known: ['operations', 'passes']")
 
 
 # --- record helpers ----------------------------------------------------------------------------
@@ -389,6 +440,35 @@ def cast_pass(card: dict[str, Any]) -> dict[str, Any]:
         if name in out:
             out[name] = _number(out[name], whole=name in COUNT_FIELDS)
     return out
+
+
+def cast_operation(operation: dict[str, Any]) -> dict[str, Any]:
+    """Operation amounts sent as text become numbers, like a pass's (TY-A7, TY-A11)."""
+    out = dict(operation)
+    for name in OPERATION_NUMBERS | OPERATION_IDS:
+        if name in out:
+            out[name] = _number(out[name], whole=name in OPERATION_IDS)
+    return out
+
+
+def _envelope(body: Any, rows: str) -> dict[str, Any]:
+    """`{<rows>: [...], meta: {size, ...}}`; a ValueError makes the HTTP layer read it as a
+    garbled answer (retried, then a VendorError)."""
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get("meta"), dict)
+        or not isinstance(body.get(rows), list)
+    ):
+        raise ValueError(f"{rows}: expected {{{rows}: [...], meta: {{...}}}}")
+    return body
+
+
+def _passes_envelope(body: Any) -> dict[str, Any]:
+    return _envelope(body, "passes")
+
+
+def _operations_envelope(body: Any) -> dict[str, Any]:
+    return _envelope(body, "operations")
 
 
 def _number(value: Any, *, whole: bool) -> Any:
@@ -412,6 +492,11 @@ def tombstone(user_id: str) -> dict[str, Any]:
 def parse_moscow(value: str) -> datetime:
     """`YYYY-MM-DD HH:MM:SS` Moscow wall time (TY-A7) -> aware UTC."""
     return datetime.strptime(value.strip(), LOCAL_FORMAT).replace(tzinfo=MOSCOW).astimezone(UTC)
+
+
+def format_moscow(moment: datetime) -> str:
+    """Aware (or naive UTC) datetime -> `YYYY-MM-DD HH:MM:SS` Moscow wall time (TY-A11)."""
+    return _aware(moment).astimezone(MOSCOW).strftime(LOCAL_FORMAT)
 
 
 def _iso_utc(value: str) -> datetime:

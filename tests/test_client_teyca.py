@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from itertools import count
 
 import httpx
@@ -178,6 +178,43 @@ def test_record_meta_reads_moscow_created_at_as_utc(make):
         client.record_meta("passes", {"user_id": 1, "created_at": "01.03.2026"})
     with pytest.raises(ValueError, match="user_id"):
         client.record_meta("passes", {"created_at": "2026-03-01 10:00:00"})
+
+
+# -- operations (TY-A11) ---------------------------------------------------------------------------
+def test_operations_by_moscow_date_range_page_and_cast(make, teyca):
+    client = make(page_size=20)
+    stamps = sorted(op["created_at"] for op in teyca.operations)
+    start = date.fromisoformat(stamps[len(stamps) // 3][:10])
+    end = date.fromisoformat(stamps[2 * len(stamps) // 3][:10])
+    wanted = [
+        op["id"]
+        for op in teyca.operations
+        if start <= date.fromisoformat(op["created_at"][:10]) <= end
+    ]
+    pages = list(client.iter_range("operations", start, end))
+    got = [op for page in pages for op in page]
+    assert [op["id"] for op in got] == wanted and len(pages) == -(-len(wanted) // 20)
+    assert all(isinstance(op["summ"], int | float) and isinstance(op["user_id"], int) for op in got)
+    meta = client.record_meta("operations", got[0])
+    assert meta.record_id == str(got[0]["id"])
+    assert meta.business_date == date.fromisoformat(got[0]["created_at"][:10])
+    assert meta.modified == parse_moscow(got[0]["created_at"])
+
+
+def test_operations_since_a_cursor_and_the_probe(make, teyca):
+    client = make()
+    newest = max(teyca.operations, key=lambda op: op["created_at"])
+    moment = parse_moscow(newest["created_at"])
+    got = [op for page in client.iter_changed("operations", moment.isoformat()) for op in page]
+    assert newest["id"] in [op["id"] for op in got]
+    assert all(op["created_at"] >= newest["created_at"] for op in got)
+    assert client.has_changes("operations", moment.isoformat())
+    later = (moment + timedelta(seconds=1)).isoformat()
+    assert not client.has_changes("operations", later)
+    assert client.cursor_after("operations", "x", moment, datetime.now(UTC)) == moment.isoformat()
+    assert client.cursor_after("operations", "x", None, datetime.now(UTC)) == "x"
+    with pytest.raises(ValueError):
+        list(client.fetch_records("operations", ["1"]))
 
 
 # -- change detection (TY-A4) ----------------------------------------------------------------------
