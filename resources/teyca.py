@@ -32,7 +32,14 @@ import dagster as dg
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from resources.base import EntitySpec, RecordMeta, SourceClient, UncertainOutcome, VendorError
+from resources.base import (
+    CallCounter,
+    EntitySpec,
+    RecordMeta,
+    SourceClient,
+    UncertainOutcome,
+    VendorError,
+)
 from resources.http import EnvVarName, HttpUrlStr, VendorHttp, resolve_secret
 from resources.rate_budget import SharedRateLimiter, Window
 from resources.record_fields import record_datetime, record_id
@@ -119,17 +126,22 @@ class TeycaClient(SourceClient):
         self._budget_dir = budget_dir
         self._sleep = sleep
         self._clock = clock
-        self._http = VendorHttp(
+        self.calls = CallCounter()  # every call of both sessions below, for the run's report
+        # Token calls log their URL path on retries, and the path holds the token: that session
+        # is made once the token is known, so it masks it like the key (never in a log line).
+        self._new_http = functools.partial(
+            VendorHttp,
             vendor=self.vendor,
             timeout=timeout,
             max_tries=max_tries,
             transport=transport,
             sleep=sleep,
-            secrets=[api_key],
+            calls=self.calls,
         )
-        self.calls = self._http.calls
+        self._admin_http = self._new_http(secrets=[api_key])
         self._lock = threading.Lock()
         self._token: str | None = None
+        self._http: VendorHttp | None = None
         self._limiter: SharedRateLimiter | None = None
         self._last_size: int | None = None  # passes seen by the last scan (run_warnings)
 
@@ -262,7 +274,9 @@ class TeycaClient(SourceClient):
         return added
 
     def close(self) -> None:
-        self._http.close()
+        self._admin_http.close()
+        if self._http is not None:
+            self._http.close()
 
     def scan_every(self) -> timedelta:
         """Nightly-ish full scans with webhooks, at every sensor interval without (TY-A4)."""
@@ -304,7 +318,7 @@ class TeycaClient(SourceClient):
     def _admin(self, method: str, **kwargs: Any) -> Any:
         """`/v1/authorization` with the main key alone (no token, no rate window)."""
         try:
-            return self._http.request_json(
+            return self._admin_http.request_json(
                 method,
                 f"{self._base}/v1/authorization",
                 endpoint="authorization",
@@ -317,9 +331,14 @@ class TeycaClient(SourceClient):
     # --- calls on the token path ---------------------------------------------------------------
 
     def _budget(self) -> SharedRateLimiter:
+        return self._session()[1]
+
+    def _session(self) -> tuple[VendorHttp, SharedRateLimiter]:
+        """The HTTP session and the shared budget of the token, made on first use."""
         token = self.token()
         with self._lock:
-            if self._limiter is None:
+            if self._http is None or self._limiter is None:
+                self._http = self._new_http(secrets=[self._key, token])
                 self._limiter = SharedRateLimiter(
                     self.vendor,
                     token,
@@ -328,19 +347,19 @@ class TeycaClient(SourceClient):
                     clock=self._clock,
                     sleep=self._sleep,
                 )
-            return self._limiter
+            return self._http, self._limiter
 
     def _call(self, method: str, path: str, endpoint: str, **kwargs: Any) -> Any:
         """One request on `/v1/{token}/<path>`, each try admitted by the shared budget first."""
         token = self.token()
-        budget = self._budget()
+        http, budget = self._session()
 
         def headers() -> dict[str, str]:
             budget.acquire()  # called before every try, retries included
             return {"Authorization": self._key, "Accept": "application/json"}
 
         try:
-            return self._http.request_json(
+            return http.request_json(
                 method,
                 f"{self._base}/v1/{token}/{path}",
                 endpoint=endpoint,

@@ -5,6 +5,7 @@ the scan warning (TY-A4), webhook registration, and the webhook capability of th
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -266,18 +267,20 @@ def test_the_budget_waits_before_sending_so_a_burst_meets_no_429(make, teyca):
     assert client.rate_budget().used == 12 and client.rate_budget().limit == 5000
 
 
-def test_a_429_from_teyca_is_still_honoured(make, teyca):
+def test_a_429_from_teyca_is_still_honoured_and_its_log_line_hides_the_token(make, teyca, caplog):
+    caplog.set_level(logging.INFO, logger="resources.http")
     client = make(sleep=time.sleep)
     client.check_connection()
     teyca.limiter = MultiWindowLimiter([(1, 1.0)])  # stricter than the client knows
     try:
-        records = [
-            r for page in client.fetch_records("passes", list(teyca.passes)[:2]) for r in page
-        ]
+        ids = list(teyca.passes)[:2]
+        records = [r for page in client.fetch_records("passes", ids) for r in page]
     finally:
         teyca.limiter = MultiWindowLimiter(RATE_WINDOWS)
     assert len(records) == 2 and not any(r.get(DELETED) for r in records)
     assert client.calls.throttled >= 1
+    assert "429" in caplog.text and "/v1/***/passes/userid/" in caplog.text
+    assert client.token() not in caplog.text and KEY not in caplog.text
 
 
 def test_a_spent_day_is_refused_before_anything_is_sent(make, teyca):
