@@ -143,6 +143,7 @@ class TeycaClient(SourceClient):
         self._token: str | None = None
         self._http: VendorHttp | None = None
         self._limiter: SharedRateLimiter | None = None
+        self._spent_earlier = 0  # budget calls on a token that was replaced (stale)
         self._last_size: int | None = None  # passes seen by the last scan (run_warnings)
 
     # --- SourceClient --------------------------------------------------------------------------
@@ -255,7 +256,8 @@ class TeycaClient(SourceClient):
     @property
     def budget_spent(self) -> int:
         """Calls this client (one run) let through the shared budget."""
-        return self._limiter.spent if self._limiter is not None else 0
+        current = self._limiter.spent if self._limiter is not None else 0
+        return self._spent_earlier + current
 
     def ensure_webhooks(self, url: str) -> list[str]:
         """Register CREATE, UPDATE and DELETE hooks to `url` where missing (TY-A4); returns the
@@ -350,24 +352,45 @@ class TeycaClient(SourceClient):
             return self._http, self._limiter
 
     def _call(self, method: str, path: str, endpoint: str, **kwargs: Any) -> Any:
-        """One request on `/v1/{token}/<path>`, each try admitted by the shared budget first."""
-        token = self.token()
-        http, budget = self._session()
+        """One request on `/v1/{token}/<path>`, each try admitted by the shared budget first.
 
-        def headers() -> dict[str, str]:
-            budget.acquire()  # called before every try, retries included
-            return {"Authorization": self._key, "Accept": "application/json"}
+        A 401 may mean the stored token was deleted at Teyca: if the token list no longer holds
+        it, it is forgotten and the request goes once more on a token found or made anew."""
+        for attempt in (1, 2):
+            token = self.token()
+            http, budget = self._session()
 
-        try:
-            return http.request_json(
-                method,
-                f"{self._base}/v1/{token}/{path}",
-                endpoint=endpoint,
-                headers=headers,
-                **kwargs,
-            )
-        except VendorError as exc:
-            raise self._auth_error(exc, endpoint) from None
+            def headers(budget: SharedRateLimiter = budget) -> dict[str, str]:
+                budget.acquire()  # called before every try, retries included
+                return {"Authorization": self._key, "Accept": "application/json"}
+
+            try:
+                return http.request_json(
+                    method,
+                    f"{self._base}/v1/{token}/{path}",
+                    endpoint=endpoint,
+                    headers=headers,
+                    **kwargs,
+                )
+            except VendorError as exc:
+                if exc.status == 401 and attempt == 1 and self._forget_if_stale(token):
+                    continue
+                raise self._auth_error(exc, endpoint) from None
+        raise AssertionError("unreachable")
+
+    def _forget_if_stale(self, token: str) -> bool:
+        """True when Teyca no longer lists `token` as ours: it and its session are dropped."""
+        if self._listed_token() == token:  # a refused main key raises here, named as such
+            return False
+        with self._lock:
+            self._secrets.delete(self._secret_name)
+            self._token = None
+            if self._http is not None:
+                self._http.close()
+            if self._limiter is not None:
+                self._spent_earlier += self._limiter.spent
+            self._http = self._limiter = None
+        return True
 
     def _pass_pages(self) -> Iterator[list[dict[str, Any]]]:
         """Every pass, `limit`/`offset` until offset >= meta.size (TY-A3)."""

@@ -40,7 +40,7 @@ class TeycaWebhook(WebhookCapability):
         return cls(secret)
 
     def verify(self, headers: Mapping[str, str], body: bytes) -> None:
-        given = headers.get("authorization")
+        given = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
         if given is None:
             raise WebhookRefused(401, "missing Authorization header")
         if not hmac.compare_digest(given.encode(), self._secret):

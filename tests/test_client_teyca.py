@@ -121,6 +121,31 @@ def test_a_wrong_main_key_names_the_host_and_the_key(make, sandbox):
     assert "main API key" in error.message and "not-the-key" not in str(error)
 
 
+def test_a_token_deleted_at_teyca_is_replaced_once(make, teyca, sandbox):
+    client = make()
+    client.check_connection()
+    old = client.token()
+    deleted = httpx.request(
+        "DELETE",
+        f"{sandbox.url}/teyca/v1/authorization",
+        json={"identifier": client.identifier},
+        headers={"Authorization": KEY},
+    )
+    assert deleted.status_code == 200
+    later = make()  # a later run: the stored token is stale now
+    later.check_connection()
+    assert later.token() != old and later.token() in teyca.tokens
+    assert make().token() == later.token()  # and the new one is stored
+
+
+def test_a_wrong_main_key_with_a_stored_token_still_names_the_key(make):
+    make().check_connection()
+    client = make(api_key="not-the-key")
+    with pytest.raises(VendorError) as refused:
+        client.check_connection()
+    assert refused.value.status == 401 and "main API key" in refused.value.message
+
+
 def test_a_token_blocked_for_a_second_instance_passes_the_reason_through(make, teyca, sandbox):
     client = make()
     client.check_connection()
@@ -339,6 +364,7 @@ def _body(kind: str = "UPDATE", **card) -> bytes:
 def test_a_webhook_is_verified_by_its_authorization_secret():
     hook = TeycaWebhook(SECRET)
     hook.verify({"authorization": SECRET}, _body())
+    hook.verify({"Authorization": SECRET}, _body())  # whatever case the receiver passes
     for headers in ({}, {"authorization": "wrong"}, {"authorization": SECRET + " "}):
         with pytest.raises(WebhookRefused) as refused:
             hook.verify(headers, _body())
