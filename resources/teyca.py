@@ -238,11 +238,16 @@ class TeycaClient(SourceClient):
         if size is None:
             size = int(self._page(0, 1)["meta"].get("size") or 0)
         pages = max(1, math.ceil(size / self._page_size))
-        scans = timedelta(days=1) / self.scan_every()
+        scans = timedelta(days=1) / self.scan_every()  # the sensor's probe spends no call
         per_day = math.ceil(pages * scans)
         if per_day <= DAILY_CAP:
             return []
-        how = "nightly" if self._webhooks else f"every {self._interval_minutes} min (no webhooks)"
+        every = self.scan_every()
+        how = (
+            f"every {every.total_seconds() / 3600:g} h (webhooks on)"
+            if self._webhooks
+            else f"every {self._interval_minutes} min (no webhooks)"
+        )
         return [
             f"teyca: full scans of {size} passes ({pages} calls each) {how} would spend "
             f"{per_day} calls/day, more than the {DAILY_CAP}/day cap; turn webhooks on or "

@@ -270,6 +270,8 @@ def test_run_warnings_name_the_calls_per_day_past_the_cap(make, teyca):
     assert calm.run_warnings() == []  # 1 page * 288 scans; no probe: the scan saw the size
     assert delta(before, counts(teyca)) == {}
     assert make(page_size=1, webhooks_enabled=True, scan_interval_minutes=1).run_warnings() == []
+    (hourly,) = make(page_size=1, webhooks_enabled=True, full_scan_hours=0.1).run_warnings()
+    assert f"{size * 240} calls/day" in hourly and "every 0.1 h (webhooks on)" in hourly
 
 
 # -- rate budget (TY-A9) ---------------------------------------------------------------------------
