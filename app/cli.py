@@ -79,9 +79,9 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
     import os
     import subprocess
 
-    from memberflow import runner
+    from app import runner
+    from app.demo import prepare_environment
     from memberflow.config import REPO_ROOT
-    from memberflow.demo import prepare_environment
     from sandbox.server import SandboxServer
 
     runner.ensure_dagster_home()
@@ -100,7 +100,7 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
 @click.option("--seed", default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
     """Start the sandbox, sync the demo integrations once, print what happened."""
-    from memberflow.demo import run_demo
+    from app.demo import run_demo
 
     outcome = run_demo(customers=customers, seed=seed)
     for line in outcome.lines:
@@ -116,7 +116,7 @@ def sync(name: str, start: object, end: object) -> None:
     """Run one integration now: incremental, or a backfill over --from .. --to (X5)."""
     import dagster as dg
 
-    from memberflow import runner
+    from app import runner
     from pipelines.factory import build_definitions
 
     integrations = load_all()
@@ -150,7 +150,8 @@ def recover() -> None:
     """
     import dagster as dg
 
-    from memberflow import recovery, runner
+    from app import runner
+    from memberflow import recovery
 
     runner.ensure_dagster_home()
     outcome = recovery.recover(dg.DagsterInstance.get())
