@@ -21,10 +21,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from memberflow import landing
-from resources.webhooks import WebhookEvent
+from resources.webhooks import WebhookCapability, WebhookEvent
+
+if TYPE_CHECKING:
+    from memberflow.config import Integration
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -158,6 +161,18 @@ class WebhookStore:
                 (run_id, _iso(datetime.now(UTC)), through),
             )
             conn.execute("COMMIT")
+
+
+def webhook_capability(integration: Integration) -> WebhookCapability | None:
+    """The integration's source webhook capability; None when webhooks are off or the source
+    kind has none. Other errors (a secret's env var missing) propagate: the caller decides."""
+    offer = getattr(integration.source, "webhook", None)
+    if offer is None:
+        return None
+    try:
+        return offer()
+    except NotImplementedError:
+        return None
 
 
 def _row(event: WebhookEvent) -> tuple[str, str, str, str]:
