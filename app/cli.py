@@ -160,11 +160,15 @@ def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | N
 
     import uvicorn
 
-    from app.receiver import build_app, capabilities_of, register
+    from app.receiver import ReceiverSetupError, build_app, capabilities_of, register
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     integrations = _chosen(load_all(), [n for name in names for n in name.split(",") if n])
-    capabilities = capabilities_of(integrations)
+    try:
+        capabilities = capabilities_of(integrations)
+    except ReceiverSetupError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
     if not capabilities:
         click.echo("no integration has webhooks on; nothing to receive", err=True)
         sys.exit(2)

@@ -39,10 +39,21 @@ class _TooLarge(Exception):
     pass
 
 
+class ReceiverSetupError(RuntimeError):
+    """An integration's webhook setting can't be used (the command says which and exits)."""
+
+
 def capabilities_of(integrations: list[Integration]) -> dict[str, WebhookCapability]:
     """Integration name -> webhook capability, for those whose source has webhooks on."""
-    found = {i.name: webhook_capability(i) for i in integrations}
-    return {name: capability for name, capability in found.items() if capability is not None}
+    found = {}
+    for integration in integrations:
+        try:
+            capability = webhook_capability(integration)
+        except Exception as exc:  # e.g. the secret's env var is missing: say which integration
+            raise ReceiverSetupError(f"{integration.name}: webhook setting: {exc}") from exc
+        if capability is not None:
+            found[integration.name] = capability
+    return found
 
 
 def build_app(
@@ -130,6 +141,9 @@ def register(integrations: list[Integration], base_url: str) -> list[str]:
         client = integration.source.resource().client()
         try:
             added = client.ensure_webhooks(url)
+        except NotImplementedError:
+            lines.append(f"{integration.name}: register {url} at the vendor by hand")
+            continue
         finally:
             client.close()
         kinds = ", ".join(added) if added else "none new"

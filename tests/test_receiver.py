@@ -149,3 +149,36 @@ def test_the_command_refuses_to_start_with_no_webhook_integration(monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_INTEGRATIONS", str(INTEGRATIONS_DIR / "demo_flexpos.yaml"))
     result = CliRunner().invoke(main, ["receiver", "--port", "0"])
     assert result.exit_code == 2 and "no integration has webhooks on" in result.output
+
+
+def test_the_command_registers_hooks_and_serves_the_webhook_integrations(monkeypatch):
+    """`memberflow receiver --register-url`: each source's hooks point at /webhooks/<name>."""
+    import uvicorn as uvicorn_module
+    from click.testing import CliRunner
+
+    from app.cli import main
+    from memberflow.config import INTEGRATIONS_DIR
+    from resources.flexpos import FlexPOSClient, FlexPOSSource
+    from sandbox.credentials import SANDBOX_ENV
+
+    for name, value in SANDBOX_ENV.items():
+        monkeypatch.setenv(name, value)
+    files = [str(INTEGRATIONS_DIR / f"demo_{n}.yaml") for n in ("flexpos", "ticketmaster")]
+    monkeypatch.setenv("MEMBERFLOW_INTEGRATIONS", ":".join(files))
+    monkeypatch.setattr(FlexPOSSource, "webhook", lambda self: FakeCapability(), raising=False)
+    registered: list[str] = []
+
+    def ensure_webhooks(self, url: str) -> list[str]:
+        registered.append(url)
+        return ["card.created"]
+
+    monkeypatch.setattr(FlexPOSClient, "ensure_webhooks", ensure_webhooks, raising=False)
+    served = {}
+    monkeypatch.setattr(uvicorn_module, "run", lambda app, **kw: served.update(app=app, **kw))
+    args = ["receiver", "--port", "9999", "--register-url", "https://hooks.example.org/"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert registered == ["https://hooks.example.org/webhooks/demo_flexpos"]
+    assert "receiving demo_flexpos at http://127.0.0.1:9999/webhooks/demo_flexpos" in result.output
+    assert "demo_ticketmaster" not in result.output  # no webhook capability: not served
+    assert served["port"] == 9999
