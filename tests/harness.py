@@ -15,7 +15,7 @@ import dagster as dg
 import duckdb
 import yaml
 
-from memberflow import runner
+from app import runner
 from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
 from pipelines.factory import build_definitions, warehouse_path
 

@@ -197,7 +197,7 @@ def test_cli_sandbox_prints_discovered_credentials(monkeypatch):
     from click.testing import CliRunner
 
     import sandbox.server
-    from memberflow.cli import main
+    from app.cli import main
 
     monkeypatch.setattr(sandbox.server, "serve_forever", lambda **kwargs: None)
     result = CliRunner().invoke(main, ["sandbox"])
