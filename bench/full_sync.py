@@ -40,7 +40,7 @@ import duckdb
 import httpx
 import pyarrow.parquet as pq
 
-from memberflow import runner
+from app import runner
 from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
 from memberflow.mapping import EntityMapping, FieldRule, rule_sql
 from pipelines.factory import build_definitions, feed_of
@@ -78,7 +78,7 @@ def _die_with_parent() -> None:
 
 def sandbox_command(customers: int, port: int, seed: int) -> list[str]:
     script = Path(sys.executable).with_name("memberflow")
-    base = [str(script)] if script.exists() else [sys.executable, "-m", "memberflow.cli"]
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
     return [
         *base,
         "sandbox",
@@ -192,7 +192,7 @@ def self_stats() -> ProcStats:
 
 
 def prepare_environment(sandbox_url: str, run_dir: Path) -> None:
-    """Like memberflow.demo.prepare_environment, plus a throw-away Dagster home."""
+    """Like app.demo.prepare_environment, plus a throw-away Dagster home."""
     os.environ["MEMBERFLOW_SANDBOX_URL"] = sandbox_url
     os.environ["MEMBERFLOW_DATA_DIR"] = str(run_dir / "data")
     os.environ["DAGSTER_HOME"] = str(run_dir / "dagster_home")

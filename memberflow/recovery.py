@@ -6,7 +6,7 @@ for the slot and the sensor skips every tick because "a run is still in flight".
 monitoring (dagster.yaml) covers runs the daemon launched; it cannot see in-process runs, whose
 worker is whatever process called `execute_in_process`. So every in-process run carries who runs
 it (`memberflow/host`, `memberflow/pid` and the process's start time, set at launch by
-`memberflow.runner`), and `recover` — called before every in-process run, at the start of every
+`app.runner`), and `recover` — called before every in-process run, at the start of every
 sensor tick and by `memberflow recover` — finds in-flight runs of this host whose process is
 gone (and, on a local SQLite instance, daemon-launched runs whose worker pid is gone, which
 Dagster's DefaultRunLauncher cannot health-check), marks them failed with a message saying so,

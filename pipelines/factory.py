@@ -23,6 +23,7 @@ from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
 from pipelines.sensors import build_sensor
+from pipelines.webhook_sensor import webhook_sensors
 from resources.mailer import ErrorReportMailer
 
 
@@ -76,6 +77,7 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
             job = _sync_job(integration, own, list_assets)
             jobs.append(job)
             sensors.append(build_sensor(integration, job))
+            sensors += webhook_sensors(integration, job)
     return dg.Definitions(
         assets=assets,
         jobs=jobs,

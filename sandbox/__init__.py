@@ -1,5 +1,5 @@
-"""Local emulators of the vendor APIs (FlexPOS, Heyloyalty, Ticketmaster, and every module that
-defines an `EMULATOR`, e.g. Teyca) with generated data.
+"""Local emulators of the vendor APIs with generated data: every module here that defines an
+`EMULATOR` (FlexPOS, Heyloyalty, Ticketmaster, Teyca, Axle-CRM, ...).
 
 Written from each vendor's published API and memberflow's labelled assumptions (FP-A*, TM-A*,
 HL-A*, TY-A*, AX-A*; see the README), never from the project's clients, so the end-to-end

@@ -2,13 +2,13 @@
 
 One process and one port keep the demo and the end-to-end tests simple; each vendor lives under
 its own prefix so the integration files point at `<url>/flexpos/pos`, `<url>/heyloyalty/...`,
-`<url>/ticketmaster` exactly as they would at separate hosts.
+`<url>/ticketmaster` exactly as they would at separate hosts. The vendors are not listed here:
+every `sandbox/<vendor>.py` with an `EMULATOR` is found at start (`sandbox.emulator`).
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,11 +23,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from sandbox.emulator import Emulator
 from sandbox.faults import FaultInjector, FaultMiddleware
-from sandbox.flexpos import ATTRACTIONS, POS, PREFIXES, FlexposState
 from sandbox.generator import SandboxData
-from sandbox.heyloyalty import BI_PREFIX, LOYALTY_PREFIX, HeyloyaltyState
-from sandbox.ticketmaster import PREFIX as TM_PREFIX
-from sandbox.ticketmaster import TicketmasterState
 
 
 def discover_emulators(package: ModuleType) -> dict[str, Emulator]:
@@ -60,9 +56,6 @@ class SandboxState:
     """Everything one running sandbox serves; tests reach the emulators through this."""
 
     data: SandboxData
-    flexpos: FlexposState
-    heyloyalty: HeyloyaltyState
-    ticketmaster: TicketmasterState
     faults: FaultInjector
     specs: dict[str, Emulator] = field(default_factory=dict)  # discovered emulators, by name
     states: dict[str, Any] = field(default_factory=dict)  # their built states, by name
@@ -72,25 +65,22 @@ class SandboxState:
         cls,
         data: SandboxData,
         rate_limits: bool = True,
-        token_lifetime: float = 3600,
+        token_lifetime: float | None = None,
         emulators: Mapping[str, Emulator] | None = None,
     ) -> SandboxState:
         """Build every emulator over `data`; `rate_limits=False` disables all limits.
 
-        `emulators` defaults to the discovered ones; tests pass their own.
+        `token_lifetime` (seconds) overrides the lifetime of the bearer tokens of every emulator
+        that issues expiring ones (its state has a `token_lifetime`), for tests of a client's
+        refresh. `emulators` defaults to the discovered ones; tests pass their own.
         """
         specs = dict(discovered_emulators() if emulators is None else emulators)
-        return cls(
-            data=data,
-            flexpos=FlexposState(data, token_lifetime, 10 if rate_limits else None),
-            heyloyalty=HeyloyaltyState(20 if rate_limits else None),
-            ticketmaster=TicketmasterState(
-                data, 5 if rate_limits else None, 5000 if rate_limits else None
-            ),
-            faults=FaultInjector(),
-            specs=specs,
-            states={name: spec.build(data, rate_limits) for name, spec in specs.items()},
-        )
+        states = {name: spec.build(data, rate_limits) for name, spec in specs.items()}
+        if token_lifetime is not None:
+            for state in states.values():
+                if hasattr(state, "token_lifetime"):
+                    state.token_lifetime = token_lifetime
+        return cls(data=data, faults=FaultInjector(), specs=specs, states=states)
 
     def emulator(self, name: str) -> Any:
         """The state of the discovered emulator `name` (e.g. "teyca")."""
@@ -100,15 +90,16 @@ class SandboxState:
             known = ", ".join(sorted(self.states)) or "none"
             raise KeyError(f"no sandbox emulator named {name!r} (found: {known})") from None
 
+    def __getattr__(self, name: str) -> Any:
+        """`state.<emulator name>` reads as `state.emulator(name)` (older tests use it)."""
+        states = self.__dict__.get("states") or {}
+        if name in states:
+            return states[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def summary(self) -> dict[str, Any]:
         """Record counts per emulator."""
-        result: dict[str, Any] = {
-            "seed": self.data.seed,
-            "today": self.data.today.isoformat(),
-            "flexpos": self.flexpos.counts(),
-            "heyloyalty": self.heyloyalty.counts(),
-            "ticketmaster": self.ticketmaster.counts(),
-        }
+        result: dict[str, Any] = {"seed": self.data.seed, "today": self.data.today.isoformat()}
         for name, spec in self.specs.items():
             result[name] = spec.summary(self.states[name]) if spec.summary else {}
         return result
@@ -119,21 +110,22 @@ class SandboxState:
             route for name, spec in self.specs.items() for route in spec.routes(self.states[name])
         ]
 
+    def control_routes(self) -> list[BaseRoute]:
+        """Each emulator's control routes, under `/_sandbox/<name>`."""
+        return [
+            Mount(f"/_sandbox/{name}", routes=spec.control_routes(self.states[name]))
+            for name, spec in self.specs.items()
+            if spec.control_routes is not None
+        ]
+
 
 def build_app(sandbox: SandboxState) -> Starlette:
     """The Starlette app serving every emulator and the control routes."""
     control = _Control(sandbox)
     routes = [
-        Mount(PREFIXES[POS], routes=sandbox.flexpos.routes(POS)),
-        Mount(PREFIXES[ATTRACTIONS], routes=sandbox.flexpos.routes(ATTRACTIONS)),
-        Mount(LOYALTY_PREFIX, routes=sandbox.heyloyalty.routes()),
-        Mount(BI_PREFIX, routes=sandbox.heyloyalty.bi_routes()),
-        Mount(TM_PREFIX, routes=sandbox.ticketmaster.routes()),
         Route("/_sandbox/health", control.health, methods=["GET"]),
         Route("/_sandbox/summary", control.summary, methods=["GET"]),
-        Route("/_sandbox/heyloyalty/unsubscribe", control.unsubscribe, methods=["POST"]),
-        Route("/_sandbox/ticketmaster/withdraw-consent", control.withdraw, methods=["POST"]),
-        Route("/_sandbox/flexpos/customers", control.upsert_customer, methods=["POST"]),
+        *sandbox.control_routes(),
         *sandbox.discovered_routes(),
     ]
     middleware = [Middleware(FaultMiddleware, injector=sandbox.faults)]  # in front of every route
@@ -141,7 +133,8 @@ def build_app(sandbox: SandboxState) -> Starlette:
 
 
 class _Control:
-    """`/_sandbox/*`: lets a demo or a test change vendor-side state over HTTP."""
+    """`/_sandbox/health` and `/_sandbox/summary`; the vendor-side changes are each emulator's
+    `control_routes`."""
 
     def __init__(self, sandbox: SandboxState) -> None:
         self.sandbox = sandbox
@@ -151,33 +144,3 @@ class _Control:
 
     async def summary(self, request: Request) -> Response:
         return JSONResponse(self.sandbox.summary())
-
-    async def unsubscribe(self, request: Request) -> Response:
-        body = await _json(request)
-        try:
-            member = self.sandbox.heyloyalty.unsubscribe(
-                int(body["list_id"]), email=body.get("email"), mobile=body.get("mobile")
-            )
-        except (KeyError, ValueError, TypeError) as error:
-            return JSONResponse({"error": str(error)}, 404)
-        return JSONResponse(member)
-
-    async def withdraw(self, request: Request) -> Response:
-        body = await _json(request)
-        try:
-            customer = self.sandbox.ticketmaster.withdraw_consent(str(body["customer_id"]))
-        except KeyError as error:
-            return JSONResponse({"error": f"unknown customer {error}"}, 404)
-        return JSONResponse(customer)
-
-    async def upsert_customer(self, request: Request) -> Response:
-        body = await _json(request)
-        return JSONResponse(self.sandbox.flexpos.upsert_customer(body))
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

@@ -1,4 +1,4 @@
-"""Axle-CRM emulator: clients with upsert, batch and delete (axle-crm.md §5, AX-A1..AX-A4).
+"""Axle-CRM emulator: clients with upsert, batch and delete (AX-A1..AX-A4).
 
 No public Axle API exists, so this serves memberflow's designed contract, as strictly as it reads:
 every AX-A2 field is type-checked on write (a mapping mistake surfaces as the 422 a strict server

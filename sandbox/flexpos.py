@@ -1,4 +1,4 @@
-"""Amero/FlexPOS emulator: the POS API and the Attractions API (flexpos.md section 5).
+"""Amero/FlexPOS emulator: the POS API and the Attractions API.
 
 The contract is designed, not documented (FP-A1..FP-A9), so the emulator is strict about it:
 exact parameter names, 1-based paging with a hard pageSize cap, 366-day ranges, per-API tokens
@@ -23,19 +23,26 @@ from zoneinfo import ZoneInfo
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from sandbox.credentials import (
-    FLEXPOS_ATTRACTIONS_CLIENT_ID,
-    FLEXPOS_ATTRACTIONS_CLIENT_SECRET,
-    FLEXPOS_CLIENT_ID,
-    FLEXPOS_CLIENT_SECRET,
-)
+from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
-from sandbox.httputil import basic_credentials, bearer_token, media_type, parse_urlencoded
+from sandbox.httputil import (
+    basic_credentials,
+    bearer_token,
+    json_object,
+    media_type,
+    parse_urlencoded,
+)
 from sandbox.ratelimit import RateLimiter
 from sandbox.store import Collection, Record
 
+# FP-A1/FP-A2: one client id/secret pair per API (demo values, exported by `memberflow sandbox`).
+FLEXPOS_CLIENT_ID = "demo-pos-client"
+FLEXPOS_CLIENT_SECRET = "demo-pos-secret"
+FLEXPOS_ATTRACTIONS_CLIENT_ID = "demo-attr-client"
+FLEXPOS_ATTRACTIONS_CLIENT_SECRET = "demo-attr-secret"
+RATE_LIMIT = 10  # FP-A8: requests per second per client id
 POS = "pos"
 ATTRACTIONS = "attractions"
 PREFIXES = {POS: "/flexpos/pos", ATTRACTIONS: "/flexpos/attractions"}  # FP-A1
@@ -479,3 +486,37 @@ _PREDICATES: dict[str, Callable[[_Query], tuple[Predicate, tuple[Any, ...]]]] = 
     "tickets": _id_filter("tickets", ("customerId",)),
     "memberships": _id_filter("memberships", ("customerId",)),
 }
+
+
+def build(data: SandboxData, rate_limits: bool) -> FlexposState:
+    """Both FlexPOS APIs over the sandbox's generated customers and sales."""
+    return FlexposState(data, rate_limit=RATE_LIMIT if rate_limits else None)
+
+
+def mounts(state: FlexposState) -> list[BaseRoute]:
+    """Each API under its own prefix, as at two hosts."""
+    return [Mount(PREFIXES[api], routes=state.routes(api)) for api in (POS, ATTRACTIONS)]
+
+
+def control_routes(state: FlexposState) -> list[BaseRoute]:
+    """`POST /_sandbox/flexpos/customers`: a customer created or changed at the till."""
+
+    async def upsert_customer(request: Request) -> Response:
+        return JSONResponse(state.upsert_customer(await json_object(request)))
+
+    return [Route("/customers", upsert_customer, methods=["POST"])]
+
+
+EMULATOR = Emulator(
+    name="flexpos",
+    build=build,
+    routes=mounts,
+    credentials={
+        "FLEXPOS_CLIENT_ID": FLEXPOS_CLIENT_ID,
+        "FLEXPOS_CLIENT_SECRET": FLEXPOS_CLIENT_SECRET,
+        "FLEXPOS_ATTRACTIONS_CLIENT_ID": FLEXPOS_ATTRACTIONS_CLIENT_ID,
+        "FLEXPOS_ATTRACTIONS_CLIENT_SECRET": FLEXPOS_ATTRACTIONS_CLIENT_SECRET,
+    },
+    summary=lambda state: state.counts(),
+    control_routes=control_routes,
+)

@@ -1,4 +1,4 @@
-"""Heyloyalty emulator: loyalty v1 lists/members and the BI tracking import (heyloyalty.md §5).
+"""Heyloyalty emulator: loyalty v1 lists/members and the BI tracking import (HL-A1..HL-A12).
 
 Built from the documented behaviour plus the assumed contract HL-A1..HL-A13: HMAC-over-timestamp
 auth, per-account list isolation, strict field validation on upsert (so a mapping error surfaces
@@ -25,17 +25,25 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from sandbox.credentials import (
-    HEYLOYALTY_API_KEY,
-    HEYLOYALTY_API_SECRET,
-    HEYLOYALTY_OTHER_API_KEY,
-    HEYLOYALTY_OTHER_API_SECRET,
+from sandbox.emulator import Emulator
+from sandbox.generator import SandboxData
+from sandbox.httputil import (
+    basic_credentials,
+    json_object,
+    media_type,
+    parse_multipart,
+    parse_urlencoded,
 )
-from sandbox.httputil import basic_credentials, media_type, parse_multipart, parse_urlencoded
 from sandbox.ratelimit import RateLimiter
 
+# HL-A1: API key + secret (demo values); a second account proves list isolation.
+HEYLOYALTY_API_KEY = "demo-hl-key"
+HEYLOYALTY_API_SECRET = "demo-hl-secret"
+HEYLOYALTY_OTHER_API_KEY = "other-hl-key"
+HEYLOYALTY_OTHER_API_SECRET = "other-hl-secret"
+RATE_LIMIT = 20  # HL-A12: requests per second per API key
 LOYALTY_PREFIX = "/heyloyalty/loyalty/v1"
 BI_PREFIX = "/heyloyalty/bi/api"
 CLOCK_SKEW = timedelta(minutes=15)  # HL-A1
@@ -45,7 +53,7 @@ MAX_BI_ROWS = 50_000  # HL-A10
 # 2 = female), so a client that resolves options by an English label fails here as it would there.
 SEX_OPTIONS = {"1": "Mand", "2": "Kvinde"}
 COUNTRY_OPTIONS = {"1": "Danmark", "2": "Sverige", "3": "Norge", "4": "Tyskland", "5": "Finland"}
-# Fixed fields of every list (heyloyalty.md 2.2); `country` is a choice there, so it is here too.
+# Fixed fields of every list, as Heyloyalty documents them; `country` is a choice there, so here.
 FIXED_FIELDS: list[tuple[str, str, dict[str, str] | None]] = [
     ("firstname", "text", None),
     ("lastname", "text", None),
@@ -943,3 +951,48 @@ def _cmp(left: str, right: str) -> int:
     else:
         a, b = left, right  # type: ignore[assignment]
     return (a > b) - (a < b)
+
+
+def build(data: SandboxData, rate_limits: bool) -> HeyloyaltyState:
+    """The two demo accounts with their empty lists (the pipelines fill them)."""
+    return HeyloyaltyState(RATE_LIMIT if rate_limits else None)
+
+
+def mounts(state: HeyloyaltyState) -> list[BaseRoute]:
+    """The loyalty API and the BI import API, each under its own prefix."""
+    return [
+        Mount(LOYALTY_PREFIX, routes=state.routes()),
+        Mount(BI_PREFIX, routes=state.bi_routes()),
+    ]
+
+
+def control_routes(state: HeyloyaltyState) -> list[BaseRoute]:
+    """`POST /_sandbox/heyloyalty/unsubscribe {list_id, email | mobile}`: a member clicked the
+    unsubscribe link; 404 when the list or the member is unknown."""
+
+    async def unsubscribe(request: Request) -> Response:
+        body = await json_object(request)
+        try:
+            member = state.unsubscribe(
+                int(body["list_id"]), email=body.get("email"), mobile=body.get("mobile")
+            )
+        except (KeyError, ValueError, TypeError, HeyloyaltyError) as error:
+            return JSONResponse({"error": str(error)}, 404)
+        return JSONResponse(member)
+
+    return [Route("/unsubscribe", unsubscribe, methods=["POST"])]
+
+
+EMULATOR = Emulator(
+    name="heyloyalty",
+    build=build,
+    routes=mounts,
+    credentials={
+        "HEYLOYALTY_API_KEY": HEYLOYALTY_API_KEY,
+        "HEYLOYALTY_API_SECRET": HEYLOYALTY_API_SECRET,
+        "HEYLOYALTY_OTHER_API_KEY": HEYLOYALTY_OTHER_API_KEY,
+        "HEYLOYALTY_OTHER_API_SECRET": HEYLOYALTY_OTHER_API_SECRET,
+    },
+    summary=lambda state: state.counts(),
+    control_routes=control_routes,
+)

@@ -1,4 +1,4 @@
-"""Request parsing shared by the emulators: Basic credentials, form and multipart bodies.
+"""Request parsing shared by the emulators: Basic credentials, JSON, form and multipart bodies.
 
 Multipart is parsed with the standard library's `email` package so the sandbox needs no
 python-multipart; the emulators read raw bodies and never rely on Starlette's form parser.
@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
+from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -39,6 +41,15 @@ def bearer_token(request: Request) -> str | None:
 def media_type(request: Request) -> str:
     """The Content-Type without parameters, lower-cased."""
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def json_object(request: Request) -> dict[str, Any]:
+    """The JSON object body of a control request; {} for an empty, invalid or non-object body."""
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def parse_urlencoded(body: bytes) -> list[tuple[str, str]]:

@@ -19,10 +19,7 @@ import uvicorn
 
 from sandbox.app import SandboxState, build_app
 from sandbox.faults import FaultInjector
-from sandbox.flexpos import FlexposState
 from sandbox.generator import SandboxData, generate
-from sandbox.heyloyalty import HeyloyaltyState
-from sandbox.ticketmaster import TicketmasterState
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +36,7 @@ class SandboxServer:
         port: int = 0,
         host: str = "127.0.0.1",
         rate_limits: bool = True,
-        token_lifetime: float = 3600,
+        token_lifetime: float | None = None,
     ) -> None:
         self.seed, self.customers, self.days, self.today = seed, customers, days, today
         self.host, self.port = host, port
@@ -141,24 +138,19 @@ class SandboxServer:
         return self._state().data
 
     @property
-    def flexpos(self) -> FlexposState:
-        return self._state().flexpos
-
-    @property
-    def heyloyalty(self) -> HeyloyaltyState:
-        return self._state().heyloyalty
-
-    @property
-    def ticketmaster(self) -> TicketmasterState:
-        return self._state().ticketmaster
-
-    @property
     def faults(self) -> FaultInjector:
         return self._state().faults
 
     def emulator(self, name: str) -> Any:
         """The state of a discovered emulator (`sandbox.emulator`), e.g. `emulator("teyca")`."""
         return self._state().emulator(name)
+
+    def __getattr__(self, name: str) -> Any:
+        """`server.<emulator name>` reads as `server.emulator(name)` (older tests use it)."""
+        state = self.__dict__.get("state")
+        if state is not None and name in state.states:
+            return state.states[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 def serve_forever(

@@ -1,27 +1,28 @@
-"""Teyca emulator: path tokens, passes, bonuses, operations, webhooks (teyca.md §1-3, TY-A1..A11).
+"""Teyca emulator: path tokens, passes, bonuses, operations, webhooks (TY-A1..A11).
 
-Written from teyca.md alone and as strict as it allows, so a client that misreads the contract
-fails here as it would at api.teyca.ru: the main key is sent raw (no `Bearer`), every
+Written from Teyca's published API alone and as strict as it allows, so a client that misreads
+the contract fails here as it would at api.teyca.ru: the main key is sent raw (no `Bearer`), every
 `/v1/{token}/…` call needs that key *and* a known token, a token used from a second address is
 blocked when `strict_instances` is on (TY-A2), all four rate windows are enforced per token
 (TY-A9), and errors are `{"message": …}` with the TY-A10 statuses. Card changes are pushed to the
 registered webhooks from a background thread with retries (TY-A5), and every delivery is recorded
 so tests can see what the receiver was sent.
 
-Where teyca.md says "Unknown" the emulator picks one answer and documents it beside the code
-(success bodies of token deletion, pass deletion, bonuses and webhook management).
+Where Teyca leaves a detail undocumented the emulator picks one answer and documents it beside
+the code (success bodies of token deletion, pass deletion, bonuses and webhook management).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -42,10 +43,16 @@ TEYCA_API_KEY = "demo-teyca-main-key"  # TY-A1: the main key ("Основной 
 TEYCA_WEBHOOK_SECRET = "demo-teyca-webhook-secret"  # TY-A5: set in the Teyca UI, not the API
 RATE_WINDOWS = [(5, 1.0), (150, 60.0), (1000, 3600.0), (5000, 86400.0)]  # TY-A9, per token
 MAX_LIMIT = 1000  # TY-A3
-PASSES_DEFAULT_LIMIT = 25  # teyca.md §2.4: the collection's examples
+PASSES_DEFAULT_LIMIT = 25  # as in Teyca's published request examples
 OPERATIONS_DEFAULT_LIMIT = 100
 RETRY_DELAYS = (60.0, 300.0, 900.0)  # TY-A5: three retries after 1, 5 and 15 minutes
-HOOK_TYPES = ("CREATE", "UPDATE", "DELETE")  # teyca.md §3
+# Emulator settings read from the environment when the sandbox starts, so a demo or a test that
+# runs the sandbox in another process can match its receiver: the secret sent in `Authorization`
+# (the env var the integration file names too) and, for test speed, the retry delays in seconds
+# ("0.05,0.05,0.05"). Unset means the demo secret and the TY-A5 delays.
+SECRET_ENV = "TEYCA_WEBHOOK_SECRET"
+RETRY_DELAYS_ENV = "SANDBOX_TEYCA_RETRY_DELAYS"
+HOOK_TYPES = ("CREATE", "UPDATE", "DELETE")  # the events Teyca pushes
 BLOCKED = "Token blocked: used from several instances"  # TY-A2
 
 _HOOK_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -150,7 +157,8 @@ class TeycaState:
 
     Settings tests change on a built state: `strict_instances` (TY-A2), `webhook_secret`,
     `retry_delays` (seconds between delivery attempts), `loopback_only` (deliver only to
-    loopback hosts) and `limiter.clock` (a fake clock for the TY-A9 windows).
+    loopback hosts) and `limiter.clock` (a fake clock for the TY-A9 windows). A sandbox reads
+    the first two from its environment at start (`configure_webhooks`).
     """
 
     def __init__(self, data: TeycaData, rate_limits: bool = True) -> None:
@@ -356,7 +364,7 @@ class TeycaState:
         with self._lock:
             self.request_counts[kind] += 1
 
-    # -- passes (§2.1, TY-A3) -----------------------------------------------------------------
+    # -- passes (TY-A3) -----------------------------------------------------------------
     def _passes(self, token: Token, request: Request, body: Row) -> Answer:
         if request.method == "GET":
             params = _query(request, {"search", "limit", "offset"})
@@ -457,7 +465,7 @@ class TeycaState:
             return dict(card)
 
     def _update(self, user_id: int, fields: Row, allow_read_only: bool = False) -> Row:
-        """Partial update (§2.1): fields not sent are kept; `bonus` overwrites the balance."""
+        """Partial update: fields not sent are kept; `bonus` overwrites the balance."""
         changes = _validated(fields, allow_read_only)
         if "user_id" in changes:
             raise _bad("user_id cannot be changed")
@@ -486,7 +494,7 @@ class TeycaState:
             if card.get("barcode") == barcode and card["user_id"] != owner:
                 raise _bad(f"barcode already exists: {barcode}")
 
-    # -- bonuses (§2.1) -----------------------------------------------------------------------
+    # -- bonuses ------------------------------------------------------------------------------
     def _bonuses(self, token: Token, request: Request, body: Row) -> Answer:
         user_id = _user_id(request.path_params["user_id"])
         self._found(user_id)
@@ -505,7 +513,7 @@ class TeycaState:
             return 200, {"bonus": accruals}, [("UPDATE", dict(card))]
         raise TeycaError(405, "Method Not Allowed")
 
-    # -- operations (§2.2, TY-A11) ------------------------------------------------------------
+    # -- operations (TY-A11) ------------------------------------------------------------
     def _operations(self, token: Token, request: Request, body: Row) -> Answer:
         _only(request, "POST")
         limit, offset = _paging(_query(request, {"limit", "offset"}), OPERATIONS_DEFAULT_LIMIT)
@@ -527,7 +535,7 @@ class TeycaState:
         meta = {"size": len(found), "limit": limit, "offset": offset}
         return 200, {"operations": page, "meta": meta}, []
 
-    # -- webhooks (§3, TY-A5) -----------------------------------------------------------------
+    # -- webhooks (TY-A5) -----------------------------------------------------------------
     def _hooks(self, token: Token, request: Request, body: Row) -> Answer:
         if request.method == "GET":
             with self._lock:
@@ -574,25 +582,29 @@ class TeycaState:
                 thread.start()
 
     def _deliver(self, delivery: Delivery) -> None:
-        """POST with the secret; a non-2xx answer or a transport error is retried."""
+        """POST with the secret; a non-2xx answer or a transport error is retried.
+
+        No proxy from the environment is used (`trust_env=False`): the sandbox delivers to a
+        receiver on this machine, as Teyca would to the receiver's public address."""
         if self.loopback_only and not _is_loopback(delivery.url):
             delivery.outcome = "skipped"
             return
         delays = list(self.retry_delays)
         headers = {"Authorization": self.webhook_secret}
-        while True:
-            try:
-                status = httpx.post(delivery.url, json=delivery.body, headers=headers, timeout=10)
-                delivery.attempts.append(status.status_code)
-                if 200 <= status.status_code < 300:
-                    delivery.outcome = "delivered"
+        with httpx.Client(timeout=10, trust_env=False) as http:
+            while True:
+                try:
+                    answer = http.post(delivery.url, json=delivery.body, headers=headers)
+                    delivery.attempts.append(answer.status_code)
+                    if 200 <= answer.status_code < 300:
+                        delivery.outcome = "delivered"
+                        return
+                except httpx.HTTPError as error:
+                    delivery.attempts.append(type(error).__name__)
+                if not delays:
+                    delivery.outcome = "failed"
                     return
-            except httpx.HTTPError as error:
-                delivery.attempts.append(type(error).__name__)
-            if not delays:
-                delivery.outcome = "failed"
-                return
-            time.sleep(delays.pop(0))
+                time.sleep(delays.pop(0))
 
 
 Answer = tuple[int, Any, list[tuple[str, Row]]]  # status, JSON body, webhook events to push
@@ -659,7 +671,7 @@ def _integer(value: str, name: str) -> int:
 
 
 def _search(raw: str) -> list[tuple[str, str]]:
-    """§2.1: `field=value` pairs joined by commas; every pair must match (exact text)."""
+    """`field=value` pairs joined by commas; every pair must match (exact text)."""
     pairs: list[tuple[str, str]] = []
     for part in raw.split(","):
         if not part.strip():
@@ -777,7 +789,7 @@ def _number_text(value: float) -> str:
 
 
 def _accruals(body: Row) -> list[Row]:
-    """§2.1: `{bonus: [{value: "500.0", active_from?, expires_at?}]}` (ISO 8601 dates)."""
+    """`{bonus: [{value: "500.0", active_from?, expires_at?}]}` (ISO 8601 dates)."""
     if set(body) != {"bonus"} or not isinstance(body["bonus"], list) or not body["bonus"]:
         raise _bad("body must be {bonus: [{value, active_from, expires_at}]}")
     accruals: list[Row] = []
@@ -878,9 +890,30 @@ def _is_loopback(url: str) -> bool:
 
 
 def build(data: SandboxData, rate_limits: bool) -> TeycaState:
-    """The Teyca account of a sandbox: passes sized to its generated customers."""
+    """The Teyca account of a sandbox: passes sized to its generated customers, webhook settings
+    from the environment (`configure_webhooks`)."""
     count = pass_count(len(data.flexpos_customers))
-    return TeycaState(generate_teyca(data.seed, count, data.today), rate_limits)
+    state = TeycaState(generate_teyca(data.seed, count, data.today), rate_limits)
+    configure_webhooks(state, os.environ)
+    return state
+
+
+def configure_webhooks(state: TeycaState, env: Mapping[str, str]) -> None:
+    """Apply SECRET_ENV and RETRY_DELAYS_ENV from `env` to `state`, when set."""
+    secret = env.get(SECRET_ENV, "").strip()
+    if secret:
+        state.webhook_secret = secret
+    delays = env.get(RETRY_DELAYS_ENV, "").strip()
+    if delays:
+        try:
+            parsed = tuple(float(part) for part in delays.split(","))
+        except ValueError:
+            raise ValueError(
+                f"{RETRY_DELAYS_ENV} must be seconds separated by commas, got {delays!r}"
+            ) from None
+        if any(d < 0 for d in parsed):
+            raise ValueError(f"{RETRY_DELAYS_ENV} must not be negative, got {delays!r}")
+        state.retry_delays = parsed
 
 
 def seeded_state(

@@ -1,6 +1,6 @@
 """Deterministic Russian demo data for the Teyca emulator: passes (loyalty cards) and operations.
 
-The data is shaped like what Teyca's API returns and dirty where teyca.md says it is (TY-A6,
+The data is shaped like what Teyca's API returns and dirty where Teyca's is known to be (TY-A6,
 TY-A7): Cyrillic names, `7XXXXXXXXXX` phones, `DD.MM.YYYY` birthdays, Moscow-time timestamps,
 numbers as strings beside a few real numbers, consent in custom `key1` spelled several ways
 (or missing), some cards without email, and a few people holding two cards under one phone (so

@@ -1,4 +1,4 @@
-"""Ticketmaster client-data emulator (ticketmaster.md section 5, TM-A1..TM-A5).
+"""Ticketmaster client-data emulator (TM-A1..TM-A5).
 
 The contract borrows Ticketmaster's public conventions (apikey query parameter, HAL paging,
 Apigee-style faults and quota headers); the emulator enforces them exactly, including the
@@ -17,19 +17,21 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from sandbox.credentials import (
-    TICKETMASTER_APIKEY,
-    TICKETMASTER_PASSWORD,
-    TICKETMASTER_USERNAME,
-    TM_MARKET,
-)
+from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
-from sandbox.httputil import basic_credentials
+from sandbox.httputil import basic_credentials, json_object
 from sandbox.ratelimit import Decision, RateLimiter
 from sandbox.store import Collection, Record
 
+# TM-A1: apikey + username/password (demo values), granted one market.
+TICKETMASTER_APIKEY = "demo-tm-key"
+TICKETMASTER_USERNAME = "demo-tm-user"
+TICKETMASTER_PASSWORD = "demo-tm-pass"
+TM_MARKET = "TM_DK"
+RATE_LIMIT = 5  # TM-A2: requests per second per apikey
+DAILY_QUOTA = 5000  # TM-A2: calls per day per apikey
 PREFIX = "/ticketmaster"  # TM-A1
 MAX_SIZE = 500  # TM-A2
 MAX_RANGE_DAYS = 366  # TM-A2: (toDate - fromDate) may be at most 366 days
@@ -384,3 +386,39 @@ class _Query:
         except ValueError as error:
             raise _invalid(f"{name} must be YYYY-MM-DD") from error
         return raw
+
+
+def build(data: SandboxData, rate_limits: bool) -> TicketmasterState:
+    """One account over the sandbox's generated ticket customers and orders."""
+    if not rate_limits:
+        return TicketmasterState(data, None, None)
+    return TicketmasterState(data, RATE_LIMIT, DAILY_QUOTA)
+
+
+def control_routes(state: TicketmasterState) -> list[BaseRoute]:
+    """`POST /_sandbox/ticketmaster/withdraw-consent {customer_id}`: the customer withdrew
+    marketing consent (TM-A3); 404 for an unknown customer."""
+
+    async def withdraw(request: Request) -> Response:
+        body = await json_object(request)
+        try:
+            customer = state.withdraw_consent(str(body["customer_id"]))
+        except KeyError as error:
+            return JSONResponse({"error": f"unknown customer {error}"}, 404)
+        return JSONResponse(customer)
+
+    return [Route("/withdraw-consent", withdraw, methods=["POST"])]
+
+
+EMULATOR = Emulator(
+    name="ticketmaster",
+    build=build,
+    routes=lambda state: [Mount(PREFIX, routes=state.routes())],
+    credentials={
+        "TICKETMASTER_APIKEY": TICKETMASTER_APIKEY,
+        "TICKETMASTER_USERNAME": TICKETMASTER_USERNAME,
+        "TICKETMASTER_PASSWORD": TICKETMASTER_PASSWORD,
+    },
+    summary=lambda state: state.counts(),
+    control_routes=control_routes,
+)

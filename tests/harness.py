@@ -15,7 +15,7 @@ import dagster as dg
 import duckdb
 import yaml
 
-from memberflow import runner
+from app import runner
 from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
 from pipelines.factory import build_definitions, warehouse_path
 
@@ -61,7 +61,7 @@ class Harness:
 
     def listed_tm_customer(self, list_id: int = 4711) -> dict[str, Any]:
         """A consenting Ticketmaster customer who is on the list now (for withdrawal tests)."""
-        listed = {lower(m["email"]) for m in self.sandbox.heyloyalty.members(list_id)}
+        listed = {lower(m["email"]) for m in self.sandbox.emulator("heyloyalty").members(list_id)}
         return next(
             c
             for c in self.sandbox.data.tm_customers

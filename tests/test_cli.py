@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import pytest
 from click.testing import CliRunner
 
-from memberflow.cli import main
+from app.cli import main
 from memberflow.config import INTEGRATIONS_DIR
 
 

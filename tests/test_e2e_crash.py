@@ -1,7 +1,7 @@
 """kill -9 a `memberflow sync` at every step, and between a send and its bookkeeping, then run it
 again: the list ends exactly as after a clean sync, and no run is left waiting (issue 6).
 
-The sync runs as a real subprocess (`python -m memberflow.cli sync demo_flexpos`) on its own
+The sync runs as a real subprocess (`python -m app.cli sync demo_flexpos`) on its own
 DAGSTER_HOME and data dir, against this test's sandbox. Two kinds of kill point:
 - a step starting (extract, stage, model): the test polls the run's event log and kills the
   process when the step's STEP_START appears;
@@ -108,7 +108,7 @@ class Sync:
         """One sync; returns its exit code (-9 when killed)."""
         log = self.tmp / f"sync-{len(self.logs)}.log"
         self.logs.append(log)
-        command = [sys.executable, "-m", "memberflow.cli", "sync", "demo_flexpos"]
+        command = [sys.executable, "-m", "app.cli", "sync", "demo_flexpos"]
         with log.open("w") as out:
             child = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         hook = None

@@ -182,7 +182,7 @@ def test_a_backfill_killed_mid_swap_gets_its_old_day_back(instance, data_dir):
 def test_the_cli_prints_what_it_recovered(instance, data_dir, monkeypatch, tmp_path):
     from click.testing import CliRunner
 
-    from memberflow.cli import main
+    from app.cli import main
 
     run = started_run(instance, tags_of(dead_pid()))
     monkeypatch.setattr(dg.DagsterInstance, "get", staticmethod(lambda: instance))

@@ -1,4 +1,4 @@
-"""Axle-CRM emulator over real sockets (axle-crm.md §5, AX-A1..AX-A4): auth, upsert and batch,
+"""Axle-CRM emulator over real sockets (AX-A1..AX-A4): auth, upsert and batch,
 card merging, one client per phone, listing, delete, validation, the 5/s limit, isolation."""
 
 from __future__ import annotations

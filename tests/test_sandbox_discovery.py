@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import re
 import sys
 import textwrap
 from datetime import date
+from pathlib import Path
 
 import httpx
 import pytest
@@ -34,12 +36,21 @@ async def _hello(request):
     return JSONResponse({"hello": "fake"})
 
 
+def _control(state):
+    async def poke(request):
+        state.customers += 1
+        return JSONResponse({"customers": state.customers})
+
+    return [Route("/poke", poke, methods=["POST"])]
+
+
 EMULATOR = Emulator(
     name="fake",
     build=FakeState,
     routes=lambda state: [Mount("/fake", routes=[Route("/hello", _hello)])],
     credentials={"FAKE_API_KEY": "demo-fake-key"},
     summary=lambda state: {"customers": state.customers},
+    control_routes=_control,
 )
 """
 
@@ -99,6 +110,71 @@ def test_a_found_emulator_is_built_summarised_and_mounted_behind_the_faults(fake
     assert faulted.status_code == 503  # FaultMiddleware stands in front of discovered routes too
 
 
+def test_a_found_emulators_control_routes_are_mounted_under_sandbox_and_its_name(fake_package):
+    fake = discover_emulators(importlib.import_module("fakevendors"))
+    data = generate(seed=1, customers=10, days=30, today=date(2026, 3, 1))
+    state = SandboxState.from_data(data, rate_limits=False, emulators=fake)
+    transport = httpx.ASGITransport(app=build_app(state))
+
+    async def poke() -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox") as http:
+            return await http.post("/_sandbox/fake/poke")
+
+    assert asyncio.run(poke()).json() == {"customers": 11}
+    assert state.emulator("fake").customers == 11
+    assert state.fake is state.emulator("fake")  # the older attribute spelling still reads
+    with pytest.raises(AttributeError):
+        _ = state.nope
+
+
+VENDORS = {"flexpos", "heyloyalty", "ticketmaster", "teyca", "axle"}
+
+
+def test_every_vendor_is_a_discovered_emulator():
+    assert VENDORS <= set(discovered_emulators())
+
+
+@pytest.mark.parametrize("hub", ["app.py", "credentials.py", "server.py", "emulator.py"])
+def test_the_sandbox_hubs_name_no_vendor(hub):
+    import sandbox
+
+    text = (Path(sandbox.__file__).parent / hub).read_text().lower()
+    code = _without_docs(re.sub(r"#.*", "", text))  # comments and docstrings may give examples
+    named = {vendor for vendor in VENDORS if re.search(rf"\b{vendor}\b", code)}
+    assert named == set(), f"sandbox/{hub} names {sorted(named)}; a vendor belongs in its module"
+
+
+def _without_docs(code: str) -> str:
+    """The code without its docstrings."""
+    return re.sub(r'"""(.|\n)*?"""', "", code)
+
+
+def test_sandbox_env_holds_every_emulators_credentials():
+    import sandbox.credentials as credentials
+
+    env = credentials.SANDBOX_ENV
+    expected = {
+        "FLEXPOS_CLIENT_ID",
+        "FLEXPOS_CLIENT_SECRET",
+        "FLEXPOS_ATTRACTIONS_CLIENT_ID",
+        "FLEXPOS_ATTRACTIONS_CLIENT_SECRET",
+        "HEYLOYALTY_API_KEY",
+        "HEYLOYALTY_API_SECRET",
+        "HEYLOYALTY_OTHER_API_KEY",
+        "HEYLOYALTY_OTHER_API_SECRET",
+        "TICKETMASTER_APIKEY",
+        "TICKETMASTER_USERNAME",
+        "TICKETMASTER_PASSWORD",
+        "TEYCA_API_KEY",
+        "TEYCA_WEBHOOK_SECRET",
+        "AXLE_API_KEY",
+    }
+    assert expected <= set(env)
+    assert credentials.HEYLOYALTY_API_SECRET == env["HEYLOYALTY_API_SECRET"]  # reads by name
+    with pytest.raises(AttributeError):
+        _ = credentials.NOT_A_CREDENTIAL
+
+
 def test_the_sandbox_package_emulators_are_discovered_with_their_credentials():
     import sandbox.credentials as credentials
 
@@ -108,7 +184,7 @@ def test_the_sandbox_package_emulators_are_discovered_with_their_credentials():
     for emulator in found.values():
         for name, value in emulator.credentials.items():
             assert env[name] == value
-    assert env["HEYLOYALTY_API_KEY"] == credentials.HEYLOYALTY_API_KEY  # built-ins stay
+    assert env["HEYLOYALTY_API_KEY"] == credentials.HEYLOYALTY_API_KEY  # by name, as before
 
 
 def test_axle_is_discovered_when_present():
@@ -121,17 +197,20 @@ def test_cli_sandbox_prints_discovered_credentials(monkeypatch):
     from click.testing import CliRunner
 
     import sandbox.server
-    from memberflow.cli import main
+    from app.cli import main
 
     monkeypatch.setattr(sandbox.server, "serve_forever", lambda **kwargs: None)
     result = CliRunner().invoke(main, ["sandbox"])
     assert result.exit_code == 0, result.output
-    for name in discovered_emulators()["teyca"].credentials:
-        assert f"export {name}=" in result.output
+    for emulator in discovered_emulators().values():
+        for name, value in emulator.credentials.items():
+            assert f"export {name}={value}" in result.output
 
 
 def test_a_running_sandbox_reaches_discovered_states():
     with SandboxServer(seed=3, customers=10, days=30, rate_limits=False) as server:
         summary = httpx.get(f"{server.url}/_sandbox/summary").json()
-        assert "teyca" in summary
+        assert VENDORS <= set(summary)
+        assert summary["flexpos"]["customers"] == 10
         assert server.emulator("teyca") is server.state.emulator("teyca")
+        assert server.heyloyalty is server.emulator("heyloyalty")  # the older spelling

@@ -173,9 +173,11 @@ def test_modified_since_sees_upserts_and_new_journals(client, sandbox):
         f"{POS}/api/v1/customers", headers=headers, params={"modifiedSince": cursor}
     ).json()
     assert before["TotalCount"] == 0
-    sandbox.flexpos.upsert_customer({"CustomerId": 1003, "Email": "ny.adresse@mail.dk"})
-    created = sandbox.flexpos.upsert_customer({"FirstName": "Ærlig", "Email": "aerlig@mail.dk"})
-    journal = sandbox.flexpos.add_journal({"CustomerId": created["CustomerId"]})
+    sandbox.emulator("flexpos").upsert_customer({"CustomerId": 1003, "Email": "ny.adresse@mail.dk"})
+    created = sandbox.emulator("flexpos").upsert_customer(
+        {"FirstName": "Ærlig", "Email": "aerlig@mail.dk"}
+    )
+    journal = sandbox.emulator("flexpos").add_journal({"CustomerId": created["CustomerId"]})
     after = client.get(
         f"{POS}/api/v1/customers", headers=headers, params={"modifiedSince": cursor}
     ).json()
@@ -190,7 +192,9 @@ def test_modified_since_sees_upserts_and_new_journals(client, sandbox):
 
 def test_control_route_upserts_a_customer(client, sandbox):
     response = client.post("/_sandbox/flexpos/customers", json={"CustomerId": 1004, "City": "Køge"})
-    assert response.status_code == 200 and sandbox.flexpos.customer(1004)["City"] == "Køge"
+    assert (
+        response.status_code == 200 and sandbox.emulator("flexpos").customer(1004)["City"] == "Køge"
+    )
 
 
 def test_attractions_tickets_and_memberships(client, sandbox):
@@ -212,7 +216,7 @@ def test_expired_token_is_refused_then_refreshed():
             assert expired.status_code == 401 and "expired" in expired.json()["detail"]
             assert "invalid_token" in expired.headers["www-authenticate"]
             assert http.get(f"{POS}/api/v1/customers", headers=token(http)).status_code == 200
-            assert server.flexpos.tokens_issued["pos"] == 2
+            assert server.emulator("flexpos").tokens_issued["pos"] == 2
 
 
 def test_rate_limit_answers_429_with_retry_after():

@@ -22,7 +22,7 @@ OTHER = (SANDBOX_ENV["HEYLOYALTY_OTHER_API_KEY"], SANDBOX_ENV["HEYLOYALTY_OTHER_
 
 
 class HeyloyaltyAuth(httpx.Auth):
-    """Written from heyloyalty.md section 1, independently of the project's client."""
+    """Written from the HL-A1 signing rule, independently of the project's client."""
 
     def __init__(self, key: str, secret: str, stamp: str | None = None) -> None:
         self.key, self.secret, self.stamp = key, secret, stamp
@@ -102,10 +102,10 @@ def test_upsert_creates_then_updates_sent_fields_only(sandbox, client):
     assert created.status_code == 200 and created.json()["type"] == "create"
     updated = upsert(client, {"email": "SØREN.KJÆR@mail.dk", "lastname": "Kjær"})
     assert updated.json() == {"type": "update", "member_id": created.json()["member_id"]}
-    stored = sandbox.heyloyalty.member_by_email(4711, "søren.kjær@mail.dk")
+    stored = sandbox.emulator("heyloyalty").member_by_email(4711, "søren.kjær@mail.dk")
     assert stored["fields"]["firstname"] == "Søren" and stored["fields"]["lastname"] == "Kjær"
     assert stored["mobile"] == "4512345678" and stored["status"] == "active"
-    flags = sandbox.heyloyalty.upsert_flags(4711, "søren.kjær@mail.dk")
+    flags = sandbox.emulator("heyloyalty").upsert_flags(4711, "søren.kjær@mail.dk")
     assert flags[0] == {
         "type": "create",
         "skipOptIn": 1,
@@ -113,7 +113,7 @@ def test_upsert_creates_then_updates_sent_fields_only(sandbox, client):
         "trigger_webhooks": 1,
     }
     assert flags[1]["skipOptIn"] is None
-    assert sandbox.heyloyalty.request_counts["upsert"] >= 2
+    assert sandbox.emulator("heyloyalty").request_counts["upsert"] >= 2
 
 
 def test_upsert_on_mobile(sandbox, client):
@@ -121,7 +121,10 @@ def test_upsert_on_mobile(sandbox, client):
     assert response.json()["type"] == "create"
     again = upsert(client, {"mobile": "4587654321", "city": "Næstved"}, unique="mobile")
     assert again.json()["type"] == "update"
-    assert sandbox.heyloyalty.member_by_mobile(4711, "4587654321")["fields"]["city"] == "Næstved"
+    assert (
+        sandbox.emulator("heyloyalty").member_by_mobile(4711, "4587654321")["fields"]["city"]
+        == "Næstved"
+    )
 
 
 @pytest.mark.parametrize(
@@ -159,13 +162,13 @@ def test_upsert_with_several_matches_is_refused(client):
 
 def test_unsubscribe_is_visible_through_updated_at_and_upsert_reactivates(sandbox, client):
     upsert(client, {"email": "mette@mail.dk", "firstname": "Mette"})
-    before = sandbox.heyloyalty.member_by_email(4711, "mette@mail.dk")
+    before = sandbox.emulator("heyloyalty").member_by_email(4711, "mette@mail.dk")
     time.sleep(1.05)  # updated_at has whole seconds
     response = client.post(
         "/_sandbox/heyloyalty/unsubscribe", json={"list_id": 4711, "email": "mette@mail.dk"}
     )
     assert response.status_code == 200
-    after = sandbox.heyloyalty.member_by_email(4711, "mette@mail.dk")
+    after = sandbox.emulator("heyloyalty").member_by_email(4711, "mette@mail.dk")
     assert after["status"] == "unsubscribed" and after["unsubscribed_at"]
     assert after["updated_at"] > before["updated_at"]
     changed = client.get(
@@ -174,12 +177,16 @@ def test_unsubscribe_is_visible_through_updated_at_and_upsert_reactivates(sandbo
     assert [m["id"] for m in changed["members"]] == [after["id"]]
     assert changed["members"][0]["status"]["status"] == "unsubscribed"
     assert upsert(client, {"email": "mette@mail.dk"}).json()["type"] == "update"
-    assert sandbox.heyloyalty.member_by_email(4711, "mette@mail.dk")["status"] == "active"
+    assert (
+        sandbox.emulator("heyloyalty").member_by_email(4711, "mette@mail.dk")["status"] == "active"
+    )
 
 
 def test_member_listing_filters_and_paging(sandbox, client):
     for n in range(7):
-        sandbox.heyloyalty.add_member(4712, {"email": f"side{n}@mail.dk", "firstname": "Side"})
+        sandbox.emulator("heyloyalty").add_member(
+            4712, {"email": f"side{n}@mail.dk", "firstname": "Side"}
+        )
     pages, page = [], 1
     while True:
         batch = client.get(
@@ -215,10 +222,10 @@ def test_member_get_put_patch_delete(client):
 
 
 def test_field_changes_drive_the_mapping_check(sandbox, client):
-    sandbox.heyloyalty.remove_field(4711, "language")
+    sandbox.emulator("heyloyalty").remove_field(4711, "language")
     refused = upsert(client, {"email": "felt@mail.dk", "language": "da"})
     assert refused.json() == {"error": "Unknown field: language"}
-    sandbox.heyloyalty.add_field(4711, "language", "text")
+    sandbox.emulator("heyloyalty").add_field(4711, "language", "text")
     assert upsert(client, {"email": "felt@mail.dk", "language": "da"}).status_code == 200
 
 
@@ -243,7 +250,7 @@ def test_bi_import_stores_events_and_reports_unknown_members(sandbox, client):
     body = bi_post(client, 99, csv_text, fields).json()
     assert body["status"] == "success" and body["imported"] == 1
     assert [f["row"] for f in body["failed"]] == [2, 3]
-    events = sandbox.heyloyalty.events(99)
+    events = sandbox.emulator("heyloyalty").events(99)
     assert events[-1]["store"] == "Butik Køge" and events[-1]["product_id"] == "101"
     by_mobile = bi_post(client, 99, "mobile,product_id,date\n4522334455,7,2025-01-03 09:00:00\n")
     assert by_mobile.json()["imported"] == 1
@@ -259,7 +266,7 @@ def test_bi_import_refusals(sandbox, client):
 
 
 def test_rate_limit_and_fault_injection(sandbox, client):
-    sandbox.heyloyalty.limiter.limit = 3
+    sandbox.emulator("heyloyalty").limiter.limit = 3
     try:
         codes = [client.get(f"{V1}/lists").status_code for _ in range(6)]
         assert 429 in codes
@@ -267,7 +274,7 @@ def test_rate_limit_and_fault_injection(sandbox, client):
         assert limited.json() == {"message": "Too Many Requests", "code": 429}
         assert limited.headers["retry-after"] == "1"
     finally:
-        sandbox.heyloyalty.limiter.limit = None
+        sandbox.emulator("heyloyalty").limiter.limit = None
     sandbox.faults.add("/members/upsert", 500, times=1)
     assert upsert(client, {"email": "fejl@mail.dk"}).status_code == 500
     assert upsert(client, {"email": "fejl@mail.dk"}).status_code == 200
@@ -286,18 +293,18 @@ def test_rate_limit_and_fault_injection(sandbox, client):
 def test_bi_import_stores_nothing_of_a_malformed_file(sandbox, client, broken):
     """HL-A10: one file per call; a broken file is refused whole, never half stored."""
     upsert(client, {"email": "kunde@mail.dk"})
-    before = len(sandbox.heyloyalty.events(99))
+    before = len(sandbox.emulator("heyloyalty").events(99))
     data = {"date_format": "Y-m-d H:i:s", "delimiter": ","}
     content = broken if isinstance(broken, bytes) else broken.encode()
     answer = client.post(f"{BI}/99", data=data, files={"file": ("events.csv", content, "text/csv")})
     assert answer.status_code == 400
     assert answer.json()["status"] == "error" and "nothing imported" in answer.json()["message"]
-    assert len(sandbox.heyloyalty.events(99)) == before
+    assert len(sandbox.emulator("heyloyalty").events(99)) == before
 
 
 def test_bi_import_counts_rows_exactly(sandbox, client):
     upsert(client, {"email": "kunde@mail.dk"})
-    before = len(sandbox.heyloyalty.events(99))  # the sandbox is shared by this module
+    before = len(sandbox.emulator("heyloyalty").events(99))  # the sandbox is shared by this module
     csv_text = "email,product_id,date\n" + "".join(
         f"kunde@mail.dk,{n},2025-01-02 10:00:00\n" for n in range(7)
     )
@@ -305,4 +312,4 @@ def test_bi_import_counts_rows_exactly(sandbox, client):
     body = bi_post(client, 99, csv_text).json()
     assert (body["imported"], [f["row"] for f in body["failed"]]) == (7, [8])
     assert body["message"] == "7 rows imported"
-    assert len(sandbox.heyloyalty.events(99)) == before + 7
+    assert len(sandbox.emulator("heyloyalty").events(99)) == before + 7

@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from sandbox.credentials import SANDBOX_ENV, TM_MARKET
+from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
+from sandbox.ticketmaster import TM_MARKET
 
 BASE = f"/ticketmaster/client-data/v1/{TM_MARKET}"
 KEY = {"apikey": SANDBOX_ENV["TICKETMASTER_APIKEY"]}
@@ -111,8 +112,10 @@ def test_modified_since_catches_upserts_and_consent_withdrawal(sandbox, client):
         "/_sandbox/ticketmaster/withdraw-consent", json={"customer_id": consenting["customerId"]}
     )
     assert response.status_code == 200
-    new = sandbox.ticketmaster.upsert_customer({"email": "ny@mail.dk", "marketingConsent": True})
-    order = sandbox.ticketmaster.add_order(
+    new = sandbox.emulator("ticketmaster").upsert_customer(
+        {"email": "ny@mail.dk", "marketingConsent": True}
+    )
+    order = sandbox.emulator("ticketmaster").add_order(
         {"customerId": new["customerId"], "tickets": [{"ticketId": "T1", "price": 495.0}]}
     )
     changed, _ = follow(client, f"{BASE}/customers", "customers", modifiedSince=cursor)
@@ -134,7 +137,7 @@ def test_modified_since_catches_upserts_and_consent_withdrawal(sandbox, client):
 def test_customer_by_id(sandbox, client):
     known = sandbox.data.tm_customers[-1]["customerId"]
     shown = client.get(f"{BASE}/customers/{known}", params=KEY).json()
-    assert shown == sandbox.ticketmaster.customer(known)
+    assert shown == sandbox.emulator("ticketmaster").customer(known)
     missing = client.get(f"{BASE}/customers/TMC0", params=KEY)
     assert missing.status_code == 404 and missing.json()["errors"][0]["code"] == "NOT_FOUND"
 
@@ -155,7 +158,7 @@ def test_rate_limit_and_daily_quota():
             assert reset_ms >= int(time.time() * 1000) - 50
             assert int(limited[0].headers["retry-after"]) >= 1
             time.sleep(1.05)
-            server.ticketmaster.quota.limit = 5  # 5 calls counted so far
+            server.emulator("ticketmaster").quota.limit = 5  # 5 calls counted so far
             over = http.get(f"{BASE}/customers", params=KEY)
             assert over.status_code == 429 and over.headers["rate-limit-available"] == "0"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from memberflow.config import IntegrationFileError, discover_files, load_all
+from memberflow.config import Integration, IntegrationFileError, discover_files, load_all
 
 
 @click.group()
@@ -79,9 +79,9 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
     import os
     import subprocess
 
-    from memberflow import runner
+    from app import runner
+    from app.demo import prepare_environment
     from memberflow.config import REPO_ROOT
-    from memberflow.demo import prepare_environment
     from sandbox.server import SandboxServer
 
     runner.ensure_dagster_home()
@@ -100,7 +100,7 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
 @click.option("--seed", default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
     """Start the sandbox, sync the demo integrations once, print what happened."""
-    from memberflow.demo import run_demo
+    from app.demo import run_demo
 
     outcome = run_demo(customers=customers, seed=seed)
     for line in outcome.lines:
@@ -116,7 +116,7 @@ def sync(name: str, start: object, end: object) -> None:
     """Run one integration now: incremental, or a backfill over --from .. --to (X5)."""
     import dagster as dg
 
-    from memberflow import runner
+    from app import runner
     from pipelines.factory import build_definitions
 
     integrations = load_all()
@@ -142,6 +142,71 @@ def sync(name: str, start: object, end: object) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8780, show_default=True)
+@click.option(
+    "--integrations",
+    "names",
+    multiple=True,
+    help="Serve only these integrations (repeat or comma-separate); default: every one.",
+)
+@click.option(
+    "--register-url",
+    help="The receiver's public base URL: register each source's hooks to <URL>/webhooks/<name>.",
+)
+def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | None) -> None:
+    """Accept sources' webhooks and store their events durably until Ctrl-C (TX3)."""
+    import logging
+
+    import uvicorn
+
+    from app.receiver import ReceiverSetupError, build_app, capabilities_of, register
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    integrations = _chosen(load_all(), [n for name in names for n in name.split(",") if n])
+    try:
+        capabilities = capabilities_of(integrations)
+    except ReceiverSetupError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if not capabilities:
+        click.echo("no integration has webhooks on; nothing to receive", err=True)
+        sys.exit(2)
+    if register_url:
+        for line in register([i for i in integrations if i.name in capabilities], register_url):
+            click.echo(line)
+    for name in sorted(capabilities):
+        click.echo(f"receiving {name} at http://{host}:{port}/webhooks/{name}")
+    uvicorn.run(build_app(capabilities), host=host, port=port, log_level="warning")
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+def check(names: tuple[str, ...]) -> None:
+    """Check each integration against its vendors: connections, list, fields, budget (TX1)."""
+    from app.check import run_checks
+
+    integrations = _chosen(load_all(), list(names))
+    failed = False
+    for result in run_checks(integrations):
+        click.echo(result.line())
+        failed = failed or not result.ok
+    sys.exit(1 if failed else 0)
+
+
+def _chosen(integrations: list[Integration], names: list[str]) -> list[Integration]:
+    """The integrations named (all when none is); exits 2 naming an unknown one."""
+    if not names:
+        return integrations
+    known = {i.name: i for i in integrations}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        click.echo(f"no integration named {unknown}: {sorted(known)}", err=True)
+        sys.exit(2)
+    return [known[n] for n in names]
+
+
+@main.command()
 def recover() -> None:
     """Fail this host's runs whose process died, free their pool slots, remove orphan temp files.
 
@@ -150,7 +215,8 @@ def recover() -> None:
     """
     import dagster as dg
 
-    from memberflow import recovery, runner
+    from app import runner
+    from memberflow import recovery
 
     runner.ensure_dagster_home()
     outcome = recovery.recover(dg.DagsterInstance.get())

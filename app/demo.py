@@ -12,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from memberflow import runner
+from app import runner
 from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT, Integration, load_all
 from pipelines.factory import build_definitions, warehouse_path
 from sandbox.credentials import SANDBOX_ENV

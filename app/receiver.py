@@ -1,0 +1,151 @@
+"""`memberflow receiver`: the ASGI app that accepts sources' webhooks (served by uvicorn).
+
+POST /webhooks/<integration> is answered 200 only once the delivery's events are committed to
+the integration's webhook store, so a vendor that got its 2xx never loses an event; every
+refusal stores nothing. In order: an integration without a webhook capability is 404, a body
+over the capability's limit 413 (by Content-Length, and counted while reading a chunked body),
+a failed verification 401, an unreadable body 400, a body stored before (same sha256) 409. A
+sensor then turns stored events into a run that reads the named records again
+(pipelines/webhook_sensor.py); the receiver itself never calls the source.
+
+Each delivery logs one line: integration, status, size, event kinds and record ids, never
+the headers (secrets) or a payload (member emails and phones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from memberflow.config import Integration
+from memberflow.masking import mask_text
+from memberflow.webhook_store import WebhookStore, webhook_capability
+from resources.webhooks import WebhookCapability, WebhookEvent, WebhookRefused
+
+log = logging.getLogger("memberflow.receiver")
+
+StoreFor = Callable[[str], WebhookStore]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class ReceiverSetupError(RuntimeError):
+    """An integration's webhook setting can't be used (the command says which and exits)."""
+
+
+def capabilities_of(integrations: list[Integration]) -> dict[str, WebhookCapability]:
+    """Integration name -> webhook capability, for those whose source has webhooks on."""
+    found = {}
+    for integration in integrations:
+        try:
+            capability = webhook_capability(integration)
+        except Exception as exc:  # e.g. the secret's env var is missing: say which integration
+            raise ReceiverSetupError(f"{integration.name}: webhook setting: {exc}") from exc
+        if capability is not None:
+            found[integration.name] = capability
+    return found
+
+
+def build_app(
+    capabilities: Mapping[str, WebhookCapability],
+    store_for: StoreFor = WebhookStore.for_integration,
+) -> Starlette:
+    """The receiver for these integrations (name -> capability); tests pass fakes here."""
+    stores: dict[str, WebhookStore] = {}
+
+    def store(name: str) -> WebhookStore:
+        if name not in stores:
+            stores[name] = store_for(name)
+        return stores[name]
+
+    async def receive(request: Request) -> JSONResponse:
+        name = request.path_params["integration"]
+        capability = capabilities.get(name)
+        if capability is None:
+            return _answer(name, 404, "no webhook capability for this integration")
+        try:
+            body = await _read_body(request, capability.max_body_bytes)
+        except _TooLarge:
+            return _answer(name, 413, f"body over {capability.max_body_bytes} bytes")
+        try:
+            capability.verify({k.lower(): v for k, v in request.headers.items()}, body)
+            events = capability.parse(body)
+        except WebhookRefused as refused:
+            return _answer(name, refused.status, refused.message, size=len(body))
+        digest = hashlib.sha256(body).hexdigest()
+        stored = await run_in_threadpool(store(name).add, digest, events, datetime.now(UTC))
+        if stored is None:
+            return _answer(name, 409, "replay: this body was stored before", size=len(body))
+        return _answer(name, 200, _describe(events), size=len(body), stored=stored)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True, "integrations": sorted(capabilities)})
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/{integration}", receive, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused before reading when Content-Length says it is too large, and while
+    reading when a chunked (or lying) body passes the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _answer(
+    name: str, status: int, detail: str, size: int | None = None, stored: int | None = None
+) -> JSONResponse:
+    shown = mask_text(detail)
+    size_text = "" if size is None else f" {size} bytes"
+    log.info("webhook %s: %s%s %s", name, status, size_text, shown)
+    if stored is not None:
+        return JSONResponse({"stored": stored}, status_code=status)
+    return JSONResponse({"error": shown}, status_code=status)
+
+
+def _describe(events: list[WebhookEvent]) -> str:
+    """`stored 2 events: update passes 17145, delete passes 9` (ids only, at most ten)."""
+    listed = ", ".join(f"{e.kind} {e.entity} {e.record_id}" for e in events[:10])
+    more = f" (+{len(events) - 10} more)" if len(events) > 10 else ""
+    return f"stored {len(events)} events: {listed}{more}" if events else "stored 0 events"
+
+
+def register(integrations: list[Integration], base_url: str) -> list[str]:
+    """Ask each webhook-enabled source to send its hooks to this receiver; lines to print."""
+    lines = []
+    for integration in integrations:
+        if webhook_capability(integration) is None:
+            continue
+        url = f"{base_url.rstrip('/')}/webhooks/{integration.name}"
+        client = integration.source.resource().client()
+        try:
+            added = client.ensure_webhooks(url)
+        except NotImplementedError:
+            lines.append(f"{integration.name}: register {url} at the vendor by hand")
+            continue
+        finally:
+            client.close()
+        kinds = ", ".join(added) if added else "none new"
+        lines.append(f"{integration.name}: hooks to {url} ({kinds})")
+    return lines

@@ -1,0 +1,69 @@
+"""The daily segment schedule of an integration (TX5): date segments move with the calendar.
+
+"Birthday in the next 7 days" changes at midnight even when no source record does, so the
+change sensor alone would never notice it. Five minutes after midnight in the integration's
+timezone this schedule runs the integration's ordinary sync job: the model recomputes
+`segment_groups` for the new day and delivery sends only who joined and who left a group, the
+same diff it makes for any field. No separate delivery path, no full resend.
+
+The run carries the list tag, so the run queue's one-run-per-list limit (AF7) makes it wait for
+a run already in flight on the list instead of overlapping it or being skipped (a skipped tick
+would leave yesterday's groups until the next source change).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from assets import naming
+
+if TYPE_CHECKING:
+    from memberflow.config import Integration
+
+CRON = "5 0 * * *"  # 00:05: just after the day turns, clear of jobs that start on the hour
+SEGMENTS_TAG = "memberflow/segments_day"
+
+
+def build_segment_schedule(
+    integration: Integration, job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition
+) -> dg.ScheduleDefinition | None:
+    """A daily schedule running `job` for an integration with segments; None without segments."""
+    if not getattr(integration, "segments", None):
+        return None
+    timezone = getattr(integration, "timezone", None) or "UTC"
+    names = ", ".join(s.name for s in integration.segments)
+
+    @dg.schedule(
+        name=f"{integration.name}_segments_daily",
+        job=job,
+        cron_schedule=CRON,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description=(
+            f"Daily at 00:05 {timezone}: run {job.name} so the date segments ({names}) are "
+            "recomputed for the new day and only who joined or left a group is sent."
+        ),
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+        moment = context.scheduled_execution_time or datetime.now(ZoneInfo(timezone))
+        moment = moment.astimezone(ZoneInfo(timezone))
+        return dg.RunRequest(
+            run_key=f"{integration.name}:segments:{moment.isoformat()}",
+            # The job's daily partitions count UTC days, like the sensor's run requests.
+            partition_key=moment.astimezone(UTC).date().isoformat()
+            if integration.tracking
+            else None,
+            tags={
+                naming.MODE_TAG: naming.INCREMENTAL,
+                naming.LIST_TAG: integration.list_key,
+                naming.INTEGRATION_TAG: integration.name,
+                "memberflow/changed": "segments",
+                SEGMENTS_TAG: moment.date().isoformat(),  # the day in the integration's zone
+            },
+        )
+
+    return _schedule

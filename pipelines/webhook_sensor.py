@@ -1,0 +1,106 @@
+"""The webhook sensor of an integration whose source pushes changes (TX3): stored events -> a run.
+
+The receiver (`memberflow receiver`) stores each accepted delivery's events durably; this sensor
+looks every 15 seconds for events no run has consumed yet and, while no run of the same list is
+in flight, asks for one sync run whose member extract re-reads just the records those events
+name (run config `webhook_through: <last seq>`; the extract marks them consumed). The run key is
+`webhook-<last seq>`, so one batch of events starts one run however often the sensor ticks. A
+run that ended without consuming its events (it failed) is asked for again a few times, then
+left to the regular sensor's full pass. The regular interval sensor is unchanged: it is the
+fallback when webhooks are late, lost or off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import dagster as dg
+
+from assets import naming
+from memberflow.config import Integration
+from memberflow.mapping import available_entities
+from memberflow.webhook_store import WebhookStore, webhook_capability
+from pipelines.sensors import run_in_flight
+
+MIN_INTERVAL_SECONDS = 15
+MAX_ATTEMPTS = 3  # runs asked for one batch of events before leaving it to the regular sensor
+
+log = logging.getLogger(__name__)
+
+
+def webhook_sensors(integration: Integration, job: dg.JobDefinition) -> list[dg.SensorDefinition]:
+    """The integration's webhook sensor, or none when its source has no webhooks on."""
+    try:
+        capability = webhook_capability(integration)
+    except Exception as exc:  # a broken webhook setting must not take the definitions down
+        log.warning(f"{integration.name}: no webhook sensor, its webhook setting failed: {exc}")
+        return []
+    return [] if capability is None else [build_webhook_sensor(integration, job)]
+
+
+def extract_op_name(integration: Integration) -> str:
+    """The op of the member entity's extract asset, whose config takes `webhook_through`."""
+    (entity,) = sorted(available_entities(integration.source.kind).members)
+    return naming.raw_key(integration, entity).to_python_identifier()
+
+
+def webhook_run_config(integration: Integration, through: int) -> dict[str, Any]:
+    return {"ops": {extract_op_name(integration): {"config": {"webhook_through": through}}}}
+
+
+def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{integration.name}_webhook_sensor",
+        job=job,
+        minimum_interval_seconds=MIN_INTERVAL_SECONDS,
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        description=(
+            f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
+            f"webhook events no run has consumed, run {job.name} re-reading just those records."
+        ),
+    )
+    def _sensor(context: dg.SensorEvaluationContext):
+        last = WebhookStore.for_integration(integration.name).last_pending_seq()
+        if last is None:
+            return dg.SkipReason("no pending webhook events")
+        if run_in_flight(context.instance, integration.list_key):
+            return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        run_key, attempts = _next_attempt(last, cursor)
+        if run_key is None:
+            return dg.SkipReason(
+                f"events through seq {last} stayed pending after {MAX_ATTEMPTS} runs; "
+                f"the regular sensor's pass picks their records up"
+            )
+        context.update_cursor(json.dumps({"requested": last, "attempts": attempts}))
+        now = datetime.now(UTC)
+        return dg.RunRequest(
+            run_key=run_key,
+            run_config=webhook_run_config(integration, last),
+            partition_key=now.date().isoformat() if integration.tracking else None,
+            tags={
+                naming.MODE_TAG: naming.INCREMENTAL,
+                naming.LIST_TAG: integration.list_key,
+                naming.INTEGRATION_TAG: integration.name,
+                "memberflow/changed": "webhook",
+            },
+        )
+
+    return _sensor
+
+
+def _next_attempt(last: int, cursor: dict[str, Any]) -> tuple[str | None, int]:
+    """(run key, attempts so far) for pending events through `last`; no key when given up.
+
+    New events past the last request start a new batch; the same events still pending after
+    their run ended (none is in flight) mean that run failed, so it is asked for again.
+    """
+    if last > int(cursor.get("requested", 0)):
+        return f"webhook-{last}", 1
+    attempts = int(cursor.get("attempts", 1))
+    if attempts >= MAX_ATTEMPTS:
+        return None, attempts
+    return f"webhook-{last}-retry{attempts}", attempts + 1
