@@ -389,16 +389,38 @@ def test_a_deleted_record_in_one_integration_does_not_withdraw_the_others_member
 
 
 def test_segments_add_a_sorted_groups_column(conn):
-    feed_fp(fp_customer(1, "2025-01-01T10:00:00", BirthDate="1990-03-05T00:00:00"))
-    staging.stage_members(conn, FP_CUSTOMERS, FP_SETTINGS)
-    segment = segments.SegmentSettings.model_validate(
-        {"name": "birthday_this_month", "rule": {"anniversary_of": "birthday", "within": "month"}}
+    feed_fp(
+        fp_customer(1, "2025-01-01T10:00:00", BirthDate="1990-03-05T00:00:00"),
+        fp_customer(2, "2025-01-01T10:00:00", BirthDate="1990-07-05T00:00:00"),
     )
-    model.build_members(conn, FEEDS, [segment], date(2025, 3, 1))
-    groups = conn.execute("SELECT match_key, groups FROM members").fetchall()
-    in_segments = conn.execute(
-        "SELECT match_key, list(group_name ORDER BY group_name) FROM segment_members GROUP BY 1"
-    ).fetchall()
-    assert [(k, g) for k, g in groups if g] == in_segments  # [] for members in no group
-    assert all(isinstance(g, list) for _, g in groups)
-    assert "fp1@example.dk" in {k for k, _ in groups}
+    staging.stage_members(conn, FP_CUSTOMERS, FP_SETTINGS)
+    birthday = [
+        segments.SegmentSettings.model_validate({"name": name, "rule": rule})
+        for name, rule in (
+            ("z_birthday_this_month", {"anniversary_of": "birthday", "within": "month"}),
+            ("a_birthday_soon", {"anniversary_of": "birthday", "within_days": 7}),
+        )
+    ]
+    counts = model.build_members(conn, FEEDS, birthday, date(2025, 3, 1))
+    assert counts["segment_members"] == 2
+    assert members(conn, "groups") == {
+        "fp1@example.dk": (["a_birthday_soon", "z_birthday_this_month"],),
+        "fp2@example.dk": ([],),  # in no group: an empty list, not NULL
+    }
+    assert "groups" not in model.member_fields(FEEDS)  # groups travel apart from fields
+
+
+def test_the_segments_day_is_the_runs_setting_then_the_env_then_today_in_the_zone(monkeypatch):
+    from zoneinfo import ZoneInfo
+
+    from assets.model import resolve_today
+
+    monkeypatch.setenv("MEMBERFLOW_TODAY", "2025-06-01")
+    assert resolve_today("2025-03-01", "UTC") == date(2025, 3, 1)
+    assert resolve_today(None, "UTC") == date(2025, 6, 1)
+    monkeypatch.delenv("MEMBERFLOW_TODAY")
+    # UTC+14: its date is the local one, not the UTC one, for ten hours of every day
+    assert (
+        resolve_today(None, "Pacific/Kiritimati")
+        == datetime.now(ZoneInfo("Pacific/Kiritimati")).date()
+    )
