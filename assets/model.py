@@ -17,6 +17,7 @@ from memberflow.masking import mask_match_key
 
 UNIQUE_CHECK = "one_row_per_match_key"
 TODAY_ENV = "MEMBERFLOW_TODAY"
+DAY_TAG = "memberflow/segments_day"  # set by the daily segment schedule: the day it runs for
 
 
 class ModelConfig(dg.Config):
@@ -24,8 +25,9 @@ class ModelConfig(dg.Config):
 
     today: str | None = Field(
         default=None,
-        description="The day date segments are computed for (ISO date); default: env "
-        f"{TODAY_ENV}, else today in the integration's timezone. A fixed day replays a past run.",
+        description="The day date segments are computed for (ISO date); default: the daily "
+        f"schedule's day tag, else env {TODAY_ENV}, else today in the integration's timezone. "
+        "A fixed day replays a past run.",
     )
 
 
@@ -83,7 +85,8 @@ def build_model_assets(
     def _members(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         zone = integrations[0].timezone
-        today = resolve_today(config.today, zone) if segments else None
+        day = config.today or context.run.tags.get(DAY_TAG)
+        today = resolve_today(day, zone) if segments else None
         with warehouse.get_connection() as conn:
             counts = model.build_members(conn, feeds, segments, today, zone)
             dupes = conn.execute(
