@@ -13,6 +13,7 @@ it, reported once per field (action 'field dropped'). Records landing could not 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
@@ -90,6 +91,15 @@ class StageSettings:
         return (self.source_kind or self.integration) + ":" + record_ids.astype(str)
 
 
+def staged_fingerprint(mapping: EntityMapping, settings: StageSettings) -> str:
+    """What the staged rows depend on: the mapping, and for members the match key and the source
+    kind too, so turning merge by phone on or off re-keys every staged record (from raw)."""
+    if mapping.role != "members":
+        return mapping.fingerprint
+    text = f"{mapping.fingerprint}:{settings.match_on}:{settings.source_kind}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _pending_files(
     conn: duckdb.DuckDBPyConnection, settings: StageSettings, mapping: EntityMapping
 ) -> tuple[list[str], list[str], bool]:
@@ -105,7 +115,7 @@ def _pending_files(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
         ).fetchall()[0][0]
     )
-    if not exists or not meta or meta[0][0] != mapping.fingerprint:
+    if not exists or not meta or meta[0][0] != staged_fingerprint(mapping, settings):
         return files, files, True
     seen = conn.execute(
         "SELECT path FROM staged_files WHERE integration = ? AND entity = ?",
@@ -156,7 +166,9 @@ def stage_members(
     _add_member_columns(conn, table)
     unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     if not new:
-        _mark_staged(conn, settings, mapping.entity, unreadable, mapping.fingerprint)
+        _mark_staged(
+            conn, settings, mapping.entity, unreadable, staged_fingerprint(mapping, settings)
+        )
         return result
     consent = (
         f"(json_extract_string(payload, '$.{mapping.consent}') = 'true')"
@@ -203,7 +215,8 @@ def stage_members(
             WHERE {_TOMBSTONE} AND record_id NOT IN (SELECT record_id FROM mapped)"""
     ).fetchall()[0][0]
     _replace_mapped(conn, table, mapping, settings, result, member=True)
-    _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
+    fingerprint = staged_fingerprint(mapping, settings)
+    _mark_staged(conn, settings, mapping.entity, new + unreadable, fingerprint)
     return result
 
 

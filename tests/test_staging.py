@@ -317,7 +317,7 @@ def test_a_mapping_change_replays_history_without_new_landing_files(conn):
     assert "store" in columns and "birthday" not in columns
     assert quarantined(conn) == {}
     fingerprints = rows(conn, "SELECT DISTINCT fingerprint FROM staged_files")
-    assert fingerprints == [(changed.fingerprint,)]
+    assert fingerprints == [(staging.staged_fingerprint(changed, settings()),)]
 
     again = staging.stage_members(conn, changed, settings())
     assert (again.full_rebuild, again.files_read) == (False, 0)
@@ -591,3 +591,13 @@ def test_an_existing_quarantine_table_gets_the_field_and_action_columns(conn):
     conn.execute("INSERT INTO quarantine (record_id, reason) VALUES ('old', 'kept')")
     staging.ensure_bookkeeping(conn)
     assert rows(conn, "SELECT record_id, field, action FROM quarantine") == [("old", None, None)]
+
+
+def test_a_new_match_key_restages_every_record_from_raw(conn):
+    """Merge by phone on or off re-keys the staged records without fetching anything."""
+    mapping = load_mapping("flexpos", "customers")
+    land(CUSTOMERS, "customers", customer(1, Mobile="12345678"))
+    staging.stage_members(conn, mapping, settings())
+    assert staged(conn, "match_key") == {"1": "c1@example.dk"}
+    result = staging.stage_members(conn, mapping, settings(match_on="mobile"))
+    assert result.full_rebuild and staged(conn, "match_key") == {"1": "+4512345678"}
