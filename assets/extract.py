@@ -258,7 +258,7 @@ def _run_webhooks(
     reread = [rid for rid, e in newest.items() if e.kind != "delete"]
     id_field = client.entity_spec(entity).id_field
     deletes = [
-        {**e.payload, **({id_field: rid} if id_field else {}), DELETED_FLAG: True}
+        {**({id_field: rid} if id_field else {}), **e.payload, DELETED_FLAG: True}
         for rid, e in newest.items()
         if e.kind == "delete"
     ]

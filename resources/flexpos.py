@@ -191,6 +191,26 @@ class FlexPOSClient(SourceClient):
         body = self._get_page(spec, params)
         return int(body.get("TotalCount") or 0) > 0 or bool(body.get("Items"))
 
+    def fetch_records(self, entity: str, ids: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
+        """Customers read again one by one (FP-A4: `GET customers/{id}`); a 404 is a deletion."""
+        spec = self._entity(entity)
+        if spec.path != "customers":
+            raise NotImplementedError(f"flexpos reads only customers by id, not {entity}")
+        page: list[dict[str, Any]] = []
+        for customer_id in ids:
+            url = f"{self._bases[spec.api]}/api/v1/customers/{customer_id}"
+            try:
+                page.append(self._get(spec, url, None, "customers/{id}"))
+            except VendorError as exc:
+                if exc.status != 404:
+                    raise
+                page.append(self.tombstone(entity, str(customer_id)))
+            if len(page) >= self._page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
         """Id, modification time and business date; a ValueError naming the field when a record
         lacks one or it is not a date, so landing can quarantine just that record."""
@@ -240,21 +260,27 @@ class FlexPOSClient(SourceClient):
         )
 
     def _get_page(self, spec: _Entity, params: dict[str, Any]) -> dict[str, Any]:
-        """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
+        """One page of the entity's collection (a paging envelope, FP-A3)."""
         url = f"{self._bases[spec.api]}/api/v1/{spec.path}"
+        return self._get(spec, url, params, spec.path)
+
+    def _get(
+        self, spec: _Entity, url: str, params: dict[str, Any] | None, endpoint: str
+    ) -> dict[str, Any]:
+        """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
         tokens = self._tokens[spec.api]
         for attempt in (1, 2):
             token = tokens.token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             try:
-                body = self._http.get_json(url, endpoint=spec.path, params=params, headers=headers)
+                body = self._http.get_json(url, endpoint=endpoint, params=params, headers=headers)
             except VendorError as exc:
                 if exc.status != 401 or attempt == 2:
                     raise
                 tokens.invalidate(token)
                 continue
             if not isinstance(body, dict):
-                raise VendorError(self.vendor, 200, f"{spec.path}: expected a paging envelope")
+                raise VendorError(self.vendor, 200, f"{endpoint}: expected a JSON object")
             return body
         raise AssertionError("unreachable")
 
