@@ -332,3 +332,31 @@ def test_next_links_until_none():
 
     pages = list(paging.next_links(fetch, lambda b: b[1], lambda b: b[0]))
     assert [len(p) for p in pages] == [2, 2, 3] and asked == [None, "p2", "p3"]
+
+
+def test_webhook_through_in_run_config_drives_the_member_extract(harness, store):
+    """The asset itself: `webhook_through` in its run config makes it a webhook run, with the
+    counts in its metadata (what the webhook sensor's run sets)."""
+    from memberflow.mapping import load_mapping
+
+    harness.load("demo_flexpos")
+    integration = harness.integration("demo_flexpos")
+    hooks = StandInStore.for_integration(integration.name)
+    customer = harness.sandbox.data.flexpos_customers[5]["CustomerId"]
+    hooks.add_event("update", customer)
+    hooks.add_event("delete", customer + 1, {"CustomerId": customer + 1})
+    asset = extract.build_extract_asset(
+        integration, load_mapping("flexpos", "customers"), partitions=None
+    )
+    result = dg.materialize(
+        [asset],
+        resources={extract.naming.source_resource_key(integration): integration.source.resource()},
+        run_config=dg.RunConfig(
+            ops={asset.node_def.name: extract.ExtractConfig(webhook_through=2)}
+        ),
+        instance=harness.instance,
+    )
+    [materialization] = result.asset_materializations_for_node(asset.node_def.name)
+    meta = {key: value.value for key, value in materialization.metadata.items()}
+    assert (meta["webhook_events"], meta["records_reread"], meta["tombstones"]) == (2, 1, 1)
+    assert meta["dagster/row_count"] == 2 and hooks.pending() == []
