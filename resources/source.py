@@ -109,7 +109,10 @@ class SourceClient(ABC):
 
         The default asks `has_modified` from the second after the cursor's datetime: what is
         at the cursor is already landed, and a change in that same second is picked up by the
-        next run, whose read overlaps it."""
+        next run, whose read overlaps it. A full-scan entity has no cheap probe: it answers
+        True, so it is scanned at every interval (override when the vendor offers a probe)."""
+        if self._full_scan(entity):
+            return True
         since = cursor_datetime(cursor)
         return self.has_modified(entity, None if since is None else since + PROBE_STEP)
 
@@ -122,8 +125,10 @@ class SourceClient(ABC):
     ) -> str | None:
         """The cursor to store once a read's pages are on disk; None or `previous`: keep it.
 
-        The default is the newest modified time landed (`high_water`); a full-scan source
-        would return e.g. `started_at`, the scan's start."""
+        The default is the newest modified time landed (`high_water`); for a full-scan entity,
+        the scan's start (`started_at`), which says when it was last read whole."""
+        if self._full_scan(entity):
+            return started_at.isoformat()
         return high_water.isoformat() if high_water is not None else previous
 
     def scan_complete(self, entity: str) -> bool:
@@ -176,6 +181,10 @@ class SourceClient(ABC):
         if entity not in specs:
             raise ValueError(f"{self.vendor} has no entity {entity!r}; known: {sorted(specs)}")
         return specs[entity]
+
+    def _full_scan(self, entity: str) -> bool:
+        """Is `entity` read whole? False for an unknown one: the vendor's method says why."""
+        return any(spec.name == entity and spec.full_scan for spec in self.entities())
 
     def tombstone(self, entity: str, record_id_: str) -> dict[str, Any]:
         """The raw record that says `record_id_` was deleted at the source."""

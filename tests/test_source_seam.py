@@ -360,3 +360,12 @@ def test_webhook_through_in_run_config_drives_the_member_extract(harness, store)
     meta = {key: value.value for key, value in materialization.metadata.items()}
     assert (meta["webhook_events"], meta["records_reread"], meta["tombstones"]) == (2, 1, 1)
     assert meta["dagster/row_count"] == 2 and hooks.pending() == []
+
+
+def test_full_scan_defaults_scan_every_interval_and_keep_the_scan_start(sandbox):
+    client = pos_client(sandbox, FullScanFlexPOS)
+    started = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+    assert client.has_changes("customers", started.isoformat()) is True
+    assert client.calls.total == 0  # no cheap probe: no call spent
+    assert client.cursor_after("customers", None, None, started) == started.isoformat()
+    assert client.cursor_after("journals", "prev", None, started) == "prev"
