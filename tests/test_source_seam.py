@@ -334,6 +334,7 @@ def test_next_links_until_none():
     assert [len(p) for p in pages] == [2, 2, 3] and asked == [None, "p2", "p3"]
 
 
+@pytest.mark.e2e
 def test_webhook_through_in_run_config_drives_the_member_extract(harness, store):
     """The asset itself: `webhook_through` in its run config makes it a webhook run, with the
     counts in its metadata (what the webhook sensor's run sets)."""
