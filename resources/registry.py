@@ -22,6 +22,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from resources.source import EntitySpec
+from resources.webhooks import WebhookCapability
 
 PACKAGE = "resources"
 
@@ -49,8 +50,10 @@ class SourceSectionBase(SectionBase):
         """Entities this configuration cannot fetch, with why: checked when the file loads."""
         return {}
 
-    def webhook(self) -> Any:
-        """The source's WebhookCapability when webhooks are configured, else None."""
+    def webhook(self) -> WebhookCapability | None:
+        """How the receiver verifies and reads this source's webhooks; None when they are off.
+
+        Built from the section alone (no client), so the receiver needs no API call."""
         return None
 
 
