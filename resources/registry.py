@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
 from resources.source import EntitySpec
 from resources.webhooks import WebhookCapability
@@ -45,6 +45,15 @@ class SourceSectionBase(SectionBase):
     """A `source:` section. `entities` is the one declaration of what the source can read."""
 
     entities: ClassVar[tuple[EntitySpec, ...]] = ()
+    # Set by the integration that owns the section (`bind`), for vendors whose client needs it:
+    # a per-integration token name, or how often the sensor reads.
+    _integration: str = PrivateAttr(default="default")
+    _interval_minutes: int = PrivateAttr(default=5)
+
+    def bind(self, integration: str, interval_minutes: int) -> None:
+        """Called once the integration file is loaded: the section learns who owns it."""
+        self._integration = integration
+        self._interval_minutes = interval_minutes
 
     def unavailable_entities(self) -> dict[str, str]:
         """Entities this configuration cannot fetch, with why: checked when the file loads."""
