@@ -3,10 +3,18 @@
 Members (customers) are one unpartitioned asset. Event entities (journals, tickets, orders) are
 partitioned by day: a backfill re-fetches exactly its days, in one run (single-run backfill
 policy) split by the client into the windows the vendor accepts; a sensor run fetches what
-changed since the committed high-water mark.
+changed since the committed cursor (an opaque string only the source client reads).
+
+A full-scan entity (one the source can only read whole) lands, after a complete scan, a
+tombstone for each id landed before and missing now. A webhook run (`webhook_through` set) lands
+instead the records the stored webhook events name, read again from the source, and a tombstone
+for each delete event, then marks those events consumed.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, time
+from itertools import chain
+from typing import Any
 
 import dagster as dg
 
@@ -14,15 +22,19 @@ from assets import naming
 from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping
-from resources.base import SourceClient
+from resources.source import DELETED_FLAG, SourceClient
 
 API_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 
 class ExtractConfig(dg.Config):
-    """Per-run overrides (C5): skip this entity in a manual run, e.g. members without tracking."""
+    """Per-run overrides (C5): skip this entity in a manual run, e.g. members without tracking.
+
+    `webhook_through`: land the member records named by the stored webhook events up to this
+    sequence number (set by the webhook sensor) instead of reading changes by cursor."""
 
     fetch: bool = True
+    webhook_through: int | None = None
 
 
 def build_extract_asset(
@@ -48,10 +60,25 @@ def build_extract_asset(
         if not config.fetch:
             return dg.MaterializeResult(metadata={"skipped": "fetch: false in run config"})
         client: SourceClient = getattr(context.resources, source_key).client()
+        extra: dict[str, Any] = {}
         try:
-            stats, mode = _run(context, client, integration, mapping, events)
+            if config.webhook_through is not None and not events:
+                stats, mode, extra = _run_webhooks(
+                    context, client, integration.name, mapping.entity, config.webhook_through
+                )
+            else:
+                stats, mode = _run(context, client, integration, mapping, events)
+                if not events and client.entity_spec(mapping.entity).full_scan:
+                    extra = _land_deletions(
+                        context, client, integration.name, mapping.entity, stats
+                    )
+            warnings = client.run_warnings()
         finally:
             client.close()
+        for warning in warnings:
+            context.log.warning(f"{mapping.entity}: {warning}")
+        if warnings:
+            extra["run_warnings"] = warnings
         if stats.unreadable:
             context.log.warning(
                 f"{mapping.entity}: {stats.unreadable} record(s) could not be read and were "
@@ -68,6 +95,7 @@ def build_extract_asset(
             "high_water_mark": str(stats.high_water_mark or ""),
             "api_calls": client.calls.total,  # this run's calls, also on each day it credits
             "api_calls_by_endpoint": client.calls.by_endpoint(),
+            **extra,
         }
         if not events:
             return dg.MaterializeResult(
@@ -102,32 +130,57 @@ def _run(
 ) -> tuple[landing.LandingStats, str]:
     name, entity = integration.name, mapping.entity
     days = naming.partition_days(context) if events else []
+    full_scan = not events and client.entity_spec(entity).full_scan
+    started = datetime.now(UTC)
     if naming.is_incremental(context) or (events and not days):
-        since = landing.read_cursor(name, entity) or (
-            datetime.combine(integration.schedule.history_start, time(), UTC) if events else None
+        previous = landing.read_source_cursor(name, entity)
+        cursor = previous or (
+            datetime.combine(integration.schedule.history_start, time(), UTC).isoformat()
+            if events
+            else None
         )
-        context.log.info(f"{entity}: fetching records changed since {since or 'the beginning'}")
-        stats = landing.land_pages(client, name, entity, client.iter_changed(entity, since))
-        if stats.high_water_mark is not None:
-            landing.write_cursor(name, entity, stats.high_water_mark)
-        return stats, f"incremental since {since or 'the beginning'}"
+        context.log.info(f"{entity}: fetching records changed since {cursor or 'the beginning'}")
+        pages = client.iter_changed(entity, cursor)
+        stats = landing.land_pages(client, name, entity, pages, collect_ids=full_scan)
+        _advance_cursor(client, name, entity, previous, stats, started)
+        return stats, f"incremental since {cursor or 'the beginning'}"
     if events:
         context.log.info(f"{entity}: backfilling {days[0]} .. {days[-1]} ({len(days)} days)")
         pages = client.iter_range(entity, days[0], days[-1])
         stats = landing.land_pages(client, name, entity, pages, replace_days=days)
-        _start_cursor_after_initial_import(integration, entity, days, stats)
+        _start_cursor_after_initial_import(client, integration, entity, days, stats, started)
         return stats, f"range {days[0]} .. {days[-1]}"
     context.log.info(f"{entity}: full fetch")
-    stats = landing.land_pages(client, name, entity, client.iter_changed(entity, None))
+    pages = client.iter_changed(entity, None)
+    stats = landing.land_pages(client, name, entity, pages, collect_ids=full_scan)
     # A full fetch may be filtered (consent=true, FP2 switches): it cannot see withdrawals, so it
     # only starts a cursor and never moves an existing one past changes it did not fetch.
-    if stats.high_water_mark is not None and landing.read_cursor(name, entity) is None:
-        landing.write_cursor(name, entity, stats.high_water_mark)
+    if landing.read_source_cursor(name, entity) is None:
+        _advance_cursor(client, name, entity, None, stats, started)
     return stats, "full"
 
 
+def _advance_cursor(
+    client: SourceClient,
+    integration: str,
+    entity: str,
+    previous: str | None,
+    stats: landing.LandingStats,
+    started: datetime,
+) -> None:
+    """Store the cursor the client derives from what was landed; only after it is on disk."""
+    cursor = client.cursor_after(entity, previous, stats.high_water_mark, started)
+    if cursor is not None and cursor != previous:
+        landing.write_source_cursor(integration, entity, cursor)
+
+
 def _start_cursor_after_initial_import(
-    integration: Integration, entity: str, days: list, stats: landing.LandingStats
+    client: SourceClient,
+    integration: Integration,
+    entity: str,
+    days: list,
+    stats: landing.LandingStats,
+    started: datetime,
 ) -> None:
     """The initial import (C5) is a backfill up to today: after it, the five-minute runs fetch
     what changes from then on, from its high-water mark, instead of refetching all history.
@@ -138,9 +191,104 @@ def _start_cursor_after_initial_import(
     if (
         reaches_today
         and stats.high_water_mark
-        and landing.read_cursor(integration.name, entity) is None
+        and landing.read_source_cursor(integration.name, entity) is None
     ):
-        landing.write_cursor(integration.name, entity, stats.high_water_mark)
+        _advance_cursor(client, integration.name, entity, None, stats, started)
+
+
+TOMBSTONES_PER_PAGE = 1_000
+
+
+def _land_deletions(
+    context: dg.AssetExecutionContext,
+    client: SourceClient,
+    integration: str,
+    entity: str,
+    stats: landing.LandingStats,
+) -> dict[str, Any]:
+    """After a complete scan of a full-scan entity, land a tombstone for each id landed before
+    and missing from the scan. Never for a scan that was cut short, returned nothing (an outage
+    looks like an empty source) or held unreadable records (their ids are unknown)."""
+    why_not = (
+        "the scan was cut short"
+        if not client.scan_complete(entity)
+        else "the scan returned no records"
+        if not stats.records
+        else "the scan held unreadable records"
+        if stats.unreadable
+        else None
+    )
+    if why_not:
+        context.log.warning(f"{entity}: deletions not looked for: {why_not}")
+        return {"tombstones": 0, "deletions_skipped": why_not}
+    gone = landing.absent_ids(integration, entity, stats.record_ids)
+    if gone:
+        context.log.info(f"{entity}: {len(gone)} record(s) gone from the source since last scan")
+        pages = (
+            [client.tombstone(entity, rid) for rid in gone[i : i + TOMBSTONES_PER_PAGE]]
+            for i in range(0, len(gone), TOMBSTONES_PER_PAGE)
+        )
+        deleted = landing.land_pages(client, integration, entity, pages)
+        stats.records += deleted.records
+        stats.pages += deleted.pages
+        stats.files += deleted.files
+        stats.days |= deleted.days
+        stats.tombstones += deleted.tombstones
+    return {"tombstones": stats.tombstones}
+
+
+def _run_webhooks(
+    context: dg.AssetExecutionContext,
+    client: SourceClient,
+    integration: str,
+    entity: str,
+    through: int,
+) -> tuple[landing.LandingStats, str, dict[str, Any]]:
+    """Land what the stored webhook events up to `through` name, then mark them consumed.
+
+    A webhook body is a hint: created and updated records are read again from the source (the
+    newest event of a record decides); a delete is trusted and lands as a tombstone. The events
+    are marked consumed only after everything is on disk, so a failed run leaves them pending.
+    """
+    from memberflow.webhook_store import WebhookStore  # the receiver's durable store
+
+    store = WebhookStore.for_integration(integration)
+    pending = store.pending(through)
+    newest = {e.record_id: e for e in pending if e.entity == entity}  # seq order: last wins
+    reread = [rid for rid, e in newest.items() if e.kind != "delete"]
+    id_field = client.entity_spec(entity).id_field
+    deletes = [
+        {**({id_field: rid} if id_field else {}), **e.payload, DELETED_FLAG: True}
+        for rid, e in newest.items()
+        if e.kind == "delete"
+    ]
+    context.log.info(
+        f"{entity}: {len(pending)} webhook event(s) through #{through}: "
+        f"re-reading {len(reread)} record(s), {len(deletes)} deletion(s)"
+    )
+    counted = _Counted(client.fetch_records(entity, reread) if reread else iter(()))
+    pages = chain(counted, [deletes] if deletes else [])
+    stats = landing.land_pages(client, integration, entity, pages)
+    store.mark_consumed(through, context.run_id)
+    extra = {
+        "webhook_events": len(pending),
+        "records_reread": counted.records,
+        "tombstones": stats.tombstones,
+    }
+    return stats, f"webhook events through #{through}", extra
+
+
+class _Counted:
+    """Pages passed through, counting their records (re-read records, for the metadata)."""
+
+    def __init__(self, pages: Iterator[list[dict[str, Any]]]) -> None:
+        self._pages = pages
+        self.records = 0
+
+    def __iter__(self) -> Iterator[list[dict[str, Any]]]:
+        for page in self._pages:
+            self.records += len(page)
+            yield page
 
 
 def _describe(integration: Integration, mapping: EntityMapping) -> str:

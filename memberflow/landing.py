@@ -9,6 +9,12 @@ A record whose id, modification time or business date cannot be read (a null id,
 "yesterday"`, month 13) is landed beside them in `_unreadable/<batch>.parquet` with the reason,
 and the run goes on: one poison record never stops every run, and nothing is lost (staging moves
 it into the quarantine table).
+
+A tombstone (a raw record with `_memberflow_deleted: true`) says the source deleted the record:
+it is landed like any record, with its fetch time as its modified time so it is the newest
+version, and staging withdraws the member. Tombstones come from a source's re-read of a deleted
+record, a webhook's delete event, or a complete scan of a full-scan entity that no longer holds
+an id landed before (`absent_ids`).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import os
 import shutil
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from resources.base import SourceClient
+from resources.source import DELETED_FLAG, SourceClient, is_tombstone
 
 SCHEMA = pa.schema(
     [
@@ -75,6 +81,8 @@ class LandingStats:
     records_by_day: dict[date, int] = field(default_factory=dict)
     unreadable: int = 0
     unreadable_reasons: dict[str, int] = field(default_factory=dict)
+    tombstones: int = 0
+    record_ids: set[str] = field(default_factory=set)  # only when landed with collect_ids
 
 
 def land_pages(
@@ -84,11 +92,13 @@ def land_pages(
     pages: Iterable[list[dict[str, Any]]],
     *,
     replace_days: Iterable[date] = (),
+    collect_ids: bool = False,
 ) -> LandingStats:
     """Write each page as Parquet, grouped by day folder; replace `replace_days` atomically.
 
     For a backfill the new files are written to a staging folder first and swapped in once the
-    whole range is fetched, so a failed backfill leaves the old files in place.
+    whole range is fetched, so a failed backfill leaves the old files in place. With
+    `collect_ids`, the ids landed are kept in `stats.record_ids` (for a full scan's deletions).
     """
     stats = LandingStats()
     base = entity_dir(integration, entity)
@@ -103,8 +113,13 @@ def land_pages(
             stats.days.add(day)
             stats.records += len(rows["record_id"])
             stats.records_by_day[day] = stats.records_by_day.get(day, 0) + len(rows["record_id"])
-            mark = max(rows["modified"])
-            if stats.high_water_mark is None or mark > stats.high_water_mark:
+            stats.tombstones += sum(bool(flag) for flag in rows["deleted"])
+            if collect_ids:
+                stats.record_ids.update(rows["record_id"])
+            live = [m for m, d in zip(rows["modified"], rows["deleted"], strict=True) if not d]
+            # A tombstone's modified time is our fetch time, not the source's: never a cursor.
+            mark = max(live, default=None)
+            if mark is not None and (stats.high_water_mark is None or mark > stats.high_water_mark):
                 stats.high_water_mark = mark
         if unreadable["payload"]:
             # Straight into the live folder, also in a backfill: it belongs to no day to swap.
@@ -131,7 +146,10 @@ def _by_day(
         payload = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         try:
             payload.encode("utf-8")  # a lone surrogate ("\ud800") is JSON but not Unicode text
-            meta = client.record_meta(entity, record)
+            if is_tombstone(record):
+                meta = client.tombstone_meta(entity, record, fetched_at)
+            else:
+                meta = client.record_meta(entity, record)
         except UnicodeEncodeError:
             reason = "unreadable record: text that is not valid Unicode (a lone surrogate)"
             _add(unreadable, reason, json.dumps(record, separators=(",", ":")), fetched_at, batch)
@@ -147,6 +165,7 @@ def _by_day(
         rows["payload"].append(payload)
         rows["fetched_at"].append(fetched_at)
         rows["batch_id"].append(batch)
+        rows["deleted"].append(DELETED_FLAG if is_tombstone(record) else "")
     return groups, unreadable
 
 
@@ -171,7 +190,8 @@ def _write_batch(folder: Path, rows: dict[str, list[Any]], schema: pa.Schema = S
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{datetime.now(UTC):%H%M%S%f}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = path.with_suffix(".tmp")
-    pq.write_table(pa.table(rows, schema=schema), tmp, compression="zstd")
+    columns = {name: rows[name] for name in schema.names}
+    pq.write_table(pa.table(columns, schema=schema), tmp, compression="zstd")
     tmp.rename(path)
     return path
 
@@ -235,18 +255,60 @@ def _cursor_path(integration: str, entity: str) -> Path:
     return data_dir() / "landing" / integration / "_cursors" / f"{entity}.json"
 
 
-def read_cursor(integration: str, entity: str) -> datetime | None:
-    """The source's high-water mark committed by the last incremental extract of `entity`."""
+def read_source_cursor(integration: str, entity: str) -> str | None:
+    """The source's opaque cursor committed by the last incremental extract of `entity`.
+
+    Only the source client reads its meaning; files of older versions hold `high_water_mark`,
+    which is the same text for a modified-since source."""
     path = _cursor_path(integration, entity)
     if not path.exists():
         return None
-    return datetime.fromisoformat(json.loads(path.read_text())["high_water_mark"])
+    data = json.loads(path.read_text())
+    return data.get("cursor") or data.get("high_water_mark")
 
 
-def write_cursor(integration: str, entity: str, mark: datetime) -> None:
-    """Advance the cursor; called only after every page up to `mark` is on disk."""
+def write_source_cursor(integration: str, entity: str, cursor: str) -> None:
+    """Store the cursor; called only after every page it covers is on disk."""
     path = _cursor_path(integration, entity)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"high_water_mark": mark.isoformat()}))
+    tmp.write_text(json.dumps({"cursor": cursor}))
     tmp.replace(path)
+
+
+def read_cursor(integration: str, entity: str) -> datetime | None:
+    """The cursor as a datetime, for sources whose cursor is a modified time (else None)."""
+    cursor = read_source_cursor(integration, entity)
+    try:
+        return None if cursor is None else datetime.fromisoformat(cursor)
+    except ValueError:
+        return None
+
+
+def write_cursor(integration: str, entity: str, mark: datetime) -> None:
+    """Store a modified-time cursor (see write_source_cursor)."""
+    write_source_cursor(integration, entity, mark.isoformat())
+
+
+# --- deletions seen by a complete scan --------------------------------------------------------
+
+
+def live_ids(integration: str, entity: str) -> set[str]:
+    """Ids whose newest landed version is a record, not a tombstone."""
+    newest: dict[str, tuple[datetime, bool]] = {}
+    marker = f'"{DELETED_FLAG}":true'
+    for path in day_files(integration, entity):
+        table = pq.read_table(path, columns=["record_id", "fetched_at", "payload"])
+        ids, fetched, payloads = (table.column(n).to_pylist() for n in table.column_names)
+        for rid, at, payload in zip(ids, fetched, payloads, strict=True):
+            if rid not in newest or at >= newest[rid][0]:
+                newest[rid] = (at, marker in payload)
+    return {rid for rid, (_, deleted) in newest.items() if not deleted}
+
+
+def absent_ids(integration: str, entity: str, scanned: Collection[str]) -> list[str]:
+    """Ids landed before, not deleted yet, and missing from a complete scan: deleted since.
+
+    Call it only for a scan that read the whole entity and returned records: a scan cut short or
+    an empty answer (an outage that looks like success) must not delete everyone."""
+    return sorted(live_ids(integration, entity) - set(scanned))

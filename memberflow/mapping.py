@@ -99,7 +99,16 @@ class SourceEntities:
 
 
 def available_entities(source_kind: str) -> SourceEntities:
-    """The entities a source kind has: one default mapping file each."""
+    """The entities a source kind has, as its integration-file section declares them (the one
+    place); a kind no section declares falls back to its default mapping files."""
+    from resources.registry import source_entities  # the vendor sections, found on first use
+
+    declared = source_entities(source_kind)
+    if declared:
+        return SourceEntities(
+            frozenset(e.name for e in declared if e.role == "members"),
+            frozenset(e.name for e in declared if e.role == "events"),
+        )
     members, events = set(), set()
     for path in sorted((MAPPINGS_DIR / source_kind).glob("*.yaml")):
         raw = _read_default(path)

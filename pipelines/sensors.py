@@ -1,11 +1,11 @@
 """The five-minute sensor of an integration (C4): decides whether to run, never does the work.
 
-Each tick makes one cheap probe per entity ("anything changed since the committed high-water
-mark?") and one on the target list (unsubscribes, bounces). The high-water marks are the ones the
-extract assets committed after landing their pages, so the cursor never runs ahead of data on
-disk. A tick is skipped while a run on the same list is queued or running (AF7); first, runs of
-this host whose process died are failed and their pool slots freed (memberflow.recovery), so a
-killed run never blocks the list.
+Each tick makes one cheap probe per entity ("anything changed after the committed cursor?") and
+one on the target list (unsubscribes, bounces). The cursors are the opaque strings the extract
+assets committed after landing their pages, handed back to the source client as they are, so the
+cursor never runs ahead of data on disk. A tick is skipped while a run on the same list is queued
+or running (AF7); first, runs of this host whose process died are failed and their pool slots
+freed (memberflow.recovery), so a killed run never blocks the list.
 """
 
 import json
@@ -59,7 +59,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
         cursor = json.loads(context.cursor) if context.cursor else {}
-        marks = {e: landing.read_cursor(integration.name, e) for e in entities}
+        marks = {e: landing.read_source_cursor(integration.name, e) for e in entities}
         now = datetime.now(UTC)
         changed = _probe_source(context, source_key, marks)
         checked = _latest(
@@ -68,7 +68,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         if _probe_target(context, target_key, integration, checked):
             changed.append("list")
         new_cursor = {
-            "high_water_marks": {e: m.isoformat() if m else None for e, m in marks.items()},
+            "high_water_marks": marks,
             "target_checked_at": now.isoformat(),
         }
         context.update_cursor(json.dumps(new_cursor, sort_keys=True))
@@ -111,14 +111,16 @@ def _latest(checked_at: str | None, run_end: datetime | None) -> str | None:
 
 
 def _probe_source(
-    context: dg.SensorEvaluationContext, source_key: str, marks: dict[str, datetime | None]
+    context: dg.SensorEvaluationContext, source_key: str, cursors: dict[str, str | None]
 ) -> list[str]:
+    """Entities without a cursor yet, or whose source says something changed after it (the
+    client knows what its cursor means, and that what is at it is already landed)."""
     client = getattr(context.resources, source_key).client()
     try:
         return [
             entity
-            for entity, mark in marks.items()
-            if mark is None or client.has_changes(entity, _just_after(mark))
+            for entity, cursor in cursors.items()
+            if cursor is None or client.has_changes(entity, cursor)
         ]
     finally:
         client.close()

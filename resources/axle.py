@@ -35,12 +35,13 @@ from typing import Any, ClassVar, Literal
 
 import dagster as dg
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from resources.axle_pace import PacedTransport, Pacer, shared_pacer
 from resources.axle_wire import WRITABLE_FIELDS, parse_client, wire_client
 from resources.base import ListField, RemoteMember, VendorError
 from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret
+from resources.registry import TargetSectionBase
 from resources.target import (
     MemberAck,
     MemberChange,
@@ -395,7 +396,7 @@ class AxleResource(dg.ConfigurableResource):
         )
 
 
-class AxleTarget(BaseModel):
+class AxleTarget(TargetSectionBase):
     """`target:` section with `kind: axle`; the key is an env var name (AX-A1)."""
 
     model_config = ConfigDict(extra="forbid")

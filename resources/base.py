@@ -1,8 +1,10 @@
-"""Role interfaces every vendor client implements: a source hands out raw records, a target takes
-members and tracking events.
+"""Shared vendor-client types: errors, call counting, and the older target role.
 
-Assets depend on these roles only, never on a vendor class, so a new vendor is a new client here
-plus an emulator, a mapping and an integration file, and no edit to the pipeline.
+The source role lives in resources/source.py (re-exported here for older imports); the target
+role's batch seam lives in resources/target.py.
+
+Assets depend on these roles only, never on a vendor class, so a new vendor is a new client plus
+an emulator, a mapping and an integration file, and no edit to the pipeline.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 
@@ -95,71 +97,6 @@ class CallCounter:
     def by_endpoint(self) -> dict[str, int]:
         with self._lock:
             return dict(self._by_endpoint)
-
-
-@dataclass(frozen=True)
-class EntitySpec:
-    """One kind of record a source hands out.
-
-    role "members" records become list members (customers); role "events" records become tracking
-    events and are landed in daily partitions by their business date.
-    """
-
-    name: str
-    role: Literal["members", "events"]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class RecordMeta:
-    """What the pipeline must know of a raw record without parsing its business fields."""
-
-    record_id: str
-    modified: datetime  # timezone-aware UTC
-    business_date: date | None  # the day partition of an event record; None for members
-
-
-class SourceClient(ABC):
-    """A vendor API that records are read from."""
-
-    vendor: ClassVar[str]
-    default_date_format: ClassVar[str]  # strptime format of dates the source sends (C6 default)
-
-    calls: CallCounter
-
-    @abstractmethod
-    def entities(self) -> Sequence[EntitySpec]:
-        """The entities this configured source can deliver (e.g. tickets only with Attractions)."""
-
-    @abstractmethod
-    def check_connection(self) -> None:
-        """One cheap authenticated call; raises VendorError when credentials or host are wrong."""
-
-    @abstractmethod
-    def iter_changed(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
-        """Pages of records changed at or after `since` (aware UTC); everything when None.
-
-        Vendor rules live here: customer filters (FP2), consent filtering (TM2), and catching
-        consent withdrawals on incremental reads (TM-A3).
-        """
-
-    @abstractmethod
-    def iter_range(self, entity: str, start: date, end: date) -> Iterator[list[dict[str, Any]]]:
-        """Pages of event records whose business date lies in [start, end], both inclusive.
-
-        The client splits the range into the windows its vendor accepts (one year, TM4/FP-A3).
-        """
-
-    @abstractmethod
-    def has_changes(self, entity: str, since: datetime | None) -> bool:
-        """A one-call probe for the five-minute sensor: is anything new since `since`?"""
-
-    @abstractmethod
-    def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
-        """Id, modified time (as aware UTC) and business date of one raw record."""
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release the HTTP connection pool."""
 
 
 @dataclass(frozen=True)
@@ -291,3 +228,15 @@ class TargetClient(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP connection pool."""
+
+
+_MOVED_TO_SOURCE = frozenset({"EntitySpec", "RecordMeta", "SourceClient"})
+
+
+def __getattr__(name: str) -> Any:
+    """Older imports of the source role from here keep working (lazily: source imports base)."""
+    if name in _MOVED_TO_SOURCE:
+        from resources import source
+
+        return getattr(source, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,6 @@ emulator in sandbox/ both implement; when real documentation arrives, change it 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ import dagster as dg
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.base import EntitySpec, RecordMeta, SourceClient, VendorError
+from resources import paging
+from resources.auth import CachedToken, client_credentials
+from resources.base import VendorError
 from resources.http import (
     EnvVarName,
     HttpUrlStr,
@@ -30,6 +31,8 @@ from resources.http import (
     resolve_secret,
 )
 from resources.record_fields import record_datetime, record_id
+from resources.registry import SourceSectionBase
+from resources.source import EntitySpec, RecordMeta, SourceClient
 
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -37,98 +40,55 @@ TOKEN_MARGIN_SECONDS = 60.0  # FP-A2: refresh 60 s before expiry
 MAX_PAGE_SIZE = 500  # FP-A3
 
 
+# The one declaration of FlexPOS's entities (the section's ClassVar below reads it).
+ENTITIES = (
+    EntitySpec("customers", "members", "POS customers", id_field="CustomerId"),
+    EntitySpec("journals", "events", "POS sales", id_field="JournalId"),
+    EntitySpec("tickets", "events", "Attractions tickets", id_field="TicketId"),
+    EntitySpec("memberships", "events", "Attractions memberships", id_field="MembershipId"),
+)
+
+
 @dataclass(frozen=True)
-class _Entity:
+class _Wire:
+    """Where an entity lives on the wire: which API, path, and business date field (FP-A5..A7)."""
+
     api: Literal["pos", "attractions"]
     path: str
-    id_field: str
-    date_field: str | None  # business date (FP-A5..A7); None for customers
-    spec: EntitySpec
+    date_field: str | None  # None for customers
 
 
-_ENTITIES: dict[str, _Entity] = {
-    "customers": _Entity(
-        "pos", "customers", "CustomerId", None, EntitySpec("customers", "members", "POS customers")
-    ),
-    "journals": _Entity(
-        "pos", "journals", "JournalId", "Date", EntitySpec("journals", "events", "POS sales")
-    ),
-    "tickets": _Entity(
-        "attractions",
-        "tickets",
-        "TicketId",
-        "BookingDate",
-        EntitySpec("tickets", "events", "Attractions tickets"),
-    ),
-    "memberships": _Entity(
-        "attractions",
-        "memberships",
-        "MembershipId",
-        "PurchaseDate",
-        EntitySpec("memberships", "events", "Attractions memberships"),
-    ),
+_WIRE: dict[str, _Wire] = {
+    "customers": _Wire("pos", "customers", None),
+    "journals": _Wire("pos", "journals", "Date"),
+    "tickets": _Wire("attractions", "tickets", "BookingDate"),
+    "memberships": _Wire("attractions", "memberships", "PurchaseDate"),
 }
 
 
-class _TokenSource:
-    """One OAuth2 client-credentials token per base URL (FP-A2), shared safely across threads."""
+@dataclass(frozen=True)
+class _Entity:
+    spec: EntitySpec
+    wire: _Wire
 
-    def __init__(
-        self,
-        http: VendorHttp,
-        api: str,
-        base_url: str,
-        client_id: str,
-        client_secret: str,
-        clock: Callable[[], float],
-    ) -> None:
-        self._http = http
-        self._api = api
-        self._url = f"{base_url}/oauth/token"
-        self._form = {
-            "grant_type": "client_credentials",
-            "client_id": client_id,
-            "client_secret": client_secret,
-        }
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires_at = 0.0
+    @property
+    def api(self) -> str:
+        return self.wire.api
 
-    def bearer(self) -> str:
-        """A token valid for at least TOKEN_MARGIN_SECONDS more, fetched when needed."""
-        with self._lock:
-            if self._token is None or self._clock() >= self._expires_at - TOKEN_MARGIN_SECONDS:
-                self._fetch()
-            assert self._token is not None
-            return self._token
+    @property
+    def path(self) -> str:
+        return self.wire.path
 
-    def invalidate(self, token: str) -> None:
-        """Forget `token` after a 401, unless another thread already replaced it."""
-        with self._lock:
-            if self._token == token:
-                self._token = None
+    @property
+    def date_field(self) -> str | None:
+        return self.wire.date_field
 
-    def _fetch(self) -> None:
-        # Asking for a token twice only yields two tokens: the POST is safe to repeat, so a lost
-        # or unreadable answer is retried like a GET's (FP-A2).
-        body = self._http.request_json(
-            "POST",
-            self._url,
-            endpoint=f"{self._api}/oauth/token",
-            idempotent=True,
-            data=self._form,
-            validate=_token_answer,
-        )
-        self._token = str(body["access_token"])
-        self._expires_at = self._clock() + float(body.get("expires_in") or 3600)
+    @property
+    def id_field(self) -> str:
+        return str(self.spec.id_field)
 
 
-def _token_answer(body: Any) -> dict[str, Any]:
-    """A token answer must carry a token; anything else is read as a garbled answer."""
-    if not isinstance(body, dict) or not body.get("access_token"):
-        raise ValueError("token response without a token")
-    return body
+_ENTITIES: dict[str, _Entity] = {spec.name: _Entity(spec, _WIRE[spec.name]) for spec in ENTITIES}
 
 
 class FlexPOSClient(SourceClient):
@@ -170,23 +130,34 @@ class FlexPOSClient(SourceClient):
         self.calls = self._http.calls
         self._bases = {"pos": pos_base_url.rstrip("/")}
         self._tokens = {
-            "pos": _TokenSource(
-                self._http, "pos", self._bases["pos"], client_id, client_secret, clock
-            )
+            "pos": self._token(self._bases["pos"], "pos", client_id, client_secret, clock)
         }
         if all(attractions):
             base = str(attractions_base_url).rstrip("/")
             self._bases["attractions"] = base
-            self._tokens["attractions"] = _TokenSource(
-                self._http,
-                "attractions",
+            self._tokens["attractions"] = self._token(
                 base,
+                "attractions",
                 str(attractions_client_id),
                 str(attractions_client_secret),
                 clock,
             )
         self._customer_filters = _customer_filters(only_active, only_club_members, only_newsletter)
         self._page_size = max(1, min(page_size, MAX_PAGE_SIZE))
+
+    def _token(
+        self, base: str, api: str, client_id: str, secret: str, clock: Callable[[], float]
+    ) -> CachedToken:
+        """One OAuth2 client-credentials token per base URL, renewed 60 s early (FP-A2)."""
+        return client_credentials(
+            self._http,
+            f"{base}/oauth/token",
+            client_id,
+            secret,
+            endpoint=f"{api}/oauth/token",
+            margin=TOKEN_MARGIN_SECONDS,
+            clock=clock,
+        )
 
     # --- SourceClient --------------------------------------------------------------------------
 
@@ -197,10 +168,10 @@ class FlexPOSClient(SourceClient):
     def check_connection(self) -> None:
         """Token(s) plus one customer (FP-A2, FP-A4)."""
         for tokens in self._tokens.values():
-            tokens.bearer()
+            tokens.token()
         self._get_page(_ENTITIES["customers"], {"page": 1, "pageSize": 1})
 
-    def iter_changed(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
+    def iter_modified(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
         spec = self._entity(entity)
         return self._pages(spec, self._base_params(spec, since))
 
@@ -213,12 +184,32 @@ class FlexPOSClient(SourceClient):
             params = {"fromDate": window_start.isoformat(), "toDate": window_end.isoformat()}
             yield from self._pages(spec, params)
 
-    def has_changes(self, entity: str, since: datetime | None) -> bool:
+    def has_modified(self, entity: str, since: datetime | None) -> bool:
         """One call, pageSize=1: TotalCount > 0 (AF sensor probe)."""
         spec = self._entity(entity)
         params = {**self._base_params(spec, since), "page": 1, "pageSize": 1}
         body = self._get_page(spec, params)
         return int(body.get("TotalCount") or 0) > 0 or bool(body.get("Items"))
+
+    def fetch_records(self, entity: str, ids: Sequence[str]) -> Iterator[list[dict[str, Any]]]:
+        """Customers read again one by one (FP-A4: `GET customers/{id}`); a 404 is a deletion."""
+        spec = self._entity(entity)
+        if spec.path != "customers":
+            raise NotImplementedError(f"flexpos reads only customers by id, not {entity}")
+        page: list[dict[str, Any]] = []
+        for customer_id in ids:
+            url = f"{self._bases[spec.api]}/api/v1/customers/{customer_id}"
+            try:
+                page.append(self._get(spec, url, None, "customers/{id}"))
+            except VendorError as exc:
+                if exc.status != 404:
+                    raise
+                page.append(self.tombstone(entity, str(customer_id)))
+            if len(page) >= self._page_size:
+                yield page
+                page = []
+        if page:
+            yield page
 
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
         """Id, modification time and business date; a ValueError naming the field when a record
@@ -257,34 +248,39 @@ class FlexPOSClient(SourceClient):
 
     def _pages(self, spec: _Entity, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         """Page until Page*PageSize >= TotalCount, or an empty page (FP-A3)."""
-        page = 1
-        while True:
-            body = self._get_page(spec, {**params, "page": page, "pageSize": self._page_size})
-            items = body.get("Items") or []
-            if not items:
-                return
-            yield items
-            seen = int(body.get("Page") or page) * int(body.get("PageSize") or self._page_size)
-            if seen >= int(body.get("TotalCount") or 0):
-                return
-            page += 1
+        size = self._page_size
+        return paging.page_numbers(
+            lambda page: self._get_page(spec, {**params, "page": page, "pageSize": size}),
+            lambda body: body.get("Items") or [],
+            page_size=size,
+            total=lambda body: int(body.get("TotalCount") or 0),
+            covered=lambda body, page: (
+                int(body.get("Page") or page) * int(body.get("PageSize") or size)
+            ),
+        )
 
     def _get_page(self, spec: _Entity, params: dict[str, Any]) -> dict[str, Any]:
-        """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
+        """One page of the entity's collection (a paging envelope, FP-A3)."""
         url = f"{self._bases[spec.api]}/api/v1/{spec.path}"
+        return self._get(spec, url, params, spec.path)
+
+    def _get(
+        self, spec: _Entity, url: str, params: dict[str, Any] | None, endpoint: str
+    ) -> dict[str, Any]:
+        """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
         tokens = self._tokens[spec.api]
         for attempt in (1, 2):
-            token = tokens.bearer()
+            token = tokens.token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             try:
-                body = self._http.get_json(url, endpoint=spec.path, params=params, headers=headers)
+                body = self._http.get_json(url, endpoint=endpoint, params=params, headers=headers)
             except VendorError as exc:
                 if exc.status != 401 or attempt == 2:
                     raise
                 tokens.invalidate(token)
                 continue
             if not isinstance(body, dict):
-                raise VendorError(self.vendor, 200, f"{spec.path}: expected a paging envelope")
+                raise VendorError(self.vendor, 200, f"{endpoint}: expected a JSON object")
             return body
         raise AssertionError("unreachable")
 
@@ -374,10 +370,10 @@ class FlexPOSResource(dg.ConfigurableResource):
         )
 
 
-class FlexPOSSource(BaseModel):
+class FlexPOSSource(SourceSectionBase):
     """`source:` section with `kind: flexpos`; credentials are env var names."""
 
-    model_config = ConfigDict(extra="forbid")
+    entities: ClassVar[tuple[EntitySpec, ...]] = ENTITIES
 
     kind: Literal["flexpos"]
     pos_base_url: HttpUrlStr

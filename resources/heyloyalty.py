@@ -20,7 +20,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import dagster as dg
 import httpx
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, model_validator
 
 from resources.base import (
     EventImportResult,
@@ -39,6 +39,7 @@ from resources.http import (
     resolve_secret,
     str_id,
 )
+from resources.registry import TargetSectionBase
 
 MEMBERS_PER_PAGE = 1000  # HL-A4
 WIRE_DATETIME = "%Y-%m-%d %H:%M:%S"  # HL-A3/HL-A5, UTC
@@ -441,7 +442,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
         )
 
 
-class HeyloyaltyTarget(BaseModel):
+class HeyloyaltyTarget(TargetSectionBase):
     """`target:` section with `kind: heyloyalty`; credentials are env var names (HL-A1)."""
 
     model_config = ConfigDict(extra="forbid")

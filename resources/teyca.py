@@ -14,7 +14,6 @@ that would spend more calls per day than the cap allows.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import math
@@ -43,6 +42,7 @@ from resources.base import (
 from resources.http import EnvVarName, HttpUrlStr, VendorHttp, resolve_secret
 from resources.rate_budget import SharedRateLimiter, Window
 from resources.record_fields import record_datetime, record_id
+from resources.registry import SourceSectionBase
 from resources.secret_store import SecretStore
 from resources.target import RateBudget
 from resources.teyca_webhook import TeycaWebhook
@@ -73,15 +73,9 @@ _NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 RECORDS_PER_PAGE = 100  # fetch_records yields re-read passes in pages of this many
 
 
-def _passes_spec() -> EntitySpec:
-    """Passes are members, readable only whole (`full_scan`, once the seam has the flag)."""
-    spec = EntitySpec("passes", "members", "Teyca loyalty cards (wallet passes)")
-    if "full_scan" in {f.name for f in dataclasses.fields(EntitySpec)}:
-        spec = dataclasses.replace(spec, full_scan=True)  # type: ignore[call-arg]
-    return spec
-
-
-PASSES = _passes_spec()
+PASSES = EntitySpec(
+    "passes", "members", "Teyca loyalty cards (wallet passes)", full_scan=True, id_field="user_id"
+)
 OPERATIONS = EntitySpec("operations", "events", "Teyca operations (purchases), TY-A11")
 OPERATION_NUMBERS = frozenset({"summ", "bonus"})
 OPERATION_IDS = frozenset({"id", "user_id", "store_id"})
@@ -613,10 +607,10 @@ class TeycaResource(dg.ConfigurableResource):
         )
 
 
-class TeycaSource(BaseModel):
+class TeycaSource(SourceSectionBase):
     """`source:` section with `kind: teyca`; the main key is an env var name (TY-A1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    entities: ClassVar[tuple[EntitySpec, ...]] = (PASSES, OPERATIONS)
 
     kind: Literal["teyca"]
     base_url: HttpUrlStr = DEFAULT_BASE_URL
@@ -632,9 +626,13 @@ class TeycaSource(BaseModel):
             names.append(self.webhooks.secret_env)
         return names
 
-    def resource(self, integration: str = "default", interval_minutes: int = 5) -> TeycaResource:
+    def resource(
+        self, integration: str | None = None, interval_minutes: int | None = None
+    ) -> TeycaResource:
         """The integration's name makes its token identifier (TY-A1); the sensor interval sets
-        how often a scan runs without webhooks (TY-A4)."""
+        how often a scan runs without webhooks (TY-A4). Both default to what `bind` recorded."""
+        integration = integration or self._integration
+        interval_minutes = interval_minutes or self._interval_minutes
         return TeycaResource(
             base_url=self.base_url,
             api_key=dg.EnvVar(self.api_key_env),

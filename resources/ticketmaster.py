@@ -16,9 +16,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import dagster as dg
 import httpx
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator
 
-from resources.base import EntitySpec, RecordMeta, SourceClient, VendorError
+from resources import paging
+from resources.auth import basic
+from resources.base import VendorError
 from resources.http import (
     EnvVarName,
     HttpUrlStr,
@@ -28,9 +30,19 @@ from resources.http import (
     resolve_secret,
 )
 from resources.record_fields import record_datetime, record_id
+from resources.registry import SourceSectionBase
+from resources.source import EntitySpec, RecordMeta, SourceClient
 
 UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # TM-A2
 MAX_PAGE_SIZE = 500  # TM-A2
+
+
+# The one declaration of Ticketmaster's entities (the section's ClassVar below reads it).
+ENTITIES = (
+    EntitySpec("customers", "members", "Customers (TM-A3)", id_field="customerId"),
+    EntitySpec("orders", "events", "Orders (TM-A4)", id_field="orderId"),
+)
+_DATE_FIELDS: dict[str, str | None] = {"customers": None, "orders": "orderDate"}
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,8 @@ class _Entity:
 
 
 _ENTITIES: dict[str, _Entity] = {
-    "customers": _Entity(
-        "customers", "customerId", None, EntitySpec("customers", "members", "Customers (TM-A3)")
-    ),
-    "orders": _Entity(
-        "orders", "orderId", "orderDate", EntitySpec("orders", "events", "Orders (TM-A4)")
-    ),
+    spec.name: _Entity(spec.name, str(spec.id_field), _DATE_FIELDS[spec.name], spec)
+    for spec in ENTITIES
 }
 
 
@@ -83,7 +91,10 @@ class TicketmasterClient(SourceClient):
         self.calls = self._http.calls
         self._root = f"{base_url.rstrip('/')}/client-data/v1/{market_code}"
         self._apikey = apikey
-        self._auth = httpx.BasicAuth(username, password)  # TM-A1
+        self._headers = {  # TM-A1: Basic auth beside the apikey query parameter
+            **basic(username, password),
+            "Accept": "application/hal+json, application/json",
+        }
         self._page_size = max(1, min(page_size, MAX_PAGE_SIZE))
 
     # --- SourceClient --------------------------------------------------------------------------
@@ -95,7 +106,7 @@ class TicketmasterClient(SourceClient):
         """`GET …/customers?size=1` (TM-A1)."""
         self._get(_ENTITIES["customers"], self._url("customers"), {"size": 1})
 
-    def iter_changed(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
+    def iter_modified(self, entity: str, since: datetime | None) -> Iterator[list[dict[str, Any]]]:
         spec = self._entity(entity)
         return self._pages(spec, self._changed_params(spec, since))
 
@@ -111,7 +122,7 @@ class TicketmasterClient(SourceClient):
                 params["consent"] = "true"
             yield from self._pages(spec, params)
 
-    def has_changes(self, entity: str, since: datetime | None) -> bool:
+    def has_modified(self, entity: str, since: datetime | None) -> bool:
         """One call with size=1: `page.totalElements > 0` (same filters as iter_changed)."""
         spec = self._entity(entity)
         params = {**self._changed_params(spec, since), "page": 0, "size": 1}
@@ -161,17 +172,21 @@ class TicketmasterClient(SourceClient):
 
     def _pages(self, spec: _Entity, params: dict[str, Any]) -> Iterator[list[dict[str, Any]]]:
         """First page from params, then follow `_links.next.href` until absent (TM-A2)."""
-        url: httpx.URL | str = self._url(spec.path)
-        query: dict[str, Any] | None = {**params, "page": 0, "size": self._page_size}
-        while True:
-            body = self._get(spec, url, query)
-            items = _items(body, spec.path)
-            if items:
-                yield items
-            href = ((body.get("_links") or {}).get("next") or {}).get("href")
-            if not href or not items:
-                return
-            url, query = httpx.URL(str(url)).join(href), None
+        first = self._url(spec.path)
+        query = {**params, "page": 0, "size": self._page_size}
+        previous = [httpx.URL(first)]  # a relative href resolves against the page it came from
+
+        def fetch(href: str | None) -> dict[str, Any]:
+            if href is None:
+                return self._get(spec, first, query)
+            previous[0] = previous[0].join(href)
+            return self._get(spec, previous[0], None)
+
+        return paging.next_links(
+            fetch,
+            lambda body: _items(body, spec.path),
+            lambda body: ((body.get("_links") or {}).get("next") or {}).get("href"),
+        )
 
     def _get(
         self, spec: _Entity, url: httpx.URL | str, params: dict[str, Any] | None
@@ -186,8 +201,7 @@ class TicketmasterClient(SourceClient):
             url,
             endpoint=spec.path,
             params=params,
-            auth=self._auth,
-            headers={"Accept": "application/hal+json, application/json"},
+            headers=self._headers,
         )
         if not isinstance(body, dict):
             raise VendorError(self.vendor, 200, f"{spec.path}: expected a HAL page")
@@ -258,10 +272,10 @@ class TicketmasterResource(dg.ConfigurableResource):
         )
 
 
-class TicketmasterSource(BaseModel):
+class TicketmasterSource(SourceSectionBase):
     """`source:` section with `kind: ticketmaster`; credentials are env var names (TM-A1)."""
 
-    model_config = ConfigDict(extra="forbid")
+    entities: ClassVar[tuple[EntitySpec, ...]] = ENTITIES
 
     kind: Literal["ticketmaster"]
     base_url: HttpUrlStr

@@ -170,11 +170,26 @@ def test_iter_range_refuses_customers():
 def test_has_changes_is_one_call_with_page_size_1():
     fake = FakeFlexPOS(total=7)
     client = make_client(fake, only_club_members=True)
-    assert client.has_changes("customers", datetime(2024, 6, 1, tzinfo=UTC)) is True
+    assert client.has_modified("customers", datetime(2024, 6, 1, tzinfo=UTC)) is True
     [request] = fake.api_requests()
     assert request.url.params["pageSize"] == "1" and request.url.params["isClubMember"] == "1"
     assert request.url.params["modifiedSince"] == "2024-06-01T02:00:00"
     assert make_client(FakeFlexPOS(total=0)).has_changes("customers", None) is False
+
+
+def test_cursor_is_an_iso_string_and_the_probe_asks_from_the_next_second():
+    """The pipeline stores the cursor as text; the read repeats the cursor's second (inclusive),
+    the sensor's probe starts after it (what is at the cursor is already landed)."""
+    fake = FakeFlexPOS(total=0)
+    client = make_client(fake)
+    mark = datetime(2024, 6, 1, 10, 0, tzinfo=UTC)
+    cursor = client.cursor_after("customers", None, mark, datetime.now(UTC))
+    assert cursor == mark.isoformat()
+    assert client.cursor_after("customers", cursor, None, datetime.now(UTC)) == cursor
+    list(client.iter_changed("customers", cursor))
+    client.has_changes("customers", cursor)
+    read, probe = (r.url.params["modifiedSince"] for r in fake.api_requests())
+    assert read == "2024-06-01T12:00:00" and probe == "2024-06-01T12:00:01"
 
 
 def test_attractions_entities_use_their_own_base_and_token():

@@ -136,3 +136,95 @@ def test_missing_env_var_names_the_variable(monkeypatch):
     with pytest.raises(MissingEnvVarError, match="FLEXPOS_CLIENT_SECRET") as info:
         resource.client()
     assert "id-value" not in str(info.value)
+
+
+# --- vendors are found, not listed ----------------------------------------------------------------
+
+ACME_MODULE = """
+from typing import ClassVar, Literal
+
+from resources.registry import SourceSectionBase
+from resources.source import EntitySpec
+
+
+class AcmeSource(SourceSectionBase):
+    entities: ClassVar[tuple[EntitySpec, ...]] = (
+        EntitySpec("shoppers", "members", id_field="ShopperId"),
+        EntitySpec("receipts", "events", id_field="ReceiptId"),
+    )
+
+    kind: Literal["acme_test_vendor"]
+    token_env: str
+
+    def env_vars(self) -> list[str]:
+        return [self.token_env]
+"""
+
+
+@pytest.fixture
+def fresh_registry():
+    """Registry caches rebuilt before and after, so a test's vendors do not leak."""
+    import resources.registry as registry
+
+    def clear() -> None:
+        for cached in (registry.source_sections, registry.target_sections, registry._adapter):
+            cached.cache_clear()
+
+    clear()
+    yield registry
+    clear()
+
+
+def test_a_new_vendor_module_is_picked_up_with_no_hub_edit(tmp_path, monkeypatch, fresh_registry):
+    import gc
+    import sys
+
+    import resources
+    from memberflow.mapping import available_entities
+
+    section = None
+    (tmp_path / "acme_test_vendor.py").write_text(ACME_MODULE)
+    monkeypatch.setattr(resources, "__path__", [*resources.__path__, str(tmp_path)])
+    try:
+        section = parse_source({"kind": "acme_test_vendor", "token_env": "ACME_TOKEN"})
+        assert type(section).__name__ == "AcmeSource" and section.env_vars() == ["ACME_TOKEN"]
+        assert "acme_test_vendor" in fresh_registry.source_sections()
+        entities = available_entities("acme_test_vendor")
+        assert entities.members == {"shoppers"} and entities.events == {"receipts"}
+        with pytest.raises(ValidationError, match="token_env"):
+            parse_source({"kind": "acme_test_vendor"})
+    finally:
+        sys.modules.pop("resources.acme_test_vendor", None)
+        if hasattr(resources, "acme_test_vendor"):
+            delattr(resources, "acme_test_vendor")
+        del section
+        gc.collect()
+
+
+def test_every_shipped_vendor_is_found_and_declares_its_entities(fresh_registry):
+    from memberflow.mapping import available_entities
+
+    assert {"flexpos", "ticketmaster"} <= set(fresh_registry.source_sections())
+    assert "heyloyalty" in fresh_registry.target_sections()
+    flexpos = available_entities("flexpos")
+    assert flexpos.members == {"customers"}
+    assert flexpos.events == {"journals", "tickets", "memberships"}
+    assert available_entities("ticketmaster").events == {"orders"}
+
+
+def test_two_vendors_with_one_kind_fail_clearly():
+    from typing import Literal
+
+    from resources.registry import DuplicateKindError, SectionBase, sections
+
+    class ToyBase(SectionBase):  # not a source or target base: nothing leaks into the registry
+        pass
+
+    class One(ToyBase):
+        kind: Literal["twin"]
+
+    class Two(ToyBase):
+        kind: Literal["twin"]
+
+    with pytest.raises(DuplicateKindError, match=r"kind 'twin'.*One.*Two"):
+        sections(ToyBase)
