@@ -41,6 +41,10 @@ class FakeSource:
         business = date.fromisoformat(record[self.day][:10]) if self.day else None
         return RecordMeta(str(record[self.id_field]), modified, business)
 
+    def tombstone_meta(self, entity: str, record: dict[str, Any], deleted_at: datetime):
+        """A deleted record: its id, and the fetch time as its modified time."""
+        return RecordMeta(str(record[self.id_field]), deleted_at, None)
+
 
 @pytest.fixture()
 def conn(tmp_path, monkeypatch):
