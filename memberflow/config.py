@@ -325,12 +325,13 @@ def _check_shared_lists(integrations: list[Integration]) -> None:
             item.target != other.target
             or item.match_on != other.match_on
             or item.target_fields != other.target_fields
+            or item.timezone != other.timezone
             or item.import_.model_dump(include=shared_import)
             != other.import_.model_dump(include=shared_import)
         ):
             raise IntegrationFileError(
                 f"{item.source_file}: target: list {item.target.list_id} of account "
                 f"{item.target.account!r} is also used by {other.source_file} with different "
-                "target, match_on, target_fields or import settings; integrations on one list "
-                "send one member each, so they must agree"
+                "target, match_on, target_fields, timezone or import settings; integrations on "
+                "one list send one member each, so they must agree"
             )

@@ -256,8 +256,9 @@ def test_two_integrations_may_share_a_list_when_they_agree(tmp_path):
         lambda d: d["import"].update(type="create_only"),
         lambda d: d["import"].update(reimport_unsubscribed=True),
         lambda d: d.update(target_fields={"sex": None}),
+        lambda d: d.update(timezone="Europe/Copenhagen"),
     ],
-    ids=["credentials", "host", "match_on", "import-type", "reimport", "target-fields"],
+    ids=["credentials", "host", "match_on", "import-type", "reimport", "target-fields", "tz"],
 )
 def test_two_integrations_on_one_list_that_disagree_name_both_files(tmp_path, change):
     first = write(tmp_path, "a.yaml", demo())
