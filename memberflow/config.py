@@ -129,6 +129,16 @@ class Integration(_Strict):
             self.match_on = "mobile" if self.merge_by_phone else "external_id"
         return self
 
+    @model_validator(mode="after")
+    def _bind_source(self) -> Integration:
+        """The source section learns its integration (some vendors name a token after it, or
+        pace their scans by the interval), and its own mapping defaults join the file's
+        overrides; a field the file overrides itself keeps the file's value."""
+        self.source.bind(self.name, self.schedule.interval_minutes)
+        for entity, fields in self.source.mapping_overrides().items():
+            self.mapping[entity] = {**fields, **self.mapping.get(entity, {})}
+        return self
+
     @field_validator("name")
     @classmethod
     def _name_is_an_identifier(cls, value: str) -> str:

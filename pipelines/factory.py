@@ -22,6 +22,7 @@ from assets.stage import build_stage_asset
 from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
+from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
 from pipelines.webhook_sensor import webhook_sensors
 from resources.mailer import ErrorReportMailer
@@ -56,7 +57,7 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
     for integration in integrations:
         by_list[integration.list_key].append(integration)
     assets: list[dg.AssetsDefinition] = []
-    jobs, sensors = [], []
+    jobs, sensors, schedules = [], [], []
     resources: dict[str, object] = {"mailer": ErrorReportMailer()}
     for list_key, members in sorted(by_list.items()):
         feeds = [feed_of(i) for i in members]
@@ -78,10 +79,13 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
             jobs.append(job)
             sensors.append(build_sensor(integration, job))
             sensors += webhook_sensors(integration, job)
+            if schedule := build_segment_schedule(integration, job):
+                schedules.append(schedule)
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
         sensors=sensors,
+        schedules=schedules,
         resources=resources,
         executor=dg.in_process_executor,
     )

@@ -59,6 +59,11 @@ class SourceSectionBase(SectionBase):
         """Entities this configuration cannot fetch, with why: checked when the file loads."""
         return {}
 
+    def mapping_overrides(self) -> dict[str, dict[str, Any]]:
+        """Mapping overrides this section's settings imply (e.g. which record field holds
+        consent), merged under the integration file's own `mapping:` overrides."""
+        return {}
+
     def webhook(self) -> WebhookCapability | None:
         """How the receiver verifies and reads this source's webhooks; None when they are off.
 

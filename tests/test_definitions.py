@@ -52,4 +52,9 @@ def test_definitions_load_like_dagster_does(tmp_path, monkeypatch):
     defs = importlib.reload(module).defs
     assert isinstance(defs, dg.Definitions)
     defs.resolve_all_job_defs()
-    assert {s.name for s in defs.sensors} == {"demo_flexpos_sensor", "demo_ticketmaster_sensor"}
+    assert {s.name for s in defs.sensors} == {
+        "demo_flexpos_sensor",
+        "demo_ticketmaster_sensor",
+        "demo_teyca_axle_sensor",
+    }
+    assert {s.name for s in defs.schedules} == {"demo_teyca_axle_segments_daily"}
