@@ -109,9 +109,7 @@ def _check_before_update(
     if change.planned == "create" and policy.import_type == "create_only":
         return MemberAck(key, "import_type", checked=True)
     if found.status == "unsubscribed" and not _may_reactivate(change, found, policy):
-        return MemberAck(
-            key, "unsubscribed", member_id=found.member_id, remote=found, checked=True
-        )
+        return MemberAck(key, "unsubscribed", member_id=found.member_id, remote=found, checked=True)
     return None
 
 
