@@ -425,3 +425,79 @@ def test_a_stored_import_whose_failed_rows_cannot_be_read_is_uncertain_not_faile
     with pytest.raises(UncertainOutcome):
         make_client(handler).send_events("email", columns, [{"email": "a@b.dk"}] * 2)
     assert len(seen) == 1  # not retried: the import is not idempotent
+
+
+# --- write_members: a batch of canonical changes, one ack each (issue 7) ------------------------
+
+
+def _list_handler(members: dict[str, dict], seen: list[httpx.Request]):
+    """A tiny list: GET /lists/4711 fields, member lookup by filter, upsert, delete."""
+    fields = {
+        "email": {"name": "email", "format": "text"},
+        "mobile": {"name": "mobile", "format": "number"},
+        "sex": {"name": "sex", "format": "choice", "options": {"1": "Mand", "2": "Kvinde"}},
+        "points": {"name": "points", "format": "number"},
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/lists/4711"):
+            return httpx.Response(200, json={"id": 4711, "fields": fields})
+        if request.method == "GET" and path.endswith("/members"):
+            wanted = request.url.params.get("filter[email][eq][]")
+            found = [m for m in members.values() if m["fields"]["email"]["value"] == wanted]
+            return httpx.Response(200, json={"members": found})
+        if request.method == "POST":
+            body = json.loads(request.content)
+            if body["member"].get("email") == "bad@x.dk":
+                return httpx.Response(400, json={"error": "Invalid email"})
+            return httpx.Response(200, json={"type": "create", "member_id": "new-1"})
+        return httpx.Response(204)
+
+    return handler
+
+
+def test_write_members_converts_canonical_values_and_answers_one_ack_each():
+    from resources.target import MemberChange, WritePolicy
+
+    unsubscribed = {
+        **_np_bc_member(1),
+        "status": {"status": "unsubscribed", "email": "active"},
+        "unsubscribed_at": "2025-01-05 00:00:00",
+    }
+    seen: list[httpx.Request] = []
+    client = make_client(_list_handler({"m1": unsubscribed}, seen))
+    policy = WritePolicy(
+        match_on="email",
+        import_type="create_and_update",
+        reimport_unsubscribed=True,
+        flags=UpsertFlags(),
+    )
+    old = datetime(2025, 1, 1, tzinfo=UTC)
+    changes = [
+        MemberChange(
+            "a@x.dk",
+            "create",
+            {"email": "a@x.dk", "mobile": "+4512345678", "sex": "Kvinde", "points": 12.0},
+        ),
+        MemberChange("m1@x.dk", "update", {"email": "m1@x.dk"}, modified=old),
+        MemberChange("bad@x.dk", "create", {"email": "bad@x.dk", "sex": "Female"}),
+        MemberChange("gone@x.dk", "remove", member_id="g7"),
+    ]
+    acks = {a.match_key: a for a in client.write_members(changes, policy)}
+    assert {k: a.outcome for k, a in acks.items()} == {
+        "a@x.dk": "created",
+        "m1@x.dk": "unsubscribed",  # read right before the update: the rule keeps it off
+        "bad@x.dk": "refused",
+        "gone@x.dk": "removed",
+    }
+    assert acks["m1@x.dk"].checked and acks["m1@x.dk"].remote.status == "unsubscribed"
+    assert acks["bad@x.dk"].reason == "Invalid email"
+    upserts = [json.loads(r.content)["member"] for r in seen if r.method == "POST"]
+    assert {"email": "a@x.dk", "mobile": "4512345678", "sex": "2", "points": "12"} in upserts
+    assert not any(u.get("email") == "m1@x.dk" for u in upserts)
+    assert client.label == "heyloyalty list 4711"
+    assert [r.url.path for r in seen if r.method == "DELETE"] == [
+        "/heyloyalty/loyalty/v1/lists/4711/members/g7"
+    ]
