@@ -95,11 +95,11 @@ def build_deliver_assets(
                 pulled: dict[str, int] | str = "the target does not report them when read"
                 if caps.feedback == "polled":
                     pulled = delivery.pull_feedback(conn, client, settings.match_on)
-                found = reconcile.Reconciliation(None, 0, "the target cannot list", frozenset(), 0)
-                if caps.listing:
-                    found = reconcile.reconcile(
-                        conn, client, settings.match_on, config.full_listing_hours
-                    )
+                found = (
+                    reconcile.reconcile(conn, client, settings.match_on, config.full_listing_hours)
+                    if caps.listing
+                    else reconcile.unlisted(conn)
+                )
                 _warn_missing(context, client, found)
                 report = delivery.deliver_members(conn, client, settings, fields, found.missing)
                 on_list = acknowledged_on_list(conn)

@@ -57,6 +57,22 @@ class Reconciliation:
         }
 
 
+def unlisted(conn: duckdb.DuckDBPyConnection) -> Reconciliation:
+    """For a target that cannot count or list its members: nothing to compare, nothing lost."""
+    ensure_state(conn)
+    return Reconciliation(
+        None, _acknowledged(conn), "the target cannot list its members", frozenset(), 0
+    )
+
+
+def _acknowledged(conn: duckdb.DuckDBPyConnection) -> int:
+    return int(
+        conn.execute(
+            "SELECT count(DISTINCT member_id) FROM sync_state WHERE NOT removed"
+        ).fetchall()[0][0]
+    )
+
+
 def reconcile(
     conn: duckdb.DuckDBPyConnection,
     client: TargetClient,
@@ -67,9 +83,7 @@ def reconcile(
     """Compare the list with what it acknowledged; forget what it lost (see module docstring)."""
     ensure_state(conn)
     now = now or datetime.now(UTC)
-    acknowledged = conn.execute(
-        "SELECT count(DISTINCT member_id) FROM sync_state WHERE NOT removed"
-    ).fetchall()[0][0]
+    acknowledged = _acknowledged(conn)
     on_list = client.member_count()
     last = list_state(conn, LAST_FULL_LISTING)
     why = ""
