@@ -40,8 +40,8 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
         missing += [f"{integration.source_file}: env var {n} is not set" for n in absent]
         click.echo(
             f"ok  {integration.source_file}: {integration.name} "
-            f"({integration.source.kind} -> {integration.target.kind} list "
-            f"{integration.target.list_id}, match on {integration.match_on})"
+            f"({integration.source.kind} -> {integration.target.kind} "
+            f"{integration.target.destination}, match on {integration.match_on})"
         )
     for line in missing:
         click.echo(("error " if check_env else "note ") + line, err=True)

@@ -1,5 +1,6 @@
-"""Deliver assets of one target list: pull unsubscribes and bounces back, notice members the list
-lost, push only what changed (X2); mail an error report when members are refused (C6).
+"""Deliver assets of one target list: pull unsubscribes and bounces back (when the target reports
+them by being read), notice members the list lost (when it can list them), push only what changed
+(X2); mail an error report when members are refused (C6).
 """
 
 import smtplib
@@ -13,8 +14,9 @@ from assets import naming
 from memberflow import delivery, model, reconcile
 from memberflow.config import Integration
 from memberflow.masking import mask_text
-from resources.base import TargetClient, UpsertFlags
+from resources.base import UpsertFlags
 from resources.mailer import ErrorReportMailer
+from resources.target import TargetClient
 
 
 class DeliverConfig(dg.Config):
@@ -40,7 +42,6 @@ def delivery_settings(
         return default if override is None else override
 
     return delivery.DeliverySettings(
-        list_id=integration.target.list_id,
         match_on=integration.match_on,
         import_type=imp.type.value,
         reimport_unsubscribed=pick(config.reimport_unsubscribed, imp.reimport_unsubscribed),
@@ -49,7 +50,7 @@ def delivery_settings(
             send_automations=pick(config.send_automations, imp.send_automations),
             send_webhooks=imp.send_webhooks,
         ),
-        tracking_id=getattr(integration.target, "tracking_id", None),
+        track_events=bool(integration.tracking),
         run_id=run_id,
     )
 
@@ -71,9 +72,10 @@ def build_deliver_assets(
         group_name=list_key,
         deps=[naming.list_asset_key(list_key, "members")],
         description=(
-            f"Members pushed to {first.target.kind} list {first.target.list_id}: first the list's "
-            "unsubscribes and bounces are pulled back, then only new or changed members are "
-            "sent (X2); a mapped field missing on the list stops delivery before any send (C7)."
+            "Members pushed to the target list: first the list's unsubscribes and bounces are "
+            "pulled back (targets that report them when read), then only new or changed members "
+            "are sent in batches (X2); a mapped field missing on the list stops delivery before "
+            "any send (C7)."
         ),
         required_resource_keys={warehouse_key, target_key, "mailer"},
         pool=naming.pool(list_key),
@@ -86,21 +88,24 @@ def build_deliver_assets(
         settings = delivery_settings(first, context.run_id, config)
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         client: TargetClient = getattr(context.resources, target_key).client()
+        caps = client.capabilities
         try:
-            list_fields = delivery.check_mapping(client, settings.list_id, fields)
+            delivery.check_mapping(client, fields)
             with warehouse.get_connection() as conn:
-                pulled = delivery.pull_feedback(conn, client, settings.list_id, settings.match_on)
-                found = reconcile.reconcile(
-                    conn, client, settings.list_id, settings.match_on, config.full_listing_hours
+                pulled: dict[str, int] | str = "the target does not report them when read"
+                if caps.feedback == "polled":
+                    pulled = delivery.pull_feedback(conn, client, settings.match_on)
+                found = (
+                    reconcile.reconcile(conn, client, settings.match_on, config.full_listing_hours)
+                    if caps.listing
+                    else reconcile.unlisted(conn)
                 )
-                _warn_missing(context, settings, found)
-                report = delivery.deliver_members(
-                    conn, client, settings, fields, list_fields, found.missing
-                )
+                _warn_missing(context, client, found)
+                report = delivery.deliver_members(conn, client, settings, fields, found.missing)
                 on_list = acknowledged_on_list(conn)
         finally:
             client.close()
-        _mail_report(context, report_to, settings, report)
+        _mail_report(context, report_to, client.label, report)
         if report.transient_errors:
             raise dg.Failure(
                 description=f"{len(report.transient_errors)} member(s) could not be sent after "
@@ -134,13 +139,11 @@ def acknowledged_on_list(conn: duckdb.DuckDBPyConnection) -> int:
 
 
 def _warn_missing(
-    context: dg.AssetExecutionContext,
-    settings: delivery.DeliverySettings,
-    found: reconcile.Reconciliation,
+    context: dg.AssetExecutionContext, client: TargetClient, found: reconcile.Reconciliation
 ) -> None:
     if found.missing:
         context.log.warning(
-            f"list {settings.list_id}: {len(found.missing)} acknowledged member(s) are missing "
+            f"{client.label}: {len(found.missing)} acknowledged member(s) are missing "
             f"on the list ({found.full_listing}); they are created again this run and "
             f"{found.events_to_resend} of their events sent again"
         )
@@ -153,7 +156,7 @@ def _masked_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:
 def _mail_report(
     context: dg.AssetExecutionContext,
     report_to: list[str],
-    settings: delivery.DeliverySettings,
+    label: str,
     report: delivery.MemberReport,
 ) -> None:
     failed = report.refused + [{"match_key": "", "reason": e} for e in report.transient_errors]
@@ -161,13 +164,13 @@ def _mail_report(
         return
     mailer: ErrorReportMailer = context.resources.mailer
     summary = (
-        f"memberflow run {context.run_id}: {len(failed)} member(s) were not imported into list "
-        f"{settings.list_id}. Counts: {report.counts()}"
+        f"memberflow run {context.run_id}: {len(failed)} member(s) were not imported into "
+        f"{label}. Counts: {report.counts()}"
     )
     for address in report_to:
         try:
             sent = mailer.send_report(
-                address, f"memberflow: import errors on list {settings.list_id}", summary, failed
+                address, f"memberflow: import errors on {label}", summary, failed
             )
         except (OSError, smtplib.SMTPException) as exc:
             # The members' fate is recorded either way; a mail server down must not stop the

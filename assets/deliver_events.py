@@ -10,7 +10,7 @@ from assets import naming
 from assets.deliver import delivery_settings
 from memberflow import event_delivery, model
 from memberflow.config import Integration
-from resources.base import TargetClient
+from resources.target import TargetClient
 
 UNCERTAIN_CHECK = "no_uncertain_event_batches"
 

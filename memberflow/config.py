@@ -149,7 +149,7 @@ class Integration(_Strict):
     @property
     def list_key(self) -> str:
         """The identity of the target list; integrations that share it share one member table."""
-        raw = f"{self.target.kind}_{self.target.account}_{self.target.list_id}"
+        raw = f"{self.target.kind}_{self.target.account}_{self.target.destination}"
         return re.sub(r"[^A-Za-z0-9_]", "_", raw).lower()
 
     @property
@@ -340,7 +340,7 @@ def _check_shared_lists(integrations: list[Integration]) -> None:
             != other.import_.model_dump(include=shared_import)
         ):
             raise IntegrationFileError(
-                f"{item.source_file}: target: list {item.target.list_id} of account "
+                f"{item.source_file}: target: {item.target.destination} of account "
                 f"{item.target.account!r} is also used by {other.source_file} with different "
                 "target, match_on, target_fields, timezone or import settings; integrations on "
                 "one list send one member each, so they must agree"

@@ -1,17 +1,17 @@
 """Delivery: send the target only what changed (X2), remember every acknowledgement, pull
-unsubscribes and bounces back.
+unsubscribes and bounces back when the target reports them by being read.
 
 State lives in the list's warehouse: `sync_state` (what the target last acknowledged per match
-key), `remote_members` (what the target reported), `event_sync` (events sent or refused). Each
-acknowledgement is written as it arrives, in small batches, so a crash resends nothing that was
-acknowledged and loses nothing that was not. An update never undoes an unsubscribe made while the
-run sends (see "sending members without undoing an unsubscribe" below).
+key), `remote_members` (what the target reported), `event_sync` (events sent or refused). The core
+plans who changed and hands the target batches of member changes with canonical values; the
+target's client answers one acknowledgement per member, and each is written as it arrives, in
+small batches, so a crash resends nothing that was acknowledged and loses nothing that was not.
+Nothing here knows a vendor: what the target can do comes from its capabilities.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -20,32 +20,42 @@ import duckdb
 import pandas as pd
 import phonenumbers
 
+from memberflow import rekey
 from memberflow.staging import ensure_bookkeeping
-from resources.base import ListField, RemoteMember, TargetClient, UpsertFlags, VendorError
+from resources.base import ListField, UpsertFlags
+from resources.target import MemberAck, MemberChange, TargetClient, WritePolicy
 
 ACK_BATCH = 500
-# Creates sent between two changed-since reads of the list. Smaller: a member who appears on the
-# list and unsubscribes during the run is caught sooner, for one more call per chunk.
-CREATE_CHUNK = 200
 # Overlap of two changed-since reads within a run. Their cursor is the newest `updated_at` the
 # list reported (its own clock), so only same-second writes need the overlap.
 REFRESH_OVERLAP = timedelta(seconds=5)
+GROUPS = "groups"  # the `members` column of sorted group names, when segments are configured
 
 
 class MappingCheckError(RuntimeError):
-    """A mapped field does not exist on the target list (C7); nothing was sent."""
+    """A mapped field does not exist on the target (C7); nothing was sent."""
+
+
+class TargetCannotError(RuntimeError):
+    """The integration needs something the target cannot do (a match key, groups); nothing sent."""
 
 
 @dataclass(frozen=True)
 class DeliverySettings:
-    list_id: str
     match_on: str
     import_type: str  # create_only | create_and_update | update_only
     reimport_unsubscribed: bool
     flags: UpsertFlags
-    tracking_id: str | None = None
-    concurrency: int = 8
+    track_events: bool = False  # the integration tracks events (sent when the target has a feed)
     run_id: str = ""
+
+    def policy(self) -> WritePolicy:
+        return WritePolicy(
+            match_on=self.match_on,
+            import_type=self.import_type,
+            reimport_unsubscribed=self.reimport_unsubscribed,
+            flags=self.flags,
+        )
 
 
 @dataclass
@@ -58,8 +68,10 @@ class MemberReport:
     skipped_by_import_type: int = 0
     unsubscribed_meanwhile: int = 0  # of skipped_unsubscribed: caught by the check before a send
     recreated: int = 0  # members the list had lost, acknowledged again
-    checks_before_update: int = 0  # one GET each (find_member)
-    refresh_calls: int = 0  # changed-since reads between chunks of creates
+    checks_before_update: int = 0  # one read of the member each, right before its update
+    refresh_calls: int = 0  # changed-since reads between batches of creates
+    rekeyed_forgotten: int = 0  # old keys of members acknowledged under a new key (no call)
+    rekeyed_removed: int = 0  # old keys of members merged into another: taken off the target
     refused: list[dict[str, str]] = field(default_factory=list)
     dropped_fields: list[dict[str, str]] = field(default_factory=list)
     transient_errors: list[str] = field(default_factory=list)
@@ -76,6 +88,8 @@ class MemberReport:
             "refused": len(self.refused),
             "fields_dropped": len(self.dropped_fields),
             "recreated": self.recreated,
+            "rekeyed_forgotten": self.rekeyed_forgotten,
+            "rekeyed_removed": self.rekeyed_removed,
         }
 
     def guard_calls(self) -> dict[str, int]:
@@ -113,34 +127,34 @@ def set_list_state(conn: duckdb.DuckDBPyConnection, key: str, value: str) -> Non
     conn.execute("INSERT OR REPLACE INTO list_state VALUES (?, ?)", [key, value])
 
 
-# --- C7: mapped fields must exist on the list -------------------------------------------------
+# --- C7: mapped fields must exist on the target -----------------------------------------------
 
 
-def check_mapping(client: TargetClient, list_id: str, fields: list[str]) -> dict[str, ListField]:
-    """Fetch the list's fields and fail before any send if a mapped one is missing."""
-    known = client.list_fields(list_id)
+def check_mapping(client: TargetClient, fields: list[str]) -> dict[str, ListField]:
+    """Fetch the target's fields and fail before any send if a mapped one is missing."""
+    known = client.target_fields()
     missing = [name for name in fields if name not in known]
     if missing:
         raise MappingCheckError(
-            f"list {list_id} has no field(s) {', '.join(missing)}; create them on the list "
+            f"{client.label} has no field(s) {', '.join(missing)}; create them on the target "
             "(custom fields with exactly these names) or remove them from the mapping. "
             "Nothing was sent."
         )
     return known
 
 
-# --- pull-back: unsubscribes and bounces ------------------------------------------------------
+# --- pull-back: unsubscribes and bounces (capabilities.feedback == "polled") ------------------
 
 
 def pull_feedback(
-    conn: duckdb.DuckDBPyConnection, client: TargetClient, list_id: str, match_on: str
+    conn: duckdb.DuckDBPyConnection, client: TargetClient, match_on: str
 ) -> dict[str, int]:
-    """Read members changed on the list since the last pull (all of them the first time)."""
+    """Read members changed on the target since the last pull (all of them the first time)."""
     ensure_state(conn)
     last = list_state(conn, "last_pull")
     since = datetime.fromisoformat(last) if last else None
     started = datetime.now(UTC)
-    rows = read_members(client, list_id, match_on, since)
+    rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     # Overlap the next window by two minutes: the target's clock and ours may differ a little,
     # and re-reading a member is harmless (INSERT OR REPLACE).
@@ -155,39 +169,47 @@ def pull_feedback(
 def refresh_feedback(
     conn: duckdb.DuckDBPyConnection,
     client: TargetClient,
-    list_id: str,
     match_on: str,
     since: datetime | None,
 ) -> datetime | None:
-    """Within a run: read the list's changes since `since` (the last pull when None) into
+    """Within a run: read the target's changes since `since` (the last pull when None) into
     `remote_members`, and return the cursor for the next read, on the target's clock."""
     if since is None:
         last = list_state(conn, "last_pull")
         since = datetime.fromisoformat(last) if last else None
-    rows = read_members(client, list_id, match_on, since)
+    rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
     return max(seen) - REFRESH_OVERLAP if seen else since
 
 
 def read_members(
-    client: TargetClient, list_id: str, match_on: str, since: datetime | None
+    client: TargetClient, match_on: str, since: datetime | None
 ) -> list[dict[str, Any]]:
     return [
         {
             "member_id": m.member_id,
-            "match_key": _remote_key(m.email if match_on == "email" else m.mobile, match_on),
+            "match_key": _remote_key(_key_value(m, match_on), match_on),
             "status": m.status,
             "email_status": m.email_status,
             "unsubscribed_at": m.unsubscribed_at,
             "updated_at": m.updated_at,
         }
-        for m in client.iter_members(list_id, since)
+        for m in client.iter_members(since)
     ]
 
 
+def _key_value(member: Any, match_on: str) -> str | None:
+    if match_on == "email":
+        return member.email
+    if match_on == "mobile":
+        return member.mobile
+    value = member.fields.get(match_on)
+    return None if value is None else str(value)
+
+
 def store_remote(conn: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
-    """What the list reported of these members replaces what it reported before."""
+    """What the target reported of these members replaces what it reported before."""
     if not rows:
         return
     frame = pd.DataFrame(rows).astype({"unsubscribed_at": object, "updated_at": object})
@@ -206,6 +228,8 @@ def _remote_key(value: str | None, match_on: str) -> str | None:
         return None
     if match_on == "email":
         return value.strip().lower()
+    if match_on != "mobile":
+        return value.strip()
     text = value.strip()
     try:
         number = phonenumbers.parse(text if text.startswith("+") else "+" + text, None)
@@ -227,10 +251,11 @@ _ACTION_SQL = """
         CASE WHEN $import_type = 'create_only' THEN 'import_type'
              WHEN $reimport AND remote_unsubscribed_at IS NOT NULL
                   AND modified > remote_unsubscribed_at
-                  AND sent_hash IS DISTINCT FROM fields_hash
+                  AND (sent_hash IS DISTINCT FROM fields_hash OR {groups_differ})
              THEN 'update' ELSE 'unsubscribed' END
       WHEN on_list THEN
-        CASE WHEN sent_hash = fields_hash AND NOT removed_before THEN 'unchanged'
+        CASE WHEN sent_hash = fields_hash AND NOT {groups_differ} AND NOT removed_before
+             THEN 'unchanged'
              WHEN $import_type = 'create_only' THEN 'import_type'
              ELSE 'update' END
       WHEN $import_type = 'update_only' THEN 'import_type'
@@ -238,18 +263,40 @@ _ACTION_SQL = """
     END"""
 
 
-def plan_members(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> None:
+def has_groups(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Members carry group memberships (segments are configured): a `groups` column."""
+    row = conn.execute(
+        """SELECT count(*) FROM information_schema.columns
+           WHERE table_name = 'members' AND column_name = ?""",
+        [GROUPS],
+    ).fetchall()[0]
+    return bool(row[0])
+
+
+def ensure_group_state(conn: duckdb.DuckDBPyConnection) -> None:
+    """The groups the target acknowledged per member, beside its fields' hash."""
+    conn.execute(f"ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS {GROUPS} VARCHAR[]")
+
+
+def plan_members(
+    conn: duckdb.DuckDBPyConnection, settings: DeliverySettings, groups: bool = False
+) -> None:
     """Create the temp table `member_plan`: every member with its action (see _ACTION_SQL).
 
-    Unsubscribed on the list: sent again only when `reimport_unsubscribed` is on and the source
-    record changed after the unsubscribe. Withdrawn: removed if it is on the list.
+    Unsubscribed on the target: sent again only when `reimport_unsubscribed` is on and the source
+    record changed after the unsubscribe. Withdrawn: removed if it is on the target. With groups,
+    a member whose groups differ from the acknowledged ones is an update like a changed field.
     """
     ensure_state(conn)
+    sent_groups = f"s.{GROUPS}" if groups else "NULL::VARCHAR[]"
+    differ = f"(m_groups IS DISTINCT FROM sent_{GROUPS})" if groups else "false"
+    own_groups = f", m.{GROUPS} AS m_groups" if groups else ""
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE member_plan AS
         WITH joined AS (
             SELECT m.*, s.member_id AS known_id, s.fields_hash AS sent_hash,
+                   {sent_groups} AS sent_{GROUPS}{own_groups},
                    coalesce(s.removed, false) AS removed_before,
                    r.member_id AS remote_id, r.status AS remote_status,
                    r.unsubscribed_at AS remote_unsubscribed_at
@@ -262,7 +309,7 @@ def plan_members(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) ->
             SELECT *, remote_id IS NOT NULL OR (known_id IS NOT NULL AND NOT removed_before)
                       AS on_list
             FROM joined)
-        SELECT *, {_ACTION_SQL} AS action FROM flagged
+        SELECT *, {_ACTION_SQL.format(groups_differ=differ)} AS action FROM flagged
         """,
         {"reimport": settings.reimport_unsubscribed, "import_type": settings.import_type},
     )
@@ -272,78 +319,17 @@ def _present(value: Any) -> bool:
     return value is not None and value == value and value is not pd.NaT
 
 
-def wire_fields(
-    row: dict[str, Any], fields: list[str], list_fields: dict[str, ListField], client: TargetClient
-) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """Values in the target's wire format, and the fields dropped as (field, reason).
-
-    A value the list cannot take (a choice that maps to no option) costs only that field: the
-    member is sent without it and the drop is reported in quarantine (issue 6, item 2).
-    """
-    out: dict[str, Any] = {}
-    dropped: list[tuple[str, str]] = []
-    for name in fields:
-        value = row.get(name)
-        if not _present(value) or value == "":
-            continue
-        spec = list_fields[name]
-        if spec.format == "choice":
-            try:
-                value = choice_option_id(name, spec, value)
-            except ValueError as exc:
-                dropped.append((name, str(exc)))
-                continue
-        elif name == "mobile" and client.mobile_wire_format == "digits":
-            value = str(value).lstrip("+")
-        elif spec.format == "number":
-            value = str(value).split(".")[0]
-        out[name] = value
-    return out, dropped
-
-
-def choice_option_id(name: str, spec: ListField, value: Any) -> str:
-    """The option id to send for a choice field.
-
-    A mapped value that is an option id is sent as it is: that is what the target documents (for
-    Heyloyalty's `sex`, 1 = male and 2 = female, HL 2.2), while labels differ per list and
-    language. A value that is not an id is looked up among the labels, case-insensitively, for
-    custom choice fields whose ids the user does not know.
-    """
-    text = str(value).strip()
-    if text in spec.options:
-        return text
-    ids = [k for k, label in spec.options.items() if label.strip().lower() == text.lower()]
-    if not ids:
-        known = ", ".join(f"{k}={v}" for k, v in spec.options.items())
-        raise ValueError(f"{name}: {text!r} is neither an option id nor a label ({known})")
-    return ids[0]
-
-
 # --- sending members without undoing an unsubscribe --------------------------------------------
 #
-# HL-A6: an upsert on an unsubscribed member reactivates it, and the target has no conditional
-# update. The unsubscribes pulled at the start of a run age while the run sends (at 100,000
-# members, for an hour), so each send re-reads the list's state as late as the API allows:
-# - an update (the member is on the list) is preceded by one GET of that member
-#   (`find_member`); an unsubscribed member is skipped unless the reimport rule allows it with
-#   the list's fresh `unsubscribed_at`. Cost: one extra call per update. Updates are the
-#   members whose source record changed (X2), a small share of a tick, so this is cheap where it
-#   matters; the window left is one round trip between the GET and the upsert.
-# - a create (the member was not on the list) gets no GET of its own: at an initial import that
-#   would double the calls. Creates go out in chunks of CREATE_CHUNK, each preceded by a
-#   changed-since read of the list (HL-A5), about one call per chunk; a member that appeared on
-#   the list meanwhile is then sent as a checked update instead. The window left for a member
-#   who both appeared and unsubscribed is one chunk's sending time.
-
-
-# Statuses that say "try later", not "this member is refused": after the client's retries are
-# spent they are transient errors (the run fails and the member is sent again), never a refusal.
-_NOT_REFUSALS = frozenset({408, 425, 429})
-
-
-def is_refusal(exc: VendorError) -> bool:
-    """A 4xx that judges the request (bad value, unknown field), not one asking us to wait."""
-    return 400 <= exc.status < 500 and exc.status not in _NOT_REFUSALS
+# A target whose unsubscribes come back by being read (capabilities.feedback == "polled") may
+# reactivate an unsubscribed member on a write. The unsubscribes pulled at the start of a run age
+# while the run sends (at 100,000 members, for an hour), so:
+# - updates (the member is on the list) go first; the client reads each member right before its
+#   update and skips one the reimport rule does not let back (MemberAck `checked`).
+# - creates go out in batches of `client.batch_size`, each preceded by a changed-since read of
+#   the target (about one call per batch); a member that appeared on the target meanwhile is then
+#   handed over as an update (`planned='create'`), checked like any update. The window left for
+#   a member who both appeared and unsubscribed is one batch's sending time.
 
 
 def deliver_members(
@@ -351,245 +337,276 @@ def deliver_members(
     client: TargetClient,
     settings: DeliverySettings,
     fields: list[str],
-    list_fields: dict[str, ListField],
     recreate: frozenset[str] = frozenset(),
 ) -> MemberReport:
     """Create, update and remove what changed; record each acknowledgement as it arrives.
 
-    `recreate` holds match keys the list lost (see memberflow/reconcile.py), counted as
-    `recreated` when they are acknowledged again.
+    `recreate` holds match keys the target lost (see memberflow/reconcile.py), counted as
+    `recreated` when they are acknowledged again. When `match_on` changed since the last run,
+    the old keys are re-keyed afterwards (memberflow/rekey.py).
     """
+    groups = has_groups(conn)
+    _check_capabilities(client, settings, groups)
+    ensure_state(conn)
+    if groups:
+        ensure_group_state(conn)
+    fields = [name for name in fields if name != GROUPS]
     report = MemberReport()
-    plan_members(conn, settings)
+    plan_members(conn, settings, groups)
     counts = dict(conn.execute("SELECT action, count(*) FROM member_plan GROUP BY 1").fetchall())
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
-    outcomes = _Outcomes(conn, report, recreate)
+    outcomes = _Outcomes(conn, report, recreate, groups)
     existing = _plan_rows(conn, "action IN ('update', 'remove')")
     creates = _plan_rows(conn, "action = 'create'")
+    policy = settings.policy()
+    size = max(1, int(client.batch_size))
+    polled = client.capabilities.feedback == "polled"
     try:
-        outcomes.take(_send_all(client, settings, existing, fields, list_fields))
+        for batch in _batches(existing, size):
+            outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
         cursor: datetime | None = None
-        for start in range(0, len(creates), CREATE_CHUNK):
-            before = client.calls.total
-            cursor = refresh_feedback(conn, client, settings.list_id, settings.match_on, cursor)
-            report.refresh_calls += client.calls.total - before
-            chunk = _route_appeared(conn, creates[start : start + CREATE_CHUNK])
-            outcomes.take(_send_all(client, settings, chunk, fields, list_fields))
+        for batch in _batches(creates, size):
+            if polled:
+                before = client.calls.total
+                cursor = refresh_feedback(conn, client, settings.match_on, cursor)
+                report.refresh_calls += client.calls.total - before
+                batch = _route_appeared(conn, batch)
+            outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
+        outcomes.flush()
+        _rekey(conn, client, settings, outcomes)
     finally:
-        # Whatever stops delivery, what the list acknowledged is recorded (never resent).
+        # Whatever stops delivery, what the target acknowledged is recorded (never resent).
         outcomes.flush()
     attempted = [row["match_key"] for row in existing + creates]
     _quarantine_outcomes(conn, settings, attempted, report)
     return report
 
 
+def _check_capabilities(client: TargetClient, settings: DeliverySettings, groups: bool) -> None:
+    """Fail before any send when the integration asks what the target cannot do."""
+    caps = client.capabilities
+    if settings.match_on not in caps.match_keys:
+        raise TargetCannotError(
+            f"{client.label} recognises members by {', '.join(sorted(caps.match_keys))}, not by "
+            f"{settings.match_on}; change match_on (or merge_by_phone). Nothing was sent."
+        )
+    if groups and not caps.groups:
+        raise TargetCannotError(
+            f"{client.label} keeps no groups, but the members carry group memberships "
+            "(segments are configured); remove the segments or choose a target with groups. "
+            "Nothing was sent."
+        )
+
+
+def _rekey(
+    conn: duckdb.DuckDBPyConnection,
+    client: TargetClient,
+    settings: DeliverySettings,
+    outcomes: _Outcomes,
+) -> None:
+    """After the current members are delivered: settle the keys of an earlier `match_on`."""
+    previous = list_state(conn, rekey.MATCH_ON)
+    if previous is not None and previous != settings.match_on:
+        if outcomes.report.transient_errors:
+            return  # some current members have no verdict yet: re-key on a complete run
+        forgotten, removals = rekey.stale_keys(conn)
+        outcomes.report.rekeyed_forgotten += forgotten
+        for batch in _batches(removals, max(1, int(client.batch_size))):
+            changes = [
+                MemberChange(r["match_key"], "remove", member_id=r["member_id"]) for r in batch
+            ]
+            outcomes.take(batch, client.write_members(changes, settings.policy()), rekeyed=True)
+        outcomes.flush()
+        if outcomes.report.transient_errors:
+            return  # the old keys left are settled on the next run
+    set_list_state(conn, rekey.MATCH_ON, settings.match_on)
+
+
+def _batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
 def _plan_rows(conn: duckdb.DuckDBPyConnection, where: str) -> list[dict[str, Any]]:
-    """Planned rows in match-key order (creates go out chunk by chunk in this order)."""
+    """Planned rows in match-key order (creates go out batch by batch in this order)."""
     sql = f"SELECT * FROM member_plan WHERE {where} ORDER BY match_key"
     return conn.execute(sql).df().to_dict("records")
 
 
 def _route_appeared(
-    conn: duckdb.DuckDBPyConnection, chunk: list[dict[str, Any]]
+    conn: duckdb.DuckDBPyConnection, batch: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Creates whose member appeared on the list since the plan become checked updates."""
-    conn.register("chunk_keys", pd.DataFrame({"match_key": [r["match_key"] for r in chunk]}))
+    """Creates whose member appeared on the target since the plan become checked updates."""
+    conn.register("batch_keys", pd.DataFrame({"match_key": [r["match_key"] for r in batch]}))
     appeared = {
         key
         for (key,) in conn.execute(
-            "SELECT DISTINCT match_key FROM remote_members JOIN chunk_keys USING (match_key)"
+            "SELECT DISTINCT match_key FROM remote_members JOIN batch_keys USING (match_key)"
         ).fetchall()
     }
-    conn.unregister("chunk_keys")
+    conn.unregister("batch_keys")
     return [
         {**row, "action": "update", "planned": "create"} if row["match_key"] in appeared else row
-        for row in chunk
+        for row in batch
     ]
 
 
-def _send_all(
-    client: TargetClient,
-    settings: DeliverySettings,
-    work: list[dict[str, Any]],
-    fields: list[str],
-    list_fields: dict[str, ListField],
-) -> Iterator[dict[str, Any]]:
-    if not work:
-        return
-    with ThreadPoolExecutor(max_workers=settings.concurrency) as pool:
-        futures = [
-            pool.submit(_send_one, client, settings, row, fields, list_fields) for row in work
-        ]
-        for future in as_completed(futures):
-            yield future.result()
+def _changes(rows: list[dict[str, Any]], fields: list[str], groups: bool) -> list[MemberChange]:
+    return [_change(row, fields, groups) for row in rows]
 
 
-def _send_one(
-    client: TargetClient,
-    settings: DeliverySettings,
-    row: dict[str, Any],
-    fields: list[str],
-    list_fields: dict[str, ListField],
-) -> dict[str, Any]:
-    key = row["match_key"]
-    if row["action"] == "remove":
-        return _remove_one(client, settings, row)
-    values, dropped = wire_fields(row, fields, list_fields, client)
-    checked = row["action"] == "update"
-    if checked:
-        try:
-            skip = _check_before_update(client, settings, row, values)
-        except VendorError as exc:  # no verdict on the member: nothing was sent, try next run
-            return {"action": "error", "error": f"{key}: {exc}", "checked": True}
-        if skip is not None:
-            return {**skip, "checked": True}
-    try:
-        result = client.upsert_member(settings.list_id, settings.match_on, values, settings.flags)
-    except VendorError as exc:
-        if is_refusal(exc):
-            refusal = {"match_key": key, "reason": exc.message}
-            return {"action": "refused", "refused": refusal, "checked": checked}
-        return {"action": "error", "error": f"{key}: {exc}", "checked": checked}
-    ack = {
-        "match_key": key,
-        "member_id": result.member_id,
-        "fields_hash": row["fields_hash"],
-        "action": result.action,  # the list's word: a planned create may come back 'update'
-        "acked_at": datetime.now(UTC),
-        "removed": False,
-    }
-    return {
-        "action": result.action,
-        "ack": ack,
-        "checked": checked,
-        "dropped": [{"match_key": key, "field": f, "reason": r} for f, r in dropped],
-    }
+def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChange:
+    """One planned row as a MemberChange: canonical values of the mapped target fields."""
+    action = row["action"]
+    member_id = row["remote_id"] if _present(row.get("remote_id")) else row.get("known_id")
+    now = _group_tuple(row.get("m_groups")) if groups else None
+    sent = _group_tuple(row.get(f"sent_{GROUPS}")) if groups else None
+    values = {} if action == "remove" else {n: _canonical(row.get(n)) for n in fields}
+    return MemberChange(
+        match_key=row["match_key"],
+        action=action,
+        values={k: v for k, v in values.items() if _present(v)},
+        member_id=member_id if _present(member_id) else None,
+        modified=_moment(row.get("modified")),
+        planned=row.get("planned") if _present(row.get("planned")) else None,
+        groups=now,
+        groups_added=tuple(sorted(set(now or ()) - set(sent or ()))),
+        groups_removed=tuple(sorted(set(sent or ()) - set(now or ()))),
+    )
 
 
-def _remove_one(
-    client: TargetClient, settings: DeliverySettings, row: dict[str, Any]
-) -> dict[str, Any]:
-    key = row["match_key"]
-    member_id = row["remote_id"] if _present(row["remote_id"]) else row["known_id"]
-    try:
-        client.remove_member(settings.list_id, member_id)
-    except VendorError as exc:
-        if is_refusal(exc):
-            return {"action": "refused", "refused": {"match_key": key, "reason": exc.message}}
-        return {"action": "error", "error": f"{key}: {exc}"}
-    ack = {
-        "match_key": key,
-        "member_id": member_id,
-        "fields_hash": None,
-        "action": "remove",
-        "acked_at": datetime.now(UTC),
-        "removed": True,
-    }
-    return {"action": "remove", "ack": ack}
+def _group_tuple(value: Any) -> tuple[str, ...] | None:
+    if value is None or (not isinstance(value, Iterable) or isinstance(value, str)):
+        return None
+    return tuple(sorted(str(v) for v in value))
 
 
-def _check_before_update(
-    client: TargetClient, settings: DeliverySettings, row: dict[str, Any], values: dict[str, Any]
-) -> dict[str, Any] | None:
-    """Read the member right before its update; an outcome that skips it, or None to send.
-
-    Skipped: an unsubscribed member the reimport rule does not let back (HL-A6), a member gone
-    from the list under update_only, and a member that appeared on the list under create_only.
-    """
-    key = values.get(settings.match_on) or row["match_key"]
-    if settings.match_on == "mobile" and client.mobile_wire_format == "digits":
-        key = str(key).lstrip("+")
-    found = client.find_member(settings.list_id, settings.match_on, str(key))
-    if found is None:
-        return {"action": "import_type"} if settings.import_type == "update_only" else None
-    if row.get("planned") == "create" and settings.import_type == "create_only":
-        return {"action": "import_type"}
-    if found.status == "unsubscribed" and not _may_reactivate(row, found, settings):
-        remote = {
-            "member_id": found.member_id,
-            "match_key": row["match_key"],
-            "status": found.status,
-            "email_status": found.email_status,
-            "unsubscribed_at": found.unsubscribed_at,
-            "updated_at": found.updated_at,
-        }
-        return {"action": "unsubscribed", "remote": remote}
-    return None
+def _canonical(value: Any) -> Any:
+    """A plain Python value: pandas/numpy scalars as datetime, int, float, bool."""
+    if isinstance(value, pd.Timestamp):
+        return None if value is pd.NaT else value.to_pydatetime()
+    item = getattr(value, "item", None)
+    if callable(item) and type(value).__module__ == "numpy":
+        return item()
+    return value
 
 
-def _may_reactivate(row: dict[str, Any], found: RemoteMember, settings: DeliverySettings) -> bool:
-    """The `reimport_unsubscribed` rule of the README, on the list's state of this moment: only
-    a source record changed after the unsubscribe brings the member back."""
-    if not settings.reimport_unsubscribed or settings.import_type == "create_only":
-        return False
-    modified = row.get("modified")
-    if found.unsubscribed_at is None or not _present(modified):
-        return False
-    return pd.Timestamp(modified) > pd.Timestamp(found.unsubscribed_at)
+def _moment(value: Any) -> datetime | None:
+    if not _present(value):
+        return None
+    moment = pd.Timestamp(value)
+    return (moment if moment.tzinfo else moment.tz_localize(UTC)).to_pydatetime()
 
 
 class _Outcomes:
-    """Tallies each send's outcome; writes acknowledgements and the list's answers in batches."""
+    """Tallies each acknowledgement; writes them and the target's answers in batches."""
 
     def __init__(
-        self, conn: duckdb.DuckDBPyConnection, report: MemberReport, recreate: frozenset[str]
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        report: MemberReport,
+        recreate: frozenset[str],
+        groups: bool,
     ) -> None:
-        self.conn, self.report, self.recreate = conn, report, recreate
+        self.conn, self.report, self.recreate, self.groups = conn, report, recreate, groups
         self.acks: list[dict[str, Any]] = []
         self.remote: list[dict[str, Any]] = []
 
-    def take(self, outcomes: Iterator[dict[str, Any]]) -> None:
-        for outcome in outcomes:
-            _tally(self.report, outcome)
-            if ack := outcome.get("ack"):
-                self.acks.append(ack)
-                self.report.recreated += ack["match_key"] in self.recreate and not ack["removed"]
-            if remote := outcome.get("remote"):
-                self.remote.append(remote)
+    def take(
+        self, batch: list[dict[str, Any]], acks: Iterable[MemberAck], rekeyed: bool = False
+    ) -> None:
+        rows = {row["match_key"]: row for row in batch}
+        for ack in acks:
+            row = rows[ack.match_key]
+            _tally(self.report, ack, rekeyed)
+            if state := self._state(ack, row):
+                self.acks.append(state)
+                self.report.recreated += ack.match_key in self.recreate and not state["removed"]
+            if ack.outcome == "unsubscribed" and ack.remote is not None:
+                self.remote.append(_remote_row(ack))
             if len(self.acks) + len(self.remote) >= ACK_BATCH:
                 self.flush()
 
+    def _state(self, ack: MemberAck, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The sync_state row an acknowledgement writes, or None (nothing acknowledged)."""
+        if ack.outcome not in ("created", "updated", "removed"):
+            return None
+        removed = ack.outcome == "removed"
+        member_id = ack.member_id
+        if member_id is None:
+            member_id = row.get("member_id") or row.get("remote_id") or row.get("known_id")
+        state = {
+            "match_key": ack.match_key,
+            "member_id": member_id,
+            "fields_hash": None if removed else row.get("fields_hash"),
+            "action": {"created": "create", "updated": "update"}.get(ack.outcome, "remove"),
+            "acked_at": datetime.now(UTC),
+            "removed": removed,
+        }
+        if self.groups:
+            now = None if removed else _group_tuple(row.get("m_groups"))
+            state[GROUPS] = None if now is None else list(now)
+        return state
+
     def flush(self) -> None:
-        _record_acks(self.conn, self.acks)
+        _record_acks(self.conn, self.acks, self.groups)
         store_remote(self.conn, self.remote)
         self.acks, self.remote = [], []
 
 
-def _tally(report: MemberReport, outcome: dict[str, Any]) -> None:
-    action = outcome["action"]
-    report.checks_before_update += bool(outcome.get("checked"))
-    report.dropped_fields += outcome.get("dropped") or []
-    if action == "create":
+def _remote_row(ack: MemberAck) -> dict[str, Any]:
+    remote = ack.remote
+    assert remote is not None
+    return {
+        "member_id": remote.member_id,
+        "match_key": ack.match_key,
+        "status": remote.status,
+        "email_status": remote.email_status,
+        "unsubscribed_at": remote.unsubscribed_at,
+        "updated_at": remote.updated_at,
+    }
+
+
+def _tally(report: MemberReport, ack: MemberAck, rekeyed: bool) -> None:
+    outcome = ack.outcome
+    report.checks_before_update += ack.checked
+    report.dropped_fields += [
+        {"match_key": ack.match_key, "field": f, "reason": r} for f, r in ack.dropped
+    ]
+    if outcome == "created":
         report.created += 1
-    elif action == "update":
+    elif outcome == "updated":
         report.updated += 1
-    elif action == "remove":
+    elif outcome == "removed" and rekeyed:
+        report.rekeyed_removed += 1
+    elif outcome == "removed":
         report.removed += 1
-    elif action == "unsubscribed":
+    elif outcome == "unsubscribed":
         report.skipped_unsubscribed += 1
         report.unsubscribed_meanwhile += 1
-    elif action == "import_type":
+    elif outcome == "import_type":
         report.skipped_by_import_type += 1
-    elif action == "refused":
-        report.refused.append(outcome["refused"])
+    elif outcome == "refused":
+        report.refused.append({"match_key": ack.match_key, "reason": ack.reason or ""})
     else:
-        report.transient_errors.append(outcome["error"])
+        report.transient_errors.append(f"{ack.match_key}: {ack.reason}")
 
 
-def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]]) -> None:
+def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]], groups: bool) -> None:
     if not acks:
         return
-    frame = pd.DataFrame(acks).astype({"fields_hash": object})
+    frame = pd.DataFrame(acks).astype({"fields_hash": object, "member_id": object})
     conn.register("acks", frame)
-    conn.execute(
-        """INSERT OR REPLACE INTO sync_state
-           SELECT match_key, member_id, fields_hash, action, acked_at::TIMESTAMPTZ, removed
-           FROM acks"""
-    )
-    # A member we took off the list is no longer there: forget the list's last word on it, so
-    # a consent given again creates it anew (also under create_only).
+    columns = "match_key, member_id, fields_hash, action, acked_at, removed"
+    values = "match_key, member_id, fields_hash, action, acked_at::TIMESTAMPTZ, removed"
+    if groups:
+        columns += f", {GROUPS}"
+        values += f", {GROUPS}::VARCHAR[]"
+    conn.execute(f"INSERT OR REPLACE INTO sync_state ({columns}) SELECT {values} FROM acks")
+    # A member we took off the target is no longer there: forget the target's last word on it,
+    # so a consent given again creates it anew (also under create_only).
     conn.execute(
         "DELETE FROM remote_members WHERE member_id IN (SELECT member_id FROM acks WHERE removed)"
     )

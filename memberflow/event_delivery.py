@@ -28,7 +28,8 @@ import duckdb
 import pandas as pd
 
 from memberflow.delivery import DeliverySettings, ensure_state
-from resources.base import EventImportResult, TargetClient, UncertainOutcome, VendorError
+from resources.base import EventImportResult, UncertainOutcome, VendorError
+from resources.target import TargetClient
 
 HELD_SAMPLE = 10
 HELD = ("in_flight", "uncertain")  # batch statuses whose events are not sent again
@@ -87,10 +88,12 @@ def deliver_events(
     *,
     resend_uncertain: bool = False,
 ) -> EventReport:
-    """Send events not sent before, for members on the list, in small booked batches."""
+    """Send events not sent before, for members on the list, in small booked batches.
+
+    Only when the integration tracks events and the target has an activity feed."""
     ensure_event_state(conn)
     report = EventReport()
-    if settings.tracking_id:
+    if settings.track_events and client.capabilities.activity_feed:
         abandoned = _abandon_in_flight(conn, settings.run_id)
         report.uncertain += sum(abandoned.values())
         _resolve_uncertain(
@@ -147,10 +150,10 @@ def _resolve_uncertain(
         "SELECT batch_id FROM event_batches WHERE status = 'uncertain' ORDER BY started_at"
     ).fetchall()
     for (batch_id,) in batches:
-        frame = _select_rows(conn, settings, columns, client, batch_id)
+        frame = _select_rows(conn, settings, columns, batch_id)
         rows = _wire_rows(frame)
         events = dict(zip(frame["event_id"].tolist(), rows, strict=True))
-        present = client.events_present(str(settings.tracking_id), settings.match_on, events)
+        present = client.events_present(settings.match_on, events)
         if present is None and (not resend or batch_id in found_this_run):
             continue
         present = present or set()
@@ -179,7 +182,7 @@ def _send_pending(
     report: EventReport,
 ) -> None:
     size = max(1, min(int(client.events_per_batch), int(client.max_events_per_call)))
-    _select_pending(conn, settings, columns, client)
+    _select_pending(conn, settings, columns)
     match_col = settings.match_on
     done = 0
     while not (batch := _next_batch(conn, done, size)).empty:
@@ -188,9 +191,7 @@ def _send_pending(
         batch_id = _book_batch(conn, batch, settings.run_id)
         report.batches += 1
         try:
-            result = client.send_events(
-                str(settings.tracking_id), match_col, [match_col, *columns], rows
-            )
+            result = client.send_events(match_col, [match_col, *columns], rows)
         except UncertainOutcome as exc:
             _finish_uncertain(conn, batch_id, str(exc), len(batch), report)
             return  # stop gambling: the rest stays pending, certainly unsent, for the next run
@@ -232,14 +233,11 @@ def _finish_uncertain(
 
 
 def _select_pending(
-    conn: duckdb.DuckDBPyConnection,
-    settings: DeliverySettings,
-    columns: list[str],
-    client: TargetClient,
+    conn: duckdb.DuckDBPyConnection, settings: DeliverySettings, columns: list[str]
 ) -> None:
     """Every event to send now, numbered, into a temp table read batch by batch (flat memory)."""
     match_col = settings.match_on
-    key = _wire_key(settings, client)
+    key = "e.match_key"  # canonical: the client writes it in its wire format
     values = ", ".join(f'coalesce(e."{c}", \'\') AS "{c}"' for c in columns)
     held = ", ".join(f"'{s}'" for s in HELD)
     conn.execute(
@@ -265,25 +263,16 @@ def _next_batch(conn: duckdb.DuckDBPyConnection, done: int, size: int) -> pd.Dat
     ).df()
 
 
-def _wire_key(settings: DeliverySettings, client: TargetClient) -> str:
-    """The match key as the target wants it in the import (HL-A8: mobile digits, no '+')."""
-    if settings.match_on == "mobile" and client.mobile_wire_format == "digits":
-        return "ltrim(e.match_key, '+')"
-    return "e.match_key"
-
-
 def _select_rows(
     conn: duckdb.DuckDBPyConnection,
     settings: DeliverySettings,
     columns: list[str],
-    client: TargetClient,
     batch: str,
 ) -> pd.DataFrame:
     """The rows of one booked batch as they would be sent now (for the target to look up)."""
     values = ", ".join(f'coalesce(e."{c}", \'\') AS "{c}"' for c in columns)
-    key = _wire_key(settings, client)
     return conn.execute(
-        f"""SELECT i.event_id, i.event_hash, {key} AS "{settings.match_on}", {values}
+        f"""SELECT i.event_id, i.event_hash, e.match_key AS "{settings.match_on}", {values}
             FROM event_batch_items i JOIN tracking_events e ON e.event_id = i.event_id
             WHERE i.batch_id = ? ORDER BY i.event_id""",
         [batch],

@@ -1,11 +1,12 @@
 """Reconciliation: notice a list that no longer holds members it acknowledged (emptied, restored
 from an older backup, members deleted by hand) and send them again.
 
-Delivery sends only what changed against what the list acknowledged (X2), so a list that lost
+Only for a target that can count and list its members (capabilities.listing). Delivery sends
+only what changed against what the list acknowledged (X2), so a list that lost
 members would otherwise never get them back. Each run asks the list how many members it holds
 (one call) and compares that with the members it acknowledged (`sync_state`, not removed). When
 the list holds fewer, or the last full listing is older than `full_every_hours` (a list can lose
-some members and gain as many others, which no count shows), the whole list is read (HL-A4) and
+some members and gain as many others, which no count shows), the whole list is read and
 every acknowledged member missing from it is forgotten, so delivery creates it again this run.
 Its events' acknowledgements (`event_sync`) are forgotten too: a list that lost a member lost the
 member's activity with it, so the events are sent again.
@@ -30,7 +31,7 @@ from memberflow.delivery import (
     set_list_state,
     store_remote,
 )
-from resources.base import TargetClient
+from resources.target import TargetClient
 
 FULL_LISTING_HOURS = 24.0
 LAST_FULL_LISTING = "last_full_listing"  # key in list_state; an ISO time on our clock
@@ -56,10 +57,25 @@ class Reconciliation:
         }
 
 
+def unlisted(conn: duckdb.DuckDBPyConnection) -> Reconciliation:
+    """For a target that cannot count or list its members: nothing to compare, nothing lost."""
+    ensure_state(conn)
+    return Reconciliation(
+        None, _acknowledged(conn), "the target cannot list its members", frozenset(), 0
+    )
+
+
+def _acknowledged(conn: duckdb.DuckDBPyConnection) -> int:
+    return int(
+        conn.execute(
+            "SELECT count(DISTINCT member_id) FROM sync_state WHERE NOT removed"
+        ).fetchall()[0][0]
+    )
+
+
 def reconcile(
     conn: duckdb.DuckDBPyConnection,
     client: TargetClient,
-    list_id: str,
     match_on: str,
     full_every_hours: float = FULL_LISTING_HOURS,
     now: datetime | None = None,
@@ -67,10 +83,8 @@ def reconcile(
     """Compare the list with what it acknowledged; forget what it lost (see module docstring)."""
     ensure_state(conn)
     now = now or datetime.now(UTC)
-    acknowledged = conn.execute(
-        "SELECT count(DISTINCT member_id) FROM sync_state WHERE NOT removed"
-    ).fetchall()[0][0]
-    on_list = client.member_count(list_id)
+    acknowledged = _acknowledged(conn)
+    on_list = client.member_count()
     last = list_state(conn, LAST_FULL_LISTING)
     why = ""
     if on_list is not None and on_list < acknowledged:
@@ -79,7 +93,7 @@ def reconcile(
         why = f"periodic (every {full_every_hours:g} h)"
     if not why:
         return Reconciliation(on_list, acknowledged, "", frozenset(), 0)
-    listed = read_members(client, list_id, match_on, None)
+    listed = read_members(client, match_on, None)
     if on_list is not None and len(listed) < on_list:
         # Page-number listings skip members when others are deleted meanwhile, and a short page
         # ends the listing early: forgetting on a listing that doesn't add up to the list's own

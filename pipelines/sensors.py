@@ -136,9 +136,9 @@ def _probe_target(
         return True
     client = getattr(context.resources, target_key).client()
     try:
-        return client.has_member_changes(
-            integration.target.list_id, _just_after(datetime.fromisoformat(checked_at))
-        )
+        if client.capabilities.feedback != "polled":
+            return False  # unsubscribes come back by push or not at all: nothing to probe
+        return client.has_member_changes(_just_after(datetime.fromisoformat(checked_at)))
     finally:
         client.close()
 

@@ -407,6 +407,11 @@ class AxleTarget(TargetSectionBase):
     api_key_env: EnvVarName
 
     @property
+    def destination(self) -> str:
+        """Axle keeps one client base per account."""
+        return CLIENT_BASE
+
+    @property
     def list_id(self) -> str:
         """Where members land inside the account: Axle has one client base per account, so this
         is always "clients" (it completes the integration's list key beside kind and account)."""

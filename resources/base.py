@@ -1,4 +1,4 @@
-"""Shared vendor-client types: errors, call counting, and the older target role.
+"""Shared vendor-client types: errors, call counting and the shared value types of both roles.
 
 The source role lives in resources/source.py (re-exported here for older imports); the target
 role's batch seam lives in resources/target.py.
@@ -10,12 +10,10 @@ an emulator, a mapping and an integration file, and no edit to the pipeline.
 from __future__ import annotations
 
 import threading
-from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 
 class VendorError(RuntimeError):
@@ -132,102 +130,11 @@ class UpsertFlags:
 
 
 @dataclass(frozen=True)
-class UpsertResult:
-    action: Literal["create", "update"]
-    member_id: str
-
-
-@dataclass(frozen=True)
 class EventImportResult:
     """The target's answer to one batch of tracking events: rows imported, rows refused."""
 
     imported: int
     failed: list[tuple[int, str]]  # (0-based row index in the batch, the target's reason)
-
-
-class TargetClient(ABC):
-    """A list where members are kept and tracking events land."""
-
-    vendor: ClassVar[str]
-    calls: CallCounter
-    # How the target wants a canonical E.164 mobile: as is, or digits only (HL-A8: 4512345678).
-    mobile_wire_format: ClassVar[Literal["e164", "digits"]] = "e164"
-
-    @abstractmethod
-    def check_connection(self) -> None:
-        """One cheap authenticated call; raises VendorError when credentials or host are wrong."""
-
-    @abstractmethod
-    def list_fields(self, list_id: str) -> dict[str, ListField]:
-        """The fields of the list by name, for the mapping check (C7) and choice option ids."""
-
-    @abstractmethod
-    def iter_members(self, list_id: str, changed_since: datetime | None) -> Iterator[RemoteMember]:
-        """Every member of the list, or those changed at or after `changed_since` (aware UTC)."""
-
-    @abstractmethod
-    def has_member_changes(self, list_id: str, changed_since: datetime | None) -> bool:
-        """A one-call probe for the sensor: did any member change on the list since then?"""
-
-    @abstractmethod
-    def member_count(self, list_id: str) -> int | None:
-        """How many members the list holds now, in one cheap call; None if the target can't say.
-
-        Delivery compares it with what the list acknowledged, to notice a list that was emptied
-        or restored (reconciliation)."""
-
-    @abstractmethod
-    def find_member(self, list_id: str, match_field: str, value: str) -> RemoteMember | None:
-        """The member whose `match_field` (email or mobile, in wire format) equals `value`.
-
-        Used right before an update, so a member who unsubscribed meanwhile is not reactivated."""
-
-    @abstractmethod
-    def upsert_member(
-        self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
-    ) -> UpsertResult:
-        """Create or update one member recognised by `match_field` (email or mobile, C3).
-
-        `fields` holds target field names with values already in the target's wire format.
-        Raises VendorError with the target's reason (status 4xx) when the member is refused.
-        An upsert is idempotent, so a lost or unreadable answer is retried; once the tries are
-        spent it raises VendorError with status 0 (transient: try again next run), never a
-        refusal and never UncertainOutcome.
-        """
-
-    @abstractmethod
-    def remove_member(self, list_id: str, member_id: str) -> None:
-        """Take a member off the list (consent withdrawn at the source)."""
-
-    @abstractmethod
-    def send_events(
-        self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
-    ) -> EventImportResult:
-        """Send one batch of tracking events (at most `max_events_per_call` rows).
-
-        The import is not idempotent (the activity feed is append-only): it is retried only when
-        the request certainly did not reach the target's logic. When it may have, it raises
-        UncertainOutcome; any other VendorError means nothing was stored.
-        """
-
-    def events_present(
-        self, tracking_id: str, match_field: str, events: dict[str, dict[str, Any]]
-    ) -> set[str] | None:
-        """Which of `events` (event id -> the row as sent) the target holds; None: cannot tell.
-
-        Resolves a batch whose import answer was lost. A target with a read path answers exactly;
-        one without (Heyloyalty's activity feed, heyloyalty.md 2.5) returns None, and memberflow
-        holds those events until a user resends them deliberately.
-        """
-        return None
-
-    # Hard limit of one bulk call, and the batch size memberflow uses: small, so a lost answer
-    # leaves at most one small batch uncertain (the worst case of a run).
-    max_events_per_call: ClassVar[int] = 50_000
-    events_per_batch: int = 1_000
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release the HTTP connection pool."""
 
 
 _MOVED_TO_SOURCE = frozenset({"EntitySpec", "RecordMeta", "SourceClient"})

@@ -14,6 +14,7 @@ import hmac
 import io
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.utils import format_datetime
 from typing import Annotated, Any, ClassVar, Literal
@@ -26,11 +27,10 @@ from resources.base import (
     EventImportResult,
     ListField,
     RemoteMember,
-    TargetClient,
     UpsertFlags,
-    UpsertResult,
     VendorError,
 )
+from resources.heyloyalty_members import WIRE_DATETIME, write_batch
 from resources.http import (
     EnvVarName,
     HttpUrlStr,
@@ -40,9 +40,15 @@ from resources.http import (
     str_id,
 )
 from resources.registry import TargetSectionBase
+from resources.target import (
+    MemberAck,
+    MemberChange,
+    TargetCapabilities,
+    TargetClient,
+    WritePolicy,
+)
 
 MEMBERS_PER_PAGE = 1000  # HL-A4
-WIRE_DATETIME = "%Y-%m-%d %H:%M:%S"  # HL-A3/HL-A5, UTC
 BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
 _EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
 # Keys of the flat HL-mind member shape that are not list fields (HL-A3).
@@ -75,11 +81,31 @@ def auth_headers(api_key: str, api_secret: str, now: datetime) -> dict[str, str]
     return {"X-Request-Timestamp": timestamp, "Authorization": f"Basic {basic}"}
 
 
+@dataclass(frozen=True)
+class UpsertResult:
+    """HL-A6's answer to one upsert: whether the list created or updated the member."""
+
+    action: Literal["create", "update"]
+    member_id: str
+
+
 class HeyloyaltyClient(TargetClient):
-    """Thread-safe: the only shared state is the VendorHttp, and signing is per request."""
+    """One Heyloyalty list (and its BI tracking id), as a target.
+
+    Thread-safe: the only shared state is the VendorHttp, and signing is per request.
+    """
 
     vendor: ClassVar[str] = "heyloyalty"
-    mobile_wire_format: ClassVar[Literal["e164", "digits"]] = "digits"  # HL-A8: 4512345678
+    capabilities: ClassVar[TargetCapabilities] = TargetCapabilities(
+        match_keys=frozenset({"email", "mobile"}),  # C3
+        activity_feed=True,  # BI transaction import (HL-A10), with a tracking id
+        groups=False,
+        consent=False,
+        feedback="polled",  # unsubscribes and bounces are read back (HL-A5)
+        listing=True,  # GET /lists counts, GET members pages (HL-A4)
+        withdrawal="delete",
+    )
+    batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
     max_events_per_call: ClassVar[int] = 50_000  # HL-A10
 
     def __init__(
@@ -88,7 +114,10 @@ class HeyloyaltyClient(TargetClient):
         base_url: str,
         api_key: str,
         api_secret: str,
+        list_id: str = "",
+        tracking_id: str | None = None,
         bi_base_url: str | None = None,
+        concurrency: int = 8,
         timeout: float | None = None,  # None: MEMBERFLOW_HTTP_TIMEOUT or 30 s
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
@@ -99,6 +128,12 @@ class HeyloyaltyClient(TargetClient):
         if not 1 <= events_per_batch <= self.max_events_per_call:
             raise ValueError(f"events_per_batch must be 1..{self.max_events_per_call}")
         self.events_per_batch = events_per_batch
+        self.list_id = str(list_id)
+        self.tracking_id = str(tracking_id) if tracking_id is not None else None
+        self.concurrency = concurrency
+        if self.tracking_id is None:  # no tracking id configured: this list takes no events
+            self.capabilities = replace(self.capabilities, activity_feed=False)  # type: ignore[misc]
+        self._fields: dict[str, ListField] | None = None
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
@@ -116,46 +151,63 @@ class HeyloyaltyClient(TargetClient):
 
     # --- TargetClient --------------------------------------------------------------------------
 
+    @property
+    def label(self) -> str:
+        return f"heyloyalty list {self.list_id}"
+
     def check_connection(self) -> None:
         """`GET /lists`: cheap, and a wrong key or secret answers 401 (HL-A1)."""
         self._call("GET", f"{self._base}/lists", endpoint="lists")
 
-    def list_fields(self, list_id: str) -> dict[str, ListField]:
-        """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9)."""
-        body = self._json("GET", self._list_url(list_id), endpoint="lists/{id}")
+    def target_fields(self) -> dict[str, ListField]:
+        """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9).
+
+        Kept for this client's life (one run): the batches reuse it for choice option ids."""
+        body = self._json("GET", self._list_url(), endpoint="lists/{id}")
         raw = body.get("fields") if isinstance(body, dict) else None
         named = raw.items() if isinstance(raw, dict) else ((None, e) for e in raw or [])
         fields = [_list_field(key, entry) for key, entry in named if isinstance(entry, dict)]
-        return {f.name: f for f in fields if f.name}
+        self._fields = {f.name: f for f in fields if f.name}
+        return dict(self._fields)
 
-    def iter_members(self, list_id: str, changed_since: datetime | None) -> Iterator[RemoteMember]:
+    def write_members(
+        self, changes: Sequence[MemberChange], policy: WritePolicy
+    ) -> Iterator[MemberAck]:
+        """Single calls by `concurrency` threads (see resources/heyloyalty_members.py)."""
+        if policy.match_on not in self.capabilities.match_keys:
+            raise ValueError(f"{self.label} recognises members by email or mobile only")
+        fields = self._fields if self._fields is not None else self.target_fields()
+        return write_batch(self, changes, policy, fields, self.concurrency)
+
+    def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Pages of perpage=1000 until a short page (HL-A4), optionally changed since (HL-A5)."""
         page = 1
         while True:
-            members = self._members_page(list_id, changed_since, page, MEMBERS_PER_PAGE)
+            members = self._members_page(changed_since, page, MEMBERS_PER_PAGE)
             yield from (parse_member(m) for m in members)
             if len(members) < MEMBERS_PER_PAGE:
                 return
             page += 1
 
-    def has_member_changes(self, list_id: str, changed_since: datetime | None) -> bool:
+    def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A perpage=1 probe with the HL-A5 filter."""
-        return bool(self._members_page(list_id, changed_since, 1, 1))
+        return bool(self._members_page(changed_since, 1, 1))
 
-    def member_count(self, list_id: str) -> int | None:
+    def member_count(self) -> int | None:
         """`members` of the list's entry in `GET /lists` (HL 2.2); None if the list is absent."""
         body = self._json("GET", f"{self._base}/lists", endpoint="lists")
         for entry in body if isinstance(body, list) else []:
-            if isinstance(entry, dict) and str(entry.get("id")) == str(list_id):
+            if isinstance(entry, dict) and str(entry.get("id")) == self.list_id:
                 count = entry.get("members")
                 return int(count) if isinstance(count, int | str) and str(count).isdigit() else None
         return None
 
-    def find_member(self, list_id: str, match_field: str, value: str) -> RemoteMember | None:
-        return self.lookup_member(list_id, match_field, value)
+    def find_member(self, match_field: str, value: str) -> RemoteMember | None:
+        """The member whose `match_field` (email or mobile, wire format) equals `value`."""
+        return self.lookup_member(match_field, value)
 
     def upsert_member(
-        self, list_id: str, match_field: str, fields: dict[str, Any], flags: UpsertFlags
+        self, match_field: str, fields: dict[str, Any], flags: UpsertFlags
     ) -> UpsertResult:
         """POST /members/upsert as raw JSON (HL-A6) with the C5/C6 switches (HL-A7).
 
@@ -170,7 +222,7 @@ class HeyloyaltyClient(TargetClient):
             "trigger_autoresponder": int(flags.send_automations),
             "trigger_webhooks": int(flags.send_webhooks),
         }
-        url = f"{self._list_url(list_id)}/members/upsert"
+        url = f"{self._list_url()}/members/upsert"
         return self._json(
             "POST",
             url,
@@ -180,9 +232,9 @@ class HeyloyaltyClient(TargetClient):
             json=payload,
         )
 
-    def remove_member(self, list_id: str, member_id: str) -> None:
+    def remove_member(self, member_id: str) -> None:
         """DELETE the member (HL 2.3). A 404 means it is already gone, which is the goal."""
-        url = f"{self._list_url(list_id)}/members/{member_id}"
+        url = f"{self._list_url()}/members/{member_id}"
         try:
             self._call("DELETE", url, endpoint="members/delete")
         except VendorError as exc:
@@ -190,7 +242,7 @@ class HeyloyaltyClient(TargetClient):
                 raise
 
     def send_events(
-        self, tracking_id: str, match_field: str, columns: Sequence[str], rows: list[dict[str, Any]]
+        self, match_on: str, columns: Sequence[str], rows: list[dict[str, Any]]
     ) -> EventImportResult:
         """One BI CSV import (HL-A10); a `status: error` answer raises VendorError.
 
@@ -200,8 +252,12 @@ class HeyloyaltyClient(TargetClient):
         """
         if not rows:
             return EventImportResult(imported=0, failed=[])
-        self._check_batch(match_field, columns, rows)
-        url = f"{self._bi_url()}/transaction/import/{tracking_id}"
+        self._check_batch(match_on, columns, rows)
+        if self.tracking_id is None:
+            raise ValueError(f"{self.label} has no tracking_id configured; cannot send events")
+        if match_on == "mobile":  # HL-A8: the match column as digits only
+            rows = [{**row, "mobile": str(row.get("mobile") or "").lstrip("+")} for row in rows]
+        url = f"{self._bi_url()}/transaction/import/{self.tracking_id}"
         form = {
             "date_format": BI_DATE_FORMAT,
             "delimiter": ",",
@@ -228,9 +284,7 @@ class HeyloyaltyClient(TargetClient):
             failed=failed,
         )
 
-    def events_present(
-        self, tracking_id: str, match_field: str, events: dict[str, dict[str, Any]]
-    ) -> set[str] | None:
+    def events_present(self, match_on: str, events: dict[str, dict[str, Any]]) -> set[str] | None:
         """Cannot tell: Heyloyalty documents no way to read the activity feed back (2.5)."""
         return None
 
@@ -239,23 +293,23 @@ class HeyloyaltyClient(TargetClient):
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def lookup_member(self, list_id: str, field: str, value: str) -> RemoteMember | None:
+    def lookup_member(self, field: str, value: str) -> RemoteMember | None:
         """The member whose `field` equals `value` (filter eq, HL 2.3), or None.
 
         Used before an upsert to respect "do not re-create previously unsubscribed" (HL-A6).
         """
         params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
-        body = self._json("GET", self._members_url(list_id), endpoint="members", params=params)
+        body = self._json("GET", self._members_url(), endpoint="members", params=params)
         members = _members_of(body)
         return parse_member(members[0]) if members else None
 
     def _members_page(
-        self, list_id: str, changed_since: datetime | None, page: int, perpage: int
+        self, changed_since: datetime | None, page: int, perpage: int
     ) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"page": page, "perpage": perpage}
         if changed_since is not None:
             params["filter[updated_at][gte][]"] = as_utc(changed_since).strftime(WIRE_DATETIME)
-        body = self._json("GET", self._members_url(list_id), endpoint="members", params=params)
+        body = self._json("GET", self._members_url(), endpoint="members", params=params)
         return _members_of(body)
 
     def _call(self, method: str, url: str, *, endpoint: str, **kwargs: Any) -> httpx.Response:
@@ -270,11 +324,13 @@ class HeyloyaltyClient(TargetClient):
         headers = auth_headers(self._api_key, self._api_secret, self._clock())
         return {**headers, "Accept": "application/json"}
 
-    def _list_url(self, list_id: str) -> str:
-        return f"{self._base}/lists/{list_id}"
+    def _list_url(self) -> str:
+        if not self.list_id:
+            raise ValueError("heyloyalty list_id is not configured")
+        return f"{self._base}/lists/{self.list_id}"
 
-    def _members_url(self, list_id: str) -> str:
-        return f"{self._list_url(list_id)}/members"
+    def _members_url(self) -> str:
+        return f"{self._list_url()}/members"
 
     def _bi_url(self) -> str:
         if self._bi_base is None:
@@ -436,6 +492,8 @@ class HeyloyaltyResource(dg.ConfigurableResource):
         return HeyloyaltyClient(
             base_url=self.base_url,
             bi_base_url=self.bi_base_url,
+            list_id=self.list_id,
+            tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
             api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
             api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
@@ -463,6 +521,10 @@ class HeyloyaltyTarget(TargetSectionBase):
         if self.tracking_id is not None and self.bi_base_url is None:
             raise ValueError("tracking_id needs bi_base_url: tracking events go to the BI API")
         return self
+
+    @property
+    def destination(self) -> str:
+        return self.list_id
 
     def env_vars(self) -> list[str]:
         return [self.api_key_env, self.api_secret_env]

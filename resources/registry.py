@@ -72,7 +72,15 @@ class SourceSectionBase(SectionBase):
 
 
 class TargetSectionBase(SectionBase):
-    """A `target:` section."""
+    """A `target:` section: an `account` and, inside it, the `destination` members land in."""
+
+    account: str
+
+    @property
+    def destination(self) -> str:
+        """Where members land inside the account (a list id, a client base): with the kind and
+        the account it names the member table integrations share (X6)."""
+        raise NotImplementedError
 
 
 class DuplicateKindError(TypeError):

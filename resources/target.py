@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from resources.base import CallCounter, EventImportResult, ListField, RemoteMember, UpsertFlags
+from resources.base import (
+    CallCounter,
+    EventImportResult,
+    ListField,
+    RemoteMember,
+    UpsertFlags,
+    VendorError,
+)
 
 MatchKey = Literal["email", "mobile", "external_id"]
 ChangeAction = Literal["create", "update", "remove"]
@@ -174,6 +181,16 @@ class TargetClient(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the HTTP connection pool."""
+
+
+# Statuses that say "try later", not "this member is refused": after the client's retries are
+# spent they are transient errors (the member is sent again next run), never a refusal.
+_NOT_REFUSALS = frozenset({408, 425, 429})
+
+
+def is_refusal(exc: VendorError) -> bool:
+    """A 4xx that judges the request (bad value, unknown field), not one asking us to wait."""
+    return 400 <= exc.status < 500 and exc.status not in _NOT_REFUSALS
 
 
 def wire_fields_missing(client: TargetClient, fields: Sequence[str]) -> list[str]:

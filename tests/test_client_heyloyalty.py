@@ -40,6 +40,8 @@ def make_client(handler, waits: list[float] | None = None, clock=None) -> Heyloy
         bi_base_url=BI,
         api_key=KEY,
         api_secret=SECRET,
+        list_id="4711",
+        tracking_id="99",
         transport=httpx.MockTransport(handler),
         sleep=(waits if waits is not None else []).append,
         clock=clock or (lambda: T0),
@@ -98,7 +100,7 @@ def test_list_fields_with_options():
         },
     }
     handler, seen = recorder(httpx.Response(200, json=body))
-    fields = make_client(handler).list_fields("4711")
+    fields = make_client(handler).target_fields()
     assert set(fields) == {"email", "sex"}
     assert fields["sex"].format == "choice" and fields["sex"].options == {
         "1": "Mand",
@@ -128,7 +130,7 @@ def test_iter_members_pages_until_short_page_with_changed_since_filter():
         return httpx.Response(200, json={"members": [_np_bc_member(i) for i in range(count)]})
 
     since = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-    members = list(make_client(handler).iter_members("4711", since))
+    members = list(make_client(handler).iter_members(since))
     assert len(members) == 1003 and len(seen) == 2
     params = seen[0].url.params
     assert params["perpage"] == "1000"
@@ -148,7 +150,7 @@ def test_flat_member_shape_is_parsed():
         "updated_at": "0000-00-00 00:00:00",
     }
     handler, seen = recorder(httpx.Response(200, json={"members": [flat]}))
-    [member] = list(make_client(handler).iter_members("1", None))
+    [member] = list(make_client(handler).iter_members(None))
     assert "filter[updated_at][gte][]" not in seen[0].url.params
     assert (member.email, member.mobile, member.status) == ("a@b.dk", "4512345678", "unsubscribed")
     assert member.email_status == "hard_bounce" and member.updated_at is None
@@ -157,14 +159,14 @@ def test_flat_member_shape_is_parsed():
 
 def test_has_member_changes_is_a_perpage_1_probe():
     handler, seen = recorder(httpx.Response(200, json={"members": []}))
-    assert make_client(handler).has_member_changes("1", datetime(2024, 1, 1, tzinfo=UTC)) is False
+    assert make_client(handler).has_member_changes(datetime(2024, 1, 1, tzinfo=UTC)) is False
     assert seen[0].url.params["perpage"] == "1"
 
 
 def test_upsert_sends_json_with_flags():
     handler, seen = recorder(httpx.Response(200, json={"type": "create", "member_id": "g9"}))
     flags = UpsertFlags(send_optin=True, send_automations=True, send_webhooks=False)
-    result = make_client(handler).upsert_member("4711", "email", {"email": "a@b.dk"}, flags)
+    result = make_client(handler).upsert_member("email", {"email": "a@b.dk"}, flags)
     assert (result.action, result.member_id) == ("create", "g9")
     request = seen[0]
     assert request.method == "POST" and request.url.path.endswith("/lists/4711/members/upsert")
@@ -176,7 +178,7 @@ def test_upsert_sends_json_with_flags():
         "trigger_autoresponder": 1,
         "trigger_webhooks": 0,
     }
-    make_client(handler).upsert_member("4711", "mobile", {"mobile": "45"}, UpsertFlags())
+    make_client(handler).upsert_member("mobile", {"mobile": "45"}, UpsertFlags())
     assert json.loads(seen[1].content)["skipOptIn"] == 1
 
 
@@ -184,7 +186,7 @@ def test_upsert_refusal_fails_at_once_with_vendor_text(caplog):
     caplog.set_level(logging.DEBUG)
     handler, seen = recorder(httpx.Response(400, json={"error": "Unknown field: shoe_size"}))
     with pytest.raises(VendorError) as info:
-        make_client(handler).upsert_member("1", "email", {"shoe_size": 42}, UpsertFlags())
+        make_client(handler).upsert_member("email", {"shoe_size": 42}, UpsertFlags())
     assert info.value.status == 400 and info.value.message == "Unknown field: shoe_size"
     assert len(seen) == 1
     assert SECRET not in str(info.value) and SECRET not in caplog.text
@@ -192,10 +194,10 @@ def test_upsert_refusal_fails_at_once_with_vendor_text(caplog):
 
 def test_remove_member_deletes_and_tolerates_404():
     handler, seen = recorder(httpx.Response(204))
-    make_client(handler).remove_member("4711", "g1")
+    make_client(handler).remove_member("g1")
     assert seen[0].method == "DELETE" and seen[0].url.path.endswith("/lists/4711/members/g1")
     gone, _ = recorder(httpx.Response(404, json={"message": "Not Found", "code": 404}))
-    make_client(gone).remove_member("4711", "g1")
+    make_client(gone).remove_member("g1")
 
 
 def _multipart(request: httpx.Request) -> tuple[dict[str, list[str]], bytes]:
@@ -236,7 +238,7 @@ def test_send_events_posts_bi_csv_and_reads_failed_rows():
             "date": datetime(2024, 1, 2, tzinfo=UTC),
         },
     ]
-    result = make_client(handler).send_events("99", "email", columns, rows)
+    result = make_client(handler).send_events("email", columns, rows)
     assert result.imported == 1 and result.failed == [(1, "unknown email")]
     request = seen[0]
     assert str(request.url) == f"{BI}/transaction/import/99"
@@ -258,31 +260,31 @@ def test_send_events_posts_bi_csv_and_reads_failed_rows():
 def test_send_events_status_error_raises():
     handler, _ = recorder(httpx.Response(200, json={"status": "error", "message": "bad date"}))
     with pytest.raises(VendorError, match="bad date"):
-        make_client(handler).send_events("99", "email", ["email"], [{"email": "a@b.dk"}])
+        make_client(handler).send_events("email", ["email"], [{"email": "a@b.dk"}])
 
 
 def test_send_events_needs_match_column_and_skips_empty_batches():
     handler, seen = recorder()
     client = make_client(handler)
-    assert client.send_events("99", "email", ["email"], []).imported == 0
+    assert client.send_events("email", ["email"], []).imported == 0
     with pytest.raises(ValueError, match="match field"):
-        client.send_events("99", "mobile", ["email"], [{"email": "a"}])
+        client.send_events("mobile", ["email"], [{"email": "a"}])
     assert seen == []
 
 
 def test_lookup_member_uses_eq_filter():
     handler, seen = recorder(httpx.Response(200, json={"members": [_np_bc_member(1)]}))
-    member = make_client(handler).lookup_member("4711", "mobile", "4512345678")
+    member = make_client(handler).lookup_member("mobile", "4512345678")
     assert member is not None and member.member_id == "guid-1"
     assert seen[0].url.params["filter[mobile][eq][]"] == "4512345678"
     empty, _ = recorder(httpx.Response(200, json={"members": []}))
-    assert make_client(empty).lookup_member("4711", "email", "x@y.dk") is None
+    assert make_client(empty).lookup_member("email", "x@y.dk") is None
 
 
 def test_unauthorized_is_not_retried_and_hides_the_secret():
     handler, seen = recorder(httpx.Response(401, json={"message": "Unauthorized", "code": 401}))
     with pytest.raises(VendorError) as info:
-        make_client(handler).list_fields("1")
+        make_client(handler).target_fields()
     assert info.value.status == 401 and info.value.message == "Unauthorized" and len(seen) == 1
     assert SECRET not in repr(info.value.__dict__)
 
@@ -297,6 +299,8 @@ def scripted_client(*answers, max_tries: int = 5):
         bi_base_url=BI,
         api_key=KEY,
         api_secret=SECRET,
+        list_id="4711",
+        tracking_id="99",
         transport=httpx.MockTransport(handler),
         sleep=lambda _: None,
         clock=lambda: T0,
@@ -312,7 +316,7 @@ ROW = [{"email": "a@b.dk", "date": "2024-01-01 10:00:00"}]
 def test_a_cut_off_upsert_answer_is_retried_not_a_refusal():
     ok = httpx.Response(200, json={"type": "update", "member_id": "m-1"})
     client, seen = scripted_client(CUT_OFF_UPSERT, ok)
-    result = client.upsert_member("4711", "email", {"email": "a@b.dk"}, UpsertFlags())
+    result = client.upsert_member("email", {"email": "a@b.dk"}, UpsertFlags())
     assert (result.action, result.member_id, len(seen)) == ("update", "m-1", 2)
 
 
@@ -324,7 +328,7 @@ def test_a_cut_off_upsert_answer_is_retried_not_a_refusal():
 def test_an_upsert_unreadable_every_time_ends_transient_with_status_0(answer):
     client, seen = scripted_client(answer, max_tries=3)
     with pytest.raises(VendorError) as info:
-        client.upsert_member("4711", "email", {"email": "a@b.dk"}, UpsertFlags())
+        client.upsert_member("email", {"email": "a@b.dk"}, UpsertFlags())
     assert info.value.status == 0 and not isinstance(info.value, UncertainOutcome)
     assert len(seen) == 3
 
@@ -343,7 +347,7 @@ def test_an_upsert_unreadable_every_time_ends_transient_with_status_0(answer):
 def test_a_bi_import_whose_answer_is_lost_is_sent_once_and_uncertain(lost):
     client, seen = scripted_client(lost, httpx.Response(200, json={"status": "success"}))
     with pytest.raises(UncertainOutcome):
-        client.send_events("99", "email", ["email", "date"], ROW)
+        client.send_events("email", ["email", "date"], ROW)
     assert len(seen) == 1
 
 
@@ -359,13 +363,13 @@ def test_a_bi_import_whose_answer_is_lost_is_sent_once_and_uncertain(lost):
 def test_a_bi_import_refused_before_processing_is_retried(before):
     ok = httpx.Response(200, json={"status": "success", "imported": 1, "failed": []})
     client, seen = scripted_client(before, ok)
-    assert client.send_events("99", "email", ["email", "date"], ROW).imported == 1
+    assert client.send_events("email", ["email", "date"], ROW).imported == 1
     assert len(seen) == 2 and client.calls.retries == 1
 
 
 def test_heyloyalty_cannot_tell_which_events_it_holds_and_batches_are_small():
     client, seen = scripted_client(httpx.Response(200, json={}))
-    assert client.events_present("99", "email", {"e1": ROW[0]}) is None  # heyloyalty.md 2.5
+    assert client.events_present("email", {"e1": ROW[0]}) is None  # heyloyalty.md 2.5
     assert seen == []
     assert client.events_per_batch == 1000 <= client.max_events_per_call
     with pytest.raises(ValueError, match="events_per_batch"):
@@ -419,5 +423,81 @@ def test_a_stored_import_whose_failed_rows_cannot_be_read_is_uncertain_not_faile
     handler, seen = recorder(httpx.Response(200, json=answer))
     columns = ["email", "product_name"]
     with pytest.raises(UncertainOutcome):
-        make_client(handler).send_events("99", "email", columns, [{"email": "a@b.dk"}] * 2)
+        make_client(handler).send_events("email", columns, [{"email": "a@b.dk"}] * 2)
     assert len(seen) == 1  # not retried: the import is not idempotent
+
+
+# --- write_members: a batch of canonical changes, one ack each (issue 7) ------------------------
+
+
+def _list_handler(members: dict[str, dict], seen: list[httpx.Request]):
+    """A tiny list: GET /lists/4711 fields, member lookup by filter, upsert, delete."""
+    fields = {
+        "email": {"name": "email", "format": "text"},
+        "mobile": {"name": "mobile", "format": "number"},
+        "sex": {"name": "sex", "format": "choice", "options": {"1": "Mand", "2": "Kvinde"}},
+        "points": {"name": "points", "format": "number"},
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        if request.method == "GET" and path.endswith("/lists/4711"):
+            return httpx.Response(200, json={"id": 4711, "fields": fields})
+        if request.method == "GET" and path.endswith("/members"):
+            wanted = request.url.params.get("filter[email][eq][]")
+            found = [m for m in members.values() if m["fields"]["email"]["value"] == wanted]
+            return httpx.Response(200, json={"members": found})
+        if request.method == "POST":
+            body = json.loads(request.content)
+            if body["member"].get("email") == "bad@x.dk":
+                return httpx.Response(400, json={"error": "Invalid email"})
+            return httpx.Response(200, json={"type": "create", "member_id": "new-1"})
+        return httpx.Response(204)
+
+    return handler
+
+
+def test_write_members_converts_canonical_values_and_answers_one_ack_each():
+    from resources.target import MemberChange, WritePolicy
+
+    unsubscribed = {
+        **_np_bc_member(1),
+        "status": {"status": "unsubscribed", "email": "active"},
+        "unsubscribed_at": "2025-01-05 00:00:00",
+    }
+    seen: list[httpx.Request] = []
+    client = make_client(_list_handler({"m1": unsubscribed}, seen))
+    policy = WritePolicy(
+        match_on="email",
+        import_type="create_and_update",
+        reimport_unsubscribed=True,
+        flags=UpsertFlags(),
+    )
+    old = datetime(2025, 1, 1, tzinfo=UTC)
+    changes = [
+        MemberChange(
+            "a@x.dk",
+            "create",
+            {"email": "a@x.dk", "mobile": "+4512345678", "sex": "Kvinde", "points": 12.0},
+        ),
+        MemberChange("m1@x.dk", "update", {"email": "m1@x.dk"}, modified=old),
+        MemberChange("bad@x.dk", "create", {"email": "bad@x.dk", "sex": "Female"}),
+        MemberChange("gone@x.dk", "remove", member_id="g7"),
+    ]
+    acks = {a.match_key: a for a in client.write_members(changes, policy)}
+    assert {k: a.outcome for k, a in acks.items()} == {
+        "a@x.dk": "created",
+        "m1@x.dk": "unsubscribed",  # read right before the update: the rule keeps it off
+        "bad@x.dk": "refused",
+        "gone@x.dk": "removed",
+    }
+    assert acks["m1@x.dk"].checked and acks["m1@x.dk"].remote.status == "unsubscribed"
+    assert acks["bad@x.dk"].reason == "Invalid email"
+    upserts = [json.loads(r.content)["member"] for r in seen if r.method == "POST"]
+    assert {"email": "a@x.dk", "mobile": "4512345678", "sex": "2", "points": "12"} in upserts
+    assert not any(u.get("email") == "m1@x.dk" for u in upserts)
+    assert client.label == "heyloyalty list 4711"
+    assert [r.url.path for r in seen if r.method == "DELETE"] == [
+        "/heyloyalty/loyalty/v1/lists/4711/members/g7"
+    ]

@@ -3,12 +3,10 @@ only its field (issue 6, items 1 and 2)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
-from memberflow.delivery import choice_option_id, wire_fields
 from resources.base import ListField
+from resources.heyloyalty_members import choice_option_id, wire_fields
 
 SEX = ListField("sex", "choice", {"1": "Mand", "2": "Kvinde"})
 FIELDS = {
@@ -16,7 +14,6 @@ FIELDS = {
     "mobile": ListField("mobile", "number"),
     "sex": SEX,
 }
-DIGITS = SimpleNamespace(mobile_wire_format="digits")
 
 
 @pytest.mark.parametrize("value", ["2", " 2 ", "Kvinde", "kvinde"])
@@ -26,15 +23,15 @@ def test_a_choice_is_sent_by_its_option_id_given_the_id_or_the_label(value):
 
 def test_a_choice_with_no_such_option_is_dropped_and_reported_not_the_member():
     row = {"email": "a@example.dk", "mobile": "+4512345678", "sex": "Female"}
-    values, dropped = wire_fields(row, list(FIELDS), FIELDS, DIGITS)
+    values, dropped = wire_fields(row, FIELDS)
     assert values == {"email": "a@example.dk", "mobile": "4512345678"}
     ((field, reason),) = dropped
     assert field == "sex" and "'Female'" in reason and "1=Mand" in reason
 
 
 def test_only_a_judging_4xx_is_a_refusal_not_one_asking_to_wait():
-    from memberflow.delivery import is_refusal
     from resources.base import VendorError
+    from resources.target import is_refusal
 
     assert is_refusal(VendorError("heyloyalty", 400, "Unknown field: shoe_size"))
     assert not is_refusal(VendorError("heyloyalty", 429, "Too Many Requests"))
@@ -52,10 +49,10 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
     from resources.base import RemoteMember
 
     class ShortListing:
-        def member_count(self, list_id):
+        def member_count(self):
             return 3
 
-        def iter_members(self, list_id, since):
+        def iter_members(self, since):
             yield RemoteMember("m1", "a@x.dk", None, "active", "active", None, None)
 
     conn = duckdb.connect()
@@ -65,6 +62,138 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
         "('b@x.dk', 'm2', 'h', 'create', now(), false), "
         "('c@x.dk', 'm3', 'h', 'create', now(), false)"
     )
-    found = reconcile.reconcile(conn, ShortListing(), "4711", "email")
+    found = reconcile.reconcile(conn, ShortListing(), "email")
     assert found.missing == frozenset() and "not acted on" in found.full_listing
     assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
+
+
+# --- delivery against a target described by its capabilities (issue 7) ------------------------
+
+
+def _warehouse(members: list[dict], groups: bool = False):
+    """A warehouse whose `members` table holds `members` (mobile, external_id, first_name)."""
+    import duckdb
+    import pandas as pd
+
+    conn = duckdb.connect()
+    frame = pd.DataFrame(members)
+    frame["fields_hash"] = frame["first_name"] + "|" + frame["mobile"]
+    frame["withdrawn"] = False
+    frame["modified"] = pd.Timestamp("2025-01-01", tz="UTC")
+    conn.register("frame", frame)
+    extra = ", groups::VARCHAR[] AS groups" if groups else ""
+    conn.execute(f"CREATE TABLE members AS SELECT * EXCLUDE (groups){extra} FROM frame")
+    conn.unregister("frame")
+    return conn
+
+
+def _set_members(conn, members: list[dict], groups: bool = False) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(members)
+    frame["fields_hash"] = frame["first_name"] + "|" + frame["mobile"]
+    frame["withdrawn"] = False
+    frame["modified"] = pd.Timestamp("2025-01-02", tz="UTC")
+    conn.register("frame", frame)
+    extra = ", groups::VARCHAR[] AS groups" if groups else ""
+    conn.execute(f"CREATE OR REPLACE TABLE members AS SELECT * EXCLUDE (groups){extra} FROM frame")
+    conn.unregister("frame")
+
+
+def _settings(match_on: str):
+    from memberflow.delivery import DeliverySettings
+    from resources.base import UpsertFlags
+
+    return DeliverySettings(
+        match_on=match_on,
+        import_type="create_and_update",
+        reimport_unsubscribed=False,
+        flags=UpsertFlags(),
+        run_id="r",
+    )
+
+
+MAPPED = ["mobile", "external_id", "first_name"]
+CARDS = [  # two cards share a phone: merge_by_phone makes them one member
+    {"external_id": "teyca:1", "mobile": "+79001112233", "first_name": "Анна", "groups": ["a"]},
+    {"external_id": "teyca:2", "mobile": "+79001112233", "first_name": "Анна", "groups": ["a"]},
+    {"external_id": "teyca:3", "mobile": "+79114445566", "first_name": "Борис", "groups": []},
+]
+
+
+def _keyed(by: str, rows: list[dict]) -> list[dict]:
+    """Members keyed by `by`; with mobile, cards sharing a phone become one (the first wins)."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        out.setdefault(row[by], {**row, "match_key": row[by]})
+    return list(out.values())
+
+
+def test_switching_merge_by_phone_rekeys_without_duplicates():
+    from memberflow.delivery import deliver_members, list_state
+    from tests.fake_target import FakeTarget
+
+    target = FakeTarget()
+    conn = _warehouse(_keyed("external_id", CARDS))
+    first = deliver_members(conn, target, _settings("external_id"), MAPPED)
+    assert first.created == 3 and len(target.members) == 3
+    assert list_state(conn, "match_on") == "external_id"
+
+    _set_members(conn, _keyed("mobile", CARDS))  # merge_by_phone switched on
+    second = deliver_members(conn, target, _settings("mobile"), MAPPED)
+    # the target recognised both phones (its word: updated); teyca:2's member is a duplicate now
+    assert (second.created, second.updated) == (0, 2)
+    assert (second.rekeyed_forgotten, second.rekeyed_removed) == (2, 1)
+    assert len(target.members) == 2
+    assert sorted(k for (k,) in conn.execute("SELECT match_key FROM sync_state").fetchall()) == [
+        "+79001112233",
+        "+79114445566",
+        "teyca:2",
+    ]
+    assert conn.execute("SELECT removed FROM sync_state WHERE match_key = 'teyca:2'").fetchall()[0][
+        0
+    ]
+    assert list_state(conn, "match_on") == "mobile"
+
+    written = len(target.written)
+    third = deliver_members(conn, target, _settings("mobile"), MAPPED)
+    assert third.unchanged == 2 and len(target.written) == written
+    assert (third.rekeyed_forgotten, third.rekeyed_removed) == (0, 0)
+
+
+def test_a_member_whose_groups_changed_is_an_update_with_only_the_difference():
+    from memberflow.delivery import deliver_members
+    from tests.fake_target import FakeTarget
+
+    target = FakeTarget()
+    conn = _warehouse(_keyed("external_id", CARDS), groups=True)
+    first = deliver_members(conn, target, _settings("external_id"), MAPPED)
+    assert first.created == 3
+    assert target.written[0].groups == ("a",) and target.written[0].groups_added == ("a",)
+    acked = dict(conn.execute("SELECT match_key, groups FROM sync_state").fetchall())
+    assert acked == {"teyca:1": ["a"], "teyca:2": ["a"], "teyca:3": []}
+
+    moved = [{**c, "groups": ["b"]} if c["external_id"] == "teyca:1" else c for c in CARDS]
+    _set_members(conn, _keyed("external_id", moved), groups=True)
+    target.written.clear()
+    second = deliver_members(conn, target, _settings("external_id"), MAPPED)
+    assert (second.updated, second.unchanged) == (1, 2)
+    (change,) = target.written
+    assert (change.match_key, change.action) == ("teyca:1", "update")
+    assert (change.groups, change.groups_added, change.groups_removed) == (("b",), ("b",), ("a",))
+
+
+def test_members_with_groups_fail_before_any_send_on_a_target_without_groups():
+    from dataclasses import replace
+
+    from memberflow.delivery import TargetCannotError, deliver_members
+    from tests.fake_target import FakeTarget
+
+    class NoGroups(FakeTarget):
+        capabilities = replace(FakeTarget.capabilities, groups=False)
+
+    target = NoGroups()
+    conn = _warehouse(_keyed("external_id", CARDS), groups=True)
+    with pytest.raises(TargetCannotError, match="keeps no groups"):
+        deliver_members(conn, target, _settings("external_id"), MAPPED)
+    assert target.written == []

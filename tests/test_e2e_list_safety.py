@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from memberflow import delivery, normalize
+from memberflow import normalize
 from resources.heyloyalty import HeyloyaltyClient, HeyloyaltyResource
 from tests.harness import lower
 
@@ -39,10 +39,10 @@ def _on_first_upsert(monkeypatch, act: Callable[[set[str]], None]) -> set[str]:
         real = build(self)
         find, upsert = real.find_member, real.upsert_member
 
-        def find_member(list_id: str, field: str, value: str) -> Any:
+        def find_member(field: str, value: str) -> Any:
             with lock:
                 looked_up.add(lower(value))
-            return find(list_id, field, value)
+            return find(field, value)
 
         def upsert_member(*args: Any, **kwargs: Any) -> Any:
             with lock:
@@ -98,7 +98,7 @@ def test_members_unsubscribing_while_updates_are_sent_stay_unsubscribed(harness,
 def test_a_member_who_appears_and_unsubscribes_during_an_import_is_not_touched(
     harness, monkeypatch
 ):
-    monkeypatch.setattr(delivery, "CREATE_CHUNK", 20)  # creates go out in match-key order
+    monkeypatch.setattr(HeyloyaltyClient, "batch_size", 20)  # creates go out in match-key order
     harness.load("demo_flexpos")
     emails = {
         normalize.email(c.get("Email") or "")[0] for c in harness.sandbox.data.flexpos_customers
@@ -136,7 +136,7 @@ def _empty_the_list(harness) -> None:
     client = harness.integration("demo_flexpos").target.resource().client()
     try:
         for member in harness.sandbox.heyloyalty.members(LIST):
-            client.remove_member(str(LIST), member["id"])
+            client.remove_member(member["id"])
     finally:
         client.close()
 

@@ -78,6 +78,8 @@ def client_for(sandbox, *faults: Fault, cls=HeyloyaltyClient) -> HeyloyaltyClien
         bi_base_url=sandbox.url + BI_PREFIX,
         api_key=HEYLOYALTY_API_KEY,
         api_secret=HEYLOYALTY_API_SECRET,
+        list_id=str(LIST),
+        tracking_id=str(TRACKING),
         transport=FaultyTransport(*faults),
         sleep=lambda _: None,
         events_per_batch=BATCH,
@@ -86,12 +88,11 @@ def client_for(sandbox, *faults: Fault, cls=HeyloyaltyClient) -> HeyloyaltyClien
 
 def settings(run_id: str) -> DeliverySettings:
     return DeliverySettings(
-        list_id=str(LIST),
         match_on="email",
         import_type="create_and_update",
         reimport_unsubscribed=True,
         flags=UpsertFlags(),
-        tracking_id=str(TRACKING),
+        track_events=True,
         run_id=run_id,
     )
 
@@ -218,7 +219,7 @@ class ReadableFeed(HeyloyaltyClient):
 
     feed: Callable[[], Counter[str]]
 
-    def events_present(self, tracking_id, match_field, events):
+    def events_present(self, match_on, events):
         stored = self.feed()
         return {event_id for event_id, row in events.items() if row["product_name"] in stored}
 

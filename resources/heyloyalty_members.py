@@ -1,0 +1,177 @@
+"""How a Heyloyalty list takes a batch of member changes: one call per member, in parallel.
+
+Heyloyalty has no batch endpoint that answers per member, so a batch is sent as single upserts by
+a small thread pool, each answered by one MemberAck. Its wire formats live here: a choice field
+takes an option id, a mobile is sent as digits only (HL-A8: 4512345678), a number as its whole
+part.
+
+An upsert on an unsubscribed member reactivates it (HL-A6), and the list has no conditional
+update. So an update (the core believes the member is on the list) is preceded by one read of
+that member, right before the upsert: an unsubscribed member is skipped unless the integration's
+reimport rule lets it back, judged on the list's fresh `unsubscribed_at`. The window left is one
+round trip between the read and the upsert. Creates get no read of their own (it would double an
+initial import's calls); the core re-reads the list's changes before each batch of creates and
+hands over members who appeared meanwhile as updates (`planned='create'`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import date, datetime
+from typing import TYPE_CHECKING, Any
+
+from resources.base import ListField, RemoteMember, VendorError
+from resources.http import as_utc
+from resources.target import MemberAck, MemberChange, WritePolicy, is_refusal
+
+if TYPE_CHECKING:
+    from resources.heyloyalty import HeyloyaltyClient
+
+WIRE_DATETIME = "%Y-%m-%d %H:%M:%S"  # HL-A3/HL-A5, UTC
+
+
+def write_batch(
+    client: HeyloyaltyClient,
+    changes: Sequence[MemberChange],
+    policy: WritePolicy,
+    fields: Mapping[str, ListField],
+    concurrency: int,
+) -> Iterator[MemberAck]:
+    """One ack per change, yielded as the single calls complete."""
+    if not changes:
+        return
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        futures = [pool.submit(write_one, client, change, policy, fields) for change in changes]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def write_one(
+    client: HeyloyaltyClient,
+    change: MemberChange,
+    policy: WritePolicy,
+    fields: Mapping[str, ListField],
+) -> MemberAck:
+    """Remove, or check-then-upsert, one member; a refusal or a failure is its ack."""
+    key = change.match_key
+    if change.action == "remove":
+        try:
+            client.remove_member(str(change.member_id))
+        except VendorError as exc:
+            return _failed(key, exc, checked=False)
+        return MemberAck(key, "removed", member_id=change.member_id)
+    values, dropped = wire_fields(change.values, fields)
+    checked = change.action == "update"
+    if checked:
+        try:
+            skip = _check_before_update(client, change, policy, values)
+        except VendorError as exc:  # no verdict on the member: nothing was sent, try next run
+            return MemberAck(key, "error", reason=str(exc), checked=True)
+        if skip is not None:
+            return skip
+    try:
+        result = client.upsert_member(policy.match_on, values, policy.flags)
+    except VendorError as exc:
+        return _failed(key, exc, checked=checked)
+    return MemberAck(
+        key,
+        "created" if result.action == "create" else "updated",  # the list's word, not the plan's
+        member_id=result.member_id,
+        dropped=tuple(dropped),
+        checked=checked,
+    )
+
+
+def _failed(key: str, exc: VendorError, *, checked: bool) -> MemberAck:
+    if is_refusal(exc):
+        return MemberAck(key, "refused", reason=exc.message, checked=checked)
+    return MemberAck(key, "error", reason=str(exc), checked=checked)
+
+
+def _check_before_update(
+    client: HeyloyaltyClient, change: MemberChange, policy: WritePolicy, values: dict[str, Any]
+) -> MemberAck | None:
+    """Read the member right before its update; an ack that skips it, or None to send.
+
+    Skipped: an unsubscribed member the reimport rule does not let back (HL-A6), a member gone
+    from the list under update_only, and a member that appeared on the list under create_only.
+    """
+    key = change.match_key
+    value = values.get(policy.match_on) or key
+    if policy.match_on == "mobile":
+        value = str(value).lstrip("+")
+    found = client.find_member(policy.match_on, str(value))
+    if found is None:
+        if policy.import_type == "update_only":
+            return MemberAck(key, "import_type", checked=True)
+        return None
+    if change.planned == "create" and policy.import_type == "create_only":
+        return MemberAck(key, "import_type", checked=True)
+    if found.status == "unsubscribed" and not _may_reactivate(change, found, policy):
+        return MemberAck(key, "unsubscribed", member_id=found.member_id, remote=found, checked=True)
+    return None
+
+
+def _may_reactivate(change: MemberChange, found: RemoteMember, policy: WritePolicy) -> bool:
+    """The `reimport_unsubscribed` rule on the list's state of this moment: only a source
+    record changed after the unsubscribe brings the member back."""
+    if not policy.reimport_unsubscribed or policy.import_type == "create_only":
+        return False
+    if found.unsubscribed_at is None or change.modified is None:
+        return False
+    return as_utc(change.modified) > as_utc(found.unsubscribed_at)
+
+
+def _absent(value: Any) -> bool:
+    return value is None or value != value or (isinstance(value, str) and value == "")
+
+
+def wire_fields(
+    values: Mapping[str, Any], fields: Mapping[str, ListField]
+) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Canonical values in the list's wire format, and the fields dropped as (field, reason).
+
+    A value the list cannot take (a choice that maps to no option) costs only that field: the
+    member is sent without it and the drop is reported in quarantine.
+    """
+    out: dict[str, Any] = {}
+    dropped: list[tuple[str, str]] = []
+    for name, value in values.items():
+        if _absent(value):
+            continue
+        spec = fields.get(name) or ListField(name, "text")
+        if spec.format == "choice":
+            try:
+                value = choice_option_id(name, spec, value)
+            except ValueError as exc:
+                dropped.append((name, str(exc)))
+                continue
+        elif name == "mobile":
+            value = str(value).lstrip("+")  # HL-A8: digits only
+        elif spec.format == "number":
+            value = str(value).split(".")[0]
+        elif isinstance(value, datetime):
+            value = as_utc(value).strftime(WIRE_DATETIME)
+        elif isinstance(value, date):
+            value = value.isoformat()
+        out[name] = value
+    return out, dropped
+
+
+def choice_option_id(name: str, spec: ListField, value: Any) -> str:
+    """The option id to send for a choice field.
+
+    A mapped value that is an option id is sent as it is: that is what Heyloyalty documents (for
+    `sex`, 1 = male and 2 = female), while labels differ per list and language. A value that is
+    not an id is looked up among the labels, case-insensitively, for custom choice fields whose
+    ids the user does not know.
+    """
+    text = str(value).strip()
+    if text in spec.options:
+        return text
+    ids = [k for k, label in spec.options.items() if label.strip().lower() == text.lower()]
+    if not ids:
+        known = ", ".join(f"{k}={v}" for k, v in spec.options.items())
+        raise ValueError(f"{name}: {text!r} is neither an option id nor a label ({known})")
+    return ids[0]
