@@ -222,7 +222,7 @@ def _field_rule(name: str, spec: Any, where: str, nested: bool = False) -> Field
         raise MappingError(f"{where}: path {path!r} is not a dot-path like cards.Cardnumber")
     values = spec.get("values") or {}
     if kind == "choice" and not isinstance(values, dict):
-        raise MappingError(f"{where}: 'values' must map source values to option labels")
+        raise MappingError(f"{where}: 'values' must map source values to canonical values")
     _check_extras(spec, kind, where)
     true_values = spec.get("true_values") or ()
     return FieldRule(

@@ -243,7 +243,7 @@ def present(series: pd.Series) -> pd.Series:
 
 
 def choices(series: pd.Series, values: dict[str, str]) -> tuple[pd.Series, pd.Series]:
-    """Source code -> option label; an unknown code is a quarantine reason (HL-A8)."""
+    """Source code -> canonical value; an unknown code is a quarantine reason (X4)."""
     return _per_distinct(series, choice_parser(values))
 
 
