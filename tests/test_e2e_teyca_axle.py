@@ -197,3 +197,46 @@ def test_check_passes_for_the_demo_and_fails_on_a_wrong_account(harness, monkeyp
     failed = CliRunner().invoke(main, ["check", NAME])
     assert failed.exit_code == 1, failed.output
     assert "acc_other" in failed.output and "acc_demo" in failed.output
+
+
+def test_date_segments_follow_a_fixed_clock_and_send_only_who_joined_or_left(harness, monkeypatch):
+    harness.load(NAME)
+    teyca = harness.sandbox.state.emulator("teyca")
+    phone = "+79990003344"
+    teyca.register_card(
+        {
+            "first_name": "Пётр",
+            "phone": phone.lstrip("+"),
+            "birthday": "16.06.1990",
+            "key1": "confirmed",
+            "o_s": "android",
+            "created_at": "2026-06-07 10:00:00",
+            "date_last": "2026-04-11 01:30:00",  # Moscow time: 2026-04-10 22:30 UTC
+            "template": "Макет1",
+        }
+    )
+    delivered = "axle_acc_demo_clients/members_delivered"
+
+    def day(iso: str) -> tuple[set[str], dict]:
+        monkeypatch.setenv("MEMBERFLOW_TODAY", iso)
+        run = harness.tick(NAME)
+        assert run.success, run.failures
+        client = harness.sandbox.state.emulator("axle").client_by_phone(phone)
+        return set(client["tags"]), run.assets[delivered]
+
+    tags, _ = day("2026-06-09")
+    assert "birthday_this_month" in tags and "birthday_next_7_days" not in tags
+    assert "card_installed_14_days" in tags  # installed two days ago, push allowed
+    assert "no_visit_60_days" not in tags  # 59 days since the visit, on Moscow's calendar
+
+    tags, report = day("2026-06-10")  # 16 June is today + 6: the birthday enters the window
+    assert "birthday_next_7_days" in tags
+    assert "no_visit_60_days" in tags  # 60 days since 11 April (Moscow), not 61 (UTC)
+    assert 1 <= report["updated"] < report["unchanged"]  # only who joined or left is sent
+
+    tags, _ = day("2026-06-16")  # the birthday itself: still in
+    assert "birthday_next_7_days" in tags
+    tags, _ = day("2026-06-17")  # the day after: it leaves
+    assert "birthday_next_7_days" not in tags and "birthday_this_month" in tags
+    tags, _ = day("2026-06-22")  # installed 15 days ago: out of the 14-day window
+    assert "card_installed_14_days" not in tags
