@@ -73,6 +73,7 @@ def build_extract_asset(
                         context, client, integration.name, mapping.entity, stats
                     )
             warnings = client.run_warnings()
+            extra.update(_budget_metadata(client))
         finally:
             client.close()
         for warning in warnings:
@@ -302,3 +303,17 @@ def _describe(integration: Integration, mapping: EntityMapping) -> str:
         f"`{integration.name}`, landed whole as Parquet under "
         f"`landing/{integration.name}/{mapping.entity}/<day>/`. {how}"
     )
+
+
+def _budget_metadata(client: SourceClient) -> dict[str, Any]:
+    """The calls this run spent against the source's capped window, for vendors with a cap:
+    the figure a user watches to know whether the interval they chose fits the budget."""
+    budget = client.rate_budget()
+    if budget is None:
+        return {}
+    return {
+        f"rate_budget_{budget.window}": (
+            f"{budget.used} of {budget.limit} calls used this {budget.window} "
+            f"({client.calls.total} by this run), {budget.left} left"
+        )
+    }
