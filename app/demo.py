@@ -14,11 +14,12 @@ import dagster as dg
 
 from app import runner
 from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT, Integration, load_all
+from memberflow.mapping import available_entities
 from pipelines.factory import build_definitions, warehouse_path
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
 
-DEMO_FILES = ("demo_flexpos.yaml", "demo_ticketmaster.yaml")
+DEMO_FILES = ("demo_flexpos.yaml", "demo_ticketmaster.yaml", "demo_teyca_axle.yaml")
 
 
 @dataclass
@@ -52,8 +53,10 @@ def run_demo(customers: int = 300, seed: int = 42, port: int = 0) -> DemoOutcome
         ok = True
         end = date.today()
         for integration in integrations:
-            start = integration.schedule.history_start  # the whole history: not capped (X5)
-            first = runner.run_sync(defs, integration, instance, start=start, end=end, quiet=True)
+            # the whole history: not capped (X5); without tracked events there are no days
+            start = integration.schedule.history_start if integration.tracking else None
+            window = {"start": start, "end": end} if start else {}
+            first = runner.run_sync(defs, integration, instance, quiet=True, **window)
             lines += _describe(integration, "initial import", first, start, end)
             ok &= first.success
         for integration in integrations:
@@ -75,10 +78,12 @@ def _describe(
     window = f" {start} .. {end}" if start else ""
     status = "ok" if s.success else "FAILED"
     out = [f"== {integration.name}: {label}{window} — {status} (run {s.run_id[:8]})"]
+    (entity,) = sorted(available_entities(integration.source.kind).members)
+    members_raw = f"{entity}_raw"
     events_fetched = sum(
-        s.rows(k) for k in s.assets if k.endswith("_raw") and not k.endswith("customers_raw")
+        s.rows(k) for k in s.assets if k.endswith("_raw") and not k.endswith(members_raw)
     )
-    out.append(f"   fetched: {s.rows('customers_raw')} customers, {events_fetched} event records")
+    out.append(f"   fetched: {s.rows(members_raw)} {entity}, {events_fetched} event records")
     out.append(
         f"   members: {s.get('members_delivered', 'created')} created, "
         f"{s.get('members_delivered', 'updated')} updated, "
@@ -88,10 +93,11 @@ def _describe(
         f"{s.get('members_delivered', 'refused')} refused by the list"
     )
     held = s.get("events_delivered", "held_uncertain")
-    out.append(
-        f"   tracking events sent: {s.get('events_delivered', 'sent_this_run')}"
-        + (f", {held} held (answer lost; see no_uncertain_event_batches)" if held else "")
-    )
+    if integration.tracking:
+        out.append(
+            f"   tracking events sent: {s.get('events_delivered', 'sent_this_run')}"
+            + (f", {held} held (answer lost; see no_uncertain_event_batches)" if held else "")
+        )
     reasons = runner.quarantine_reasons(s)
     quarantined = s.total("_staged", "quarantined")
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "none"
@@ -117,10 +123,12 @@ def _merge_lines(integrations: list) -> list[str]:
     lines = [""]
     for list_key in sorted({i.list_key for i in integrations}):
         with duckdb.connect(str(warehouse_path(list_key)), read_only=True) as conn:
-            total, merged = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE len(sources) > 1) FROM members"
+            total, merged, records = conn.execute(
+                """SELECT count(*), count(*) FILTER (WHERE len(sources) > 1),
+                          count(*) FILTER (WHERE source_records > 1) FROM members"""
             ).fetchall()[0]
         lines.append(
-            f"list {list_key}: {total} members, {merged} of them merged across sources (X6)"
+            f"list {list_key}: {total} members, {merged} of them merged across sources (X6), "
+            f"{records} made of several source records (one email or phone)"
         )
     return lines
