@@ -487,9 +487,9 @@ def _canonical(value: Any) -> Any:
     """A plain Python value: pandas/numpy scalars as datetime, int, float, bool."""
     if isinstance(value, pd.Timestamp):
         return None if value is pd.NaT else value.to_pydatetime()
-    item = getattr(value, "item", None)
-    if callable(item) and type(value).__module__ == "numpy":
-        return item()
+    if type(value).__module__ == "numpy":
+        # a list column (collected values, groups) arrives as an array, a scalar as a 0-d value
+        return value.tolist()
     return value
 
 

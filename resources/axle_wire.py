@@ -174,7 +174,20 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 
 def wire_value(name: str, value: Any) -> Any:
     """The AX-A2 wire value of one writable field (the caller drops None and unknown names)."""
-    return _CONVERT[WRITABLE_FIELDS[name].format](value)
+    converted = _CONVERT[WRITABLE_FIELDS[name].format](value)
+    if name == "cards" and isinstance(converted, list):
+        return [wire_card(card) for card in converted]
+    return converted
+
+
+def wire_card(card: Any) -> Any:
+    """A card's `user_id` as the source's integer id: cards merge by (`source`, `user_id`), and
+    17145 and "17145" would be two keys to a strict server (AX-A3), leaving a card twice."""
+    if isinstance(card, Mapping):
+        user_id = card.get("user_id")
+        if isinstance(user_id, str) and user_id.strip().isdigit():
+            return {**card, "user_id": int(user_id.strip())}
+    return card
 
 
 def wire_client(

@@ -27,7 +27,7 @@ T0 = datetime(2013, 5, 24, 13, 16, 26, tzinfo=UTC)
 
 
 def expected_authorization(timestamp: str) -> str:
-    """Section 1 of heyloyalty.md, computed independently of the client."""
+    """The documented signature (HMAC over the timestamp), computed independently of the client."""
     hex_text = hmac.new(SECRET.encode(), timestamp.encode(), hashlib.sha256).hexdigest()
     signature = base64.b64encode(hex_text.encode()).decode()
     assert len(signature) == 88
@@ -369,7 +369,7 @@ def test_a_bi_import_refused_before_processing_is_retried(before):
 
 def test_heyloyalty_cannot_tell_which_events_it_holds_and_batches_are_small():
     client, seen = scripted_client(httpx.Response(200, json={}))
-    assert client.events_present("email", {"e1": ROW[0]}) is None  # heyloyalty.md 2.5
+    assert client.events_present("email", {"e1": ROW[0]}) is None  # the activity feed has no documented read path
     assert seen == []
     assert client.events_per_batch == 1000 <= client.max_events_per_call
     with pytest.raises(ValueError, match="events_per_batch"):
