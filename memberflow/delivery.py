@@ -411,7 +411,7 @@ def _rekey(
     if previous is not None and previous != settings.match_on:
         if outcomes.report.transient_errors:
             return  # some current members have no verdict yet: re-key on a complete run
-        forgotten, removals = rekey.stale_keys(conn)
+        forgotten, removals = rekey.stale_keys(conn, removable=previous == "external_id")
         outcomes.report.rekeyed_forgotten += forgotten
         for batch in _batches(removals, max(1, int(client.batch_size))):
             changes = [

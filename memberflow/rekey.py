@@ -8,6 +8,11 @@ that no member carries any more is either
   current key too, so it lives on under that key; or
 - removed from the target: no current key names its target member, so it is a duplicate of a
   member that was merged into another (or split off under a new key).
+Removal happens only when the old keys were external ids (one member per source record): such a
+record either lives on inside a merged member or is gone from the source, so its own member is a
+duplicate either way. An old email or mobile key that no current member carries (say, a member
+without a mobile after switching to match on mobile) is forgotten but left on the target: a
+list's members are never deleted because a setting changed.
 `list_state` keeps the `match_on` of the last complete run.
 """
 
@@ -20,9 +25,12 @@ import duckdb
 MATCH_ON = "match_on"  # key in list_state
 
 
-def stale_keys(conn: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, Any]]]:
-    """Forget the old keys whose member lives on under a current key; return how many, and the
-    old keys (with member ids) to take off the target."""
+def stale_keys(
+    conn: duckdb.DuckDBPyConnection, removable: bool = True
+) -> tuple[int, list[dict[str, Any]]]:
+    """Forget the old keys whose member lives on under a current key (and, unless `removable`,
+    every other old key too); return how many, and the old keys (with member ids) to take off
+    the target."""
     conn.execute(
         """CREATE OR REPLACE TEMP TABLE stale_keys AS
            SELECT s.match_key, s.member_id,
@@ -32,6 +40,8 @@ def stale_keys(conn: duckdb.DuckDBPyConnection) -> tuple[int, list[dict[str, Any
            WHERE NOT s.removed
              AND s.match_key NOT IN (SELECT match_key FROM members WHERE match_key IS NOT NULL)"""
     )
+    if not removable:
+        conn.execute("UPDATE stale_keys SET lives_on = true")
     forgotten = conn.execute(
         """DELETE FROM sync_state WHERE match_key IN
                (SELECT match_key FROM stale_keys WHERE lives_on)"""

@@ -369,7 +369,8 @@ def test_a_bi_import_refused_before_processing_is_retried(before):
 
 def test_heyloyalty_cannot_tell_which_events_it_holds_and_batches_are_small():
     client, seen = scripted_client(httpx.Response(200, json={}))
-    assert client.events_present("email", {"e1": ROW[0]}) is None  # the activity feed has no documented read path
+    # the activity feed has no documented read path
+    assert client.events_present("email", {"e1": ROW[0]}) is None
     assert seen == []
     assert client.events_per_batch == 1000 <= client.max_events_per_call
     with pytest.raises(ValueError, match="events_per_batch"):

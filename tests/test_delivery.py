@@ -161,6 +161,25 @@ def test_switching_merge_by_phone_rekeys_without_duplicates():
     assert (third.rekeyed_forgotten, third.rekeyed_removed) == (0, 0)
 
 
+def test_switching_from_email_to_mobile_never_deletes_a_member_without_a_mobile():
+    from memberflow.delivery import deliver_members
+    from tests.fake_target import FakeTarget
+
+    people = [
+        {"email": "anna@example.dk", "mobile": "+4512345678", "first_name": "Anna", "groups": []},
+        {"email": "bo@example.dk", "mobile": None, "first_name": "Bo", "groups": []},
+    ]
+    target = FakeTarget()
+    conn = _warehouse(_keyed("email", people))
+    fields = ["email", "mobile", "first_name"]
+    assert deliver_members(conn, target, _settings("email"), fields).created == 2
+    _set_members(conn, [{**p, "match_key": p["mobile"]} for p in people if p["mobile"]])
+    switched = deliver_members(conn, target, _settings("mobile"), fields)
+    # Bo has no mobile: no longer tracked, but still on the list (a setting changed, not Bo)
+    assert (switched.rekeyed_forgotten, switched.rekeyed_removed) == (2, 0)
+    assert len(target.members) == 2
+
+
 def test_a_member_whose_groups_changed_is_an_update_with_only_the_difference():
     from memberflow.delivery import deliver_members
     from tests.fake_target import FakeTarget
