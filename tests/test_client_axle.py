@@ -209,7 +209,7 @@ def test_cards_merge_by_source_and_user_id(client, axle):
     assert [(c["user_id"], c["barcode"]) for c in stored["cards"]] == [
         (101, "BC101"),
         (102, "NEW"),
-        ("103", "BC103"),
+        (103, "BC103"),  # a digit text id goes as the source's integer id
     ]
 
 
