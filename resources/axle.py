@@ -176,8 +176,11 @@ class AxleClient(TargetClient):
 
     # --- writing -------------------------------------------------------------------------------
 
-    def _upsert_batch(self, batch: list[_Pending], match_by: str) -> Iterator[MemberAck]:
-        """One batch call; clients refused only for their phone go once more without it."""
+    def _upsert_batch(
+        self, batch: list[_Pending], match_by: str, resend_without_phone: bool = True
+    ) -> Iterator[MemberAck]:
+        """One batch call; clients refused only for their phone go once more without it (and
+        whatever that resend answers is final)."""
         try:
             results = self._post_batch(match_by, [p.client for p in batch])
         except VendorError as exc:
@@ -188,24 +191,13 @@ class AxleClient(TargetClient):
         retry: list[_Pending] = []
         for index, pending in enumerate(batch):
             result = results.get(index)
-            if result is not None and _phone_taken(result, match_by, pending.client):
+            taken = result is not None and _phone_taken(result, match_by, pending.client)
+            if resend_without_phone and taken:
                 retry.append(_without_phone(pending, self._reason(result)))
             else:
                 yield self._ack(pending, result)
         if retry:
-            yield from self._upsert_batch_once(retry, match_by)
-
-    def _upsert_batch_once(self, batch: list[_Pending], match_by: str) -> Iterator[MemberAck]:
-        """The resend without `phone`: whatever it answers is final."""
-        try:
-            results = self._post_batch(match_by, [p.client for p in batch])
-        except VendorError as exc:
-            if not _transient(exc):
-                raise
-            yield from (_error_ack(p, exc.message) for p in batch)
-            return
-        for index, pending in enumerate(batch):
-            yield self._ack(pending, results.get(index))
+            yield from self._upsert_batch(retry, match_by, resend_without_phone=False)
 
     def _post_batch(self, match_by: str, clients: list[dict[str, Any]]) -> dict[int, dict]:
         """`POST /clients/batch`; an upsert, so idempotent: a lost answer is sent again."""

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
+from tests.asgi import served
 from tests.harness import Harness
 
 pytestmark = pytest.mark.e2e
@@ -97,23 +94,8 @@ def _receiver(harness: Harness) -> Iterator[str]:
     """`memberflow receiver`'s app for the loaded integrations, on a free local port."""
     from app.receiver import build_app, capabilities_of
 
-    app = build_app(capabilities_of(harness.integrations))
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    for _ in range(500):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.02)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with served(build_app(capabilities_of(harness.integrations))) as url:
+        yield url
 
 
 def _sensor_run_config(harness: Harness) -> dict[str, Any] | None:

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hmac
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator, Mapping
 
 import httpx
 import pytest
-import uvicorn
 
 from app.receiver import build_app
 from memberflow.webhook_store import WebhookStore
 from resources.webhooks import WebhookCapability, WebhookEvent, WebhookRefused
+from tests.asgi import served
 
 SECRET = "s3cret-token"
 
@@ -51,22 +48,8 @@ def receiver(tmp_path) -> Iterator[tuple[str, dict[str, WebhookStore]]]:
         return stores[name]
 
     app = build_app({"demo_hooks": FakeCapability()}, store_for=store_for)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    for _ in range(500):
-        try:
-            if httpx.get(f"{url}/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.02)
-    yield url, stores
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    with served(app) as url:
+        yield url, stores
 
 
 def _body(*ids: int, note: str = "") -> bytes:
