@@ -14,7 +14,7 @@ warnings for the run's log, the rate budget left, and registering webhooks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -68,6 +68,16 @@ def cursor_datetime(cursor: str | datetime | None) -> datetime | None:
     if cursor is None or isinstance(cursor, datetime):
         return cursor
     return datetime.fromisoformat(cursor)
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """One change carried back into a source: which record (None: create one) and its values,
+    in canonical form, for a two-way integration."""
+
+    record_id: str | None
+    values: Mapping[str, Any]
+    reason: str  # why, for the run's report: "unsubscribed on the list", "clicked a newsletter"
 
 
 class SourceClient(ABC):
@@ -172,6 +182,19 @@ class SourceClient(ABC):
     def ensure_webhooks(self, url: str) -> list[str]:
         """Register the source's webhooks to `url`; returns the hook kinds newly registered."""
         raise NotImplementedError(f"{self.vendor} has no webhooks memberflow can register")
+
+    # --- write-back (two-way integrations) -----------------------------------------------------
+
+    # What the source lets memberflow write into it, by entity (e.g. a newsletter flag cleared
+    # after an unsubscribe on the list, a contact created from the list); empty: read-only.
+    write_back_entities: ClassVar[frozenset[str]] = frozenset()
+
+    def write_back(
+        self, entity: str, changes: Sequence[WriteBack]
+    ) -> Iterator[tuple[WriteBack, str | None]]:
+        """Apply changes carried back from the target; yield each with None (done) or the
+        source's refusal. Only for entities in `write_back_entities`."""
+        raise NotImplementedError(f"{self.vendor} takes no write-back")
 
     # --- helpers --------------------------------------------------------------------------------
 

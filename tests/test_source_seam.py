@@ -370,3 +370,18 @@ def test_full_scan_defaults_scan_every_interval_and_keep_the_scan_start(sandbox)
     assert client.calls.total == 0  # no cheap probe: no call spent
     assert client.cursor_after("customers", None, None, started) == started.isoformat()
     assert client.cursor_after("journals", "prev", None, started) == "prev"
+
+
+def test_a_source_is_read_only_unless_it_declares_write_back():
+    from resources.flexpos import FlexPOSClient
+    from resources.source import SourceClient, WriteBack
+
+    assert SourceClient.write_back_entities == frozenset()
+    assert FlexPOSClient.write_back_entities == frozenset()
+    change = WriteBack(record_id="17", values={"newsletter": False}, reason="unsubscribed")
+    with pytest.raises(NotImplementedError, match="takes no write-back"):
+        list(SourceClient.write_back(_NoVendor(), "customers", [change]))
+
+
+class _NoVendor:
+    vendor = "novendor"
