@@ -37,6 +37,7 @@ import dagster as dg
 import httpx
 from pydantic import ConfigDict, Field
 
+from resources import paging
 from resources.axle_pace import PacedTransport, Pacer, shared_pacer
 from resources.axle_wire import WRITABLE_FIELDS, parse_client, wire_client
 from resources.base import ListField, RemoteMember, VendorError
@@ -156,13 +157,14 @@ class AxleClient(TargetClient):
 
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Pages of 500 by offset until `meta.size` is reached (AX-A3)."""
-        offset = 0
-        while True:
-            clients, size = self._clients_page(changed_since, PAGE_SIZE, offset)
+        pages = paging.offsets(
+            lambda offset, limit: self._clients_page(changed_since, limit, offset),
+            lambda page: page[0],
+            limit=PAGE_SIZE,
+            total=lambda page: page[1],
+        )
+        for clients in pages:
             yield from (parse_client(raw) for raw in clients)
-            offset += len(clients)
-            if not clients or offset >= size:
-                return
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         return self._clients_page(changed_since, 1, 0)[1] > 0
