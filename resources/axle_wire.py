@@ -180,13 +180,20 @@ def wire_value(name: str, value: Any) -> Any:
     return converted
 
 
+CARD_FIELDS = ("source", "user_id", "barcode", "template", "wallet_link")
+
+
 def wire_card(card: Any) -> Any:
-    """A card's `user_id` as the source's integer id: cards merge by (`source`, `user_id`), and
-    17145 and "17145" would be two keys to a strict server (AX-A3), leaving a card twice."""
-    if isinstance(card, Mapping):
-        user_id = card.get("user_id")
-        if isinstance(user_id, str) and user_id.strip().isdigit():
-            return {**card, "user_id": int(user_id.strip())}
+    """A card with every AX-A2 key (absent ones null), its `user_id` as the source's integer id:
+    cards merge by (`source`, `user_id`), and 17145 and "17145" would be two keys to a strict
+    server (AX-A3), leaving a card twice."""
+    if not isinstance(card, Mapping):
+        return card
+    # AX-A2 lists five keys per card; a pass without a barcode or wallet link sends them as null
+    card = {**dict.fromkeys(CARD_FIELDS), **card}
+    user_id = card.get("user_id")
+    if isinstance(user_id, str) and user_id.strip().isdigit():
+        card["user_id"] = int(user_id.strip())
     return card
 
 

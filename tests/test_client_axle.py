@@ -422,3 +422,16 @@ def test_section_has_one_client_base_per_account():
     assert section.resource().account == "acc_demo"
     with pytest.raises(ValueError):
         AxleTarget(kind="axle", account="a", base_url="http://h", api_key_env="secret-value")
+
+
+def test_a_card_without_barcode_or_wallet_link_is_sent_with_them_null(client, axle):
+    [ack] = write(client, [person(7, cards=['{"source":"teyca","user_id":"7"}'])])
+    assert ack.outcome == "created", ack.reason
+    [card] = axle.client_by_external_id("teyca:7")["cards"]
+    assert card == {
+        "source": "teyca",
+        "user_id": 7,
+        "barcode": None,
+        "template": None,
+        "wallet_link": None,
+    }
