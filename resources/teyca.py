@@ -139,6 +139,7 @@ class TeycaClient(SourceClient):
         self._limiter: SharedRateLimiter | None = None
         self._spent_earlier = 0  # budget calls on a token that was replaced (stale)
         self._last_size: int | None = None  # passes seen by the last scan (run_warnings)
+        self._scan_whole = False  # the last pass scan read every pass Teyca counted
 
     # --- SourceClient --------------------------------------------------------------------------
 
@@ -153,7 +154,7 @@ class TeycaClient(SourceClient):
         self, entity: str, since: datetime | str | None = None
     ) -> Iterator[list[dict[str, Any]]]:
         """Passes: every one, whatever `since` says (no modified filter, TY-A4). Operations:
-        those created at or after `since` (TY-A11), oldest first."""
+        those created at or after `since` (TY-A11)."""
         if self._entity(entity) is OPERATIONS:
             last = _cursor_time(since)
             filters = {"data_since": format_moscow(last)} if last is not None else {}
@@ -179,7 +180,8 @@ class TeycaClient(SourceClient):
         Operations: one call, limit 1, for any created since the cursor."""
         last = _cursor_time(since)
         if self._entity(entity) is OPERATIONS:
-            filters = {"data_since": format_moscow(last)} if last is not None else {}
+            since = last + timedelta(seconds=1) if last is not None else None  # after the newest
+            filters = {"data_since": format_moscow(since)} if since is not None else {}
             return int(self._operations(filters, 0, 1)["meta"].get("size") or 0) > 0
         if last is None:
             return True
@@ -210,7 +212,12 @@ class TeycaClient(SourceClient):
         elif record.get(DELETED) is True and record.get("created_at") is None:
             modified = datetime.now(UTC)
         else:
-            modified = record_datetime(record, "created_at", parse_moscow)
+            # created_at only stands in for a modified time: one missing or in another shape
+            # must not cost the card, so the fetch time stands in for it then
+            try:
+                modified = record_datetime(record, "created_at", parse_moscow)
+            except ValueError:
+                modified = datetime.now(UTC)
         return RecordMeta(record_id(record, ID_FIELD), modified, None)
 
     def fetch_records(self, entity: str, ids: Iterable[str]) -> Iterator[list[dict[str, Any]]]:
@@ -261,8 +268,8 @@ class TeycaClient(SourceClient):
     def ensure_webhooks(self, url: str) -> list[str]:
         """Register CREATE, UPDATE and DELETE hooks to `url` where missing (TY-A4); returns the
         kinds newly registered, lower-case. Running it twice registers nothing the second time."""
-        hooks = self._call("GET", "webhook", "webhook")
-        if not isinstance(hooks, list):
+        hooks = _hook_list(self._call("GET", "webhook", "webhook"))
+        if hooks is None:
             raise VendorError(self.vendor, 200, "webhook list: expected a list of hooks")
         present = {
             str(h.get("type")).upper() for h in hooks if isinstance(h, dict) and h.get("url") == url
@@ -295,15 +302,26 @@ class TeycaClient(SourceClient):
             return self._token
 
     def _obtain_token(self) -> str:
-        token = self._listed_token()
-        if token is None:
-            try:
-                body = self._admin("POST", json={"identifier": self.identifier})
-            except UncertainOutcome:  # it may exist now: look again rather than guess
-                body = {"token": self._listed_token()}
-            token = body.get("token") if isinstance(body, dict) else None
-            if not token:
-                raise VendorError(self.vendor, 200, "token creation answered without a token")
+        """Create the integration's token. One that Teyca already lists under our identifier
+        but this installation has not stored belongs to another installation (or to a secrets
+        directory that was lost): using it from here would get it blocked for both (TY-A2), so
+        the user decides. Only the answer to our own creation, if it was lost, is looked up."""
+        if self._listed_token() is not None:
+            raise VendorError(
+                self.vendor,
+                409,
+                f"a token named {self.identifier!r} exists at {self._host} but is not stored in "
+                "this installation's secrets directory; Teyca blocks a token used from two "
+                "machines. Copy the secret file from the installation that owns it, or delete "
+                "that token at Teyca (DELETE /v1/authorization) so this one creates its own",
+            )
+        try:
+            body = self._admin("POST", json={"identifier": self.identifier})
+        except UncertainOutcome:  # our own creation may have happened: look rather than guess
+            body = {"token": self._listed_token()}
+        token = body.get("token") if isinstance(body, dict) else None
+        if not token:
+            raise VendorError(self.vendor, 200, "token creation answered without a token")
         self._secrets.put(self._secret_name, str(token))
         return str(token)
 
@@ -392,11 +410,27 @@ class TeycaClient(SourceClient):
         return True
 
     def _pass_pages(self) -> Iterator[list[dict[str, Any]]]:
-        """Every pass, `limit`/`offset` until offset >= meta.size (TY-A3)."""
+        """Every pass, `limit`/`offset` until offset >= meta.size (TY-A3).
+
+        The scan counts as complete only when the total stayed the same from first page to last
+        and the passes received add up to it: a server that caps `limit` below ours, or a card
+        deleted mid-scan that shifts the pages, must not make a live card look deleted."""
+        sizes: set[int] = set()
+        received = 0
+        self._scan_whole = False
         for body in self._offset_pages(self._page, "passes"):
-            self._last_size = int(body["meta"].get("size") or 0)
+            self._last_size = _size(body)
+            sizes.add(self._last_size)
+            received += len(body["passes"])
             if body["passes"]:
                 yield [cast_pass(p) for p in body["passes"]]
+        self._scan_whole = len(sizes) == 1 and received == self._last_size
+
+    def scan_complete(self, entity: str) -> bool:
+        """Passes: the last scan read exactly the total Teyca reported, which did not move."""
+        if self._entity(entity) is OPERATIONS:
+            return True
+        return self._scan_whole
 
     def _operation_pages(self, filters: dict[str, str]) -> Iterator[list[dict[str, Any]]]:
         fetch = functools.partial(self._operations, filters)
@@ -407,14 +441,15 @@ class TeycaClient(SourceClient):
     def _offset_pages(
         self, fetch: Callable[[int, int], dict[str, Any]], rows: str
     ) -> Iterator[dict[str, Any]]:
-        """Envelopes from offset 0 in page-size steps until offset >= meta.size (TY-A3), or an
-        empty page (a total that shrank while paging)."""
+        """Envelopes from offset 0 until offset >= meta.size (TY-A3), or an empty page (a total
+        that shrank while paging). The offset moves by the rows received: a server that gives
+        fewer than `limit` (its own cap is not documented) skips nothing."""
         offset = 0
         while True:
             body = fetch(offset, self._page_size)
             yield body
-            offset += self._page_size
-            if not body[rows] or offset >= int(body["meta"].get("size") or 0):
+            offset += len(body[rows])
+            if not body[rows] or offset >= _size(body):
                 return
 
     def _page(self, offset: int, limit: int) -> dict[str, Any]:
@@ -429,7 +464,7 @@ class TeycaClient(SourceClient):
             "operations",
             idempotent=True,
             params={"offset": offset, "limit": limit},
-            json={"filters": filters, "order": "asc"},  # oldest first: stable while paging
+            json={"filters": filters, "order": "desc"},  # the one documented value
             validate=_operations_envelope,
         )
 
@@ -473,6 +508,26 @@ class TeycaClient(SourceClient):
 # --- record helpers ----------------------------------------------------------------------------
 
 
+def _hook_list(body: Any) -> list[Any] | None:
+    """The hooks of `GET /webhook`, whose shape is undocumented: a bare list, or an object
+    holding one list (e.g. `{"webhooks": [...]}`)."""
+    if isinstance(body, list):
+        return body
+    if isinstance(body, dict):
+        lists = [value for value in body.values() if isinstance(value, list)]
+        if len(lists) == 1:
+            return lists[0]
+    return None
+
+
+def _size(body: dict[str, Any]) -> int:
+    """`meta.size` as a count, whether sent as a number or as text ("1200", "1200.0")."""
+    try:
+        return int(float(body["meta"].get("size") or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
 def cast_pass(card: dict[str, Any]) -> dict[str, Any]:
     """Numbers sent as text become numbers (TY-A7); anything unreadable stays as sent, for the
     mapping to judge. Empty text is no number (None)."""
@@ -480,6 +535,9 @@ def cast_pass(card: dict[str, Any]) -> dict[str, Any]:
     for name in NUMBER_FIELDS | COUNT_FIELDS:
         if name in out:
             out[name] = _number(out[name], whole=name in COUNT_FIELDS)
+    phone = out.get("phone")
+    if isinstance(phone, str | int) and re.fullmatch(r"7\d{10}", str(phone).strip()):
+        out["phone"] = "+" + str(phone).strip()  # TY-A7: 7XXXXXXXXXX is a Russian number
     return out
 
 
