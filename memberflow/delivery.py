@@ -409,8 +409,10 @@ def _rekey(
     """After the current members are delivered: settle the keys of an earlier `match_on`."""
     previous = list_state(conn, rekey.MATCH_ON)
     if previous is not None and previous != settings.match_on:
-        if outcomes.report.transient_errors:
-            return  # some current members have no verdict yet: re-key on a complete run
+        if outcomes.report.transient_errors or outcomes.report.refused:
+            # some current members have no acknowledged key: an old key of theirs would look
+            # like a duplicate and be removed, so re-key only on a run where every one landed
+            return
         forgotten, removals = rekey.stale_keys(conn, removable=previous == "external_id")
         outcomes.report.rekeyed_forgotten += forgotten
         for batch in _batches(removals, max(1, int(client.batch_size))):

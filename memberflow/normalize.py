@@ -228,7 +228,7 @@ def boolean_parser(true_values: tuple[str, ...] = ()) -> Callable[[str], Result]
     def one(value: str) -> Result:
         key = value.strip().lower()
         if not key:
-            return None, None
+            return ("0" if true_values else None), None
         if true_values:
             return ("1" if key in true_values else "0"), None
         return (_TRUTH[key], None) if key in _TRUTH else (None, f"not a boolean: {shown(value)}")

@@ -65,6 +65,10 @@ def normalise(
             values, typed = column, normalize.no_problems(frame.index)
         else:
             values, typed = normalize._per_distinct(column, parse)
+        if rule.type == "boolean" and rule.true_values:
+            # with its own true spellings, a flag that is blank or absent is false, not unknown:
+            # a consent cleared at the source must reach the target as cleared (no consent)
+            values = values.where(values.notna(), "0")
         frame[rule.target] = values
         issues[rule.target] = plain_issues.where(plain_issues.notna(), typed)
     return issues

@@ -224,3 +224,24 @@ def test_date_segments_follow_a_fixed_clock_and_send_only_who_joined_or_left(har
     assert "birthday_next_7_days" not in tags and "birthday_this_month" in tags
     tags, _ = day("2026-06-22")  # installed 15 days ago: out of the 14-day window
     assert "card_installed_14_days" not in tags
+
+
+def test_a_consent_cleared_at_teyca_reaches_axle_as_none(harness):
+    harness.load(NAME)
+    assert harness.tick(NAME).success
+    teyca = harness.sandbox.state.emulator("teyca")
+    passes = _passes(harness)
+    phones = Counter(_e164(p["phone"]) for p in passes.values())
+    card = next(
+        p
+        for p in passes.values()
+        if str(p.get("key1") or "").strip().lower() in CONSENT and phones[_e164(p["phone"])] == 1
+    )
+    axle = harness.sandbox.state.emulator("axle")
+    assert axle.client_by_phone(_e164(card["phone"]))["consent_mailing"] is True
+    teyca.change_card(card["user_id"], {"key1": ""})
+    run = harness.tick(NAME)
+    assert run.success, run.failures
+    client = axle.client_by_phone(_e164(card["phone"]))
+    assert client["consent_mailing"] is False  # TY-A6: nothing means no consent
+    assert not {"birthday_this_month", "birthday_next_7_days"} & set(client["tags"])
