@@ -311,9 +311,10 @@ def _budget_metadata(client: SourceClient) -> dict[str, Any]:
     budget = client.rate_budget()
     if budget is None:
         return {}
+    mine = budget.by_this_client if budget.by_this_client is not None else client.calls.total
     return {
         f"rate_budget_{budget.window}": (
-            f"{budget.used} of {budget.limit} calls used this {budget.window} "
-            f"({client.calls.total} by this run), {budget.left} left"
+            f"{budget.used} of {budget.limit} calls used in the last {budget.window} "
+            f"({mine} by this run), {budget.left} left"
         )
     }

@@ -102,9 +102,10 @@ class MemberAck:
 class RateBudget:
     """Calls a target or source may still spend in its tightest window (for `memberflow check`)."""
 
-    window: str  # e.g. "day"
+    window: str  # e.g. "day": the last 24 hours, a sliding window
     limit: int
     used: int
+    by_this_client: int | None = None  # of `used`, the calls this client (one run) let through
 
     @property
     def left(self) -> int:

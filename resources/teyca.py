@@ -14,6 +14,7 @@ that would spend more calls per day than the cap allows.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -256,8 +257,9 @@ class TeycaClient(SourceClient):
         ]
 
     def rate_budget(self) -> RateBudget:
-        """The day's calls left on this integration's token, counted across runs (TY-A9)."""
-        return self._budget().budget()
+        """The day's calls left on this integration's token, counted across runs (TY-A9), with
+        the ones this client spent (token creation on the main key is not in the budget)."""
+        return dataclasses.replace(self._budget().budget(), by_this_client=self.budget_spent)
 
     @property
     def budget_spent(self) -> int:

@@ -164,7 +164,7 @@ def test_without_webhooks_a_scan_every_minute_warns_about_the_daily_cap(harness)
     warnings = run.assets[f"{NAME}/passes_raw"].get("run_warnings")
     assert warnings and "5000" in str(warnings)
     budget = run.assets[f"{NAME}/passes_raw"]["rate_budget_day"]
-    assert "of 5000 calls used this day" in budget and "by this run" in budget
+    assert "of 5000 calls used in the last day" in budget and "by this run" in budget
 
 
 def test_check_passes_for_the_demo_and_fails_on_a_wrong_account(harness, monkeypatch):
