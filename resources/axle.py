@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import dagster as dg
 import httpx
@@ -236,6 +237,9 @@ class AxleClient(TargetClient):
         """DELETE the client (AX-A3); found by its match key when the core has no id for it."""
         try:
             ids = [change.member_id] if change.member_id else self._ids_of(match_by, change)
+            if len(ids) > 1:  # AX-A4 allows two clients on one phone: not ours to pick
+                reason = f"{len(ids)} clients match this {match_by}; none deleted"
+                return MemberAck(change.match_key, "refused", None, reason=reason)
             for client_id in ids:
                 self._delete(client_id)
         except VendorError as exc:
@@ -251,7 +255,7 @@ class AxleClient(TargetClient):
         try:
             self._http.request(
                 "DELETE",
-                f"{self._base}/clients/{client_id}",
+                f"{self._base}/clients/{quote(client_id, safe='')}",
                 endpoint="clients/delete",
                 headers=self._headers,
             )

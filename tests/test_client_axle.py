@@ -435,3 +435,12 @@ def test_a_card_without_barcode_or_wallet_link_is_sent_with_them_null(client, ax
         "template": None,
         "wallet_link": None,
     }
+
+
+def test_a_removal_by_phone_that_finds_two_clients_deletes_neither(client, axle):
+    for n in (1, 2):
+        axle.add_client({"external_id": f"x{n}", "phone": "+79000000009"}, allow_shared_phone=True)
+    removal = MemberChange("+79000000009", "remove")
+    [ack] = list(client.write_members([removal], BY_MOBILE))
+    assert ack.outcome == "refused" and "2 clients match" in ack.reason
+    assert len(axle.clients()) == 2
