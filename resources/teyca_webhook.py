@@ -68,6 +68,10 @@ class TeycaWebhook(WebhookCapability):
 
 
 def _user_id(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip():
+    """Teyca's user_id is an integer (a number, or its digits as text): it goes into a URL path
+    when the card is re-read, so nothing else is taken."""
+    readable = isinstance(value, int | str) and not isinstance(value, bool)
+    text = str(value).strip() if readable else ""
+    if not text.isdigit():
         raise WebhookRefused(400, "pass.user_id is missing or not an id")
-    return str(value).strip()
+    return str(int(text))

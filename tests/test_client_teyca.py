@@ -398,6 +398,7 @@ def test_a_webhook_body_becomes_one_event():
         json.dumps({"type": "UPDATE", "pass": {"user_id": None}}).encode(),
         json.dumps({"type": "UPDATE", "pass": {"user_id": True}}).encode(),
         json.dumps({"type": 1, "pass": {"user_id": 1}}).encode(),
+        json.dumps({"type": "UPDATE", "pass": {"user_id": "../17145"}}).encode(),  # a path
         b"\xff\xfe",
     ],
 )
