@@ -3,10 +3,10 @@
 The receiver (`memberflow receiver`) stores each accepted delivery's events durably; this sensor
 looks every 15 seconds for events no run has consumed yet and, while no run of the same list is
 in flight, asks for one sync run whose member extract re-reads just the records those events
-name (run config `webhook_through: <last seq>`; the extract marks them consumed). The run key is
-`webhook-<last seq>`, so one batch of events starts one run however often the sensor ticks. A
-run that ended without consuming its events (it failed) is asked for again a few times, then
-left to the regular sensor's full pass. The regular interval sensor is unchanged: it is the
+name (run config `webhook_through: <last seq>`; the extract marks them consumed once landed). The
+run key is `webhook-<last seq>`, so one batch of events starts one run however often the sensor
+ticks. A run that failed (before or after landing) is asked for again a few times, then left to
+the regular sensor's full pass. The regular interval sensor is unchanged: it is the
 fallback when webhooks are late, lost or off.
 """
 
@@ -27,6 +27,7 @@ from pipelines.sensors import run_in_flight
 
 MIN_INTERVAL_SECONDS = 15
 MAX_ATTEMPTS = 3  # runs asked for one batch of events before leaving it to the regular sensor
+WEBHOOK_TAG = "memberflow/webhook_through"  # the last event seq a webhook run re-reads
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +64,22 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        last = WebhookStore.for_integration(integration.name).last_pending_seq()
-        if last is None:
-            return dg.SkipReason("no pending webhook events")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
         cursor = json.loads(context.cursor) if context.cursor else {}
+        requested = int(cursor.get("requested", 0))
+        last = WebhookStore.for_integration(integration.name).last_pending_seq()
+        if last is None or last <= requested:
+            # Nothing new. The last webhook run's events were consumed once landed; if that
+            # run failed later (delivery), it is asked for again: its re-read finds nothing
+            # new and delivery sends what it landed, so a card waits no longer than that.
+            if not requested or not _failed(context.instance, integration, requested):
+                return dg.SkipReason("no pending webhook events")
+            last = requested
         run_key, attempts = _next_attempt(last, cursor)
         if run_key is None:
             return dg.SkipReason(
-                f"events through seq {last} stayed pending after {MAX_ATTEMPTS} runs; "
+                f"the run for events through seq {last} failed {MAX_ATTEMPTS} times; "
                 f"the regular sensor's pass picks their records up"
             )
         context.update_cursor(json.dumps({"requested": last, "attempts": attempts}))
@@ -86,17 +93,30 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
                 naming.LIST_TAG: integration.list_key,
                 naming.INTEGRATION_TAG: integration.name,
                 "memberflow/changed": "webhook",
+                WEBHOOK_TAG: str(last),
             },
         )
 
     return _sensor
 
 
+def _failed(instance: dg.DagsterInstance, integration: Integration, through: int) -> bool:
+    """Did the latest run asked for the events through `through` fail (or get canceled)?"""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(
+            tags={naming.INTEGRATION_TAG: integration.name, WEBHOOK_TAG: str(through)}
+        ),
+        limit=1,
+    )
+    bad = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
+    return bool(runs) and runs[0].status in bad
+
+
 def _next_attempt(last: int, cursor: dict[str, Any]) -> tuple[str | None, int]:
     """(run key, attempts so far) for pending events through `last`; no key when given up.
 
-    New events past the last request start a new batch; the same events still pending after
-    their run ended (none is in flight) mean that run failed, so it is asked for again.
+    New events past the last request start a new batch; the same events asked for again mean
+    their run failed, so it is retried under a new key.
     """
     if last > int(cursor.get("requested", 0)):
         return f"webhook-{last}", 1

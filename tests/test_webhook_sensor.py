@@ -80,17 +80,40 @@ def test_pending_events_request_one_run_through_the_last_seq(setup):
     assert not result.run_requests
 
 
-def test_events_a_failed_run_left_pending_are_retried_then_left(setup):
+def _ended(tick: _Ticker, status: dg.DagsterRunStatus, through: int) -> None:
+    """A finished run of the webhook batch through `through`, as the instance records it."""
+    tags = {"memberflow/integration": "demo_flexpos", webhook_sensor.WEBHOOK_TAG: str(through)}
+    tick.instance.add_run(dg.DagsterRun(job_name="sync_demo_flexpos", status=status, tags=tags))
+
+
+@pytest.mark.parametrize("consumed", [False, True], ids=["failed-in-extract", "failed-later"])
+def test_a_failed_webhook_run_is_retried_then_left(setup, consumed):
+    """Whether the run failed before landing (events still pending) or after (in delivery,
+    events consumed), it is asked for again, at most MAX_ATTEMPTS runs in all."""
     _, tick, store = setup
     _add(store, b"a", "1")
-    keys = []
-    cursor = None
-    for _ in range(4):
+    result = tick()
+    keys = [r.run_key for r in result.run_requests]
+    cursor = result.cursor
+    if consumed:
+        store.mark_consumed(1, "run-1")
+    for _ in range(3):
+        _ended(tick, dg.DagsterRunStatus.FAILURE, 1)
         result = tick(cursor)
         keys += [r.run_key for r in result.run_requests]
         cursor = result.cursor or cursor
     assert keys == ["webhook-1", "webhook-1-retry1", "webhook-1-retry2"]
     assert "regular sensor" in (result.skip_message or "")
+
+
+def test_a_webhook_run_that_succeeded_is_not_asked_for_again(setup):
+    _, tick, store = setup
+    _add(store, b"a", "1")
+    cursor = tick().cursor
+    store.mark_consumed(1, "run-1")
+    _ended(tick, dg.DagsterRunStatus.SUCCESS, 1)
+    result = tick(cursor)
+    assert not result.run_requests and "no pending" in (result.skip_message or "")
 
 
 def test_no_run_while_one_on_the_list_is_in_flight(setup, monkeypatch):
