@@ -469,7 +469,8 @@ def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChang
     return MemberChange(
         match_key=row["match_key"],
         action=action,
-        values={k: v for k, v in values.items() if _present(v)},
+        # a mapped field empty at the source goes as None: a target that can clear it does
+        values={k: (v if _present(v) else None) for k, v in values.items()},
         member_id=member_id if _present(member_id) else None,
         modified=_moment(row.get("modified")),
         planned=row.get("planned") if _present(row.get("planned")) else None,

@@ -42,6 +42,10 @@ WRITABLE_FIELDS: dict[str, ListField] = {
         ("tags", "list", {}),
     )
 }
+# AX-A2 fields typed "| null": the ones an empty source value may clear.
+NULLABLE_FIELDS = frozenset(
+    {"email", "gender", "birthday", "card_installed_at", "last_visit_at", "loyalty_level"}
+)
 _TRUE_TEXTS = frozenset({"true", "1", "yes", "y", "t"})
 _FALSE_TEXTS = frozenset({"false", "0", "no", "n", "f", ""})
 _GENDERS = {"m": "m", "male": "m", "f": "f", "female": "f"}
@@ -202,14 +206,18 @@ def wire_client(
 ) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     """The client object to send, and the fields left out with why.
 
-    A None value is not sent (Axle keeps what it has, AX-A3). A name Axle does not know is left
-    out, not sent: Axle refuses a whole client for one unknown field, and a canonical field that
-    passes through unmapped (say `city`) must not cost the member its other values.
+    A None value (empty at the source) is sent as null where AX-A2 lets the field be null, so a
+    cleared birthday or email is cleared in Axle too (fields not sent are kept, AX-A3); other
+    fields keep what Axle has. A name Axle does not know is left out, not sent: Axle refuses a
+    whole client for one unknown field, and a canonical field that passes through unmapped (say
+    `city`) must not cost the member its other values.
     """
     client: dict[str, Any] = {}
     dropped: list[tuple[str, str]] = []
     for name, value in values.items():
         if value is None:
+            if name in NULLABLE_FIELDS:
+                client[name] = None
             continue
         if name not in WRITABLE_FIELDS:
             dropped.append((name, "not a field of Axle clients; not sent"))

@@ -67,8 +67,9 @@ class MemberChange:
     """One member to write: its key, what the core planned, and its values in canonical form.
 
     `values` maps target field names to canonical values (text, ISO 8601 dates and datetimes with
-    offset, E.164 phones, decimal numbers as text or numbers, booleans, lists); a field that is
-    absent or None is not sent (the target keeps what it has). For a `remove`, `values` may be
+    offset, E.164 phones, decimal numbers as text or numbers, booleans, lists). A mapped field
+    that is empty at the source is there as None: a target whose field can be empty clears it,
+    one that can't leaves it as it is; a field not mapped is absent. For a `remove`, `values` may be
     empty and `member_id` names the member. `groups` is every group the member is in now, with
     `groups_added`/`groups_removed` the difference from what the target last acknowledged; None
     when the integration manages no groups.

@@ -379,6 +379,7 @@ def test_canonical_values_become_axle_wire_values():
         "visits_total": 12,
         "purchases_total": 1500,
         "gender": "f",
+        "email": None,  # empty at the source: cleared, AX-A2 lets it be null
         "cards": [
             {"source": "teyca", "user_id": 1, "barcode": "B", "template": None, "wallet_link": None}
         ],
@@ -445,3 +446,8 @@ def test_a_removal_by_phone_that_finds_two_clients_deletes_neither(client, axle)
     [ack] = list(client.write_members([removal], BY_MOBILE))
     assert ack.outcome == "refused" and "2 clients match" in ack.reason
     assert len(axle.clients()) == 2
+
+
+def test_an_empty_value_clears_only_a_field_axle_lets_be_null():
+    client, _ = wire_client({"birthday": None, "loyalty_level": None, "phone": None}, None)
+    assert client == {"birthday": None, "loyalty_level": None}  # phone: kept as Axle has it

@@ -245,3 +245,17 @@ def test_a_consent_cleared_at_teyca_reaches_axle_as_none(harness):
     client = axle.client_by_phone(_e164(card["phone"]))
     assert client["consent_mailing"] is False  # TY-A6: nothing means no consent
     assert not {"birthday_this_month", "birthday_next_7_days"} & set(client["tags"])
+
+
+def test_a_birthday_cleared_at_teyca_is_cleared_on_axle(harness):
+    harness.load(NAME)
+    assert harness.tick(NAME).success
+    passes = _passes(harness)
+    phones = Counter(_e164(p["phone"]) for p in passes.values())
+    card = next(p for p in passes.values() if p.get("birthday") and phones[_e164(p["phone"])] == 1)
+    axle = harness.sandbox.state.emulator("axle")
+    assert axle.client_by_phone(_e164(card["phone"]))["birthday"] is not None
+    harness.sandbox.state.emulator("teyca").change_card(card["user_id"], {"birthday": ""})
+    run = harness.tick(NAME)
+    assert run.success, run.failures
+    assert axle.client_by_phone(_e164(card["phone"]))["birthday"] is None
