@@ -385,3 +385,29 @@ def test_a_source_is_read_only_unless_it_declares_write_back():
 
 class _NoVendor:
     vendor = "novendor"
+
+
+@pytest.mark.parametrize(
+    ("started_for", "entity", "due"),
+    [
+        (None, "passes", True),  # by hand or a backfill: every entity is read
+        ("passes", "passes", True),  # the sensor found a scan due
+        ("operations,list", "passes", False),  # started for purchases: no rescan of every card
+        ("segments", "passes", False),  # the daily segment run recomputes from what is landed
+        ("segments", "operations", True),  # not a full-scan entity: its cheap read goes on
+    ],
+)
+def test_a_full_scan_runs_only_in_a_run_started_for_it(started_for, entity, due):
+    from types import SimpleNamespace
+
+    from assets.extract import CHANGED_TAG, _scan_due
+    from resources.source import EntitySpec
+
+    specs = {
+        "passes": EntitySpec("passes", "members", full_scan=True),
+        "operations": EntitySpec("operations", "events"),
+    }
+    client = SimpleNamespace(entity_spec=specs.__getitem__)
+    tags = {} if started_for is None else {CHANGED_TAG: started_for}
+    context = SimpleNamespace(run=SimpleNamespace(tags=tags))
+    assert _scan_due(context, client, entity) is due
