@@ -46,7 +46,7 @@ from sandbox.amilia_data import (
 )
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
-from sandbox.httputil import basic_credentials, bearer_token
+from sandbox.httputil import basic_credentials, bearer_token, json_object
 from sandbox.ratelimit import RateLimiter
 
 PREFIX = "/amilia"  # a client's host is `<sandbox>/amilia`; its org base `…/api/v3/en/org/<org>`
@@ -61,8 +61,10 @@ RATE_LIMIT = 10  # AM-A14: requests per second per token
 DEFAULT_PER_PAGE = 200  # section 2.3
 MAX_PER_PAGE = 2000  # AM-A4
 DENIED = "Authorization has been denied for this request."  # AM-A1
-# AM-A13: 1, 5, 15 minutes, then hourly up to 72 hours after the first attempt; then Disabled.
+# AM-A13: retries 1, 5 and 15 minutes after the failure before them, then hourly while the last
+# retry still falls within 72 hours of the first attempt (21 min + 71 h); then Disabled.
 RETRY_DELAYS = (60.0, 300.0, 900.0) + (3600.0,) * 71
+RETRY_WINDOW = 72 * 3600.0
 RETRY_DELAYS_ENV = "SANDBOX_AMILIA_RETRY_DELAYS"  # e.g. "0.05,0.05,0.05" for tests
 SECRET_ENV = "AMILIA_WEBHOOK_SECRET"
 CONTEXTS = ("Program", "Account", "Person", "Activity", "Registration", "Membership")
@@ -125,6 +127,9 @@ class AmiliaState:
         self.retry_delays: tuple[float, ...] = RETRY_DELAYS
         self.loopback_only = True
         self.clock: Callable[[], float] = time.time
+        # The test clock of AM-A13: every wait between attempts goes through it, so a test can
+        # record the schedule without sleeping (or `retry_delays` can shrink it for a demo).
+        self.sleep: Callable[[float], None] = time.sleep
         self.limiter = RateLimiter(RATE_LIMIT if rate_limits else None, 1.0)
         self.tokens: dict[str, float] = {}  # jwt -> expiry (epoch seconds)
         self.programs = {p["Id"]: p for p in data.programs}
@@ -290,10 +295,33 @@ class AmiliaState:
                 "ExpirationDate": (self.today + timedelta(days=365)).isoformat(),
                 "Status": "Active",
             }
+            row["Id"] = max((m["Id"] for m in self.account_memberships), default=80_000) + 1
             self.account_memberships.append(row)
-            body = {"Id": len(self.account_memberships), **_public_membership(row)}
-            body["AccountId"] = account_id
+            body = _membership_payload(row)
         self._emit("Membership", "Create", body)
+        return body
+
+    def end_membership(self, purchase_id: int, delete: bool = False) -> None:
+        """A membership made Inactive (`Membership`/`Update`) or removed (`Delete`, only `Id`)."""
+        with self._lock:
+            row = next(m for m in self.account_memberships if m["Id"] == purchase_id)
+            if delete:
+                self.account_memberships.remove(row)
+            else:
+                row["Status"] = "Inactive"
+        if delete:
+            self._emit("Membership", "Delete", {"Id": purchase_id})
+        else:
+            self._emit("Membership", "Update", _membership_payload(row))
+
+    def update_person(self, person_id: int, **fields: Any) -> Row:
+        """A person edited in the back office: `Person`/`Update` with the summary."""
+        with self._lock:
+            person = self.persons[person_id]
+            person.update(fields)
+            person["FullName"] = f"{person['FirstName']} {person['LastName']}"
+            body = {**_summary(person), "AccountId": person["AccountId"]}
+        self._emit("Person", "Update", body)
         return body
 
     def wait_for_deliveries(self, timeout: float = 10.0) -> list[Delivery]:
@@ -804,7 +832,7 @@ class AmiliaState:
                         if sub is not None:
                             sub["Status"] = "Disabled"
                     return
-                time.sleep(delays.pop(0))
+                self.sleep(delays.pop(0))
 
 
 def _now() -> datetime:
@@ -957,6 +985,22 @@ def _public_membership(row: Row) -> Row:
     return {k: row[k] for k in keys}
 
 
+def _membership_payload(row: Row) -> Row:
+    """AM-A10: `{Id, AccountId, PersonId, MembershipId, Name, PurchasedDate, EffectiveDate,
+    ExpirationDate}`."""
+    keys = (
+        "Id",
+        "AccountId",
+        "PersonId",
+        "MembershipId",
+        "Name",
+        "PurchasedDate",
+        "EffectiveDate",
+        "ExpirationDate",
+    )
+    return {k: row[k] for k in keys}
+
+
 def _registration_number(rid: str, strict: bool = True) -> int | None:
     match = re.fullmatch(r"AC-(\d+)", rid)
     if match is None:
@@ -1030,6 +1074,45 @@ def seeded_state(
     return AmiliaState(generate_amilia(seed, accounts, today), today, rate_limits)
 
 
+def control_routes(state: AmiliaState) -> list[BaseRoute]:
+    """Changes made at Amilia, for a demo or a test in another process, under `/_sandbox/amilia`;
+    each pushes its webhook. Bodies are JSON objects; an unknown id answers 404."""
+
+    def action(change: Callable[[Request, Row], Any]) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                result = change(request, await json_object(request))
+            except (KeyError, StopIteration, ValueError) as error:
+                return JSONResponse({"Message": f"Not found: {error}"}, 404)
+            return JSONResponse(result if result is not None else {"ok": True})
+
+        return endpoint
+
+    def num(request: Request, name: str = "id") -> int:
+        return int(request.path_params[name])
+
+    changes: dict[str, Callable[[Request, Row], Any]] = {
+        "/persons": lambda r, b: state.create_person(
+            int(b.pop("AccountId")), b.pop("FirstName"), b.pop("LastName"), **b
+        ),
+        "/persons/{id}/update": lambda r, b: state.update_person(num(r), **b),
+        "/persons/{id}/delete": lambda r, b: state.delete_person(num(r)),
+        "/accounts/{id}/archive": lambda r, b: state.archive_account(num(r)),
+        "/registrations": lambda r, b: state.register(
+            int(b["PersonId"]), int(b["ActivityId"]), bool(b.get("DropIn", False))
+        ),
+        "/registrations/{id}/cancel": lambda r, b: state.cancel_registration(r.path_params["id"]),
+        "/registrations/{id}/delete": lambda r, b: state.delete_registration(r.path_params["id"]),
+        "/activities/{id}/cancel": lambda r, b: state.cancel_activity(num(r)),
+        "/memberships": lambda r, b: state.buy_membership(
+            int(b["AccountId"]), int(b["MembershipId"])
+        ),
+        "/memberships/{id}/end": lambda r, b: state.end_membership(num(r)),
+        "/memberships/{id}/delete": lambda r, b: state.end_membership(num(r), delete=True),
+    }
+    return [Route(path, action(change), methods=["POST"]) for path, change in changes.items()]
+
+
 EMULATOR = Emulator(
     name="amilia",
     build=build,
@@ -1043,4 +1126,5 @@ EMULATOR = Emulator(
         "AMILIA_WEBHOOK_SECRET": AMILIA_WEBHOOK_SECRET,
     },
     summary=lambda state: state.counts(),
+    control_routes=control_routes,
 )

@@ -438,6 +438,7 @@ def _memberships(rng: random.Random, data: AmiliaData, today: date) -> None:
             status = "Inactive"
         data.account_memberships.append(
             {
+                "Id": 80_001 + len(data.account_memberships),  # the purchase, AM-A10's `Id`
                 "AccountId": account["Id"],
                 "MembershipId": membership["Id"],
                 "Name": membership["Name"],

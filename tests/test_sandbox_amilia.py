@@ -9,13 +9,14 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from sandbox.amilia import DENIED, ORG_SLUG
+from sandbox.amilia import ACTIONS, DENIED, ORG_SLUG, RETRY_DELAYS, RETRY_WINDOW
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.ratelimit import RateLimiter
 from sandbox.server import SandboxServer
@@ -381,18 +382,70 @@ def test_changes_are_pushed_signed_and_retried(amilia, http):
             http.delete(f"/webhooks/{sid}")
 
 
-def test_a_receiver_that_keeps_failing_gets_the_subscription_disabled(amilia, http):
-    receiver = Receiver([500] * 10)
-    amilia.retry_delays = (0.01, 0.01)
+def test_a_receiver_that_keeps_failing_gets_the_subscription_disabled_after_72_hours(amilia, http):
+    receiver = Receiver([500] * 200)
+    waits: list[float] = []
+    amilia.retry_delays, amilia.sleep = RETRY_DELAYS, waits.append  # the test clock (AM-A13)
     sid = subscribe(http, "Person", "Delete", receiver.url)
     try:
         victim = next(p["Id"] for p in amilia.persons.values() if p["IsChild"])
         amilia.delete_person(victim)
-        delivery = amilia.wait_for_deliveries()[-1]
-        assert delivery.outcome == "failed" and delivery.attempts == [500, 500, 500]
+        delivery = amilia.wait_for_deliveries(timeout=60)[-1]
+        assert delivery.outcome == "failed"
+        assert waits[:4] == [60.0, 300.0, 900.0, 3600.0] and set(waits[3:]) == {3600.0}
+        assert sum(waits) <= RETRY_WINDOW < sum(waits) + 3600.0
+        assert len(delivery.attempts) == len(waits) + 1 == len(receiver.received)
         assert http.get(f"/webhooks/{sid}").json()["Status"] == "Disabled"
         assert http.get(f"/persons/{victim}").json() == {"Message": "Not found"}
+        sent = len(receiver.received)
         amilia.delete_person(next(p for p in amilia.persons if amilia.persons[p]["IsChild"]))
-        assert len(receiver.received) == 3, "nothing is sent to a disabled subscription"
+        amilia.wait_for_deliveries()
+        assert len(receiver.received) == sent, "nothing is sent to a disabled subscription"
+    finally:
+        amilia.sleep = time.sleep
+        receiver.close()
+
+
+def test_membership_changes_through_the_control_routes(sandbox, amilia, http):
+    receiver = Receiver([])
+    amilia.retry_delays = (0.01,)
+    sids = [subscribe(http, "Membership", action, receiver.url) for action in ACTIONS]
+    control = f"{sandbox.url}/_sandbox/amilia"
+    try:
+        account_id = next(a["Id"] for a in amilia.accounts.values() if not a["IsArchived"])
+        membership_id = walk(http, "/memberships")[0]["Id"]
+        bought = httpx.post(
+            f"{control}/memberships", json={"AccountId": account_id, "MembershipId": membership_id}
+        ).json()
+        assert httpx.post(f"{control}/memberships/{bought['Id']}/end").status_code == 200
+        assert httpx.post(f"{control}/memberships/{bought['Id']}/delete").status_code == 200
+        assert httpx.post(f"{control}/memberships/999/delete").status_code == 404
+        amilia.wait_for_deliveries()
+        envelopes = [json.loads(body) for body, _ in receiver.received]
+        assert sorted(e["Action"] for e in envelopes) == ["Create", "Delete", "Update"]
+        created = next(e for e in envelopes if e["Action"] == "Create")
+        assert set(created["Payload"]) == {
+            "Id",
+            "AccountId",
+            "PersonId",
+            "MembershipId",
+            "Name",
+            "PurchasedDate",
+            "EffectiveDate",
+            "ExpirationDate",
+        }
+        assert created["OrganizationId"] == 8008 and created["EventTime"][-6:-3] in ("-04", "-05")
+        deleted = next(e for e in envelopes if e["Action"] == "Delete")
+        assert deleted["Payload"] == {"Id": bought["Id"]}
     finally:
         receiver.close()
+        for sid in sids:
+            http.delete(f"/webhooks/{sid}")
+
+
+def test_a_registration_cancelled_at_amilia_reads_back_cancelled(sandbox, http):
+    row = walk(http, "/registrations", perPage=2000)[-1]
+    control = f"{sandbox.url}/_sandbox/amilia"
+    answer = httpx.post(f"{control}/registrations/{row['RegistrationId']}/cancel")
+    assert answer.status_code == 200 and answer.json()["IsCancelled"] is True
+    assert http.get(f"/registrations/{row['RegistrationId']}").json()["IsCancelled"] is True
