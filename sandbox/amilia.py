@@ -447,7 +447,7 @@ class AmiliaState:
             raise _not_found(f"Organization '{org}' not found")  # [I]
         if request.path_params["language"] not in ("en", "fr"):
             raise _not_found("No HTTP resource was found that matches the request URI.")
-        decision = self.limiter.hit(token)
+        decision = self.limiter.hit(token)  # [I] per token; `/authenticate` is not counted
         if not decision.allowed:
             headers = {"Retry-After": decision.retry_after_header}
             raise AmiliaError(429, "Too many requests", headers)  # AM-A14
@@ -776,22 +776,23 @@ class AmiliaState:
 
     # -- webhook delivery (AM-A11, A13) -------------------------------------------------------
     def _emit(self, context: str, action: str, payload: Row) -> None:
-        """Send one envelope to every active subscription for (context, action)."""
-        envelope = {
-            "OrganizationId": ORG_ID,
-            "Context": context,
-            "Action": action,
-            "Name": f"{context}{action}",
-            "EventTime": iso(_now()),
-            "Payload": payload,
-        }
-        raw = json.dumps(envelope, ensure_ascii=False).encode()
+        """Send one envelope to every active subscription for (context, action).
+
+        [I] The envelope's `Name` is the subscription's name (the doc lists the key only)."""
+        moment = iso(_now())
         with self._lock:
             for sub in self.subscriptions.values():
-                if sub["Context"] != context or sub["Action"] != action:
+                if (sub["Context"], sub["Action"], sub["Status"]) != (context, action, "Active"):
                     continue
-                if sub["Status"] != "Active":
-                    continue
+                envelope = {
+                    "OrganizationId": ORG_ID,
+                    "Context": context,
+                    "Action": action,
+                    "Name": sub["Name"],
+                    "EventTime": moment,
+                    "Payload": payload,
+                }
+                raw = json.dumps(envelope, ensure_ascii=False).encode()
                 delivery = Delivery(sub["Id"], sub["Url"], raw, self.sign(raw))
                 self.deliveries.append(delivery)
                 thread = threading.Thread(

@@ -211,30 +211,33 @@ def _catalogue(rng: random.Random, data: AmiliaData, today: date) -> None:
             for subcategory, activities in subcategories.items():
                 category_id += 1
                 for name, drop_in in activities:
-                    activity_id += 1
-                    data.activities.append(
-                        {
-                            "Id": activity_id,
-                            "Name": name,
-                            "ProgramId": program_id,
-                            "ProgramName": program,
-                            "CategoryId": cat_id,
-                            "CategoryName": category,
-                            "SubCategoryId": category_id,
-                            "SubCategoryName": subcategory,
-                            "Status": "Cancelled" if name in CANCELLED else "Normal",
-                            "StartDate": iso(datetime.combine(start, datetime.min.time())),
-                            "EndDate": iso(datetime.combine(end, datetime.min.time())),
-                            "Price": float(rng.choice([45, 60, 85, 120, 160, 210])),
-                            "IsDropIn": drop_in,
-                            "Groups": []
-                            if drop_in
-                            else [
-                                {"Id": activity_id * 10 + i, "Name": g}
-                                for i, g in enumerate(GROUPS)
-                            ],
-                        }
-                    )
+                    for first, last, label in _sessions(start, end, today, drop_in):
+                        activity_id += 1
+                        data.activities.append(
+                            {
+                                "Id": activity_id,
+                                "Name": f"{name} — {label}" if label else name,
+                                "ProgramId": program_id,
+                                "ProgramName": program,
+                                "CategoryId": cat_id,
+                                "CategoryName": category,
+                                "SubCategoryId": category_id,
+                                "SubCategoryName": subcategory,
+                                "Status": "Cancelled"
+                                if name in CANCELLED and last > today
+                                else "Normal",
+                                "StartDate": iso(datetime.combine(first, datetime.min.time())),
+                                "EndDate": iso(datetime.combine(last, datetime.min.time())),
+                                "Price": float(rng.choice([45, 60, 85, 120, 160, 210])),
+                                "IsDropIn": drop_in,
+                                "Groups": []
+                                if drop_in
+                                else [
+                                    {"Id": activity_id * 10 + i, "Name": g}
+                                    for i, g in enumerate(GROUPS)
+                                ],
+                            }
+                        )
                     if drop_in:
                         occurrences = []
                         day = start + timedelta(days=rng.randrange(7))
@@ -252,6 +255,23 @@ def _catalogue(rng: random.Random, data: AmiliaData, today: date) -> None:
                             )
                             day += timedelta(days=7)
                         data.occurrences[activity_id] = occurrences
+
+
+def _sessions(
+    start: date, end: date, today: date, drop_in: bool
+) -> list[tuple[date, date, str | None]]:
+    """A drop-in runs all along; a course runs in sessions: one that ended ~7 months ago (only
+    `showEnded=true` lists its registrations) and the current one, each named by its season."""
+    if drop_in:
+        return [(start, end, None)]
+    split = today - timedelta(days=200)
+    return [(start, split, _season(start)), (split + timedelta(days=1), end, _season(split))]
+
+
+def _season(day: date) -> str:
+    names = {12: "Hiver", 1: "Hiver", 2: "Hiver", 3: "Printemps", 4: "Printemps", 5: "Printemps"}
+    names |= {6: "Été", 7: "Été", 8: "Été", 9: "Automne", 10: "Automne", 11: "Automne"}
+    return f"{names[day.month]} {day.year}"
 
 
 def _ascii(text: str) -> str:
@@ -398,9 +418,12 @@ def _registrations(rng: random.Random, data: AmiliaData, today: date) -> None:
     activities = data.activities
     for person in data.persons:
         for _ in range(rng.choice([0, 1, 1, 2, 3, 4])):
-            activity = rng.choice(activities)
             created = datetime.combine(today, datetime.min.time()) - timedelta(
                 seconds=rng.randrange(3600, HISTORY_DAYS * 86400)
+            )
+            stamp = iso(created)
+            activity = rng.choice(
+                [a for a in activities if a["StartDate"] <= stamp < a["EndDate"]] or activities
             )
             drop_in = None
             if activity["IsDropIn"]:

@@ -162,18 +162,27 @@ def test_default_page_size_is_200(http):
 
 # -- registrations (AM-A5, section 2.1) ------------------------------------------------------------
 def test_registrations_filter_on_date_created_inclusively_and_are_ordered(amilia, http):
-    everything = walk(http, "/registrations", perPage=2000)
+    everything = walk(http, "/registrations", perPage=2000, showEnded="true")
     numbers = [int(r["RegistrationId"][3:]) for r in everything]
     assert numbers == sorted(numbers)
     day = everything[len(everything) // 2]["DateCreated"][:10]
     same_day = [r for r in everything if r["DateCreated"][:10] == day]
-    window = walk(http, "/registrations", **{"from": day, "to": day})
+    window = walk(http, "/registrations", showEnded="true", **{"from": day, "to": day})
     assert [r["RegistrationId"] for r in window] == [r["RegistrationId"] for r in same_day]
     assert http.get("/registrations", params={"from": "2025/01/01"}).status_code == 400
 
 
+def test_registrations_of_ended_sessions_only_with_show_ended(http):
+    current = walk(http, "/registrations", perPage=2000)
+    everything = walk(http, "/registrations", perPage=2000, showEnded="true")
+    assert 0 < len(current) < len(everything)
+    oldest = min(r["DateCreated"] for r in everything)
+    assert oldest < min(r["DateCreated"] for r in current)
+    assert any(" — " in r["Activity"]["Name"] for r in everything)  # sessions by season
+
+
 def test_registration_object_shape_and_lookup_by_id(http):
-    row = walk(http, "/registrations", perPage=2000)[0]
+    row = walk(http, "/registrations", perPage=2000, showEnded="true")[0]
     for key in ("Program", "Category", "SubCategory", "Activity"):
         assert set(row[key]) == {"Id", "Name"}
     assert {
@@ -193,7 +202,7 @@ def test_registration_object_shape_and_lookup_by_id(http):
 
 
 def test_drop_ins_carry_their_occurrence(http):
-    rows = walk(http, "/registrations", perPage=2000)
+    rows = walk(http, "/registrations", perPage=2000, showEnded="true")
     drop_ins = [r for r in rows if r["DropIn"]]
     assert drop_ins and all(r["Group"] is None for r in drop_ins)
     sample = drop_ins[0]
@@ -444,7 +453,7 @@ def test_membership_changes_through_the_control_routes(sandbox, amilia, http):
 
 
 def test_a_registration_cancelled_at_amilia_reads_back_cancelled(sandbox, http):
-    row = walk(http, "/registrations", perPage=2000)[-1]
+    row = walk(http, "/registrations", perPage=2000, showEnded="true")[-1]
     control = f"{sandbox.url}/_sandbox/amilia"
     answer = httpx.post(f"{control}/registrations/{row['RegistrationId']}/cancel")
     assert answer.status_code == 200 and answer.json()["IsCancelled"] is True
