@@ -443,8 +443,8 @@ class AmiliaState:
         if token is None or expiry is None or expiry <= self.clock():
             raise AmiliaError(401, DENIED)
         org = request.path_params["org"]
-        if org not in (str(ORG_ID), ORG_SLUG):
-            raise _not_found(f"Organization '{org}' not found")  # [I]
+        if org not in (str(ORG_ID), ORG_SLUG):  # [I] the token's person is no admin there
+            raise AmiliaError(403, f"You do not have access to organization '{org}'.")
         if request.path_params["language"] not in ("en", "fr"):
             raise _not_found("No HTTP resource was found that matches the request URI.")
         decision = self.limiter.hit(token)  # [I] per token; `/authenticate` is not counted

@@ -108,13 +108,11 @@ def test_an_expired_token_is_refused_and_a_new_one_works(sandbox, amilia):
         amilia.tokens.update({k: v for k, v in saved.items() if k != old})
 
 
-def test_unknown_org_language_and_path_are_404_with_a_message(sandbox, token):
+def test_another_org_is_403_and_unknown_language_or_path_404(sandbox, token):
     headers = {"Authorization": f"Bearer {token}"}
-    for path in (
-        "/api/v3/en/org/other-org/persons",
-        "/api/v3/de/org/8008/persons",
-        f"/api/v3/en/org/{ORG_SLUG}/nothing-here",
-    ):
+    answer = httpx.get(f"{sandbox.url}/amilia/api/v3/en/org/other-org/persons", headers=headers)
+    assert answer.status_code == 403 and set(answer.json()) == {"Message"}
+    for path in ("/api/v3/de/org/8008/persons", f"/api/v3/en/org/{ORG_SLUG}/nothing-here"):
         answer = httpx.get(f"{sandbox.url}/amilia{path}", headers=headers)
         assert answer.status_code == 404
         assert set(answer.json()) == {"Message"}
