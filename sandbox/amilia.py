@@ -141,6 +141,7 @@ class AmiliaState:
         self.memberships = {m["Id"]: m for m in data.memberships}
         self.account_memberships = [dict(m) for m in data.account_memberships]
         self.subscriptions: dict[int, Row] = {}
+        self.removed: dict[int, Row] = {}  # deleted persons, still named as an account's owner
         self.deliveries: list[Delivery] = []
         self.request_counts: Counter[str] = Counter()
         self._next = {
@@ -183,7 +184,7 @@ class AmiliaState:
             account = self.accounts.get(account_id)
             if account is None:
                 raise KeyError(account_id)
-            owner = self.persons[account["OwnerId"]]
+            owner = self._owner(account)
             pid = self._take("person")
             person = {
                 **{k: v for k, v in owner.items() if k.startswith("AccountOwner")},
@@ -207,7 +208,7 @@ class AmiliaState:
                 "MedicalInformation": None,
                 "PictureUrl": None,
                 "ExternalId": None,
-                "Address": dict(owner["Address"]),
+                "Address": dict(owner.get("Address") or {}),
                 "JoinDate": self.today.isoformat(),
                 **fields,
             }
@@ -220,6 +221,7 @@ class AmiliaState:
         """A person deleted: gone from the API (404) and `Person`/`Delete` with only `Id`."""
         with self._lock:
             person = self.persons.pop(person_id)
+            self.removed[person_id] = person
             self.accounts[person["AccountId"]]["MemberIds"].remove(person_id)
         self._emit("Person", "Delete", {"Id": person_id})
 
@@ -598,18 +600,23 @@ class AmiliaState:
         return 200, _page(request, rows)
 
     # -- accounts and memberships (AM-A8) -----------------------------------------------------
+    def _owner(self, account: Row) -> Row:
+        """[I] A deleted owner still names the account (Amilia keeps one owner per account)."""
+        found = self.persons.get(account["OwnerId"]) or self.removed.get(account["OwnerId"])
+        return found or {}
+
     def _account_object(self, account: Row) -> Row:
-        owner = self.persons[account["OwnerId"]]
+        owner = self._owner(account)
         return {
             "Id": account["Id"],
             "Owners": [
                 {
-                    "Id": owner["Id"],
-                    "FirstName": owner["FirstName"],
-                    "LastName": owner["LastName"],
-                    "AccountOwnerFullName": owner["FullName"],
-                    "Email": owner["Email"],
-                    "TelephoneMobile": owner["TelephoneMobile"],
+                    "Id": account["OwnerId"],
+                    "FirstName": owner.get("FirstName"),
+                    "LastName": owner.get("LastName"),
+                    "AccountOwnerFullName": owner.get("FullName"),
+                    "Email": owner.get("Email"),
+                    "TelephoneMobile": owner.get("TelephoneMobile"),
                 }
             ],
             "Members": [
@@ -633,7 +640,7 @@ class AmiliaState:
             for _, account in sorted(self.accounts.items()):
                 if account["IsArchived"] and not show_archived:
                     continue
-                owner_email = self.persons[account["OwnerId"]]["Email"] or ""
+                owner_email = self._owner(account).get("Email") or ""
                 if email and owner_email.lower() != email.strip().lower():
                     continue
                 rows.append(self._account_object(account))

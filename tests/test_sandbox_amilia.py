@@ -456,3 +456,16 @@ def test_a_registration_cancelled_at_amilia_reads_back_cancelled(sandbox, http):
     answer = httpx.post(f"{control}/registrations/{row['RegistrationId']}/cancel")
     assert answer.status_code == 200 and answer.json()["IsCancelled"] is True
     assert http.get(f"/registrations/{row['RegistrationId']}").json()["IsCancelled"] is True
+
+
+def test_an_account_whose_owner_was_deleted_still_reads(amilia, http):
+    account = next(
+        a for a in amilia.accounts.values() if len(a["MemberIds"]) > 1 and not a["IsArchived"]
+    )
+    owner = amilia.persons[account["OwnerId"]]
+    amilia.delete_person(owner["Id"])
+    body = http.get(f"/accounts/{account['Id']}").json()
+    assert body["Owners"][0]["Email"] == owner["Email"]
+    assert owner["Id"] not in {m["Id"] for m in body["Members"]}
+    found = walk(http, "/accounts", accountOwnerEmail=owner["Email"])
+    assert account["Id"] in {a["Id"] for a in found}
