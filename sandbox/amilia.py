@@ -5,7 +5,9 @@ Written from Amilia's published v3 reference and the assumed contract, as strict
 org call must carry as `Bearer`; every list is `{"Items", "Paging": {"TotalCount", "Next"}}`
 with `Next` the full URL of the next page or `""`; errors are ASP.NET's `{"Message": …}`; each
 token gets 10 requests per second and a `429` with `Retry-After` past that. Every request is
-counted per endpoint (`request_counts`) so tests can see what a client spent.
+counted per endpoint in `request_counts`, keyed by method and the path after the org base with
+ids as `{}` (`"GET registrations"`, `"GET persons/{}"`, `"authenticate GET"`), so tests can see
+what a client spent.
 
 Changes made "at Amilia" (a person created, an account archived, a registration cancelled) go
 through the test API (`create_person`, `archive_account`, …), which also pushes the matching
