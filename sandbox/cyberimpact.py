@@ -180,6 +180,22 @@ class CyberimpactState:
         with self._lock:
             return [dict(f) for f in self.account(token).fields.values()]
 
+    def add_dynamic_group(self, title: str, token: str = CYBERIMPACT_API_TOKEN) -> int:
+        """A dynamic group made in Cyberimpact's UI (the API cannot create one, CI-A7); its id."""
+        with self._lock:
+            account = self.account(token)
+            group = {"id": account.next_id(), "title": title, "isPublic": False}
+            account.groups[group["id"]] = group | {"isDynamic": True, "created": self.clock()}
+            return group["id"]
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests per endpoint, e.g. `{"POST /members": 3}` (for demo summaries)."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for r in self._requests:
+                counts[f"{r.method} {r.route}"] = counts.get(f"{r.method} {r.route}", 0) + 1
+            return counts
+
     def unsubscribe(self, email: str, token: str = CYBERIMPACT_API_TOKEN) -> None:
         """A member clicked unsubscribe in a mailing (or the account did it in the UI)."""
         with self._lock:
@@ -884,6 +900,8 @@ class _Handlers:
 
     async def one_group(self, request: Request, account: _Account) -> Response:
         group = self.state.group(account, request.path_params["group_id"])
+        if request.method != "GET" and group["isDynamic"]:
+            raise CiError(422, "Dynamic groups cannot be edited through the API", {})  # CI-A7
         if request.method == "DELETE":
             del account.groups[group["id"]]
             for m in account.members.values():
@@ -901,6 +919,8 @@ class _Handlers:
     async def group_members(self, request: Request, account: _Account) -> Response:
         group = self.state.group(account, request.path_params["group_id"])
         if request.method == "DELETE":
+            if group["isDynamic"]:
+                raise CiError(422, "Dynamic groups cannot be edited through the API", {})
             for m in account.members.values():
                 m.groups.discard(group["id"])
             return JSONResponse(self.state._group_json(account, group))

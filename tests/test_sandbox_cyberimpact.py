@@ -293,3 +293,21 @@ def test_post_members_is_throttled_to_one_per_second_with_retry_after():
         assert http.post("/members", json={"email": "t2@example.com"}).status_code == 201
         statuses = [http.get("/ping").status_code for _ in range(11)]
         assert statuses.count(429) == 1  # 10/s elsewhere, counted apart from POST /members
+
+
+def test_a_dynamic_group_made_in_the_ui_cannot_be_edited_or_joined(http, ci):
+    dynamic = ci.add_dynamic_group("Ouverts récemment")
+    assert http.get(f"/groups/{dynamic}").json()["isDynamic"] is True
+    assert http.patch(f"/groups/{dynamic}", json={"title": "x"}).status_code == 422
+    assert http.delete(f"/groups/{dynamic}").status_code == 422
+    joined = http.post("/members", json={"email": "d@example.com", "groups": str(dynamic)})
+    assert joined.status_code == 400 and joined.json()["errors"]["groups"]
+
+
+def test_requests_are_counted_per_endpoint(http, ci):
+    http.post("/members/optins", json={"email": "o@example.com", "optinConfirmUrl": "https://x"})
+    http.get("/members/o@example.com")
+    http.get("/members/O@example.com")
+    counts = ci.request_counts()
+    assert counts == {"POST /members/optins": 1, "GET /members/{key}": 2}
+    assert ci.request_count("GET", "/members/{key}") == 2
