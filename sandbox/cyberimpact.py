@@ -776,6 +776,7 @@ class _Handlers:
             return JSONResponse(
                 {"message": "Too many requests", "errors": {}}, 429, headers=headers
             )
+        await request.body()  # read (and cached) before the lock, so no await waits under it
         try:
             with self.state._lock:
                 return await by_method[request.method](request, self.state.account(token))
