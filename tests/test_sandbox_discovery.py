@@ -127,7 +127,7 @@ def test_a_found_emulators_control_routes_are_mounted_under_sandbox_and_its_name
         _ = state.nope
 
 
-VENDORS = {"flexpos", "heyloyalty", "ticketmaster", "teyca", "axle"}
+VENDORS = {"flexpos", "heyloyalty", "ticketmaster", "teyca", "axle", "amilia", "cyberimpact"}
 
 
 def test_every_vendor_is_a_discovered_emulator():
