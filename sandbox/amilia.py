@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
 import re
@@ -33,11 +32,11 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from sandbox import webhook_sender
 from sandbox.amilia_data import (
     ORG_ID,
     AmiliaData,
@@ -50,6 +49,7 @@ from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
 from sandbox.httputil import basic_credentials, bearer_token, json_object
 from sandbox.ratelimit import RateLimiter
+from sandbox.webhook_sender import PushesWebhooks, WebhookSender
 
 PREFIX = "/amilia"  # a client's host is `<sandbox>/amilia`; its org base `…/api/v3/en/org/<org>`
 ORG_SLUG = "centre-sportif-demo"  # the store slug; the org number ORG_ID works too
@@ -114,7 +114,7 @@ class Delivery:
         return json.loads(self.body)
 
 
-class AmiliaState:
+class AmiliaState(PushesWebhooks):
     """One Amilia org: its data, issued tokens, webhook subscriptions and deliveries; thread-safe.
 
     Settings tests change on a built state: `retry_delays` (seconds between delivery attempts,
@@ -126,12 +126,10 @@ class AmiliaState:
         self.today = today
         self.users = {AMILIA_USERNAME: AMILIA_PASSWORD, AMILIA_API_KEY: AMILIA_API_SECRET}
         self.webhook_secret = AMILIA_WEBHOOK_SECRET
-        self.retry_delays: tuple[float, ...] = RETRY_DELAYS
-        self.loopback_only = True
         self.clock: Callable[[], float] = time.time
-        # The test clock of AM-A13: every wait between attempts goes through it, so a test can
-        # record the schedule without sleeping (or `retry_delays` can shrink it for a demo).
-        self.sleep: Callable[[float], None] = time.sleep
+        # `sleep` (the sender's) is the test clock of AM-A13: every wait between attempts goes
+        # through it, so a test can record the schedule without sleeping.
+        self.webhooks = WebhookSender(RETRY_DELAYS, "amilia")
         self.limiter = RateLimiter(RATE_LIMIT if rate_limits else None, 1.0)
         self.tokens: dict[str, float] = {}  # jwt -> expiry (epoch seconds)
         self.programs = {p["Id"]: p for p in data.programs}
@@ -152,7 +150,6 @@ class AmiliaState:
             "registration": max(self.registrations, default=10_000) + 1,
             "subscription": 1,
         }
-        self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
 
     # -- the test and demo API: reads ---------------------------------------------------------
@@ -327,17 +324,6 @@ class AmiliaState:
             body = {**_summary(person), "AccountId": person["AccountId"]}
         self._emit("Person", "Update", body)
         return body
-
-    def wait_for_deliveries(self, timeout: float = 10.0) -> list[Delivery]:
-        """Wait until every started delivery has finished (delivered, failed or skipped)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            return list(self.deliveries)
 
     def _take(self, kind: str) -> int:
         value = self._next[kind]
@@ -804,45 +790,30 @@ class AmiliaState:
                 raw = json.dumps(envelope, ensure_ascii=False).encode()
                 delivery = Delivery(sub["Id"], sub["Url"], raw, self.sign(raw))
                 self.deliveries.append(delivery)
-                thread = threading.Thread(
-                    target=self._deliver, args=(delivery,), name="amilia-webhook", daemon=True
-                )
-                self._threads.append(thread)
-                thread.start()
+                self._send(delivery)
 
     def sign(self, raw: bytes) -> str:
         """AM-A11: base64(HMAC-SHA256(secret, raw body)), 44 characters."""
         digest = hmac.new(self.webhook_secret.encode(), raw, hashlib.sha256).digest()
         return base64.b64encode(digest).decode()
 
-    def _deliver(self, delivery: Delivery) -> None:
-        """POST until a 200; after the last retry the subscription is Disabled (AM-A13).
-
-        Only 200 counts as success (Amilia "expects a quick 200"); no proxy from the environment
-        is used, the receiver is on this machine."""
-        if self.loopback_only and not _is_loopback(delivery.url):
-            delivery.outcome = "skipped"
-            return
-        delays = list(self.retry_delays)
+    def _send(self, delivery: Delivery) -> None:
+        """POST until a 200 (Amilia "expects a quick 200"); after the last retry the
+        subscription is Disabled (AM-A13)."""
         headers = {"Content-Type": "application/json", "X-Amilia-Signature": delivery.signature}
-        with httpx.Client(timeout=10, trust_env=False) as http:
-            while True:
-                try:
-                    answer = http.post(delivery.url, content=delivery.body, headers=headers)
-                    delivery.attempts.append(answer.status_code)
-                    if answer.status_code == 200:
-                        delivery.outcome = "delivered"
-                        return
-                except httpx.HTTPError as error:
-                    delivery.attempts.append(type(error).__name__)
-                if not delays:
-                    delivery.outcome = "failed"
-                    with self._lock:
-                        sub = self.subscriptions.get(delivery.subscription_id)
-                        if sub is not None:
-                            sub["Status"] = "Disabled"
-                    return
-                self.sleep(delays.pop(0))
+
+        def disable() -> None:
+            with self._lock:
+                sub = self.subscriptions.get(delivery.subscription_id)
+                if sub is not None:
+                    sub["Status"] = "Disabled"
+
+        self.webhooks.start(
+            delivery,
+            lambda http: http.post(delivery.url, content=delivery.body, headers=headers),
+            accepted=lambda status: status == 200,
+            gave_up=disable,
+        )
 
 
 def _now() -> datetime:
@@ -1041,16 +1012,6 @@ def _subscription(sub: Row) -> Row:
     return {k: sub[k] for k in ("Id", "Context", "Action", "Name", "Url", "Status")}
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build(data: SandboxData, rate_limits: bool) -> AmiliaState:
     """The Amilia org of a sandbox, sized to its generated customers; webhook settings from the
     environment (`configure_webhooks`)."""
@@ -1062,18 +1023,9 @@ def build(data: SandboxData, rate_limits: bool) -> AmiliaState:
 
 def configure_webhooks(state: AmiliaState, env: Mapping[str, str]) -> None:
     """Apply SECRET_ENV and RETRY_DELAYS_ENV (seconds, comma-separated) from `env`, when set."""
-    secret = env.get(SECRET_ENV, "").strip()
+    secret = webhook_sender.configure(state.webhooks, env, RETRY_DELAYS_ENV, SECRET_ENV)
     if secret:
         state.webhook_secret = secret
-    delays = env.get(RETRY_DELAYS_ENV, "").strip()
-    if delays:
-        try:
-            parsed = tuple(float(part) for part in delays.split(","))
-        except ValueError:
-            raise ValueError(f"{RETRY_DELAYS_ENV} must be seconds separated by commas") from None
-        if any(d < 0 for d in parsed):
-            raise ValueError(f"{RETRY_DELAYS_ENV} must not be negative")
-        state.retry_delays = parsed
 
 
 def seeded_state(

@@ -14,13 +14,11 @@ the code (success bodies of token deletion, pass deletion, bonuses and webhook m
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import re
 import secrets
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,15 +26,16 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from sandbox import webhook_sender
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
 from sandbox.ratelimit import MultiWindowLimiter
 from sandbox.teyca_data import MOSCOW, TeycaData, generate_teyca, moscow, pass_count
+from sandbox.webhook_sender import PushesWebhooks, WebhookSender
 
 PREFIX = "/teyca"  # a client's base URL is `<sandbox>/teyca`
 TEYCA_API_KEY = "demo-teyca-main-key"  # TY-A1: the main key ("Основной ключ авторизации")
@@ -152,7 +151,7 @@ class Delivery:
     outcome: str = "pending"  # pending | delivered | failed | skipped (not loopback)
 
 
-class TeycaState:
+class TeycaState(PushesWebhooks):
     """One Teyca account: tokens, passes, bonuses, operations, webhooks; thread-safe.
 
     Settings tests change on a built state: `strict_instances` (TY-A2), `webhook_secret`,
@@ -165,8 +164,7 @@ class TeycaState:
         self.main_key = TEYCA_API_KEY
         self.webhook_secret = TEYCA_WEBHOOK_SECRET
         self.strict_instances = False
-        self.retry_delays: tuple[float, ...] = RETRY_DELAYS
-        self.loopback_only = True
+        self.webhooks = WebhookSender(RETRY_DELAYS, "teyca")
         self.limiter = MultiWindowLimiter(RATE_WINDOWS if rate_limits else None)
         self.tokens: dict[str, Token] = {}
         self.passes: dict[int, Row] = {p["user_id"]: dict(p) for p in data.passes}
@@ -181,7 +179,6 @@ class TeycaState:
         self.deliveries: list[Delivery] = []
         self.request_counts: Counter[str] = Counter()
         self._next_user_id = max(self.passes, default=100_000) + 1
-        self._threads: list[threading.Thread] = []
         self._lock = threading.RLock()
 
     # -- the test and demo API ----------------------------------------------------------------
@@ -230,17 +227,6 @@ class TeycaState:
         card = self._delete(user_id)
         self._emit("DELETE", card)
         return card
-
-    def wait_for_deliveries(self, timeout: float = 10.0) -> list[Delivery]:
-        """Wait until every started delivery has finished (delivered, failed or skipped)."""
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            self._threads = [t for t in self._threads if t.is_alive()]
-            return list(self.deliveries)
 
     # -- routes -------------------------------------------------------------------------------
     def routes(self) -> list[BaseRoute]:
@@ -568,43 +554,20 @@ class TeycaState:
         raise TeycaError(405, "Method Not Allowed")
 
     def _emit(self, event: str, card: Row) -> None:
-        """Push `{type, pass}` to every hook of this type, each in its own thread (TY-A5)."""
+        """Push `{type, pass}` to every hook of this type with the secret in `Authorization`,
+        any 2xx accepted, non-2xx and transport errors retried (TY-A5)."""
         body = {"type": event, "pass": _public(card)}
+        headers = {"Authorization": self.webhook_secret}
         with self._lock:
             targets = [h for h in self.hooks.values() if h["type"] == event]
             for hook in targets:
                 delivery = Delivery(hook["id"], hook["url"], event, card["user_id"], body)
                 self.deliveries.append(delivery)
-                thread = threading.Thread(
-                    target=self._deliver, args=(delivery,), name="teyca-webhook", daemon=True
+                self.webhooks.start(
+                    delivery,
+                    lambda http, d=delivery: http.post(d.url, json=d.body, headers=headers),
+                    accepted=lambda status: 200 <= status < 300,
                 )
-                self._threads.append(thread)
-                thread.start()
-
-    def _deliver(self, delivery: Delivery) -> None:
-        """POST with the secret; a non-2xx answer or a transport error is retried.
-
-        No proxy from the environment is used (`trust_env=False`): the sandbox delivers to a
-        receiver on this machine, as Teyca would to the receiver's public address."""
-        if self.loopback_only and not _is_loopback(delivery.url):
-            delivery.outcome = "skipped"
-            return
-        delays = list(self.retry_delays)
-        headers = {"Authorization": self.webhook_secret}
-        with httpx.Client(timeout=10, trust_env=False) as http:
-            while True:
-                try:
-                    answer = http.post(delivery.url, json=delivery.body, headers=headers)
-                    delivery.attempts.append(answer.status_code)
-                    if 200 <= answer.status_code < 300:
-                        delivery.outcome = "delivered"
-                        return
-                except httpx.HTTPError as error:
-                    delivery.attempts.append(type(error).__name__)
-                if not delays:
-                    delivery.outcome = "failed"
-                    return
-                time.sleep(delays.pop(0))
 
 
 Answer = tuple[int, Any, list[tuple[str, Row]]]  # status, JSON body, webhook events to push
@@ -879,16 +842,6 @@ def _hook_public(hook: Row) -> Row:
     return {"id": hook["id"], "type": hook["type"], "url": hook["url"]}
 
 
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def build(data: SandboxData, rate_limits: bool) -> TeycaState:
     """The Teyca account of a sandbox: passes sized to its generated customers, webhook settings
     from the environment (`configure_webhooks`)."""
@@ -900,20 +853,9 @@ def build(data: SandboxData, rate_limits: bool) -> TeycaState:
 
 def configure_webhooks(state: TeycaState, env: Mapping[str, str]) -> None:
     """Apply SECRET_ENV and RETRY_DELAYS_ENV from `env` to `state`, when set."""
-    secret = env.get(SECRET_ENV, "").strip()
+    secret = webhook_sender.configure(state.webhooks, env, RETRY_DELAYS_ENV, SECRET_ENV)
     if secret:
         state.webhook_secret = secret
-    delays = env.get(RETRY_DELAYS_ENV, "").strip()
-    if delays:
-        try:
-            parsed = tuple(float(part) for part in delays.split(","))
-        except ValueError:
-            raise ValueError(
-                f"{RETRY_DELAYS_ENV} must be seconds separated by commas, got {delays!r}"
-            ) from None
-        if any(d < 0 for d in parsed):
-            raise ValueError(f"{RETRY_DELAYS_ENV} must not be negative, got {delays!r}")
-        state.retry_delays = parsed
 
 
 def seeded_state(
