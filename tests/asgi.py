@@ -9,27 +9,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import uvicorn
 
 
 @contextmanager
-def served(app: Any, health: str = "/health") -> Iterator[str]:
-    """The app's base URL once `health` answers 200; the server stops on exit."""
-    sock = socket.socket()
+def served(app: Any) -> Iterator[str]:
+    """The app's base URL once uvicorn listens; the server stops on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     try:
-        for _ in range(500):
-            try:
-                if httpx.get(f"{url}{health}").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.02)
-        yield url
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -4,15 +4,10 @@ unsubscribes never undone, read-back of unsubscribes and bounces, the 1 POST/s t
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 from sandbox.credentials import SANDBOX_ENV
@@ -23,6 +18,7 @@ from sandbox.cyberimpact import (
     CyberimpactState,
 )
 from sandbox.server import SandboxServer
+from tests.asgi import served
 
 BASE = "/cyberimpact"
 START = 1_780_000_000.0
@@ -253,27 +249,8 @@ class FakeClock:
         return self.now
 
 
-@contextmanager
-def serve(state: CyberimpactState) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    app = Starlette(routes=EMULATOR.routes(state))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    try:
-        deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+def serve(state: CyberimpactState):
+    return served(Starlette(routes=EMULATOR.routes(state)))
 
 
 def test_post_members_is_throttled_to_one_per_second_with_retry_after():
