@@ -78,7 +78,8 @@ def build_app(
         except _TooLarge:
             return _answer(name, 413, f"body over {capability.max_body_bytes} bytes")
         try:
-            capability.verify({k.lower(): v for k, v in request.headers.items()}, body)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            capability.verify(headers, body, dict(request.query_params))
             events = capability.parse(body)
         except WebhookRefused as refused:
             return _answer(name, refused.status, refused.message, size=len(body))

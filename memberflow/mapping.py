@@ -76,8 +76,12 @@ class EntityMapping:
     fields: tuple[FieldRule, ...]
     modified: str | None = None
     consent: str | None = None
-    customer_id: str | None = None
+    customer_id: str | None = None  # events: the path of the customer the event is tracked for
     explode: str | None = None
+    # events: every customer the event concerns, `customer_id` first (a registration concerns
+    # the registered person and the account's owner); groups and member facts use them all
+    customer_ids: tuple[str, ...] = ()
+    cancelled: str | None = None  # events: path of a flag; true = the event no longer counts
 
     def field(self, name: str) -> FieldRule | None:
         return next((f for f in self.fields if f.target == name), None)
@@ -155,6 +159,7 @@ def load_mapping(
     rules = tuple(
         _field_rule(name, spec, f"{origin}: {entity}.{name}") for name, spec in specs.items()
     )
+    customers = _customer_paths(raw, origin)
     return EntityMapping(
         source=source_kind,
         entity=entity,
@@ -163,9 +168,33 @@ def load_mapping(
         fields=rules,
         modified=raw.get("modified"),
         consent=raw.get("consent"),
-        customer_id=raw.get("customer_id"),
+        customer_id=customers[0] if customers else None,
         explode=raw.get("explode"),
+        customer_ids=customers,
+        cancelled=_optional_path(raw, "cancelled", origin),
     )
+
+
+def _customer_paths(raw: dict[str, Any], where: str) -> tuple[str, ...]:
+    """`customer_id`: one path, or a list of paths (the first is the tracked customer)."""
+    value = raw.get("customer_id")
+    if value is None:
+        return ()
+    paths = [value] if isinstance(value, str) else value
+    if (
+        not isinstance(paths, list)
+        or not paths
+        or not all(isinstance(p, str) and p.strip() for p in paths)
+    ):
+        raise MappingError(f"{where}: customer_id: expected a record path or a list of paths")
+    return tuple(paths)
+
+
+def _optional_path(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise MappingError(f"{where}: {key}: expected a record path")
+    return value
 
 
 # Columns the pipeline itself keeps beside mapped fields; a target field may not take their names.
@@ -192,6 +221,8 @@ RESERVED = frozenset(
         "line",
         "action",
         "deleted",
+        "customer_ids",
+        "live",
         EXTERNAL_ID,
     }
 )

@@ -30,7 +30,8 @@ import yaml
 from memberflow.mapping import EXTERNAL_ID, MAPPINGS_DIR, RESERVED
 
 TARGETS_DIR = MAPPINGS_DIR / "targets"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")  # dots: namespaced custom fields (Vendor.Field)
+FIELD_TYPES = frozenset({"text", "date", "integer", "decimal"})
 # Columns of the `members` table beside the target fields; no target field may take them.
 MEMBER_COLUMNS = frozenset(
     {"match_key", "sources", "source_records", "modified", "withdrawn", "fields_hash", "groups"}
@@ -49,6 +50,7 @@ class TargetField:
     source: str
     values: tuple[tuple[str, str], ...] = ()  # canonical value -> value sent; others: none
     collect: bool = False  # a list of every contributing record's value, not one survivor
+    type: str | None = None  # for a target that creates missing custom fields: their type
 
     def value_map(self) -> dict[str, str]:
         return dict(self.values)
@@ -139,18 +141,20 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _field(name: str, spec: Any, where: str) -> TargetField:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise TargetMappingError(f"{where}: target field name must be letters, digits and _")
+        raise TargetMappingError(
+            f"{where}: target field name must be letters, digits, _ and . (not first)"
+        )
     if name in MEMBER_COLUMNS:
         raise TargetMappingError(f"{where}: {name!r} is a column memberflow keeps itself")
     if isinstance(spec, str):
         spec = {"from": spec}
     if not isinstance(spec, dict):
         raise TargetMappingError(f"{where}: expected a canonical field name or a mapping")
-    unknown = set(spec) - {"from", "values", "collect"}
+    unknown = set(spec) - {"from", "values", "collect", "type"}
     if unknown:
         raise TargetMappingError(f"{where}: unknown key(s) {sorted(unknown)}")
     source = spec.get("from")
-    if not isinstance(source, str) or not _NAME.match(source):
+    if not isinstance(source, str) or not _NAME.match(source) or "." in source:
         raise TargetMappingError(f"{where}: from: expected a canonical field name")
     if source in RESERVED and source != EXTERNAL_ID:
         raise TargetMappingError(f"{where}: from: {source!r} is not a member field")
@@ -160,9 +164,15 @@ def _field(name: str, spec: Any, where: str) -> TargetField:
     collect = spec.get("collect", False)
     if not isinstance(collect, bool):
         raise TargetMappingError(f"{where}: collect: expected true or false")
+    kind = spec.get("type")
+    if kind is not None and kind not in FIELD_TYPES:
+        raise TargetMappingError(
+            f"{where}: type: expected one of {', '.join(sorted(FIELD_TYPES))}, got {kind!r}"
+        )
     return TargetField(
         name=name,
         source=source,
         values=tuple((str(k), str(v)) for k, v in values.items()),
         collect=collect,
+        type=kind,
     )

@@ -39,7 +39,9 @@ class EntitySpec:
     events and are landed in daily partitions by their business date. `id_field` names the
     record's id key (kept in tombstones). `full_scan` marks an entity that can only be read
     whole (no modified filter): after a complete scan, ids landed before and missing from the
-    scan are landed as tombstones, so deletions are seen without webhooks.
+    scan are landed as tombstones, so deletions are seen without webhooks. An event entity may
+    be read whole too (e.g. the memberships active now); its tombstones land on the day they
+    are seen, and staging drops the record wherever it was.
     """
 
     name: str
@@ -182,6 +184,12 @@ class SourceClient(ABC):
     def ensure_webhooks(self, url: str) -> list[str]:
         """Register the source's webhooks to `url`; returns the hook kinds newly registered."""
         raise NotImplementedError(f"{self.vendor} has no webhooks memberflow can register")
+
+    def webhook_problems(self) -> list[str]:
+        """What is wrong with the source's webhook subscriptions, one line each (a subscription
+        the vendor disabled after failed deliveries); empty when all is well or unknowable.
+        The webhook sensor raises these as an alert."""
+        return []
 
     # --- write-back (two-way integrations) -----------------------------------------------------
 

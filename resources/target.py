@@ -50,6 +50,7 @@ class TargetCapabilities:
     feedback: Literal["polled", "pushed", "none"] = "none"  # how unsubscribes/bounces come back
     listing: bool = False  # can count and list its members (reconciliation, pull-back)
     withdrawal: Literal["delete", "unsubscribe"] = "delete"  # what `remove` does on the target
+    creates_fields: bool = False  # can add a missing custom field itself (create_fields)
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ class MemberChange:
     one that can't leaves it as it is; a field not mapped is absent. For a `remove`, `values` may be
     empty and `member_id` names the member. `groups` is every group the member is in now, with
     `groups_added`/`groups_removed` the difference from what the target last acknowledged; None
-    when the integration manages no groups.
+    when the integration manages no groups. `changed` names the fields whose values differ from
+    what the target last acknowledged (a create: every field), so a client can skip a call
+    whose inputs did not move (e.g. a consent record); None when the core cannot tell.
     """
 
     match_key: str
@@ -84,6 +87,7 @@ class MemberChange:
     groups: tuple[str, ...] | None = None
     groups_added: tuple[str, ...] = ()
     groups_removed: tuple[str, ...] = ()
+    changed: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,14 @@ class TargetClient(ABC):
         whole batch that no ack can describe (then nothing of it is recorded and it is resent).
         """
 
+    # -- custom fields (capabilities.creates_fields) ---------------------------------------------
+
+    def create_fields(self, fields: Mapping[str, str]) -> list[str]:
+        """Create the missing custom fields `fields` (name -> type: text, date, integer,
+        decimal); returns the names created. Raises VendorError naming every field that could
+        not be made (the account's limit reached), before or after creating the others."""
+        raise NotImplementedError(f"{self.vendor} cannot create fields")
+
     # -- feedback and listing (capabilities.feedback == "polled" / capabilities.listing) --------
 
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
@@ -174,6 +186,13 @@ class TargetClient(ABC):
     def events_present(self, match_on: str, events: dict[str, dict[str, Any]]) -> set[str] | None:
         """Which of `events` (event id -> row as sent) the target holds; None: cannot tell."""
         return None
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    def run_figures(self) -> dict[str, int]:
+        """Counts of this client's own work in the run, shown beside the delivery figures
+        (e.g. consent records sent, bulk jobs polled); keys say what they count."""
+        return {}
 
     # -- budget ----------------------------------------------------------------------------------
 

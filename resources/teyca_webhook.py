@@ -39,7 +39,9 @@ class TeycaWebhook(WebhookCapability):
             )
         return cls(secret)
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
+    ) -> None:
         given = next((v for k, v in headers.items() if k.lower() == "authorization"), None)
         if given is None:
             raise WebhookRefused(401, "missing Authorization header")

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 EventKind = Literal["create", "update", "delete"]
+# A record id meaning "this entity changed in a way the body does not pin down to one record"
+# (e.g. a delete that carries only an id the API cannot be asked about): the run reads the
+# entity again the way a regular run does (a full-scan entity is scanned whole).
+RESCAN = "*"
 
 
 class WebhookRefused(ValueError):
@@ -32,8 +36,8 @@ class WebhookEvent:
     """One change a source announced: which record of which entity, and what happened to it."""
 
     kind: EventKind
-    entity: str  # the source entity the record belongs to (e.g. the member entity)
-    record_id: str
+    entity: str  # the source entity the record belongs to (members or events)
+    record_id: str  # the record to read again, or RESCAN
     payload: Mapping[str, Any] = field(default_factory=dict)  # the record as the body carried it
 
 
@@ -43,10 +47,14 @@ class WebhookCapability(ABC):
     max_body_bytes: ClassVar[int] = 256 * 1024  # larger bodies are refused with 413 unread
 
     @abstractmethod
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify(
+        self, headers: Mapping[str, str], body: bytes, query: Mapping[str, str] | None = None
+    ) -> None:
         """Raise WebhookRefused(401, ...) unless the delivery proves it comes from the vendor.
 
-        `headers` has lowercase names. Compare secrets in constant time (hmac.compare_digest).
+        `headers` has lowercase names; `query` is the delivery URL's query string (a vendor
+        without signatures may carry a shared secret there). Compare secrets in constant time
+        (hmac.compare_digest).
         """
 
     @abstractmethod

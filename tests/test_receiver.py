@@ -23,7 +23,7 @@ class FakeCapability(WebhookCapability):
 
     max_body_bytes = 2048
 
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify(self, headers: Mapping[str, str], body: bytes, query: object = None) -> None:
         if not hmac.compare_digest(headers.get("authorization", ""), SECRET):
             raise WebhookRefused(401, "wrong or missing Authorization")
 

@@ -17,7 +17,7 @@ from resources.webhooks import WebhookCapability, WebhookEvent
 
 
 class Hooks(WebhookCapability):
-    def verify(self, headers: Mapping[str, str], body: bytes) -> None:
+    def verify(self, headers: Mapping[str, str], body: bytes, query: object = None) -> None:
         return None
 
     def parse(self, body: bytes) -> list[WebhookEvent]:
