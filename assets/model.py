@@ -63,6 +63,8 @@ def build_model_assets(
     ]
     names = ", ".join(f"`{i.name}`" for i in integrations)
     segments = list_segments(integrations)
+    if model.uses_events(feeds, segments):  # members, facts or groups follow from events
+        member_deps += event_deps
 
     @dg.asset(
         key=members_key,

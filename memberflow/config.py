@@ -33,6 +33,7 @@ from memberflow.mapping import (
     available_entities,
     load_mapping,
 )
+from memberflow.member_events import MemberEventSettings
 from memberflow.segments import SegmentSettings
 from memberflow.target_mapping import TargetMapping, TargetMappingError, load_target_mapping
 from resources.registry import SourceSection, TargetSection
@@ -103,6 +104,10 @@ class Integration(_Strict):
     )
     timezone: str = Field(default="UTC", description="IANA zone of the integration's calendar")
     segments: list[SegmentSettings] = Field(default_factory=list)
+    member_events: MemberEventSettings | None = Field(
+        default=None,
+        description="who is a member and which member fields follow from the tracked events",
+    )
     tracking: list[str] = Field(
         default_factory=list, description="event entities to fetch: journals, tickets, orders…"
     )
@@ -218,6 +223,7 @@ def _check_semantics(path: Path, integration: Integration) -> None:
                 f"{path}: tracking: {kind!r} is not an event entity of "
                 f"{integration.source.kind} (expected one of {sorted(entities.events)})"
             )
+    _check_event_entities(path, integration)
     _check_merge_by_phone(path, integration)
     _check_match_field(path, integration, entities)
     try:
@@ -229,6 +235,23 @@ def _check_semantics(path: Path, integration: Integration) -> None:
             raise IntegrationFileError(
                 f"{path}: mapping.{entity}: no such entity for {integration.source.kind} "
                 f"(expected one of {sorted(entities.all)})"
+            )
+
+
+def _check_event_entities(path: Path, integration: Integration) -> None:
+    """Member events and event groups read tracked entities only."""
+    wanted: list[tuple[str, str]] = []
+    if integration.member_events is not None:
+        wanted += [("member_events", e) for e in sorted(integration.member_events.entities())]
+    for segment in integration.segments:
+        entity = getattr(segment.rule, "from_events", None)
+        if entity:
+            wanted.append((f"segments.{segment.name}", entity))
+    for key, entity in wanted:
+        if entity not in integration.tracking:
+            raise IntegrationFileError(
+                f"{path}: {key}: {entity!r} is not a tracked entity "
+                f"(tracking: {integration.tracking}); add it to tracking"
             )
 
 

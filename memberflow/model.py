@@ -17,7 +17,9 @@ from datetime import date
 
 import duckdb
 
+from memberflow import member_events as facts
 from memberflow.mapping import EXTERNAL_ID, EntityMapping
+from memberflow.member_events import MemberEventSettings
 from memberflow.segments import SegmentSettings, build_segments
 from memberflow.staging import stage_table
 from memberflow.target_mapping import TargetField, TargetMapping, identity
@@ -34,15 +36,30 @@ class Feed:
     members: EntityMapping
     events: tuple[EntityMapping, ...]
     target: TargetMapping | None = None
+    member_events: MemberEventSettings | None = None  # what members take from their events
 
 
-def canonical_fields(feeds: list[Feed]) -> list[str]:
-    """Every canonical field any feed's source mapping produces, in first-seen order, then the
-    computed `external_id`."""
+def source_fields(feeds: list[Feed]) -> list[str]:
+    """Every canonical field any feed's member mapping produces, in first-seen order."""
     names: list[str] = []
     for feed in feeds:
         names += [r.target for r in feed.members.fields if r.target not in names]
+    return names
+
+
+def canonical_fields(feeds: list[Feed]) -> list[str]:
+    """The member mappings' fields, then those members take from their events
+    (memberflow/member_events.py), then the computed `external_id`."""
+    names = source_fields(feeds)
+    names += [n for n in facts.fact_fields(feeds) if n not in names]
     return [*names, EXTERNAL_ID]
+
+
+def uses_events(feeds: list[Feed], segments: Sequence[SegmentSettings] = ()) -> bool:
+    """Do members or their groups follow from events (so the model reads the event tables)?"""
+    return any(f.member_events is not None for f in feeds) or any(
+        getattr(s.rule, "from_events", None) for s in segments
+    )
 
 
 def target_columns(feeds: list[Feed]) -> list[TargetField]:
@@ -87,9 +104,16 @@ def build_members(
     """Rebuild `member_profile` (canonical fields) and `members` (the target's fields) from every
     feed's staged customers; with `segments`, also the segment tables and `members.groups`.
     Returns counts for metadata."""
-    _build_member_records(conn, feeds)
-    _build_profile(conn, canonical_fields(feeds))
+    linked = uses_events(feeds, segments)
+    if linked:
+        facts.build_event_links(conn, feeds)
+    _build_member_records(conn, feeds, facts.required_filter(conn, feeds) if linked else "true")
+    _build_profile(conn, [*source_fields(feeds), EXTERNAL_ID])
     counts: dict[str, int] = {}
+    if linked:
+        facts.build_member_events(conn)
+        facts.apply_latest(conn, feeds)
+        conn.execute(f"DROP TABLE {facts.LINKS}")
     if segments:
         groups = build_segments(conn, list(segments), today or date.today(), timezone)
         counts["segment_members"] = int(sum(groups.values()))
@@ -109,15 +133,18 @@ def build_members(
     }
 
 
-def _build_member_records(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) -> None:
+def _build_member_records(
+    conn: duckdb.DuckDBPyConnection, feeds: list[Feed], required: str = "true"
+) -> None:
     """Temp table `member_records`: every staged record that contributes to a member, ranked.
 
     A record never consented is no member. A deleted record (a tombstone) contributes nothing
     while another live record shares its match key; a member whose records are all deleted
     keeps their last values and is withdrawn. `rank` orders records for ties and lists: by
-    integration name, then record id (numerically when ids are numbers).
+    integration name, then record id (numerically when ids are numbers). `required` is a further
+    condition on a record (memberflow/member_events.py: named by an event, or already a member).
     """
-    fields = canonical_fields(feeds)
+    fields = [*source_fields(feeds), EXTERNAL_ID]
     tables = {f.integration: stage_table(f.integration, f.members.entity) for f in feeds}
     parts = [
         f"SELECT '{name}' AS integration, * FROM {table}"
@@ -140,7 +167,8 @@ def _build_member_records(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
                 dense_rank() OVER (ORDER BY integration,
                     try_cast(record_id AS HUGEINT) NULLS LAST, record_id) AS rank
             FROM contrib
-            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented))
+            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented)
+                AND {required})
         SELECT * FROM ranked QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key)
         """
     )

@@ -43,6 +43,7 @@ class StageResult:
     unreadable: int = 0  # records landing could not read, quarantined this run
     rows_by_day: dict[date, int] = field(default_factory=dict)  # table rows of each touched day
     staged_by_day: dict[date, int] = field(default_factory=dict)  # rows staged this run, by day
+    deleted: int = 0  # events whose newest version is a tombstone: taken out of the table
 
     @property
     def rows_seen(self) -> int:
@@ -397,7 +398,10 @@ def _map_events(
     )
     customer = f"json_extract_string(payload, {_sql_text('$.' + str(mapping.customer_id))})"
     records = f"""SELECT record_id, modified, business_date, _ambiguous,
-                         {customer} AS customer_id{record_cols}
+                         {customer} AS customer_id, {_customer_ids_sql(mapping)} AS customer_ids,
+                         {_live_sql(mapping)} AS live,
+                         {_TOMBSTONE} AS _tomb
+                         {record_cols}
                   FROM latest_records"""
     record_names = "".join(f', r."{r.target}"' for r in record_rules)
     line_names = "".join(f', l."{r.target}"' for r in line_rules)
@@ -415,13 +419,15 @@ def _map_events(
             line_fields AS (SELECT record_id, line_no{line_cols} FROM lines),
             records AS ({records})
             SELECT row_number() OVER () AS _row, r.record_id, l.line_no, r.modified,
-                   r.business_date, r._ambiguous, r.customer_id{record_names}{line_names}
+                   r.business_date, r._ambiguous, r.customer_id, r.customer_ids, r.live,
+                   r._tomb{record_names}{line_names}
             FROM line_fields l JOIN records r USING (record_id)"""
     else:
         select = f"""
             WITH records AS ({records})
             SELECT row_number() OVER () AS _row, r.record_id, 1 AS line_no, r.modified,
-                   r.business_date, r._ambiguous, r.customer_id{record_names}
+                   r.business_date, r._ambiguous, r.customer_id, r.customer_ids, r.live,
+                   r._tomb{record_names}
             FROM records r"""
     conn.execute(f"CREATE OR REPLACE TEMP TABLE mapped AS {select}")
     lineless = 0
@@ -431,6 +437,24 @@ def _map_events(
                 WHERE coalesce(len({items}), 0) = 0"""
         ).fetchall()[0][0]
     return int(lineless)
+
+
+def _customer_ids_sql(mapping: EntityMapping) -> str:
+    """Every customer the event concerns, as a JSON array text of distinct ids (the first is
+    `customer_id`); converted to a list when inserted."""
+    paths = mapping.customer_ids or ((mapping.customer_id,) if mapping.customer_id else ())
+    if not paths:
+        return "'[]'"
+    items = ", ".join(f"json_extract_string(payload, {_sql_text('$.' + p)})" for p in paths)
+    return f"to_json(list_distinct(list_filter([{items}], lambda x: x IS NOT NULL AND x <> '')))"
+
+
+def _live_sql(mapping: EntityMapping) -> str:
+    """False when the mapping's `cancelled` flag is set on the record (true, 1, yes)."""
+    if not mapping.cancelled:
+        return "true"
+    flag = f"lower(trim(json_extract_string(payload, {_sql_text('$.' + mapping.cancelled)})))"
+    return f"NOT coalesce({flag} IN ('true', '1', 'yes'), false)"
 
 
 def _reads_line(rule: FieldRule) -> bool:
@@ -444,7 +468,8 @@ def _create_event_table(
     conn.execute(
         f"""CREATE OR REPLACE TABLE {table} (
             event_id VARCHAR PRIMARY KEY, record_id VARCHAR, line_no INTEGER,
-            customer_id VARCHAR, business_date DATE, modified TIMESTAMPTZ, {cols})"""
+            customer_id VARCHAR, business_date DATE, modified TIMESTAMPTZ,
+            customer_ids VARCHAR[], live BOOLEAN, {cols})"""
     )
 
 
@@ -467,6 +492,11 @@ def _replace_mapped(
         "AND record_id IN (SELECT record_id FROM mapped)",
         [settings.integration, mapping.entity],
     )
+    if not member:
+        # An event deleted at the source (its tombstone is its newest version) leaves the table
+        # wherever it was; nothing of it is staged again.
+        result.deleted += conn.execute("SELECT count(*) FROM mapped WHERE _tomb").fetchall()[0][0]
+        conn.execute("DELETE FROM mapped WHERE _tomb")
     _process_chunks(conn, table, mapping, settings, result, member=member)
     conn.execute("DROP TABLE mapped")
 
@@ -668,10 +698,13 @@ def _insert(
         ["record_id", "modified", "consent", "ever_consented", "match_key", "deleted", EXTERNAL_ID]
         if member
         else ["event_id", "record_id", "line_no", "customer_id", "business_date", "modified"]
+        + ["customer_ids", "live"]
     )
     conn.register("chunk", frame[keys + fields])
     names = ", ".join(f'"{c}"' for c in keys + fields)
-    conn.execute(f"INSERT INTO {table} ({names}) SELECT {names} FROM chunk")
+    # customer_ids travels as JSON text through pandas; the table keeps a list
+    selects = names.replace('"customer_ids"', 'CAST(json("customer_ids") AS VARCHAR[])')
+    conn.execute(f"INSERT INTO {table} ({names}) SELECT {selects} FROM chunk")
     conn.unregister("chunk")
 
 

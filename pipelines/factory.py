@@ -45,6 +45,7 @@ def feed_of(integration: Integration) -> model.Feed:
         members=mapping(members_entity),
         events=tuple(mapping(e) for e in integration.tracking),
         target=target_mapping_of(integration),
+        member_events=integration.member_events,
     )
 
 
