@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 import dagster as dg
+import httpx
 from pydantic import ConfigDict, Field
 
 from resources import paging
@@ -153,6 +154,7 @@ class CyberimpactClient(TargetClient):
         post_interval: float = POST_INTERVAL,
         timeout: float | None = None,
         max_tries: int = 5,
+        transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -166,6 +168,7 @@ class CyberimpactClient(TargetClient):
             vendor=self.vendor,
             timeout=timeout,
             max_tries=max_tries,
+            transport=transport,
             sleep=sleep,
             secrets=[api_token],
         )

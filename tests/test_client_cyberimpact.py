@@ -227,6 +227,29 @@ def test_a_refusal_is_an_ack_with_the_vendors_words(client, ci):
     assert acks["ok@example.com"].outcome == "created"
 
 
+class CreatedMeanwhile(httpx.HTTPTransport):
+    """Another writer creates the member between our PATCH's 404 and our POST."""
+
+    def __init__(self, state: CyberimpactState) -> None:
+        super().__init__()
+        self.state = state
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/members"):
+            account = self.state.account(CYBERIMPACT_API_TOKEN)
+            if "race@example.com" not in account.members:
+                self.state.create(account, {"email": "race@example.com", "firstname": "Other"})
+        return super().handle_request(request)
+
+
+def test_a_409_already_exists_on_post_goes_back_to_patch(make, ci):
+    client = make(transport=CreatedMeanwhile(ci))
+    acks = write(client, [change("race@example.com")])
+    assert acks["race@example.com"].outcome == "updated"
+    assert ci.member("race@example.com")["firstname"] == "Léa"
+    assert ci.request_count("PATCH", "/members/{key}") == 2
+
+
 def test_create_only_posts_first_and_leaves_an_existing_member(client, ci):
     write(client, [change("lea@example.com")])
     policy = WritePolicy(match_on="email", import_type="create_only", reimport_unsubscribed=False)
