@@ -1,0 +1,858 @@
+"""Cyberimpact target client (v4 API): members by email, static groups, custom fields, consent and
+async batches, with unsubscribes and bounces polled back (CI-A1..CI-A13).
+
+- CI-A1: `Authorization: Bearer <token>`; `GET /ping` names the token's account, and the
+  connection check fails unless it is the account the integration file names.
+- CI-A2: pages of `limit=1000` by `page`, using the `limit` the answer echoes, until
+  `page * limit >= totalCount`.
+- CI-A3: a member is addressed by its lowercase email, URL-encoded in the path.
+- CI-A4/CI-A5: fewer than `batch_threshold` creates and updates in a call go one by one:
+  `PATCH /members/{email}`, and on 404 `POST /members` (a 409 "already exists" goes back to
+  PATCH; a 409 "unsubscribed" is acked `unsubscribed`: a Cyberimpact unsubscribe is never undone).
+  From `batch_threshold` on they go as `addMembers` batches of 1000, polled until COMPLETED.
+  Group additions are additive (`POST /members/{email}/groups`, or batch-level groups); removals
+  are one `DELETE /members/{email}/groups/{id}` each. Removing a member deletes it.
+- CI-A6: `POST /members` is throttled to 1/s per token: paced here before sending, and a 429's
+  Retry-After is honoured all the same (VendorHttp).
+- CI-A7: groups are matched by exact title among the static groups; a missing one is created
+  static (`isPublic: false`) once and cached.
+- CI-A8/CI-A9: custom fields are written by id in their type (resources/cyberimpact_wire.py) and
+  can be created by `POST /customfields` until the plan's limit.
+- CI-A10: after a write, `PUT /members/{email}/consent` when the consent inputs changed; a 422
+  (a stronger consent is stored) is logged and counted as success.
+- CI-A11: unsubscribes and bounces are read back from their own lists, deduplicated by email.
+- CI-A13: a refusal's reason is the vendor's message plus its per-field errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, ClassVar, Literal
+from urllib.parse import quote
+
+import dagster as dg
+import httpx
+from pydantic import ConfigDict, Field
+
+from resources import paging
+from resources.base import ListField, RemoteMember, UncertainOutcome, VendorError
+from resources.cyberimpact_wire import (
+    CONSENT_DATE,
+    CONSENT_PROOF,
+    CUSTOM_TYPES,
+    CustomField,
+    WireMember,
+    list_fields,
+    parse_member,
+    parse_stamp,
+    wire_member,
+)
+from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret
+from resources.registry import TargetSectionBase
+from resources.target import (
+    MemberAck,
+    MemberChange,
+    TargetCapabilities,
+    TargetClient,
+    WritePolicy,
+    is_refusal,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.cyberimpact.com"
+PAGE_SIZE = 1000  # CI-A2: asked for; the echoed limit is what counts
+BATCH_SIZE = 1000  # CI-A4: members per addMembers batch
+POST_INTERVAL = 1.0  # CI-A6: seconds between two POST /members of one token
+RELATION_TYPE = "active-clients"  # CI-A10: implied consent of an active client
+MAX_POLL_SECONDS = 3600.0  # a batch still not COMPLETED after this is left without a verdict
+_AUTH_FAILURES = frozenset({401, 403})  # the whole call is wrong, not one member
+
+
+class AccountMismatch(VendorError):
+    """The token works, but opens another Cyberimpact account than the integration file names."""
+
+    def summary(self) -> str:
+        return f"{self.vendor}: {self.message}"
+
+
+class _Pacer:
+    """One POST /members per `interval` seconds, counted from the previous answer (CI-A6): the
+    server counts a request on arrival, which is never earlier than our previous answer."""
+
+    def __init__(
+        self, interval: float, clock: Callable[[], float], sleep: Callable[[float], None]
+    ) -> None:
+        self._interval, self._clock, self._sleep = interval, clock, sleep
+        self._last: float | None = None
+
+    def wait(self) -> None:
+        if self._last is not None and self._interval > 0:
+            left = self._last + self._interval - self._clock()
+            if left > 0:
+                self._sleep(left)
+
+    def done(self) -> None:
+        self._last = self._clock()
+
+
+@dataclass
+class _Write:
+    """One create or update on its way: the change, the member as sent, what came back."""
+
+    change: MemberChange
+    wire: WireMember
+    gained: tuple[str, ...]  # group titles the member must be in after the write
+    outcome: str | None = None
+    member_id: str | None = None
+    reason: str | None = None
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+    def ack(self) -> MemberAck:
+        outcome = self.outcome or "error"
+        reason = self.reason or (None if self.outcome else "no verdict from Cyberimpact")
+        return MemberAck(
+            self.change.match_key,
+            outcome,  # type: ignore[arg-type]
+            self.member_id or self.change.member_id,
+            reason=reason,
+            dropped=tuple(self.wire.dropped + self.dropped),
+        )
+
+
+# One submitted batch: its id (None when submitting failed), its members, and why it failed.
+_Job = tuple[int | None, list[_Write], str | None]
+
+
+class CyberimpactClient(TargetClient):
+    """Not thread-safe (group and field caches, the POST pacer): one client per thread."""
+
+    vendor: ClassVar[str] = "cyberimpact"
+    capabilities: ClassVar[TargetCapabilities] = TargetCapabilities(
+        match_keys=frozenset({"email"}),
+        groups=True,
+        consent=True,
+        feedback="polled",
+        listing=True,
+        withdrawal="delete",
+        creates_fields=True,
+    )
+    batch_size: ClassVar[int] = BATCH_SIZE
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_token: str,
+        account: str,
+        poll_seconds: float = 5.0,
+        batch_threshold: int = 50,
+        post_interval: float = POST_INTERVAL,
+        timeout: float | None = None,
+        max_tries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._account = account
+        self._poll_seconds = poll_seconds
+        self._batch_threshold = batch_threshold
+        self._sleep, self._clock = sleep, clock
+        self._headers = {"Authorization": f"Bearer {api_token}", "Accept": "application/json"}
+        self._http = VendorHttp(
+            vendor=self.vendor,
+            timeout=timeout,
+            max_tries=max_tries,
+            transport=transport,
+            sleep=sleep,
+            secrets=[api_token],
+        )
+        self.calls = self._http.calls
+        self._pacer = _Pacer(post_interval, clock, sleep)
+        self._custom: dict[str, CustomField] | None = None
+        self._groups: dict[str, int] | None = None
+        self._figures = {"consents_sent": 0, "consents_kept_stronger": 0, "batches": 0}
+
+    @property
+    def label(self) -> str:
+        return f"cyberimpact account {self._account}"
+
+    # --- TargetClient --------------------------------------------------------------------------
+
+    def check_connection(self) -> None:
+        """`GET /ping` (CI-A1): the token must work *and* open the configured account."""
+        found = self._get("/ping", endpoint="ping", validate=_ping_account)
+        if found != self._account:
+            raise AccountMismatch(
+                self.vendor,
+                200,
+                f"the API token opens cyberimpact account {found!r}, but the integration file "
+                f"names account {self._account!r}",
+            )
+
+    def target_fields(self) -> dict[str, ListField]:
+        """Standard member fields, every custom field by its name (one `GET /customfields`),
+        and the consent inputs `consentDate`/`consentProof` (CI-A10)."""
+        return list_fields(self._custom_fields(refresh=True))
+
+    def create_fields(self, fields: Mapping[str, str]) -> list[str]:
+        """`POST /customfields` per missing name (CI-A8), in the order given; names the account
+        has already are skipped. Once the plan's limit answers 422 nothing more is tried, and a
+        VendorError names every field not made (after the ones that fitted were created)."""
+        existing = self._custom_fields(refresh=True)
+        created: list[str] = []
+        failed: list[str] = []
+        refusal: VendorError | None = None
+        for name, kind in fields.items():
+            if name in existing:
+                continue
+            if refusal is not None and refusal.status == 422:
+                failed.append(name)
+                continue
+            if kind not in CUSTOM_TYPES:
+                failed.append(f"{name} (type {kind!r} is not one of {', '.join(CUSTOM_TYPES)})")
+                continue
+            try:
+                spec = self._create_field(name, kind)
+            except VendorError as exc:
+                if not is_refusal(exc) or exc.status in _AUTH_FAILURES:
+                    raise
+                refusal = exc
+                failed.append(name)
+                continue
+            existing[name] = spec
+            created.append(name)
+        if failed:
+            why = refusal.message if refusal is not None else "refused"
+            raise VendorError(
+                self.vendor,
+                refusal.status if refusal is not None else 400,
+                f"{self.label}: {why}; custom fields not created: {', '.join(failed)}"
+                + (f" (created: {', '.join(created)})" if created else ""),
+            )
+        return created
+
+    def write_members(
+        self, changes: Sequence[MemberChange], policy: WritePolicy
+    ) -> Iterator[MemberAck]:
+        """Removals one DELETE each; creates and updates one by one below `batch_threshold`,
+        else as addMembers batches (CI-A4). None values are left out on both paths, so
+        Cyberimpact keeps what it holds for them (see cyberimpact_wire.wire_member)."""
+        if policy.match_on != "email":
+            raise ValueError(f"cyberimpact recognises members by email, not {policy.match_on!r}")
+        upserts: list[MemberChange] = []
+        for change in changes:
+            if change.action == "remove":
+                yield self._remove(change)
+            elif _ruled_out(change, policy.import_type):
+                yield MemberAck(change.match_key, "import_type", change.member_id)
+            else:
+                upserts.append(change)
+        if not upserts:
+            return
+        try:  # the account's custom fields and group ids, read (and made) once for the call
+            writes = [self._prepare(change) for change in upserts]
+            self._resolve_groups({t for w in writes for t in w.gained})
+        except VendorError as exc:
+            if exc.status in _AUTH_FAILURES:
+                raise
+            yield from (_error(change, exc.message) for change in upserts)
+            return
+        if len(writes) < self._batch_threshold:
+            yield from self._write_one_by_one(writes, policy)
+        else:
+            yield from self._write_in_batches(writes)
+
+    def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
+        """Unsubscribes, then bounces, since `changed_since` (CI-A11); with None also every
+        member as active. One RemoteMember per email: unsubscribed wins over active, and a
+        bounce marks the email status of whichever it is."""
+        found: dict[str, RemoteMember] = {}
+        for member in self._unsubscribes(changed_since):
+            found.setdefault(member.email or "", member)
+        for member in self._bounces(changed_since):
+            key = member.email or ""
+            if key in found:
+                known = found[key]
+                found[key] = _merged(known, member)
+            else:
+                found[key] = member
+        if changed_since is None:
+            for raw in self._pages("/members", "members", {"status": "all"}):
+                member = parse_member(raw)
+                found.setdefault(member.email or "", member)
+        yield from found.values()
+
+    def has_member_changes(self, changed_since: datetime | None) -> bool:
+        """Any unsubscribe or bounce at or after `changed_since`? The lists filter by whole
+        days, so the items' own timestamps are compared: one morning unsubscribe does not make
+        every tick of the day start a run."""
+        if changed_since is None:
+            return True
+        return any(True for _ in self._unsubscribes(changed_since)) or any(
+            True for _ in self._bounces(changed_since)
+        )
+
+    def member_count(self) -> int | None:
+        """`totalCount` of a one-member page of `GET /members?status=all`."""
+        body = self._get(
+            "/members",
+            endpoint="members",
+            validate=_page("members"),
+            params={"limit": 1, "status": "all"},
+        )
+        return int(body["totalCount"])
+
+    def run_figures(self) -> dict[str, int]:
+        """Consent records sent, those where a stronger consent was kept (422), batches sent."""
+        return dict(self._figures)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # --- writing: shared -----------------------------------------------------------------------
+
+    def _prepare(self, change: MemberChange) -> _Write:
+        names = [n for n in change.values if n not in _KNOWN_WITHOUT_CUSTOM]
+        custom = self._custom_fields() if names else {}
+        wire = wire_member(_key(change), change.values, custom)
+        return _Write(change, wire, _gained(change))
+
+    def _remove(self, change: MemberChange) -> MemberAck:
+        """DELETE the member (withdrawal = delete); a 404 means it is gone already."""
+        try:
+            self._http.request(
+                "DELETE", self._member_url(_key(change)), endpoint="members/delete", **self._h()
+            )
+        except VendorError as exc:
+            if exc.status == 404:
+                return MemberAck(change.match_key, "removed", change.member_id)
+            return self._failed(change, exc)
+        return MemberAck(change.match_key, "removed", change.member_id)
+
+    def _failed(self, change: MemberChange, exc: VendorError) -> MemberAck:
+        """A refusal is the member's ack (CI-A13); a failed host is an `error` (sent again)."""
+        if exc.status in _AUTH_FAILURES:
+            raise exc
+        refused = is_refusal(exc) and not isinstance(exc, UncertainOutcome)
+        outcome = "refused" if refused else "error"
+        return MemberAck(change.match_key, outcome, change.member_id, reason=exc.message)
+
+    def _after_write(self, write: _Write) -> None:
+        """Group removals and the consent call of a member just created or updated."""
+        for title in write.change.groups_removed:
+            group_id = (self._groups or {}).get(title)
+            if group_id is not None:
+                self._leave_group(write.wire.email, group_id)
+        self._send_consent(write)
+
+    def _leave_group(self, email: str, group_id: int) -> None:
+        """`DELETE /members/{email}/groups/{id}` (CI-A4); not a member of it (404) is fine."""
+        try:
+            self._http.request(
+                "DELETE",
+                f"{self._member_url(email)}/groups/{group_id}",
+                endpoint="members/groups/delete",
+                **self._h(),
+            )
+        except VendorError as exc:
+            if exc.status != 404:
+                raise
+
+    def _send_consent(self, write: _Write) -> None:
+        """CI-A10: when `consentDate` is known and the consent inputs changed (or the core can't
+        tell), PUT it; a 422 means a stronger consent is stored, which is kept and is success."""
+        consent, changed = write.wire.consent, write.change.changed
+        if CONSENT_DATE not in consent:
+            return
+        if changed is not None and not ({CONSENT_DATE, CONSENT_PROOF} & set(changed)):
+            return
+        body = {
+            "relationType": RELATION_TYPE,
+            "consentDate": consent[CONSENT_DATE],
+            "consentProof": consent.get(CONSENT_PROOF, ""),
+        }
+        try:
+            self._http.request(
+                "PUT",
+                f"{self._member_url(write.wire.email)}/consent",
+                endpoint="members/consent",
+                json=body,
+                **self._h(),
+            )
+        except VendorError as exc:
+            if exc.status != 422:
+                if is_refusal(exc) and exc.status not in _AUTH_FAILURES:
+                    write.dropped.append((CONSENT_DATE, f"consent not recorded: {exc.message}"))
+                    return
+                raise
+            self._figures["consents_kept_stronger"] += 1
+            log.info("cyberimpact kept a stronger consent for a member: %s", exc.message)
+        self._figures["consents_sent"] += 1
+
+    # --- writing: one by one -------------------------------------------------------------------
+
+    def _write_one_by_one(self, writes: list[_Write], policy: WritePolicy) -> Iterator[MemberAck]:
+        """CI-A4 below the threshold; once the host failed after its retries, the members left
+        get `error` acks without a try (they are sent again next run)."""
+        down: VendorError | None = None
+        for write in writes:
+            if down is not None:
+                yield _error(write.change, down.message)
+                continue
+            try:
+                self._write_one(write, policy)
+                if write.outcome in ("created", "updated"):
+                    self._after_write(write)
+            except VendorError as exc:
+                if exc.status == 0 and not isinstance(exc, UncertainOutcome):
+                    down = exc
+                ack = self._failed(write.change, exc)
+                write.outcome, write.reason = ack.outcome, ack.reason
+            yield write.ack()
+
+    def _write_one(self, write: _Write, policy: WritePolicy) -> None:
+        """PATCH, and POST when the member is not there; a create-only import POSTs first."""
+        if policy.import_type == "create_only":
+            if self._post_member(write) == "exists":
+                write.outcome = "import_type"
+            return
+        if self._patch_member(write):
+            return
+        if policy.import_type == "update_only":
+            write.outcome = "import_type"
+        elif self._post_member(write) == "exists" and not self._patch_member(write):
+            write.outcome, write.reason = "error", "member neither found nor creatable"
+
+    def _patch_member(self, write: _Write) -> bool:
+        """`PATCH /members/{email}`, then the groups it gains; False when it is not there."""
+        try:
+            body = self._http.request_json(
+                "PATCH",
+                self._member_url(write.wire.email),
+                endpoint="members/patch",
+                idempotent=True,  # a partial update sets the same values however often sent
+                json=write.wire.body(with_email=False),
+                **self._h(),
+            )
+        except VendorError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        ids = self._group_ids(write.gained)
+        if ids:
+            self._http.request(
+                "POST",
+                f"{self._member_url(write.wire.email)}/groups",
+                endpoint="members/groups",
+                idempotent=True,  # additive: adding a group twice leaves it once
+                json={"groups": ",".join(map(str, ids))},
+                **self._h(),
+            )
+        write.outcome, write.member_id = "updated", _id_of(body)
+        return True
+
+    def _post_member(self, write: _Write) -> str:
+        """`POST /members` with every group (CSV of ids), paced to 1/s (CI-A6); returns
+        "created", "unsubscribed" or "exists" (CI-A5)."""
+        body = write.wire.body(with_email=True)
+        ids = self._group_ids(write.change.groups or write.gained)
+        if ids:
+            body["groups"] = ",".join(map(str, ids))
+        self._pacer.wait()
+        try:
+            answer = self._http.request_json(
+                "POST", f"{self._base}/members", endpoint="members/create", json=body, **self._h()
+            )
+        except VendorError as exc:
+            if exc.status == 409:
+                if "unsubscribed" in exc.message.lower():
+                    write.outcome, write.reason = "unsubscribed", exc.message
+                    return "unsubscribed"
+                return "exists"
+            raise
+        finally:
+            self._pacer.done()
+        write.outcome, write.member_id = "created", _id_of(answer)
+        return "created"
+
+    # --- writing: batches ----------------------------------------------------------------------
+
+    def _write_in_batches(self, writes: list[_Write]) -> Iterator[MemberAck]:
+        """CI-A4 from the threshold on: per chunk of 1000 one addMembers batch with the fields
+        and the groups every member of the chunk gains, plus one emails-only batch per other
+        group gained (batch groups are batch-level and additive); all submitted, then polled
+        together; then group removals and consent per member that came through."""
+        jobs: list[_Job] = []  # (batch id, members, why)
+        for start in range(0, len(writes), BATCH_SIZE):
+            jobs += self._submit_chunk(writes[start : start + BATCH_SIZE])
+        results = self._poll([job_id for job_id, _, _ in jobs if job_id is not None])
+        verdicts: dict[int, tuple[str, str | None, str | None]] = {}  # id(write) -> verdict
+        for job_id, members, why in jobs:
+            result = results.get(job_id) if job_id is not None else None
+            for write in members:
+                verdict = _batch_verdict(write, result, why)
+                if verdicts.get(id(write), ("ok",))[0] == "ok":
+                    verdicts[id(write)] = verdict
+        for write in writes:
+            state, reason, member_id = verdicts.get(id(write), ("error", "not in a batch", None))
+            yield self._batch_ack(write, state, reason, member_id)
+
+    def _batch_ack(
+        self, write: _Write, state: str, reason: str | None, member_id: str | None
+    ) -> MemberAck:
+        if state == "ok":
+            write.outcome = "created" if write.change.action == "create" else "updated"
+            write.member_id = member_id
+            try:
+                self._after_write(write)
+            except VendorError as exc:
+                ack = self._failed(write.change, exc)
+                write.outcome, write.reason = ack.outcome, ack.reason
+        else:
+            write.outcome, write.reason = state, reason
+        return write.ack()
+
+    def _submit_chunk(self, chunk: list[_Write]) -> list[_Job]:
+        common = set.intersection(*(set(w.gained) for w in chunk)) if chunk else set()
+        fields = {
+            "members": [w.wire.body(with_email=True) for w in chunk],
+            "groups": self._group_ids(sorted(common)),
+        }
+        jobs = [self._submit(chunk, fields)]
+        for title in sorted({t for w in chunk for t in w.gained} - common):
+            gaining = [w for w in chunk if title in w.gained]
+            body = {"members": [{"email": w.wire.email} for w in gaining]}
+            jobs.append(self._submit(gaining, body | {"groups": self._group_ids([title])}))
+        return jobs
+
+    def _submit(self, members: list[_Write], body: dict[str, Any]) -> _Job:
+        """`POST /batches` addMembers; a failure leaves its members without a verdict."""
+        payload = {"batchType": "addMembers", "relationType": RELATION_TYPE, **body}
+        if not payload["groups"]:
+            del payload["groups"]
+        try:
+            answer = self._http.request_json(
+                "POST",
+                f"{self._base}/batches",
+                endpoint="batches",
+                validate=_new_id,
+                json=payload,
+                **self._h(),
+            )
+        except VendorError as exc:
+            if exc.status in _AUTH_FAILURES:
+                raise
+            refused = is_refusal(exc) and not isinstance(exc, UncertainOutcome)
+            return None, members, ("refused: " if refused else "error: ") + exc.message
+        self._figures["batches"] += 1
+        return answer, members, None
+
+    def _poll(self, batch_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Every `poll_seconds`, `GET /batches/{id}?showErrorDetails=true` for the batches not
+        yet COMPLETED; their `result`s by id. Gives up after MAX_POLL_SECONDS of polls (the
+        batches' members then have no verdict)."""
+        waiting, results = list(batch_ids), {}
+        for _ in range(max(1, int(MAX_POLL_SECONDS / max(self._poll_seconds, 0.001)))):
+            if not waiting:
+                break
+            self._sleep(self._poll_seconds)
+            for batch_id in list(waiting):
+                try:
+                    body = self._get(
+                        f"/batches/{batch_id}",
+                        endpoint="batches/poll",
+                        validate=_batch_status,
+                        params={"showErrorDetails": "true"},
+                    )
+                except VendorError as exc:
+                    if exc.status in _AUTH_FAILURES:
+                        raise
+                    if is_refusal(exc):  # e.g. the batch is unknown: its members get no verdict
+                        waiting.remove(batch_id)
+                    continue  # the host is down for now: try again next round
+                if body["status"] == "COMPLETED":
+                    results[batch_id] = body.get("result") or {}
+                    waiting.remove(batch_id)
+        return results
+
+    # --- groups and custom fields --------------------------------------------------------------
+
+    def _resolve_groups(self, titles: set[str]) -> None:
+        """Ids for every title; a missing one is created as a static group (CI-A7)."""
+        if not titles:
+            return
+        if self._groups is None:
+            self._groups = {}
+            for raw in self._pages("/groups", "groups", {}):
+                if not raw.get("isDynamic") and isinstance(raw.get("title"), str):
+                    self._groups.setdefault(raw["title"], int(raw["id"]))
+        for title in sorted(titles - set(self._groups)):
+            answer = self._http.request_json(
+                "POST",
+                f"{self._base}/groups",
+                endpoint="groups/create",
+                validate=_new_id,
+                json={"title": title, "isPublic": False},
+                **self._h(),
+            )
+            self._groups[title] = answer
+
+    def _group_ids(self, titles: Sequence[str]) -> list[int]:
+        groups = self._groups or {}
+        return sorted({groups[t] for t in titles if t in groups})
+
+    def _custom_fields(self, refresh: bool = False) -> dict[str, CustomField]:
+        """The account's custom fields by name (CI-A8), read once unless `refresh`."""
+        if self._custom is None or refresh:
+            body = self._get("/customfields", endpoint="customfields", validate=_custom_fields)
+            self._custom = {spec.name: spec for spec in body}
+        return self._custom
+
+    def _create_field(self, name: str, kind: str) -> CustomField:
+        answer = self._http.request_json(
+            "POST",
+            f"{self._base}/customfields",
+            endpoint="customfields/create",
+            validate=_new_id,
+            json={"name": name, "type": kind},
+            **self._h(),
+        )
+        spec = CustomField(answer, name, kind)
+        if self._custom is not None:
+            self._custom[name] = spec
+        return spec
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def _unsubscribes(self, since: datetime | None) -> Iterator[RemoteMember]:
+        for raw in self._since("/members/unsubscribed", "unsubscribedOn", since):
+            when = parse_stamp(raw.get("unsubscribedOn"))
+            yield parse_member(raw, status="unsubscribed", unsubscribed_at=when)
+
+    def _bounces(self, since: datetime | None) -> Iterator[RemoteMember]:
+        for raw in self._since("/members/bounced", "bouncedOn", since):
+            yield parse_member(raw, email_status="hard_bounce")
+
+    def _since(self, path: str, stamp: str, since: datetime | None) -> Iterator[dict[str, Any]]:
+        """The list's rows at or after `since`. Its filter takes a day on the account's own
+        clock, so a day early is asked (no zone can then hide a row) and each row's own
+        timestamp decides."""
+        params: dict[str, Any] = {}
+        if since is not None:
+            params[f"{stamp}From"] = _day_before(since).isoformat()
+        for raw in self._pages(path, "members", params):
+            when = parse_stamp(raw.get(stamp))
+            if since is None or when is None or when >= as_utc(since):
+                yield raw
+
+    def _pages(self, path: str, items: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """CI-A2: page by page with the echoed `limit` until `page * limit >= totalCount`."""
+        pages = paging.page_numbers(
+            lambda page: self._get(
+                path,
+                endpoint=path.strip("/"),
+                validate=_page(items),
+                params={**params, "page": page, "limit": PAGE_SIZE},
+            ),
+            lambda body: body[items],
+            page_size=PAGE_SIZE,
+            total=lambda body: body["totalCount"],
+            covered=lambda body, page: page * body["limit"],
+        )
+        for rows in pages:
+            yield from rows
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    def _member_url(self, email: str) -> str:
+        """CI-A3: the lowercase email, URL-encoded (`@` too)."""
+        return f"{self._base}/members/{quote(email.strip().lower(), safe='')}"
+
+    def _h(self) -> dict[str, Any]:
+        return {"headers": self._headers}
+
+    def _get(self, path: str, *, endpoint: str, **kwargs: Any) -> Any:
+        return self._http.get_json(
+            f"{self._base}{path}", endpoint=endpoint, headers=self._headers, **kwargs
+        )
+
+
+# --- pure helpers --------------------------------------------------------------------------------
+
+_KNOWN_WITHOUT_CUSTOM = frozenset(
+    {"email", "firstname", "lastname", "gender", "language", "birthdate", "postalCode", "country",
+     "company", "note", CONSENT_DATE, CONSENT_PROOF}
+)  # fmt: skip
+
+
+def _key(change: MemberChange) -> str:
+    """CI-A3: the member's email, lowercase (the match key, or its `email` value)."""
+    value = change.match_key or change.values.get("email") or ""
+    return str(value).strip().lower()
+
+
+def _gained(change: MemberChange) -> tuple[str, ...]:
+    """Group titles a write must add: all current ones for a create, else those added."""
+    if change.action == "create" and change.groups is not None:
+        return tuple(change.groups)
+    return tuple(change.groups_added)
+
+
+def _ruled_out(change: MemberChange, import_type: str) -> bool:
+    """C5 by the core's plan (a batch cannot be told "create only" or "update only")."""
+    if import_type == "create_only":
+        return change.action == "update"
+    if import_type == "update_only":
+        return change.action == "create"
+    return False
+
+
+def _error(change: MemberChange, reason: str) -> MemberAck:
+    return MemberAck(change.match_key, "error", change.member_id, reason=reason)
+
+
+def _merged(known: RemoteMember, bounce: RemoteMember) -> RemoteMember:
+    stamps = [s for s in (known.updated_at, bounce.updated_at) if s is not None]
+    return RemoteMember(
+        member_id=known.member_id or bounce.member_id,
+        email=known.email,
+        mobile=None,
+        status=known.status,
+        email_status=bounce.email_status,
+        unsubscribed_at=known.unsubscribed_at,
+        updated_at=max(stamps) if stamps else None,
+        fields=known.fields or bounce.fields,
+    )
+
+
+def _batch_verdict(
+    write: _Write, result: dict[str, Any] | None, why: str | None
+) -> tuple[str, str | None, str | None]:
+    """("ok" | "refused" | "unsubscribed" | "error", reason, member id) of one member in one
+    batch's `result: {successes: [{email, id}], errors: [{email, message}]}` (CI-A4)."""
+    if result is None:
+        if why and why.startswith("refused: "):
+            return "refused", why.removeprefix("refused: "), None
+        return "error", (why or "error: batch not completed").removeprefix("error: "), None
+    email = write.wire.email
+    for item in result.get("errors") or ():
+        if isinstance(item, dict) and str(item.get("email", "")).lower() == email:
+            message = str(item.get("message") or "refused in the batch")
+            state = "unsubscribed" if "unsubscribed" in message.lower() else "refused"
+            return state, message, None
+    for item in result.get("successes") or ():
+        if isinstance(item, dict) and str(item.get("email", "")).lower() == email:
+            return "ok", None, _id_of(item)
+    return "error", "the batch result does not name this member", None
+
+
+def _id_of(body: Any) -> str | None:
+    return str(body["id"]) if isinstance(body, dict) and body.get("id") is not None else None
+
+
+def _day_before(moment: datetime) -> date:
+    return (as_utc(moment) - timedelta(days=1)).date()
+
+
+def _ping_account(body: Any) -> str:
+    """CI-A1 `{ping: "success", username, email, account}` -> the account name."""
+    if not isinstance(body, dict) or body.get("ping") != "success" or not body.get("account"):
+        raise ValueError("ping answer without ping=success and an account")
+    return str(body["account"])
+
+
+def _page(items: str) -> Callable[[Any], dict[str, Any]]:
+    """CI-A2 `{<items>: [...], totalCount, page, limit}`; anything else is unreadable."""
+
+    def check(body: Any) -> dict[str, Any]:
+        ok = isinstance(body, dict) and isinstance(body.get(items), list)
+        numbers = ok and all(isinstance(body.get(k), int) for k in ("totalCount", "limit"))
+        if not numbers or body["limit"] < 1:
+            raise ValueError(f"page without {items}, totalCount and limit")
+        body[items] = [row for row in body[items] if isinstance(row, dict)]
+        return body
+
+    return check
+
+
+def _new_id(body: Any) -> int:
+    """The `id` of a created batch, group or custom field."""
+    if not isinstance(body, dict) or not isinstance(body.get("id"), int):
+        raise ValueError("answer without an integer id")
+    return int(body["id"])
+
+
+def _batch_status(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or body.get("status") not in ("NEW", "PROCESSING", "COMPLETED"):
+        raise ValueError("batch answer without a status")
+    return body
+
+
+def _custom_fields(body: Any) -> list[CustomField]:
+    """CI-A8 `{customFields: [{id, name, type}]}`."""
+    rows = body.get("customFields") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError("answer without customFields")
+    return [
+        CustomField(int(r["id"]), str(r["name"]), str(r.get("type") or "text"))
+        for r in rows
+        if isinstance(r, dict) and isinstance(r.get("id"), int) and r.get("name")
+    ]
+
+
+# --- integration file section and Dagster resource ---------------------------------------------
+
+
+class CyberimpactResource(dg.ConfigurableResource):
+    """Cyberimpact settings with the token as `dg.EnvVar`, resolved only when a client is built."""
+
+    account: str
+    base_url: str
+    api_token: str
+    poll_seconds: float = 5.0
+    batch_threshold: int = 50
+
+    def client(self) -> CyberimpactClient:
+        return CyberimpactClient(
+            base_url=self.base_url,
+            account=self.account,
+            api_token=resolve_secret(self.api_token, "cyberimpact api_token") or "",
+            poll_seconds=self.poll_seconds,
+            batch_threshold=self.batch_threshold,
+        )
+
+
+class CyberimpactTarget(TargetSectionBase):
+    """`target:` section with `kind: cyberimpact`; the token is an env var name (CI-A1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["cyberimpact"]
+    account: str = Field(min_length=1)  # the `account` GET /ping reports, checked on ping
+    base_url: HttpUrlStr = DEFAULT_BASE_URL
+    api_token_env: EnvVarName
+    poll_seconds: float = Field(default=5.0, gt=0)  # CI-A4
+    batch_threshold: int = Field(default=50, ge=1)  # CI-A4
+
+    @property
+    def destination(self) -> str:
+        """Cyberimpact keeps one member list per account."""
+        return self.account
+
+    def env_vars(self) -> list[str]:
+        return [self.api_token_env]
+
+    def resource(self) -> CyberimpactResource:
+        return CyberimpactResource(
+            account=self.account,
+            base_url=self.base_url,
+            api_token=dg.EnvVar(self.api_token_env),
+            poll_seconds=self.poll_seconds,
+            batch_threshold=self.batch_threshold,
+        )

@@ -1,0 +1,528 @@
+"""CyberimpactClient against the Cyberimpact emulator over real sockets (CI-A1..CI-A13): ping and
+the account check, fields and their creation up to the plan's limit, the one-by-one path (PATCH,
+404 -> POST, unsubscribes never undone, the 1 POST/s throttle), the batch path (chunks, polling,
+per-member errors, batch-level groups), group titles, removals, consent, read-back, and the wire
+conversion of canonical values."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+
+from resources.base import VendorError
+from resources.cyberimpact import AccountMismatch, CyberimpactClient, CyberimpactTarget
+from resources.cyberimpact_wire import CustomField, wire_member
+from resources.registry import parse_target, target_sections
+from resources.target import MemberChange, WritePolicy
+from sandbox.cyberimpact import (
+    CYBERIMPACT_API_TOKEN,
+    CYBERIMPACT_OTHER_API_TOKEN,
+    EMULATOR,
+    CyberimpactState,
+)
+from tests.asgi import served
+
+ACCOUNT = "Centre sportif démo"  # what GET /ping reports as `account` for the demo token
+POLICY = WritePolicy(match_on="email", import_type="create_and_update", reimport_unsubscribed=False)
+CLIENTS = "Clients Amilia"
+DUCKS = "Natation \\ Enfants \\ Débutant \\ Canards"
+
+
+def app(state: CyberimpactState) -> Starlette:
+    """The emulator's API under /cyberimpact and its control routes under /_sandbox."""
+    control = Mount("/_sandbox/cyberimpact", routes=EMULATOR.control_routes(state))
+    return Starlette(routes=[*EMULATOR.routes(state), control])
+
+
+@pytest.fixture(scope="module")
+def shared() -> Iterator[tuple[str, CyberimpactState]]:
+    state = CyberimpactState(rate_limits=False)
+    with served(app(state)) as url:
+        yield url, state
+
+
+@pytest.fixture
+def ci(shared) -> CyberimpactState:
+    state = shared[1]
+    state.reset()
+    state.custom_field_limit = 25
+    state.batch_polls = 1
+    return state
+
+
+class Sleeps:
+    """A sleep that only records: no test waits on the wall clock."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def make(shared, ci, sleeps) -> Iterator:
+    made: list[CyberimpactClient] = []
+
+    def build(**kwargs: Any) -> CyberimpactClient:
+        options = {
+            "base_url": shared[0] + "/cyberimpact",
+            "api_token": CYBERIMPACT_API_TOKEN,
+            "account": ACCOUNT,
+            "poll_seconds": 0.01,
+            "sleep": sleeps,
+            **kwargs,
+        }
+        client = CyberimpactClient(**options)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def client(make) -> CyberimpactClient:
+    return make()
+
+
+def change(email: str, action: str = "create", **kwargs: Any) -> MemberChange:
+    values = kwargs.pop("values", {"email": email, "firstname": "Léa"})
+    return MemberChange(match_key=email, action=action, values=values, **kwargs)
+
+
+def write(client: CyberimpactClient, changes: list[MemberChange], policy=POLICY) -> dict:
+    acks = list(client.write_members(changes, policy))
+    assert len(acks) == len(changes)
+    return {ack.match_key: ack for ack in acks}
+
+
+def api(shared, token: str = CYBERIMPACT_API_TOKEN) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"}
+    return httpx.Client(base_url=shared[0] + "/cyberimpact", headers=headers, timeout=10)
+
+
+# --- CI-A1 connection check ----------------------------------------------------------------------
+
+
+def test_ping_passes_for_the_configured_account(client, ci):
+    client.check_connection()
+    assert ci.request_count("GET", "/ping") == 1
+    assert client.label == f"cyberimpact account {ACCOUNT}"
+
+
+def test_ping_fails_naming_both_accounts_and_never_the_token(make):
+    wrong = make(api_token=CYBERIMPACT_OTHER_API_TOKEN)
+    with pytest.raises(AccountMismatch) as caught:
+        wrong.check_connection()
+    assert "'Other account'" in str(caught.value) and repr(ACCOUNT) in str(caught.value)
+    bad = make(api_token="forged-token-123")
+    with pytest.raises(VendorError) as refused:
+        bad.check_connection()
+    assert refused.value.status == 401 and "Invalid token" in str(refused.value)
+    assert "forged-token-123" not in str(refused.value)
+
+
+# --- CI-A8 custom fields -------------------------------------------------------------------------
+
+
+def test_target_fields_are_standard_custom_by_name_and_consent_inputs(client, shared):
+    with api(shared) as http:
+        http.post("/customfields", json={"name": "Amilia.IsArchived", "type": "text"})
+        http.post("/customfields", json={"name": "Amilia.LastVisit", "type": "date"})
+    fields = client.target_fields()
+    assert {"email", "firstname", "lastname", "gender", "birthdate", "postalCode"} <= set(fields)
+    assert {"country", "company", "note", "language"} <= set(fields)
+    assert fields["Amilia.LastVisit"].format == "date"
+    assert fields["Amilia.IsArchived"].format == "text"
+    assert {"consentDate", "consentProof"} <= set(fields)
+    assert fields["gender"].options == {"m": "m", "f": "f", "o": "o"}
+
+
+def test_create_fields_until_the_limit_then_an_error_naming_the_rest(client, ci):
+    ci.custom_field_limit = 3
+    assert client.create_fields({"Amilia.A": "text"}) == ["Amilia.A"]
+    wanted = {"Amilia.A": "text", "Amilia.B": "date", "Amilia.C": "integer", "Amilia.D": "decimal"}
+    with pytest.raises(VendorError) as caught:
+        client.create_fields(wanted | {"Amilia.E": "text"})
+    message = str(caught.value)
+    assert "Custom field limit reached" in message
+    assert "not created: Amilia.D, Amilia.E" in message and "Amilia.A," not in message
+    assert [f["name"] for f in ci.custom_fields()] == ["Amilia.A", "Amilia.B", "Amilia.C"]
+    assert ci.request_count("POST", "/customfields") == 4  # A, B, C, then D's 422; never E
+    assert "Amilia.C" in client.target_fields()
+
+
+# --- CI-A4/CI-A5 one by one ----------------------------------------------------------------------
+
+
+def test_single_path_patches_then_posts_with_groups_and_acks_each(client, ci):
+    acks = write(
+        client,
+        [
+            change("lea@example.com", groups=(CLIENTS, DUCKS), groups_added=(CLIENTS, DUCKS)),
+            change("Max@Example.com", groups=(CLIENTS,), groups_added=(CLIENTS,)),
+        ],
+    )
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert acks["lea@example.com"].member_id == str(ci.member("lea@example.com")["id"])
+    assert ci.member_groups("lea@example.com") == {CLIENTS, DUCKS}
+    assert ci.member_groups("max@example.com") == {CLIENTS}
+    assert ci.request_count("PATCH", "/members/{key}") == 2  # both looked for first (404)
+    assert ci.request_count("POST", "/members") == 2
+    assert ci.request_count("POST", "/groups") == 2
+
+    again = write(
+        client,
+        [change("lea@example.com", "update", values={"email": "lea@example.com", "lastname": "B"})],
+    )
+    assert again["lea@example.com"].outcome == "updated"
+    assert ci.member("lea@example.com")["lastname"] == "B"
+    assert ci.request_count("POST", "/members") == 2  # an update is a PATCH alone
+
+    joined = change("max@example.com", "update", groups=(CLIENTS, DUCKS), groups_added=(DUCKS,))
+    assert write(client, [joined])["max@example.com"].outcome == "updated"
+    assert ci.member_groups("max@example.com") == {CLIENTS, DUCKS}
+    assert ci.request_count("POST", "/members/{key}/groups") == 1  # additive, CSV of ids
+    assert ci.request_count("POST", "/groups") == 2  # both titles known by now
+
+
+def test_none_is_left_out_and_a_bad_date_is_dropped_not_the_member(client, ci):
+    write(client, [change("lea@example.com", values={"firstname": "Léa", "postalCode": "H2X"})])
+    values = {"firstname": None, "lastname": "Roy", "birthdate": "1990-02-31", "country": "ca"}
+    acks = write(client, [change("lea@example.com", "update", values=values)])
+    ack = acks["lea@example.com"]
+    assert ack.outcome == "updated"
+    assert [name for name, _ in ack.dropped] == ["birthdate"]
+    stored = ci.member("lea@example.com")
+    assert stored["firstname"] == "Léa" and stored["lastname"] == "Roy"  # None kept Léa
+    assert stored["country"] == "CA" and stored["birthdate"] == "" and stored["postalCode"] == "H2X"
+
+
+def test_an_unsubscribed_email_is_never_resubscribed(client, ci, shared):
+    httpx.post(f"{shared[0]}/_sandbox/cyberimpact/unsubscribe", json={"email": "gone@example.com"})
+    acks = write(client, [change("gone@example.com")])
+    assert acks["gone@example.com"].outcome == "unsubscribed"
+    assert "unsubscribed" in (acks["gone@example.com"].reason or "")
+    assert ci.member("gone@example.com") is None
+
+
+def test_a_refusal_is_an_ack_with_the_vendors_words(client, ci):
+    acks = write(client, [change("not-an-email"), change("ok@example.com")])
+    refused = acks["not-an-email"]
+    assert refused.outcome == "refused"
+    assert "email: must be an email address" in (refused.reason or "")
+    assert acks["ok@example.com"].outcome == "created"
+
+
+class CreatedMeanwhile(httpx.HTTPTransport):
+    """Another writer creates the member between our PATCH's 404 and our POST."""
+
+    def __init__(self, state: CyberimpactState) -> None:
+        super().__init__()
+        self.state = state
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/members"):
+            account = self.state.account(CYBERIMPACT_API_TOKEN)
+            if "race@example.com" not in account.members:
+                self.state.create(account, {"email": "race@example.com", "firstname": "Other"})
+        return super().handle_request(request)
+
+
+def test_a_409_already_exists_on_post_goes_back_to_patch(make, ci):
+    client = make(transport=CreatedMeanwhile(ci))
+    acks = write(client, [change("race@example.com")])
+    assert acks["race@example.com"].outcome == "updated"
+    assert ci.member("race@example.com")["firstname"] == "Léa"
+    assert ci.request_count("PATCH", "/members/{key}") == 2
+
+
+def test_create_only_posts_first_and_leaves_an_existing_member(client, ci):
+    write(client, [change("lea@example.com")])
+    policy = WritePolicy(match_on="email", import_type="create_only", reimport_unsubscribed=False)
+    acks = write(client, [change("lea@example.com", values={"firstname": "Autre"})], policy)
+    assert acks["lea@example.com"].outcome == "import_type"
+    assert ci.member("lea@example.com")["firstname"] == "Léa"
+
+
+def test_a_host_that_fails_gives_error_acks_without_trying_every_member(sleeps):
+    client = CyberimpactClient(
+        base_url="http://127.0.0.1:9/cyberimpact",
+        api_token=CYBERIMPACT_API_TOKEN,
+        account=ACCOUNT,
+        max_tries=2,
+        sleep=sleeps,
+    )
+    acks = write(client, [change("a@example.com"), change("b@example.com")])
+    client.close()
+    assert {a.outcome for a in acks.values()} == {"error"}
+    assert "127.0.0.1" in (acks["b@example.com"].reason or "")
+    assert client.calls.total == 2  # one PATCH, tried twice; b@ not tried
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_780_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.mark.parametrize("paced", [True, False])
+def test_post_members_is_paced_and_a_429_is_waited_out(paced):
+    """CI-A6 on a throttled emulator whose clock only the client's waits move: paced, no POST
+    is refused; unpaced, the 429s come and their Retry-After is honoured. No wall clock read."""
+    clock = FakeClock()
+    state = CyberimpactState(rate_limits=True, clock=clock)
+    with served(app(state)) as url:
+        client = CyberimpactClient(
+            base_url=url + "/cyberimpact",
+            api_token=CYBERIMPACT_API_TOKEN,
+            account=ACCOUNT,
+            post_interval=1.0 if paced else 0.0,
+            sleep=clock.sleep,
+            clock=clock,
+        )
+        emails = [f"t{n}@example.com" for n in range(3)]
+        acks = write(client, [change(email) for email in emails])
+        client.close()
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert len(state.members()) == 3
+    refused = state.request_count("POST", "/members") - 3
+    if paced:
+        assert refused == 0 and client.calls.throttled == 0
+    else:
+        assert refused >= 1 and client.calls.throttled == refused
+
+
+# --- CI-A4 batches -------------------------------------------------------------------------------
+
+
+def test_batch_path_chunks_polls_and_acks_per_member(client, ci, shared, sleeps):
+    with api(shared) as http:
+        http.post("/members", json={"email": "known@example.com", "firstname": "Kim"})
+    httpx.post(f"{shared[0]}/_sandbox/cyberimpact/unsubscribe", json={"email": "u@example.com"})
+    creates = [
+        change(f"m{n}@example.com", groups=(CLIENTS,) + ((DUCKS,) if n % 2 else ()))
+        for n in range(1003)
+    ]
+    extra = [
+        change("known@example.com", "update", groups_added=(DUCKS,)),
+        change("u@example.com"),
+        change("bad-email"),
+    ]
+    acks = write(client, creates + extra)
+    # chunk 1: fields + Clients (all gain it), then Canards; chunk 2 (known@ gains only
+    # Canards): fields alone, then Clients, then Canards
+    assert ci.request_count("POST", "/batches") == 5
+    assert client.run_figures()["batches"] == 5
+    assert ci.request_count("GET", "/batches/{batch_id}") == 10  # each PROCESSING once
+    assert sleeps.waits.count(0.01) == 2  # polled together, two rounds
+    assert ci.request_count("POST", "/members") == 1  # the test's own known@ only
+    assert acks["m0@example.com"].outcome == "created"
+    assert acks["m0@example.com"].member_id == str(ci.member("m0@example.com")["id"])
+    assert acks["known@example.com"].outcome == "updated"
+    assert acks["u@example.com"].outcome == "unsubscribed"
+    assert acks["bad-email"].outcome == "refused"
+    assert "must be an email address" in (acks["bad-email"].reason or "")
+    assert ci.member_groups("m0@example.com") == {CLIENTS}
+    assert ci.member_groups("m1001@example.com") == {CLIENTS, DUCKS}
+    assert ci.member_groups("known@example.com") == {DUCKS}
+    assert ci.member("known@example.com")["firstname"] == "Léa"
+    assert ci.member("u@example.com") is None
+
+
+# --- CI-A7 groups, removals ----------------------------------------------------------------------
+
+
+def test_group_titles_are_matched_exactly_created_once_and_reused(client, ci, shared):
+    with api(shared) as http:
+        existing = http.post("/groups", json={"title": CLIENTS, "isPublic": False}).json()["id"]
+    ci.add_dynamic_group(DUCKS)  # a dynamic group is no target: a static one is made
+    write(client, [change("a@example.com", groups=(CLIENTS, DUCKS))])
+    write(client, [change("b@example.com", groups=(CLIENTS, DUCKS))])
+    assert ci.request_count("POST", "/groups") == 2  # the test's own + one for Canards
+    assert ci.request_count("GET", "/groups") == 1
+    statics = [g for g in ci.groups() if not g["isDynamic"]]
+    assert sorted(g["title"] for g in statics) == sorted([CLIENTS, DUCKS])
+    assert next(g for g in statics if g["title"] == CLIENTS)["id"] == existing
+    assert next(g for g in statics if g["title"] == DUCKS)["membersCount"] == 2
+
+
+def test_removals_delete_members_and_groups(client, ci):
+    write(client, [change("a@example.com", groups=(CLIENTS, DUCKS))])
+    update = change("a@example.com", "update", groups=(CLIENTS,), groups_removed=(DUCKS,))
+    assert write(client, [update])["a@example.com"].outcome == "updated"
+    assert ci.member_groups("a@example.com") == {CLIENTS}
+    assert ci.request_count("DELETE", "/members/{key}/groups/{group_id}") == 1
+    gone = [change("a@example.com", "remove", values={}), change("x@example.com", "remove")]
+    acks = write(client, gone)
+    assert {a.outcome for a in acks.values()} == {"removed"}  # 404: already gone
+    assert ci.member("a@example.com") is None
+
+
+# --- CI-A10 consent ------------------------------------------------------------------------------
+
+
+def consent_values(day: str, proof: str = "REG-1") -> dict[str, Any]:
+    return {"firstname": "Léa", "consentDate": day, "consentProof": proof}
+
+
+def test_consent_is_put_only_when_its_inputs_changed(client, ci, shared):
+    write(client, [change("a@example.com", values=consent_values("2024-05-01"))])
+    assert ci.request_count("PUT", "/members/{key}/consent") == 1
+    with api(shared) as http:
+        stored = http.get("/members/a%40example.com/consent").json()
+    assert stored["relationType"] == "active-clients" and stored["consentDate"] == "2024-05-01"
+    assert stored["consentProof"] == "REG-1"
+    same = change(
+        "a@example.com",
+        "update",
+        values=consent_values("2024-05-01"),
+        changed=frozenset({"firstname"}),
+    )
+    write(client, [same])
+    assert ci.request_count("PUT", "/members/{key}/consent") == 1
+    moved = change(
+        "a@example.com",
+        "update",
+        values=consent_values("2025-01-02T10:00:00-05:00", "REG-2"),
+        changed=frozenset({"consentProof"}),
+    )
+    write(client, [moved])
+    assert ci.request_count("PUT", "/members/{key}/consent") == 2
+    assert client.run_figures() == {"consents_sent": 2, "consents_kept_stronger": 0, "batches": 0}
+
+
+def test_a_stronger_stored_consent_is_kept_and_counted(client, ci, shared):
+    write(client, [change("a@example.com")])
+    with api(shared) as http:
+        body = {"relationType": "express-consent", "consentDate": "2024-01-01"}
+        assert http.put("/members/a%40example.com/consent", json=body).status_code == 200
+    acks = write(client, [change("a@example.com", "update", values=consent_values("2024-05-01"))])
+    assert acks["a@example.com"].outcome == "updated" and not acks["a@example.com"].dropped
+    assert client.run_figures()["consents_kept_stronger"] == 1
+    assert client.run_figures()["consents_sent"] == 1
+
+
+# --- CI-A11 read-back, member_count --------------------------------------------------------------
+
+
+def test_unsubscribes_and_bounces_are_read_back_once_per_email(client, ci, shared):
+    write(client, [change(f"m{n}@example.com") for n in range(4)])
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    control = f"{shared[0]}/_sandbox/cyberimpact"
+    httpx.post(f"{control}/unsubscribe", json={"email": "m1@example.com"})
+    httpx.post(f"{control}/bounce", json={"email": "m1@example.com"})
+    httpx.post(f"{control}/bounce", json={"email": "m2@example.com"})
+    changed = {m.email: m for m in client.iter_members(before)}
+    assert set(changed) == {"m1@example.com", "m2@example.com"}
+    assert changed["m1@example.com"].status == "unsubscribed"
+    assert changed["m1@example.com"].email_status == "hard_bounce"
+    assert changed["m1@example.com"].unsubscribed_at is not None
+    assert changed["m2@example.com"].status == "active"
+    assert changed["m2@example.com"].email_status == "hard_bounce"
+    everyone = list(client.iter_members(None))
+    assert sorted(m.email for m in everyone) == [f"m{n}@example.com" for n in range(4)]
+    assert client.has_member_changes(before)
+    # the lists filter by day: an unsubscribe earlier today is no change after a later mark
+    assert not client.has_member_changes(datetime.now(UTC) + timedelta(seconds=2))
+    assert client.member_count() == 3  # the unsubscribed member is not listed
+
+
+def test_listing_pages_until_page_times_limit_covers_the_total(make, ci, shared):
+    """CI-A2: page by page, stopping once `page * limit >= totalCount` (no empty last page)."""
+    write(make(), [change(f"m{n}@example.com") for n in range(5)])
+    import resources.cyberimpact as module
+
+    original = module.PAGE_SIZE
+    module.PAGE_SIZE = 2
+    try:
+        found = sorted(m.email for m in make().iter_members(None))
+    finally:
+        module.PAGE_SIZE = original
+    assert found == [f"m{n}@example.com" for n in range(5)]
+    assert ci.request_count("GET", "/members") == 3
+
+
+# --- wire conversion (CI-A9) ---------------------------------------------------------------------
+
+
+def test_canonical_values_become_cyberimpact_wire_values():
+    custom = {
+        name: CustomField(n, name, kind)
+        for n, (name, kind) in enumerate(
+            [
+                ("Amilia.IsArchived", "text"),
+                ("Amilia.Skills", "text"),
+                ("Amilia.Count", "integer"),
+                ("Amilia.Balance", "decimal"),
+                ("Amilia.Since", "date"),
+                ("Amilia.Flag", "text"),
+            ],
+            start=10,
+        )
+    }
+    values = {
+        "email": "Lea@Example.com",
+        "gender": "F",
+        "language": "fr",
+        "birthdate": datetime(1990, 5, 1, 23, 0),
+        "Amilia.IsArchived": False,
+        "Amilia.Skills": ["Nage", "Plongeon"],
+        "Amilia.Count": "12",
+        "Amilia.Balance": "12.50",
+        "Amilia.Since": "2024-05-01T13:45:00-04:00",
+        "Amilia.Flag": "true",
+        "consentDate": date(2024, 5, 1),
+        "city": "Montréal",
+        "lastname": None,
+    }
+    member = wire_member("lea@example.com", values, custom)
+    assert member.fields == {"gender": "f", "language": "fr_ca", "birthdate": "1990-05-01"}
+    assert member.custom == {
+        "10": "False",
+        "11": "Nage,Plongeon",
+        "12": 12,
+        "13": 12.5,
+        "14": "2024-05-01",
+        "15": "True",
+    }
+    assert member.consent == {"consentDate": "2024-05-01"}
+    assert member.dropped == [("city", "no such field on the Cyberimpact account")]
+    bad = wire_member("x@example.com", {"Amilia.Count": "1.5", "country": "CAN"}, custom)
+    assert [name for name, _ in bad.dropped] == ["Amilia.Count", "country"]
+
+
+# --- integration file section --------------------------------------------------------------------
+
+
+def test_section_parses_with_defaults_and_builds_a_resource():
+    assert target_sections()["cyberimpact"] is CyberimpactTarget
+    section = parse_target(
+        {"kind": "cyberimpact", "account": ACCOUNT, "api_token_env": "CYBERIMPACT_API_TOKEN"}
+    )
+    assert isinstance(section, CyberimpactTarget)
+    assert section.base_url == "https://api.cyberimpact.com"
+    assert section.destination == ACCOUNT and section.env_vars() == ["CYBERIMPACT_API_TOKEN"]
+    assert (section.poll_seconds, section.batch_threshold) == (5.0, 50)
+    resource = section.resource()
+    assert resource.account == ACCOUNT and resource.batch_threshold == 50
+    with pytest.raises(ValueError):
+        parse_target({"kind": "cyberimpact", "account": ACCOUNT, "api_token_env": "not a name"})
