@@ -401,3 +401,413 @@ def test_requires_accepts_one_name_or_a_list():
         {"name": "x", "rule": {"since": "a", "within_days": 1}, "requires": "push_allowed"}
     )
     assert one.requires == ["push_allowed"]
+
+
+# --- everyone, unless and groups from events (AC7, AC4) ---------------------------------------
+
+EVENT_COLUMNS = ("program", "category", "subcategory", "activity", "name")
+ACTIVITY = r"{program} \ {category} \ {subcategory} \ {activity}"
+HIERARCHY = {
+    "program": "{program}",
+    "category": r"{program} \ {category}",
+    "subcategory": r"{program} \ {category} \ {subcategory}",
+    "activity": ACTIVITY,
+}
+
+
+def members(**archived: bool | None) -> duckdb.DuckDBPyConnection:
+    """A profile of match keys with their `is_archived` flag (None: never said)."""
+    columns = {"match_key": "VARCHAR", "is_archived": "BOOLEAN", "withdrawn": "BOOLEAN"}
+    return profile([{"match_key": k, "is_archived": v} for k, v in archived.items()], columns)
+
+
+def add_events(conn: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    """`member_events` as the model builds it; a row names its entity, live flag and fields."""
+    extra = ", ".join(f"{c} VARCHAR" for c in EVENT_COLUMNS)
+    conn.execute(
+        "CREATE TABLE member_events (match_key VARCHAR, entity VARCHAR, event_id VARCHAR, "
+        f"live BOOLEAN, {extra})"
+    )
+    for i, row in enumerate(rows):
+        full = {"entity": "registrations", "event_id": str(i), "live": True, **row}
+        marks = ", ".join("?" for _ in full)
+        conn.execute(
+            f"INSERT INTO member_events ({', '.join(full)}) VALUES ({marks})", list(full.values())
+        )
+
+
+def registration(key: str, activity: str, live: bool = True, **fields: str | None) -> dict:
+    base = {"program": "Sports", "category": "Aquatique", "subcategory": "Natation"}
+    return {"match_key": key, "activity": activity, "live": live, **base, **fields}
+
+
+def from_events(name: str, title: str, entity: str = "registrations", **gates) -> SegmentSettings:
+    return segment_with(name, {"from_events": entity, "title": title}, **gates)
+
+
+def segment_with(name: str, rule: dict, **gates: str | list[str]) -> SegmentSettings:
+    return SegmentSettings.model_validate({"name": name, "rule": rule, **gates})
+
+
+def groups_of(conn: duckdb.DuckDBPyConnection) -> dict[str, set[str]]:
+    """Each member's groups after build_segments."""
+    found: dict[str, set[str]] = {}
+    for key, group in conn.execute("SELECT match_key, group_name FROM segment_members").fetchall():
+        found.setdefault(key, set()).add(group)
+    return found
+
+
+DAY = date(2026, 3, 5)
+
+
+def test_everyone_is_every_member_but_the_withdrawn_and_names_may_be_text():
+    conn = members(ana=False, ben=True, cleo=None)
+    conn.execute("INSERT INTO member_profile VALUES ('gone', false, true), (NULL, false, false)")
+    everyone = segment_with("Clients Amilia", {"everyone": True})
+    archived = segment_with("Clients Amilia archivés", {"everyone": True}, requires="is_archived")
+    assert build_segments(conn, [everyone, archived], DAY) == {
+        "Clients Amilia": 3,
+        "Clients Amilia archivés": 1,
+    }
+    assert groups_of(conn) == {
+        "ana": {"Clients Amilia"},
+        "ben": {"Clients Amilia", "Clients Amilia archivés"},
+        "cleo": {"Clients Amilia"},
+    }
+    rows = conn.execute("SELECT * FROM segment_groups ORDER BY group_name").fetchall()
+    assert rows == [
+        ("Clients Amilia", '{"everyone": true}', [], 3),
+        ("Clients Amilia archivés", '{"everyone": true}', ["is_archived"], 1),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("gates", "expected"),
+    [
+        ({}, {"ana", "ben", "cleo", "dan"}),
+        ({"unless": "is_archived"}, {"ana", "cleo"}),
+        ({"unless": ["is_archived", "is_staff"]}, {"cleo"}),
+        ({"requires": "consent_mailing", "unless": "is_archived"}, {"ana"}),
+    ],
+)
+def test_unless_keeps_out_every_member_with_a_true_flag(gates, expected):
+    columns = {
+        "match_key": "VARCHAR",
+        "is_archived": "BOOLEAN",
+        "is_staff": "VARCHAR",  # staged text is read as a flag too
+        "consent_mailing": "BOOLEAN",
+    }
+    conn = profile(
+        [
+            {"match_key": "ana", "is_archived": False, "is_staff": "true", "consent_mailing": True},
+            {"match_key": "ben", "is_archived": True, "is_staff": "false", "consent_mailing": True},
+            {"match_key": "cleo", "is_archived": None, "is_staff": " no ", "consent_mailing": None},
+            {"match_key": "dan", "is_archived": True, "is_staff": None, "consent_mailing": False},
+        ],
+        columns,
+    )
+    seg = segment_with("all", {"everyone": True}, **gates)
+    assert members_of(conn, seg, DAY) == expected
+
+
+def test_each_live_event_gives_its_group_and_a_cancelled_one_none():
+    conn = members(ana=False, ben=False)
+    add_events(
+        conn,
+        [
+            registration("ana", "Crawl 1"),
+            registration("ana", "Dos crawlé", program="Été 2026", category="Plein air"),
+            registration("ana", "Plongeon", live=False),  # cancelled: no group
+            registration("ben", "Crawl 1"),  # shares ana's activity
+            registration("ben", "Plongeon", live=None),  # live unknown counts as not live
+            {"match_key": "ana", "entity": "memberships", "name": "Annuel"},
+        ],
+    )
+    activity = from_events("activity", ACTIVITY)
+    assert build_segments(conn, [activity], DAY) == {
+        r"Sports \ Aquatique \ Natation \ Crawl 1": 2,
+        r"Été 2026 \ Plein air \ Natation \ Dos crawlé": 1,
+    }
+    assert groups_of(conn) == {
+        "ana": {
+            r"Sports \ Aquatique \ Natation \ Crawl 1",
+            r"Été 2026 \ Plein air \ Natation \ Dos crawlé",
+        },
+        "ben": {r"Sports \ Aquatique \ Natation \ Crawl 1"},
+    }
+
+
+def test_hierarchy_titles_one_group_per_level_and_membership_names():
+    conn = members(ana=False, ben=False)
+    add_events(
+        conn,
+        [
+            registration("ana", "Crawl 1"),
+            registration("ana", "Crawl 2"),
+            registration("ben", "Plongeon", subcategory="Plongée"),
+            {"match_key": "ben", "entity": "memberships", "name": "Membre annuel"},
+            {"match_key": "ana", "entity": "memberships", "name": "Famille", "live": False},
+        ],
+    )
+    segs = [from_events(level, title) for level, title in HIERARCHY.items()]
+    segs.append(from_events("membership", "{name}", entity="memberships"))
+    counts = build_segments(conn, segs, DAY)
+    assert counts == {
+        "Sports": 2,
+        r"Sports \ Aquatique": 2,
+        r"Sports \ Aquatique \ Natation": 1,
+        r"Sports \ Aquatique \ Plongée": 1,
+        r"Sports \ Aquatique \ Natation \ Crawl 1": 1,
+        r"Sports \ Aquatique \ Natation \ Crawl 2": 1,
+        r"Sports \ Aquatique \ Plongée \ Plongeon": 1,
+        "Membre annuel": 1,
+    }
+    assert groups_of(conn)["ben"] == {
+        "Sports",
+        r"Sports \ Aquatique",
+        r"Sports \ Aquatique \ Plongée",
+        r"Sports \ Aquatique \ Plongée \ Plongeon",
+        "Membre annuel",
+    }
+
+
+def test_segment_groups_lists_every_title_with_its_template_and_label():
+    conn = members(ana=False, ben=True)
+    add_events(conn, [registration("ana", "Crawl 1"), registration("ben", "Plongeon")])
+    seg = from_events("activity", ACTIVITY, unless="is_archived")
+    # ben is archived: out of the activity groups, yet his live activity's group still exists
+    assert build_segments(conn, [seg], DAY) == {
+        r"Sports \ Aquatique \ Natation \ Crawl 1": 1,
+        r"Sports \ Aquatique \ Natation \ Plongeon": 0,
+    }
+    rule = (
+        '{"from_events": "registrations", "segment": "activity", '
+        r'"title": "{program} \\ {category} \\ {subcategory} \\ {activity}", '
+        '"unless": ["is_archived"]}'
+    )
+    rows = conn.execute("SELECT * FROM segment_groups ORDER BY group_name").fetchall()
+    assert rows == [
+        (r"Sports \ Aquatique \ Natation \ Crawl 1", rule, [], 1),
+        (r"Sports \ Aquatique \ Natation \ Plongeon", rule, [], 0),
+    ]
+    assert groups_of(conn) == {"ana": {r"Sports \ Aquatique \ Natation \ Crawl 1"}}
+
+
+def test_archived_members_leave_activity_and_membership_groups_but_stay_in_the_general_ones():
+    conn = members(ana=False, ben=True)
+    add_events(
+        conn,
+        [
+            registration("ana", "Crawl 1"),
+            registration("ben", "Crawl 1"),
+            {"match_key": "ben", "entity": "memberships", "name": "Annuel"},
+        ],
+    )
+    segs = [
+        segment_with("Clients Amilia", {"everyone": True}),
+        segment_with("Clients Amilia archivés", {"everyone": True}, requires="is_archived"),
+        from_events("activity", ACTIVITY, unless="is_archived"),
+        from_events("membership", "{name}", entity="memberships", unless="is_archived"),
+    ]
+    build_segments(conn, segs, DAY)
+    assert groups_of(conn) == {
+        "ana": {"Clients Amilia", r"Sports \ Aquatique \ Natation \ Crawl 1"},
+        "ben": {"Clients Amilia", "Clients Amilia archivés"},
+    }
+
+
+def test_an_event_with_an_empty_placeholder_gives_no_group():
+    conn = members(ana=False, ben=False, cleo=False)
+    add_events(
+        conn,
+        [
+            registration("ana", "Crawl 1", subcategory=None),
+            registration("ben", "Crawl 1", subcategory=" \t "),
+            registration("cleo", "  Crawl 1\n", program=" Sports "),  # trimmed, kept
+        ],
+    )
+    segs = [from_events("activity", ACTIVITY), from_events("program", "{program}")]
+    assert build_segments(conn, segs, DAY) == {
+        r"Sports \ Aquatique \ Natation \ Crawl 1": 1,
+        "Sports": 3,  # the program is filled for everyone
+    }
+    assert groups_of(conn)["cleo"] == {"Sports", r"Sports \ Aquatique \ Natation \ Crawl 1"}
+
+
+def test_titles_keep_accents_backslashes_quotes_and_literal_braces():
+    conn = members(ana=False)
+    add_events(
+        conn,
+        [registration("ana", "L'été \\ plein air", program="Ça {bouge}", category="Œuvres d'art")],
+    )
+    seg = from_events("activity", "{{{program}}} \\ {category} \\ {activity} (été)")
+    assert build_segments(conn, [seg], DAY) == {
+        "{Ça {bouge}} \\ Œuvres d'art \\ L'été \\ plein air (été)": 1
+    }
+
+
+def test_a_long_title_is_cut_to_255_characters_without_a_trailing_space():
+    conn = members(ana=False)
+    activity = "é" * 250 + " " + "x" * 20  # the cut falls right after the space
+    add_events(conn, [registration("ana", activity, program="P")])
+    seg = from_events("activity", "{program}   {activity}")
+    [title] = build_segments(conn, [seg], DAY)
+    assert title == "P   " + "é" * 250
+    assert len(title) == 254
+
+
+def test_a_title_two_segments_produce_is_one_group():
+    conn = members(ana=False, ben=False)
+    add_events(
+        conn,
+        [
+            registration("ana", "Crawl 1", program="Natation"),
+            {"match_key": "ben", "entity": "memberships", "name": "Natation"},
+        ],
+    )
+    program = from_events("program", "{program}")
+    membership = from_events("membership", "{name}", entity="memberships", requires="is_archived")
+    assert build_segments(conn, [program, membership], DAY) == {"Natation": 1}
+    [(rule, requires)] = conn.execute("SELECT rule, requires FROM segment_groups").fetchall()
+    assert rule == f"[{program.rule_text()}, {membership.rule_text()}]"
+    assert requires == ["is_archived"]
+
+
+def test_no_events_table_or_no_rows_for_the_entity_gives_no_groups():
+    conn = members(ana=False)
+    segs = [segment_with("all", {"everyone": True}), from_events("activity", ACTIVITY)]
+    assert build_segments(conn, segs, DAY) == {"all": 1}
+    add_events(conn, [{"match_key": "ana", "entity": "memberships", "name": "Annuel"}])
+    assert build_segments(conn, segs, DAY) == {"all": 1}
+    assert conn.execute("SELECT count(*) FROM segment_groups").fetchall() == [(1,)]
+
+
+def test_events_of_unknown_or_withdrawn_members_give_no_membership():
+    conn = members(ana=False)
+    conn.execute("INSERT INTO member_profile VALUES ('gone', false, true)")
+    add_events(conn, [registration("stranger", "Crawl 1"), registration("gone", "Plongeon")])
+    seg = from_events("activity", ACTIVITY)
+    assert build_segments(conn, [seg], DAY) == {r"Sports \ Aquatique \ Natation \ Plongeon": 0}
+    assert groups_of(conn) == {}
+
+
+def test_a_cancelled_registration_leaves_its_group_on_the_next_run():
+    conn = members(ana=False)
+    add_events(conn, [registration("ana", "Crawl 1"), registration("ana", "Crawl 2")])
+    seg = from_events("activity", "{activity}")
+    assert build_segments(conn, [seg], DAY) == {"Crawl 1": 1, "Crawl 2": 1}
+    conn.execute("UPDATE member_events SET live = false WHERE activity = 'Crawl 2'")
+    assert build_segments(conn, [seg], DAY) == {"Crawl 1": 1}
+    assert groups_of(conn) == {"ana": {"Crawl 1"}}
+
+
+def test_many_events_are_computed_in_sql():
+    """50k registrations over 10k members: the rules are SQL, so this stays quick."""
+    conn = members()
+    conn.execute(
+        "INSERT INTO member_profile SELECT 'm' || i, i % 10 = 0, false FROM range(10000) t(i)"
+    )
+    add_events(conn, [])
+    conn.execute(
+        """INSERT INTO member_events
+        SELECT 'm' || (i % 10000), 'registrations', i::VARCHAR, i % 7 <> 0,
+            'Program ' || (i % 3), 'Category ' || (i % 5), 'Sub ' || (i % 11),
+            'Activity ' || (i % 200), NULL
+        FROM range(50000) t(i)"""
+    )
+    segs = [from_events(level, title, unless="is_archived") for level, title in HIERARCHY.items()]
+    segs.append(segment_with("everyone", {"everyone": True}))
+    counts = build_segments(conn, segs, DAY)
+    assert counts["everyone"] == 10000
+    activities = conn.execute(
+        """SELECT count(DISTINCT (program, category, subcategory, activity))
+           FROM member_events WHERE live"""
+    ).fetchall()[0][0]
+    assert len([t for t in counts if t.count(" \\ ") == 3]) == activities > 1000
+    assert (
+        counts["Program 0"]
+        == conn.execute(
+            """SELECT count(DISTINCT e.match_key) FROM member_events e JOIN member_profile p
+           USING (match_key) WHERE live AND NOT is_archived AND program = 'Program 0'"""
+        ).fetchall()[0][0]
+    )
+
+
+# --- errors and settings of the new rules -----------------------------------------------------
+
+
+def test_unknown_title_field_names_the_segment_the_field_and_the_columns():
+    conn = members(ana=False)
+    add_events(conn, [registration("ana", "Crawl 1")])
+    seg = from_events("activity", r"{programme} \ {activity}")
+    message = (
+        r"segment 'activity': title field 'programme' is not a column of member_events "
+        r"\(columns: activity, category, entity, event_id, name, program, subcategory\)"
+    )
+    with pytest.raises(SegmentError, match=message):
+        build_segments(conn, [seg], DAY)
+
+
+def test_an_events_table_without_its_key_columns_is_an_error():
+    conn = members(ana=False)
+    conn.execute("CREATE TABLE member_events (match_key VARCHAR, program VARCHAR)")
+    with pytest.raises(SegmentError, match="member_events lacks entity, live"):
+        build_segments(conn, [from_events("program", "{program}")], DAY)
+
+
+def test_unless_flags_are_checked_like_requires():
+    conn = members(ana=False)
+    with pytest.raises(SegmentError, match=r"segment 'all': 'archived' is not a field"):
+        build_segments(conn, [segment_with("all", {"everyone": True}, unless="archived")], DAY)
+    conn = birthdays(a="1990-03-10")
+    seg = segment_with("all", {"everyone": True}, unless="birthday")
+    with pytest.raises(SegmentError, match=r"'all': unless 'birthday', a DATE column"):
+        build_segments(conn, [seg], DAY)
+
+
+def test_a_redefined_event_segment_is_an_error():
+    conn = members(ana=False)
+    one = from_events("activity", "{activity}")
+    other = from_events("activity", "{activity}", unless="is_archived")
+    with pytest.raises(SegmentError, match="'activity' is defined twice.*unless"):
+        build_segments(conn, [one, other], DAY)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "x", "rule": {"everyone": False}}, "everyone"),
+        ({"name": "x", "rule": {"everyone": True, "within": "month"}}, "within"),
+        ({"name": "x", "rule": {"from_events": "registrations"}}, "title"),
+        ({"name": "x", "rule": {"from_events": "Registrations", "title": "{a}"}}, "from_events"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "Program"}}, "names no field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{{a}}"}}, "names no field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{Program}"}}, "lowercase field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{}"}}, "lowercase field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{a!r}"}}, "lowercase field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{a:>9}"}}, "lowercase field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{a.b}"}}, "lowercase field"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{a} }"}}, "Single '}'"),
+        ({"name": "x", "rule": {"from_events": "r", "title": "{a"}}, "expected '}'"),
+        ({"name": " Clients", "rule": {"everyone": True}}, "starts or ends with a space"),
+        ({"name": "Clients\t", "rule": {"everyone": True}}, "starts or ends with a space"),
+        ({"name": "Cli\nents", "rule": {"everyone": True}}, "control character"),
+        ({"name": "", "rule": {"everyone": True}}, "at least 1 character"),
+        ({"name": "x" * 256, "rule": {"everyone": True}}, "at most 255 characters"),
+        ({"name": "Anniversaire", "rule": {"since": "a", "within_days": 1}}, "identifier"),
+        ({"name": "x", "rule": {"everyone": True}, "unless": ["Is Archived"]}, "unless"),
+    ],
+)
+def test_new_rules_are_validated_strictly(raw, message):
+    with pytest.raises(ValidationError, match=message):
+        SegmentSettings.model_validate(raw)
+
+
+def test_settings_read_from_yaml_like_data():
+    one = segment_with("Clients Amilia archivés", {"everyone": True}, requires="is_archived")
+    assert one.requires == ["is_archived"] and one.unless == []
+    two = from_events("activity", ACTIVITY, unless="is_archived")
+    assert two.unless == ["is_archived"]
+    assert two.rule.fields == ["program", "category", "subcategory", "activity"]
+    x255 = segment_with("é" * 255, {"everyone": True})
+    assert len(x255.name) == 255
