@@ -11,6 +11,7 @@ Nothing here knows a vendor: what the target can do comes from its capabilities.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -114,6 +115,7 @@ def ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
             event_id VARCHAR PRIMARY KEY, status VARCHAR, reason VARCHAR, sent_at TIMESTAMPTZ,
             event_hash VARCHAR);
         CREATE TABLE IF NOT EXISTS list_state (key VARCHAR PRIMARY KEY, value VARCHAR);
+        ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS sent_values VARCHAR;
         """
     )
 
@@ -296,6 +298,7 @@ def plan_members(
         CREATE OR REPLACE TEMP TABLE member_plan AS
         WITH joined AS (
             SELECT m.*, s.member_id AS known_id, s.fields_hash AS sent_hash,
+                   s.sent_values AS sent_values,
                    {sent_groups} AS sent_{GROUPS}{own_groups},
                    coalesce(s.removed, false) AS removed_before,
                    r.member_id AS remote_id, r.status AS remote_status,
@@ -357,7 +360,7 @@ def deliver_members(
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
-    outcomes = _Outcomes(conn, report, recreate, groups)
+    outcomes = _Outcomes(conn, report, recreate, groups, fields)
     existing = _plan_rows(conn, "action IN ('update', 'remove')")
     creates = _plan_rows(conn, "action = 'create'")
     policy = settings.policy()
@@ -466,18 +469,37 @@ def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChang
     now = _group_tuple(row.get("m_groups")) if groups else None
     sent = _group_tuple(row.get(f"sent_{GROUPS}")) if groups else None
     values = {} if action == "remove" else {n: _canonical(row.get(n)) for n in fields}
+    values = {k: (v if _present(v) else None) for k, v in values.items()}
     return MemberChange(
         match_key=row["match_key"],
         action=action,
         # a mapped field empty at the source goes as None: a target that can clear it does
-        values={k: (v if _present(v) else None) for k, v in values.items()},
+        values=values,
         member_id=member_id if _present(member_id) else None,
         modified=_moment(row.get("modified")),
         planned=row.get("planned") if _present(row.get("planned")) else None,
         groups=now,
         groups_added=tuple(sorted(set(now or ()) - set(sent or ()))),
         groups_removed=tuple(sorted(set(sent or ()) - set(now or ()))),
+        changed=_changed(values, row.get("sent_values"), action),
     )
+
+
+def values_json(values: dict[str, Any]) -> str:
+    """The values as acknowledged, for the next run's comparison (sync_state.sent_values)."""
+    return json.dumps(values, default=str, sort_keys=True, ensure_ascii=False)
+
+
+def _changed(values: dict[str, Any], sent: Any, action: str) -> frozenset[str] | None:
+    """Fields whose value differs from the last acknowledged one; a create: every field. None
+    when the target's last values are unknown (acknowledged before they were kept)."""
+    if action == "create":
+        return frozenset(values)
+    if not isinstance(sent, str) or action == "remove":
+        return None
+    before = json.loads(sent)
+    now = json.loads(values_json(values))
+    return frozenset(k for k in now if before.get(k) != now[k])
 
 
 def _group_tuple(value: Any) -> tuple[str, ...] | None:
@@ -512,8 +534,10 @@ class _Outcomes:
         report: MemberReport,
         recreate: frozenset[str],
         groups: bool,
+        fields: list[str] | None = None,
     ) -> None:
         self.conn, self.report, self.recreate, self.groups = conn, report, recreate, groups
+        self.fields = fields
         self.acks: list[dict[str, Any]] = []
         self.remote: list[dict[str, Any]] = []
 
@@ -547,6 +571,9 @@ class _Outcomes:
             "action": {"created": "create", "updated": "update"}.get(ack.outcome, "remove"),
             "acked_at": datetime.now(UTC),
             "removed": removed,
+            "sent_values": None
+            if removed or self.fields is None
+            else _sent_values(row, self.fields),
         }
         if self.groups:
             now = None if removed else _group_tuple(row.get("m_groups"))
@@ -557,6 +584,11 @@ class _Outcomes:
         _record_acks(self.conn, self.acks, self.groups)
         store_remote(self.conn, self.remote)
         self.acks, self.remote = [], []
+
+
+def _sent_values(row: dict[str, Any], fields: list[str]) -> str:
+    values = {n: _canonical(row.get(n)) for n in fields}
+    return values_json({k: (v if _present(v) else None) for k, v in values.items()})
 
 
 def _remote_row(ack: MemberAck) -> dict[str, Any]:
@@ -601,9 +633,15 @@ def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]], gr
     if not acks:
         return
     frame = pd.DataFrame(acks).astype({"fields_hash": object, "member_id": object})
+    if "sent_values" not in frame:
+        frame["sent_values"] = None
+    frame = frame.astype({"sent_values": object})
     conn.register("acks", frame)
-    columns = "match_key, member_id, fields_hash, action, acked_at, removed"
-    values = "match_key, member_id, fields_hash, action, acked_at::TIMESTAMPTZ, removed"
+    columns = "match_key, member_id, fields_hash, action, acked_at, removed, sent_values"
+    values = (
+        "match_key, member_id, fields_hash, action, acked_at::TIMESTAMPTZ, removed, "
+        "sent_values::VARCHAR"
+    )
     if groups:
         columns += f", {GROUPS}"
         values += f", {GROUPS}::VARCHAR[]"

@@ -58,7 +58,8 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
     conn = duckdb.connect()
     ensure_state(conn)
     conn.execute(
-        "INSERT INTO sync_state VALUES ('a@x.dk', 'm1', 'h', 'create', now(), false), "
+        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed) "
+        "VALUES ('a@x.dk', 'm1', 'h', 'create', now(), false), "
         "('b@x.dk', 'm2', 'h', 'create', now(), false), "
         "('c@x.dk', 'm3', 'h', 'create', now(), false)"
     )

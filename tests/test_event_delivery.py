@@ -113,7 +113,8 @@ def warehouse(sandbox):
         email = f"kunde{n}@mail.dk"
         member = sandbox.heyloyalty.add_member(LIST, {"email": email})
         conn.execute(
-            "INSERT INTO sync_state VALUES (?, ?, 'h', 'create', current_timestamp, false)",
+            "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed) "
+            "VALUES (?, ?, 'h', 'create', current_timestamp, false)",
             [email, member["id"]],
         )
     for n in range(EVENTS):
