@@ -125,6 +125,7 @@ class AmiliaClient(SourceClient):
         self._token = CachedToken(self._authenticate, margin=0.0)
         self._lock = threading.Lock()
         self._complete: dict[str, bool] = {}  # entity -> did its last scan read every page?
+        self._last_whole = False  # did the last `_pages` walk reach its TotalCount?
 
     # --- SourceClient --------------------------------------------------------------------------
 

@@ -14,11 +14,14 @@ from itertools import count
 import pytest
 from pydantic import ValidationError
 
+from memberflow.mapping import load_mapping
+from memberflow.normalize import date_parser
 from resources.amilia import (
     AmiliaClient,
     AmiliaSource,
     month_windows,
     parse_moment,
+    with_owner_id,
 )
 from resources.amilia_webhook import AmiliaWebhook
 from resources.base import VendorError
@@ -444,3 +447,34 @@ def test_section_resource_builds_a_working_client(monkeypatch, sandbox):
     finally:
         client.close()
     assert source.resource().username.env_var_name == "AM_KEY"  # a name, never the value
+
+
+# -- default mappings ------------------------------------------------------------------------------
+def test_the_default_mappings_load_with_their_customers_and_cancelled_flags():
+    persons = load_mapping("amilia", "persons")
+    assert (persons.role, persons.record_id) == ("members", "Id")
+    assert persons.field("telephone_mobile").type == "text"  # the target has no phone field
+    registrations = load_mapping("amilia", "registrations")
+    assert registrations.customer_ids == ("Person.Id", "AccountOwnerId")
+    assert registrations.cancelled == "IsCancelled"
+    memberships = load_mapping("amilia", "memberships")
+    assert (memberships.record_id, memberships.cancelled) == ("Key", "Ended")
+    assert memberships.customer_ids == ("PersonId", "AccountOwnerId")
+
+
+def test_dates_normalise_to_the_orgs_calendar_day():
+    """An ISO datetime with an offset read as a date becomes its UTC date (the next day for an
+    evening registration), so event dates are read from the client's `...Local` date keys."""
+    rule = load_mapping("amilia", "registrations").field("date")
+    parse = date_parser(rule.format, False)
+    assert parse("2026-09-25T12:46:00-04:00") == ("2026-09-25", None)
+    assert parse("2026-09-25T22:46:00-04:00") == ("2026-09-26", None)  # why DateCreatedLocal
+    assert rule.path == "DateCreatedLocal"
+    local = date.fromisoformat("2026-09-25")
+    record = {"RegistrationId": "AC-1", "DateCreated": "2026-09-25T22:46:00-04:00"}
+    assert parse(with_owner_id(record)["DateCreatedLocal"]) == (local.isoformat(), None)
+    birthday = load_mapping("amilia", "persons").field("birthday")
+    parse_birthday = date_parser(birthday.format, False)
+    assert parse_birthday("2001-04-09") == ("2001-04-09", None)
+    assert parse_birthday("2001-04-09T00:00:00-04:00") == ("2001-04-09", None)
+    assert load_mapping("amilia", "memberships").field("date").path == "PurchasedDateLocal"
