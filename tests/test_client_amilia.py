@@ -1,0 +1,480 @@
+"""AmiliaClient against the Amilia emulator over real sockets: both auth kinds and a refused one
+(AM-A1/A2), one re-auth after a 401, paging (AM-A4) and 429s (AM-A14), children left out and
+skill names (AC2, AM-A6), monthly windows (AC1), the registrations cursor, re-reads with
+tombstones and `account:<id>` (AC3/AC4), memberships read whole (AM-A8), webhook subscriptions
+(AM-A12) and a Disabled one (AM-A13); then the `source:` section."""
+
+from __future__ import annotations
+
+import math
+import socket
+from datetime import UTC, date, datetime, timedelta
+from itertools import count
+
+import pytest
+from pydantic import ValidationError
+
+from memberflow.mapping import load_mapping
+from memberflow.normalize import date_parser
+from resources.amilia import (
+    AmiliaClient,
+    AmiliaSource,
+    month_windows,
+    parse_moment,
+    with_owner_id,
+)
+from resources.amilia_webhook import AmiliaWebhook
+from resources.base import VendorError
+from resources.source import is_tombstone
+from sandbox.credentials import SANDBOX_ENV
+
+USER = SANDBOX_ENV["AMILIA_USERNAME"]
+PASSWORD = SANDBOX_ENV["AMILIA_PASSWORD"]
+KEY = SANDBOX_ENV["AMILIA_API_KEY"]
+KEY_SECRET = SANDBOX_ENV["AMILIA_API_SECRET"]
+ORG = SANDBOX_ENV["AMILIA_ORG"]
+_names = count()
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from sandbox.server import SandboxServer
+
+    with SandboxServer(seed=5, customers=100, days=60, rate_limits=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def amilia(sandbox):
+    state = sandbox.emulator("amilia")
+    state.retry_delays = (0.01, 0.01)  # AM-A13 compressed: a failing receiver is Disabled fast
+    return state
+
+
+@pytest.fixture
+def make(sandbox):
+    made: list[AmiliaClient] = []
+
+    def build(**kwargs) -> AmiliaClient:
+        options = {
+            "base_url": f"{sandbox.url}/amilia",
+            "org": ORG,
+            "username": USER,
+            "password": PASSWORD,
+            "integration": f"test{next(_names)}",
+            **kwargs,
+        }
+        client = AmiliaClient(**options)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+def delta(amilia, before: dict[str, int]) -> dict[str, int]:
+    after = dict(amilia.request_counts)
+    return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+
+
+def records(pages) -> list[dict]:
+    return [record for page in pages for record in page]
+
+
+def closed_port_url(path: str) -> str:
+    """A loopback URL nothing listens on: every delivery to it fails at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}{path}"
+
+
+# -- auth (AM-A1, A2) ------------------------------------------------------------------------------
+@pytest.mark.parametrize("user, secret", [(USER, PASSWORD), (KEY, KEY_SECRET)])
+def test_user_credentials_or_an_api_key_pair_authenticate_once(make, amilia, user, secret):
+    before = dict(amilia.request_counts)
+    client = make(username=user, password=secret)
+    client.check_connection()
+    client.check_connection()
+    assert delta(amilia, before) == {"authenticate GET": 1, "GET persons": 2}
+
+
+def test_refused_credentials_name_the_host_and_never_the_password(make, sandbox):
+    client = make(password="not-the-password")
+    with pytest.raises(VendorError) as refused:
+        client.check_connection()
+    host = sandbox.url.split("//", 1)[1]
+    assert refused.value.status == 401 and host in refused.value.message
+    assert "denied" in refused.value.message and "environment variables" in refused.value.message
+    assert "not-the-password" not in str(refused.value)
+
+
+def test_an_expired_token_costs_one_new_authentication(make, amilia):
+    client = make()
+    client.check_connection()
+    amilia.expire_tokens()
+    before = dict(amilia.request_counts)
+    client.check_connection()
+    # the emulator counts admitted reads only; the client counts the refused one too
+    assert delta(amilia, before) == {"authenticate GET": 1, "GET persons": 1}
+    assert client.calls.by_endpoint() == {"authenticate": 2, "persons": 3}
+
+
+def test_another_org_is_refused_with_amilias_message_and_the_host(make, sandbox):
+    with pytest.raises(VendorError) as refused:
+        make(org="another-org").check_connection()
+    assert refused.value.status == 403
+    assert "another-org" in refused.value.message and sandbox.url.split("//")[1] in str(
+        refused.value
+    )
+
+
+# -- persons (AM-A4, A6, AC2) ----------------------------------------------------------------------
+def test_persons_are_paged_whole_through_429s_without_children(make, amilia):
+    client = make(page_size=7)
+    before = dict(amilia.request_counts)
+    persons = records(client.iter_changed("persons", None))
+    pages = math.ceil(len(amilia.persons) / 7)
+    assert delta(amilia, before)["GET persons"] == pages  # 429s are not counted as reads
+    assert client.calls.throttled >= 1  # 10 req/s per token (AM-A14), Retry-After honoured
+    adults = {pid for pid, p in amilia.persons.items() if not p["IsChild"]}
+    assert {p["Id"] for p in persons} == adults and len(persons) == len(adults)
+    assert client.scan_complete("persons")
+    archived = [p for p in persons if p["IsArchived"]]
+    assert archived, "archived persons are read too (showArchived=true)"
+    for person in persons:
+        names = [s["Name"] for s in amilia.persons[person["Id"]]["Skills"]]
+        assert person["SkillNames"] == ", ".join(names)
+    assert any(p["SkillNames"] for p in persons)
+
+
+def test_a_scan_stopped_early_is_not_complete(make):
+    client = make(page_size=5)
+    pages = client.iter_changed("persons", None)
+    next(pages)
+    assert not client.scan_complete("persons")
+
+
+def test_persons_scan_again_once_the_last_scan_is_older_than_the_interval(make, amilia):
+    client = make(full_scan_minutes=60)
+    before = dict(amilia.request_counts)
+    now = datetime.now(UTC)
+    assert client.has_changes("persons", None)
+    assert not client.has_changes("persons", (now - timedelta(minutes=10)).isoformat())
+    assert client.has_changes("persons", (now - timedelta(minutes=61)).isoformat())
+    assert client.has_changes("memberships", (now - timedelta(minutes=61)).isoformat())
+    assert delta(amilia, before) == {}  # no call spent
+    assert client.cursor_after("persons", None, None, now) == now.isoformat()
+
+
+def test_person_meta_uses_join_date_as_its_modified_time(make):
+    client = make()
+    meta = client.record_meta("persons", {"Id": 7, "JoinDate": "2024-03-01"})
+    assert (meta.record_id, meta.modified, meta.business_date) == (
+        "7",
+        datetime(2024, 3, 1, tzinfo=UTC),
+        None,
+    )
+    assert client.record_meta("persons", {"Id": 8, "JoinDate": None}).modified.tzinfo is UTC
+
+
+# -- registrations (AM-A5, AC1) --------------------------------------------------------------------
+def test_a_24_month_range_is_read_as_monthly_windows(make, amilia):
+    client = make()
+    end = date.today()
+    start = (end.replace(day=1) - timedelta(days=730)).replace(day=1)
+    windows = list(month_windows(start, end))
+    assert len(windows) == 25 and windows[0] == (
+        start,
+        (start + timedelta(days=31)).replace(day=1) - timedelta(days=1),
+    )
+    before = dict(amilia.request_counts)
+    got = records(client.iter_range("registrations", start, end))
+    assert delta(amilia, before) == {
+        "authenticate GET": 1,
+        "GET registrations": len(windows),  # one page per month
+    }
+    expected = {
+        f"AC-{n}" for n, r in amilia.registrations.items() if start <= r["Created"].date() <= end
+    }
+    assert {r["RegistrationId"] for r in got} == expected
+    for record in got:
+        meta = client.record_meta("registrations", record)
+        assert meta.business_date == date.fromisoformat(record["DateCreated"][:10])
+        assert meta.modified == parse_moment(record["DateCreated"])
+        assert record["AccountOwnerId"] == record["AccountOwner"]["Id"]
+        assert record["DateCreatedLocal"] == record["DateCreated"][:10]
+
+
+def test_month_windows_cut_at_month_ends_inclusively():
+    assert list(month_windows(date(2026, 1, 15), date(2026, 3, 2))) == [
+        (date(2026, 1, 15), date(2026, 1, 31)),
+        (date(2026, 2, 1), date(2026, 2, 28)),
+        (date(2026, 3, 1), date(2026, 3, 2)),
+    ]
+    assert list(month_windows(date(2026, 5, 5), date(2026, 5, 5))) == [
+        (date(2026, 5, 5), date(2026, 5, 5))
+    ]
+
+
+def test_an_evening_registration_lands_on_the_orgs_own_calendar_day(make):
+    meta = make().record_meta(
+        "registrations", {"RegistrationId": "AC-1", "DateCreated": "2026-09-25T22:46:00-04:00"}
+    )
+    assert meta.business_date == date(2026, 9, 25)
+    assert meta.modified == datetime(2026, 9, 26, 2, 46, tzinfo=UTC)
+
+
+def test_registrations_cursor_probe_and_incremental_read(make, amilia):
+    client = make()
+    newest = max(
+        parse_moment(r["DateCreated"]) for r in records(client.iter_changed("registrations", None))
+    )
+    cursor = client.cursor_after("registrations", None, newest, datetime.now(UTC))
+    assert cursor == newest.isoformat()
+    before = dict(amilia.request_counts)
+    assert not client.has_changes("registrations", cursor)
+    assert delta(amilia, before) == {"GET registrations": 1}
+    assert not [
+        r
+        for r in records(client.iter_changed("registrations", cursor))
+        if parse_moment(r["DateCreated"]) > newest
+    ]
+    adult = next(p for p in amilia.persons.values() if not p["IsChild"])
+    made = amilia.register(adult["Id"], next(iter(amilia.activities)))
+    assert client.has_changes("registrations", cursor)
+    again = records(client.iter_changed("registrations", cursor))
+    assert made["RegistrationId"] in {r["RegistrationId"] for r in again}
+    assert all(parse_moment(r["DateCreated"]) >= newest for r in again)
+
+
+def test_registrations_are_read_again_by_id_and_a_deleted_one_is_a_tombstone(make, amilia):
+    client = make()
+    number, row = next((n, r) for n, r in sorted(amilia.registrations.items()))
+    gone = sorted(amilia.registrations)[-1]
+    amilia.delete_registration(f"AC-{gone}")
+    got = records(client.fetch_records("registrations", [f"AC-{number}", f"AC-{gone}"]))
+    assert got[0]["RegistrationId"] == f"AC-{number}" and "AccountOwnerId" in got[0]
+    assert got[1] == {"RegistrationId": f"AC-{gone}", "_memberflow_deleted": True}
+    meta = client.tombstone_meta("registrations", got[1], datetime.now(UTC))
+    assert meta.business_date is None  # lands on the day it was seen
+
+
+# -- persons by id (AM-A6, AC3, AC4) ---------------------------------------------------------------
+def test_persons_by_id_skip_children_and_tombstone_the_deleted(make, amilia):
+    client = make()
+    adults = [p for p in amilia.persons.values() if not p["IsChild"] and not p["IsArchived"]]
+    child = next(p for p in amilia.persons.values() if p["IsChild"])
+    keep, removed = adults[0], adults[-1]
+    amilia.delete_person(removed["Id"])
+    before = dict(amilia.request_counts)
+    got = records(client.fetch_records("persons", [keep["Id"], removed["Id"], child["Id"]]))
+    assert delta(amilia, before) == {"authenticate GET": 1, "GET persons/{}": 3}
+    assert got[0]["Id"] == keep["Id"] and "SkillNames" in got[0]
+    assert is_tombstone(got[1]) and got[1]["Id"] == str(removed["Id"])
+    assert len(got) == 2
+
+
+def test_an_archived_account_brings_back_its_persons_archived(make, amilia):
+    client = make()
+    account = next(
+        a
+        for a in amilia.accounts.values()
+        if not a["IsArchived"] and any(amilia.persons[p]["IsChild"] for p in a["MemberIds"])
+    )
+    amilia.archive_account(account["Id"])
+    got = records(client.fetch_records("persons", [f"account:{account['Id']}"]))
+    adults = {p for p in account["MemberIds"] if not amilia.persons[p]["IsChild"]}
+    assert {p["Id"] for p in got} == adults
+    assert all(p["IsArchived"] is True for p in got)
+    assert records(client.fetch_records("persons", ["account:1"])) == []  # no such account
+
+
+# -- memberships (AM-A8) ---------------------------------------------------------------------------
+def test_memberships_are_read_whole_one_record_per_purchase_with_ended(make, amilia):
+    client = make(today=lambda: amilia.today)
+    got = records(client.iter_changed("memberships", None))
+    assert client.scan_complete("memberships")
+    active = {
+        (m["AccountId"], m["MembershipId"])
+        for m in amilia.account_memberships
+        if m["Status"] == "Active"
+    }
+    expected = {
+        f"{m['AccountId']}-{m['MembershipId']}-{m['PersonId']}"
+        for m in amilia.account_memberships
+        if (m["AccountId"], m["MembershipId"]) in active
+    }
+    assert {r["Key"] for r in got} == expected and len(got) == len(expected)
+    for record in got:
+        assert record["Ended"] == (
+            record["Status"] != "Active" or record["ExpirationDate"] < amilia.today.isoformat()
+        )
+        owner = amilia.accounts[record["AccountId"]]["OwnerId"]
+        assert record["AccountOwnerId"] == owner
+        meta = client.record_meta("memberships", record)
+        assert meta.record_id == record["Key"]
+        assert meta.business_date == date.fromisoformat(record["PurchasedDate"][:10])
+    assert any(not r["Ended"] for r in got)
+
+    account = next(a for a in amilia.accounts.values() if not a["IsArchived"])
+    bought = amilia.buy_membership(account["Id"], 60)
+    key = f"{account['Id']}-60-{account['OwnerId']}"
+    (new,) = [r for r in records(client.iter_changed("memberships", None)) if r["Key"] == key]
+    assert new["Ended"] is False and new["PurchasedDate"] == bought["PurchasedDate"]
+    day = date.fromisoformat(bought["PurchasedDate"][:10])
+    in_range = records(client.iter_range("memberships", day, day))
+    assert key in {r["Key"] for r in in_range}
+    assert all(r["PurchasedDateLocal"] == day.isoformat() for r in in_range)
+
+
+# -- webhook subscriptions (AM-A9, A12, A13) -------------------------------------------------------
+def test_ensure_webhooks_subscribes_every_pair_once(make, amilia):
+    client = make()
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    added = client.ensure_webhooks(url)
+    assert added == [
+        "Person/Create",
+        "Person/Delete",
+        "Account/Delete",
+        "Registration/Create",
+        "Registration/Update",
+        "Registration/Delete",
+        "Membership/Create",
+        "Membership/Update",
+        "Membership/Delete",
+    ]
+    assert client.ensure_webhooks(url) == []
+    ours = [s for s in amilia.subscriptions.values() if s["Url"] == url]
+    assert len(ours) == 9
+    assert {s["Name"] for s in ours} >= {f"memberflow-{client.integration}-Person-Create"}
+    for sub in ours:  # tidy: no later change is pushed to this url
+        del amilia.subscriptions[sub["Id"]]
+
+
+def test_token_mode_registers_the_url_with_its_token(make, amilia):
+    client = make(webhook_token="shared-s3cret")
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    assert len(client.ensure_webhooks(url)) == 9
+    urls = {
+        s["Url"]
+        for s in amilia.subscriptions.values()
+        if s["Name"].startswith(f"memberflow-{client.integration}-")
+    }
+    assert urls == {f"{url}?token=shared-s3cret"}
+    assert client.ensure_webhooks(url) == []
+    for sid in [s["Id"] for s in amilia.subscriptions.values() if s["Url"] in urls]:
+        del amilia.subscriptions[sid]
+
+
+def test_a_disabled_subscription_is_reported_then_registered_again(make, amilia):
+    client = make(webhook_token="tok-123")
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    client.ensure_webhooks(url)
+    assert client.webhook_problems() == []
+    account = next(a for a in amilia.accounts.values() if not a["IsArchived"])
+    amilia.create_person(account["Id"], "Léa", "Tremblay")  # delivered to nobody: retried, given up
+    amilia.wait_for_deliveries()
+    (problem,) = client.webhook_problems()
+    assert "Person/Create" in problem and "Disabled" in problem and "dropped" in problem
+    assert "memberflow receiver --register-url http://127.0.0.1:" in problem
+    assert "tok-123" not in problem
+    before = {s["Id"] for s in amilia.subscriptions.values()}
+    assert client.ensure_webhooks(url) == ["Person/Create"]
+    assert client.webhook_problems() == []
+    assert len({s["Id"] for s in amilia.subscriptions.values()} - before) == 1
+    for sid in [s["Id"] for s in amilia.subscriptions.values() if "tok-123" in s["Url"]]:
+        del amilia.subscriptions[sid]
+
+
+# -- the `source:` section -------------------------------------------------------------------------
+def section(**fields) -> AmiliaSource:
+    return AmiliaSource.model_validate({"kind": "amilia", "org": 8008, **fields})
+
+
+def test_section_takes_exactly_one_credential_pair():
+    user = section(username_env="AM_USER", password_env="AM_PASS")
+    assert user.org == "8008" and user.env_vars() == ["AM_USER", "AM_PASS"]
+    key = section(api_key_env="AM_KEY", api_secret_env="AM_SECRET", language="fr")
+    assert key.env_vars() == ["AM_KEY", "AM_SECRET"]
+    for bad in (
+        {},
+        {"username_env": "AM_USER"},
+        {
+            "username_env": "AM_USER",
+            "password_env": "AM_PASS",
+            "api_key_env": "AM_KEY",
+            "api_secret_env": "AM_SECRET",
+        },
+    ):
+        with pytest.raises(ValidationError, match="credential pair|together"):
+            section(**bad)
+    with pytest.raises(ValidationError):
+        section(username_env="AM_USER", password_env="AM_PASS", language="de")
+
+
+def test_section_webhooks_take_a_signing_secret_or_a_token(monkeypatch):
+    base = {"username_env": "AM_USER", "password_env": "AM_PASS"}
+    assert section(**base).webhook() is None
+    with pytest.raises(ValidationError, match="exactly one"):
+        section(**base, webhooks={"enabled": True})
+    with pytest.raises(ValidationError, match="exactly one"):
+        section(**base, webhooks={"enabled": True, "secret_env": "A", "token_env": "B"})
+    signed = section(**base, webhooks={"enabled": True, "secret_env": "AM_HOOK"})
+    assert signed.env_vars() == ["AM_USER", "AM_PASS", "AM_HOOK"]
+    monkeypatch.setenv("AM_HOOK", "s")
+    assert isinstance(signed.webhook(), AmiliaWebhook)
+
+
+def test_section_resource_builds_a_working_client(monkeypatch, sandbox):
+    monkeypatch.setenv("AM_KEY", KEY)
+    monkeypatch.setenv("AM_SECRET", KEY_SECRET)
+    monkeypatch.setenv("AM_TOKEN", "t0k")
+    source = section(
+        base_url=f"{sandbox.url}/amilia",
+        org=ORG,
+        api_key_env="AM_KEY",
+        api_secret_env="AM_SECRET",
+        webhooks={"enabled": True, "token_env": "AM_TOKEN"},
+        page_size=500,
+    )
+    source.bind("club", 5)
+    client = source.resource().client()
+    try:
+        client.check_connection()
+        assert client.integration == "club"
+    finally:
+        client.close()
+    assert source.resource().username.env_var_name == "AM_KEY"  # a name, never the value
+
+
+# -- default mappings ------------------------------------------------------------------------------
+def test_the_default_mappings_load_with_their_customers_and_cancelled_flags():
+    persons = load_mapping("amilia", "persons")
+    assert (persons.role, persons.record_id) == ("members", "Id")
+    assert persons.field("telephone_mobile").type == "text"  # the target has no phone field
+    registrations = load_mapping("amilia", "registrations")
+    assert registrations.customer_ids == ("Person.Id", "AccountOwnerId")
+    assert registrations.cancelled == "IsCancelled"
+    memberships = load_mapping("amilia", "memberships")
+    assert (memberships.record_id, memberships.cancelled) == ("Key", "Ended")
+    assert memberships.customer_ids == ("PersonId", "AccountOwnerId")
+
+
+def test_dates_normalise_to_the_orgs_calendar_day():
+    """An ISO datetime with an offset read as a date becomes its UTC date (the next day for an
+    evening registration), so event dates are read from the client's `...Local` date keys."""
+    rule = load_mapping("amilia", "registrations").field("date")
+    parse = date_parser(rule.format, False)
+    assert parse("2026-09-25T12:46:00-04:00") == ("2026-09-25", None)
+    assert parse("2026-09-25T22:46:00-04:00") == ("2026-09-26", None)  # why DateCreatedLocal
+    assert rule.path == "DateCreatedLocal"
+    local = date.fromisoformat("2026-09-25")
+    record = {"RegistrationId": "AC-1", "DateCreated": "2026-09-25T22:46:00-04:00"}
+    assert parse(with_owner_id(record)["DateCreatedLocal"]) == (local.isoformat(), None)
+    birthday = load_mapping("amilia", "persons").field("birthday")
+    parse_birthday = date_parser(birthday.format, False)
+    assert parse_birthday("2001-04-09") == ("2001-04-09", None)
+    assert parse_birthday("2001-04-09T00:00:00-04:00") == ("2001-04-09", None)
+    assert load_mapping("amilia", "memberships").field("date").path == "PurchasedDateLocal"
