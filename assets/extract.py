@@ -23,6 +23,7 @@ from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping
 from resources.source import DELETED_FLAG, SourceClient
+from resources.webhooks import RESCAN
 
 API_RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
@@ -69,13 +70,13 @@ def build_extract_asset(
             )
         extra: dict[str, Any] = {}
         try:
-            if config.webhook_through is not None and not events:
+            if config.webhook_through is not None:
                 stats, mode, extra = _run_webhooks(
-                    context, client, integration.name, mapping.entity, config.webhook_through
+                    context, client, integration, mapping, events, config.webhook_through
                 )
             else:
-                stats, mode = _run(context, client, integration, mapping, events)
-                if not events and client.entity_spec(mapping.entity).full_scan:
+                stats, mode, whole = _run(context, client, integration, mapping, events)
+                if whole:
                     extra = _land_deletions(
                         context, client, integration.name, mapping.entity, stats
                     )
@@ -135,10 +136,12 @@ def _run(
     integration: Integration,
     mapping: EntityMapping,
     events: bool,
-) -> tuple[landing.LandingStats, str]:
+) -> tuple[landing.LandingStats, str, bool]:
+    """Read by cursor, by range (a backfill) or whole; returns the stats, the mode, and whether
+    a full-scan entity was read whole (then records missing from it were deleted)."""
     name, entity = integration.name, mapping.entity
     days = naming.partition_days(context) if events else []
-    full_scan = not events and client.entity_spec(entity).full_scan
+    full_scan = client.entity_spec(entity).full_scan
     started = datetime.now(UTC)
     if naming.is_incremental(context) or (events and not days):
         previous = landing.read_source_cursor(name, entity)
@@ -151,13 +154,15 @@ def _run(
         pages = client.iter_changed(entity, cursor)
         stats = landing.land_pages(client, name, entity, pages, collect_ids=full_scan)
         _advance_cursor(client, name, entity, previous, stats, started)
-        return stats, f"incremental since {cursor or 'the beginning'}"
+        if full_scan:
+            return stats, "full scan", True
+        return stats, f"incremental since {cursor or 'the beginning'}", False
     if events:
         context.log.info(f"{entity}: backfilling {days[0]} .. {days[-1]} ({len(days)} days)")
         pages = client.iter_range(entity, days[0], days[-1])
         stats = landing.land_pages(client, name, entity, pages, replace_days=days)
         _start_cursor_after_initial_import(client, integration, entity, days, stats, started)
-        return stats, f"range {days[0]} .. {days[-1]}"
+        return stats, f"range {days[0]} .. {days[-1]}", False
     context.log.info(f"{entity}: full fetch")
     pages = client.iter_changed(entity, None)
     stats = landing.land_pages(client, name, entity, pages, collect_ids=full_scan)
@@ -165,7 +170,7 @@ def _run(
     # only starts a cursor and never moves an existing one past changes it did not fetch.
     if landing.read_source_cursor(name, entity) is None:
         _advance_cursor(client, name, entity, None, stats, started)
-    return stats, "full"
+    return stats, "full", full_scan
 
 
 def _advance_cursor(
@@ -248,21 +253,44 @@ def _land_deletions(
 def _run_webhooks(
     context: dg.AssetExecutionContext,
     client: SourceClient,
-    integration: str,
-    entity: str,
+    integration: Integration,
+    mapping: EntityMapping,
+    events: bool,
     through: int,
 ) -> tuple[landing.LandingStats, str, dict[str, Any]]:
     """Land what the stored webhook events up to `through` name, then mark them consumed.
 
     A webhook body is a hint: created and updated records are read again from the source (the
-    newest event of a record decides); a delete is trusted and lands as a tombstone. The events
-    are marked consumed only after everything is on disk, so a failed run leaves them pending.
+    newest event of a record decides); a delete is trusted and lands as a tombstone (an event
+    record's on the day it is seen; staging drops it wherever it was). An event that cannot name
+    its record (RESCAN) makes this a regular read of the entity instead (a full-scan entity is
+    read whole, and what is gone from it becomes tombstones). The events are marked consumed only
+    after everything is on disk, so a failed run leaves them pending. The member entity's step
+    also consumes events of entities this integration does not extract (nothing will).
     """
     from memberflow.webhook_store import WebhookStore  # the receiver's durable store
 
-    store = WebhookStore.for_integration(integration)
+    name, entity = integration.name, mapping.entity
+    store = WebhookStore.for_integration(name)
     pending = store.pending(through)
-    newest = {e.record_id: e for e in pending if e.entity == entity}  # seq order: last wins
+    mine = [e for e in pending if e.entity == entity]
+    consumes = {entity} | (
+        {e.entity for e in pending} - _extracted(integration) if not events else set()
+    )
+    if any(e.record_id == RESCAN for e in mine):
+        context.log.info(f"{entity}: {len(mine)} webhook event(s) ask for a full read")
+        stats, mode, whole = _run(context, client, integration, mapping, events)
+        extra = _land_deletions(context, client, name, entity, stats) if whole else {}
+        store.mark_consumed(through, context.run_id, consumes)
+        return (
+            stats,
+            f"webhook events through #{through}: {mode}",
+            {
+                "webhook_events": len(mine),
+                **extra,
+            },
+        )
+    newest = {e.record_id: e for e in mine}  # seq order: last wins
     reread = [rid for rid, e in newest.items() if e.kind != "delete"]
     id_field = client.entity_spec(entity).id_field
     deletes = [
@@ -271,19 +299,26 @@ def _run_webhooks(
         if e.kind == "delete"
     ]
     context.log.info(
-        f"{entity}: {len(pending)} webhook event(s) through #{through}: "
+        f"{entity}: {len(mine)} webhook event(s) through #{through}: "
         f"re-reading {len(reread)} record(s), {len(deletes)} deletion(s)"
     )
     counted = _Counted(client.fetch_records(entity, reread) if reread else iter(()))
     pages = chain(counted, [deletes] if deletes else [])
-    stats = landing.land_pages(client, integration, entity, pages)
-    store.mark_consumed(through, context.run_id)
+    stats = landing.land_pages(client, name, entity, pages)
+    store.mark_consumed(through, context.run_id, consumes)
     extra = {
-        "webhook_events": len(pending),
+        "webhook_events": len(mine),
         "records_reread": counted.records,
         "tombstones": stats.tombstones,
     }
     return stats, f"webhook events through #{through}", extra
+
+
+def _extracted(integration: Integration) -> set[str]:
+    """The entities this integration's extract steps read (its member entity and tracking)."""
+    from memberflow.mapping import available_entities
+
+    return set(available_entities(integration.source.kind).members) | set(integration.tracking)
 
 
 class _Counted:

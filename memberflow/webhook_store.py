@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -151,15 +151,25 @@ class WebhookStore:
             ).fetchone()
         return None if seq is None else int(seq)
 
-    def mark_consumed(self, through: int, run_id: str) -> None:
-        """Record that run `run_id` handled every pending event with seq <= `through`."""
+    def mark_consumed(
+        self, through: int, run_id: str, entities: Collection[str] | None = None
+    ) -> None:
+        """Record that run `run_id` handled every pending event with seq <= `through` (of
+        `entities` only, when given: each extract step consumes its own entity's events)."""
+        sql = (
+            "UPDATE events SET consumed_by = ?, consumed_at = ?"
+            " WHERE seq <= ? AND consumed_by IS NULL"
+        )
+        args: list[Any] = [run_id, _iso(datetime.now(UTC)), through]
+        if entities is not None:
+            names = sorted(entities)
+            if not names:
+                return
+            sql += f" AND entity IN ({', '.join('?' * len(names))})"
+            args += names
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "UPDATE events SET consumed_by = ?, consumed_at = ?"
-                " WHERE seq <= ? AND consumed_by IS NULL",
-                (run_id, _iso(datetime.now(UTC)), through),
-            )
+            conn.execute(sql, args)
             conn.execute("COMMIT")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import dagster as dg
@@ -42,21 +42,37 @@ def webhook_sensors(integration: Integration, job: dg.JobDefinition) -> list[dg.
     return [] if capability is None else [build_webhook_sensor(integration, job)]
 
 
-def extract_op_name(integration: Integration) -> str:
-    """The op of the member entity's extract asset, whose config takes `webhook_through`."""
-    (entity,) = sorted(available_entities(integration.source.kind).members)
-    return naming.raw_key(integration, entity).to_python_identifier()
+def extract_op_names(integration: Integration) -> list[str]:
+    """The ops of the integration's extract assets (member entity and tracked events), each of
+    whose config takes `webhook_through`: each re-reads the records its entity's events name."""
+    members = sorted(available_entities(integration.source.kind).members)
+    return [
+        naming.raw_key(integration, entity).to_python_identifier()
+        for entity in [*members, *integration.tracking]
+    ]
 
 
 def webhook_run_config(integration: Integration, through: int) -> dict[str, Any]:
-    return {"ops": {extract_op_name(integration): {"config": {"webhook_through": through}}}}
+    config = {"config": {"webhook_through": through}}
+    return {"ops": {name: config for name in extract_op_names(integration)}}
+
+
+class WebhookSubscriptionDisabled(RuntimeError):
+    """The source stopped delivering webhooks (a subscription it disabled): the sensor's tick
+    fails with this, so the Dagster UI shows it (and alerting on sensor failures fires)."""
+
+
+PROBLEMS_EVERY_SECONDS = 300  # how often the subscriptions are looked at while all is well
 
 
 def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.SensorDefinition:
+    source_key = naming.source_resource_key(integration)
+
     @dg.sensor(
         name=f"{integration.name}_webhook_sensor",
         job=job,
         minimum_interval_seconds=MIN_INTERVAL_SECONDS,
+        required_resource_keys={source_key},
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
@@ -64,9 +80,10 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        if run_in_flight(context.instance, integration.list_key):
-            return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
         cursor = json.loads(context.cursor) if context.cursor else {}
+        problems = _problems(context, source_key, cursor)
+        if run_in_flight(context.instance, integration.list_key):
+            return _alert_or(problems, f"a run on list {integration.list_key} is still in flight")
         requested = int(cursor.get("requested", 0))
         last = WebhookStore.for_integration(integration.name).last_pending_seq()
         if last is None or last <= requested:
@@ -74,15 +91,20 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
             # run failed later (delivery), it is asked for again: its re-read finds nothing
             # new and delivery sends what it landed, so a card waits no longer than that.
             if not requested or not _failed(context.instance, integration, requested):
-                return dg.SkipReason("no pending webhook events")
+                return _alert_or(problems, "no pending webhook events")
             last = requested
         run_key, attempts = _next_attempt(last, cursor)
         if run_key is None:
-            return dg.SkipReason(
+            return _alert_or(
+                problems,
                 f"the run for events through seq {last} failed {MAX_ATTEMPTS} times; "
-                f"the regular sensor's pass picks their records up"
+                f"the regular sensor's pass picks their records up",
             )
-        context.update_cursor(json.dumps({"requested": last, "attempts": attempts}))
+        for line in problems:  # the stored events still go first; the next tick fails
+            context.log.error(f"webhooks: {line}")
+        context.update_cursor(
+            json.dumps({**cursor, "requested": last, "attempts": attempts}, sort_keys=True)
+        )
         now = datetime.now(UTC)
         return dg.RunRequest(
             run_key=run_key,
@@ -98,6 +120,42 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
         )
 
     return _sensor
+
+
+def _problems(
+    context: dg.SensorEvaluationContext, source_key: str, cursor: dict[str, Any]
+) -> list[str]:
+    """What the source says is wrong with its subscriptions (e.g. one it disabled after failed
+    deliveries), looked at every PROBLEMS_EVERY_SECONDS while all is well, every tick after a
+    problem (a failed tick keeps no cursor). A failed look is logged, not raised."""
+    checked = cursor.get("problems_checked_at")
+    now = datetime.now(UTC)
+    if checked and now - datetime.fromisoformat(checked) < timedelta(
+        seconds=PROBLEMS_EVERY_SECONDS
+    ):
+        return []
+    cursor["problems_checked_at"] = now.isoformat()
+    client = getattr(context.resources, source_key).client()
+    try:
+        problems = client.webhook_problems()
+    except Exception as exc:  # the vendor may be down: the events still go through
+        context.log.warning(f"webhooks: could not read the subscriptions' status: {exc}")
+        problems = []
+    finally:
+        client.close()
+    if not problems:
+        context.update_cursor(json.dumps(cursor, sort_keys=True))
+    return problems
+
+
+def _alert_or(problems: list[str], reason: str) -> dg.SkipReason:
+    """Skip with `reason`, unless the source reported problems: then fail the tick with them."""
+    if problems:
+        raise WebhookSubscriptionDisabled(
+            "; ".join(problems) + " — fix the receiver, then run "
+            "`memberflow receiver --register-url <public URL>` to register again"
+        )
+    return dg.SkipReason(reason)
 
 
 def _failed(instance: dg.DagsterInstance, integration: Integration, through: int) -> bool:

@@ -102,7 +102,11 @@ def _sensor_run_config(harness: Harness) -> dict[str, Any] | None:
     import dagster as dg
 
     sensor = harness.defs.get_sensor_def(f"{NAME}_webhook_sensor")
-    with dg.build_sensor_context(instance=harness.instance) as context:
+    with dg.build_sensor_context(
+        instance=harness.instance,
+        resources=harness.defs.resources,
+        repository_def=harness.defs.get_repository_def(),
+    ) as context:
         result = sensor.evaluate_tick(context)
     return result.run_requests[0].run_config if result.run_requests else None
 

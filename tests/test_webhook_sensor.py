@@ -28,6 +28,8 @@ class Hooks(WebhookCapability):
 def setup(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
     (integration,) = load_all([INTEGRATIONS_DIR / "demo_flexpos.yaml"])
+    for name in [*integration.source.env_vars(), *integration.target.env_vars()]:
+        monkeypatch.setenv(name, "unused")  # the sensor builds the source client, calls nothing
     monkeypatch.setattr(type(integration.source), "webhook", lambda self: Hooks(), raising=False)
     defs = build_definitions([integration])
     sensor = defs.resolve_sensor_def("demo_flexpos_webhook_sensor")
@@ -47,7 +49,10 @@ class _Ticker:
 
     def __call__(self, cursor: str | None = None):
         context = dg.build_sensor_context(
-            instance=self.instance, cursor=cursor, definitions=self.defs
+            instance=self.instance,
+            cursor=cursor,
+            resources=self.defs.resources,
+            repository_def=self.defs.get_repository_def(),
         )
         return self.sensor.evaluate_tick(context)
 
@@ -65,9 +70,13 @@ def test_pending_events_request_one_run_through_the_last_seq(setup):
     result = tick()
     (request,) = result.run_requests
     assert request.run_key == "webhook-2"
-    op = webhook_sensor.extract_op_name(integration)
-    assert op == "demo_flexpos__customers_raw"
-    assert request.run_config == {"ops": {op: {"config": {"webhook_through": 2}}}}
+    ops = webhook_sensor.extract_op_names(integration)
+    assert ops == [
+        "demo_flexpos__customers_raw",
+        "demo_flexpos__journals_raw",
+        "demo_flexpos__tickets_raw",
+    ]  # every extract step reads its own entity's events
+    assert request.run_config == {"ops": {op: {"config": {"webhook_through": 2}} for op in ops}}
     assert request.tags["memberflow/list"] == integration.list_key
 
     _add(store, b"b", "3")  # new events past the cursor: a new batch
