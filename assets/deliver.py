@@ -62,6 +62,7 @@ def build_deliver_assets(
     target_key = naming.target_resource_key(list_key)
     first = integrations[0]
     fields = model.member_fields(feeds)
+    types = model.field_types(feeds)
     report_to = sorted(
         {i.import_.error_report_to for i in integrations if i.import_.error_report_to}
     )
@@ -90,7 +91,9 @@ def build_deliver_assets(
         client: TargetClient = getattr(context.resources, target_key).client()
         caps = client.capabilities
         try:
-            delivery.check_mapping(client, fields)
+            created = delivery.check_mapping(client, fields, types)
+            if created:
+                context.log.info(f"created on {client.label}: {', '.join(created)}")
             with warehouse.get_connection() as conn:
                 pulled: dict[str, int] | str = "the target does not report them when read"
                 if caps.feedback == "polled":
@@ -123,6 +126,8 @@ def build_deliver_assets(
                 "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
+                **({"fields_created": created} if created else {}),
+                **client.run_figures(),
                 "refused_sample": dg.MetadataValue.json(_masked_rows(report.refused[:10])),
                 "fields_dropped_sample": dg.MetadataValue.json(
                     _masked_rows(report.dropped_fields[:10])

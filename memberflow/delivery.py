@@ -12,7 +12,7 @@ Nothing here knows a vendor: what the target can do comes from its capabilities.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,7 @@ import phonenumbers
 
 from memberflow import rekey
 from memberflow.staging import ensure_bookkeeping
-from resources.base import ListField, UpsertFlags
+from resources.base import UpsertFlags, VendorError
 from resources.target import MemberAck, MemberChange, TargetClient, WritePolicy
 
 ACK_BATCH = 500
@@ -132,17 +132,32 @@ def set_list_state(conn: duckdb.DuckDBPyConnection, key: str, value: str) -> Non
 # --- C7: mapped fields must exist on the target -----------------------------------------------
 
 
-def check_mapping(client: TargetClient, fields: list[str]) -> dict[str, ListField]:
-    """Fetch the target's fields and fail before any send if a mapped one is missing."""
+def check_mapping(
+    client: TargetClient, fields: list[str], types: Mapping[str, str | None] | None = None
+) -> list[str]:
+    """Fail before any send if a mapped field is missing on the target (C7). A target that can
+    add custom fields (capabilities.creates_fields) creates the missing ones first, typed by
+    `types` (text by default), and fails only with those it has no room for. Returns the names
+    created."""
     known = client.target_fields()
     missing = [name for name in fields if name not in known]
-    if missing:
-        raise MappingCheckError(
-            f"{client.label} has no field(s) {', '.join(missing)}; create them on the target "
-            "(custom fields with exactly these names) or remove them from the mapping. "
-            "Nothing was sent."
-        )
-    return known
+    if not missing:
+        return []
+    if client.capabilities.creates_fields:
+        wanted = {name: (types or {}).get(name) or "text" for name in missing}
+        try:
+            return client.create_fields(wanted)
+        except VendorError as exc:
+            raise MappingCheckError(
+                f"{client.label} could not take every mapped field ({exc.message}); missing: "
+                f"{', '.join(missing)}. Free custom fields on the target (or a plan with more), "
+                "or remove these from the mapping. Nothing was sent."
+            ) from None
+    raise MappingCheckError(
+        f"{client.label} has no field(s) {', '.join(missing)}; create them on the target "
+        "(custom fields with exactly these names) or remove them from the mapping. "
+        "Nothing was sent."
+    )
 
 
 # --- pull-back: unsubscribes and bounces (capabilities.feedback == "polled") ------------------

@@ -68,6 +68,11 @@ def target_columns(feeds: list[Feed]) -> list[TargetField]:
     return mapping.columns(canonical_fields(feeds))
 
 
+def field_types(feeds: list[Feed]) -> dict[str, str | None]:
+    """The type each target field declares (for a target that creates missing custom fields)."""
+    return {c.name: c.type for c in target_columns(feeds)}
+
+
 def member_fields(feeds: list[Feed]) -> list[str]:
     """Every target field the list's members carry, by the target's names (what C7 checks)."""
     return [c.name for c in target_columns(feeds)]
