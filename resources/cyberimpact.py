@@ -343,13 +343,13 @@ class CyberimpactClient(TargetClient):
         outcome = "refused" if refused else "error"
         return MemberAck(change.match_key, outcome, change.member_id, reason=exc.message)
 
-    def _after_write(self, write: _Write) -> None:
+    def _after_write(self, write: _Write, batched: bool = False) -> None:
         """Group removals and the consent call of a member just created or updated."""
         for title in write.change.groups_removed:
             group_id = (self._groups or {}).get(title)
             if group_id is not None:
                 self._leave_group(write.wire.email, group_id)
-        self._send_consent(write)
+        self._send_consent(write, always=batched)
 
     def _leave_group(self, email: str, group_id: int) -> None:
         """`DELETE /members/{email}/groups/{id}` (CI-A4); not a member of it (404) is fine."""
@@ -364,13 +364,21 @@ class CyberimpactClient(TargetClient):
             if exc.status != 404:
                 raise
 
-    def _send_consent(self, write: _Write) -> None:
+    def _send_consent(self, write: _Write, always: bool = False) -> None:
         """CI-A10: when `consentDate` is known and the consent inputs changed (or the core can't
-        tell), PUT it; a 422 means a stronger consent is stored, which is kept and is success."""
+        tell), PUT it; a 422 means a stronger consent is stored, which is kept and is success.
+
+        `always` after a batch: an addMembers batch must name a relation type and sets a
+        default consent (today) on the members it touches, so each member's own consent is put
+        back whether or not its inputs changed."""
         consent, changed = write.wire.consent, write.change.changed
         if CONSENT_DATE not in consent:
             return
-        if changed is not None and not ({CONSENT_DATE, CONSENT_PROOF} & set(changed)):
+        if (
+            not always
+            and changed is not None
+            and not ({CONSENT_DATE, CONSENT_PROOF} & set(changed))
+        ):
             return
         body = {
             "relationType": RELATION_TYPE,
@@ -510,7 +518,7 @@ class CyberimpactClient(TargetClient):
             write.outcome = "created" if write.change.action == "create" else "updated"
             write.member_id = member_id
             try:
-                self._after_write(write)
+                self._after_write(write, batched=True)
             except VendorError as exc:
                 ack = self._failed(write.change, exc)
                 write.outcome, write.reason = ack.outcome, ack.reason
