@@ -98,7 +98,7 @@ class Integration(_Strict):
         description="true: match_on mobile (records sharing a phone are one member); "
         "false: match_on external_id (one member per source record)",
     )
-    target_fields: dict[str, str | None] = Field(
+    target_fields: dict[str, str | dict[str, Any] | None] = Field(
         default_factory=dict,
         description="overrides of the target mapping: target field -> canonical field, or null",
     )

@@ -120,7 +120,7 @@ def build_event_links(conn: duckdb.DuckDBPyConnection, feeds: Sequence[Feed]) ->
         "SELECT NULL::VARCHAR AS integration, NULL::VARCHAR AS entity, NULL::VARCHAR AS customer,"
         " NULL::VARCHAR AS event_id, NULL::BOOLEAN AS live LIMIT 0"
     )
-    union = " UNION ALL BY NAME ".join([empty, *parts])
+    union = " UNION ALL BY NAME ".join(f"({part})" for part in [empty, *parts])
     conn.execute(
         f"CREATE OR REPLACE TEMP TABLE {LINKS} AS "
         f"SELECT * FROM ({union}) WHERE customer IS NOT NULL"
