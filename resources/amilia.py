@@ -221,11 +221,16 @@ class AmiliaClient(SourceClient):
     def ensure_webhooks(self, url: str) -> list[str]:
         """Subscribe AM-A9's pairs to `url` where missing (AM-A12); returns those added, e.g.
         "Person/Create". A Disabled subscription to our url (AM-A13) is deleted and added again:
-        that is how a user turns deliveries back on once the receiver is fixed."""
+        that is how a user turns deliveries back on once the receiver is fixed. One of ours (by
+        name) to another url is deleted: the receiver moved, and the old one would get (or
+        fail, and be disabled for) every change twice."""
         target = self._hook_url(url)
+        ours = f"memberflow-{self.integration}-"
         present: set[tuple[str, str]] = set()
         for hook in self._subscriptions():
             if hook.get("Url") != target:
+                if str(hook.get("Name", "")).startswith(ours):
+                    self._call("DELETE", f"webhooks/{hook['Id']}", "webhooks/{id}")
                 continue
             pair = (str(hook.get("Context")), str(hook.get("Action")))
             if hook.get("Status") == "Disabled":
@@ -327,14 +332,23 @@ class AmiliaClient(SourceClient):
 
     def _registrations_since(self, since: datetime | None) -> Iterator[list[Row]]:
         """From the day before the cursor's UTC date (so the org's own calendar day of the
-        cursor is covered whatever its offset), keeping what was created at or after it."""
-        params = {"showEnded": "true"}
-        if since is not None:
-            params["from"] = _from_day(since)
-        for page in self._pages("registrations", "registrations", params):
-            kept = [with_owner_id(r) for r in page if since is None or _created(r) >= since]
-            if kept:
-                yield kept
+        cursor is covered whatever its offset), keeping what was created at or after it. A
+        cursor far back (the first sync reads from the history start) is read month by month
+        like a backfill (AC1); the last window is open-ended, so nothing created since is
+        missed."""
+        if since is None:
+            windows: list[dict[str, str]] = [{}]
+        else:
+            start = date.fromisoformat(_from_day(since))
+            months = month_windows(start, max(start, datetime.now(UTC).date()))
+            windows = [{"from": a.isoformat(), "to": b.isoformat()} for a, b in months]
+            windows[-1].pop("to")
+        for window in windows:
+            params = {**window, "showEnded": "true"}
+            for page in self._pages("registrations", "registrations", params):
+                kept = [with_owner_id(r) for r in page if since is None or _created(r) >= since]
+                if kept:
+                    yield kept
 
     def _registration_by_id(self, registration_id: str) -> list[Row]:
         path = f"registrations/{registration_id}"

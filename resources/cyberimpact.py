@@ -258,6 +258,7 @@ class CyberimpactClient(TargetClient):
         try:  # the account's custom fields and group ids, read (and made) once for the call
             writes = [self._prepare(change) for change in upserts]
             self._resolve_groups({t for w in writes for t in w.gained})
+            self._known_groups({t for w in writes for t in w.change.groups_removed})
         except VendorError as exc:
             if exc.status in _AUTH_FAILURES:
                 raise
@@ -591,15 +592,22 @@ class CyberimpactClient(TargetClient):
 
     # --- groups and custom fields --------------------------------------------------------------
 
-    def _resolve_groups(self, titles: set[str]) -> None:
-        """Ids for every title; a missing one is created as a static group (CI-A7)."""
-        if not titles:
-            return
-        if self._groups is None:
+    def _known_groups(self, titles: set[str]) -> dict[str, int]:
+        """The account's static groups by title, read once per client when `titles` need one
+        (a removal needs the id of a group this client may not have made)."""
+        if self._groups is None and titles:
             self._groups = {}
             for raw in self._pages("/groups", "groups", {}):
                 if not raw.get("isDynamic") and isinstance(raw.get("title"), str):
                     self._groups.setdefault(raw["title"], int(raw["id"]))
+        return self._groups or {}
+
+    def _resolve_groups(self, titles: set[str]) -> None:
+        """Ids for every title; a missing one is created as a static group (CI-A7)."""
+        if not titles:
+            return
+        self._known_groups(titles)
+        assert self._groups is not None
         for title in sorted(titles - set(self._groups)):
             answer = self._http.request_json(
                 "POST",
