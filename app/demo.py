@@ -19,7 +19,12 @@ from pipelines.factory import build_definitions, warehouse_path
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
 
-DEMO_FILES = ("demo_flexpos.yaml", "demo_ticketmaster.yaml", "demo_teyca_axle.yaml")
+DEMO_FILES = (
+    "demo_flexpos.yaml",
+    "demo_ticketmaster.yaml",
+    "demo_teyca_axle.yaml",
+    "demo_amilia_cyberimpact.yaml",
+)
 
 
 @dataclass
@@ -106,6 +111,13 @@ def _describe(
     dropped = s.total("_staged", "fields_dropped") + s.get("members_delivered", "fields_dropped")
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
     out.append(f"   fields dropped, rows kept: {dropped} ({detail})")
+    consents = s.get("members_delivered", "consents_sent", None)
+    if consents is not None:
+        out.append(
+            f"   consents sent: {consents} "
+            f"({s.get('members_delivered', 'consents_kept_stronger')} kept a stronger one), "
+            f"bulk jobs: {s.get('members_delivered', 'batches')}"
+        )
     source_calls = s.total("_raw", "api_calls")
     target_calls = s.total("_delivered", "api_calls")
     out.append(
@@ -127,8 +139,20 @@ def _merge_lines(integrations: list) -> list[str]:
                 """SELECT count(*), count(*) FILTER (WHERE len(sources) > 1),
                           count(*) FILTER (WHERE source_records > 1) FROM members"""
             ).fetchall()[0]
+            groups = _groups_line(conn)
         lines.append(
             f"list {list_key}: {total} members, {merged} of them merged across sources (X6), "
-            f"{records} made of several source records (one email or phone)"
+            f"{records} made of several source records (one email or phone){groups}"
         )
     return lines
+
+
+def _groups_line(conn: object) -> str:
+    """', 57 groups (1024 memberships)' when the list keeps groups; '' otherwise."""
+    try:
+        groups, members = conn.execute(  # type: ignore[attr-defined]
+            "SELECT count(*), coalesce(sum(members), 0) FROM segment_groups WHERE members > 0"
+        ).fetchall()[0]
+    except Exception:  # no segments on this list
+        return ""
+    return f", {groups} groups ({members} group memberships)"
