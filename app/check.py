@@ -130,18 +130,19 @@ def _fields_exist(client: Any, integration: Integration) -> tuple[bool, str]:
     """Every mapped field exists on the target; one that can add custom fields creates the
     missing ones now (AC10: before the first sync), or fails naming those it has no room for."""
     wanted = mapped_target_fields(integration)
-    known = client.target_fields()
-    missing = [name for name in wanted if name not in known]
-    if not missing:
-        return True, f"all {len(wanted)} mapped fields exist on {client.label}"
     capabilities = getattr(client, "capabilities", None)
     if not getattr(capabilities, "creates_fields", False):
-        return False, f"missing on {client.label}: {', '.join(missing)}"
+        known = client.target_fields()
+        missing = [name for name in wanted if name not in known]
+        if missing:
+            return False, f"missing on {client.label}: {', '.join(missing)}"
+        return True, f"all {len(wanted)} mapped fields exist on {client.label}"
     try:
         created = check_mapping(client, wanted, field_types([feed_of(integration)]))
     except MappingCheckError as exc:
         return False, str(exc)
-    return True, f"created on {client.label}: {', '.join(created)}; all {len(wanted)} exist"
+    made = f"created {', '.join(created)}; " if created else ""
+    return True, f"{made}all {len(wanted)} mapped fields exist on {client.label}"
 
 
 def _budget(client: Any) -> tuple[bool, str]:

@@ -86,7 +86,16 @@ def build_app(
         digest = hashlib.sha256(body).hexdigest()
         stored = await run_in_threadpool(store(name).add, digest, events, datetime.now(UTC))
         if stored is None:
-            return _answer(name, 409, "replay: this body was stored before", size=len(body))
+            # Stored before: nothing is stored again. A vendor resends what it thinks failed (a
+            # lost 200) and gives up on a subscription after enough non-2xx answers, so the
+            # answer is still a 2xx, saying nothing was stored.
+            return _answer(
+                name,
+                200,
+                "replay: this body was stored before; nothing stored",
+                size=len(body),
+                stored=0,
+            )
         return _answer(name, 200, _describe(events), size=len(body), stored=stored)
 
     async def health(request: Request) -> JSONResponse:

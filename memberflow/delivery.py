@@ -514,7 +514,7 @@ def _changed(values: dict[str, Any], sent: Any, action: str) -> frozenset[str] |
         return None
     before = json.loads(sent)
     now = json.loads(values_json(values))
-    return frozenset(k for k in now if before.get(k) != now[k])
+    return frozenset(k for k in now if k not in before or before[k] != now[k])
 
 
 def _group_tuple(value: Any) -> tuple[str, ...] | None:
@@ -588,7 +588,7 @@ class _Outcomes:
             "removed": removed,
             "sent_values": None
             if removed or self.fields is None
-            else _sent_values(row, self.fields),
+            else _sent_values(row, self.fields, {name for name, _ in ack.dropped}),
         }
         if self.groups:
             now = None if removed else _group_tuple(row.get("m_groups"))
@@ -601,8 +601,10 @@ class _Outcomes:
         self.acks, self.remote = [], []
 
 
-def _sent_values(row: dict[str, Any], fields: list[str]) -> str:
-    values = {n: _canonical(row.get(n)) for n in fields}
+def _sent_values(row: dict[str, Any], fields: list[str], dropped: set[str]) -> str:
+    """The values the target took: a field it dropped is left out, so it counts as changed
+    (and is sent again) next time."""
+    values = {n: _canonical(row.get(n)) for n in fields if n not in dropped}
     return values_json({k: (v if _present(v) else None) for k, v in values.items()})
 
 

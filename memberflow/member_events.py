@@ -18,16 +18,17 @@ member_events:
 ```
 
 `required` keeps people out who never bought or registered (a full person list holds every
-former client); a member already on the target stays one when its events are cancelled or
-deleted, so it is updated (taken out of groups) rather than forgotten. A cancelled event (the
-mapping's `cancelled` flag) is not live: it counts for `required`, never for `latest` or groups.
+former client) or whose every registration was cancelled before memberflow saw them; a member
+already on the target stays one when its events are cancelled or deleted, so it is updated
+(taken out of groups) rather than forgotten. A cancelled event (the mapping's `cancelled` flag)
+is not live: it counts for nothing.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -49,7 +50,7 @@ class _Strict(BaseModel):
 class LatestFields(_Strict):
     """Member fields copied from the member's newest live event of `entities`, newest by `by`."""
 
-    entities: list[str] = Field(min_length=1)
+    entities: list[Annotated[str, Field(pattern=_IDENT)]] = Field(min_length=1)
     by: str = Field(pattern=_IDENT)
     fields: dict[str, str] = Field(min_length=1, description="member field -> event field")
 
@@ -63,11 +64,23 @@ class LatestFields(_Strict):
         return value
 
 
+_RESERVED = frozenset({"match_key", "sources", "source_records", "modified", "withdrawn"})
+
+
 class MemberEventSettings(_Strict):
     """The integration file's `member_events:` section."""
 
-    required: list[str] = Field(default_factory=list)
+    required: list[Annotated[str, Field(pattern=_IDENT)]] = Field(default_factory=list)
     latest: list[LatestFields] = Field(default_factory=list)
+
+    @field_validator("latest")
+    @classmethod
+    def _not_reserved(cls, value: list[LatestFields]) -> list[LatestFields]:
+        for rule in value:
+            taken = sorted(set(rule.fields) & _RESERVED)
+            if taken:
+                raise ValueError(f"{taken}: memberflow keeps these member columns itself")
+        return value
 
     def entities(self) -> set[str]:
         return set(self.required) | {e for rule in self.latest for e in rule.entities}
@@ -144,7 +157,7 @@ def required_filter(conn: duckdb.DuckDBPyConnection, feeds: Sequence[Feed]) -> s
         clauses.append(
             f"""(integration = '{name}' AND record_id IN (
                     SELECT customer FROM {LINKS}
-                    WHERE integration = '{name}' AND entity IN ({listed})))"""
+                    WHERE integration = '{name}' AND live AND entity IN ({listed})))"""
         )
     if _existing(conn, "sync_state"):
         clauses.append(
@@ -167,18 +180,17 @@ def build_member_events(conn: duckdb.DuckDBPyConnection) -> None:
 def apply_latest(
     conn: duckdb.DuckDBPyConnection, feeds: Sequence[Feed], profile: str = "member_profile"
 ) -> None:
-    """Fill each `latest` member field on `profile` from the member's newest live event."""
+    """Fill each `latest` member field on `profile` from the member's newest live event of the
+    feed's own integration: one event per member (ties: entity, then the highest event id), and
+    every field of the rule read from that one event."""
     columns = set(_columns(conn, MEMBER_EVENTS))
     for feed in feeds:
         for rule in feed.member_events.latest if feed.member_events else []:
-            missing = [c for c in [rule.by, *rule.fields.values()] if c not in columns]
             picks = ", ".join(
-                f'arg_max("{src}", "{rule.by}") AS "{dst}"'
-                if src in columns
-                else f'NULL::VARCHAR AS "{dst}"'
+                f'"{src}" AS "{dst}"' if src in columns else f'NULL::VARCHAR AS "{dst}"'
                 for dst, src in rule.fields.items()
             )
-            order = f'"{rule.by}"' if rule.by not in missing else "NULL"
+            by = f'"{rule.by}"' if rule.by in columns else "NULL"
             entities = ", ".join(f"'{e}'" for e in rule.entities)
             for dst in rule.fields:
                 conn.execute(f'ALTER TABLE {profile} ADD COLUMN IF NOT EXISTS "{dst}" VARCHAR')
@@ -186,7 +198,9 @@ def apply_latest(
             conn.execute(
                 f"""UPDATE {profile} SET {sets} FROM (
                         SELECT match_key, {picks} FROM {MEMBER_EVENTS}
-                        WHERE live AND entity IN ({entities}) AND {order} IS NOT NULL
-                        GROUP BY match_key) f
+                        WHERE live AND integration = '{feed.integration}'
+                            AND entity IN ({entities}) AND {by} IS NOT NULL
+                        QUALIFY row_number() OVER (PARTITION BY match_key
+                            ORDER BY {by} DESC, entity, event_id DESC) = 1) f
                     WHERE {profile}.match_key = f.match_key"""
             )

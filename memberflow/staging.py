@@ -324,6 +324,8 @@ def stage_events(
     result.full_rebuild = full
     if full:
         _create_event_table(conn, table, mapping)
+    else:
+        _add_event_columns(conn, table)
     unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     touched_days = {date.fromisoformat(f.split("/")[-2]) for f in new} | set(days)
     day_files = (
@@ -383,11 +385,24 @@ def _map_events(
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE latest_records AS
-        WITH raw AS (
-            SELECT record_id, modified, business_date, fetched_at, payload
+        WITH landed AS (
+            SELECT record_id, modified, business_date, fetched_at, payload,
+                   {_TOMBSTONE} AS _is_tomb
             FROM read_parquet({_file_list_sql(files)})
             WHERE record_id IN (
                 SELECT record_id FROM read_parquet({_file_list_sql(touched_files)}))),
+        fetched AS (
+            SELECT *,
+                max(fetched_at) FILTER (WHERE _is_tomb) OVER (PARTITION BY record_id) AS tomb_at,
+                max(fetched_at) FILTER (WHERE NOT _is_tomb) OVER (PARTITION BY record_id)
+                    AS live_at
+            FROM landed),
+        -- deleted or not is decided by fetch time (a tombstone's modified time is when it was
+        -- seen; a record seen again after it is back); the version by modified time among the rest
+        raw AS (
+            SELECT record_id, modified, business_date, fetched_at, payload FROM fetched
+            WHERE CASE WHEN tomb_at IS NOT NULL AND tomb_at >= coalesce(live_at, tomb_at)
+                       THEN _is_tomb ELSE NOT _is_tomb END),
         ranked AS (
             SELECT *, row_number() OVER (
                     PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn,
@@ -459,6 +474,14 @@ def _live_sql(mapping: EntityMapping) -> str:
 
 def _reads_line(rule: FieldRule) -> bool:
     return rule.path is not None and rule.path.startswith("line.")
+
+
+def _add_event_columns(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Columns added after a warehouse was made (several customers, the cancelled flag)."""
+    conn.execute(
+        f"""ALTER TABLE {table} ADD COLUMN IF NOT EXISTS customer_ids VARCHAR[];
+            ALTER TABLE {table} ADD COLUMN IF NOT EXISTS live BOOLEAN;"""
+    )
 
 
 def _create_event_table(

@@ -31,11 +31,13 @@ SEGMENTS_TAG = "memberflow/segments_day"
 def build_segment_schedule(
     integration: Integration, job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition
 ) -> dg.ScheduleDefinition | None:
-    """A daily schedule running `job` for an integration with segments; None without segments."""
-    if not getattr(integration, "segments", None):
+    """A daily schedule running `job` for an integration with date segments (the calendar moves
+    them); None without: groups from events or flags change only when their data does."""
+    dated = [s for s in getattr(integration, "segments", None) or [] if _dated(s)]
+    if not dated:
         return None
     timezone = getattr(integration, "timezone", None) or "UTC"
-    names = ", ".join(s.name for s in integration.segments)
+    names = ", ".join(s.name for s in dated)
 
     @dg.schedule(
         name=f"{integration.name}_segments_daily",
@@ -67,3 +69,9 @@ def build_segment_schedule(
         )
 
     return _schedule
+
+
+def _dated(segment: object) -> bool:
+    """A segment whose rule reads a date against today (anniversary_of, since)."""
+    rule = getattr(segment, "rule", None)
+    return any(hasattr(rule, name) for name in ("anniversary_of", "since"))

@@ -20,6 +20,7 @@ from typing import Any
 import dagster as dg
 
 from assets import naming
+from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, webhook_capability
@@ -63,6 +64,8 @@ class WebhookSubscriptionDisabled(RuntimeError):
 
 
 PROBLEMS_EVERY_SECONDS = 300  # how often the subscriptions are looked at while all is well
+PROBLEMS_RECHECK_SECONDS = 60  # while a problem stands, per sensor process
+_LAST_PROBLEMS: dict[str, tuple[datetime, list[str]]] = {}  # data dir:source -> when, what
 
 
 def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.SensorDefinition:
@@ -102,6 +105,8 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
             )
         for line in problems:  # the stored events still go first; the next tick fails
             context.log.error(f"webhooks: {line}")
+        if problems:
+            cursor.pop("problems_checked_at", None)  # look again on the next tick
         context.update_cursor(
             json.dumps({**cursor, "requested": last, "attempts": attempts}, sort_keys=True)
         )
@@ -127,15 +132,28 @@ def _problems(
 ) -> list[str]:
     """What the source says is wrong with its subscriptions (e.g. one it disabled after failed
     deliveries), looked at every PROBLEMS_EVERY_SECONDS while all is well, every tick after a
-    problem (a failed tick keeps no cursor). A failed look is logged, not raised."""
+    problem (a failed tick keeps no cursor; at most every PROBLEMS_RECHECK_SECONDS per sensor
+    process). A failed look is logged, not raised."""
     checked = cursor.get("problems_checked_at")
     now = datetime.now(UTC)
     if checked and now - datetime.fromisoformat(checked) < timedelta(
         seconds=PROBLEMS_EVERY_SECONDS
     ):
         return []
+    key = f"{landing.data_dir()}:{source_key}"  # one installation's integration
+    known = _LAST_PROBLEMS.get(key)
+    if (
+        known is not None
+        and known[1]
+        and now - known[0] < timedelta(seconds=PROBLEMS_RECHECK_SECONDS)
+    ):
+        return known[1]  # a failing tick keeps no cursor: don't ask the vendor every 15 s
     cursor["problems_checked_at"] = now.isoformat()
-    client = getattr(context.resources, source_key).client()
+    try:
+        client = getattr(context.resources, source_key).client()
+    except Exception as exc:  # e.g. a credential missing: the webhook events still go through
+        context.log.warning(f"webhooks: could not look at the subscriptions: {exc}")
+        return []
     try:
         problems = client.webhook_problems()
     except Exception as exc:  # the vendor may be down: the events still go through
@@ -143,6 +161,7 @@ def _problems(
         problems = []
     finally:
         client.close()
+    _LAST_PROBLEMS[key] = (now, problems)
     if not problems:
         context.update_cursor(json.dumps(cursor, sort_keys=True))
     return problems

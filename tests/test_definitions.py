@@ -56,5 +56,6 @@ def test_definitions_load_like_dagster_does(tmp_path, monkeypatch):
         "demo_flexpos_sensor",
         "demo_ticketmaster_sensor",
         "demo_teyca_axle_sensor",
+        "demo_amilia_cyberimpact_sensor",
     }
     assert {s.name for s in defs.schedules} == {"demo_teyca_axle_segments_daily"}

@@ -82,11 +82,13 @@ def test_a_wrong_secret_is_401_and_nothing_is_stored(receiver, tmp_path):
     assert _stored(tmp_path) == []
 
 
-def test_a_replayed_body_is_409_and_stored_once(receiver, tmp_path):
+def test_a_replayed_body_is_stored_once_and_still_answered_200(receiver, tmp_path):
+    """A vendor resends a delivery whose 200 it lost, and disables a subscription after enough
+    non-2xx answers: a replay stores nothing and is answered 200 with `stored: 0`."""
     url, _ = receiver
     assert _post(url, _body(5)).status_code == 200
     replay = _post(url, _body(5))
-    assert replay.status_code == 409
+    assert replay.status_code == 200 and replay.json() == {"stored": 0}
     assert _stored(tmp_path) == ["5"]
 
 

@@ -66,7 +66,7 @@ class StandInStore:
     def last_seq(self) -> int:
         return len(self.events)
 
-    def mark_consumed(self, through: int, run_id: str) -> None:
+    def mark_consumed(self, through: int, run_id: str, entities: object = None) -> None:
         self.consumed, self.consumed_by = max(self.consumed, through), run_id
 
 
@@ -99,6 +99,10 @@ def landed(entity: str = "customers") -> list[tuple[str, dict[str, Any]]]:
 
 # --- webhook runs -------------------------------------------------------------------------------
 
+# Just what a webhook run reads of an integration and its member mapping.
+FP = types.SimpleNamespace(name="fp", source=types.SimpleNamespace(kind="flexpos"), tracking=[])
+CUSTOMERS = types.SimpleNamespace(entity="customers")
+
 
 def test_webhook_run_rereads_named_records_tombstones_deletes_and_consumes(sandbox, store):
     ids = [c["CustomerId"] for c in sandbox.data.flexpos_customers[:3]]
@@ -111,7 +115,9 @@ def test_webhook_run_rereads_named_records_tombstones_deletes_and_consumes(sandb
     client = pos_client(sandbox)
     context = dg.build_asset_context()
 
-    stats, mode, meta = extract._run_webhooks(context, client, "fp", "customers", through=4)
+    stats, mode, meta = extract._run_webhooks(
+        context, client, FP, CUSTOMERS, events=False, through=4
+    )
 
     assert meta == {"webhook_events": 4, "records_reread": 3, "tombstones": 2}
     assert "#4" in mode and stats.high_water_mark is not None
@@ -138,7 +144,9 @@ def test_webhook_run_that_fails_leaves_events_pending(sandbox, store):
         client_secret="wrong-secret",
     )
     with pytest.raises(Exception, match="401"):
-        extract._run_webhooks(dg.build_asset_context(), client, "fp", "customers", through=1)
+        extract._run_webhooks(
+            dg.build_asset_context(), client, FP, CUSTOMERS, events=False, through=1
+        )
     assert len(store.pending()) == 1 and landed() == []
 
 

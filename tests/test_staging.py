@@ -605,3 +605,54 @@ def test_a_new_match_key_restages_every_record_from_raw(conn):
     assert staged(conn, "match_key") == {"1": "c1@example.dk"}
     result = staging.stage_members(conn, mapping, settings(match_on="mobile"))
     assert result.full_rebuild and staged(conn, "match_key") == {"1": "+4512345678"}
+
+
+# --- events with several customers, a cancelled flag, deletions ----------------------------------
+
+REGISTRATIONS = FakeSource("RegistrationId", modified="DateCreated", day="DateCreatedLocal")
+
+
+def registration(rid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "RegistrationId": rid,
+        "DateCreated": "2026-03-01T10:00:00",
+        "DateCreatedLocal": "2026-03-01",
+        "Person": {"Id": 7},
+        "AccountOwnerId": 1,
+        "IsCancelled": False,
+        "Program": {"Name": "Natation"},
+        **extra,
+    }
+
+
+def registrations(conn) -> list[tuple]:
+    return rows(
+        conn,
+        "SELECT record_id, customer_id, list_sort(customer_ids), live "
+        "FROM stg_fp_registrations ORDER BY record_id",
+    )
+
+
+def test_an_event_names_every_customer_and_a_cancelled_one_is_kept_but_not_live(conn):
+    mapping = load_mapping("amilia", "registrations")
+    land(REGISTRATIONS, "registrations", registration("AC-1"))
+    land(REGISTRATIONS, "registrations", registration("AC-2", IsCancelled=True))
+    staging.stage_events(conn, mapping, settings())
+    assert registrations(conn) == [
+        ("AC-1", "7", ["1", "7"], True),
+        ("AC-2", "7", ["1", "7"], False),
+    ]
+
+
+def test_a_deleted_event_leaves_the_table_and_comes_back_if_seen_again(conn):
+    mapping = load_mapping("amilia", "registrations")
+    land(REGISTRATIONS, "registrations", registration("AC-1"), registration("AC-2"))
+    staging.stage_events(conn, mapping, settings())
+    land(REGISTRATIONS, "registrations", {"RegistrationId": "AC-1", "_memberflow_deleted": True})
+    result = staging.stage_events(conn, mapping, settings())
+    assert [r[0] for r in registrations(conn)] == ["AC-2"] and result.deleted == 1
+    # a later read finds it again (a scan that missed it): the record wins over the tombstone,
+    # though its own modified time is older than the tombstone's
+    land(REGISTRATIONS, "registrations", registration("AC-1"))
+    staging.stage_events(conn, mapping, settings())
+    assert [r[0] for r in registrations(conn)] == ["AC-1", "AC-2"]
