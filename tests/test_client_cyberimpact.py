@@ -333,12 +333,13 @@ def test_batch_path_chunks_polls_and_acks_per_member(client, ci, shared, sleeps)
     assert ci.request_count("POST", "/batches") == 5
     assert client.run_figures()["batches"] == 5
     assert ci.request_count("GET", "/batches/{batch_id}") == 10  # each PROCESSING once
-    assert sleeps.waits.count(0.01) == 2  # polled together, two rounds
+    # the chunks' own batches polled together (two rounds), then their group batches (two)
+    assert sleeps.waits.count(0.01) == 4
     assert ci.request_count("POST", "/members") == 1  # the test's own known@ only
     assert acks["m0@example.com"].outcome == "created"
     assert acks["m0@example.com"].member_id == str(ci.member("m0@example.com")["id"])
     assert acks["known@example.com"].outcome == "updated"
-    assert acks["u@example.com"].outcome == "unsubscribed"
+    assert acks["u@example.com"].outcome == "unsubscribed" and acks["u@example.com"].checked
     assert acks["bad-email"].outcome == "refused"
     assert "must be an email address" in (acks["bad-email"].reason or "")
     assert ci.member_groups("m0@example.com") == {CLIENTS}
