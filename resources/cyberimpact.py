@@ -2,20 +2,27 @@
 async batches, with unsubscribes and bounces polled back (CI-A1..CI-A13).
 
 - CI-A1: `Authorization: Bearer <token>`; `GET /ping` names the token's account, and the
-  connection check fails unless it is the account the integration file names.
-- CI-A2: pages of `limit=1000` by `page`, using the `limit` the answer echoes, until
-  `page * limit >= totalCount`.
+  connection check fails unless it is the account the integration file names (compared NFC,
+  stripped and casefolded).
+- CI-A2: pages of `limit=page_size` (default 1000) by `page`, until the rows seen reach
+  `totalCount` or a page comes back empty (`totalCount`/`limit` may come as digit strings).
 - CI-A3: a member is addressed by its lowercase email, URL-encoded in the path.
-- CI-A4/CI-A5: fewer than `batch_threshold` creates and updates in a call go one by one:
-  `PATCH /members/{email}`, and on 404 `POST /members` (a 409 "already exists" goes back to
-  PATCH; a 409 "unsubscribed" is acked `unsubscribed`: a Cyberimpact unsubscribe is never undone).
-  From `batch_threshold` on they go as `addMembers` batches of 1000, polled until COMPLETED.
-  Group additions are additive (`POST /members/{email}/groups`, or batch-level groups); removals
-  are one `DELETE /members/{email}/groups/{id}` each. Removing a member deletes it.
+- CI-A5: a Cyberimpact unsubscribe is never undone. Before its first write a client reads
+  `GET /members/unsubscribed` once; a create or update of such an email is acked `unsubscribed`
+  without a call, and a removal of one is skipped (deleting it would erase the unsubscribe).
+  A 409 "unsubscribed" on PATCH or POST is acked `unsubscribed` too.
+- CI-A4: fewer than `batch_threshold` creates and updates in a call (or an import type other
+  than create_and_update, which a batch cannot honour) go one by one: `PATCH /members/{email}`,
+  and on 404 `POST /members` (a 409 "already exists" goes back to PATCH). From `batch_threshold`
+  on they go as `addMembers` batches of 1000, polled until finished (within `poll_timeout`); a
+  batch refused whole (4xx) is written one by one instead. Group additions are additive
+  (`POST /members/{email}/groups`, or batch-level groups; the emails-only group batches go only
+  after the chunk's own batch finished, for the members it accepted); removals are one
+  `DELETE /members/{email}/groups/{id}` each. Removing a member deletes it.
 - CI-A6: `POST /members` is throttled to 1/s per token: paced here before sending, and a 429's
   Retry-After is honoured all the same (VendorHttp).
 - CI-A7: groups are matched by exact title among the static groups; a missing one is created
-  static (`isPublic: false`) once and cached.
+  static (`isPublic: false`) once and cached; ids may come as numbers or digit strings.
 - CI-A8/CI-A9: custom fields are written by id in their type (resources/cyberimpact_wire.py) and
   can be created by `POST /customfields` until the plan's limit.
 - CI-A10: after a write, `PUT /members/{email}/consent` when the consent inputs changed; a 422
@@ -26,8 +33,10 @@ async batches, with unsubscribes and bounces polled back (CI-A1..CI-A13).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -46,6 +55,7 @@ from resources.cyberimpact_wire import (
     CUSTOM_TYPES,
     CustomField,
     WireMember,
+    bounce_stamp,
     list_fields,
     parse_member,
     parse_stamp,
@@ -65,11 +75,13 @@ from resources.target import (
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.cyberimpact.com"
-PAGE_SIZE = 1000  # CI-A2: asked for; the echoed limit is what counts
+PAGE_SIZE = 1000  # CI-A2: the default `limit` asked for (the section's `page_size`)
 BATCH_SIZE = 1000  # CI-A4: members per addMembers batch
 POST_INTERVAL = 1.0  # CI-A6: seconds between two POST /members of one token
 RELATION_TYPE = "active-clients"  # CI-A10: implied consent of an active client
-MAX_POLL_SECONDS = 3600.0  # a batch still not COMPLETED after this is left without a verdict
+POLL_TIMEOUT = 1800.0  # a batch still running after this is left without a verdict (error)
+_RUNNING = frozenset({"NEW", "PROCESSING"})  # CI-A4: any other batch status is finished
+_KEPT_UNSUBSCRIBED = "unsubscribed at Cyberimpact: kept so the unsubscribe stays"
 _AUTH_FAILURES = frozenset({401, 403})  # the whole call is wrong, not one member
 
 
@@ -126,6 +138,16 @@ class _Write:
 
 # One submitted batch: its id (None when submitting failed), its members, and why it failed.
 _Job = tuple[int | None, list[_Write], str | None]
+# One member's verdict in the batches: ("ok" | "refused" | "unsubscribed" | "error", reason, id).
+_Verdict = tuple[str, str | None, str | None]
+
+
+@dataclass(frozen=True)
+class _Finished:
+    """A batch that is no longer NEW or PROCESSING: its status and its `result`, if any."""
+
+    status: str
+    result: dict[str, Any] | None
 
 
 class CyberimpactClient(TargetClient):
@@ -151,6 +173,8 @@ class CyberimpactClient(TargetClient):
         account: str,
         poll_seconds: float = 5.0,
         batch_threshold: int = 50,
+        poll_timeout: float = POLL_TIMEOUT,
+        page_size: int | None = None,
         post_interval: float = POST_INTERVAL,
         timeout: float | None = None,
         max_tries: int = 5,
@@ -162,6 +186,8 @@ class CyberimpactClient(TargetClient):
         self._account = account
         self._poll_seconds = poll_seconds
         self._batch_threshold = batch_threshold
+        self._poll_timeout = poll_timeout
+        self._page_size = page_size
         self._sleep, self._clock = sleep, clock
         self._headers = {"Authorization": f"Bearer {api_token}", "Accept": "application/json"}
         self._http = VendorHttp(
@@ -176,6 +202,7 @@ class CyberimpactClient(TargetClient):
         self._pacer = _Pacer(post_interval, clock, sleep)
         self._custom: dict[str, CustomField] | None = None
         self._groups: dict[str, int] | None = None
+        self._unsubscribed: dict[str, RemoteMember] | None = None  # CI-A5, by lowercase email
         self._figures = {"consents_sent": 0, "consents_kept_stronger": 0, "batches": 0}
 
     @property
@@ -187,7 +214,7 @@ class CyberimpactClient(TargetClient):
     def check_connection(self) -> None:
         """`GET /ping` (CI-A1): the token must work *and* open the configured account."""
         found = self._get("/ping", endpoint="ping", validate=_ping_account)
-        if found != self._account:
+        if _same_name(found) != _same_name(self._account):
             raise AccountMismatch(
                 self.vendor,
                 200,
@@ -245,10 +272,20 @@ class CyberimpactClient(TargetClient):
         Cyberimpact keeps what it holds for them (see cyberimpact_wire.wire_member)."""
         if policy.match_on != "email":
             raise ValueError(f"cyberimpact recognises members by email, not {policy.match_on!r}")
+        try:
+            unsubscribed = self._unsubscribed_emails() if changes else {}
+        except VendorError as exc:  # without the list no write is safe (CI-A5)
+            if exc.status in _AUTH_FAILURES:
+                raise
+            yield from (_error(change, exc.message) for change in changes)
+            return
         upserts: list[MemberChange] = []
         for change in changes:
+            gone = unsubscribed.get(_key(change))
             if change.action == "remove":
-                yield self._remove(change)
+                yield self._remove(change) if gone is None else _kept(change)
+            elif gone is not None:
+                yield _unsubscribed_ack(change, gone)
             elif _ruled_out(change, policy.import_type):
                 yield MemberAck(change.match_key, "import_type", change.member_id)
             else:
@@ -264,10 +301,10 @@ class CyberimpactClient(TargetClient):
                 raise
             yield from (_error(change, exc.message) for change in upserts)
             return
-        if len(writes) < self._batch_threshold:
+        if len(writes) < self._batch_threshold or policy.import_type != "create_and_update":
             yield from self._write_one_by_one(writes, policy)
         else:
-            yield from self._write_in_batches(writes)
+            yield from self._write_in_batches(writes, policy)
 
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Unsubscribes, then bounces, since `changed_since` (CI-A11); with None also every
@@ -292,11 +329,13 @@ class CyberimpactClient(TargetClient):
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """Any unsubscribe or bounce at or after `changed_since`? The lists filter by whole
         days, so the items' own timestamps are compared: one morning unsubscribe does not make
-        every tick of the day start a run."""
+        every tick of the day start a run, and a row without a timestamp is no change (it would
+        be one forever)."""
         if changed_since is None:
             return True
-        return any(True for _ in self._unsubscribes(changed_since)) or any(
-            True for _ in self._bounces(changed_since)
+        unsubscribes = self._unsubscribes(changed_since, stamped_only=True)
+        return any(True for _ in unsubscribes) or any(
+            True for _ in self._bounces(changed_since, stamped_only=True)
         )
 
     def member_count(self) -> int | None:
@@ -307,7 +346,7 @@ class CyberimpactClient(TargetClient):
             validate=_page("members"),
             params={"limit": 1, "status": "all"},
         )
-        return int(body["totalCount"])
+        return body["totalCount"]
 
     def run_figures(self) -> dict[str, int]:
         """Consent records sent, those where a stronger consent was kept (422), batches sent."""
@@ -345,12 +384,14 @@ class CyberimpactClient(TargetClient):
         return MemberAck(change.match_key, outcome, change.member_id, reason=exc.message)
 
     def _after_write(self, write: _Write, batched: bool = False) -> None:
-        """Group removals and the consent call of a member just created or updated."""
+        """Group removals and the consent call of a member just created or updated. A member
+        just created holds no consent of ours yet, whatever the core thought had changed (an
+        update whose member was gone is POSTed), so it always gets its consent."""
         for title in write.change.groups_removed:
             group_id = (self._groups or {}).get(title)
             if group_id is not None:
                 self._leave_group(write.wire.email, group_id)
-        self._send_consent(write, always=batched)
+        self._send_consent(write, always=batched or write.outcome == "created")
 
     def _leave_group(self, email: str, group_id: int) -> None:
         """`DELETE /members/{email}/groups/{id}` (CI-A4); not a member of it (404) is fine."""
@@ -441,7 +482,7 @@ class CyberimpactClient(TargetClient):
     def _patch_member(self, write: _Write) -> bool:
         """`PATCH /members/{email}`, then the groups it gains; False when it is not there."""
         try:
-            body = self._http.request_json(
+            answer = self._http.request(
                 "PATCH",
                 self._member_url(write.wire.email),
                 endpoint="members/patch",
@@ -452,6 +493,9 @@ class CyberimpactClient(TargetClient):
         except VendorError as exc:
             if exc.status == 404:
                 return False
+            if exc.status == 409 and _is_unsubscribed(exc):  # CI-A5: unsubscribed meanwhile
+                write.outcome, write.reason = "unsubscribed", exc.message
+                return True
             raise
         ids = self._group_ids(write.gained)
         if ids:
@@ -463,7 +507,7 @@ class CyberimpactClient(TargetClient):
                 json={"groups": ",".join(map(str, ids))},
                 **self._h(),
             )
-        write.outcome, write.member_id = "updated", _id_of(body)
+        write.outcome, write.member_id = "updated", _id_of(_lenient_json(answer))
         return True
 
     def _post_member(self, write: _Write) -> str:
@@ -475,42 +519,73 @@ class CyberimpactClient(TargetClient):
             body["groups"] = ",".join(map(str, ids))
         self._pacer.wait()
         try:
-            answer = self._http.request_json(
+            answer = self._http.request(
                 "POST", f"{self._base}/members", endpoint="members/create", json=body, **self._h()
             )
         except VendorError as exc:
             if exc.status == 409:
-                if "unsubscribed" in exc.message.lower():
+                if _is_unsubscribed(exc):
                     write.outcome, write.reason = "unsubscribed", exc.message
                     return "unsubscribed"
                 return "exists"
             raise
         finally:
             self._pacer.done()
-        write.outcome, write.member_id = "created", _id_of(answer)
+        write.outcome, write.member_id = "created", _id_of(_lenient_json(answer))
         return "created"
 
     # --- writing: batches ----------------------------------------------------------------------
 
-    def _write_in_batches(self, writes: list[_Write]) -> Iterator[MemberAck]:
+    def _write_in_batches(self, writes: list[_Write], policy: WritePolicy) -> Iterator[MemberAck]:
         """CI-A4 from the threshold on: per chunk of 1000 one addMembers batch with the fields
-        and the groups every member of the chunk gains, plus one emails-only batch per other
-        group gained (batch groups are batch-level and additive); all submitted, then polled
-        together; then group removals and consent per member that came through."""
-        jobs: list[_Job] = []  # (batch id, members, why)
+        and the groups every member of the chunk gains, all submitted, then polled together.
+        Only then, for the members those batches accepted, one emails-only batch per other group
+        gained (batch groups are batch-level and additive; an emails-only item would create a
+        member its own batch refused). Then group removals and consent per member that came
+        through. A chunk whose batch is refused whole (a 4xx) is written one by one, so each
+        member gets its own verdict."""
+        mains: list[tuple[_Job, set[str]]] = []  # each chunk's batch, the groups it carried
+        one_by_one: list[_Write] = []
         for start in range(0, len(writes), BATCH_SIZE):
-            jobs += self._submit_chunk(writes[start : start + BATCH_SIZE])
-        results = self._poll([job_id for job_id, _, _ in jobs if job_id is not None])
-        verdicts: dict[int, tuple[str, str | None, str | None]] = {}  # id(write) -> verdict
-        for job_id, members, why in jobs:
-            result = results.get(job_id) if job_id is not None else None
+            chunk = writes[start : start + BATCH_SIZE]
+            common = set.intersection(*(set(w.gained) for w in chunk))
+            body = {"members": [w.wire.body(with_email=True) for w in chunk]}
+            job = self._submit(chunk, body | {"groups": self._group_ids(sorted(common))})
+            if job[0] is None and (job[2] or "").startswith("refused: "):
+                one_by_one += chunk
+            else:
+                mains.append((job, common))
+        verdicts = self._verdicts([job for job, _ in mains], {})
+        groups: list[_Job] = []
+        for (_, members, _), common in mains:
+            accepted = [w for w in members if verdicts[id(w)][0] == "ok"]
+            groups += self._submit_groups(accepted, common)
+        verdicts = self._verdicts(groups, verdicts)
+        for _, members, _ in (job for job, _ in mains):
             for write in members:
-                verdict = _batch_verdict(write, result, why)
+                yield self._batch_ack(write, *verdicts[id(write)])
+        yield from self._write_one_by_one(one_by_one, policy)
+
+    def _verdicts(self, jobs: list[_Job], verdicts: dict[int, _Verdict]) -> dict[int, _Verdict]:
+        """Poll `jobs`, then each member's verdict (by id(write)): a member keeps the first
+        verdict that is not "ok" (a refused group batch is that member's refusal)."""
+        finished = self._poll([job_id for job_id, _, _ in jobs if job_id is not None])
+        for job_id, members, why in jobs:
+            done = finished.get(job_id) if job_id is not None else None
+            for write in members:
                 if verdicts.get(id(write), ("ok",))[0] == "ok":
-                    verdicts[id(write)] = verdict
-        for write in writes:
-            state, reason, member_id = verdicts.get(id(write), ("error", "not in a batch", None))
-            yield self._batch_ack(write, state, reason, member_id)
+                    verdicts[id(write)] = _batch_verdict(write, done, why)
+        return verdicts
+
+    def _submit_groups(self, accepted: list[_Write], common: set[str]) -> list[_Job]:
+        """One emails-only addMembers batch per group some accepted members gain beyond
+        `common` (which their own batch carried)."""
+        jobs = []
+        for title in sorted({t for w in accepted for t in w.gained} - common):
+            gaining = [w for w in accepted if title in w.gained]
+            body = {"members": [{"email": w.wire.email} for w in gaining]}
+            jobs.append(self._submit(gaining, body | {"groups": self._group_ids([title])}))
+        return jobs
 
     def _batch_ack(
         self, write: _Write, state: str, reason: str | None, member_id: str | None
@@ -526,19 +601,6 @@ class CyberimpactClient(TargetClient):
         else:
             write.outcome, write.reason = state, reason
         return write.ack()
-
-    def _submit_chunk(self, chunk: list[_Write]) -> list[_Job]:
-        common = set.intersection(*(set(w.gained) for w in chunk)) if chunk else set()
-        fields = {
-            "members": [w.wire.body(with_email=True) for w in chunk],
-            "groups": self._group_ids(sorted(common)),
-        }
-        jobs = [self._submit(chunk, fields)]
-        for title in sorted({t for w in chunk for t in w.gained} - common):
-            gaining = [w for w in chunk if title in w.gained]
-            body = {"members": [{"email": w.wire.email} for w in gaining]}
-            jobs.append(self._submit(gaining, body | {"groups": self._group_ids([title])}))
-        return jobs
 
     def _submit(self, members: list[_Write], body: dict[str, Any]) -> _Job:
         """`POST /batches` addMembers; a failure leaves its members without a verdict."""
@@ -562,14 +624,14 @@ class CyberimpactClient(TargetClient):
         self._figures["batches"] += 1
         return answer, members, None
 
-    def _poll(self, batch_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Every `poll_seconds`, `GET /batches/{id}?showErrorDetails=true` for the batches not
-        yet COMPLETED; their `result`s by id. Gives up after MAX_POLL_SECONDS of polls (the
-        batches' members then have no verdict)."""
-        waiting, results = list(batch_ids), {}
-        for _ in range(max(1, int(MAX_POLL_SECONDS / max(self._poll_seconds, 0.001)))):
-            if not waiting:
-                break
+    def _poll(self, batch_ids: list[int]) -> dict[int, _Finished]:
+        """Every `poll_seconds`, `GET /batches/{id}?showErrorDetails=true` for the batches still
+        NEW or PROCESSING, until `poll_timeout` seconds have passed; the finished ones by id
+        (any other status is finished, whether or not it carries a result). A batch still
+        running at the deadline is left out: its members get `error` acks (sent again)."""
+        waiting, finished = list(batch_ids), {}
+        deadline = self._clock() + self._poll_timeout
+        while waiting and self._clock() < deadline:
             self._sleep(self._poll_seconds)
             for batch_id in list(waiting):
                 try:
@@ -585,10 +647,11 @@ class CyberimpactClient(TargetClient):
                     if is_refusal(exc):  # e.g. the batch is unknown: its members get no verdict
                         waiting.remove(batch_id)
                     continue  # the host is down for now: try again next round
-                if body["status"] == "COMPLETED":
-                    results[batch_id] = body.get("result") or {}
+                status = body["status"].strip().upper()
+                if status not in _RUNNING:
+                    finished[batch_id] = _Finished(status, _batch_result(body.get("result")))
                     waiting.remove(batch_id)
-        return results
+        return finished
 
     # --- groups and custom fields --------------------------------------------------------------
 
@@ -596,27 +659,35 @@ class CyberimpactClient(TargetClient):
         """The account's static groups by title, read once per client when `titles` need one
         (a removal needs the id of a group this client may not have made)."""
         if self._groups is None and titles:
-            self._groups = {}
+            groups: dict[str, int] = {}
             for raw in self._pages("/groups", "groups", {}):
-                if not raw.get("isDynamic") and isinstance(raw.get("title"), str):
-                    self._groups.setdefault(raw["title"], int(raw["id"]))
+                group_id = _as_id(raw.get("id"))  # a row without a usable id is no target
+                if not raw.get("isDynamic") and isinstance(raw.get("title"), str) and group_id:
+                    groups.setdefault(raw["title"], group_id)
+            self._groups = groups
         return self._groups or {}
 
     def _resolve_groups(self, titles: set[str]) -> None:
-        """Ids for every title; a missing one is created as a static group (CI-A7)."""
+        """Ids for every title; a missing one is created as a static group (CI-A7). After a
+        POST whose answer was lost the titles are read again next time (the group may exist
+        now, and a second POST would make a duplicate)."""
         if not titles:
             return
         self._known_groups(titles)
         assert self._groups is not None
         for title in sorted(titles - set(self._groups)):
-            answer = self._http.request_json(
-                "POST",
-                f"{self._base}/groups",
-                endpoint="groups/create",
-                validate=_new_id,
-                json={"title": title, "isPublic": False},
-                **self._h(),
-            )
+            try:
+                answer = self._http.request_json(
+                    "POST",
+                    f"{self._base}/groups",
+                    endpoint="groups/create",
+                    validate=_new_id,
+                    json={"title": title, "isPublic": False},
+                    **self._h(),
+                )
+            except UncertainOutcome:
+                self._groups = None
+                raise
             self._groups[title] = answer
 
     def _group_ids(self, titles: Sequence[str]) -> list[int]:
@@ -646,40 +717,65 @@ class CyberimpactClient(TargetClient):
 
     # --- reading -------------------------------------------------------------------------------
 
-    def _unsubscribes(self, since: datetime | None) -> Iterator[RemoteMember]:
-        for raw in self._since("/members/unsubscribed", "unsubscribedOn", since):
-            when = parse_stamp(raw.get("unsubscribedOn"))
-            yield parse_member(raw, status="unsubscribed", unsubscribed_at=when)
+    def _unsubscribed_emails(self) -> dict[str, RemoteMember]:
+        """CI-A5: every unsubscribed email of the account (all pages), read once per client,
+        i.e. once per run, before its first write."""
+        if self._unsubscribed is None:
+            found: dict[str, RemoteMember] = {}
+            for member in self._unsubscribes(None):
+                if member.email:
+                    found.setdefault(member.email, member)
+            self._unsubscribed = found
+        return self._unsubscribed
 
-    def _bounces(self, since: datetime | None) -> Iterator[RemoteMember]:
-        for raw in self._since("/members/bounced", "bouncedOn", since):
-            yield parse_member(raw, email_status="hard_bounce")
+    def _unsubscribes(
+        self, since: datetime | None, stamped_only: bool = False
+    ) -> Iterator[RemoteMember]:
+        stamp: Callable[[Mapping[str, Any]], datetime | None] = _unsubscribed_on
+        for raw in self._since("/members/unsubscribed", "unsubscribedOn", stamp, since):
+            when = stamp(raw)
+            if when is not None or not stamped_only:
+                yield parse_member(raw, status="unsubscribed", unsubscribed_at=when)
 
-    def _since(self, path: str, stamp: str, since: datetime | None) -> Iterator[dict[str, Any]]:
-        """The list's rows at or after `since`. Its filter takes a day on the account's own
-        clock, so a day early is asked (no zone can then hide a row) and each row's own
-        timestamp decides."""
+    def _bounces(
+        self, since: datetime | None, stamped_only: bool = False
+    ) -> Iterator[RemoteMember]:
+        for raw in self._since("/members/bounced", "bouncedOn", bounce_stamp, since):
+            if not stamped_only or bounce_stamp(raw) is not None:
+                yield parse_member(raw, email_status="hard_bounce")
+
+    def _since(
+        self,
+        path: str,
+        fltr: str,
+        stamp: Callable[[Mapping[str, Any]], datetime | None],
+        since: datetime | None,
+    ) -> Iterator[dict[str, Any]]:
+        """The list's rows at or after `since` (and those without a timestamp). Its filter
+        `<fltr>From` takes a day on the account's own clock, so a day early is asked (no zone
+        can then hide a row) and each row's own timestamp decides."""
         params: dict[str, Any] = {}
         if since is not None:
-            params[f"{stamp}From"] = _day_before(since).isoformat()
+            params[f"{fltr}From"] = _day_before(since).isoformat()
         for raw in self._pages(path, "members", params):
-            when = parse_stamp(raw.get(stamp))
+            when = stamp(raw)
             if since is None or when is None or when >= as_utc(since):
                 yield raw
 
     def _pages(self, path: str, items: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """CI-A2: page by page with the echoed `limit` until `page * limit >= totalCount`."""
+        """CI-A2: page by page (`limit` = the section's `page_size`) until the rows seen reach
+        `totalCount`, or a page is empty (a count that is off never loops forever)."""
+        size = self._page_size or PAGE_SIZE
         pages = paging.page_numbers(
             lambda page: self._get(
                 path,
                 endpoint=path.strip("/"),
                 validate=_page(items),
-                params={**params, "page": page, "limit": PAGE_SIZE},
+                params={**params, "page": page, "limit": size},
             ),
             lambda body: body[items],
-            page_size=PAGE_SIZE,
+            page_size=size,
             total=lambda body: body["totalCount"],
-            covered=lambda body, page: page * body["limit"],
         )
         for rows in pages:
             yield from rows
@@ -733,6 +829,48 @@ def _error(change: MemberChange, reason: str) -> MemberAck:
     return MemberAck(change.match_key, "error", change.member_id, reason=reason)
 
 
+def _unsubscribed_ack(change: MemberChange, gone: RemoteMember) -> MemberAck:
+    """CI-A5: a create or update of an unsubscribed email, acked without a call."""
+    return MemberAck(
+        change.match_key,
+        "unsubscribed",
+        gone.member_id or change.member_id,
+        reason="unsubscribed at Cyberimpact",
+        remote=gone,
+        checked=True,  # the unsubscribed list was read for this run
+    )
+
+
+def _kept(change: MemberChange) -> MemberAck:
+    """CI-A5: a removal of an unsubscribed email is skipped: deleting the member would erase
+    its unsubscribe, and a later create could then resubscribe it."""
+    return MemberAck(change.match_key, "removed", change.member_id, reason=_KEPT_UNSUBSCRIBED)
+
+
+def _is_unsubscribed(exc: VendorError) -> bool:
+    """A 409 that says the email is unsubscribed, in its message or `errors.email` (CI-A5)."""
+    errors = exc.body.get("errors") if isinstance(exc.body, dict) else None
+    email = errors.get("email") if isinstance(errors, dict) else None
+    said = [exc.message, *(email if isinstance(email, list) else [email])]
+    return any("unsubscribed" in str(text).lower() for text in said if text)
+
+
+def _same_name(name: str) -> str:
+    """An account name as compared (CI-A1): NFC, stripped, casefolded."""
+    return unicodedata.normalize("NFC", name).strip().casefold()
+
+
+def _lenient_json(response: httpx.Response) -> Any:
+    """The JSON body of a write's answer, or None when it is empty (204, an empty 200) or not
+    JSON: the write is done either way, and its answer only adds the member id."""
+    if response.status_code == 204 or not response.content.strip():
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
 def _merged(known: RemoteMember, bounce: RemoteMember) -> RemoteMember:
     stamps = [s for s in (known.updated_at, bounce.updated_at) if s is not None]
     return RemoteMember(
@@ -747,29 +885,64 @@ def _merged(known: RemoteMember, bounce: RemoteMember) -> RemoteMember:
     )
 
 
-def _batch_verdict(
-    write: _Write, result: dict[str, Any] | None, why: str | None
-) -> tuple[str, str | None, str | None]:
+def _batch_verdict(write: _Write, done: _Finished | None, why: str | None) -> _Verdict:
     """("ok" | "refused" | "unsubscribed" | "error", reason, member id) of one member in one
-    batch's `result: {successes: [{email, id}], errors: [{email, message}]}` (CI-A4)."""
-    if result is None:
+    batch's `result: {successes: [{email, id}], errors: [{email, message}]}` (CI-A4). A batch
+    not finished, or finished without a result, judged no one: `error` (sent again)."""
+    if done is None:
         if why and why.startswith("refused: "):
             return "refused", why.removeprefix("refused: "), None
-        return "error", (why or "error: batch not completed").removeprefix("error: "), None
+        reason = why or "error: the batch did not finish in time"
+        return "error", reason.removeprefix("error: "), None
+    if done.result is None:
+        return "error", f"the batch ended {done.status} without a result", None
     email = write.wire.email
-    for item in result.get("errors") or ():
-        if isinstance(item, dict) and str(item.get("email", "")).lower() == email:
+    for item in _items(done.result, "errors"):
+        if str(item.get("email", "")).lower() == email:
             message = str(item.get("message") or "refused in the batch")
             state = "unsubscribed" if "unsubscribed" in message.lower() else "refused"
             return state, message, None
-    for item in result.get("successes") or ():
-        if isinstance(item, dict) and str(item.get("email", "")).lower() == email:
+    for item in _items(done.result, "successes"):
+        if str(item.get("email", "")).lower() == email:
             return "ok", None, _id_of(item)
     return "error", "the batch result does not name this member", None
 
 
+def _items(result: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The objects of `result[key]` when it is a list; nothing otherwise."""
+    found = result.get(key)
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
+def _batch_result(raw: Any) -> dict[str, Any] | None:
+    """A batch's `result` as an object: None when absent; a JSON text is read; anything else
+    that is no object is an empty result (which names no member)."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _as_id(value: Any) -> int | None:
+    """An id sent as a number or as digits (`12` or `"12"`); None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
 def _id_of(body: Any) -> str | None:
-    return str(body["id"]) if isinstance(body, dict) and body.get("id") is not None else None
+    found = _as_id(body.get("id")) if isinstance(body, dict) else None
+    return str(found) if found is not None else None
+
+
+def _unsubscribed_on(raw: Mapping[str, Any]) -> datetime | None:
+    return parse_stamp(raw.get("unsubscribedOn"))
 
 
 def _day_before(moment: datetime) -> date:
@@ -788,9 +961,10 @@ def _page(items: str) -> Callable[[Any], dict[str, Any]]:
 
     def check(body: Any) -> dict[str, Any]:
         ok = isinstance(body, dict) and isinstance(body.get(items), list)
-        numbers = ok and all(isinstance(body.get(k), int) for k in ("totalCount", "limit"))
-        if not numbers or body["limit"] < 1:
+        numbers = {k: _as_id(body.get(k)) for k in ("totalCount", "limit")} if ok else {}
+        if not ok or None in numbers.values() or numbers["limit"] < 1:
             raise ValueError(f"page without {items}, totalCount and limit")
+        body |= numbers  # digit strings read as numbers
         body[items] = [row for row in body[items] if isinstance(row, dict)]
         return body
 
@@ -798,15 +972,18 @@ def _page(items: str) -> Callable[[Any], dict[str, Any]]:
 
 
 def _new_id(body: Any) -> int:
-    """The `id` of a created batch, group or custom field."""
-    if not isinstance(body, dict) or not isinstance(body.get("id"), int):
+    """The `id` of a created batch, group or custom field (a number or digits)."""
+    found = _as_id(body.get("id")) if isinstance(body, dict) else None
+    if found is None:
         raise ValueError("answer without an integer id")
-    return int(body["id"])
+    return found
 
 
 def _batch_status(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict) or body.get("status") not in ("NEW", "PROCESSING", "COMPLETED"):
+    """A batch with a `status` text (in any case; see `_poll`)."""
+    if not isinstance(body, dict) or not str(body.get("status") or "").strip():
         raise ValueError("batch answer without a status")
+    body["status"] = str(body["status"])
     return body
 
 
@@ -816,9 +993,9 @@ def _custom_fields(body: Any) -> list[CustomField]:
     if not isinstance(rows, list):
         raise ValueError("answer without customFields")
     return [
-        CustomField(int(r["id"]), str(r["name"]), str(r.get("type") or "text"))
+        CustomField(field_id, str(r["name"]), str(r.get("type") or "text"))
         for r in rows
-        if isinstance(r, dict) and isinstance(r.get("id"), int) and r.get("name")
+        if isinstance(r, dict) and (field_id := _as_id(r.get("id"))) is not None and r.get("name")
     ]
 
 
@@ -833,6 +1010,8 @@ class CyberimpactResource(dg.ConfigurableResource):
     api_token: str
     poll_seconds: float = 5.0
     batch_threshold: int = 50
+    poll_timeout_seconds: float = POLL_TIMEOUT
+    page_size: int = PAGE_SIZE
 
     def client(self) -> CyberimpactClient:
         return CyberimpactClient(
@@ -841,6 +1020,8 @@ class CyberimpactResource(dg.ConfigurableResource):
             api_token=resolve_secret(self.api_token, "cyberimpact api_token") or "",
             poll_seconds=self.poll_seconds,
             batch_threshold=self.batch_threshold,
+            poll_timeout=self.poll_timeout_seconds,
+            page_size=self.page_size,
         )
 
 
@@ -855,6 +1036,8 @@ class CyberimpactTarget(TargetSectionBase):
     api_token_env: EnvVarName
     poll_seconds: float = Field(default=5.0, gt=0)  # CI-A4
     batch_threshold: int = Field(default=50, ge=1)  # CI-A4
+    poll_timeout_seconds: float = Field(default=POLL_TIMEOUT, gt=0)  # CI-A4: a batch's deadline
+    page_size: int = Field(default=PAGE_SIZE, ge=1, le=10_000)  # CI-A2: the `limit` asked for
 
     @property
     def destination(self) -> str:
@@ -871,4 +1054,6 @@ class CyberimpactTarget(TargetSectionBase):
             api_token=dg.EnvVar(self.api_token_env),
             poll_seconds=self.poll_seconds,
             batch_threshold=self.batch_threshold,
+            poll_timeout_seconds=self.poll_timeout_seconds,
+            page_size=self.page_size,
         )

@@ -45,7 +45,7 @@ _GENDERS = {
     "f": "f", "female": "f", "woman": "f", "femme": "f",
     "o": "o", "other": "o", "x": "o", "autre": "o",
 }  # fmt: skip
-_LANGUAGES = {"en": "en_ca", "en_ca": "en_ca", "fr": "fr_ca", "fr_ca": "fr_ca"}
+_LANGUAGES = {"en": "en_ca", "fr": "fr_ca"}  # by the first two letters: en, en-US, fr_CA, ...
 
 
 class WireRefused(ValueError):
@@ -125,14 +125,17 @@ def wire_member(
 
 
 def wire_custom(kind: str, value: Any) -> Any:
-    """CI-A9: date -> `Y-m-d`, integer -> JSON integer, decimal -> JSON number, text -> str."""
+    """CI-A9: date -> `Y-m-d`, integer -> JSON integer, decimal -> JSON number, text -> str.
+
+    Only a custom text field turns a `true`/`false` text into `True`/`False` (Amilia.IsArchived):
+    a standard field such as a first name keeps the text it was given."""
     if kind == "date":
         return wire_date(value)
     if kind == "integer":
         return wire_integer(value)
     if kind == "decimal":
         return wire_decimal(value)
-    return text(value)
+    return _boolean_text(value) if isinstance(value, str) else text(value)
 
 
 def wire_date(value: Any) -> str:
@@ -177,11 +180,12 @@ def _number(value: Any) -> Decimal:
 
 def text(value: Any) -> str:
     """Text as CI-A9 wants it: booleans `True`/`False` (Amilia.IsArchived), lists
-    comma-separated (Amilia.Skills), dates ISO, numbers without a trailing `.0`."""
+    comma-separated (Amilia.Skills), dates ISO, numbers without a trailing `.0`. A text is sent
+    as it is (see `wire_custom` for the `true`/`false` texts of custom fields)."""
     if isinstance(value, bool):
         return "True" if value else "False"
     if isinstance(value, str):
-        return _boolean_text(value)
+        return value
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value) if isinstance(value, set | frozenset) else value
         return ",".join(text(item) for item in items if item is not None)
@@ -213,7 +217,8 @@ def _gender(value: Any) -> str:
 
 
 def _language(value: Any) -> str:
-    found = _LANGUAGES.get(str(value).strip().lower().replace("-", "_"))
+    """`en`, `en_CA`, `en-US`, `English` -> `en_ca`; `fr*` -> `fr_ca` (the first two letters)."""
+    found = _LANGUAGES.get(str(value).strip().lower()[:2])
     if found is None:
         raise WireRefused(f"not a language Cyberimpact knows (en_ca, fr_ca): {value!r}")
     return found
@@ -241,6 +246,18 @@ _STANDARD: dict[str, Callable[[Any], Any]] = {
 
 # --- reading back --------------------------------------------------------------------------------
 
+# A bounced row's timestamp: `bouncedOn` (CI-A11), or `hardBouncedOn` as some accounts name it.
+BOUNCE_STAMPS = ("bouncedOn", "hardBouncedOn")
+
+
+def bounce_stamp(raw: Mapping[str, Any]) -> datetime | None:
+    """When a bounced row bounced, from the first of BOUNCE_STAMPS that reads as a timestamp."""
+    for key in BOUNCE_STAMPS:
+        when = parse_stamp(raw.get(key))
+        if when is not None:
+            return when
+    return None
+
 
 def parse_stamp(value: Any) -> datetime | None:
     """CI-A12 timestamps (ISO 8601 with an offset) as aware UTC; a date-only value is midnight
@@ -263,7 +280,7 @@ def parse_member(
 ) -> RemoteMember:
     """A member object (or an unsubscribed/bounced row) as a RemoteMember, keyed by its
     lowercase email (CI-A3); `updated_at` is the newest of its own stamps."""
-    stamps = [parse_stamp(raw.get(key)) for key in ("updatedOn", "unsubscribedOn", "bouncedOn")]
+    stamps = [parse_stamp(raw.get(key)) for key in ("updatedOn", "unsubscribedOn", *BOUNCE_STAMPS)]
     known = [s for s in stamps if s is not None]
     email = raw.get("email")
     return RemoteMember(

@@ -6,6 +6,8 @@ conversion of canonical values."""
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -333,12 +335,13 @@ def test_batch_path_chunks_polls_and_acks_per_member(client, ci, shared, sleeps)
     assert ci.request_count("POST", "/batches") == 5
     assert client.run_figures()["batches"] == 5
     assert ci.request_count("GET", "/batches/{batch_id}") == 10  # each PROCESSING once
-    assert sleeps.waits.count(0.01) == 2  # polled together, two rounds
+    # the chunks' own batches polled together (two rounds), then their group batches (two)
+    assert sleeps.waits.count(0.01) == 4
     assert ci.request_count("POST", "/members") == 1  # the test's own known@ only
     assert acks["m0@example.com"].outcome == "created"
     assert acks["m0@example.com"].member_id == str(ci.member("m0@example.com")["id"])
     assert acks["known@example.com"].outcome == "updated"
-    assert acks["u@example.com"].outcome == "unsubscribed"
+    assert acks["u@example.com"].outcome == "unsubscribed" and acks["u@example.com"].checked
     assert acks["bad-email"].outcome == "refused"
     assert "must be an email address" in (acks["bad-email"].reason or "")
     assert ci.member_groups("m0@example.com") == {CLIENTS}
@@ -526,3 +529,358 @@ def test_section_parses_with_defaults_and_builds_a_resource():
     assert resource.account == ACCOUNT and resource.batch_threshold == 50
     with pytest.raises(ValueError):
         parse_target({"kind": "cyberimpact", "account": ACCOUNT, "api_token_env": "not a name"})
+
+
+# --- review fixes: answers the emulator does not give, through a rewriting transport -----------
+
+
+class Rewrite(httpx.HTTPTransport):
+    """Forwards to the emulator; `before` may answer instead of it, `after` may change its
+    answer (both get the request; `after` also gets the answer's JSON body or None)."""
+
+    def __init__(self, before=None, after=None) -> None:
+        super().__init__()
+        self.before, self.after = before, after
+        self.sent: list[tuple[str, str, Any]] = []  # method, path, JSON body
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        self.sent.append((request.method, request.url.path, body))
+        if self.before is not None and (early := self.before(request)) is not None:
+            return early
+        response = super().handle_request(request)
+        if self.after is None:
+            return response
+        response.read()
+        data = response.json() if response.content else None
+        changed = self.after(request, response.status_code, data)
+        return response if changed is None else changed
+
+
+def answer(request: httpx.Request, status: int, body: Any = None, raw: bytes = b"") -> Any:
+    if body is not None:
+        return httpx.Response(status, json=body, request=request)
+    return httpx.Response(status, content=raw, request=request)
+
+
+def route(request: httpx.Request, method: str, suffix: str) -> bool:
+    return request.method == method and request.url.path.endswith(suffix)
+
+
+def as_text_ids(data: Any) -> Any:
+    """Every `id` (and `totalCount`/`limit`) as a digit string, recursively."""
+    if isinstance(data, list):
+        return [as_text_ids(item) for item in data]
+    if isinstance(data, dict):
+        keys = ("id", "totalCount", "limit")
+        return {
+            k: str(v) if k in keys and isinstance(v, int) else as_text_ids(v)
+            for k, v in data.items()
+        }
+    return data
+
+
+BATCHED = dict(batch_threshold=2)  # the batch path from two members on
+
+
+@pytest.mark.parametrize("shape", ["json text", "not json", "errors not a list"])
+def test_a_batch_result_that_is_no_object_never_crashes(make, ci, shape):
+    """Finding 1: `result` as a JSON string is read; anything else names no member."""
+
+    def after(request, status, data):
+        if request.method == "GET" and "/batches/" in request.url.path and data["result"]:
+            result = data["result"]
+            data["result"] = {
+                "json text": json.dumps(result),
+                "not json": "{oops",
+                "errors not a list": {**result, "errors": 5},
+            }[shape]
+            return answer(request, status, data)
+        return None
+
+    client = make(transport=Rewrite(after=after), **BATCHED)
+    acks = write(client, [change("a@example.com"), change("b@example.com")])
+    expected = "error" if shape == "not json" else "created"
+    assert {a.outcome for a in acks.values()} == {expected}
+
+
+def test_ids_as_digit_strings_are_read_and_rows_without_an_id_skipped(make, ci, shared):
+    """Findings 2 and 6: groups, custom fields, batches and members with ids as text."""
+    with api(shared) as http:
+        http.post("/customfields", json={"name": "Amilia.Count", "type": "integer"})
+
+    def after(request, status, data):
+        if data is None or status >= 400:
+            return None
+        if route(request, "GET", "/groups"):
+            data["groups"].append({"title": "No id", "isDynamic": False})
+            data["groups"].append({"id": "x1", "title": "Bad id", "isDynamic": False})
+        return answer(request, status, as_text_ids(data))
+
+    client = make(transport=Rewrite(after=after), **BATCHED)
+    values = {"email": "a@example.com", "Amilia.Count": 3}
+    one = write(client, [change("a@example.com", values=values, groups=(CLIENTS,))])
+    assert one["a@example.com"].outcome == "created"
+    assert one["a@example.com"].member_id == str(ci.member("a@example.com")["id"])
+    assert ci.member("a@example.com")["customFields"] == {str(ci.custom_fields()[0]["id"]): 3}
+    batch = write(client, [change(f"b{n}@example.com", groups=(DUCKS,)) for n in range(2)])
+    assert {a.outcome for a in batch.values()} == {"created"}
+    assert ci.member_groups("b1@example.com") == {DUCKS}
+    fresh = make(transport=Rewrite(after=after))  # reads the groups again
+    later = write(fresh, [change("c@example.com", groups=("No id",))])
+    assert later["c@example.com"].outcome == "created"
+    assert sorted(g["title"] for g in ci.groups()) == sorted([CLIENTS, DUCKS, "No id"])
+
+
+def test_a_group_post_whose_answer_was_lost_is_not_made_twice(make, ci):
+    """Finding 6: after an uncertain POST /groups the titles are read again."""
+
+    def after(request, status, data):
+        if route(request, "POST", "/groups") and ci.request_count("POST", "/groups") == 1:
+            return answer(request, 502, {"message": "Bad gateway", "errors": {}})
+        return None
+
+    client = make(transport=Rewrite(after=after))
+    first = write(client, [change("a@example.com", groups=(CLIENTS,))])
+    assert first["a@example.com"].outcome == "error"
+    again = write(client, [change("a@example.com", groups=(CLIENTS,))])
+    assert again["a@example.com"].outcome == "created"
+    assert [g["title"] for g in ci.groups()] == [CLIENTS]
+    assert ci.request_count("POST", "/groups") == 1 and ci.request_count("GET", "/groups") == 2
+
+
+@pytest.mark.parametrize("status", [204, 200])
+def test_an_empty_write_answer_is_success(make, ci, status):
+    """Finding 3: a PATCH or POST answered 204 or an empty 200 is done, not retried."""
+
+    def after(request, code, data):
+        if code < 300 and (route(request, "PATCH", ".com") or route(request, "POST", "/members")):
+            return answer(request, status)
+        return None
+
+    client = make(transport=Rewrite(after=after))
+    write(client, [change("old@example.com")])
+    acks = write(client, [change("old@example.com", "update"), change("new@example.com")])
+    assert acks["old@example.com"].outcome == "updated"
+    assert acks["new@example.com"].outcome == "created"
+    assert ci.request_count("PATCH", "/members/{key}") == 3  # no retry of an empty answer
+    assert client.calls.retries == 0
+
+
+def test_an_update_whose_member_was_gone_is_created_with_its_consent(client, ci):
+    """Finding 4: PATCH 404 then POST: the new member gets its consent, changed or not."""
+    gone = change(
+        "a@example.com",
+        "update",
+        values=consent_values("2024-05-01"),
+        changed=frozenset({"firstname"}),
+    )
+    assert write(client, [gone])["a@example.com"].outcome == "created"
+    assert ci.request_count("PUT", "/members/{key}/consent") == 1
+
+
+def test_a_batch_refused_whole_is_written_one_by_one(make, ci):
+    """Finding 5: a 400 on POST /batches: each member of the chunk gets its own verdict."""
+
+    def before(request):
+        if route(request, "POST", "/batches"):
+            return answer(request, 400, {"message": "Invalid data", "errors": {"members": ["?"]}})
+        return None
+
+    client = make(transport=Rewrite(before=before), **BATCHED)
+    acks = write(client, [change("a@example.com"), change("bad-email"), change("b@example.com")])
+    assert acks["a@example.com"].outcome == acks["b@example.com"].outcome == "created"
+    assert acks["bad-email"].outcome == "refused"
+    assert ci.request_count("POST", "/members") == 3
+
+
+def test_unsubscribed_emails_are_read_once_and_never_written(make, ci, shared):
+    """Findings 7 and 8 (CI-A5): no call for an unsubscribed email, and no delete of it."""
+    control = f"{shared[0]}/_sandbox/cyberimpact"
+    write(make(), [change("kept@example.com")])
+    for email in ("kept@example.com", "other@example.com", "third@example.com"):
+        httpx.post(f"{control}/unsubscribe", json={"email": email})
+    before = len(ci.requests())
+    client = make(page_size=2)
+    acks = write(
+        client,
+        [
+            change("KEPT@example.com", "update", values=consent_values("2024-05-01")),
+            change("third@example.com", groups=(CLIENTS,)),
+            change("new@example.com"),
+        ],
+    )
+    kept = acks["KEPT@example.com"]
+    assert kept.outcome == "unsubscribed" and kept.checked and kept.remote is not None
+    assert kept.remote.status == "unsubscribed" and kept.remote.email == "kept@example.com"
+    assert acks["third@example.com"].outcome == "unsubscribed"
+    assert acks["new@example.com"].outcome == "created"
+    removed = write(client, [change("kept@example.com", "remove")])["kept@example.com"]
+    assert removed.outcome == "removed" and "unsubscribe stays" in (removed.reason or "")
+    assert ci.member("kept@example.com") is not None
+    sent = [(r.method, r.path) for r in ci.requests()[before:]]
+    assert not [s for s in sent if "kept" in s[1] or "third" in s[1]]
+    lists = [s for s in sent if s == ("GET", "/cyberimpact/members/unsubscribed")]
+    assert len(lists) == 2  # its two pages, read once for the client's two calls
+    assert ci.request_count("POST", "/groups") == 0
+
+
+def test_a_409_unsubscribed_on_patch_or_in_errors_email_is_unsubscribed(make, ci):
+    """Findings 7 and 20: a PATCH 409 "unsubscribed"; the word in `errors.email` alone."""
+
+    def before(request):
+        if route(request, "PATCH", ".com"):
+            body = {"message": "Conflict", "errors": {"email": ["Unsubscribed"]}}
+            return answer(request, 409, body)
+        return None
+
+    acks = write(make(transport=Rewrite(before=before)), [change("a@example.com")])
+    assert acks["a@example.com"].outcome == "unsubscribed"
+    assert ci.request_count("POST", "/members") == 0
+    from resources.cyberimpact import _is_unsubscribed
+
+    body = {"message": "Conflict", "errors": {"email": ["unsubscribed"]}}
+    assert _is_unsubscribed(VendorError("cyberimpact", 409, "Conflict", body))
+    assert not _is_unsubscribed(VendorError("cyberimpact", 409, "Member already exists", {}))
+
+
+def test_group_batches_follow_their_batch_and_only_for_accepted_members(make, ci):
+    """Finding 10: the emails-only group batch goes after the chunk's batch finished, without
+    the member that batch refused."""
+    transport = Rewrite()
+    client = make(transport=transport, **BATCHED)
+    changes = [
+        change("a@example.com", groups=(CLIENTS, DUCKS)),
+        change("b@example.com", groups=(CLIENTS,)),
+        change("bad-email", groups=(CLIENTS, DUCKS)),
+    ]
+    acks = write(client, changes)
+    assert acks["a@example.com"].outcome == "created" and acks["bad-email"].outcome == "refused"
+    calls = [(m, p, b) for m, p, b in transport.sent if "/batches" in p]
+    posts = [n for n, (m, _, _) in enumerate(calls) if m == "POST"]
+    assert len(posts) == 2 and calls[posts[1] - 1][0] == "GET"  # polled before the group batch
+    assert calls[posts[1]][2]["members"] == [{"email": "a@example.com"}]
+    assert ci.member_groups("a@example.com") == {CLIENTS, DUCKS}
+
+
+def test_update_only_and_create_only_never_go_as_batches(make, ci):
+    """Finding 11: a batch cannot be told "update only": such imports go one by one."""
+    client = make(**BATCHED)
+    write(client, [change("a@example.com"), change("b@example.com")])
+    policy = WritePolicy(match_on="email", import_type="update_only", reimport_unsubscribed=False)
+    updates = [change(e, "update") for e in ("a@example.com", "b@example.com")]
+    acks = write(client, [*updates, change("c@example.com")], policy)
+    assert acks["a@example.com"].outcome == "updated"
+    assert acks["c@example.com"].outcome == "import_type"
+    assert ci.request_count("POST", "/batches") == 1  # the first, create_and_update call only
+
+
+def test_polling_stops_at_its_deadline_with_error_acks(make, ci):
+    """Finding 12: a batch still running at `poll_timeout` leaves its members in `error`."""
+    clock = FakeClock()
+    ci.batch_polls = 10_000
+    client = make(clock=clock, sleep=clock.sleep, poll_seconds=5, poll_timeout=30, **BATCHED)
+    acks = write(client, [change("a@example.com"), change("b@example.com")])
+    assert {a.outcome for a in acks.values()} == {"error"}
+    assert "did not finish in time" in (acks["a@example.com"].reason or "")
+    assert ci.request_count("GET", "/batches/{batch_id}") == 6
+
+
+@pytest.mark.parametrize("status", ["completed", "FAILED"])
+def test_any_status_but_new_or_processing_is_finished(make, ci, status):
+    """Finding 12: statuses compared upper-case; a finished batch without a result: errors."""
+
+    def after(request, code, data):
+        if request.method == "GET" and "/batches/" in request.url.path:
+            if data["status"] == "COMPLETED":
+                data["status"] = status
+                if status == "FAILED":
+                    data["result"] = None
+                return answer(request, code, data)
+        return None
+
+    client = make(transport=Rewrite(after=after), poll_seconds=600, **BATCHED)
+    acks = write(client, [change("a@example.com"), change("b@example.com")])
+    if status == "FAILED":
+        assert {a.outcome for a in acks.values()} == {"error"}
+        assert "FAILED without a result" in (acks["a@example.com"].reason or "")
+    else:
+        assert {a.outcome for a in acks.values()} == {"created"}
+    assert ci.request_count("GET", "/batches/{batch_id}") == 2
+
+
+def test_paging_reads_text_counts_and_the_page_size_setting(make, ci):
+    """Finding 14: `totalCount`/`limit` as digits; `page_size`; stop on rows seen or empty."""
+    write(make(), [change(f"m{n}@example.com") for n in range(5)])
+
+    def after(request, status, data):
+        if route(request, "GET", "/members"):
+            data["totalCount"] = str(data["totalCount"] + 10)  # off: the empty page stops it
+            data["limit"] = str(data["limit"])
+            return answer(request, status, data)
+        return None
+
+    found = make(transport=Rewrite(after=after), page_size=2).iter_members(None)
+    assert sorted(m.email for m in found) == [f"m{n}@example.com" for n in range(5)]
+    assert ci.request_count("GET", "/members") == 4  # 2 + 2 + 1, then the empty page
+
+
+def test_bounces_read_hard_bounced_on_and_a_row_without_a_stamp_is_no_change(make, ci, shared):
+    """Finding 15: `hardBouncedOn` counts as the bounce time; a row with none is no change."""
+    write(make(), [change("m@example.com")])
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    httpx.post(f"{shared[0]}/_sandbox/cyberimpact/bounce", json={"email": "m@example.com"})
+
+    def after(request, status, data):
+        if route(request, "GET", "/members/bounced"):
+            rows = [{"hardBouncedOn": r.pop("bouncedOn"), **r} for r in data["members"]]
+            rows.append({"email": "nostamp@example.com"})
+            return answer(request, status, data | {"members": rows, "totalCount": len(rows)})
+        return None
+
+    client = make(transport=Rewrite(after=after))
+    assert client.has_member_changes(before)
+    assert not client.has_member_changes(datetime.now(UTC) + timedelta(seconds=2))
+    bounced = {m.email: m for m in client.iter_members(before)}
+    assert bounced["m@example.com"].email_status == "hard_bounce"
+
+
+def test_the_account_name_is_compared_normalised(make):
+    """Finding 17: NFC, surrounding spaces and case do not matter."""
+    decomposed = unicodedata.normalize("NFD", "  centre SPORTIF démo ")
+    make(account=decomposed).check_connection()
+    with pytest.raises(AccountMismatch):
+        make(account="Centre sportif demo").check_connection()
+
+
+def test_true_false_text_only_in_custom_text_and_language_by_its_first_letters():
+    """Findings 22 and 23."""
+    custom = {"Amilia.Flag": CustomField(10, "Amilia.Flag", "text")}
+    values = {"firstname": "true", "Amilia.Flag": "false", "language": "en-US"}
+    member = wire_member("a@example.com", values, custom)
+    assert member.fields == {"firstname": "true", "language": "en_ca"}
+    assert member.custom == {"10": "False"}
+    for given, wanted in [("English", "en_ca"), ("FR_ca", "fr_ca"), ("fra", "fr_ca")]:
+        assert wire_member("a@example.com", {"language": given}, {}).fields["language"] == wanted
+    assert wire_member("a@example.com", {"language": "de"}, {}).dropped[0][0] == "language"
+
+
+def test_section_takes_a_page_size_and_a_poll_timeout():
+    section = parse_target(
+        {
+            "kind": "cyberimpact",
+            "account": ACCOUNT,
+            "api_token_env": "CYBERIMPACT_API_TOKEN",
+            "page_size": 100,
+            "poll_timeout_seconds": 60,
+        }
+    )
+    assert (section.page_size, section.poll_timeout_seconds) == (100, 60)
+    resource = section.resource()
+    assert (resource.page_size, resource.poll_timeout_seconds) == (100, 60)
+    default = parse_target(
+        {"kind": "cyberimpact", "account": ACCOUNT, "api_token_env": "CYBERIMPACT_API_TOKEN"}
+    )
+    assert (default.page_size, default.poll_timeout_seconds) == (1000, 1800)
+    with pytest.raises(ValueError):
+        parse_target({**section.model_dump(), "page_size": 20_000})
