@@ -519,7 +519,7 @@ class AmiliaClient(SourceClient):
         `walk.complete` is set once the last page had an empty Next (and, when TotalCount is a
         number, at least that many items came): a missing, null or unreadable TotalCount never
         ends the read early nor makes it complete. TotalCount only guards against a server that
-        links on forever: the read stops, incomplete, past ceil(total / page size) + 1 pages,
+        links on forever: the read stops, incomplete, after ceil(total / page size) + 1 pages,
         on a Next seen before, or on an empty page that still links on."""
         walk = walk if walk is not None else PageWalk()
         walk.complete = False
@@ -754,8 +754,9 @@ def _total(body: Any) -> int | None:
 
 
 def _too_many(pages: int, total: int | None, per_page: int) -> bool:
-    """A guard only: more pages read than TotalCount can fill, with one to spare."""
-    return total is not None and pages > math.ceil(total / max(1, per_page)) + 1
+    """A guard only: `pages` read already fill TotalCount with one to spare, so another would
+    be past ceil(total / per_page) + 1."""
+    return total is not None and pages >= math.ceil(total / max(1, per_page)) + 1
 
 
 def _same_host(link: Any, ours: Any) -> bool:
