@@ -2,13 +2,14 @@
 
 Amilia trades user credentials (or an API key/secret pair) for a JWT (AM-A1/A2) that every org
 call carries as `Bearer`; the token lives a year, so it is fetched once and replaced once after
-a 401. Every list is `{Items, Paging: {TotalCount, Next}}` with `Next` a full URL (AM-A4).
+a 401. Every list is `{Items, Paging: {TotalCount, Next}}`, read while `Next` is non-empty
+(AM-A4); a `Next` is only ever followed on the configured host and scheme.
 
 - `persons` have no modified filter: they are read whole every `full_scan_minutes` (deletions
   are found by the pipeline's tombstones), and re-read by id when a webhook names one. Children
   are never handed out (AC2): their registrations reach the account owner instead.
 - `registrations` are events filtered on `DateCreated` (AM-A5): backfills read calendar months
-  (AC1), incremental reads start at the newest one landed.
+  (AC1), incremental reads start an hour before the newest one landed (late commits).
 - `memberships` are read whole too (the active purchases now, AM-A8): a membership webhook only
   asks for a new scan, since its Delete carries an id no read resolves (AM-A10).
 

@@ -251,7 +251,8 @@ def test_registrations_cursor_probe_and_incremental_read(make, amilia):
     assert client.has_changes("registrations", cursor)
     again = records(client.iter_changed("registrations", cursor))
     assert made["RegistrationId"] in {r["RegistrationId"] for r in again}
-    assert all(parse_moment(r["DateCreated"]) >= newest for r in again)
+    # an hour back from the cursor: a registration committed late is not missed
+    assert all(parse_moment(r["DateCreated"]) >= newest - timedelta(hours=1) for r in again)
 
 
 def test_registrations_are_read_again_by_id_and_a_deleted_one_is_a_tombstone(make, amilia):
