@@ -2,13 +2,14 @@
 
 Amilia trades user credentials (or an API key/secret pair) for a JWT (AM-A1/A2) that every org
 call carries as `Bearer`; the token lives a year, so it is fetched once and replaced once after
-a 401. Every list is `{Items, Paging: {TotalCount, Next}}` with `Next` a full URL (AM-A4).
+a 401. Every list is `{Items, Paging: {TotalCount, Next}}`, read while `Next` is non-empty
+(AM-A4); a `Next` is only ever followed on the configured host and scheme.
 
 - `persons` have no modified filter: they are read whole every `full_scan_minutes` (deletions
   are found by the pipeline's tombstones), and re-read by id when a webhook names one. Children
   are never handed out (AC2): their registrations reach the account owner instead.
 - `registrations` are events filtered on `DateCreated` (AM-A5): backfills read calendar months
-  (AC1), incremental reads start at the newest one landed.
+  (AC1), incremental reads start an hour before the newest one landed (late commits).
 - `memberships` are read whole too (the active purchases now, AM-A8): a membership webhook only
   asks for a new scan, since its Delete carries an id no read resolves (AM-A10).
 
@@ -18,12 +19,14 @@ verifies and parses deliveries is `resources.amilia_webhook`.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
 import dagster as dg
 import httpx
@@ -49,6 +52,10 @@ MAX_PAGE_SIZE = 2000
 TOKEN_LIFETIME = 365 * 86400.0  # AM-A1
 RECORDS_PER_PAGE = 100  # fetch_records yields re-read records in pages of this many
 ACCOUNT_PREFIX = "account:"  # a persons id meaning "every person of this account" (AC3/AC4)
+# AM-A14: ASP.NET's 404 for a URL no route matches (a wrong base URL, org or language): an
+# error, never a record gone.
+NO_ROUTE = "No HTTP resource was found that matches the request URI."
+LATE_COMMIT = timedelta(hours=1)  # incremental registration reads look back this far (see below)
 # AM-A9: the (Context, Action) pairs memberflow subscribes to.
 HOOKS = (
     ("Person", "Create"),
@@ -74,6 +81,13 @@ MEMBERSHIPS = EntitySpec(
 ENTITIES = (PERSONS, REGISTRATIONS, MEMBERSHIPS)
 
 Row = dict[str, Any]
+
+
+@dataclass
+class PageWalk:
+    """What one `_pages` read found: `complete` once its last page said there was no next."""
+
+    complete: bool = False
 
 
 class AmiliaClient(SourceClient):
@@ -112,7 +126,8 @@ class AmiliaClient(SourceClient):
         self._page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self._today = today
         self.calls = CallCounter()
-        secrets = [password] + ([webhook_token] if webhook_token else [])
+        # In API-key mode (AM-A2) the "username" is the key itself: masked like the password.
+        secrets = [username, password] + ([webhook_token] if webhook_token else [])
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
@@ -125,7 +140,6 @@ class AmiliaClient(SourceClient):
         self._token = CachedToken(self._authenticate, margin=0.0)
         self._lock = threading.Lock()
         self._complete: dict[str, bool] = {}  # entity -> did its last scan read every page?
-        self._last_whole = False  # did the last `_pages` walk reach its TotalCount?
 
     # --- SourceClient --------------------------------------------------------------------------
 
@@ -196,7 +210,7 @@ class AmiliaClient(SourceClient):
         return bool(body["Paging"].get("Next"))  # more than a page to look at: read it
 
     def scan_complete(self, entity: str) -> bool:
-        """Did the last whole read of `entity` reach TotalCount on every list it walked?"""
+        """Did the last whole read of `entity` read every list it walked to its last page?"""
         return self._complete.get(entity, False)
 
     def fetch_records(self, entity: str, ids: Iterable[str]) -> Iterator[list[Row]]:
@@ -220,45 +234,57 @@ class AmiliaClient(SourceClient):
 
     def ensure_webhooks(self, url: str) -> list[str]:
         """Subscribe AM-A9's pairs to `url` where missing (AM-A12); returns those added, e.g.
-        "Person/Create". A Disabled subscription to our url (AM-A13) is deleted and added again:
-        that is how a user turns deliveries back on once the receiver is fixed. One of ours (by
-        name) to another url is deleted: the receiver moved, and the old one would get (or
-        fail, and be disabled for) every change twice."""
+        "Person/Create", and one "Membership/Create: not supported (<message>)" line per pair
+        the server refused with a 4xx (a context it does not know), the others still added.
+
+        A Disabled subscription to our url (AM-A13) is deleted and added again: that is how a
+        user turns deliveries back on once the receiver is fixed. One of ours (by exact name)
+        to another url is deleted: the receiver moved, and the old one would get (or fail,
+        and be disabled for) every change twice. Context, Action and Status are compared
+        case-insensitively and urls with their scheme and host lower-cased."""
         target = self._hook_url(url)
-        ours = f"memberflow-{self.integration}-"
+        ours = self._hook_names()
         present: set[tuple[str, str]] = set()
         for hook in self._subscriptions():
-            if hook.get("Url") != target:
-                if str(hook.get("Name", "")).startswith(ours):
+            if _normal_url(str(hook.get("Url", ""))) != _normal_url(target):
+                if hook.get("Name") in ours:
                     self._call("DELETE", f"webhooks/{hook['Id']}", "webhooks/{id}")
                 continue
-            pair = (str(hook.get("Context")), str(hook.get("Action")))
-            if hook.get("Status") == "Disabled":
+            if _lower(hook.get("Status")) == "disabled":
                 self._call("DELETE", f"webhooks/{hook['Id']}", "webhooks/{id}")
             else:
-                present.add(pair)
-        added = []
-        for context, action in HOOKS:
-            if (context, action) in present:
-                continue
-            body = {
-                "Context": context,
-                "Action": action,
-                "Name": f"memberflow-{self.integration}-{context}-{action}",
-                "Version": "V1",
-                "Url": target,
-            }
+                present.add((_lower(hook.get("Context")), _lower(hook.get("Action"))))
+        return [
+            self._subscribe(context, action, target)
+            for context, action in HOOKS
+            if (context.lower(), action.lower()) not in present
+        ]
+
+    def _subscribe(self, context: str, action: str, target: str) -> str:
+        """One POST /webhooks; a 4xx refusal (other than auth or throttling) is reported, not
+        raised, so one context the server lacks does not stop the others."""
+        body = {
+            "Context": context,
+            "Action": action,
+            "Name": _hook_name(self.integration, context, action),
+            "Version": "V1",
+            "Url": target,
+        }
+        try:
             # Not idempotent (a second POST is a second subscription): never retried blindly.
             self._call("POST", "webhooks", "webhooks", json=body)
-            added.append(f"{context}/{action}")
-        return added
+        except VendorError as exc:
+            if 400 <= exc.status < 500 and exc.status not in (401, 403, 429):
+                return f"{context}/{action}: not supported ({_message(exc)})"
+            raise
+        return f"{context}/{action}"
 
     def webhook_problems(self) -> list[str]:
         """One line per subscription of this integration that Amilia disabled (AM-A13)."""
-        prefix = f"memberflow-{self.integration}-"
+        ours = self._hook_names()
         lines = []
         for hook in self._subscriptions():
-            if not str(hook.get("Name", "")).startswith(prefix) or hook.get("Status") != "Disabled":
+            if hook.get("Name") not in ours or _lower(hook.get("Status")) != "disabled":
                 continue
             url = _shown_url(str(hook.get("Url", "")))
             lines.append(
@@ -270,6 +296,11 @@ class AmiliaClient(SourceClient):
             )
         return lines
 
+    def _hook_names(self) -> set[str]:
+        """Exactly our subscription names: another integration's `memberflow-<name>-…` (one
+        whose name starts with ours) is never taken for ours."""
+        return {_hook_name(self.integration, c, a) for c, a in HOOKS}
+
     def close(self) -> None:
         self._http.close()
 
@@ -277,11 +308,14 @@ class AmiliaClient(SourceClient):
 
     def _person_pages(self) -> Iterator[list[Row]]:
         """Every person, archived ones too (AM-A6); children left out (AC2)."""
+        self._complete["persons"] = False
+        walk = PageWalk()
         params = {"showArchived": "true", "showSkills": "true"}
-        for page in self._pages("persons", "persons", params, entity="persons"):
-            adults = [with_skill_names(p) for p in page if p.get("IsChild") is not True]
+        for page in self._pages("persons", "persons", params, walk):
+            adults = [person_row(p) for p in page if p.get("IsChild") is not True]
             if adults:
                 yield adults
+        self._complete["persons"] = walk.complete
 
     def _persons_by_id(self, record_id_: str) -> list[Row]:
         if record_id_.startswith(ACCOUNT_PREFIX):
@@ -296,23 +330,29 @@ class AmiliaClient(SourceClient):
         try:
             body = self._get(f"persons/{person_id}", "persons/{id}", params={"showSkills": "true"})
         except VendorError as exc:
-            if exc.status == 404:  # AM-A6: a deleted person
+            if _gone(exc):  # AM-A6: a deleted person
                 return self.tombstone("persons", person_id)
             raise
         if not isinstance(body, dict):
             raise VendorError(self.vendor, 200, f"persons/{{id}} on {self._host}: not an object")
-        return None if body.get("IsChild") is True else with_skill_names(body)
+        return None if body.get("IsChild") is True else person_row(body)
 
     def _account_persons(self, account_id: str) -> list[Row]:
-        """The owner and every member of an account, each read again (AC3/AC4)."""
+        """The owner and every member of an account, each read again (AC3/AC4). The account is
+        asked for with showArchived=true: an Account/Delete is an archive, and an archived
+        account hidden by default would leave its persons unread."""
         if not account_id.isdigit():
             raise ValueError(f"amilia account id {account_id!r} is not a number")
         try:
-            account = self._get(f"accounts/{account_id}", "accounts/{id}")
+            account = self._get(
+                f"accounts/{account_id}", "accounts/{id}", params={"showArchived": "true"}
+            )
         except VendorError as exc:
-            if exc.status == 404:
+            if _gone(exc):
                 return []  # no account, no persons to name: the next full scan settles them
             raise
+        if not isinstance(account, dict):
+            raise VendorError(self.vendor, 200, f"accounts/{{id}} on {self._host}: not an object")
         people = [*(account.get("Owners") or []), *(account.get("Members") or [])]
         ids = dict.fromkeys(str(p["Id"]) for p in people if isinstance(p, dict) and p.get("Id"))
         found = (self._person(pid) for pid in ids)
@@ -321,32 +361,55 @@ class AmiliaClient(SourceClient):
     # --- registrations -------------------------------------------------------------------------
 
     def _registration_months(self, start: date, end: date) -> Iterator[list[Row]]:
+        """Each month asked a day wider on both sides (`from` = first - 1, `to` = last + 1: the
+        day the server filters on, UTC or the org's, is unknown), then cut back to the org's own
+        calendar days of the month, so each registration comes once. One whose DateCreated is
+        unreadable is kept (once): record_meta quarantines it."""
+        seen: set[str] = set()
         for first, last in month_windows(start, end):
-            params = {"from": first.isoformat(), "to": last.isoformat(), "showEnded": "true"}
+            params = {
+                "from": (first - timedelta(days=1)).isoformat(),
+                "to": (last + timedelta(days=1)).isoformat(),
+                "showEnded": "true",
+            }
             for page in self._pages("registrations", "registrations", params):
                 kept = [
-                    with_owner_id(r) for r in page if first <= _local_day(r, "DateCreated") <= last
+                    with_owner_id(r)
+                    for r in page
+                    if _in_days(_local_day(r, "DateCreated"), first, last) and _first_time(seen, r)
                 ]
                 if kept:
                     yield kept
 
     def _registrations_since(self, since: datetime | None) -> Iterator[list[Row]]:
         """From the day before the cursor's UTC date (so the org's own calendar day of the
-        cursor is covered whatever its offset), keeping what was created at or after it. A
-        cursor far back (the first sync reads from the history start) is read month by month
-        like a backfill (AC1); the last window is open-ended, so nothing created since is
-        missed."""
+        cursor is covered whatever its offset), keeping what was created at or after an hour
+        before it: a registration committed late (DateCreated older than one already read) is
+        still caught, and landing dedupes what is read twice by its version. A cursor far back
+        (the first sync reads from the history start) is read month by month like a backfill
+        (AC1), each window's `to` a day wider (the server's date basis is unknown) and the
+        last one open-ended, so nothing created since is missed. A RegistrationId met twice
+        (windows overlap) is handed out once."""
         if since is None:
             windows: list[dict[str, str]] = [{}]
         else:
-            start = date.fromisoformat(_from_day(since))
+            start = date.fromisoformat(_from_day(since - LATE_COMMIT))
             months = month_windows(start, max(start, datetime.now(UTC).date()))
-            windows = [{"from": a.isoformat(), "to": b.isoformat()} for a, b in months]
+            windows = [
+                {"from": a.isoformat(), "to": (b + timedelta(days=1)).isoformat()}
+                for a, b in months
+            ]
             windows[-1].pop("to")
+        floor = None if since is None else since - LATE_COMMIT
+        seen: set[str] = set()
         for window in windows:
             params = {**window, "showEnded": "true"}
             for page in self._pages("registrations", "registrations", params):
-                kept = [with_owner_id(r) for r in page if since is None or _created(r) >= since]
+                kept = [
+                    with_owner_id(r)
+                    for r in page
+                    if (floor is None or _created(r) >= floor) and _first_time(seen, r)
+                ]
                 if kept:
                     yield kept
 
@@ -355,7 +418,7 @@ class AmiliaClient(SourceClient):
         try:
             body = self._get(path, "registrations/{id}")
         except VendorError as exc:
-            if exc.status == 404:
+            if _gone(exc):
                 return [self.tombstone("registrations", registration_id)]
             raise
         if not isinstance(body, dict):
@@ -368,16 +431,25 @@ class AmiliaClient(SourceClient):
 
     def _membership_pages(self, start: date | None, end: date | None) -> Iterator[list[Row]]:
         """Every active purchase: each membership's accounts, their purchases of it. Complete
-        only when every list was read to its TotalCount."""
+        only when every list was read to its end. A membership without an Id is skipped (there
+        is no list of its accounts to read). A purchase whose PurchasedDate is unreadable is
+        kept in any range: record_meta quarantines it."""
         self._complete["memberships"] = False
-        whole = True
+        walks = [PageWalk()]
         purchases: dict[str, Row] = {}
-        memberships = [m for page in self._pages("memberships", "memberships", {}) for m in page]
-        whole = whole and self._last_whole
+        memberships = [
+            m for page in self._pages("memberships", "memberships", {}, walks[0]) for m in page
+        ]
         for membership in memberships:
             mid = membership.get("Id")
+            if mid is None or str(mid).strip() == "":
+                continue
+            walks.append(PageWalk())
             pages = self._pages(
-                f"memberships/{mid}/accounts", "memberships/{id}/accounts", {"status": "Active"}
+                f"memberships/{mid}/accounts",
+                "memberships/{id}/accounts",
+                {"status": "Active"},
+                walks[-1],
             )
             for page in pages:
                 for account in page:
@@ -385,15 +457,14 @@ class AmiliaClient(SourceClient):
                         known = purchases.get(row["Key"])
                         if known is None or _purchase_order(row) > _purchase_order(known):
                             purchases[row["Key"]] = row
-            whole = whole and self._last_whole
         rows = [
             r
             for r in purchases.values()
-            if start is None or end is None or start <= _local_day(r, "PurchasedDate") <= end
+            if start is None or end is None or _in_days(_local_day(r, "PurchasedDate"), start, end)
         ]
         for i in range(0, len(rows), self._page_size):
             yield rows[i : i + self._page_size]
-        self._complete["memberships"] = whole
+        self._complete["memberships"] = all(walk.complete for walk in walks)
 
     # --- HTTP ----------------------------------------------------------------------------------
 
@@ -420,7 +491,7 @@ class AmiliaClient(SourceClient):
 
     def _call(self, method: str, path: str, endpoint: str, **kwargs: Any) -> Any:
         """One org call (or a full `Next` URL) with the Bearer token; one re-auth on a 401."""
-        url = path if path.startswith("http") else f"{self._org_base}/{path}"
+        url = path if "://" in path else f"{self._org_base}/{path}"
         for attempt in (1, 2):
             token = self._token.token()
             try:
@@ -442,39 +513,57 @@ class AmiliaClient(SourceClient):
         return self._call("GET", path, endpoint, **kwargs)
 
     def _pages(
-        self, path: str, endpoint: str, params: dict[str, Any], entity: str | None = None
+        self, path: str, endpoint: str, params: dict[str, Any], walk: PageWalk | None = None
     ) -> Iterator[list[Row]]:
-        """AM-A4: perPage=page_size, then each full-URL `Paging.Next` while non-empty, stopping
-        once TotalCount items are in (a guard against a server that keeps linking on).
-        `self._last_whole` (and, with `entity`, its scan_complete) says if it got them all."""
-        self._last_whole = False
-        if entity is not None:
-            self._complete[entity] = False
+        """AM-A4: perPage=page_size, then each `Paging.Next` while it is non-empty.
+
+        `walk.complete` is set once the last page had an empty Next (and, when TotalCount is a
+        number, at least that many items came): a missing, null or unreadable TotalCount never
+        ends the read early nor makes it complete. TotalCount only guards against a server that
+        links on forever: the read stops, incomplete, after ceil(total / page size) + 1 pages,
+        on a Next seen before, or on an empty page that still links on."""
+        walk = walk if walk is not None else PageWalk()
+        walk.complete = False
+        url = f"{self._org_base}/{path}"
         body = self._get(
-            path, endpoint, params={**params, "perPage": self._page_size}, validate=_list_envelope
+            url, endpoint, params={**params, "perPage": self._page_size}, validate=_list_envelope
         )
-        seen = 0
+        seen, pages, per_page = 0, 1, 0
+        followed: set[str] = set()
         while True:
-            items = _items(body)
-            total = _total(body)
+            items, total = _items(body), _total(body)
             seen += len(items)
+            per_page = per_page or len(items)  # the server's own page size, should it cap ours
             if items:
                 yield items
-            link = str(body["Paging"].get("Next") or "")
-            if not link or not items or seen >= total:
-                break
-            body = self._get(self._same_host(link), endpoint, validate=_list_envelope)
-        self._last_whole = seen >= total
-        if entity is not None:
-            self._complete[entity] = self._last_whole
+            link = str(body["Paging"].get("Next") or "").strip()
+            if not link:
+                walk.complete = total is None or seen >= total
+                return
+            if not items or _too_many(pages, total, per_page or self._page_size):
+                return
+            url = self._next_url(link, url)
+            if url in followed:
+                return
+            followed.add(url)
+            pages += 1
+            body = self._get(url, endpoint, validate=_list_envelope)
 
-    def _same_host(self, link: str) -> str:
-        """A `Next` link must stay on the configured host: the Bearer token goes with it."""
-        if urlsplit(link).netloc != urlsplit(self._host_url).netloc:
+    def _next_url(self, link: str, current: str) -> str:
+        """A `Next` link resolved against the page it came on, kept on our own host and scheme:
+        the Bearer token goes with it. One on our host but another scheme (http from behind a
+        TLS proxy) is rebuilt on ours; one to another host is refused."""
+        parts = urlsplit(urljoin(current, link))
+        ours = urlsplit(self._host_url)
+        if not _same_host(parts, ours):
+            shown = parts.hostname or "?"
             raise VendorError(
-                self.vendor, 200, f"a page link on {self._host} leads to another host"
+                self.vendor,
+                0,
+                f"a page link on {self._host} leads to another host ({shown}); not followed, "
+                "so the token never leaves the configured host",
             )
-        return link
+        return urlunsplit(parts._replace(scheme=ours.scheme, netloc=ours.netloc, fragment=""))
 
     def _subscriptions(self) -> list[Row]:
         return [hook for page in self._pages("webhooks", "webhooks", {}) for hook in page]
@@ -504,6 +593,16 @@ class AmiliaClient(SourceClient):
 # --- record helpers ----------------------------------------------------------------------------
 
 
+def person_row(person: Row) -> Row:
+    """A person as handed out: `SkillNames`, plus `DateOfBirthLocal` and `JoinDateLocal`, the
+    date part as written (AM-A15: a date, or an ISO datetime whose UTC date may be another)."""
+    return {
+        **with_skill_names(person),
+        "DateOfBirthLocal": _date_part(person.get("DateOfBirth")),
+        "JoinDateLocal": _date_part(person.get("JoinDate")),
+    }
+
+
 def with_skill_names(person: Row) -> Row:
     """`SkillNames`: the Skills' names joined with ", " (AM-A6), text a target field can take."""
     skills = person.get("Skills") or []
@@ -524,12 +623,14 @@ def with_owner_id(registration: Row) -> Row:
 
 def account_purchases(account: Row, membership_id: Any, today: date) -> list[Row]:
     """One record per purchase of `membership_id` in an Account's AccountMemberships (AM-A8),
-    keyed `<AccountId>-<MembershipId>-<PersonId>`; `Ended` when not Active or expired."""
+    keyed `<AccountId>-<MembershipId>-<PersonId>`; `Ended` when not Active or expired; the
+    dates' own calendar days as `PurchasedDateLocal`, `EffectiveDateLocal` and
+    `ExpirationDateLocal`. Ids are compared as text (one side may be a number, the other not)."""
     owners = account.get("Owners") or []
     owner_id = owners[0].get("Id") if owners and isinstance(owners[0], dict) else None
     rows = []
     for entry in account.get("AccountMemberships") or []:
-        if not isinstance(entry, dict) or entry.get("MembershipId") != membership_id:
+        if not isinstance(entry, dict) or str(entry.get("MembershipId")) != str(membership_id):
             continue
         row = {
             **entry,
@@ -537,6 +638,8 @@ def account_purchases(account: Row, membership_id: Any, today: date) -> list[Row
             "AccountOwnerId": owner_id,
             "Key": f"{account.get('Id')}-{entry.get('MembershipId')}-{entry.get('PersonId')}",
             "PurchasedDateLocal": _date_part(entry.get("PurchasedDate")),
+            "EffectiveDateLocal": _date_part(entry.get("EffectiveDate")),
+            "ExpirationDateLocal": _date_part(entry.get("ExpirationDate")),
         }
         row["Ended"] = _ended(entry, today)
         rows.append(row)
@@ -544,7 +647,10 @@ def account_purchases(account: Row, membership_id: Any, today: date) -> list[Row
 
 
 def _ended(entry: Row, today: date) -> bool:
-    if str(entry.get("Status", "")).lower() != "active":
+    """Ended when a Status is given and is not Active (any case), or the purchase expired; a
+    missing Status says nothing (the list asked for Active ones)."""
+    status = _lower(entry.get("Status"))
+    if status and status != "active":
         return True
     expires = _date_part(entry.get("ExpirationDate"))
     return expires is not None and expires < today.isoformat()
@@ -578,9 +684,27 @@ def _local_midnight(text: str) -> datetime:
     return datetime.fromisoformat(text.strip()[:10])
 
 
-def _local_day(record: Row, field: str) -> date:
-    text = record.get(field)
-    return date.fromisoformat(str(text)[:10]) if isinstance(text, str) else date.min
+def _local_day(record: Row, field: str) -> date | None:
+    """The calendar day of `field` as written; None when it is not a readable date."""
+    day = _date_part(record.get(field))
+    return None if day is None else date.fromisoformat(day)
+
+
+def _in_days(day: date | None, first: date, last: date) -> bool:
+    """In [first, last], or unreadable (kept: record_meta quarantines it, nothing is lost)."""
+    return day is None or first <= day <= last
+
+
+def _first_time(seen: set[str], record: Row) -> bool:
+    """False for a RegistrationId already handed out by this read (windows overlap)."""
+    rid = record.get("RegistrationId")
+    if rid is None:
+        return True
+    key = str(rid)
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _date_part(value: Any) -> str | None:
@@ -619,11 +743,50 @@ def _items(body: Any) -> list[Row]:
     return body["Items"]
 
 
-def _total(body: Any) -> int:
+def _total(body: Any) -> int | None:
+    """Paging.TotalCount as a number; None when missing, null or not a number."""
+    value = body["Paging"].get("TotalCount")
+    if isinstance(value, bool):
+        return None
     try:
-        return int(body["Paging"].get("TotalCount") or 0)
+        return int(value)
     except (TypeError, ValueError):
-        return 0
+        return None
+
+
+def _too_many(pages: int, total: int | None, per_page: int) -> bool:
+    """A guard only: `pages` read already fill TotalCount with one to spare, so another would
+    be past ceil(total / per_page) + 1."""
+    return total is not None and pages >= math.ceil(total / max(1, per_page)) + 1
+
+
+def _same_host(link: Any, ours: Any) -> bool:
+    """Same host name, and the same port unless the link's is its scheme's default (an http
+    link from behind a TLS proxy names no port, or 80)."""
+    if (link.hostname or "").lower() != (ours.hostname or "").lower() or not link.hostname:
+        return False
+    defaults = {"http": 80, "https": 443}
+    port = link.port
+    return port is None or port == ours.port or port == defaults.get(link.scheme.lower())
+
+
+def _gone(exc: VendorError) -> bool:
+    """A 404 for the record (AM-A6), not ASP.NET's no-route 404 (a wrong URL: an error)."""
+    return exc.status == 404 and _message(exc).strip() != NO_ROUTE
+
+
+def _lower(value: Any) -> str:
+    return str(value).strip().lower() if value is not None else ""
+
+
+def _normal_url(url: str) -> str:
+    """A url with its scheme and host lower-cased, to compare with another."""
+    parts = urlsplit(url.strip())
+    return urlunsplit(parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower()))
+
+
+def _hook_name(integration: str, context: str, action: str) -> str:
+    return f"memberflow-{integration}-{context}-{action}"
 
 
 def _list_envelope(body: Any) -> Any:

@@ -9,12 +9,18 @@ Each body is only a hint (the extract reads the record again), except a delete. 
 event of any kind asks for a new scan of memberships: its Delete carries only the purchase id,
 which no read resolves, and the entity is read whole cheaply. Program and Activity events are
 accepted without events: an activity cancelled keeps its registrations (AC6).
+
+A delivery that is well-formed but not for us (an unknown Context or Action, a Person or Account
+id that is not digits, a registration id that is no id) is accepted without events and logged:
+a 400 would make Amilia retry it for 72 h and then disable the whole subscription (AM-A13), and
+a poison id must never block the runs that read records again.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -26,7 +32,9 @@ from resources.webhooks import RESCAN, EventKind, WebhookCapability, WebhookEven
 SIGNATURE_HEADER = "x-amilia-signature"
 KINDS: dict[str, EventKind] = {"create": "create", "update": "update", "delete": "delete"}
 IGNORED_CONTEXTS = frozenset({"program", "activity"})
+KNOWN_CONTEXTS = IGNORED_CONTEXTS | {"person", "account", "registration", "membership"}
 ACCOUNT_PREFIX = "account:"
+log = logging.getLogger(__name__)
 
 
 class AmiliaWebhook(WebhookCapability):
@@ -73,23 +81,34 @@ class AmiliaWebhook(WebhookCapability):
 
     def parse(self, body: bytes) -> list[WebhookEvent]:
         envelope = _envelope(body)
-        context = envelope["Context"].lower()
-        kind = KINDS[envelope["Action"].lower()]
+        context = envelope["Context"].strip().lower()
+        kind = KINDS.get(envelope["Action"].strip().lower())
         payload: dict[str, Any] = envelope["Payload"]
+        if kind is None or context not in KNOWN_CONTEXTS:
+            log.warning(
+                "amilia webhook %r/%r is not one memberflow reads: accepted, no events",
+                envelope["Context"][:40],
+                envelope["Action"][:40],
+            )
+            return []
         if context in IGNORED_CONTEXTS:
             return []
-        if context == "person":
-            return [WebhookEvent(kind, "persons", _id(payload, "Id"), payload)]
-        if context == "account":  # a Delete is an archive (AC3): its persons are read again
-            record = f"{ACCOUNT_PREFIX}{_id(payload, 'Id')}"
-            return [WebhookEvent("update", "persons", record, payload)]
-        if context == "registration":
-            if kind == "delete":  # AM-A10: a Delete carries only Id
-                return [WebhookEvent(kind, "registrations", _id(payload, "Id"), payload)]
-            return [WebhookEvent(kind, "registrations", _id(payload, "RegistrationId"), payload)]
         if context == "membership":
             return [WebhookEvent("update", "memberships", RESCAN, payload)]
-        raise WebhookRefused(400, f"unknown Context {envelope['Context']!r}")
+        if context in ("person", "account"):
+            number = _digits(payload, "Id", context)
+            if number is None:
+                return []
+            if context == "person":
+                return [WebhookEvent(kind, "persons", number, payload)]
+            # an Account event (a Delete is an archive, AC3): its persons are read again
+            return [WebhookEvent("update", "persons", f"{ACCOUNT_PREFIX}{number}", payload)]
+        # AM-A10: a Delete carries only Id; other events RegistrationId (Id when it is missing)
+        key = "RegistrationId" if payload.get("RegistrationId") is not None else "Id"
+        registration = _id(payload, key)
+        if registration is None:
+            return []
+        return [WebhookEvent(kind, "registrations", registration, payload)]
 
 
 def _same(given: str, expected: str) -> bool:
@@ -106,22 +125,30 @@ def _envelope(body: bytes) -> dict[str, Any]:
     for key in ("Context", "Action"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise WebhookRefused(400, f"{key} is missing or not text")
-    if data["Action"].lower() not in KINDS:
-        raise WebhookRefused(400, "Action must be Create, Update or Delete")
     if not isinstance(data.get("Payload"), dict):
         raise WebhookRefused(400, "Payload must be an object")
     return data
 
 
-def _id(payload: Mapping[str, Any], key: str) -> str:
-    """An id that goes into a URL path when the record is read again: digits, or letters,
-    digits and dashes (a registration's `AC-123`); nothing else is taken."""
+def _id(payload: Mapping[str, Any], key: str) -> str | None:
+    """An id that goes into a URL path when the record is read again: digits, or ASCII letters,
+    digits and dashes (a registration's `AC-123`); None (logged) for anything else."""
     value = payload.get(key)
     text = (
         str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
     )
-    if not text or len(text) > 64 or not all(c.isalnum() or c == "-" for c in text):
-        raise WebhookRefused(400, f"Payload.{key} is missing or not an id")
-    if not text.isascii():
-        raise WebhookRefused(400, f"Payload.{key} is missing or not an id")
+    if not text or len(text) > 64 or not text.isascii():
+        text = ""
+    if not text or not all(c.isalnum() or c == "-" for c in text):
+        log.warning("amilia webhook: Payload.%s is missing or not an id: no events", key)
+        return None
+    return text
+
+
+def _digits(payload: Mapping[str, Any], key: str, context: str) -> str | None:
+    """A Person or Account id: digits only (AM-A6), else None (logged)."""
+    text = _id(payload, key)
+    if text is not None and not text.isdigit():
+        log.warning("amilia webhook: a %s Payload.%s is not a number: no events", context, key)
+        return None
     return text

@@ -119,7 +119,10 @@ class AmiliaState(PushesWebhooks):
 
     Settings tests change on a built state: `retry_delays` (seconds between delivery attempts,
     AM-A13 compressed), `webhook_secret` (AM-A11), `loopback_only`, `limiter.clock` (fake clock
-    for the 10 req/s window) and `clock` (token expiry).
+    for the 10 req/s window) and `clock` (token expiry). Strictness switches, off by default:
+    `archived_accounts_hidden` (GET /accounts/{id} of an archived account is a 404 unless
+    `showArchived=true`, as on the list) and `webhook_contexts` (the Contexts a subscription
+    may name; one left out is refused with 400, as a server without it would).
     """
 
     def __init__(self, data: AmiliaData, today: date, rate_limits: bool = True) -> None:
@@ -141,6 +144,8 @@ class AmiliaState(PushesWebhooks):
         self.memberships = {m["Id"]: m for m in data.memberships}
         self.account_memberships = [dict(m) for m in data.account_memberships]
         self.subscriptions: dict[int, Row] = {}
+        self.archived_accounts_hidden = False
+        self.webhook_contexts: tuple[str, ...] = CONTEXTS
         self.removed: dict[int, Row] = {}  # deleted persons, still named as an account's owner
         self.deliveries: list[Delivery] = []
         self.request_counts: Counter[str] = Counter()
@@ -637,7 +642,13 @@ class AmiliaState(PushesWebhooks):
     def _account(self, request: Request, body: Row) -> tuple[int, Any]:
         with self._lock:
             account = self.accounts.get(request.path_params["aid"])
-            if account is None:
+            hidden = (
+                account is not None
+                and account["IsArchived"]
+                and self.archived_accounts_hidden
+                and not _flag(request.query_params, "showArchived")
+            )
+            if account is None or hidden:
                 raise _not_found()
             return 200, self._account_object(account)
 
@@ -752,7 +763,7 @@ class AmiliaState(PushesWebhooks):
             with self._lock:
                 rows = [_subscription(s) for _, s in sorted(self.subscriptions.items())]
             return 200, _page(request, rows)
-        subscription = _subscription_fields(body)
+        subscription = _subscription_fields(body, self.webhook_contexts)
         with self._lock:
             subscription["Id"] = self._take("subscription")
             self.subscriptions[subscription["Id"]] = subscription
@@ -991,12 +1002,12 @@ def _registration_number(rid: str, strict: bool = True) -> int | None:
     return int(match.group(1))
 
 
-def _subscription_fields(body: Row) -> Row:
+def _subscription_fields(body: Row, contexts: tuple[str, ...] = CONTEXTS) -> Row:
     """AM-A12: `{Context, Action, Name, Version: "V1", Url}`, every field required."""
     for name in ("Context", "Action", "Name", "Version", "Url"):
         if not isinstance(body.get(name), str) or not body[name].strip():
             raise _bad(f"The {name} field is required.")
-    if body["Context"] not in CONTEXTS:
+    if body["Context"] not in contexts:
         raise _bad(f"The value '{body['Context']}' is not valid for Context.")
     if body["Action"] not in ACTIONS:
         raise _bad(f"The value '{body['Action']}' is not valid for Action.")

@@ -1,5 +1,6 @@
 """AmiliaWebhook: the signature of the raw body or the `?token=` fallback (AM-A11), each context
-and action read into events (AM-A9, AM-A10, AC3, AC6), malformed bodies refused with 400."""
+and action read into events (AM-A9, AM-A10, AC3, AC6), malformed bodies refused with 400, and
+deliveries not for us (unknown Context or Action, a poison id) accepted without events."""
 
 from __future__ import annotations
 
@@ -96,6 +97,8 @@ MEMBERSHIP = {"Id": 80001, "AccountId": 700001, "PersonId": 300001, "MembershipI
         ("Registration", "Create", REGISTRATION, ("create", "registrations", "AC-10001")),
         ("Registration", "Update", REGISTRATION, ("update", "registrations", "AC-10001")),
         ("Registration", "Delete", {"Id": "AC-10001"}, ("delete", "registrations", "AC-10001")),
+        ("registration", "update", {"Id": "AC-7"}, ("update", "registrations", "AC-7")),
+        ("PERSON", "DELETE", {"Id": "42"}, ("delete", "persons", "42")),
         ("Membership", "Create", MEMBERSHIP, ("update", "memberships", RESCAN)),
         ("Membership", "Update", MEMBERSHIP, ("update", "memberships", RESCAN)),
         ("Membership", "Delete", {"Id": 80001}, ("update", "memberships", RESCAN)),
@@ -123,16 +126,34 @@ def test_programs_and_activities_are_accepted_without_events(context, action):
         b"\xff\xfe",
         b"[]",
         json.dumps({"Action": "Create", "Payload": {"Id": 1}}).encode(),
-        envelope("Person", "Archive", {"Id": 1}),
         envelope("Person", "Create", {"Id": 1}).replace(b'"Payload": {"Id": 1}', b'"Payload": 7'),
-        envelope("Person", "Create", {}),
-        envelope("Person", "Create", {"Id": "../accounts/1"}),
-        envelope("Person", "Create", {"Id": True}),
-        envelope("Registration", "Create", {"Id": "AC-1"}),  # RegistrationId missing
-        envelope("Invoice", "Create", {"Id": 1}),
     ],
 )
 def test_malformed_bodies_are_refused_with_400(body):
     with pytest.raises(WebhookRefused) as refused:
         AmiliaWebhook(secret=SECRET).parse(body)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        envelope("Person", "Archive", {"Id": 1}),
+        envelope("Invoice", "Create", {"Id": 1}),
+        envelope("Person", "Create", {}),
+        envelope("Person", "Create", {"Id": "../accounts/1"}),
+        envelope("Person", "Create", {"Id": True}),
+        envelope("Person", "Update", {"Id": "12a"}),
+        envelope("Person", "Delete", {"Id": "AC-12"}),
+        envelope("Account", "Delete", {"Id": "7e5"}),
+        envelope("Account", "Delete", {"Id": "٣٤"}),  # Arabic-Indic digits: not ASCII
+        envelope("Registration", "Create", {"RegistrationId": "AC 1/../x"}),
+        envelope("Registration", "Delete", {}),
+    ],
+)
+def test_deliveries_not_for_us_are_accepted_without_events_and_logged(body, caplog):
+    """A 400 would have Amilia retry for 72 h and then disable the subscription (AM-A13), and a
+    poison id must never reach a re-read that fails every run."""
+    with caplog.at_level("WARNING", logger="resources.amilia_webhook"):
+        assert AmiliaWebhook(secret=SECRET).parse(body) == []
+    assert caplog.records

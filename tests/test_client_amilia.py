@@ -2,15 +2,19 @@
 (AM-A1/A2), one re-auth after a 401, paging (AM-A4) and 429s (AM-A14), children left out and
 skill names (AC2, AM-A6), monthly windows (AC1), the registrations cursor, re-reads with
 tombstones and `account:<id>` (AC3/AC4), memberships read whole (AM-A8), webhook subscriptions
-(AM-A12) and a Disabled one (AM-A13); then the `source:` section."""
+(AM-A12) and a Disabled one (AM-A13); then the `source:` section. Paging and link edge cases
+the emulator never produces run against a scripted Amilia (httpx.MockTransport)."""
 
 from __future__ import annotations
 
+import json
 import math
 import socket
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from itertools import count
 
+import httpx
 import pytest
 from pydantic import ValidationError
 
@@ -19,6 +23,7 @@ from memberflow.normalize import date_parser
 from resources.amilia import (
     AmiliaClient,
     AmiliaSource,
+    account_purchases,
     month_windows,
     parse_moment,
     with_owner_id,
@@ -246,7 +251,8 @@ def test_registrations_cursor_probe_and_incremental_read(make, amilia):
     assert client.has_changes("registrations", cursor)
     again = records(client.iter_changed("registrations", cursor))
     assert made["RegistrationId"] in {r["RegistrationId"] for r in again}
-    assert all(parse_moment(r["DateCreated"]) >= newest for r in again)
+    # an hour back from the cursor: a registration committed late is not missed
+    assert all(parse_moment(r["DateCreated"]) >= newest - timedelta(hours=1) for r in again)
 
 
 def test_registrations_are_read_again_by_id_and_a_deleted_one_is_a_tombstone(make, amilia):
@@ -470,6 +476,12 @@ def test_dates_normalise_to_the_orgs_calendar_day():
     assert parse("2026-09-25T12:46:00-04:00") == ("2026-09-25", None)
     assert parse("2026-09-25T22:46:00-04:00") == ("2026-09-26", None)  # why DateCreatedLocal
     assert rule.path == "DateCreatedLocal"
+    persons = load_mapping("amilia", "persons")
+    assert persons.field("birthday").path == "DateOfBirthLocal"
+    assert persons.field("join_date").path == "JoinDateLocal"
+    memberships = load_mapping("amilia", "memberships")
+    assert memberships.field("membership_start").path == "EffectiveDateLocal"
+    assert memberships.field("membership_end").path == "ExpirationDateLocal"
     local = date.fromisoformat("2026-09-25")
     record = {"RegistrationId": "AC-1", "DateCreated": "2026-09-25T22:46:00-04:00"}
     assert parse(with_owner_id(record)["DateCreatedLocal"]) == (local.isoformat(), None)
@@ -478,3 +490,339 @@ def test_dates_normalise_to_the_orgs_calendar_day():
     assert parse_birthday("2001-04-09") == ("2001-04-09", None)
     assert parse_birthday("2001-04-09T00:00:00-04:00") == ("2001-04-09", None)
     assert load_mapping("amilia", "memberships").field("date").path == "PurchasedDateLocal"
+
+
+# -- review fixes against the emulator -------------------------------------------------------------
+def test_a_no_route_404_is_an_error_not_a_tombstone(make):
+    """AM-A14: ASP.NET's routing 404 means a wrong URL (here an unknown language), never that the
+    person or registration is gone: a tombstone would delete a live record."""
+    client = make(language="xx")
+    for entity, rid in (("persons", "300001"), ("registrations", "AC-10001")):
+        with pytest.raises(VendorError) as wrong:
+            records(client.fetch_records(entity, [rid]))
+        assert wrong.value.status == 404 and "No HTTP resource" in wrong.value.message
+
+
+def test_an_archived_account_is_asked_for_with_show_archived(make, amilia):
+    account = next(
+        a for a in amilia.accounts.values() if a["IsArchived"] and len(a["MemberIds"]) > 0
+    )
+    adults = {p for p in account["MemberIds"] if not amilia.persons[p]["IsChild"]}
+    amilia.archived_accounts_hidden = True
+    try:
+        got = records(make().fetch_records("persons", [f"account:{account['Id']}"]))
+    finally:
+        amilia.archived_accounts_hidden = False
+    assert {p["Id"] for p in got} == adults and adults
+
+
+def test_persons_and_purchases_carry_their_dates_as_written(make, amilia):
+    client = make(page_size=2000, today=lambda: amilia.today)
+    persons = records(client.iter_changed("persons", None))
+    for person in persons:
+        assert person["DateOfBirthLocal"] == ((person.get("DateOfBirth") or "")[:10] or None)
+        assert person["JoinDateLocal"] == ((person.get("JoinDate") or "")[:10] or None)
+    assert any(p["DateOfBirthLocal"] for p in persons)
+    for row in records(client.iter_changed("memberships", None)):
+        assert row["EffectiveDateLocal"] == row["EffectiveDate"][:10]
+        assert row["ExpirationDateLocal"] == row["ExpirationDate"][:10]
+
+
+def test_only_exactly_our_subscription_names_are_ours(make, amilia):
+    """Integration `x` must not take `x-2`'s subscriptions (same prefix) for its own and delete
+    them as moved."""
+    client = make()
+    other = make(integration=f"{client.integration}-2")
+    other_url = closed_port_url(f"/webhooks/{other.integration}")
+    assert len(other.ensure_webhooks(other_url)) == 9
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    assert len(client.ensure_webhooks(url)) == 9
+    assert len([s for s in amilia.subscriptions.values() if s["Url"] == other_url]) == 9
+    for sid in [s["Id"] for s in amilia.subscriptions.values() if s["Url"] in (url, other_url)]:
+        del amilia.subscriptions[sid]
+
+
+def test_subscriptions_match_whatever_the_case_of_their_fields(make, amilia):
+    client = make()
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    shouted = url.replace("http://", "HTTP://")
+    for context, action in [
+        ("Person", "Create"),
+        ("Person", "Delete"),
+        ("Account", "Delete"),
+        ("Registration", "Create"),
+        ("Registration", "Update"),
+        ("Registration", "Delete"),
+        ("Membership", "Create"),
+        ("Membership", "Update"),
+        ("Membership", "Delete"),
+    ]:
+        sid = 900_000 + len(amilia.subscriptions)
+        amilia.subscriptions[sid] = {
+            "Id": sid,
+            "Context": context.lower(),
+            "Action": action.upper(),
+            "Name": f"memberflow-{client.integration}-{context}-{action}",
+            "Url": shouted,
+            "Status": "active",
+        }
+    assert client.ensure_webhooks(url) == []
+    amilia.subscriptions[sid]["Status"] = "DISABLED"
+    assert len(client.webhook_problems()) == 1
+    assert client.ensure_webhooks(url) == ["Membership/Delete"]
+    for sid in [s["Id"] for s in amilia.subscriptions.values() if s["Url"] in (url, shouted)]:
+        del amilia.subscriptions[sid]
+
+
+def test_a_context_the_server_refuses_is_reported_and_the_others_added(make, amilia):
+    client = make()
+    url = closed_port_url(f"/webhooks/{client.integration}")
+    every = amilia.webhook_contexts
+    amilia.webhook_contexts = tuple(c for c in every if c != "Membership")
+    try:
+        added = client.ensure_webhooks(url)
+    finally:
+        amilia.webhook_contexts = every
+    assert added[:6] == [
+        "Person/Create",
+        "Person/Delete",
+        "Account/Delete",
+        "Registration/Create",
+        "Registration/Update",
+        "Registration/Delete",
+    ]
+    assert added[6] == (
+        "Membership/Create: not supported (The value 'Membership' is not valid for Context.)"
+    )
+    assert len(added) == 9 and all("not supported" in line for line in added[6:])
+    assert len([s for s in amilia.subscriptions.values() if s["Url"] == url]) == 6
+    for sid in [s["Id"] for s in amilia.subscriptions.values() if s["Url"] == url]:
+        del amilia.subscriptions[sid]
+
+
+# -- membership rows -------------------------------------------------------------------------------
+def test_a_purchase_ends_only_on_a_status_other_than_active_or_expiry():
+    today = date(2026, 6, 1)
+    entries = [
+        {"MembershipId": "60", "PersonId": 1, "ExpirationDate": "2026-12-31"},  # no Status
+        {"MembershipId": 60, "PersonId": 2, "Status": "ACTIVE", "ExpirationDate": "2026-12-31"},
+        {"MembershipId": 60, "PersonId": 3, "Status": "Inactive", "ExpirationDate": "2026-12-31"},
+        {"MembershipId": 60, "PersonId": 4, "Status": "Active", "ExpirationDate": "2026-01-31"},
+        {"MembershipId": 61, "PersonId": 5, "Status": "Active"},
+    ]
+    account = {"Id": 7, "Owners": [{"Id": 1}], "AccountMemberships": entries}
+    rows = account_purchases(account, 60, today)
+    assert [(r["PersonId"], r["Ended"]) for r in rows] == [
+        (1, False),
+        (2, False),
+        (3, True),
+        (4, True),
+    ]
+
+
+# -- a scripted Amilia for paging and link edge cases (httpx.MockTransport) ------------------------
+BASE = "https://amilia.test"
+ORG_PATH = "/api/v3/en/org/8008"
+
+
+class Scripted:
+    """An Amilia whose list answers a test writes: `lists[path]` maps the request to a body."""
+
+    def __init__(self) -> None:
+        self.lists: dict[str, Callable[[httpx.Request], dict]] = {}
+        self.sent: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        if request.url.path == "/api/V3/authenticate":
+            return httpx.Response(200, json={"Token": "jwt"})
+        path = request.url.path.removeprefix(ORG_PATH + "/")
+        answer = self.lists.get(path)
+        if answer is None:
+            return httpx.Response(404, json={"Message": "Not found"})
+        return httpx.Response(200, json=answer(request))
+
+    def client(self, **kwargs) -> AmiliaClient:
+        options = {"base_url": BASE, "org": "8008", "username": "key-123", "password": "s"}
+        return AmiliaClient(
+            **options | kwargs, transport=httpx.MockTransport(self), sleep=lambda _: None
+        )
+
+
+def person(pid: int) -> dict:
+    return {"Id": pid, "IsChild": False, "DateOfBirth": "2001-04-09T00:00:00-04:00"}
+
+
+def paged(pages: list[list[dict]], total, next_of: Callable[[int], str] | None = None):
+    """Pages of persons; `total` as TotalCount (None -> null, ... -> absent); `Next` by default
+    the absolute url of the next page."""
+
+    def answer(request: httpx.Request) -> dict:
+        page = int(request.url.params.get("page", "1"))
+        more = page < len(pages)
+        following = ""
+        if more:
+            following = next_of(page) if next_of else f"{BASE}{ORG_PATH}/persons?page={page + 1}"
+        paging = {"Next": following}
+        if total is not ...:
+            paging["TotalCount"] = total
+        return {"Items": pages[page - 1] if page <= len(pages) else [], "Paging": paging}
+
+    return answer
+
+
+@pytest.mark.parametrize("total", [..., None, "n/a", 6])
+def test_paging_follows_next_whatever_total_count_says(total):
+    """A missing, null or unreadable TotalCount neither ends the read after page 1 nor makes
+    it complete by itself: the empty Next does."""
+    amilia = Scripted()
+    amilia.lists["persons"] = paged([[person(1), person(2)], [person(3), person(4)]], total)
+    client = amilia.client()
+    got = records(client.iter_changed("persons", None))
+    assert [p["Id"] for p in got] == [1, 2, 3, 4]
+    assert client.scan_complete("persons") is (total != 6)
+    assert got[0]["DateOfBirthLocal"] == "2001-04-09"
+
+
+def test_a_server_that_links_on_forever_is_stopped_and_the_scan_not_complete():
+    amilia = Scripted()
+    endless = paged([[person(n)] for n in range(1, 50)], 2)
+    amilia.lists["persons"] = endless
+    client = amilia.client()
+    got = records(client.iter_changed("persons", None))
+    assert len(got) == 3 and not client.scan_complete("persons")  # ceil(2/1) + 1 pages
+    again = Scripted()
+    again.lists["persons"] = paged(
+        [[person(1)], [person(2)], [person(3)]], None, lambda p: "?page=2"
+    )
+    client = again.client()
+    assert [p["Id"] for p in records(client.iter_changed("persons", None))] == [1, 2]
+    assert not client.scan_complete("persons")  # page 2 links to itself
+
+
+def test_relative_and_http_next_links_stay_on_our_https_host():
+    amilia = Scripted()
+    links = {1: "?page=2", 2: f"http://amilia.test{ORG_PATH}/persons?page=3", 3: "persons?page=4"}
+    pages = [[person(n)] for n in range(1, 5)]
+    amilia.lists["persons"] = paged(pages, 4, links.get)
+    client = amilia.client()
+    assert [p["Id"] for p in records(client.iter_changed("persons", None))] == [1, 2, 3, 4]
+    assert client.scan_complete("persons")
+    with_token = [r for r in amilia.sent if "authorization" in r.headers]
+    assert {(r.url.scheme, r.url.host) for r in with_token} == {("https", "amilia.test")}
+
+
+def test_a_next_link_to_another_host_is_an_error_and_never_followed():
+    amilia = Scripted()
+    amilia.lists["persons"] = paged([[person(1)], [person(2)]], 2, lambda p: "https://evil.test/x")
+    with pytest.raises(VendorError) as refused:
+        records(amilia.client().iter_changed("persons", None))
+    assert refused.value.status == 0 and "amilia.test" in refused.value.message
+    assert "answered 200" not in str(refused.value)
+    assert all(r.url.host == "amilia.test" for r in amilia.sent)
+
+
+def registration(number: int, created: str) -> dict:
+    return {"RegistrationId": f"AC-{number}", "DateCreated": created, "AccountOwner": {"Id": 1}}
+
+
+def utc_filtered(rows: list[dict]) -> Callable[[httpx.Request], dict]:
+    """A server that filters from/to on the UTC date of DateCreated (one possible basis)."""
+
+    def answer(request: httpx.Request) -> dict:
+        params = request.url.params
+        kept = []
+        for row in rows:
+            try:
+                day = parse_moment(row["DateCreated"]).date().isoformat()
+            except ValueError:
+                day = None
+            low, high = params.get("from"), params.get("to")
+            if day is None or ((not low or day >= low) and (not high or day <= high)):
+                kept.append(row)
+        return {"Items": kept, "Paging": {"TotalCount": len(kept), "Next": ""}}
+
+    return answer
+
+
+def test_month_windows_are_asked_a_day_wider_and_cut_back_to_the_orgs_days():
+    evening = registration(1, "2026-01-31T22:00:00-05:00")  # 03:00 UTC on February 1
+    morning = registration(2, "2026-02-01T08:00:00-05:00")
+    unreadable = registration(3, "yesterday")
+    amilia = Scripted()
+    amilia.lists["registrations"] = utc_filtered([evening, morning, unreadable])
+    client = amilia.client()
+    got = records(client.iter_range("registrations", date(2026, 1, 1), date(2026, 2, 28)))
+    assert sorted(r["RegistrationId"] for r in got) == ["AC-1", "AC-2", "AC-3"]
+    asked = [
+        (r.url.params["from"], r.url.params["to"])
+        for r in amilia.sent
+        if r.url.path.endswith("/registrations")
+    ]
+    assert asked == [("2025-12-31", "2026-02-01"), ("2026-01-31", "2026-03-01")]
+    with pytest.raises(ValueError):  # kept, and quarantined by landing
+        client.record_meta("registrations", next(r for r in got if r["RegistrationId"] == "AC-3"))
+
+
+def test_an_incremental_read_looks_an_hour_back_and_hands_each_registration_out_once():
+    since = datetime.now(UTC) - timedelta(days=40)
+    late = registration(1, (since - timedelta(minutes=30)).isoformat())
+    older = registration(2, (since - timedelta(hours=2)).isoformat())
+    amilia = Scripted()
+    amilia.lists["registrations"] = lambda request: {  # ignores from/to: every window has both
+        "Items": [late, older],
+        "Paging": {"TotalCount": 2, "Next": ""},
+    }
+    client = amilia.client()
+    got = records(client.iter_changed("registrations", since.isoformat()))
+    assert [r["RegistrationId"] for r in got] == ["AC-1"]
+    windows = [r for r in amilia.sent if r.url.path.endswith("/registrations")]
+    assert len(windows) >= 2 and "to" not in windows[-1].url.params
+    first_to = date.fromisoformat(windows[0].url.params["to"])
+    assert first_to.day == 1  # the month's last day + 1
+
+
+def test_memberships_without_an_id_are_skipped_and_ids_compare_as_text():
+    amilia = Scripted()
+    purchase = {
+        "MembershipId": "60",
+        "PersonId": 5,
+        "Status": "Active",
+        "PurchasedDate": "2026-03-01T10:00:00-05:00",
+        "EffectiveDate": "2026-03-01",
+        "ExpirationDate": "2099-03-01T00:00:00-05:00",
+    }
+    account = {"Id": 7, "Owners": [{"Id": 5}], "AccountMemberships": [purchase]}
+    amilia.lists["memberships"] = lambda r: {
+        "Items": [{"Name": "no id"}, {"Id": 60, "Name": "Adult"}],
+        "Paging": {"TotalCount": 2, "Next": ""},
+    }
+    amilia.lists["memberships/60/accounts"] = lambda r: {
+        "Items": [account],
+        "Paging": {"TotalCount": 1, "Next": ""},
+    }
+    client = amilia.client(today=lambda: date(2026, 6, 1))
+    (row,) = records(client.iter_changed("memberships", None))
+    assert row["Key"] == "7-60-5" and row["Ended"] is False
+    assert row["ExpirationDateLocal"] == "2099-03-01"
+    assert client.scan_complete("memberships")
+    assert not [r for r in amilia.sent if "None" in r.url.path]
+
+
+def test_the_username_is_masked_too_as_an_api_key_is_one():
+    """AM-A2: in API-key mode the username is the key, a secret like the password."""
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"Message": "Key key-123 has no Api Token module"})
+
+    client = AmiliaClient(
+        base_url=BASE,
+        org="8008",
+        username="key-123",
+        password="s3cret",
+        transport=httpx.MockTransport(echo),
+        sleep=lambda _: None,
+    )
+    with pytest.raises(VendorError) as refused:
+        client.check_connection()
+    assert "key-123" not in str(refused.value) and "key-123" not in json.dumps(refused.value.body)

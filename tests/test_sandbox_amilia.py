@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from sandbox.amilia import ACTIONS, DENIED, ORG_SLUG, RETRY_DELAYS, RETRY_WINDOW
+from sandbox.amilia import ACTIONS, CONTEXTS, DENIED, ORG_SLUG, RETRY_DELAYS, RETRY_WINDOW
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.ratelimit import RateLimiter
 from sandbox.server import SandboxServer
@@ -469,3 +469,28 @@ def test_an_account_whose_owner_was_deleted_still_reads(amilia, http):
     assert owner["Id"] not in {m["Id"] for m in body["Members"]}
     found = walk(http, "/accounts", accountOwnerEmail=owner["Email"])
     assert account["Id"] in {a["Id"] for a in found}
+
+
+def test_strict_switches_hide_archived_accounts_and_refuse_unknown_contexts(amilia, http):
+    """Off by default; on, an archived account needs showArchived=true and a Context the server
+    lacks is refused with 400 in ASP.NET's shape."""
+    archived = next(a for a in amilia.accounts.values() if a["IsArchived"])
+    assert http.get(f"/accounts/{archived['Id']}").status_code == 200
+    amilia.archived_accounts_hidden = True
+    amilia.webhook_contexts = ("Person", "Account", "Registration")
+    try:
+        assert http.get(f"/accounts/{archived['Id']}").status_code == 404
+        shown = http.get(f"/accounts/{archived['Id']}", params={"showArchived": "true"})
+        assert shown.status_code == 200 and shown.json()["IsArchived"] is True
+        body = {
+            "Context": "Membership",
+            "Action": "Create",
+            "Name": "x",
+            "Version": "V1",
+            "Url": "http://127.0.0.1:9/hook",
+        }
+        refused = http.post("/webhooks", json=body)
+        assert refused.status_code == 400 and "Membership" in refused.json()["Message"]
+    finally:
+        amilia.archived_accounts_hidden = False
+        amilia.webhook_contexts = CONTEXTS
