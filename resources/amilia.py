@@ -47,6 +47,7 @@ from resources.registry import SourceSectionBase
 
 DEFAULT_BASE_URL = "https://app.amilia.com"
 ORIGIN = "memberflow"  # AM-A3: X-Amilia-Origin
+RECHECK_DAYS = 90  # registrations read again at every full scan interval (AC5 without webhooks)
 PAGE_SIZE = 1000  # AM-A4
 MAX_PAGE_SIZE = 2000
 TOKEN_LIFETIME = 365 * 86400.0  # AM-A1
@@ -107,6 +108,7 @@ class AmiliaClient(SourceClient):
         integration: str = "default",
         webhook_token: str | None = None,
         full_scan_minutes: int = 60,
+        recheck_days: int = RECHECK_DAYS,
         page_size: int = PAGE_SIZE,
         timeout: float | None = None,
         max_tries: int = 5,
@@ -123,6 +125,8 @@ class AmiliaClient(SourceClient):
         self.integration = integration
         self._webhook_token = webhook_token or None
         self._scan_every = timedelta(minutes=max(1, full_scan_minutes))
+        self._recheck = timedelta(days=max(0, recheck_days))
+        self._rechecked_at: datetime | None = None  # set by a read that re-read recent ones
         self._page_size = max(1, min(page_size, MAX_PAGE_SIZE))
         self._today = today
         self.calls = CallCounter()
@@ -174,8 +178,36 @@ class AmiliaClient(SourceClient):
             return self._person_pages()
         if spec is MEMBERSHIPS:
             return self._membership_pages(None, None)
-        since = _cursor_time(cursor)
-        return self._registrations_since(since)
+        created, rechecked = _split_cursor(cursor)
+        if created is not None and self._recheck_due(rechecked):
+            # Unregistrations change no creation date: every full_scan_minutes the last
+            # `recheck_days` are read again, so a cancellation is seen without webhooks (AC5).
+            self._rechecked_at = datetime.now(UTC)
+            return self._registrations_since(min(created, self._rechecked_at - self._recheck))
+        return self._registrations_since(created)
+
+    def cursor_after(
+        self,
+        entity: str,
+        previous: str | None,
+        high_water: datetime | None,
+        started_at: datetime,
+    ) -> str | None:
+        """Registrations: `<newest DateCreated>|<when recent ones were last read again>`;
+        persons and memberships: the whole read's start."""
+        if self._entity(entity) is not REGISTRATIONS:
+            return super().cursor_after(entity, previous, high_water, started_at)
+        created, rechecked = _split_cursor(previous)
+        newest = max((m for m in (created, high_water) if m is not None), default=None)
+        if newest is None:
+            return previous
+        again = self._rechecked_at or rechecked
+        return newest.isoformat() + (f"|{again.isoformat()}" if again else "")
+
+    def _recheck_due(self, rechecked: datetime | None) -> bool:
+        if not self._recheck:
+            return False
+        return rechecked is None or datetime.now(UTC) - rechecked >= self._scan_every * 0.9
 
     def iter_range(self, entity: str, start: date, end: date) -> Iterator[list[Row]]:
         """Registrations in calendar-month windows (AC1: a 24-month first sync is 24-25 calls
@@ -193,11 +225,13 @@ class AmiliaClient(SourceClient):
         """Persons and memberships: no call; a scan is due once the last one (the cursor is its
         start) is older than `full_scan_minutes` (10% early, so a sensor tick a little ahead of
         time still scans). Registrations: one call for any created after the cursor."""
-        since = _cursor_time(cursor)
+        since, rechecked = _split_cursor(cursor)
         if since is None:
             return True
         if self._entity(entity) is not REGISTRATIONS:
             return datetime.now(UTC) - since >= self._scan_every * 0.9
+        if self._recheck_due(rechecked):
+            return True  # recent registrations are due to be read again (unregistrations)
         body = self._get(
             "registrations",
             "registrations",
@@ -729,6 +763,14 @@ def _from_day(since: datetime) -> str:
     return (since.astimezone(UTC).date() - timedelta(days=1)).isoformat()
 
 
+def _split_cursor(cursor: str | datetime | None) -> tuple[datetime | None, datetime | None]:
+    """A registrations cursor is `<created>|<rechecked>`; a plain datetime is `<created>`."""
+    if isinstance(cursor, str) and "|" in cursor:
+        created, rechecked = cursor.split("|", 1)
+        return _cursor_time(created), _cursor_time(rechecked)
+    return _cursor_time(cursor), None
+
+
 def _cursor_time(cursor: str | datetime | None) -> datetime | None:
     if cursor is None or cursor == "":
         return None
@@ -860,6 +902,7 @@ class AmiliaResource(dg.ConfigurableResource):
     integration: str = "default"
     webhook_token: str | None = None
     full_scan_minutes: int = 60
+    recheck_days: int = RECHECK_DAYS
     page_size: int = PAGE_SIZE
 
     def client(self) -> AmiliaClient:
@@ -873,6 +916,7 @@ class AmiliaResource(dg.ConfigurableResource):
             integration=self.integration,
             webhook_token=token,
             full_scan_minutes=self.full_scan_minutes,
+            recheck_days=self.recheck_days,
             page_size=self.page_size,
         )
 
@@ -893,6 +937,9 @@ class AmiliaSource(SourceSectionBase):
     api_secret_env: EnvVarName | None = None
     webhooks: AmiliaWebhooks = Field(default_factory=AmiliaWebhooks)
     full_scan_minutes: int = Field(default=60, ge=1, le=7 * 24 * 60)
+    # registrations created in the last N days are read again every full_scan_minutes, so an
+    # unregistration (which changes no creation date) is seen without webhooks; 0: never
+    recheck_days: int = Field(default=RECHECK_DAYS, ge=0, le=3660)
     page_size: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
 
     @model_validator(mode="before")
@@ -942,6 +989,7 @@ class AmiliaSource(SourceSectionBase):
             integration=integration or self._integration,
             webhook_token=dg.EnvVar(token_env) if token_env else None,
             full_scan_minutes=self.full_scan_minutes,
+            recheck_days=self.recheck_days,
             page_size=self.page_size,
         )
 

@@ -232,7 +232,7 @@ def test_an_evening_registration_lands_on_the_orgs_own_calendar_day(make):
 
 
 def test_registrations_cursor_probe_and_incremental_read(make, amilia):
-    client = make()
+    client = make(recheck_days=0)  # recent registrations are not read again (next test)
     newest = max(
         parse_moment(r["DateCreated"]) for r in records(client.iter_changed("registrations", None))
     )
@@ -253,6 +253,33 @@ def test_registrations_cursor_probe_and_incremental_read(make, amilia):
     assert made["RegistrationId"] in {r["RegistrationId"] for r in again}
     # an hour back from the cursor: a registration committed late is not missed
     assert all(parse_moment(r["DateCreated"]) >= newest - timedelta(hours=1) for r in again)
+
+
+def test_recent_registrations_are_read_again_every_scan_interval_so_unregistrations_show(
+    make, amilia
+):
+    """AC5 without webhooks: a cancellation changes no creation date, so the last
+    `recheck_days` are read again once per `full_scan_minutes`, tracked in the cursor."""
+    adult = next(p for p in amilia.persons.values() if not p["IsChild"])
+    made = amilia.register(adult["Id"], next(iter(amilia.activities)))
+    client = make(recheck_days=30, full_scan_minutes=60)
+    created = parse_moment(made["DateCreated"]) + timedelta(hours=2)  # read past it already
+    amilia.cancel_registration(made["RegistrationId"])
+    assert client.has_changes("registrations", created.isoformat())  # never re-read: due
+    again = {
+        r["RegistrationId"]: r
+        for r in records(client.iter_changed("registrations", created.isoformat()))
+    }
+    assert again[made["RegistrationId"]]["IsCancelled"] is True
+    cursor = client.cursor_after("registrations", created.isoformat(), None, datetime.now(UTC))
+    newest, rechecked = cursor.split("|")
+    assert datetime.fromisoformat(newest) == created and datetime.fromisoformat(rechecked)
+    later = make(recheck_days=30, full_scan_minutes=60)  # the next run, within the hour
+    assert not [
+        r
+        for r in records(later.iter_changed("registrations", cursor))
+        if r["RegistrationId"] == made["RegistrationId"]
+    ]
 
 
 def test_registrations_are_read_again_by_id_and_a_deleted_one_is_a_tombstone(make, amilia):
@@ -773,7 +800,7 @@ def test_an_incremental_read_looks_an_hour_back_and_hands_each_registration_out_
         "Items": [late, older],
         "Paging": {"TotalCount": 2, "Next": ""},
     }
-    client = amilia.client()
+    client = amilia.client(recheck_days=0)
     got = records(client.iter_changed("registrations", since.isoformat()))
     assert [r["RegistrationId"] for r in got] == ["AC-1"]
     windows = [r for r in amilia.sent if r.url.path.endswith("/registrations")]
