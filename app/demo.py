@@ -98,7 +98,9 @@ def _describe(
         f"{s.get('members_delivered', 'refused')} refused by the list"
     )
     held = s.get("events_delivered", "held_uncertain")
-    if integration.tracking:
+    if integration.tracking and not s.get("events_delivered", "target_has_activity_feed", True):
+        out.append("   tracking events: kept in the warehouse (the target has no activity feed)")
+    elif integration.tracking:
         out.append(
             f"   tracking events sent: {s.get('events_delivered', 'sent_this_run')}"
             + (f", {held} held (answer lost; see no_uncertain_event_batches)" if held else "")

@@ -83,6 +83,7 @@ def build_events_delivered_asset(
                 "dagster/row_count": report.acknowledged,
                 **report.metadata(),
                 "sent": report.sent,  # kept for readers of earlier runs: the same as sent_this_run
+                "target_has_activity_feed": client.capabilities.activity_feed,
                 "api_calls": client.calls.total,
                 "api_retries": client.calls.retries,
                 "api_throttled": client.calls.throttled,

@@ -143,7 +143,9 @@ def _run(
     days = naming.partition_days(context) if events else []
     full_scan = client.entity_spec(entity).full_scan
     started = datetime.now(UTC)
-    if naming.is_incremental(context) or (events and not days):
+    # an entity readable only whole is read whole, a backfill too (its records may lie on days
+    # before the range: the memberships active now, bought years ago)
+    if naming.is_incremental(context) or (events and not days) or (events and full_scan):
         previous = landing.read_source_cursor(name, entity)
         cursor = previous or (
             datetime.combine(integration.schedule.history_start, time(), UTC).isoformat()
