@@ -98,7 +98,8 @@ def fact_fields(feeds: Sequence[Feed]) -> list[str]:
     return names
 
 
-def _existing(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Does the warehouse hold `table` (a staged table appears with its first data)?"""
     row = conn.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
     ).fetchall()[0]
@@ -116,7 +117,7 @@ def build_event_links(conn: duckdb.DuckDBPyConnection, feeds: Sequence[Feed]) ->
     for feed in feeds:
         for mapping in feed.events:
             table = stage_table(feed.integration, mapping.entity)
-            if not _existing(conn, table):
+            if not table_exists(conn, table):
                 continue
             cols = _columns(conn, table)
             ids = "customer_ids" if "customer_ids" in cols else "[customer_id]"
@@ -159,7 +160,7 @@ def required_filter(conn: duckdb.DuckDBPyConnection, feeds: Sequence[Feed]) -> s
                     SELECT customer FROM {LINKS}
                     WHERE integration = '{name}' AND live AND entity IN ({listed})))"""
         )
-    if _existing(conn, "sync_state"):
+    if table_exists(conn, "sync_state"):
         clauses.append(
             "match_key IN (SELECT match_key FROM sync_state WHERE NOT coalesce(removed, false))"
         )

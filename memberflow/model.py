@@ -92,11 +92,7 @@ def event_columns(feeds: list[Feed]) -> list[str]:
     return names
 
 
-def _existing(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-    ).fetchall()[0]
-    return bool(row[0])
+_existing = facts.table_exists
 
 
 def build_members(

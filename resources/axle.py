@@ -50,6 +50,7 @@ from resources.target import (
     TargetCapabilities,
     TargetClient,
     WritePolicy,
+    ruled_out,
 )
 
 MAX_BATCH = 500  # AX-A3: clients per POST /clients/batch
@@ -149,7 +150,7 @@ class AxleClient(TargetClient):
         for change in changes:
             if change.action == "remove":
                 yield self._remove(change, match_by)
-            elif _ruled_out(change, policy.import_type):
+            elif ruled_out(change, policy.import_type):
                 yield MemberAck(change.match_key, "import_type", change.member_id)
             else:
                 upserts.append(_pending(change, match_by))
@@ -299,15 +300,6 @@ def _match_by(match_on: str) -> str:
         raise ValueError(
             f"axle recognises clients by mobile or external_id, not {match_on!r}"
         ) from None
-
-
-def _ruled_out(change: MemberChange, import_type: str) -> bool:
-    """C5 by the core's plan: Axle's upsert cannot be told "create only" or "update only"."""
-    if import_type == "create_only":
-        return change.action == "update"
-    if import_type == "update_only":
-        return change.action == "create"
-    return False
 
 
 def _pending(change: MemberChange, match_by: str) -> _Pending:

@@ -70,6 +70,7 @@ from resources.target import (
     TargetClient,
     WritePolicy,
     is_refusal,
+    ruled_out,
 )
 
 log = logging.getLogger(__name__)
@@ -286,7 +287,7 @@ class CyberimpactClient(TargetClient):
                 yield self._remove(change) if gone is None else _kept(change)
             elif gone is not None:
                 yield _unsubscribed_ack(change, gone)
-            elif _ruled_out(change, policy.import_type):
+            elif ruled_out(change, policy.import_type):
                 yield MemberAck(change.match_key, "import_type", change.member_id)
             else:
                 upserts.append(change)
@@ -814,15 +815,6 @@ def _gained(change: MemberChange) -> tuple[str, ...]:
     if change.action == "create" and change.groups is not None:
         return tuple(change.groups)
     return tuple(change.groups_added)
-
-
-def _ruled_out(change: MemberChange, import_type: str) -> bool:
-    """C5 by the core's plan (a batch cannot be told "create only" or "update only")."""
-    if import_type == "create_only":
-        return change.action == "update"
-    if import_type == "update_only":
-        return change.action == "create"
-    return False
 
 
 def _error(change: MemberChange, reason: str) -> MemberAck:

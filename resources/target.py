@@ -214,6 +214,16 @@ def is_refusal(exc: VendorError) -> bool:
     return 400 <= exc.status < 500 and exc.status not in _NOT_REFUSALS
 
 
+def ruled_out(change: MemberChange, import_type: str) -> bool:
+    """C5 by the core's plan, for a target whose writes cannot be told "create only" or "update
+    only" (an upsert, a bulk job): a create under update_only, an update under create_only."""
+    if import_type == "create_only":
+        return change.action == "update"
+    if import_type == "update_only":
+        return change.action == "create"
+    return False
+
+
 def wire_fields_missing(client: TargetClient, fields: Sequence[str]) -> list[str]:
     """Mapped field names the target does not have (C7), in mapping order."""
     known: Mapping[str, ListField] = client.target_fields()
