@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import httpx
 from pydantic import AfterValidator
@@ -373,9 +373,14 @@ def _host(url: str | httpx.URL) -> str:
     return f"{host}:{parts.port}" if parts.port else host
 
 
+_EMAIL_SEGMENT = re.compile(r"[^/@]+@[^/@]+")
+
+
 def _path(url: str | httpx.URL) -> str:
-    """The URL's path only: queries may carry keys (TM-A1) or member emails (filters)."""
-    return urlsplit(str(url)).path or "/"
+    """The URL's path only: queries may carry keys (TM-A1) or member emails (filters); a path
+    segment that is an email (a member addressed by it, CI-A3) is masked too."""
+    path = unquote(urlsplit(str(url)).path) or "/"
+    return _EMAIL_SEGMENT.sub(lambda m: m.group(0)[0] + "***@***", path)
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -321,3 +321,11 @@ def test_the_timeout_comes_from_the_environment_and_a_bad_value_names_the_variab
     monkeypatch.setenv(TIMEOUT_ENV, "soon")
     with pytest.raises(ValueError, match="MEMBERFLOW_HTTP_TIMEOUT='soon'"):
         default_timeout()
+
+
+def test_a_member_email_in_a_url_path_is_masked_in_retry_logs():
+    from resources.http import _path
+
+    shown = _path("https://api.example.com/members/jo%2Bx%40ex.com/groups/4?token=s")
+    assert shown == "/members/j***@***/groups/4"
+    assert _path("https://api.example.com/v1/passes/userid/17") == "/v1/passes/userid/17"
