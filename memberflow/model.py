@@ -143,7 +143,8 @@ def _build_member_records(
     while another live record shares its match key; a member whose records are all deleted
     keeps their last values and is withdrawn. `rank` orders records for ties and lists: by
     integration name, then record id (numerically when ids are numbers). `required` is a further
-    condition on a record (memberflow/member_events.py: named by an event, or already a member).
+    condition on a record (memberflow/member_events.py: named by an event, or already a member);
+    a member one of whose records meets it takes all its records.
     """
     fields = [*source_fields(feeds), EXTERNAL_ID]
     tables = {f.integration: stage_table(f.integration, f.members.entity) for f in feeds}
@@ -166,11 +167,16 @@ def _build_member_records(
         ranked AS (
             SELECT *, NOT coalesce(deleted, false) AS live,
                 dense_rank() OVER (ORDER BY integration,
-                    try_cast(record_id AS HUGEINT) NULLS LAST, record_id) AS rank
+                    try_cast(record_id AS HUGEINT) NULLS LAST, record_id) AS rank,
+                {required} AS qualifies
             FROM contrib
-            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented)
-                AND {required})
-        SELECT * FROM ranked QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key)
+            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented)),
+        -- a member qualifies as a whole: once one of its records does, every record sharing
+        -- its key contributes (the same profile before and after it reaches the target)
+        members AS (
+            SELECT * EXCLUDE (qualifies) FROM ranked
+            QUALIFY bool_or(qualifies) OVER (PARTITION BY match_key))
+        SELECT * FROM members QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key)
         """
     )
 

@@ -116,3 +116,28 @@ def test_settings_refuse_names_memberflow_keeps_itself():
         )
     with pytest.raises(ValidationError):
         MemberEventSettings(required=["Registrations; DROP"])
+
+
+def test_a_member_qualifies_as_a_whole_so_its_profile_does_not_change_once_on_the_target():
+    """Two people sharing an email, one of them registered: both records make the member,
+    before and after it reaches the target (a second run must send nothing)."""
+    from memberflow import model
+
+    conn = duckdb.connect()
+    conn.execute(
+        """CREATE TABLE stg_club_persons AS SELECT * FROM (VALUES
+               ('1', 'a@x', TIMESTAMPTZ '2026-01-01', true, true, false, 'a@x', NULL),
+               ('2', 'a@x', TIMESTAMPTZ '2026-02-01', true, true, false, 'a@x', NULL),
+               ('3', 'c@x', TIMESTAMPTZ '2026-01-01', true, true, false, 'c@x', NULL))
+               t(record_id, match_key, modified, consent, ever_consented, deleted, email,
+                 external_id)"""
+    )
+    conn.execute(
+        """CREATE TEMP TABLE event_links AS SELECT * FROM (VALUES
+               ('club', 'registrations', '1', 'e1', true)) t(integration, entity, customer,
+               event_id, live)"""
+    )
+    feed = _feed(MemberEventSettings(required=["registrations"]))
+    model._build_member_records(conn, [feed], facts.required_filter(conn, [feed]))
+    records = conn.execute("SELECT record_id FROM member_records ORDER BY 1").fetchall()
+    assert records == [("1",), ("2",)]  # c@x was never registered: no contact
