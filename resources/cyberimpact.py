@@ -302,10 +302,17 @@ class CyberimpactClient(TargetClient):
                 raise
             yield from (_error(change, exc.message) for change in upserts)
             return
-        if len(writes) < self._batch_threshold or policy.import_type != "create_and_update":
+        # An addMembers batch sets a consent on every member it touches (its relation type,
+        # dated today by default): a member without a consent date of its own never goes in
+        # one, so no consent is made up for it; it is written one by one (PATCH keeps consent).
+        batchable = [w for w in writes if CONSENT_DATE in w.wire.consent]
+        if len(batchable) < self._batch_threshold or policy.import_type != "create_and_update":
             yield from self._write_one_by_one(writes, policy)
-        else:
-            yield from self._write_in_batches(writes, policy)
+            return
+        yield from self._write_in_batches(batchable, policy)
+        single = [w for w in writes if CONSENT_DATE not in w.wire.consent]
+        if single:
+            yield from self._write_one_by_one(single, policy)
 
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Unsubscribes, then bounces, since `changed_since` (CI-A11); with None also every

@@ -101,7 +101,11 @@ def client(make) -> CyberimpactClient:
 
 
 def change(email: str, action: str = "create", **kwargs: Any) -> MemberChange:
-    values = kwargs.pop("values", {"email": email, "firstname": "Léa"})
+    """A member with a consent date of its own (only such members go in a bulk job)."""
+    values = kwargs.pop(
+        "values",
+        {"email": email, "firstname": "Léa", "consentDate": "2024-05-01", "consentProof": "AC-1"},
+    )
     return MemberChange(match_key=email, action=action, values=values, **kwargs)
 
 
@@ -414,7 +418,7 @@ def test_consent_is_put_only_when_its_inputs_changed(client, ci, shared):
 
 
 def test_a_stronger_stored_consent_is_kept_and_counted(client, ci, shared):
-    write(client, [change("a@example.com")])
+    write(client, [change("a@example.com", values={"email": "a@example.com"})])
     with api(shared) as http:
         body = {"relationType": "express-consent", "consentDate": "2024-01-01"}
         assert http.put("/members/a%40example.com/consent", json=body).status_code == 200
@@ -884,3 +888,19 @@ def test_section_takes_a_page_size_and_a_poll_timeout():
     assert (default.page_size, default.poll_timeout_seconds) == (1000, 1800)
     with pytest.raises(ValueError):
         parse_target({**section.model_dump(), "page_size": 20_000})
+
+
+def test_a_member_without_a_consent_date_never_goes_in_a_bulk_job(client, ci):
+    """An addMembers batch sets a consent on whom it touches: one is never made up."""
+    with_consent = [change(f"c{n}@example.com") for n in range(60)]
+    without = change("none@example.com", values={"email": "none@example.com", "firstname": "X"})
+    acks = write(client, [*with_consent, without])
+    assert {a.outcome for a in acks.values()} == {"created"}
+    batched = {
+        m["email"].lower()
+        for batch in ci.account(CYBERIMPACT_API_TOKEN).batches.values()
+        for m in batch.body.get("members", [])
+    }
+    assert "none@example.com" not in batched and "c0@example.com" in batched
+    with ci._lock:
+        assert ci.account(CYBERIMPACT_API_TOKEN).members["none@example.com"].consent is None
