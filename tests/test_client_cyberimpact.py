@@ -449,7 +449,8 @@ def test_unsubscribes_and_bounces_are_read_back_once_per_email(client, ci, share
     assert sorted(m.email for m in everyone) == [f"m{n}@example.com" for n in range(4)]
     assert client.has_member_changes(before)
     # the lists filter by day: an unsubscribe earlier today is no change after a later mark
-    assert not client.has_member_changes(datetime.now(UTC) + timedelta(seconds=2))
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert not client.has_member_changes(later)
     assert client.member_count() == 3  # the unsubscribed member is not listed
 
 
@@ -528,7 +529,8 @@ def test_section_parses_with_defaults_and_builds_a_resource():
     assert isinstance(section, CyberimpactTarget)
     assert section.base_url == "https://api.cyberimpact.com"
     assert section.destination == ACCOUNT and section.env_vars() == ["CYBERIMPACT_API_TOKEN"]
-    assert (section.poll_seconds, section.batch_threshold) == (5.0, 50)
+    polling = (section.poll_seconds, section.batch_threshold)
+    assert polling == (5.0, 50)
     resource = section.resource()
     assert resource.account == ACCOUNT and resource.batch_threshold == 50
     with pytest.raises(ValueError):
@@ -844,7 +846,8 @@ def test_bounces_read_hard_bounced_on_and_a_row_without_a_stamp_is_no_change(mak
 
     client = make(transport=Rewrite(after=after))
     assert client.has_member_changes(before)
-    assert not client.has_member_changes(datetime.now(UTC) + timedelta(seconds=2))
+    later = datetime.now(UTC) + timedelta(seconds=2)
+    assert not client.has_member_changes(later)
     bounced = {m.email: m for m in client.iter_members(before)}
     assert bounced["m@example.com"].email_status == "hard_bounce"
 
@@ -879,13 +882,16 @@ def test_section_takes_a_page_size_and_a_poll_timeout():
             "poll_timeout_seconds": 60,
         }
     )
-    assert (section.page_size, section.poll_timeout_seconds) == (100, 60)
+    given = (section.page_size, section.poll_timeout_seconds)
+    assert given == (100, 60)
     resource = section.resource()
-    assert (resource.page_size, resource.poll_timeout_seconds) == (100, 60)
+    passed = (resource.page_size, resource.poll_timeout_seconds)
+    assert passed == (100, 60)
     default = parse_target(
         {"kind": "cyberimpact", "account": ACCOUNT, "api_token_env": "CYBERIMPACT_API_TOKEN"}
     )
-    assert (default.page_size, default.poll_timeout_seconds) == (1000, 1800)
+    defaults = (default.page_size, default.poll_timeout_seconds)
+    assert defaults == (1000, 1800)
     with pytest.raises(ValueError):
         parse_target({**section.model_dump(), "page_size": 20_000})
 
