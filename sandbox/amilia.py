@@ -47,7 +47,7 @@ from sandbox.amilia_data import (
 )
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
-from sandbox.httputil import basic_credentials, bearer_token, json_object
+from sandbox.httputil import MessageError, basic_credentials, bearer_token, json_object
 from sandbox.ratelimit import RateLimiter
 from sandbox.webhook_sender import PushesWebhooks, WebhookSender
 
@@ -77,17 +77,10 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 Row = dict[str, Any]
 
 
-class AmiliaError(Exception):
+class AmiliaError(MessageError):
     """A refused request: AM-A14 status and ASP.NET's `{"Message": …}` body."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        return JSONResponse({"Message": self.message}, self.status, headers=self.headers)
+    message_key = "Message"
 
 
 def _bad(message: str) -> AmiliaError:

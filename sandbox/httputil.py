@@ -1,4 +1,5 @@
-"""Request parsing shared by the emulators: Basic credentials, JSON, form and multipart bodies.
+"""Request parsing shared by the emulators: Basic credentials, JSON, form and multipart bodies,
+and the refusal whose body is one message.
 
 Multipart is parsed with the standard library's `email` package so the sandbox needs no
 python-multipart; the emulators read raw bodies and never rely on Starlette's form parser.
@@ -12,10 +13,11 @@ import json
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 
 def basic_credentials(request: Request) -> tuple[str, str] | None:
@@ -94,3 +96,19 @@ def parse_multipart(content_type: str, body: bytes) -> Multipart:
         else:
             result.fields.append((str(name), payload.decode("utf-8", errors="replace")))
     return result
+
+
+class MessageError(Exception):
+    """A refused request whose body is `{<message_key>: <text>}` (each vendor's own casing),
+    with optional headers (a 429's `Retry-After`)."""
+
+    message_key: ClassVar[str] = "message"
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        return JSONResponse({self.message_key: self.message}, self.status, headers=self.headers)

@@ -33,6 +33,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from sandbox import webhook_sender
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
+from sandbox.httputil import MessageError
 from sandbox.ratelimit import MultiWindowLimiter
 from sandbox.teyca_data import MOSCOW, TeycaData, generate_teyca, moscow, pass_count
 from sandbox.webhook_sender import PushesWebhooks, WebhookSender
@@ -106,17 +107,10 @@ OPERATION_FILTERS = {
 Row = dict[str, Any]
 
 
-class TeycaError(Exception):
+class TeycaError(MessageError):
     """A refused request: TY-A10 status and `{"message": …}` body."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-    def response(self) -> Response:
-        return JSONResponse({"message": self.message}, self.status, headers=self.headers)
+    message_key = "message"
 
 
 def _bad(message: str) -> TeycaError:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from memberflow.mapping import load_mapping
 from memberflow.normalize import date_parser
 from resources.amilia import (
+    HOOKS,
     AmiliaClient,
     AmiliaSource,
     account_purchases,
@@ -573,17 +574,7 @@ def test_subscriptions_match_whatever_the_case_of_their_fields(make, amilia):
     client = make()
     url = closed_port_url(f"/webhooks/{client.integration}")
     shouted = url.replace("http://", "HTTP://")
-    for context, action in [
-        ("Person", "Create"),
-        ("Person", "Delete"),
-        ("Account", "Delete"),
-        ("Registration", "Create"),
-        ("Registration", "Update"),
-        ("Registration", "Delete"),
-        ("Membership", "Create"),
-        ("Membership", "Update"),
-        ("Membership", "Delete"),
-    ]:
+    for context, action in HOOKS:
         sid = 900_000 + len(amilia.subscriptions)
         amilia.subscriptions[sid] = {
             "Id": sid,
