@@ -61,8 +61,11 @@ class CallCounter:
     Thread-safe because target clients send in parallel.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: Any = None) -> None:
+        """`ledger`: optional, something with `add(endpoint)` that keeps the calls beyond the
+        run (resources/call_ledger.MonthlyCallLedger, for a vendor with a monthly cap)."""
         self._lock = threading.Lock()
+        self._ledger = ledger
         self._by_endpoint: Counter[str] = Counter()
         self._retries = 0
         self._throttled = 0
@@ -70,6 +73,8 @@ class CallCounter:
     def add(self, endpoint: str) -> None:
         with self._lock:
             self._by_endpoint[endpoint] += 1
+        if self._ledger is not None:
+            self._ledger.add(endpoint)
 
     def add_retry(self, *, throttled: bool) -> None:
         """One more try after a failed one; `throttled` when the failure was a 429."""

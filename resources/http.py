@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -65,6 +65,9 @@ _ANSWER_LOST = (httpx.ReadTimeout, httpx.ReadError, httpx.RemoteProtocolError, h
 
 HeaderSource = Mapping[str, str] | Callable[[], Mapping[str, str]]
 ThrottleWait = Callable[[httpx.Response], float | None]
+# A vendor's own reading of an error answer: "throttled" (retry after a wait, e.g. a 403 that
+# means "slow down"), "final" (never retry, e.g. a 429 for a spent monthly quota), None: default.
+Classify = Callable[[httpx.Response], Literal["throttled", "final"] | None]
 T = TypeVar("T")
 
 
@@ -76,6 +79,7 @@ class _Failure:
     response: httpx.Response | None = None  # a 429/5xx answer, for Retry-After and the error
     unreadable: bool = False  # a 2xx whose body could not be read
     sent: bool = True  # False when the request certainly never reached the server's logic
+    throttled: bool = False  # the vendor asked us to slow down (a 429, or its own signal)
 
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -119,6 +123,7 @@ class VendorHttp:
         secrets: Iterable[str] = (),
         backoff_base: float = 0.5,
         max_wait: float = MAX_WAIT_SECONDS,
+        classify: Classify | None = None,
     ) -> None:
         self.vendor = vendor
         self.calls = calls if calls is not None else CallCounter()
@@ -131,6 +136,7 @@ class VendorHttp:
         self._secrets = tuple(s for s in secrets if s)
         self._backoff_base = backoff_base
         self._max_wait = max_wait
+        self._classify = classify
 
     def close(self) -> None:
         self._client.close()
@@ -225,8 +231,15 @@ class VendorHttp:
         except _ANSWER_LOST as exc:
             return _Failure(transport_reason(exc))
         status = response.status_code
-        if status == 429 or status >= 500:
-            return _Failure(f"{status} {response.reason_phrase}".strip(), response=response)
+        verdict = self._classify(response) if self._classify and status >= 400 else None
+        if verdict == "final":
+            raise self.error_from(response)
+        if verdict == "throttled" or status == 429 or status >= 500:
+            return _Failure(
+                f"{status} {response.reason_phrase}".strip(),
+                response=response,
+                throttled=verdict == "throttled" or status == 429,
+            )
         if status >= 400:
             raise self.error_from(response)
         if parse is None:
@@ -240,6 +253,8 @@ class VendorHttp:
     @staticmethod
     def _repeatable(failure: _Failure) -> bool:
         """May a request that is not idempotent be sent again after this failure?"""
+        if failure.throttled:
+            return True
         if failure.response is not None:
             return failure.response.status_code in REFUSED_BEFORE_PROCESSING
         return not failure.sent
@@ -270,7 +285,7 @@ class VendorHttp:
 
     def _pause(self, method: str, url: str | httpx.URL, failure: _Failure, attempt: int) -> None:
         wait = self._wait(failure, attempt)
-        throttled = failure.response is not None and failure.response.status_code == 429
+        throttled = failure.throttled
         self.calls.add_retry(throttled=throttled)
         # Throttling is the vendor's rate limit doing its job: INFO, still in the run's log (the
         # instance's python_log_level), but not on a quiet console; a fault is a WARNING.

@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 
+from resources.feedback import FeedbackWebhook
 from resources.source import EntitySpec
 from resources.webhooks import WebhookCapability
 
@@ -75,6 +76,11 @@ class TargetSectionBase(SectionBase):
     """A `target:` section: an `account` and, inside it, the `destination` members land in."""
 
     account: str
+
+    def feedback_webhook(self) -> FeedbackWebhook | None:
+        """How the receiver verifies and reads this target's feedback webhooks (unsubscribes,
+        clicks, bounces); None when the target pushes none or they are off."""
+        return None
 
     @property
     def destination(self) -> str:

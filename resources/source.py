@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -72,14 +72,52 @@ def cursor_datetime(cursor: str | datetime | None) -> datetime | None:
     return datetime.fromisoformat(cursor)
 
 
+WriteBackAction = Literal["unsubscribe", "record_click", "create"]
+WriteBackStatus = Literal["done", "already", "refused", "skipped"]
+
+
 @dataclass(frozen=True)
 class WriteBack:
-    """One change carried back into a source: which record (None: create one) and its values,
-    in canonical form, for a two-way integration."""
+    """One change carried back into a two-way source, decided by the core from the target's
+    feedback (memberflow/write_back.py).
 
+    - unsubscribe: the member left the list; the source stops marking record `record_id` for
+      the list (e.g. clears its newsletter flag), so it is not sent again.
+    - record_click: the member clicked a mailing; the source keeps a record of it on
+      `record_id`. `detail`: occurred_at (ISO UTC), campaign_id, campaign_name, link_url.
+    - create: a member that exists only on the list; `record_id` is None and `values` holds its
+      fields by the *source's* field names (the core inverted the mappings), e.g. Name, Email.
+
+    `key` is the write-back's identity (the same feedback always gives the same key). `resumed`
+    is True when an earlier attempt of this very write-back may have reached the source but was
+    not recorded (a crash between the call and the bookkeeping): the client must look before it
+    writes (a record of this click already there? a record with this email already there?) so
+    nothing is done twice.
+    """
+
+    action: WriteBackAction
+    key: str
     record_id: str | None
-    values: Mapping[str, Any]
-    reason: str  # why, for the run's report: "unsubscribed on the list", "clicked a newsletter"
+    values: Mapping[str, Any] = field(default_factory=dict)
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+
+@dataclass(frozen=True)
+class WriteBackResult:
+    """The source's answer to one WriteBack.
+
+    done: written now. already: the source was already so (flag already cleared, the click
+    already recorded, a record with this email exists; `record_id` names it). refused: the
+    source said no (`reason`: its own words; not tried again). skipped: not written, not a
+    refusal (e.g. the source cannot write this field: `reason` says why, for the report).
+    A transient failure is not a result: the client raises VendorError and the write-back stays
+    pending for the next run.
+    """
+
+    status: WriteBackStatus
+    record_id: str | None = None
+    reason: str | None = None
 
 
 class SourceClient(ABC):
@@ -193,16 +231,26 @@ class SourceClient(ABC):
 
     # --- write-back (two-way integrations) -----------------------------------------------------
 
-    # What the source lets memberflow write into it, by entity (e.g. a newsletter flag cleared
-    # after an unsubscribe on the list, a contact created from the list); empty: read-only.
-    write_back_entities: ClassVar[frozenset[str]] = frozenset()
+    # The WriteBack actions this source can apply (memberflow/write_back.py); empty: read-only.
+    write_back_actions: ClassVar[frozenset[str]] = frozenset()
 
     def write_back(
-        self, entity: str, changes: Sequence[WriteBack]
-    ) -> Iterator[tuple[WriteBack, str | None]]:
-        """Apply changes carried back from the target; yield each with None (done) or the
-        source's refusal. Only for entities in `write_back_entities`."""
+        self, changes: Sequence[WriteBack]
+    ) -> Iterator[tuple[WriteBack, WriteBackResult]]:
+        """Apply changes carried back from the target, one result per change as it is known.
+
+        Raises VendorError for a transient failure (host down after retries): the changes not
+        yet answered stay pending and are handed over again (with `resumed` where a call may have
+        gone out)."""
         raise NotImplementedError(f"{self.vendor} takes no write-back")
+
+    # --- entities a run reads only when asked --------------------------------------------------
+
+    def optional_entities(self) -> frozenset[str]:
+        """Entities this configuration leaves out of automatic runs because they are costly
+        (e.g. one call per member); a run includes them when its extract config says
+        `include_optional: true` (a manual run from the launchpad or `memberflow sync`)."""
+        return frozenset()
 
     # --- helpers --------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from resources.base import (
     UpsertFlags,
     VendorError,
 )
+from resources.feedback import Feedback
 
 MatchKey = Literal["email", "mobile", "external_id"]
 ChangeAction = Literal["create", "update", "remove"]
@@ -187,14 +188,33 @@ class TargetClient(ABC):
         """Which of `events` (event id -> row as sent) the target holds; None: cannot tell."""
         return None
 
+    # -- feedback (capabilities.feedback == "pushed": webhooks; any target: iter_feedback) ------
+
+    def ensure_webhooks(self, url: str) -> list[str]:
+        """Register the target's feedback webhooks (unsubscribes, clicks, bounces) to `url`;
+        returns the event kinds newly registered. The receiver checks them with the config
+        section's `feedback_webhook()`."""
+        raise NotImplementedError(f"{self.vendor} has no webhooks memberflow can register")
+
+    def iter_feedback(self, since: datetime | None) -> Iterator[Feedback]:
+        """Feedback the target lets be read rather than pushed (e.g. bounces from a reporting
+        API), that occurred at or after `since` (aware UTC; everything it keeps when None)."""
+        return iter(())
+
+    # -- budget ----------------------------------------------------------------------------------
+
+    def estimate_calls(self, actions: Mapping[str, int]) -> int | None:
+        """About how many calls writing members with these planned actions takes (create,
+        update, remove -> count), so a run that would spend more than the month's budget left
+        stops before sending; None when the client cannot say."""
+        return None
+
     # -- figures ---------------------------------------------------------------------------------
 
     def run_figures(self) -> dict[str, int]:
         """Counts of this client's own work in the run, shown beside the delivery figures
         (e.g. consent records sent, bulk jobs polled); keys say what they count."""
         return {}
-
-    # -- budget ----------------------------------------------------------------------------------
 
     def rate_budget(self) -> RateBudget | None:
         """The calls left in the target's tightest capped window, when it has one."""
