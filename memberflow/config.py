@@ -82,6 +82,23 @@ class ScheduleSettings(_Strict):
     enabled: bool = True
 
 
+class FeedbackSettings(_Strict):
+    """What becomes of the list's feedback (unsubscribes, clicks, bounces, members only on the
+    list) for a two-way integration (AF3-AF6)."""
+
+    write_back: bool = Field(
+        default=False,
+        description="opt-in: write feedback back into the source (an unsubscribe clears the "
+        "source's flag, a click is recorded, a member only on the list is created there)",
+    )
+    bounces_to: str | None = Field(
+        default=None, description="address mailed the run's new bounced addresses"
+    )
+    summary_to: str | None = Field(
+        default=None, description="address mailed a summary after every full sync"
+    )
+
+
 FieldOverride = str | dict[str, Any] | None
 
 
@@ -111,6 +128,12 @@ class Integration(_Strict):
     tracking: list[str] = Field(
         default_factory=list, description="event entities to fetch: journals, tickets, orders…"
     )
+    shared_match_keys: Literal["merge", "withhold"] = Field(
+        default="merge",
+        description="records of this integration sharing one match key: merge them into one "
+        "member, or withhold the key and report the records (AF1: duplicates are not synced)",
+    )
+    feedback: FeedbackSettings = FeedbackSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     mapping: dict[str, dict[str, FieldOverride]] = Field(default_factory=dict)
