@@ -11,9 +11,10 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import naming
-from memberflow import delivery, model, reconcile
+from memberflow import delivery, feedback_log, model, reconcile
 from memberflow.config import Integration
 from memberflow.masking import mask_text
+from memberflow.webhook_store import WebhookStore
 from resources.base import UpsertFlags
 from resources.mailer import ErrorReportMailer
 from resources.target import TargetClient
@@ -67,6 +68,7 @@ def build_deliver_assets(
         {i.import_.error_report_to for i in integrations if i.import_.error_report_to}
     )
     members_delivered = naming.list_asset_key(list_key, "members_delivered")
+    two_way = any(i.feedback.write_back for i in integrations)
 
     @dg.asset(
         key=members_delivered,
@@ -98,12 +100,23 @@ def build_deliver_assets(
                 pulled: dict[str, int] | str = "the target does not report them when read"
                 if caps.feedback == "polled":
                     pulled = delivery.pull_feedback(conn, client, settings.match_on)
+                elif caps.feedback == "pushed":
+                    pulled = _pushed_feedback(conn, integrations, context.run_id)
                 found = (
-                    reconcile.reconcile(conn, client, settings.match_on, config.full_listing_hours)
+                    reconcile.reconcile(
+                        conn,
+                        client,
+                        settings.match_on,
+                        config.full_listing_hours,
+                        notice_additions=two_way,
+                    )
                     if caps.listing
                     else reconcile.unlisted(conn)
                 )
                 _warn_missing(context, client, found)
+                if found.only_on_list:
+                    feedback_log.record(conn, found.only_on_list, "listing", context.run_id)
+                _check_month_budget(conn, client, settings)
                 report = delivery.deliver_members(conn, client, settings, fields, found.missing)
                 on_list = acknowledged_on_list(conn)
         finally:
@@ -126,6 +139,7 @@ def build_deliver_assets(
                 "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
+                **_month_figures(client),
                 **({"fields_created": created} if created else {}),
                 **client.run_figures(),
                 "refused_sample": dg.MetadataValue.json(_masked_rows(report.refused[:10])),
@@ -136,6 +150,48 @@ def build_deliver_assets(
         )
 
     return [_members_delivered]
+
+
+def _pushed_feedback(
+    conn: duckdb.DuckDBPyConnection, integrations: list[Integration], run_id: str
+) -> dict[str, int]:
+    """Feedback the receiver stored for the list's integrations, into the warehouse before the
+    plan, so a member who unsubscribed a minute ago is not written again this run."""
+    new = sum(
+        feedback_log.ingest_webhooks(conn, WebhookStore.for_feedback(i.name), run_id)
+        for i in integrations
+    )
+    return {"new_from_webhooks": new, "unsubscribes_noted": feedback_log.note_unsubscribes(conn)}
+
+
+def _check_month_budget(
+    conn: duckdb.DuckDBPyConnection, client: TargetClient, settings: delivery.DeliverySettings
+) -> None:
+    """Stop before any send when the planned writes would need more calls than the month's
+    budget has left (AF8); nothing is sent, nothing is lost: the next month's runs send it."""
+    budget = client.rate_budget()
+    if budget is None or budget.window != "month":
+        return
+    actions = delivery.planned_actions(conn, settings)
+    needed = client.estimate_calls(actions) or 0
+    if needed > budget.left:
+        raise dg.Failure(
+            description=(
+                f"{client.label}: this run would need about {needed} API calls "
+                f"({', '.join(f'{n} {a}' for a, n in sorted(actions.items()))}), but only "
+                f"{budget.left} of the monthly budget of {budget.limit} are left "
+                f"({budget.used} spent this month). Nothing was sent; raise "
+                "monthly_call_budget in the integration file or wait for the month to turn."
+            ),
+            metadata={"calls_needed": needed, "calls_left_this_month": budget.left},
+        )
+
+
+def _month_figures(client: TargetClient) -> dict[str, int]:
+    budget = client.rate_budget()
+    if budget is None or budget.window != "month":
+        return {}
+    return {"api_calls_this_month": budget.used, "monthly_call_budget": budget.limit}
 
 
 def acknowledged_on_list(conn: duckdb.DuckDBPyConnection) -> int:

@@ -32,10 +32,14 @@ class ExtractConfig(dg.Config):
     """Per-run overrides (C5): skip this entity in a manual run, e.g. members without tracking.
 
     `webhook_through`: land the member records named by the stored webhook events up to this
-    sequence number (set by the webhook sensor) instead of reading changes by cursor."""
+    sequence number (set by the webhook sensor) instead of reading changes by cursor.
+
+    `include_optional`: read this entity even when the source leaves it out of automatic runs
+    because it is costly (e.g. one call per member); for one manual run."""
 
     fetch: bool = True
     webhook_through: int | None = None
+    include_optional: bool = False
 
 
 def build_extract_asset(
@@ -61,6 +65,17 @@ def build_extract_asset(
         if not config.fetch:
             return dg.MaterializeResult(metadata={"skipped": "fetch: false in run config"})
         client: SourceClient = getattr(context.resources, source_key).client()
+        if mapping.entity in client.optional_entities() and not config.include_optional:
+            client.close()
+            context.log.info(
+                f"{mapping.entity}: left to manual runs by the source's settings; "
+                "`include_optional: true` in this asset's run config reads it"
+            )
+            return dg.MaterializeResult(
+                metadata={
+                    "skipped": "left to manual runs (costly); include_optional: true reads it"
+                }
+            )
         if config.webhook_through is None and not _scan_due(context, client, mapping.entity):
             client.close()
             started_for = context.run.tags.get(CHANGED_TAG)

@@ -23,7 +23,7 @@ import phonenumbers
 
 from memberflow import rekey
 from memberflow.staging import ensure_bookkeeping
-from resources.base import UpsertFlags, VendorError
+from resources.base import RemoteMember, UpsertFlags, VendorError
 from resources.target import MemberAck, MemberChange, TargetClient, WritePolicy
 
 ACK_BATCH = 500
@@ -203,17 +203,27 @@ def refresh_feedback(
 def read_members(
     client: TargetClient, match_on: str, since: datetime | None
 ) -> list[dict[str, Any]]:
+    return member_rows(list(client.iter_members(since)), match_on)
+
+
+def member_rows(members: list[RemoteMember], match_on: str) -> list[dict[str, Any]]:
+    """What `remote_members` keeps of members the target reported."""
     return [
         {
             "member_id": m.member_id,
-            "match_key": _remote_key(_key_value(m, match_on), match_on),
+            "match_key": remote_key(m, match_on),
             "status": m.status,
             "email_status": m.email_status,
             "unsubscribed_at": m.unsubscribed_at,
             "updated_at": m.updated_at,
         }
-        for m in client.iter_members(since)
+        for m in members
     ]
+
+
+def remote_key(member: RemoteMember, match_on: str) -> str | None:
+    """The match key of a member as the target reported it, normalised like ours."""
+    return _remote_key(_key_value(member, match_on), match_on)
 
 
 def _key_value(member: Any, match_on: str) -> str | None:
@@ -331,6 +341,20 @@ def plan_members(
         """,
         {"reimport": settings.reimport_unsubscribed, "import_type": settings.import_type},
     )
+
+
+def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> dict[str, int]:
+    """How many members this run would create, update and remove (for a call budget check)."""
+    ensure_state(conn)
+    groups = has_groups(conn)
+    if groups:
+        ensure_group_state(conn)
+    plan_members(conn, settings, groups)
+    rows = conn.execute(
+        """SELECT action, count(*) FROM member_plan
+           WHERE action IN ('create', 'update', 'remove') GROUP BY 1"""
+    ).fetchall()
+    return {action: int(n) for action, n in rows}
 
 
 def _present(value: Any) -> bool:

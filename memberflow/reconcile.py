@@ -13,6 +13,12 @@ member's activity with it, so the events are sent again.
 
 A member whose last word from the list was "unsubscribed" is forgotten but not sent again: it is
 never this pipeline's place to re-subscribe someone because a list lost them.
+
+With `notice_additions` (a two-way integration, which creates members added on the list at its
+source), the list's count is also compared with what the last full listing counted plus what was
+acknowledged since: a list holding more than that gained members nobody sent, and is read whole.
+Those members (not acknowledged, not members of this run's model) come back as
+`only_on_list` feedback.
 """
 
 from __future__ import annotations
@@ -27,14 +33,18 @@ import pandas as pd
 from memberflow.delivery import (
     ensure_state,
     list_state,
-    read_members,
+    member_rows,
+    remote_key,
     set_list_state,
     store_remote,
 )
+from resources.base import RemoteMember
+from resources.feedback import Feedback
 from resources.target import TargetClient
 
 FULL_LISTING_HOURS = 24.0
 LAST_FULL_LISTING = "last_full_listing"  # key in list_state; an ISO time on our clock
+LISTING_BASE = "listing_base"  # key in list_state: "<listed>/<acknowledged>" at the last listing
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,7 @@ class Reconciliation:
     full_listing: str  # why the whole list was read ("" when it was not)
     missing: frozenset[str]  # match keys acknowledged but not on the list
     events_to_resend: int
+    only_on_list: tuple[Feedback, ...] = ()  # members nobody sent (with notice_additions)
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -54,6 +65,7 @@ class Reconciliation:
             "full_listing": self.full_listing or "not needed",
             "missing_on_list": len(self.missing),
             "events_to_resend": self.events_to_resend,
+            "only_on_list": len(self.only_on_list),
         }
 
 
@@ -79,6 +91,7 @@ def reconcile(
     match_on: str,
     full_every_hours: float = FULL_LISTING_HOURS,
     now: datetime | None = None,
+    notice_additions: bool = False,
 ) -> Reconciliation:
     """Compare the list with what it acknowledged; forget what it lost (see module docstring)."""
     ensure_state(conn)
@@ -87,13 +100,17 @@ def reconcile(
     on_list = client.member_count()
     last = list_state(conn, LAST_FULL_LISTING)
     why = ""
+    expected = _expected_count(conn, acknowledged) if notice_additions else None
     if on_list is not None and on_list < acknowledged:
         why = f"the list holds {on_list} members, {acknowledged} acknowledged"
+    elif on_list is not None and expected is not None and on_list > expected:
+        why = f"the list holds {on_list} members, {expected} expected: members were added there"
     elif last is None or now - datetime.fromisoformat(last) >= timedelta(hours=full_every_hours):
         why = f"periodic (every {full_every_hours:g} h)"
     if not why:
         return Reconciliation(on_list, acknowledged, "", frozenset(), 0)
-    listed = read_members(client, match_on, None)
+    remote = list(client.iter_members(None))
+    listed = member_rows(remote, match_on)
     if on_list is not None and len(listed) < on_list:
         # Page-number listings skip members when others are deleted meanwhile, and a short page
         # ends the listing early: forgetting on a listing that doesn't add up to the list's own
@@ -104,11 +121,38 @@ def reconcile(
     try:
         missing, events = _forget_missing(conn, listed)
         set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
+        set_list_state(conn, LISTING_BASE, f"{len(listed)}/{_acknowledged(conn)}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-    return Reconciliation(on_list, acknowledged, why, missing, events)
+    extra = _only_on_list(conn, remote, match_on, now) if notice_additions else ()
+    return Reconciliation(on_list, acknowledged, why, missing, events, extra)
+
+
+def _expected_count(conn: duckdb.DuckDBPyConnection, acknowledged: int) -> int | None:
+    """What the list should count now: the last listing's count plus the members acknowledged
+    since (negative when removed); None before the first listing."""
+    base = list_state(conn, LISTING_BASE)
+    if base is None:
+        return None
+    listed, acknowledged_then = (int(part) for part in base.split("/"))
+    return listed + acknowledged - acknowledged_then
+
+
+def _only_on_list(
+    conn: duckdb.DuckDBPyConnection, remote: list[RemoteMember], match_on: str, now: datetime
+) -> tuple[Feedback, ...]:
+    """Listed members whose key nobody acknowledged and no member of the model carries."""
+    known = {k for (k,) in conn.execute("SELECT match_key FROM sync_state").fetchall()}
+    if _has_table(conn, "members"):
+        known |= {k for (k,) in conn.execute("SELECT match_key FROM members").fetchall()}
+    out = []
+    for member in remote:
+        key = remote_key(member, match_on)
+        if key and key not in known and member.status != "unsubscribed":
+            out.append(Feedback("only_on_target", key, member.member_id, now, {}, member.fields))
+    return tuple(out)
 
 
 def _forget_missing(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from memberflow import landing
+from resources.feedback import Feedback, FeedbackWebhook
 from resources.webhooks import WebhookCapability, WebhookEvent
 
 if TYPE_CHECKING:
@@ -76,6 +77,11 @@ class WebhookStore:
     @classmethod
     def for_integration(cls, name: str) -> WebhookStore:
         return cls(landing.data_dir() / "webhooks" / f"{name}.sqlite")
+
+    @classmethod
+    def for_feedback(cls, name: str) -> WebhookStore:
+        """The store of a target's feedback webhooks for integration `name` (kind "feedback")."""
+        return cls(landing.data_dir() / "webhooks" / f"{name}.feedback.sqlite")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -183,6 +189,21 @@ def webhook_capability(integration: Integration) -> WebhookCapability | None:
         return offer()
     except NotImplementedError:
         return None
+
+
+def feedback_webhook(integration: Integration) -> FeedbackWebhook | None:
+    """The integration's target feedback webhook; None when its target pushes none or they are
+    off. Other errors (a token's env var missing) propagate."""
+    offer = getattr(integration.target, "feedback_webhook", None)
+    return None if offer is None else offer()
+
+
+def feedback_events(items: Sequence[Feedback]) -> list[WebhookEvent]:
+    """Feedback as storable events (kind "feedback")."""
+    return [
+        WebhookEvent(kind="feedback", entity=f.kind, record_id=f.key, payload=f.to_payload())
+        for f in items
+    ]
 
 
 def _row(event: WebhookEvent) -> tuple[str, str, str, str]:

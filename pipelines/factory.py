@@ -19,9 +19,11 @@ from assets.deliver_events import build_events_delivered_asset
 from assets.extract import build_extract_asset
 from assets.model import build_model_assets
 from assets.stage import build_stage_asset
+from assets.write_back import build_feedback_asset, wants_feedback_asset
 from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
+from pipelines.feedback_sensor import feedback_sensors
 from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
 from pipelines.webhook_sensor import webhook_sensors
@@ -74,12 +76,20 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         resources[naming.target_resource_key(list_key)] = members[0].target.resource()
         for integration, feed in zip(members, feeds, strict=True):
             own = _integration_assets(integration, feed)
-            assets += own
+            feedback = (
+                build_feedback_asset(integration, feed)
+                if wants_feedback_asset(integration)
+                else None
+            )
+            assets += own + ([feedback] if feedback else [])
             resources[naming.source_resource_key(integration)] = integration.source.resource()
-            job = _sync_job(integration, own, list_assets)
+            job = _sync_job(integration, own + ([feedback] if feedback else []), list_assets)
             jobs.append(job)
+            feedback_job = _feedback_job(integration, feedback) if feedback else None
+            jobs += [feedback_job] if feedback_job else []
             sensors.append(build_sensor(integration, job))
             sensors += webhook_sensors(integration, job)
+            sensors += feedback_sensors(integration, feedback_job)
             if schedule := build_segment_schedule(integration, job):
                 schedules.append(schedule)
     return dg.Definitions(
@@ -99,6 +109,17 @@ def _integration_assets(integration: Integration, feed: model.Feed) -> list[dg.A
         out.append(build_extract_asset(integration, mapping, partitions))
         out.append(build_stage_asset(integration, mapping, partitions))
     return out
+
+
+def _feedback_job(integration: Integration, feedback: dg.AssetsDefinition):
+    """The feedback asset alone: what the feedback sensor runs when webhooks brought some."""
+    return dg.define_asset_job(
+        name=f"feedback_{integration.name}",
+        selection=dg.AssetSelection.assets(feedback),
+        description=f"Carry {integration.name}'s list feedback into the warehouse and source",
+        tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
+        executor_def=dg.in_process_executor,
+    )
 
 
 def _sync_job(

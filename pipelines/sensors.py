@@ -58,6 +58,8 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
             context.log.warning(f"recovered: {line}")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
+        if spent := _month_budget_spent(context, target_key):
+            return dg.SkipReason(spent)
         cursor = json.loads(context.cursor) if context.cursor else {}
         marks = {e: landing.read_source_cursor(integration.name, e) for e in entities}
         now = datetime.now(UTC)
@@ -141,6 +143,22 @@ def _probe_target(
         return client.has_member_changes(_just_after(datetime.fromisoformat(checked_at)))
     finally:
         client.close()
+
+
+def _month_budget_spent(context: dg.SensorEvaluationContext, target_key: str) -> str | None:
+    """Why no run may start: the list's monthly call budget is spent (AF8); None otherwise.
+    Read from memberflow's own count (no API call)."""
+    client = getattr(context.resources, target_key).client()
+    try:
+        budget = client.rate_budget()
+    finally:
+        client.close()
+    if budget is None or budget.window != "month" or budget.left > 0:
+        return None
+    return (
+        f"{client.label}: the monthly budget of {budget.limit} API calls is spent "
+        f"({budget.used} this month); no run starts before the month turns"
+    )
 
 
 def _just_after(mark: datetime) -> datetime:

@@ -1,5 +1,5 @@
-"""The error-report mailer (C6): when an import refuses members, the integration's
-`error_report_to` address gets a mail listing them.
+"""The mailer: error reports (C6: when an import refuses members, the integration's
+`error_report_to` address gets a mail listing them), bounce notices and sync summaries (AF6).
 
 SMTP settings come from the environment only (MEMBERFLOW_SMTP_HOST, _PORT, _USER, _PASSWORD,
 _FROM, _STARTTLS), read when a report is sent, never at import time and never logged.
@@ -26,6 +26,21 @@ class ErrorReportMailer(dg.ConfigurableResource):
 
     def send_report(self, to: str, subject: str, summary: str, rows: list[dict[str, str]]) -> bool:
         """Mail `summary` plus the failed rows as a CSV attachment; False when SMTP is not set."""
+        listing = "\n".join(
+            f"- {r.get('match_key') or r.get('record_id')}: {r['reason']}" for r in rows[:200]
+        )
+        more = f"\n… and {len(rows) - 200} more (see the attachment)" if len(rows) > 200 else ""
+        return self.send_mail(to, subject, f"{summary}\n\n{listing}{more}\n", {"failed.csv": rows})
+
+    def send_mail(
+        self,
+        to: str,
+        subject: str,
+        body: str,
+        attachments: dict[str, list[dict[str, str]]] | None = None,
+    ) -> bool:
+        """Mail `body` with each non-empty row list attached as CSV (file name -> rows); False
+        when SMTP is not set. SMTP errors propagate: the caller decides what a failed mail means."""
         host = os.environ.get("MEMBERFLOW_SMTP_HOST")
         if not host:
             return False
@@ -33,14 +48,12 @@ class ErrorReportMailer(dg.ConfigurableResource):
         message["From"] = os.environ.get("MEMBERFLOW_SMTP_FROM", self.sender_default)
         message["To"] = to
         message["Subject"] = subject
-        listing = "\n".join(
-            f"- {r.get('match_key') or r.get('record_id')}: {r['reason']}" for r in rows[:200]
-        )
-        more = f"\n… and {len(rows) - 200} more (see the attachment)" if len(rows) > 200 else ""
-        message.set_content(f"{summary}\n\n{listing}{more}\n")
-        message.add_attachment(
-            _csv(rows).encode("utf-8"), maintype="text", subtype="csv", filename="failed.csv"
-        )
+        message.set_content(body)
+        for name, rows in (attachments or {}).items():
+            if rows:
+                message.add_attachment(
+                    _csv(rows).encode("utf-8"), maintype="text", subtype="csv", filename=name
+                )
         port = int(os.environ.get("MEMBERFLOW_SMTP_PORT", "25"))
         with smtplib.SMTP(host, port, timeout=30) as smtp:
             if os.environ.get("MEMBERFLOW_SMTP_STARTTLS", "").lower() in ("1", "true", "yes"):

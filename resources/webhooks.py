@@ -15,7 +15,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-EventKind = Literal["create", "update", "delete"]
+# "feedback": a target's feedback (resources/feedback.py) kept in the same kind of store; its
+# entity is the feedback kind, its record id the feedback key, its payload Feedback.to_payload().
+EventKind = Literal["create", "update", "delete", "feedback"]
 # A record id meaning "this entity changed in a way the body does not pin down to one record"
 # (e.g. a delete that carries only an id the API cannot be asked about): the run reads the
 # entity again the way a regular run does (a full-scan entity is scanned whole).
