@@ -112,8 +112,18 @@ def demo(customers: int, seed: int) -> None:
 @click.argument("name")
 @click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), help="Backfill start day.")
 @click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), help="Backfill end day.")
-def sync(name: str, start: object, end: object) -> None:
-    """Run one integration now: incremental, or a backfill over --from .. --to (X5)."""
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Read the members whole (a full sync), not changes since the cursor.",
+)
+@click.option(
+    "--include-optional",
+    is_flag=True,
+    help="Also read the entities the source leaves to manual runs (e.g. costly CRM interests).",
+)
+def sync(name: str, start: object, end: object, full: bool, include_optional: bool) -> None:
+    """Run one integration now: incremental, a full sync, or a backfill over --from .. --to."""
     import dagster as dg
 
     from app import runner
@@ -131,7 +141,15 @@ def sync(name: str, start: object, end: object) -> None:
     defs = build_definitions(integrations)
     first: date | None = start.date() if start else None  # type: ignore[attr-defined]
     last: date | None = end.date() if end else None  # type: ignore[attr-defined]
-    result = runner.run_sync(defs, chosen[0], dg.DagsterInstance.get(), start=first, end=last)
+    result = runner.run_sync(
+        defs,
+        chosen[0],
+        dg.DagsterInstance.get(),
+        start=first,
+        end=last,
+        run_config=runner.optional_entities_config(chosen[0]) if include_optional else None,
+        full=full,
+    )
     summary = runner.summarise(result)
     for asset, meta in summary.assets.items():
         shown = {k: v for k, v in meta.items() if not isinstance(v, str) or len(v) < 80}
@@ -160,24 +178,36 @@ def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | N
 
     import uvicorn
 
-    from app.receiver import ReceiverSetupError, build_app, capabilities_of, register
+    from app.receiver import (
+        ReceiverSetupError,
+        build_app,
+        capabilities_of,
+        feedback_hooks_of,
+        register,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     integrations = _chosen(load_all(), [n for name in names for n in name.split(",") if n])
     try:
         capabilities = capabilities_of(integrations)
+        feedback = feedback_hooks_of(integrations)
     except ReceiverSetupError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    if not capabilities:
+    if not capabilities and not feedback:
         click.echo("no integration has webhooks on; nothing to receive", err=True)
         sys.exit(2)
     if register_url:
-        for line in register([i for i in integrations if i.name in capabilities], register_url):
+        hooked = [i for i in integrations if i.name in capabilities or i.name in feedback]
+        for line in register(hooked, register_url):
             click.echo(line)
     for name in sorted(capabilities):
         click.echo(f"receiving {name} at http://{host}:{port}/webhooks/{name}")
-    uvicorn.run(build_app(capabilities), host=host, port=port, log_level="warning")
+    for name in sorted(feedback):
+        click.echo(f"receiving {name} feedback at http://{host}:{port}/webhooks/{name}/feedback")
+    uvicorn.run(
+        build_app(capabilities, feedback=feedback), host=host, port=port, log_level="warning"
+    )
 
 
 @main.command()

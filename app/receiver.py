@@ -1,12 +1,15 @@
 """`memberflow receiver`: the ASGI app that accepts sources' webhooks (served by uvicorn).
 
-POST /webhooks/<integration> is answered 200 only once the delivery's events are committed to
-the integration's webhook store, so a vendor that got its 2xx never loses an event; every
-refusal stores nothing. In order: an integration without a webhook capability is 404, a body
-over the capability's limit 413 (by Content-Length, and counted while reading a chunked body),
-a failed verification 401, an unreadable body 400, a body stored before (same sha256) 409. A
+POST /webhooks/<integration> (the source's change webhooks) and POST
+/webhooks/<integration>/feedback (the target's feedback: unsubscribes, clicks, bounces) are
+answered 200 only once the delivery's events are committed to the integration's store, so a
+vendor that got its 2xx never loses an event; every refusal stores nothing. In order: an
+integration without a webhook capability is 404, a body over the capability's limit 413 (by
+Content-Length, and counted while reading a chunked body), a failed verification 401, an
+unreadable body 400; a body stored before (same sha256) is answered 200 `{"stored": 0}`. A
 sensor then turns stored events into a run that reads the named records again
-(pipelines/webhook_sensor.py); the receiver itself never calls the source.
+(pipelines/webhook_sensor.py), or carries the feedback into the warehouse and the source
+(pipelines/feedback_sensor.py); the receiver itself never calls a vendor.
 
 Each delivery logs one line: integration, status, size, event kinds and record ids, never
 the headers (secrets) or a payload (member emails and phones).
@@ -27,7 +30,13 @@ from starlette.routing import Route
 
 from memberflow.config import Integration
 from memberflow.masking import mask_text
-from memberflow.webhook_store import WebhookStore, webhook_capability
+from memberflow.webhook_store import (
+    WebhookStore,
+    feedback_events,
+    feedback_webhook,
+    webhook_capability,
+)
+from resources.feedback import FeedbackWebhook
 from resources.webhooks import WebhookCapability, WebhookEvent, WebhookRefused
 
 log = logging.getLogger("memberflow.receiver")
@@ -56,17 +65,64 @@ def capabilities_of(integrations: list[Integration]) -> dict[str, WebhookCapabil
     return found
 
 
+def feedback_hooks_of(integrations: list[Integration]) -> dict[str, FeedbackWebhook]:
+    """Integration name -> its target's feedback webhook, for those whose list pushes one."""
+    found = {}
+    for integration in integrations:
+        try:
+            hook = feedback_webhook(integration)
+        except Exception as exc:  # e.g. the token's env var is missing: say which integration
+            raise ReceiverSetupError(f"{integration.name}: feedback webhook: {exc}") from exc
+        if hook is not None:
+            found[integration.name] = hook
+    return found
+
+
 def build_app(
     capabilities: Mapping[str, WebhookCapability],
     store_for: StoreFor = WebhookStore.for_integration,
+    feedback: Mapping[str, FeedbackWebhook] | None = None,
+    feedback_store_for: StoreFor = WebhookStore.for_feedback,
 ) -> Starlette:
-    """The receiver for these integrations (name -> capability); tests pass fakes here."""
+    """The receiver for these integrations (name -> capability, name -> feedback webhook);
+    tests pass fakes here."""
     stores: dict[str, WebhookStore] = {}
+    feedback = feedback or {}
 
     def store(name: str) -> WebhookStore:
         if name not in stores:
             stores[name] = store_for(name)
         return stores[name]
+
+    def feedback_store(name: str) -> WebhookStore:
+        key = f"feedback:{name}"
+        if key not in stores:
+            stores[key] = feedback_store_for(name)
+        return stores[key]
+
+    async def receive_feedback(request: Request) -> JSONResponse:
+        name = request.path_params["integration"]
+        hook = feedback.get(name)
+        label = f"{name}/feedback"
+        if hook is None:
+            return _answer(label, 404, "no feedback webhook for this integration")
+        try:
+            body = await _read_body(request, hook.max_body_bytes)
+        except _TooLarge:
+            return _answer(label, 413, f"body over {hook.max_body_bytes} bytes")
+        try:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            hook.verify(headers, body, dict(request.query_params))
+            events = feedback_events(hook.parse(body))
+        except WebhookRefused as refused:
+            return _answer(label, refused.status, refused.message, size=len(body))
+        digest = hashlib.sha256(body).hexdigest()
+        stored = await run_in_threadpool(
+            feedback_store(name).add, digest, events, datetime.now(UTC)
+        )
+        if stored is None:
+            return _answer(label, 200, "replay: nothing stored", size=len(body), stored=0)
+        return _answer(label, 200, _describe(events), size=len(body), stored=stored)
 
     async def receive(request: Request) -> JSONResponse:
         name = request.path_params["integration"]
@@ -99,10 +155,13 @@ def build_app(
         return _answer(name, 200, _describe(events), size=len(body), stored=stored)
 
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse({"ok": True, "integrations": sorted(capabilities)})
+        return JSONResponse(
+            {"ok": True, "integrations": sorted(capabilities), "feedback": sorted(feedback)}
+        )
 
     return Starlette(
         routes=[
+            Route("/webhooks/{integration}/feedback", receive_feedback, methods=["POST"]),
             Route("/webhooks/{integration}", receive, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
@@ -135,16 +194,25 @@ def _answer(
 
 
 def _describe(events: list[WebhookEvent]) -> str:
-    """`stored 2 events: update passes 17145, delete passes 9` (ids only, at most ten)."""
-    listed = ", ".join(f"{e.kind} {e.entity} {e.record_id}" for e in events[:10])
+    """`stored 2 events: update passes 17145, delete passes 9` (ids only, at most ten; a
+    feedback event by its kind and key, never its email)."""
+    listed = ", ".join(
+        f"{e.entity} {e.record_id}"
+        if e.kind == "feedback"
+        else f"{e.kind} {e.entity} {e.record_id}"
+        for e in events[:10]
+    )
     more = f" (+{len(events) - 10} more)" if len(events) > 10 else ""
     return f"stored {len(events)} events: {listed}{more}" if events else "stored 0 events"
 
 
 def register(integrations: list[Integration], base_url: str) -> list[str]:
-    """Ask each webhook-enabled source to send its hooks to this receiver; lines to print."""
+    """Ask each webhook-enabled source, and each target with feedback webhooks, to send its
+    hooks to this receiver; lines to print."""
     lines = []
     for integration in integrations:
+        if feedback_webhook(integration) is not None:
+            lines.append(_register_feedback(integration, base_url))
         if webhook_capability(integration) is None:
             continue
         url = f"{base_url.rstrip('/')}/webhooks/{integration.name}"
@@ -159,3 +227,16 @@ def register(integrations: list[Integration], base_url: str) -> list[str]:
         kinds = ", ".join(added) if added else "none new"
         lines.append(f"{integration.name}: hooks to {url} ({kinds})")
     return lines
+
+
+def _register_feedback(integration: Integration, base_url: str) -> str:
+    url = f"{base_url.rstrip('/')}/webhooks/{integration.name}/feedback"
+    client = integration.target.resource().client()
+    try:
+        added = client.ensure_webhooks(url)
+    except NotImplementedError:
+        return f"{integration.name}: register {url} at {integration.target.kind} by hand"
+    finally:
+        client.close()
+    kinds = ", ".join(added) if added else "none new"
+    return f"{integration.name}: feedback hooks to {url} ({kinds})"

@@ -40,6 +40,7 @@ def run_sync(
     end: date | None = None,
     run_config: dict[str, Any] | None = None,
     quiet: bool = False,
+    full: bool = False,
 ) -> dg.ExecuteInProcessResult:
     """One sync: a backfill over [start, end] when given, else an incremental run like a tick.
 
@@ -55,7 +56,8 @@ def run_sync(
         tags["dagster/asset_partition_range_start"] = start.isoformat()
         tags["dagster/asset_partition_range_end"] = end.isoformat()
     else:
-        tags[naming.MODE_TAG] = naming.INCREMENTAL
+        if not full:  # a full sync reads the members whole, like a run launched in the UI
+            tags[naming.MODE_TAG] = naming.INCREMENTAL
         today = datetime.now(UTC).date()  # partitions are UTC days, like the sensor's
         partition_key = today.isoformat() if integration.tracking else None
     config = dict(run_config or {})
@@ -68,6 +70,14 @@ def run_sync(
         run_config=config,
         raise_on_error=False,
     )
+
+
+def optional_entities_config(integration: Integration) -> dict[str, Any]:
+    """Run config that makes every extract of the integration read its optional entities too."""
+    from pipelines.webhook_sensor import extract_op_names
+
+    config = {"config": {"include_optional": True}}
+    return {"ops": {name: config for name in extract_op_names(integration)}}
 
 
 @dataclass
