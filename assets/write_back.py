@@ -9,8 +9,6 @@ unsubscribes the target answered while being written) into the warehouse, decide
 written back through the source's write-back capability (memberflow/write_back.py).
 """
 
-from __future__ import annotations
-
 import smtplib
 from datetime import UTC, datetime, timedelta
 from typing import Any

@@ -1,0 +1,87 @@
+"""The feedback sensor and job: stored feedback -> one run of the feedback job, never beside
+another run of the list (AF7); no sensor, job or asset for a list that reports nothing back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from memberflow.config import INTEGRATIONS_DIR, load_all
+from memberflow.webhook_store import WebhookStore, feedback_events
+from pipelines.factory import build_definitions
+from resources.feedback import Feedback, FeedbackWebhook
+
+
+class Hook(FeedbackWebhook):
+    def verify(self, headers: Mapping[str, str], body: bytes, query: object = None) -> None:
+        return None
+
+    def parse(self, body: bytes) -> list[Feedback]:
+        return []
+
+
+@pytest.fixture
+def setup(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    (integration,) = load_all([INTEGRATIONS_DIR / "demo_flexpos.yaml"])
+    for name in [*integration.source.env_vars(), *integration.target.env_vars()]:
+        monkeypatch.setenv(name, "unused")  # resources are built, no call is made
+    monkeypatch.setattr(type(integration.target), "feedback_webhook", lambda self: Hook())
+    defs = build_definitions([integration])
+    sensor = defs.resolve_sensor_def("demo_flexpos_feedback_sensor")
+    with dg.instance_for_test() as instance:
+
+        def tick():
+            context = dg.build_sensor_context(
+                instance=instance,
+                resources=defs.resources,
+                repository_def=defs.get_repository_def(),
+            )
+            return sensor.evaluate_tick(context)
+
+        yield defs, tick, WebhookStore.for_feedback("demo_flexpos"), instance, integration
+
+
+def test_no_feedback_sensor_or_asset_for_a_list_that_reports_nothing_back():
+    defs = build_definitions(load_all([INTEGRATIONS_DIR / "demo_flexpos.yaml"]))
+    assert [s.name for s in defs.sensors] == ["demo_flexpos_sensor"]  # type: ignore[union-attr]
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert not any(k.endswith("feedback_applied") for k in keys)
+
+
+def test_pending_feedback_requests_one_feedback_run(setup):
+    defs, tick, store, _, _ = setup
+    result = tick()
+    assert not result.run_requests and "no pending" in (result.skip_message or "")
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    store.add("b1", feedback_events([Feedback("unsubscribed", "a@x.dk", "1", at)]), at)
+    (request,) = tick().run_requests
+    assert request.run_key == "feedback-1"
+    assert defs.resolve_sensor_def("demo_flexpos_feedback_sensor").job_name == (
+        "feedback_demo_flexpos"
+    )
+    job = defs.resolve_job_def("feedback_demo_flexpos")
+    assert [k.to_user_string() for k in job.asset_layer.selected_asset_keys] == [
+        "demo_flexpos/feedback_applied"
+    ]
+    sync = defs.resolve_job_def("sync_demo_flexpos")
+    assert dg.AssetKey(["demo_flexpos", "feedback_applied"]) in sync.asset_layer.selected_asset_keys
+
+
+def test_no_feedback_run_beside_another_run_of_the_list(setup):
+    _, tick, store, instance, integration = setup
+    at = datetime(2026, 11, 30, tzinfo=UTC)
+    store.add("b1", feedback_events([Feedback("unsubscribed", "a@x.dk", "1", at)]), at)
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="sync_demo_flexpos",
+            run_id="in-flight",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"memberflow/list": integration.list_key},
+        )
+    )
+    result = tick()
+    assert not result.run_requests
