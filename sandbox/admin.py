@@ -11,8 +11,8 @@ misreads them fails here as it would at an accountancy office's server:
   [I]) is 403 "You are throttling the system".
 - AD-A4: lists are plain JSON arrays, `per_page` (default DefaultRecordsPerPage, above
   MaxRecordsPerPage a 400), the next page in `Link: <absolute url>; rel="next"` (the page number
-  in `page` [I]); an empty list is 204 without a body, an empty *filtered* list 404
-  "Nothing found". A URL longer than 2048 characters is 414.
+  in `page` [I]; any other query parameter is 400); an empty list is 204 without a body, an
+  empty *filtered* list 404 "Nothing found". A URL longer than 2048 characters is 414.
 - `Filter=`: the SDK syntax, see `parse_filter`; string comparison is case-insensitive (SQL
   Anywhere's default); an unknown field or a bad expression is 400.
 - Customers: GET list/one (no address fields), POST create (201 with the created customer), PUT
@@ -80,6 +80,7 @@ LANGUAGE_LIST_ID = 19  # section 2.2: list 19 = languages
 CHANGES_CAP = 1000  # AD-A6: the SDK's "technical maximum" per call
 MAX_URI = 2048
 RATE_WINDOW = 60.0  # AD-A3: seconds
+QUERY_PARAMS = {"Filter", "per_page", "page"}  # [I] any other (e.g. `filter`) is a 400
 BRUSSELS = ZoneInfo("Europe/Brussels")
 DEFAULT_SETTINGS: dict[str, int] = {
     "DefaultRecordsPerPage": 100,
@@ -306,9 +307,11 @@ class _Parser:
             negate = op == "not"
             return lambda row: _known(row, name, kind, lambda v: (v in values) != negate)
         if op == "is":
-            negate = self._peek() is not None and self._peek()[1].lower() == "not"  # type: ignore[index]
-            self.pos += negate
-            if self._take("word", "'null'").lower() != "null":
+            word = self._take("word", "'null' or 'not null'").lower()
+            negate = word == "not"
+            if negate:
+                word = self._take("word", "'null'").lower()
+            if word != "null":
                 raise _bad("Invalid filter: expected 'is null' or 'is not null'")
             return lambda row: (row.get(name) is None) != negate
         raise _bad(f"Invalid filter: unknown operator '{op}'")
@@ -387,6 +390,7 @@ def _check_value(name: str, kind: str, value: Any) -> None:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "datetime": isinstance(value, str) and bool(_DATETIME.match(value)),
+        "date": isinstance(value, str) and bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)),
     }[kind]
     if not valid:
         raise _bad(f"The value {json.dumps(value)} is not valid for {name}")
@@ -613,6 +617,9 @@ class AdminState:
                     raise AdminError(405, f"The resource does not support '{request.method}'")
                 if handler != self._token:
                     self._admit(request)
+                unknown = sorted(set(request.query_params) - QUERY_PARAMS)
+                if unknown:
+                    raise _bad(f"Unknown query parameter '{unknown[0]}'")
                 body = await _body(request) if request.method in ("POST", "PUT") else None
                 with self._lock:
                     return handler(request, body)

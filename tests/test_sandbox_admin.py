@@ -187,6 +187,7 @@ def test_default_page_size_and_the_maximum(http):
     answer = http.get("/customers", params={"per_page": 1001})
     assert answer.status_code == 400 and set(answer.json()) == {"ErrorMessage"}
     assert http.get("/customers", params={"per_page": "x"}).status_code == 400
+    assert http.get("/customers", params={"filter": "CustomerId eq 1"}).status_code == 400
 
 
 def test_empty_list_is_204_and_an_empty_filtered_lookup_is_404(http, admin):
