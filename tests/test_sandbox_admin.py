@@ -562,7 +562,8 @@ def test_office_changes_through_control_routes_write_the_change_log(admin, contr
     assert row.json()[0]["kantoor"] == "Brugge"
     httpx.post(f"{control}/relations/{cid}", json={"IsActive": False})
     assert http.get(f"/customers/{cid}").json()["IsActive"] is False
-    assert httpx.post(f"{control}/relations/{cid}", json={"Colour": "red"}).status_code == 400
+    for bad in ({"Colour": "red"}, {"IsActive": "no"}, {"klant_sinds": "gisteren"}):
+        assert httpx.post(f"{control}/relations/{cid}", json=bad).status_code == 400
     assert httpx.delete(f"{control}/relations/{cid}").status_code == 200
     assert admin.changes[-1]["ActionType"] == "DELETE" and admin.changes[-1]["Id"] == cid
     assert http.get(f"/customers/{cid}").status_code == 404
