@@ -40,7 +40,7 @@ from pydantic import ConfigDict, Field
 
 from resources import paging
 from resources.base import CallCounter, ListField, RemoteMember, UncertainOutcome, VendorError
-from resources.call_ledger import MonthlyCallLedger
+from resources.call_ledger import MonthlyBudgetSpent, MonthlyCallLedger
 from resources.feedback import Feedback
 from resources.flexmail_webhook import EVENTS, FlexmailFeedbackWebhook, feedback_detail
 from resources.flexmail_wire import (
@@ -702,7 +702,9 @@ def _classify(response: httpx.Response) -> Literal["final"] | None:
 
 def _fatal(exc: VendorError) -> bool:
     """Failures no member ack describes: bad credentials, or the month's calls spent."""
-    return exc.status in _AUTH_FAILURES or exc.status == 429 and is_monthly_cap(429, exc.body)
+    if isinstance(exc, MonthlyBudgetSpent) or exc.status in _AUTH_FAILURES:
+        return True
+    return is_monthly_cap(exc.status, exc.body)
 
 
 def _email(change: MemberChange) -> str:

@@ -58,8 +58,10 @@ def hal_collection(body: Any) -> Collection:
     if not isinstance(body, dict):
         raise ValueError("collection answer is not an object")
     embedded = body.get("_embedded")
-    rows: Any = [] if embedded is None else (embedded or {}).get("item", [])
-    if not isinstance(embedded, dict | None) or not isinstance(rows, list):
+    if embedded is not None and not isinstance(embedded, dict):
+        raise ValueError("collection with an unreadable _embedded")
+    rows = (embedded or {}).get("item", [])
+    if not isinstance(rows, list):
         raise ValueError("collection with an unreadable _embedded.item")
     items = [row for row in rows if isinstance(row, dict)]
     total = as_int(body.get("total"))
