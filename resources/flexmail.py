@@ -30,7 +30,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -81,6 +81,7 @@ PAGE_SIZE = 500  # §2.4: the largest `limit`
 IMPORT_CHUNK = 1000  # FM-A8: records per POST
 BULK_THRESHOLD = 500  # FM-A8: creates in one call from which an import is used
 POLL_TIMEOUT = 1800.0  # an import still running after this leaves its members without a verdict
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # "everything" for FM-A12's required `since`
 POLLS_GUESSED = 3  # estimate_calls: polls of one import
 _FINISHED = frozenset({"completed", "failed"})  # FM-A8 import statuses that end the polling
 _AUTH_FAILURES = frozenset({401, 403})
@@ -235,7 +236,7 @@ class FlexmailClient(TargetClient):
         if self._webhook_token is None:
             raise ValueError("flexmail webhooks need webhook_token_env (the verification token)")
         present: set[str] = set()
-        for hook in self._rows("/webhooks", "webhooks", paged=False):
+        for hook in self._rows("/webhooks", "webhooks"):
             event = str(hook.get("event_name") or "")
             if event not in EVENTS:
                 continue
@@ -267,7 +268,7 @@ class FlexmailClient(TargetClient):
         """FM-A12 legacy bounces at or after `since` (none without a legacy token)."""
         if self._legacy_token is None:
             return
-        params = {"since": as_utc(since).isoformat()} if since is not None else {}
+        params = {"since": as_utc(since or EPOCH).isoformat()}  # FM-A12: `since` is required
         rows = self._call(
             "GET",
             "/legacy/bounces",

@@ -95,8 +95,9 @@ def problem_reason(exc: VendorError) -> str:
         for v in (violations if isinstance(violations, list) else [])
         if isinstance(v, dict)
     ]
-    said = detail(exc)
-    return f"{said} ({'; '.join(parts)})" if parts else said
+    said_ = detail(exc)
+    extra = [part for part in parts if part not in said_]  # some details list them already
+    return f"{said_} ({'; '.join(extra)})" if extra else said_
 
 
 def said(exc: VendorError, words: str) -> bool:
