@@ -13,17 +13,33 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
 import resources.flexmail as flexmail_module
 from resources.base import VendorError
 from resources.call_ledger import MonthlyBudgetSpent, MonthlyCallLedger
 from resources.feedback import Feedback
 from resources.flexmail import FlexmailClient, FlexmailTarget
-from resources.flexmail_webhook import FlexmailFeedbackWebhook
+from resources.flexmail_webhook import EVENTS, FlexmailFeedbackWebhook
 from resources.flexmail_wire import LanguageMap, hal_collection, wire_contact
 from resources.registry import parse_target
 from resources.target import MemberChange, WritePolicy
 from resources.webhooks import WebhookRefused
+from sandbox.flexmail import (
+    EMULATOR,
+    FLEXMAIL_ACCOUNT_ID,
+    FLEXMAIL_LEGACY_TOKEN,
+    FLEXMAIL_TOKEN,
+    FLEXMAIL_WEBHOOK_TOKEN,
+    MONTHLY_DETAIL,
+    SEED_BLACKLISTED,
+    SEED_CONTACTS,
+    FlexmailState,
+)
+from tests.asgi import served
 
 ACCOUNT = "D-4711"
 TOKEN = "pat-secret-token"
@@ -761,3 +777,308 @@ def test_section_parses_and_builds_webhook_from_env(monkeypatch):
                 "unknown": 1,
             }
         )
+
+
+# === against the Flexmail emulator, over real sockets ============================================
+
+EMULATED_ACCOUNT = f"D-{FLEXMAIL_ACCOUNT_ID}"  # as Admin shows it; the client strips the D-
+AN, SOPHIE, JAN, MARIE = (row[0] for row in SEED_CONTACTS)
+PIETER = SEED_BLACKLISTED[0]
+
+
+def emulator_app(state: FlexmailState) -> Starlette:
+    """The emulator's API under /flexmail and its control routes under /_sandbox/flexmail."""
+    control = Mount("/_sandbox/flexmail", routes=EMULATOR.control_routes(state))
+    return Starlette(routes=[*EMULATOR.routes(state), control])
+
+
+@pytest.fixture(scope="module")
+def emulated() -> Iterator[tuple[str, FlexmailState]]:
+    state = FlexmailState(rate_limits=False)
+    with served(emulator_app(state)) as url:
+        yield url, state
+
+
+@pytest.fixture
+def fm(emulated) -> Iterator[FlexmailState]:
+    state = emulated[1]
+    state.reset(monthly=True)
+    state.import_delay = 0.0
+    state.retry_delays = (0.01, 0.01, 0.01)
+    yield state
+    state.wait_for_deliveries()
+
+
+@pytest.fixture
+def live(emulated, fm, sleeps, tmp_path) -> Iterator:
+    made: list[FlexmailClient] = []
+
+    def build(**kwargs: Any) -> FlexmailClient:
+        options: dict[str, Any] = {
+            "base_url": emulated[0] + "/flexmail",
+            "account": EMULATED_ACCOUNT,
+            "token": FLEXMAIL_TOKEN,
+            "legacy_token": FLEXMAIL_LEGACY_TOKEN,
+            "webhook_token": FLEXMAIL_WEBHOOK_TOKEN,
+            "source_id": 1,
+            "languages": LANGUAGES,
+            "requests_per_minute": None,
+            "poll_seconds": 0.01,
+            "budget_dir": tmp_path / "budget",
+            "sleep": sleeps,
+            **kwargs,
+        }
+        client = FlexmailClient(**options)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+def test_emulator_connection_with_the_d_prefixed_account(live, fm):
+    client = live()
+    client.check_connection()
+    assert fm.request_count("GET /sources") == 1
+    with pytest.raises(VendorError) as refused:
+        live(token="wrong").check_connection()
+    assert refused.value.status == 401 and "wrong" not in str(refused.value)
+    fields = live().target_fields()
+    assert fields["klant_sinds"].format == "date" and fields["diensten"].format == "multi"
+
+
+def test_emulator_single_writes_every_branch(live, fm):
+    client = live()
+    acks = write(
+        client,
+        [
+            change(
+                "Nieuw.Lid@Boekhouding.be",
+                values={
+                    "email": "Nieuw.Lid@Boekhouding.be",
+                    "first_name": "Wout",
+                    "name": "De Smet",
+                    "language": "F",
+                    "klant_sinds": "2019-03-01",
+                    "aantal_werknemers": "12",
+                    "diensten": ["Boekhouding", "Fiscaal advies"],
+                    "kantoor": None,
+                },
+                groups=("Btw", "Fiscaliteit", "Onbestaand"),
+            ),
+            change(AN, values={"email": AN, "first_name": "Anneke"}),  # only on Flexmail: 409
+            change(PIETER),  # blacklisted: 409, never re-subscribed
+            change(
+                "fout@boekhouding.be",
+                values={"email": "fout@boekhouding.be", "aantal_werknemers": "veel"},
+            ),
+        ],
+    )
+    new = acks["Nieuw.Lid@Boekhouding.be"]
+    assert new.outcome == "created"
+    assert new.dropped == (("groups", "no Flexmail interest named 'Onbestaand': not added"),)
+    stored = fm.contact("nieuw.lid@boekhouding.be")
+    assert stored["id"] == int(new.member_id) and stored["language"] == "fr"
+    assert stored["custom_fields"] == {
+        "klant_sinds": "2019-03-01",
+        "aantal_werknemers": 12,
+        "diensten": ["Boekhouding", "Fiscaal advies"],
+    }
+    assert fm.interest_names("nieuw.lid@boekhouding.be") == {"Btw", "Fiscaliteit"}
+    assert acks[AN].outcome == "updated" and fm.contact(AN)["first_name"] == "Anneke"
+    assert acks[AN].member_id == str(fm.contact(AN)["id"])
+    assert acks[PIETER].outcome == "unsubscribed" and fm.contact(PIETER) is None
+    assert acks["fout@boekhouding.be"].outcome == "created"  # the bad number is dropped
+    assert acks["fout@boekhouding.be"].dropped[0][0] == "aantal_werknemers"
+
+
+def test_emulator_refusal_names_the_violation(live, fm):
+    ack = write(live(), [change("geen-adres")])["geen-adres"]
+    assert ack.outcome == "refused" and "email" in ack.reason and "valid email" in ack.reason
+
+
+def test_emulator_update_groups_and_remove(live, fm):
+    client = live()
+    made = write(client, [change("lid@kantoor.be", groups=("Btw", "Sociaal recht"))])
+    contact_id = made["lid@kantoor.be"].member_id
+    acks = write(
+        client,
+        [
+            change(
+                "lid@kantoor.be",
+                "update",
+                member_id=contact_id,
+                values={"email": "lid@kantoor.be", "name": "Wouters"},
+                groups=("Btw", "Fiscaliteit"),
+                groups_added=("Fiscaliteit", "Btw"),
+                groups_removed=("Sociaal recht",),
+            ),
+            change(JAN, "remove", member_id=str(fm.contact(JAN)["id"]), values={}),
+            change(PIETER, "remove", values={}),  # blacklisted: not listed, so gone already
+        ],
+    )
+    assert acks["lid@kantoor.be"].outcome == "updated"
+    assert fm.contact("lid@kantoor.be")["name"] == "Wouters"
+    assert fm.interest_names("lid@kantoor.be") == {"Btw", "Fiscaliteit"}
+    assert acks[JAN].outcome == acks[PIETER].outcome == "removed" and fm.contact(JAN) is None
+    assert fm.request_count("DELETE /contacts/{id}") == 1
+
+
+def test_emulator_bulk_import_first_sync(live, fm, sleeps):
+    client = live(bulk_threshold=5)
+    emails = [f"lid{n:02d}@kantoor-{n % 3}.be" for n in range(7)]
+    changes = [change(e, groups=("Btw",) if e.startswith("lid00") else None) for e in emails]
+    changes += [
+        change(PIETER),
+        change(SOPHIE, values={"email": SOPHIE, "first_name": "Sophie", "language": "F"}),
+    ]
+    fm.import_delay = 0.0
+    acks = write(client, changes)
+    assert {e: acks[e].outcome for e in emails} == dict.fromkeys(emails, "created")
+    assert acks[PIETER].outcome == "unsubscribed" and fm.contact(PIETER) is None
+    assert acks[SOPHIE].outcome == "created" and acks[SOPHIE].member_id == str(
+        fm.contact(SOPHIE)["id"]
+    )  # an import updates an existing address
+    assert fm.request_count("POST /contacts/imports") == 1
+    assert fm.request_count("PATCH /contacts/imports/{import_id}") == 1
+    assert fm.request_count("POST /contacts") == 1  # only the blacklisted one, for its verdict
+    assert fm.interest_names(emails[0]) == {"Btw"}
+    assert all(acks[e].member_id == str(fm.contact(e)["id"]) for e in emails)
+    assert client.run_figures()["imports"] == 1 and client.run_figures()["import_records"] == 9
+
+
+def test_emulator_listing_and_count(live, fm):
+    client = live()
+    members = {m.email: m for m in client.iter_members(None)}
+    assert set(members) == {AN, SOPHIE, JAN, MARIE}  # the blacklisted address is not listed
+    assert members[SOPHIE].fields["language"] == "F" and members[AN].fields["language"] == "N"
+    assert members[SOPHIE].fields["kantoor"] == "Namur"
+    assert client.member_count() == 4
+
+
+class FeedbackReceiver:
+    """memberflow's side of FM-A9 in miniature: verify, parse, answer like the receiver."""
+
+    def __init__(self, token: str) -> None:
+        self.hook = FlexmailFeedbackWebhook(token)
+        self.feedback: list[Feedback] = []
+        self.answers: list[int] = []
+        self.app = Starlette(routes=[Route("/feedback", self.receive, methods=["POST"])])
+
+    async def receive(self, request: Request) -> Response:
+        body = await request.body()
+        try:
+            self.hook.verify(dict(request.headers), body)
+            self.feedback += self.hook.parse(body)
+        except WebhookRefused as refused:
+            self.answers.append(refused.status)
+            return Response(status_code=refused.status)
+        self.answers.append(200)
+        return Response(status_code=200)
+
+
+def test_emulator_webhooks_registered_once_and_deliveries_parsed(live, fm, emulated):
+    receiver = FeedbackReceiver(FLEXMAIL_WEBHOOK_TOKEN)
+    client = live()
+    with served(receiver.app) as url:
+        target = f"{url}/feedback"
+        assert client.ensure_webhooks(target) == list(EVENTS)
+        assert live().ensure_webhooks(target) == []
+        control = f"{emulated[0]}/_sandbox/flexmail"
+        httpx.post(
+            f"{control}/click",
+            json={
+                "email": AN,
+                "campaign_id": 5102,
+                "campaign_name": "Nieuwsbrief november",
+                "link_url": "https://kantoor.be/btw",
+            },
+        )
+        fm.wait_for_deliveries()
+        httpx.post(f"{control}/redeliver", json={"delivery_id": "last", "times": 2})
+        fm.wait_for_deliveries()
+        httpx.post(f"{control}/unsubscribe", json={"email": SOPHIE})
+        fm.wait_for_deliveries()
+    clicks = [f for f in receiver.feedback if f.kind == "clicked"]
+    assert len(clicks) == 3 and len({f.key for f in clicks}) == 1  # one click, three deliveries
+    assert clicks[0].detail == {
+        "campaign_id": "5102",
+        "campaign_name": "Nieuwsbrief november",
+        "link_url": "https://kantoor.be/btw",
+    }
+    (gone,) = [f for f in receiver.feedback if f.kind == "unsubscribed"]
+    assert gone.email == SOPHIE and gone.member_id is not None
+
+
+def test_emulator_forged_delivery_is_refused(live, fm, emulated):
+    receiver = FeedbackReceiver("the-real-token")
+    with served(receiver.app) as url:
+        live().ensure_webhooks(f"{url}/feedback")  # registered with another token
+        fm.retry_delays = ()
+        httpx.post(f"{emulated[0]}/_sandbox/flexmail/click", json={"email": AN})
+        fm.wait_for_deliveries()
+    assert receiver.answers == [401] and receiver.feedback == []
+
+
+def test_emulator_legacy_bounces_match_the_webhook(live, fm, emulated, monkeypatch):
+    # one second for the record and the webhook, after the seeded bounce
+    monkeypatch.setattr(fm, "clock", lambda: 1_800_000_000.0)
+    receiver = FeedbackReceiver(FLEXMAIL_WEBHOOK_TOKEN)
+    with served(receiver.app) as url:
+        live().ensure_webhooks(f"{url}/feedback")
+        httpx.post(
+            f"{emulated[0]}/_sandbox/flexmail/bounce",
+            json={"email": JAN, "bounce_type": "hard", "campaign_id": 5102},
+        )
+        fm.wait_for_deliveries()
+    monkeypatch.undo()
+    bounces = list(live().iter_feedback(None))
+    assert sorted(b.email for b in bounces) == sorted([MARIE, JAN])  # the seeded one too
+    (pushed,) = receiver.feedback
+    (read,) = [b for b in bounces if b.email == JAN]
+    assert read.key == pushed.key and read.detail == {"bounce_type": "hard", "campaign_id": "5102"}
+    since = datetime.fromtimestamp(1_800_000_000.0, UTC)
+    assert [b.email for b in live().iter_feedback(since)] == [JAN]
+    with pytest.raises(VendorError) as refused:
+        list(live(legacy_token="wrong").iter_feedback(since))
+    assert refused.value.status == 401 and "wrong" not in str(refused.value)
+
+
+def test_emulator_monthly_cap_is_final(live, fm, sleeps):
+    fm.set_monthly(cap=100, used=100)
+    client = live()
+    with pytest.raises(VendorError) as stopped:
+        write(client, [change("a@kantoor.be"), change("b@kantoor.be")])
+    assert stopped.value.status == 429 and MONTHLY_DETAIL in stopped.value.message
+    assert fm.request_count("POST /contacts") == 1 and sleeps.waits == []
+
+
+def test_emulator_budget_stops_before_the_cap(live, fm):
+    client = live(monthly_call_budget=3)
+    with pytest.raises(MonthlyBudgetSpent):
+        write(client, [change(f"lid{n}@kantoor.be") for n in range(5)])
+    assert fm.request_count("POST /contacts") == 3
+    assert client.rate_budget().left == 0
+
+
+def test_emulator_per_minute_limit_paced_or_waited_out(live, fm):
+    now = [1_795_000_000.0]
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    fm.limiter.clock = lambda: now[0]
+    try:
+        fm.set_per_minute(3)
+        waited = live(sleep=advance)
+        acks = write(waited, [change(f"w{n}@kantoor.be") for n in range(5)])
+        assert {a.outcome for a in acks.values()} == {"created"}
+        assert waited.calls.throttled >= 1  # the server's 429s, waited out by Retry-After
+        fm.set_per_minute(3)
+        paced = live(sleep=advance, clock=lambda: now[0], requests_per_minute=3)
+        acks = write(paced, [change(f"p{n}@kantoor.be") for n in range(5)])
+        assert {a.outcome for a in acks.values()} == {"created"}
+        assert paced.calls.throttled == 0  # our own window kept under theirs
+    finally:
+        fm.limiter.clock = __import__("time").time
