@@ -241,12 +241,14 @@ class FlexmailClient(TargetClient):
             if event not in EVENTS:
                 continue
             same_url = str(hook.get("target_url") or "") == url
-            same_token = hmac.compare_digest(
-                str(hook.get("verification_token") or "").encode(), self._webhook_token.encode()
+            shown = hook.get("verification_token")
+            same_token = isinstance(shown, str) and hmac.compare_digest(
+                shown.encode(), self._webhook_token.encode()
             )
             if not (same_url or same_token):
                 continue  # another system's webhook
-            if same_url and same_token and hook.get("enabled", True) and event not in present:
+            token_ok = same_token or shown is None  # a token not shown back cannot be judged
+            if same_url and token_ok and hook.get("enabled", True) and event not in present:
                 present.add(event)
             else:
                 self._call("DELETE", f"/webhooks/{hook.get('id')}", "webhooks/delete")

@@ -639,6 +639,13 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
             "verification_token": HOOK_TOKEN,
             "enabled": True,
         },  # ours, moved: replaced
+        {
+            "id": 4,
+            "event_name": "contact.clicked",
+            "target_url": url,
+            "verification_token": "an-old-token",
+            "enabled": True,
+        },  # to our url with a stale token: replaced
     ]
     assert client.ensure_webhooks(url) == [
         "contact.unsubscribed",
@@ -653,7 +660,7 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
         "contact.unsubscribed",
     ]
     assert all(h["verification_token"] == HOOK_TOKEN and h["enabled"] for h in ours)
-    assert any(h["id"] == 1 for h in fake.webhooks)
+    assert [h["id"] for h in fake.webhooks if h["id"] < 5] == [1]
     assert client.run_figures()["webhooks_registered"] == 3
 
 
