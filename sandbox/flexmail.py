@@ -209,9 +209,9 @@ class FlexmailState(PushesWebhooks):
         self.requests: Counter[str] = Counter()  # "GET /contacts/{id}" -> requests
         self._next_id = 310_001
         for email, first, last, language, custom in SEED_CONTACTS:
-            self._add(email, language, first, last, dict(custom), [])
+            self._add(_seed_values(email, first, last, language, custom), [])
         email, first, last, language = SEED_BLACKLISTED
-        self._add(email, language, first, last, {}, [])
+        self._add(_seed_values(email, first, last, language, {}), [])
         self.blacklist[email] = self.clock() - 40 * 86400
         self.bounces.append(
             {
@@ -349,14 +349,7 @@ class FlexmailState(PushesWebhooks):
                 required=("email", "language"),
             )
             self._check_free(values["email"])
-            made = self._add(
-                values["email"],
-                values["language"],
-                values.get("first_name"),
-                values.get("name"),
-                {},
-                [],
-            )
+            made = self._add(values, [])
             self.emit("contact.created", made)
             return made
 
@@ -412,14 +405,7 @@ class FlexmailState(PushesWebhooks):
             required=("email", "language", "source"),
         )
         self._check_free(values["email"])
-        made = self._add(
-            values["email"],
-            values["language"],
-            values.get("first_name"),
-            values.get("name"),
-            values.get("custom_fields", {}),
-            [values["source"]],
-        )
+        made = self._add(values, [values["source"]])
         self.emit("contact.created", made)
         return made
 
@@ -480,19 +466,20 @@ class FlexmailState(PushesWebhooks):
         if email in self.by_email:
             raise Problem(409, "Contact already exists")
 
-    def _add(
-        self,
-        email: str,
-        language: str,
-        first: str | None,
-        last: str | None,
-        custom: Row,
-        sources: list[int],
-    ) -> Contact:
-        made = Contact(self._next_id, email, language, first, last, custom, sources)
+    def _add(self, values: Row, sources: list[int]) -> Contact:
+        """A new contact from checked `contact_values`, with the next numeric id."""
+        made = Contact(
+            self._next_id,
+            values["email"],
+            values["language"],
+            values.get("first_name"),
+            values.get("name"),
+            dict(values.get("custom_fields", {})),
+            list(sources),
+        )
         self._next_id += 1
         self.contacts[made.id] = made
-        self.by_email[email] = made.id
+        self.by_email[made.email] = made.id
         return made
 
     def _by_email(self, email: str) -> Contact | None:
@@ -600,14 +587,7 @@ class FlexmailState(PushesWebhooks):
             del self.blacklist[email]
         found = self._by_email(email)
         if found is None:
-            made = self._add(
-                email,
-                values["language"],
-                values.get("first_name"),
-                values.get("name"),
-                values.get("custom_fields", {}),
-                values.get("sources", []),
-            )
+            made = self._add(values, values.get("sources", []))
             self.emit("contact.created", made)
             return "added"
         for key in ("first_name", "name", "language"):
@@ -617,6 +597,16 @@ class FlexmailState(PushesWebhooks):
         found.sources += [s for s in values.get("sources", []) if s not in found.sources]
         self.emit("contact.updated", found)
         return "updated"
+
+
+def _seed_values(email: str, first: str, last: str, language: str, custom: Row) -> Row:
+    return {
+        "email": email,
+        "first_name": first,
+        "name": last,
+        "language": language,
+        "custom_fields": custom,
+    }
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -819,12 +809,9 @@ def _accepts(request: Request) -> bool:
 
 
 def hal(request: Request, body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    """The body as HAL JSON when the client asked for it, else as JSON."""
-    kind = (
-        "application/hal+json"
-        if "hal+json" in request.headers.get("accept", "")
-        else ("application/json")
-    )
+    """The body as HAL JSON when the client asked for it (FM-A1), else as plain JSON."""
+    asked = "hal+json" in request.headers.get("accept", "")
+    kind = "application/hal+json" if asked else "application/json"
     return JSONResponse(body, status, headers, media_type=kind)
 
 
