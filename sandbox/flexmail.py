@@ -57,6 +57,7 @@ MONTHLY_DETAIL = "Monthly API call limit reached"
 DEFAULT_LIMIT, MAX_LIMIT = 20, 500  # [I] the default page size is unknown; 500 is the max
 MAX_IMPORT_RECORDS = 1000  # FM-A8: records per POST
 IMPORT_DELAY = 6.0  # [I] seconds from queued to completed: about two polls at FM-A8's 5 s
+IMPORT_DELAY_ENV = "SANDBOX_FLEXMAIL_IMPORT_DELAY"  # e.g. "0" for end-to-end tests
 ACCEPTED_MEDIA = ("application/json", "application/hal+json")  # FM-A1
 FIELD_TYPES = ("free_text", "numeric", "date", "multiple_choice")
 SOURCES = {1: "Admin"}  # FM-A5
@@ -172,13 +173,15 @@ class FlexmailState(PushesWebhooks):
         clock: Callable[[], float] = time.time,
         env: Mapping[str, str] | None = None,
     ) -> None:
+        env = os.environ if env is None else env
         self.clock = clock
-        self.import_delay = IMPORT_DELAY
+        self.default_import_delay = float(env.get(IMPORT_DELAY_ENV, "").strip() or IMPORT_DELAY)
+        self.import_delay = self.default_import_delay
         self.default_per_minute = PER_MINUTE if rate_limits else None
         self.limiter = RateLimiter(self.default_per_minute, 60.0, clock)
         self.monthly_cap = MONTHLY_CAP
         self.monthly_used: Counter[str] = Counter()  # "YYYY-MM" -> calls; kept across reset()
-        self.webhooks = new_sender(os.environ if env is None else env)
+        self.webhooks = new_sender(env)
         self.custom_fields = {
             placeholder: {"id": fid, "name": name, "placeholder": placeholder, "type": kind}
             for fid, name, placeholder, kind in CUSTOM_FIELDS
@@ -206,9 +209,9 @@ class FlexmailState(PushesWebhooks):
         self.requests: Counter[str] = Counter()  # "GET /contacts/{id}" -> requests
         self._next_id = 310_001
         for email, first, last, language, custom in SEED_CONTACTS:
-            self._add(email, language, first, last, dict(custom), [])
+            self._add(_seed_values(email, first, last, language, custom), [])
         email, first, last, language = SEED_BLACKLISTED
-        self._add(email, language, first, last, {}, [])
+        self._add(_seed_values(email, first, last, language, {}), [])
         self.blacklist[email] = self.clock() - 40 * 86400
         self.bounces.append(
             {
@@ -292,7 +295,7 @@ class FlexmailState(PushesWebhooks):
             self._seed()
             self.limiter.limit = self.default_per_minute
             self.limiter.reset()
-            self.import_delay = IMPORT_DELAY
+            self.import_delay = self.default_import_delay
             if monthly:
                 self.monthly_cap = MONTHLY_CAP
                 self.monthly_used.clear()
@@ -346,14 +349,7 @@ class FlexmailState(PushesWebhooks):
                 required=("email", "language"),
             )
             self._check_free(values["email"])
-            made = self._add(
-                values["email"],
-                values["language"],
-                values.get("first_name"),
-                values.get("name"),
-                {},
-                [],
-            )
+            made = self._add(values, [])
             self.emit("contact.created", made)
             return made
 
@@ -369,7 +365,8 @@ class FlexmailState(PushesWebhooks):
     def emit(self, event_name: str, contact: Contact, **extra: Any) -> None:
         """FM-A9 data: `{contact_id, email}` plus the event's own fields."""
         data = {"contact_id": contact.id, "email": contact.email} | extra
-        self.hooks.emit(event_name, _iso(self.clock()), data)
+        # [I] milliseconds: two real clicks in one second are two bodies, a redelivery is one
+        self.hooks.emit(event_name, _iso(self.clock(), "milliseconds"), data)
 
     # -- limits (FM-A10) ------------------------------------------------------------------------
     def admit(self, account: str) -> None:
@@ -408,14 +405,7 @@ class FlexmailState(PushesWebhooks):
             required=("email", "language", "source"),
         )
         self._check_free(values["email"])
-        made = self._add(
-            values["email"],
-            values["language"],
-            values.get("first_name"),
-            values.get("name"),
-            values.get("custom_fields", {}),
-            [values["source"]],
-        )
+        made = self._add(values, [values["source"]])
         self.emit("contact.created", made)
         return made
 
@@ -476,19 +466,20 @@ class FlexmailState(PushesWebhooks):
         if email in self.by_email:
             raise Problem(409, "Contact already exists")
 
-    def _add(
-        self,
-        email: str,
-        language: str,
-        first: str | None,
-        last: str | None,
-        custom: Row,
-        sources: list[int],
-    ) -> Contact:
-        made = Contact(self._next_id, email, language, first, last, custom, sources)
+    def _add(self, values: Row, sources: list[int]) -> Contact:
+        """A new contact from checked `contact_values`, with the next numeric id."""
+        made = Contact(
+            self._next_id,
+            values["email"],
+            values["language"],
+            values.get("first_name"),
+            values.get("name"),
+            dict(values.get("custom_fields", {})),
+            list(sources),
+        )
         self._next_id += 1
         self.contacts[made.id] = made
-        self.by_email[email] = made.id
+        self.by_email[made.email] = made.id
         return made
 
     def _by_email(self, email: str) -> Contact | None:
@@ -596,14 +587,7 @@ class FlexmailState(PushesWebhooks):
             del self.blacklist[email]
         found = self._by_email(email)
         if found is None:
-            made = self._add(
-                email,
-                values["language"],
-                values.get("first_name"),
-                values.get("name"),
-                values.get("custom_fields", {}),
-                values.get("sources", []),
-            )
+            made = self._add(values, values.get("sources", []))
             self.emit("contact.created", made)
             return "added"
         for key in ("first_name", "name", "language"):
@@ -613,6 +597,16 @@ class FlexmailState(PushesWebhooks):
         found.sources += [s for s in values.get("sources", []) if s not in found.sources]
         self.emit("contact.updated", found)
         return "updated"
+
+
+def _seed_values(email: str, first: str, last: str, language: str, custom: Row) -> Row:
+    return {
+        "email": email,
+        "first_name": first,
+        "name": last,
+        "language": language,
+        "custom_fields": custom,
+    }
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -741,10 +735,10 @@ def linked(row: Row, href: str) -> Row:
     return row | {"_links": {"self": {"href": href}}}
 
 
-def _iso(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    )
+def _iso(epoch: float, timespec: str = "seconds") -> str:
+    """UTC ISO 8601 with `Z`."""
+    moment = datetime.fromtimestamp(epoch, UTC).isoformat(timespec=timespec)
+    return moment.replace("+00:00", "Z")
 
 
 def _parse_since(raw: str | None) -> datetime:
@@ -815,12 +809,9 @@ def _accepts(request: Request) -> bool:
 
 
 def hal(request: Request, body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    """The body as HAL JSON when the client asked for it, else as JSON."""
-    kind = (
-        "application/hal+json"
-        if "hal+json" in request.headers.get("accept", "")
-        else ("application/json")
-    )
+    """The body as HAL JSON when the client asked for it (FM-A1), else as plain JSON."""
+    asked = "hal+json" in request.headers.get("accept", "")
+    kind = "application/hal+json" if asked else "application/json"
     return JSONResponse(body, status, headers, media_type=kind)
 
 
@@ -1139,7 +1130,10 @@ def control_routes(state: FlexmailState) -> list[BaseRoute]:
         sent = state.redeliver(which if which == "last" else int(which), times)
         return {"deliveries": [d.id for d in sent]}
 
-    def limits(body: Row) -> Row:
+    def settings(body: Row) -> Row:
+        """FM-A10's limits and the import delay, each only when sent; per_minute null is off."""
+        if "import_delay" in body:
+            state.import_delay = float(body["import_delay"])
         if "per_minute" in body:
             state.set_per_minute(None if body["per_minute"] is None else int(body["per_minute"]))
         cap, used = body.get("monthly_cap"), body.get("monthly_used")
@@ -1161,7 +1155,7 @@ def control_routes(state: FlexmailState) -> list[BaseRoute]:
         ),
         "/contacts": lambda b: made(state.create_on_flexmail(b)),
         "/redeliver": redeliver,
-        "/limits": limits,
+        "/settings": settings,
         "/reset": lambda b: state.reset(monthly=bool(b.get("monthly", False))),
     }
 
