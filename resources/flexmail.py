@@ -42,7 +42,12 @@ from resources import paging
 from resources.base import CallCounter, ListField, RemoteMember, UncertainOutcome, VendorError
 from resources.call_ledger import MonthlyBudgetSpent, MonthlyCallLedger
 from resources.feedback import Feedback
-from resources.flexmail_webhook import EVENTS, FlexmailFeedbackWebhook, feedback_detail
+from resources.flexmail_webhook import (
+    EVENTS,
+    FlexmailFeedbackWebhook,
+    bounce_time,
+    feedback_detail,
+)
 from resources.flexmail_wire import (
     BLACKLISTED_DETAIL,
     EXISTS_DETAIL,
@@ -290,7 +295,7 @@ class FlexmailClient(TargetClient):
                 kind="bounced",
                 email=email.strip().lower(),
                 member_id=None,
-                occurred_at=when,
+                occurred_at=bounce_time(when),
                 detail=feedback_detail("bounced", row),
             )
 

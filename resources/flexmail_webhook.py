@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from resources.feedback import Feedback, FeedbackWebhook
@@ -78,7 +79,7 @@ class FlexmailFeedbackWebhook(FeedbackWebhook):
                 kind=kind,  # type: ignore[arg-type]
                 email=email,
                 member_id=member_id,
-                occurred_at=occurred,
+                occurred_at=bounce_time(occurred) if kind == "bounced" else occurred,
                 detail=feedback_detail(kind, event),
             )
         ]
@@ -96,6 +97,13 @@ def feedback_detail(kind: str, data: Mapping[str, Any]) -> dict[str, Any]:
         bounce = str(data.get("bounce_type") or "").strip().lower() or None
         return {"bounce_type": bounce, "campaign_id": id_text(data.get("campaign_id"))}
     return {}
+
+
+def bounce_time(moment: datetime) -> datetime:
+    """A bounce's time to the whole second: the legacy read (FM-A12) stamps bounces in seconds
+    while a webhook may carry milliseconds, and one bounce must give one Feedback key whichever
+    route brought it (two bounces of one address and campaign in one second are one)."""
+    return moment.replace(microsecond=0)
 
 
 def _body(body: bytes) -> dict[str, Any]:

@@ -1029,8 +1029,8 @@ def test_emulator_forged_delivery_is_refused(live, fm, emulated):
 
 
 def test_emulator_legacy_bounces_match_the_webhook(live, fm, emulated, monkeypatch):
-    # one second for the record and the webhook, after the seeded bounce
-    monkeypatch.setattr(fm, "clock", lambda: 1_800_000_000.0)
+    # one moment for the record (seconds) and the webhook (milliseconds), after the seed's bounce
+    monkeypatch.setattr(fm, "clock", lambda: 1_800_000_000.456)
     receiver = FeedbackReceiver(FLEXMAIL_WEBHOOK_TOKEN)
     with served(receiver.app) as url:
         live().ensure_webhooks(f"{url}/feedback")
