@@ -27,6 +27,7 @@ import httpx
 from pydantic import BeforeValidator, Field, field_validator
 
 from resources.admin_filter import (
+    CUSTOMER_TABLE,
     SELECTION,
     changes_window,
     chunks,
@@ -219,11 +220,14 @@ class AdminClient(SourceClient):
 
     def _changed_pages(self, since: str, upper: str) -> Iterator[list[Row]]:
         """AD-A6: the ids the change log names in [since, upper), their last action deciding:
-        a DELETE is a tombstone, anything else is read again."""
+        a DELETE of the relation (not of one of its custom-field rows) is a tombstone, anything
+        else is read again."""
         latest: dict[str, tuple[str, str]] = {}  # id -> (DateAction, ActionType)
         for row in sorted(self._change_rows(since, upper), key=_log_order):
             if row.get("Id") is not None and str(row["Id"]).strip():
                 action = str(row.get("ActionType") or "").upper()
+                if str(row.get("TableName") or CUSTOMER_TABLE).upper() != CUSTOMER_TABLE:
+                    action = "UPDATE"
                 latest[str(row["Id"])] = (str(row.get("DateAction") or upper), action)
         deleted = [cid for cid, (_, action) in latest.items() if action == "DELETE"]
         if deleted:

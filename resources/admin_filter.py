@@ -17,6 +17,10 @@ LOCAL_FORMAT = "%Y-%m-%d %H:%M:%S"  # write format of datetimes (SY-sdk entity.p
 # AD-A5: the relations that belong on the list.
 SELECTION = "IsActive eq true and Newsletter eq true"
 CUSTOMER_TABLE = "CUSTOMER"
+# The change log's tables that change what a relation hands out: the relation itself (AD-A6) and
+# its custom fields. The second name is an assumption [I]: a server without such rows just
+# matches none, and a custom-field edit is otherwise only seen by the next full read.
+CHANGE_TABLES = (CUSTOMER_TABLE, "CUSTOMER_EXTRADATA")
 T = TypeVar("T")
 
 
@@ -42,11 +46,10 @@ def one_of(field: str, values: Iterable[object]) -> str:
 
 
 def changes_window(start: str, end: str) -> str:
-    """AD-A6: the CUSTOMER change-log rows with start <= DateAction < end (server-local text)."""
-    return (
-        f"TableName in ('{CUSTOMER_TABLE}') and DateAction ge {text(start)} "
-        f"and DateAction lt {text(end)}"
-    )
+    """AD-A6: the change-log rows of CHANGE_TABLES with start <= DateAction < end (server-local
+    text)."""
+    tables = ",".join(text(t) for t in CHANGE_TABLES)
+    return f"TableName in ({tables}) and DateAction ge {text(start)} and DateAction lt {text(end)}"
 
 
 def local_text(moment: datetime, zone: ZoneInfo) -> str:

@@ -418,7 +418,7 @@ def test_the_cursor_starts_at_the_full_read_and_moves_to_each_window_end(make, a
     probe = [r for r in admin.requests if r.url.path.endswith("customer/changes")][-1]
     assert probe.url.params["per_page"] == "1"
     assert probe.url.params["Filter"] == (
-        f"TableName in ('CUSTOMER') and DateAction ge '{cursor}' "
+        f"TableName in ('CUSTOMER','CUSTOMER_EXTRADATA') and DateAction ge '{cursor}' "
         f"and DateAction lt '{clock.local()}'"
     )
     got = records(client.iter_changed("customers", cursor))
@@ -454,6 +454,7 @@ def test_deleted_and_vanished_relations_become_tombstones(make, admin, clock):
         change(3, when, "UPDATE", log_id=3),
         change(3, when, "DELETE", log_id=4),  # the last action of 3 decides
         change(4, when, "INSERT", log_id=5),  # inserted, then gone without a DELETE row seen
+        {**change(1, when, "DELETE", log_id=6), "TableName": "CUSTOMER_EXTRADATA"},
     ]
     client = make()
     got = records(client.iter_changed("customers", clock.local(-60)))
