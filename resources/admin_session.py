@@ -107,15 +107,18 @@ class AdminSession:
         with self._lock:
             self._settings = body
             limit = positive(body.get("RateLimit"))
-            if self._pace and limit and self._limiter is None:
+            made = self._pace and bool(limit) and self._limiter is None
+            if made:
                 self._limiter = SharedRateLimiter(
                     self.vendor,
                     self._key,
-                    [Window("minute", limit, 60.0, wait=True)],
+                    [Window("minute", limit or 1, 60.0, wait=True)],
                     directory=self._budget_dir,
                     clock=self._clock,
                     sleep=self._sleep,
                 )
+        if made and self._limiter is not None:
+            self._limiter.acquire()  # the apisettings call just made counts too
         return body
 
     # --- calls ---------------------------------------------------------------------------------

@@ -680,3 +680,212 @@ def test_a_cursor_ahead_of_our_clock_is_kept(make, admin, clock):
     ahead = clock.local(3600)
     list(client.iter_changed("customers", ahead))
     assert client.cursor_after("customers", ahead, None, datetime.now(UTC)) == ahead
+
+
+# == against the Admin emulator over a real socket ================================================
+@pytest.fixture(scope="module")
+def sandbox():
+    from sandbox.server import SandboxServer
+
+    with SandboxServer(seed=11, customers=150, days=30, rate_limits=False) as server:
+        yield server
+
+
+@pytest.fixture
+def office(sandbox, clock):
+    """The emulator's state, its clock tied to the test's (the server's local time follows it)."""
+    state = sandbox.emulator("admin")
+    latest = max((r["DateAction"] for r in state.changes), default="2000-01-01 00:00:00")
+    after_last = datetime.fromisoformat(latest).replace(tzinfo=BRUSSELS).timestamp() + 5
+    clock.now = max(datetime.now(UTC).replace(microsecond=0).timestamp(), after_last)
+    state.now = lambda: datetime.fromtimestamp(clock.now, BRUSSELS).replace(tzinfo=None)
+    yield state
+    from sandbox.admin import brussels_now
+
+    state.now = brussels_now
+
+
+@pytest.fixture
+def live(sandbox, office, clock):
+    from sandbox.credentials import SANDBOX_ENV
+
+    made: list[AdminClient] = []
+
+    def build(**kwargs: Any) -> AdminClient:
+        options = {
+            "base_url": f"{sandbox.url}/admin/api/v1",
+            "api_key": SANDBOX_ENV["MEMBERFLOW_ADMIN_API_KEY"],
+            "crm_type": "3",
+            "pace": False,
+            "throttle_seconds": 60.0,
+            "sleep": clock.sleep,
+            "clock": clock,
+            **kwargs,
+        }
+        client = AdminClient(**options)
+        made.append(client)
+        return client
+
+    yield build
+    for client in made:
+        client.close()
+
+
+def selected(office) -> set[int]:
+    return {cid for cid, c in office.customers.items() if c["IsActive"] and c["Newsletter"]}
+
+
+def test_emulator_first_read_is_the_selection_with_custom_fields(live, office):
+    office.settings["MaxRecordsPerPage"] = 40
+    try:
+        client = live()
+        got = records(client.iter_changed("customers", None))
+    finally:
+        office.settings["MaxRecordsPerPage"] = 1000
+    assert {r["CustomerId"] for r in got} == selected(office) and len(got) > 40
+    assert office.request_counts["GET customers"] >= 2  # followed Link rel="next"
+    assert all(r["InNewsletterSelection"] is True for r in got)
+    assert all("acc_software" in r and "klant_sinds" in r for r in got)
+    some = got[0]
+    assert some["acc_software"] == office.extradata[some["CustomerId"]]["acc_software"]
+
+
+def test_emulator_changes_unticked_deleted_and_new_relations(live, office, clock):
+    client = live()
+    list(client.iter_changed("customers", None))
+    cursor = client.cursor_after("customers", None, None, datetime.now(UTC))
+    assert client.has_changes("customers", cursor) is False
+    clock.now += 10
+    unticked, gone = sorted(selected(office))[:2]
+    office.update_relation(unticked, {"Newsletter": False})
+    office.delete_relation(gone)
+    new = {"Name": "Dubois", "Firstname": "Élise", "Email": "elise@dubois.be", "Language": "F"}
+    made = office.create_relation({**new, "Newsletter": True})
+    office.update_relation(made["CustomerId"], {"acc_software": "WinBooks"})  # custom field
+    clock.now += 10
+    assert client.has_changes("customers", cursor) is True
+    got = {str(r["CustomerId"]): r for r in records(client.iter_changed("customers", cursor))}
+    assert set(got) == {str(unticked), str(gone), str(made["CustomerId"])}
+    assert got[str(unticked)]["InNewsletterSelection"] is False
+    assert is_tombstone(got[str(gone)])
+    assert got[str(made["CustomerId"])]["acc_software"] == "WinBooks"
+    assert got[str(made["CustomerId"])]["Firstname"] == "Élise"
+    after = client.cursor_after("customers", cursor, None, datetime.now(UTC))
+    assert after == clock.local() and client.has_changes("customers", after) is False
+
+
+def test_emulator_1000_changes_are_read_in_halved_windows(live, office, clock):
+    client = live()
+    start = clock.local()
+    ids = sorted(office.customers)
+    for i in range(1200):
+        clock.now += 1
+        office.update_relation(ids[i % len(ids)], {"Remarks": f"edit {i}"})
+    clock.now += 1
+    before = office.request_counts["GET customer/changes"]
+    got = records(client.iter_changed("customers", start))
+    assert {r["CustomerId"] for r in got} == set(ids)
+    assert office.request_counts["GET customer/changes"] - before == 3
+    assert client.run_warnings() == []
+
+
+def test_emulator_tokens_renewed_before_expiry_and_after_a_401(live, office, clock):
+    client = live()
+    office.token_lifetime = 120
+    try:
+        client.check_connection()
+        tokens = office.request_counts["GET token/{}"]
+        clock.now += 61  # 59 s left: renewed before the server would refuse it
+        client.check_connection()
+        assert office.request_counts["GET token/{}"] == tokens + 1
+        refused = office.refusals[401]
+        office.expire_tokens()
+        client.check_connection()
+        assert office.request_counts["GET token/{}"] == tokens + 2
+        assert office.refusals[401] == refused + 1
+    finally:
+        office.token_lifetime = None
+
+
+def test_emulator_throttling_is_waited_out_and_pacing_avoids_it(live, office, clock, tmp_path):
+    from sandbox.ratelimit import RateLimiter
+
+    saved = office.limiter
+    office.limiter = RateLimiter(None, 60.0, clock=clock)
+    office.rate_limits, office.settings["RateLimit"] = True, 3
+    try:
+        client = live()
+        list(client.fetch_records("customers", [str(i) for i in sorted(office.customers)[:3]]))
+        client.fetch_records("customers", ["1"]).__next__()
+        assert client.calls.throttled >= 1 and 60.0 in clock.slept
+        refused = office.refusals[403]
+        clock.now += 61
+        paced = live(pace=True, budget_dir=tmp_path)
+        for cid in sorted(office.customers)[:4]:
+            list(paced.fetch_records("customers", [str(cid)]))
+        assert office.refusals[403] == refused  # the limiter waited first
+    finally:
+        office.limiter, office.rate_limits = saved, False
+        office.settings["RateLimit"] = 60
+
+
+def test_emulator_interests_of_selected_relations(live, office):
+    client = live(crm_interests=True)
+    got = records(client.iter_changed("interests", None))
+    expected = {f"{cid}-{iid}" for cid in selected(office) for iid in office.links.get(cid, [])}
+    assert {r["Id"] for r in got} == expected and expected
+    assert client.scan_complete("interests")
+    assert all(r["Description"] == office.interests[r["InterestId"]]["Description"] for r in got)
+
+
+def test_emulator_unsubscribe_unticks_and_keeps_the_relation_whole(live, office):
+    cid = sorted(selected(office))[5]
+    before = dict(office.customers[cid])
+    address = dict(office.addresses[cid])
+    client = live()
+    assert results(client, wb("unsubscribe", str(cid))) == [("done", str(cid), None)]
+    after = office.customers[cid]
+    assert after["Newsletter"] is False
+    assert {k: after[k] for k in before if k != "Newsletter"} == {
+        k: v for k, v in before.items() if k != "Newsletter"
+    }
+    assert office.addresses[cid] == address
+    assert results(client, wb("unsubscribe", str(cid))) == [("already", str(cid), None)]
+    assert results(client, wb("unsubscribe", "999999"))[0][0] == "refused"
+
+
+def test_emulator_a_click_is_one_communication_however_often(live, office):
+    cid = sorted(selected(office))[6]
+    detail = {"occurred_at": "2026-06-30T22:30:00+00:00", "campaign_name": "Juni",
+              "link_url": "https://kantoor.be/successie"}  # fmt: skip
+    client = live()
+    first = results(client, wb("record_click", str(cid), detail=detail))
+    again = results(client, wb("record_click", str(cid), detail=detail, resumed=True))
+    assert first[0][0] == "done" and again == [("already", first[0][1], None)]
+    mine = [c for c in office.communications.values() if c["CustomerId"] == cid]
+    assert len(mine) == 1 and mine[0]["Date"] == "2026-07-01 00:30:00"
+    assert mine[0]["CommunicationType"] == "Flexmail" and mine[0]["Subject"] == "Juni"
+
+
+def test_emulator_create_once_per_email(live, office):
+    client = live()
+    values = {"Email": "nieuw@vandenbroeck.be", "Name": "Van den Broeck", "Firstname": "Lotte"}
+    made = results(client, wb("create", values=values))
+    assert made[0][0] == "done"
+    relation = office.customers[int(made[0][1])]
+    assert relation["Newsletter"] is True and relation["CustomerCrmType"] == 3
+    assert relation["Language"] == "N" and relation["IsCompany"] is False
+    shouted = {**values, "Email": "NIEUW@VandenBroeck.be"}
+    assert results(client, wb("create", values=shouted)) == [("already", made[0][1], None)]
+    existing = office.customers[sorted(office.customers)[0]]
+    if existing["Email"] and existing["Email"].strip() == existing["Email"]:
+        known = results(client, wb("create", values={"Email": existing["Email"], "Name": "X"}))
+        assert known == [("already", str(existing["CustomerId"]), None)]
+
+
+def test_emulator_a_wrong_key_is_refused_without_showing_it(live, caplog):
+    client = live(api_key="not-the-demo-key-xyz")
+    with caplog.at_level(logging.DEBUG), pytest.raises(VendorError) as refused:
+        client.check_connection()
+    assert refused.value.status == 401 and "Invalid api key" in refused.value.message
+    assert "not-the-demo-key-xyz" not in str(refused.value) + caplog.text
