@@ -169,11 +169,23 @@ class AdminWriteBack:
         return WriteBackResult("done", str(made))
 
     def _by_email(self, email: str) -> str | None:
-        for page in self._api.list_rows("customers", "customers", f"Email eq {text(email)}"):
-            for row in page:
-                if row.get("CustomerId") is not None:
-                    return str(row["CustomerId"])
-        return None
+        """The lowest CustomerId with this email. `Email eq` first (AD-A8); when it finds none,
+        `Contains(Email, ...)` checked here, since offices type addresses with stray spaces
+        (" jan@x.be") that an exact match misses: one more call, only before a real create."""
+        found = self._ids(f"Email eq {text(email)}", None)
+        if not found:
+            found = self._ids(f"Contains(Email,{text(email)})", email.casefold())
+        return min(found, key=_id_order) if found else None
+
+    def _ids(self, filter_: str, exact: str | None) -> list[str]:
+        """CustomerIds the filter finds; with `exact`, only those whose trimmed email is it."""
+        return [
+            str(row["CustomerId"])
+            for page in self._api.list_rows("customers", "customers", filter_)
+            for row in page
+            if row.get("CustomerId") is not None
+            and (exact is None or str(row.get("Email") or "").strip().casefold() == exact)
+        ]
 
     def _new(self, values: Mapping[str, Any]) -> Row:
         """AD-A8's body. A relation needs a Name: the email stands in when the list has none."""
@@ -226,6 +238,10 @@ def truthy(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in ("true", "1", "yes")
     return value is True or value == 1
+
+
+def _id_order(customer_id: str) -> tuple[int, str]:
+    return (int(customer_id), "") if customer_id.isdigit() else (2**63, customer_id)
 
 
 def id_value(value: Any) -> Any:
