@@ -196,7 +196,7 @@ class AdminSession:
                 ) from None
             raise self._named(exc, "token") from None
         expires = parse_local(str(body["TimeToLive"]), self._zone)
-        return str(body["TokenGuid"]), max((expires - self.now()).total_seconds(), 1.0)
+        return str(body["TokenGuid"]), token_lifetime((expires - self.now()).total_seconds())
 
     def _token_body(self, body: Any) -> Row:
         if not isinstance(body, dict) or not body.get("TokenGuid"):
@@ -248,6 +248,15 @@ class AdminSession:
             return exc
         message = f"{admin_message(exc)} ({endpoint} on {self.host})"
         return VendorError(self.vendor, exc.status, message, exc.body)
+
+
+def token_lifetime(seconds: float) -> float:
+    """The lifetime to give CachedToken, which renews TOKEN_MARGIN_SECONDS early: a token that
+    lives less than two margins (DurationToken 1) is used for its first half instead of being
+    fetched anew for every call."""
+    if seconds > 2 * TOKEN_MARGIN_SECONDS:
+        return seconds
+    return max(seconds, 0.0) / 2 + TOKEN_MARGIN_SECONDS
 
 
 def classify(response: httpx.Response) -> Literal["throttled"] | None:

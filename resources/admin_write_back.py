@@ -222,10 +222,12 @@ def gone(exc: VendorError) -> bool:
 
 def transient(exc: VendorError) -> bool:
     """May the same write succeed later? Unreachable, 5xx, an unknown outcome, credentials
-    (401) or throttling still refused after every try."""
+    (401), throttling still refused after every try, or a 403 "no valid configuration for
+    token" (the key lacks the endpoint: fixed in Admin's console, then retried, never a final
+    refusal of the member)."""
     if isinstance(exc, UncertainOutcome) or exc.status == 0 or exc.status >= 500:
         return True
-    return exc.status in (401, 429) or throttling(exc)
+    return exc.status in (401, 403, 429)
 
 
 def throttling(exc: VendorError) -> bool:

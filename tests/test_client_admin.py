@@ -300,6 +300,18 @@ def test_a_token_refused_as_expired_is_renewed_once(make, admin):
     assert admin.requests[-1].headers["synetonToken"] == "tok-1"
 
 
+def test_a_token_shorter_than_two_margins_is_used_for_half_its_life(make, admin, clock):
+    admin.settings["DurationToken"] = 1
+    client = make()
+    client.check_connection()
+    clock.now += 29
+    client.check_connection()
+    assert admin.counts["GET token"] == 1
+    clock.now += 2
+    client.check_connection()
+    assert admin.counts["GET token"] == 2
+
+
 def test_a_refused_key_names_the_host_and_never_the_key(make, caplog):
     client = make(api_key="wrong-key-123456")
     with caplog.at_level(logging.DEBUG), pytest.raises(VendorError) as refused:
@@ -622,6 +634,15 @@ def test_create_looks_for_the_email_first_in_any_state(make, admin):
         "Contains(Email,'marie@dupont.be')",  # a typed " Marie@dupont.be" is found too
     ]
     assert results(client, new)[0] == ("already", "9", None)  # never a second relation
+
+
+def test_a_key_without_the_endpoint_keeps_the_write_back_pending(make, admin):
+    admin.customers = {5: customer(5)}
+    client = make()
+    client.check_connection()
+    admin.route = lambda *a: error(403, "no valid configuration for token")  # type: ignore
+    with pytest.raises(VendorError, match="no valid configuration"):
+        results(client, wb("unsubscribe", "5"))
 
 
 def test_a_transient_failure_raises_and_leaves_the_rest_pending(make, admin):
