@@ -122,7 +122,10 @@ class AdminWriteBack:
         occurred = change.detail.get("occurred_at")
         if not occurred:
             return WriteBackResult("refused", customer_id, "click without occurred_at")
-        when = local_text(datetime.fromisoformat(str(occurred)), self._zone)
+        try:
+            when = local_text(datetime.fromisoformat(str(occurred)), self._zone)
+        except ValueError:
+            return WriteBackResult("refused", customer_id, f"unreadable occurred_at {occurred!r}")
         description = f"Click: {change.detail.get('link_url') or ''}".strip()
         if change.resumed:
             found = self._communication(customer_id, when, description)

@@ -601,11 +601,15 @@ def test_a_click_becomes_one_communication_even_when_resumed(make, admin):
     assert filters(admin, "communications") == ["CustomerId eq 5", "CustomerId eq 5"]
 
 
-def test_a_click_for_a_gone_relation_is_refused(make, admin):
+def test_a_click_for_a_gone_relation_or_without_a_time_is_refused(make, admin):
     detail = {"occurred_at": "2026-07-01T08:15:00Z", "link_url": "https://x.be"}
     assert results(make(), wb("record_click", "77", detail=detail)) == [
         ("refused", "77", "Customer does not exist")
     ]
+    assert results(make(), wb("record_click", "77", detail={"occurred_at": "gisteren"})) == [
+        ("refused", "77", "unreadable occurred_at 'gisteren'")
+    ]
+    assert admin.communications == []
 
 
 def test_create_looks_for_the_email_first_in_any_state(make, admin):
