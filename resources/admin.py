@@ -5,10 +5,11 @@ Admin is self-hosted (AD-A1); the token, pacing, paging and error answers are th
 (resources/admin_session.py), filters and server-local times resources/admin_filter.py's.
 
 - `customers` (members): the first read is the selection, active relations with the newsletter
-  box (AD-A5); later reads follow the CUSTOMER change log (AD-A6) and re-read the changed ids
-  without the selection filter, so a relation that left it comes back with
-  `InNewsletterSelection` false and is withdrawn. Custom fields of `extradata/{table}` are
-  joined in (AD-A11). The cursor is the server-local DateAction the next window starts at.
+  box (AD-A5); later reads follow the change log of relations and their custom fields (AD-A6)
+  and re-read the changed ids without the selection filter, so a relation that left it comes
+  back with `InNewsletterSelection` false and is withdrawn; a deleted one is a tombstone.
+  Custom fields of `extradata/{table}` are joined in (AD-A11). The cursor is the server-local
+  DateAction the next window starts at.
 - `interests` (events, read whole, AD-A10): one call per selected relation, so it is an optional
   entity unless `crm_interests` is on (AF6).
 """
