@@ -522,6 +522,9 @@ class AdminState:
                 raise _bad(f"Customer with CustomerId {cid} does not exist")
             extra = {k: fields.pop(k) for k in CUSTOM_FIELDS if k in fields and not replace}
             active = fields.pop("IsActive", None) if not replace else None
+            _check_value("IsActive", "bool", active)
+            for name, value in extra.items():
+                _check_value(name, EXTRADATA_FIELDS[name], value)
             _only(fields, {**WRITABLE, **dict.fromkeys(ADDRESS_FIELDS, "str")})
             self._check_customer_fields(fields, require_name=replace)
             if replace:
@@ -532,7 +535,7 @@ class AdminState:
                 customer.update({k: fields[k] for k in WRITABLE if k in fields})
             self.addresses[cid].update({k: fields[k] for k in ADDRESS_FIELDS if k in fields})
             if active is not None:
-                self._activate(customer, bool(active), None)
+                self._activate(customer, active, None)
             if fields or active is not None or not extra:
                 self._log(cid, "UPDATE")
             if extra:

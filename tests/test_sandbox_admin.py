@@ -6,7 +6,7 @@ routes, and the Belgian accountancy office's data."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -83,14 +83,20 @@ def customer_body(row: dict, **changes) -> dict:
 
 # -- token (AD-A2) ---------------------------------------------------------------------------------
 def test_token_lives_duration_token_minutes_in_brussels_local_time(base, admin):
-    answer = httpx.get(f"{base}/token/{KEY}")
+    fixed = datetime(2026, 7, 1, 14, 0, 0)  # summer: Brussels is UTC+2
+    admin.now = lambda: fixed
+    try:
+        answer = httpx.get(f"{base}/token/{KEY}")
+    finally:
+        admin.now = brussels_now
     assert answer.status_code == 200
-    body = answer.json()
-    assert set(body) == {"TokenGuid", "TimeToLive"}
-    expiry = datetime.fromisoformat(body["TimeToLive"])
-    assert expiry.tzinfo is None
-    expected = brussels_now() + timedelta(minutes=admin.settings["DurationToken"])
-    assert abs((expiry - expected).total_seconds()) < 5
+    assert answer.json()["TimeToLive"] == "2026-07-01T14:30:00"
+    assert set(answer.json()) == {"TokenGuid", "TimeToLive"}
+
+
+def test_the_server_clock_is_brussels_local_time():
+    offset = brussels_now() - datetime.now(UTC).replace(tzinfo=None)
+    assert round(offset.total_seconds() / 3600) in (1, 2)  # CET or CEST
 
 
 def test_a_bad_key_and_a_missing_or_unknown_token_are_401(base, http):
@@ -102,13 +108,16 @@ def test_a_bad_key_and_a_missing_or_unknown_token_are_401(base, http):
 
 
 def test_a_token_expires_when_the_server_clock_passes_time_to_live(base, admin):
+    clock = [brussels_now()]
+    admin.now = lambda: clock[0]
     admin.settings["DurationToken"] = 1
     try:
         body = httpx.get(f"{base}/token/{KEY}").json()
         headers = {"synetonToken": body["TokenGuid"]}
+        assert datetime.fromisoformat(body["TimeToLive"]) == clock[0] + timedelta(minutes=1)
+        clock[0] += timedelta(seconds=59)
         assert httpx.get(f"{base}/apisettings", headers=headers).status_code == 200
-        assert datetime.fromisoformat(body["TimeToLive"]) - brussels_now() <= timedelta(minutes=1)
-        admin.now = lambda: brussels_now() + timedelta(minutes=1, seconds=1)
+        clock[0] += timedelta(seconds=1)
         answer = httpx.get(f"{base}/apisettings", headers=headers)
         assert (answer.status_code, answer.json()) == (401, {"ErrorMessage": TOKEN_EXPIRED})
         fresh = httpx.get(f"{base}/token/{KEY}").json()["TokenGuid"]
@@ -116,6 +125,16 @@ def test_a_token_expires_when_the_server_clock_passes_time_to_live(base, admin):
     finally:
         admin.now = brussels_now
         admin.settings["DurationToken"] = 30
+
+
+def test_the_sandbox_token_lifetime_override_is_in_seconds(base, admin):
+    fixed = datetime(2026, 1, 5, 9, 0, 0)
+    admin.now, admin.token_lifetime = (lambda: fixed), 2.0
+    try:
+        body = httpx.get(f"{base}/token/{KEY}").json()
+    finally:
+        admin.now, admin.token_lifetime = brussels_now, None
+    assert body["TimeToLive"] == "2026-01-05T09:00:02"
 
 
 def test_expiring_every_token_through_the_control_route(admin, base, control):
@@ -562,7 +581,8 @@ def test_office_changes_through_control_routes_write_the_change_log(admin, contr
     assert row.json()[0]["kantoor"] == "Brugge"
     httpx.post(f"{control}/relations/{cid}", json={"IsActive": False})
     assert http.get(f"/customers/{cid}").json()["IsActive"] is False
-    assert httpx.post(f"{control}/relations/{cid}", json={"Colour": "red"}).status_code == 400
+    for bad in ({"Colour": "red"}, {"IsActive": "no"}, {"klant_sinds": "gisteren"}):
+        assert httpx.post(f"{control}/relations/{cid}", json=bad).status_code == 400
     assert httpx.delete(f"{control}/relations/{cid}").status_code == 200
     assert admin.changes[-1]["ActionType"] == "DELETE" and admin.changes[-1]["Id"] == cid
     assert http.get(f"/customers/{cid}").status_code == 404
