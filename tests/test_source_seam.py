@@ -384,11 +384,11 @@ def test_a_source_is_read_only_unless_it_declares_write_back():
     from resources.flexpos import FlexPOSClient
     from resources.source import SourceClient, WriteBack
 
-    assert SourceClient.write_back_entities == frozenset()
-    assert FlexPOSClient.write_back_entities == frozenset()
-    change = WriteBack(record_id="17", values={"newsletter": False}, reason="unsubscribed")
+    assert SourceClient.write_back_actions == frozenset()
+    assert FlexPOSClient.write_back_actions == frozenset()
+    change = WriteBack(action="unsubscribe", key="unsubscribed:1|17", record_id="17")
     with pytest.raises(NotImplementedError, match="takes no write-back"):
-        list(SourceClient.write_back(_NoVendor(), "customers", [change]))
+        list(SourceClient.write_back(_NoVendor(), [change]))
 
 
 class _NoVendor:
