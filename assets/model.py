@@ -3,19 +3,23 @@ feeds the list (X6), rebuilt in DuckDB SQL from the staged tables.
 """
 
 import os
+from dataclasses import replace
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import naming
-from memberflow import model
+from memberflow import model, shared_keys
 from memberflow.config import Integration
 from memberflow.masking import mask_match_key
 
 UNIQUE_CHECK = "one_row_per_match_key"
+SHARED_CHECK = "no_shared_match_keys"  # AF1: lists with an integration that withholds them
+SHARED_PREVIEW_ROWS = 20
 TODAY_ENV = "MEMBERFLOW_TODAY"
 DAY_TAG = "memberflow/segments_day"  # set by the daily segment schedule: the day it runs for
 
@@ -48,9 +52,58 @@ def list_segments(integrations: list[Integration]) -> list:
     return list(seen.values())
 
 
+def with_settings(integrations: list[Integration], feeds: list[model.Feed]) -> list[model.Feed]:
+    """The feeds with each integration file's `shared_match_keys`: the file decides, whoever
+    built the feed."""
+    return [
+        replace(f, shared_match_keys=i.shared_match_keys)
+        for i, f in zip(integrations, feeds, strict=True)
+    ]
+
+
+def shared_keys_check(conn: duckdb.DuckDBPyConnection, list_key: str) -> dg.AssetCheckResult:
+    """AF1's report: the withheld keys as a warning (not blocking: every other member goes on),
+    with a masked preview for the UI and the full CSV (rewritten every run) for the office."""
+    found = shared_keys.rows(conn)
+    path = shared_keys.write_report(list_key, found)
+    metadata: dict[str, object] = {
+        "count": len(found),
+        "records": sum(len(k.record_ids) for k in found),
+        "report": dg.MetadataValue.path(str(path)),
+    }
+    if found:
+        metadata["preview"] = dg.MetadataValue.md(_preview(found))
+    told = f"{len(found)} match key(s) shared by several records were not synced; see the report"
+    return dg.AssetCheckResult(
+        check_name=SHARED_CHECK,
+        passed=not found,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata=metadata,
+        description=told if found else None,
+    )
+
+
+def _preview(found: list[shared_keys.SharedKey]) -> str:
+    """A Markdown table of withheld keys, masked: the UI never shows a whole address."""
+    lines = ["| integration | shared key | record ids | names |", "| --- | --- | --- | --- |"]
+    for key in found[:SHARED_PREVIEW_ROWS]:
+        cells = [key.integration, mask_match_key(key.match_key)]
+        cells += [", ".join(key.record_ids), ", ".join(n or "-" for n in key.names)]
+        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+    if len(found) > SHARED_PREVIEW_ROWS:
+        lines.append(f"\n… and {len(found) - SHARED_PREVIEW_ROWS} more in the report")
+    return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def build_model_assets(
     list_key: str, integrations: list[Integration], feeds: list[model.Feed]
 ) -> list[dg.AssetsDefinition]:
+    feeds = with_settings(integrations, feeds)
+    withholds = bool(model.withholding(feeds))
     warehouse_key = naming.warehouse_resource_key(list_key)
     members_key = naming.list_asset_key(list_key, "members")
     member_deps = [
@@ -82,7 +135,14 @@ def build_model_assets(
         pool=naming.pool(list_key),
         kinds={"duckdb"},
         tags={"memberflow/stage": "model"},
-        check_specs=[dg.AssetCheckSpec(UNIQUE_CHECK, asset=members_key, blocking=True)],
+        check_specs=[
+            dg.AssetCheckSpec(UNIQUE_CHECK, asset=members_key, blocking=True),
+            *(
+                [dg.AssetCheckSpec(SHARED_CHECK, asset=members_key, blocking=False)]
+                if withholds
+                else []
+            ),
+        ],
     )
     def _members(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
@@ -98,6 +158,7 @@ def build_model_assets(
                 "SELECT match_key, sources, source_records, withdrawn FROM members "
                 "ORDER BY len(sources) DESC, match_key LIMIT 5"
             ).df()
+            shared = [shared_keys_check(conn, list_key)] if withholds else []
         sample["match_key"] = sample["match_key"].map(mask_match_key)  # never a whole address
         return dg.MaterializeResult(
             metadata={
@@ -106,6 +167,7 @@ def build_model_assets(
                 "source_records": counts["source_records"],
                 "withdrawn": counts["withdrawn"],
                 **({"segment_members": counts["segment_members"]} if segments else {}),
+                **({"withheld_shared_keys": counts["withheld_shared_keys"]} if withholds else {}),
                 "preview": dg.MetadataValue.md(sample.to_markdown(index=False)),
             },
             check_results=[
@@ -113,7 +175,8 @@ def build_model_assets(
                     check_name=UNIQUE_CHECK,
                     passed=dupes == 0,
                     metadata={"duplicate_keys": int(dupes)},
-                )
+                ),
+                *shared,
             ],
         )
 

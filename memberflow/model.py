@@ -7,6 +7,10 @@ the most recently modified source record wins; ties go to the integration whose 
 then to the lowest record id. A consent withdrawn at any source (consent false after it was true)
 withdraws the member: it is taken off the list and not sent again until that source gives consent
 anew. A record the source deleted only withdraws its member when no live record shares the key.
+
+Records of one integration that share a key are merged like any others, unless the integration
+withholds shared keys (`shared_match_keys: withhold`, AF1): then such a key gets no member from
+that integration and its records are reported (memberflow/shared_keys.py).
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from typing import Literal
 
 import duckdb
 
 from memberflow import member_events as facts
+from memberflow import shared_keys
 from memberflow.mapping import EXTERNAL_ID, EntityMapping
 from memberflow.member_events import MemberEventSettings
 from memberflow.segments import SegmentSettings, build_segments
@@ -37,6 +43,12 @@ class Feed:
     events: tuple[EntityMapping, ...]
     target: TargetMapping | None = None
     member_events: MemberEventSettings | None = None  # what members take from their events
+    shared_match_keys: Literal["merge", "withhold"] = "merge"  # AF1: see memberflow/shared_keys
+
+
+def withholding(feeds: Sequence[Feed]) -> list[str]:
+    """The integrations on the list that withhold keys shared by several of their records."""
+    return [f.integration for f in feeds if f.shared_match_keys == "withhold"]
 
 
 def source_fields(feeds: list[Feed]) -> list[str]:
@@ -108,7 +120,8 @@ def build_members(
     linked = uses_events(feeds, segments)
     if linked:
         facts.build_event_links(conn, feeds)
-    _build_member_records(conn, feeds, facts.required_filter(conn, feeds) if linked else "true")
+    required = facts.required_filter(conn, feeds) if linked else "true"
+    withheld = _build_member_records(conn, feeds, required)
     _build_profile(conn, [*source_fields(feeds), EXTERNAL_ID])
     counts: dict[str, int] = {}
     if linked:
@@ -130,13 +143,14 @@ def build_members(
         "merged_across_sources": row[1],
         "withdrawn": row[2],
         "source_records": int(row[3]),
+        **({"withheld_shared_keys": withheld} if withholding(feeds) else {}),
         **counts,
     }
 
 
 def _build_member_records(
     conn: duckdb.DuckDBPyConnection, feeds: list[Feed], required: str = "true"
-) -> None:
+) -> int:
     """Temp table `member_records`: every staged record that contributes to a member, ranked.
 
     A record never consented is no member. A deleted record (a tombstone) contributes nothing
@@ -144,8 +158,27 @@ def _build_member_records(
     keeps their last values and is withdrawn. `rank` orders records for ties and lists: by
     integration name, then record id (numerically when ids are numbers). `required` is a further
     condition on a record (memberflow/member_events.py: named by an event, or already a member);
-    a member one of whose records meets it takes all its records.
+    a member one of whose records meets it takes all its records. A key that several live
+    records of a withholding integration carry takes none of that integration's records (its
+    tombstones included); returns how many such (integration, key) pairs there are.
     """
+    _build_candidates(conn, feeds, required)
+    withheld = shared_keys.build_table(conn, "member_candidates", withholding(feeds))
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE member_records AS
+        SELECT c.* FROM member_candidates c ANTI JOIN {shared_keys.TABLE} s
+            ON s.integration = c.integration AND s.match_key = c.match_key
+        QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY c.match_key);
+        DROP TABLE member_candidates;
+        """
+    )
+    return withheld
+
+
+def _build_candidates(conn: duckdb.DuckDBPyConnection, feeds: list[Feed], required: str) -> None:
+    """Temp table `member_candidates`: the consenting (or once consenting) records of every
+    member that meets `required`, tombstones included, ranked (see _build_member_records)."""
     fields = [*source_fields(feeds), EXTERNAL_ID]
     tables = {f.integration: stage_table(f.integration, f.members.entity) for f in feeds}
     parts = [
@@ -162,7 +195,7 @@ def _build_member_records(
     union = "".join(f"\nUNION ALL BY NAME {part}" for part in parts)
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE member_records AS
+        CREATE OR REPLACE TEMP TABLE member_candidates AS
         WITH contrib AS (SELECT * FROM ({empty}){union}),
         ranked AS (
             SELECT *, NOT coalesce(deleted, false) AS live,
@@ -170,13 +203,11 @@ def _build_member_records(
                     try_cast(record_id AS HUGEINT) NULLS LAST, record_id) AS rank,
                 {required} AS qualifies
             FROM contrib
-            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented)),
+            WHERE match_key IS NOT NULL AND (coalesce(consent, true) OR ever_consented))
         -- a member qualifies as a whole: once one of its records does, every record sharing
         -- its key contributes (the same profile before and after it reaches the target)
-        members AS (
-            SELECT * EXCLUDE (qualifies) FROM ranked
-            QUALIFY bool_or(qualifies) OVER (PARTITION BY match_key))
-        SELECT * FROM members QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key)
+        SELECT * EXCLUDE (qualifies) FROM ranked
+        QUALIFY bool_or(qualifies) OVER (PARTITION BY match_key)
         """
     )
 
