@@ -14,9 +14,11 @@ member's activity with it, so the events are sent again.
 A member whose last word from the list was "unsubscribed" is forgotten but not sent again: it is
 never this pipeline's place to re-subscribe someone because a list lost them.
 
-With `notice_additions` (a two-way integration, which creates members added on the list at its
-source), the list's count is also compared with what the last full listing counted plus what was
-acknowledged since: a list holding more than that gained members nobody sent, and is read whole.
+The count is also compared with what the last full listing counted plus what was acknowledged
+since: a list holding fewer lost members (unsubscribed ones vanish from some lists' listings) even
+when others added there hide it from the first comparison. With `notice_additions` (a two-way
+integration, which creates members added on the list at its source), a list holding more gained
+members nobody sent, and is read whole too.
 Those members (not acknowledged, not members of this run's model) come back as
 `only_on_list` feedback.
 """
@@ -100,10 +102,12 @@ def reconcile(
     on_list = client.member_count()
     last = list_state(conn, LAST_FULL_LISTING)
     why = ""
-    expected = _expected_count(conn, acknowledged) if notice_additions else None
+    expected = _expected_count(conn, acknowledged)
     if on_list is not None and on_list < acknowledged:
         why = f"the list holds {on_list} members, {acknowledged} acknowledged"
-    elif on_list is not None and expected is not None and on_list > expected:
+    elif on_list is not None and expected is not None and on_list < expected:
+        why = f"the list holds {on_list} members, {expected} expected: members left it"
+    elif notice_additions and on_list is not None and expected is not None and on_list > expected:
         why = f"the list holds {on_list} members, {expected} expected: members were added there"
     elif last is None or now - datetime.fromisoformat(last) >= timedelta(hours=full_every_hours):
         why = f"periodic (every {full_every_hours:g} h)"

@@ -48,6 +48,7 @@ def feed_of(integration: Integration) -> model.Feed:
         events=tuple(mapping(e) for e in integration.tracking),
         target=target_mapping_of(integration),
         member_events=integration.member_events,
+        shared_match_keys=integration.shared_match_keys,
     )
 
 
