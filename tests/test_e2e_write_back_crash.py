@@ -133,7 +133,8 @@ def test_kill_9_between_a_write_back_and_its_bookkeeping(tmp_path, monkeypatch):
 
     with duckdb.connect(str(warehouse_path(integration.list_key)), read_only=True) as conn:
         rows = conn.execute(
-            "SELECT action, state, attempts FROM write_backs WHERE action <> 'create' ORDER BY action"
+            "SELECT action, state, attempts FROM write_backs"
+            " WHERE action <> 'create' ORDER BY action"
         ).fetchall()
     # the click: attempted in the first killed run, found at Admin by the second; the unsubscribe:
     # attempted with it, applied by the second, found applied by the last
