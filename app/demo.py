@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import httpx
 
 from app import runner
+from app.receiver import build_app, feedback_hooks_of, register, serving
 from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT, Integration, load_all
 from memberflow.mapping import available_entities
+from memberflow.webhook_store import WebhookStore, feedback_webhook
 from pipelines.factory import build_definitions, warehouse_path
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
@@ -24,6 +28,7 @@ DEMO_FILES = (
     "demo_ticketmaster.yaml",
     "demo_teyca_axle.yaml",
     "demo_amilia_cyberimpact.yaml",
+    "demo_admin_flexmail.yaml",
 )
 
 
@@ -64,12 +69,78 @@ def run_demo(customers: int = 300, seed: int = 42, port: int = 0) -> DemoOutcome
             first = runner.run_sync(defs, integration, instance, quiet=True, **window)
             lines += _describe(integration, "initial import", first, start, end)
             ok &= first.success
+            if first.success and feedback_webhook(integration) is not None:
+                scene, done = _feedback_scene(sandbox.url, defs, integration, instance)
+                lines += scene
+                ok &= done
         for integration in integrations:
             tick = runner.run_sync(defs, integration, instance, quiet=True)
             lines += _describe(integration, "five-minute tick", tick, None, None)
             ok &= tick.success
         lines += _merge_lines(integrations)
     return DemoOutcome(lines=lines, ok=ok)
+
+
+def _feedback_scene(
+    sandbox_url: str, defs: dg.Definitions, integration: Integration, instance: dg.DagsterInstance
+) -> tuple[list[str], bool]:
+    """Subscribers at work on the list (the sandbox's control routes): one unsubscribes, one
+    clicks a newsletter link (the vendor delivers that webhook three times), one bounces. The
+    receiver stores the webhooks, the feedback job carries them back as the feedback sensor would
+    start it; the tick after shows the source's side coming round."""
+    keys = _acknowledged_keys(integration, 3)
+    if len(keys) < 3:
+        return ["   (too few members on the list for the feedback scene)"], True
+    control = f"{sandbox_url}/_sandbox/{integration.target.kind}"
+    store = WebhookStore.for_feedback(integration.name)
+    app = build_app({}, feedback=feedback_hooks_of([integration]))
+    with serving(app) as url, httpx.Client(timeout=10, trust_env=False) as http:
+        register([integration], url)
+        http.post(f"{control}/unsubscribe", json={"email": keys[0]}).raise_for_status()
+        click = {
+            "email": keys[1],
+            "campaign_id": 9001,
+            "campaign_name": "Nieuwsbrief",
+            "link_url": "https://boekhouding-demo.be/btw-2027",
+        }
+        http.post(f"{control}/click", json=click).raise_for_status()
+        http.post(f"{control}/redeliver", json={"times": 2}).raise_for_status()
+        http.post(f"{control}/bounce", json={"email": keys[2], "bounce_type": "hard"})
+        deadline = time.monotonic() + 15
+        while len(store.pending()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    stored = len(store.pending())
+    job = defs.resolve_job_def(f"feedback_{integration.name}")
+    result = job.execute_in_process(
+        instance=instance,
+        tags={"memberflow/list": integration.list_key, "memberflow/integration": integration.name},
+        raise_on_error=False,
+    )
+    s = runner.summarise(result)
+    status = "ok" if s.success else "FAILED"
+    results = s.get("feedback_applied", "write_back_results", {})
+    lines = [
+        f"== {integration.name}: feedback from the list (receiver + feedback job) — {status}",
+        f"   webhooks: an unsubscribe, a click delivered 3 times, a bounce -> {stored} stored",
+        f"   new feedback: {s.get('feedback_applied', 'feedback_new_this_run', {})}",
+        f"   written back to {integration.source.kind}: {results}",
+        f"   bounces mailed: {s.get('feedback_applied', 'bounces_mailed')}",
+    ]
+    lines += [f"   error: {m}" for m in runner.failure_messages(result)]
+    return lines, s.success
+
+
+def _acknowledged_keys(integration: Integration, count: int) -> list[str]:
+    """Members the list acknowledged, in key order (the demo's subscribers)."""
+    import duckdb
+
+    with duckdb.connect(str(warehouse_path(integration.list_key)), read_only=True) as conn:
+        rows = conn.execute(
+            "SELECT match_key FROM sync_state WHERE NOT removed AND action <> 'adopt'"
+            " ORDER BY match_key LIMIT ?",
+            [count],
+        ).fetchall()
+    return [key for (key,) in rows]
 
 
 def _describe(
@@ -113,6 +184,16 @@ def _describe(
     dropped = s.total("_staged", "fields_dropped") + s.get("members_delivered", "fields_dropped")
     detail = ", ".join(f"{k}: {v}" for k, v in sorted(drops.items())) or "none"
     out.append(f"   fields dropped, rows kept: {dropped} ({detail})")
+    withheld = s.get("members", "withheld_shared_keys", None)
+    if withheld is not None:
+        out.append(f"   shared emails withheld (see the asset check and its report): {withheld}")
+    if any(k.endswith("feedback_applied") for k in s.assets):
+        out.append(
+            f"   feedback: new {s.get('feedback_applied', 'feedback_new_this_run', {})}, "
+            f"written back {s.get('feedback_applied', 'write_back_results', {})}, "
+            f"bounces mailed {s.get('feedback_applied', 'bounces_mailed')}, "
+            f"calls {s.get('feedback_applied', 'api_calls', {})}"
+        )
     consents = s.get("members_delivered", "consents_sent", None)
     if consents is not None:
         out.append(
