@@ -124,8 +124,6 @@ def demo(customers: int, seed: int) -> None:
 )
 def sync(name: str, start: object, end: object, full: bool, include_optional: bool) -> None:
     """Run one integration now: incremental, a full sync, or a backfill over --from .. --to."""
-    import dagster as dg
-
     from app import runner
     from pipelines.factory import build_definitions
 
@@ -141,15 +139,11 @@ def sync(name: str, start: object, end: object, full: bool, include_optional: bo
     defs = build_definitions(integrations)
     first: date | None = start.date() if start else None  # type: ignore[attr-defined]
     last: date | None = end.date() if end else None  # type: ignore[attr-defined]
-    result = runner.run_sync(
-        defs,
-        chosen[0],
-        dg.DagsterInstance.get(),
-        start=first,
-        end=last,
-        run_config=runner.optional_entities_config(chosen[0]) if include_optional else None,
-        full=full,
-    )
+    try:
+        result = _sync_once(defs, chosen[0], first, last, include_optional, full)
+    except runner.RunInFlight as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(3)
     summary = runner.summarise(result)
     for asset, meta in summary.assets.items():
         shown = {k: v for k, v in meta.items() if not isinstance(v, str) or len(v) < 80}
@@ -157,6 +151,22 @@ def sync(name: str, start: object, end: object, full: bool, include_optional: bo
     for message in runner.failure_messages(result):
         click.echo(f"error: {message}", err=True)
     sys.exit(0 if result.success else 1)
+
+
+def _sync_once(defs, integration, first, last, include_optional: bool, full: bool):
+    import dagster as dg
+
+    from app import runner
+
+    return runner.run_sync(
+        defs,
+        integration,
+        dg.DagsterInstance.get(),
+        start=first,
+        end=last,
+        run_config=runner.optional_entities_config(integration) if include_optional else None,
+        full=full,
+    )
 
 
 @main.command()

@@ -113,7 +113,11 @@ def _feedback_scene(
     job = defs.resolve_job_def(f"feedback_{integration.name}")
     result = job.execute_in_process(
         instance=instance,
-        tags={"memberflow/list": integration.list_key, "memberflow/integration": integration.name},
+        tags={
+            "memberflow/list": integration.list_key,
+            "memberflow/integration": integration.name,
+            "memberflow/changed": "feedback",
+        },
         raise_on_error=False,
     )
     s = runner.summarise(result)

@@ -19,6 +19,7 @@ import dagster as dg
 from assets import naming
 from memberflow import recovery
 from memberflow.config import REPO_ROOT, Integration
+from pipelines.sensors import run_in_flight
 
 
 def ensure_dagster_home() -> Path:
@@ -29,6 +30,10 @@ def ensure_dagster_home() -> Path:
     if not config.exists():
         shutil.copy(REPO_ROOT / "dagster.yaml", config)
     return home
+
+
+class RunInFlight(RuntimeError):
+    """Another run of the same list is queued or running (AF7): this one is not started."""
 
 
 def run_sync(
@@ -48,6 +53,11 @@ def run_sync(
     forever), and tags this run with this process so a later call can do the same for it.
     """
     recovery.recover(instance)
+    if run_in_flight(instance, integration.list_key):
+        raise RunInFlight(
+            f"a run on list {integration.list_key} is queued or running; two syncs of one list "
+            "never run at once: wait for it (or cancel it in the Dagster UI), then sync again"
+        )
     tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
     tags.update(recovery.run_tags())
     job = defs.resolve_job_def(naming.job_name(integration))

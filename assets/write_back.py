@@ -10,6 +10,7 @@ written back through the source's write-back capability (memberflow/write_back.p
 """
 
 import smtplib
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,12 +26,17 @@ from memberflow.mapping import available_entities
 from memberflow.masking import mask_text
 from memberflow.staging import stage_table
 from memberflow.webhook_store import WebhookStore, feedback_webhook
+from resources.base import VendorError
 from resources.mailer import ErrorReportMailer
 from resources.source import SourceClient
 from resources.target import TargetClient
 
 FEEDBACK_READ = "feedback_read_at"  # list_state key: when the target's feedback was last read
 READ_OVERLAP = timedelta(minutes=10)  # re-read a little: `record` keeps one row per key
+FEEDBACK_RUN = "feedback"  # `memberflow/changed` tag of a run the feedback sensor started
+# A source down makes the run fail with the write-backs open; the feedback sensor only starts a
+# run for new webhooks, so the asset retries by itself a few times before the next sync does.
+WRITE_BACK_RETRY = dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
 def wants_feedback_asset(integration: Integration) -> bool:
@@ -69,6 +75,7 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
         ),
         required_resource_keys={warehouse_key, target_key, source_key, "mailer"},
         pool=naming.pool(list_key),
+        retry_policy=WRITE_BACK_RETRY,
         kinds={integration.source.kind, integration.target.kind},
         tags={"memberflow/stage": "feedback"},
     )
@@ -77,11 +84,13 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
         target: TargetClient = getattr(context.resources, target_key).client()
         source: SourceClient = getattr(context.resources, source_key).client()
         report = write_back.WriteBackReport()
+        sync_run = context.run.tags.get("memberflow/changed") != FEEDBACK_RUN
         try:
             with warehouse.get_connection() as conn:
-                gathered = _gather(context, conn, integration, target)
+                gathered = _gather(context, conn, integration, target, read=sync_run)
                 feedback_log.note_unsubscribes(conn)
                 setup = write_back.WriteBackSetup(
+                    integration=integration.name,
                     enabled=integration.feedback.write_back,
                     members_table=members_table,
                     actions=frozenset(source.write_back_actions),
@@ -91,14 +100,17 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
                 write_back.apply(
                     conn,
                     source,
+                    integration.name,
                     context.run_id,
                     report,
                     lambda done, total: context.log.info(f"write-back: {done} of {total}"),
                 )
-                mailed = _mail_bounces(context, conn, integration)
+                # bounces are mailed by sync runs only: a feedback run every 15 s during a
+                # campaign would send a mail each
+                mailed = _mail_bounces(context, conn, integration) if sync_run else 0
                 summary = _mail_summary(context, conn, integration, report, target, source)
                 new = feedback_log.run_counts(conn, context.run_id)
-                still_open = write_back.open_count(conn)
+                still_open = write_back.open_count(conn, integration.name)
         finally:
             target.close()
             source.close()
@@ -107,8 +119,11 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
                 description=f"write-back stopped: {mask_text(report.transient_error)}; "
                 f"{still_open} write-back(s) stay open and are sent next run",
             )
-        for item in report.refused[:20]:
-            context.log.warning(f"write-back refused: {mask_text(str(item))}")
+        for item in report.problems[:20]:
+            context.log.warning(
+                f"write-back {item['status']}: {item['action']} on record {item['record']}: "
+                f"{mask_text(item['reason'])}"
+            )
         return dg.MaterializeResult(
             metadata={
                 "feedback_new_this_run": new,
@@ -118,6 +133,7 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
                 "write_back_results": report.results,
                 "write_backs_resumed": report.resumed,
                 "write_backs_open": still_open,
+                "feedback_waiting_for_source_record": report.waiting,
                 "not_written_back": report.not_written,
                 "bounces_mailed": mailed,
                 "summary_mailed": summary,
@@ -129,8 +145,8 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
                     source.vendor: source.calls.by_endpoint(),
                     target.vendor: target.calls.by_endpoint(),
                 },
-                "refused_sample": dg.MetadataValue.json(
-                    [{k: mask_text(v) for k, v in r.items()} for r in report.refused[:10]]
+                "not_written_sample": dg.MetadataValue.json(
+                    [{k: mask_text(v) for k, v in r.items()} for r in report.problems[:10]]
                 ),
             }
         )
@@ -143,21 +159,36 @@ def _gather(
     conn: duckdb.DuckDBPyConnection,
     integration: Integration,
     target: TargetClient,
-) -> dict[str, int]:
-    """Feedback from every route into the warehouse; new pieces per route."""
+    read: bool,
+) -> dict[str, int | str]:
+    """Feedback from every route into the warehouse; new pieces per route. The target is read
+    (e.g. bounces) only when `read`; a failed read is reported and the rest goes on, so a
+    target out of calls for the month never holds up the write-backs, which cost it none."""
     run_id = context.run_id
     store = WebhookStore.for_feedback(integration.name)
-    gathered = {"webhook": feedback_log.ingest_webhooks(conn, store, run_id)}
+    gathered: dict[str, int | str] = {"webhook": feedback_log.ingest_webhooks(conn, store, run_id)}
     ensure_state(conn)
-    last = list_state(conn, FEEDBACK_READ)
-    since = datetime.fromisoformat(last) - READ_OVERLAP if last else None
-    started = datetime.now(UTC)
-    gathered["read"] = feedback_log.record(conn, target.iter_feedback(since), "read", run_id)
-    set_list_state(conn, FEEDBACK_READ, started.isoformat())
+    if read:
+        gathered["read"] = _read_feedback(context, conn, target)
     gathered["write"] = feedback_log.record(
         conn, feedback_log.from_remote_unsubscribes(conn), "write", run_id
     )
     return gathered
+
+
+def _read_feedback(
+    context: dg.AssetExecutionContext, conn: duckdb.DuckDBPyConnection, target: TargetClient
+) -> int | str:
+    last = list_state(conn, FEEDBACK_READ)
+    since = datetime.fromisoformat(last) - READ_OVERLAP if last else None
+    started = datetime.now(UTC)
+    try:
+        new = feedback_log.record(conn, target.iter_feedback(since), "read", context.run_id)
+    except VendorError as exc:
+        context.log.warning(f"{target.label}: feedback not read this run: {exc.summary()}")
+        return f"not read: {exc.summary()}"
+    set_list_state(conn, FEEDBACK_READ, started.isoformat())
+    return new
 
 
 def _mail_bounces(
@@ -196,10 +227,13 @@ def _mail_summary(
     if not to or not _full_sync(context, integration):
         return False
     lines, attachments = _summary(context, conn, integration, report)
+    calls = _run_calls(context, integration)
+    calls[integration.source.kind] += source.calls.total
+    calls[integration.target.kind] += target.calls.total
+    lines.append("calls this run: " + ", ".join(f"{k} {v}" for k, v in sorted(calls.items())))
     budget = target.rate_budget()
     if budget is not None:
         lines.append(f"{target.vendor} calls this month: {budget.used} of {budget.limit}")
-    lines.append(f"write-back calls this run: {source.vendor} {source.calls.total}")
     subject = f"memberflow: full sync of {integration.name} done"
     mailer: ErrorReportMailer = context.resources.mailer
     return _send(context, mailer, to, subject, "\n".join(lines) + "\n", attachments)
@@ -237,10 +271,30 @@ def _summary(
         "members: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
         f"duplicates (one address on several records, not synced): {len(shared)}",
         f"write-backs: {report.results or 'none'}",
-        f"refused write-backs: {len(report.refused)}",
-        f"{integration.target.kind} calls this run: {delivered.get('api_calls', 0)}",
+        f"write-backs refused or skipped: {len(report.problems)} (attached)",
     ]
-    return lines, {"duplicates.csv": shared, "refused.csv": report.refused}
+    return lines, {"duplicates.csv": shared, "not_written_back.csv": report.problems}
+
+
+def _run_calls(context: dg.AssetExecutionContext, integration: Integration) -> Counter[str]:
+    """API calls of this run's other steps, by vendor kind: the extracts count the source's,
+    the deliveries the target's."""
+    calls: Counter[str] = Counter()
+    records = context.instance.all_logs(
+        context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    )
+    for record in records:
+        mat = record.asset_materialization
+        if mat is None or not isinstance(_value(mat.metadata.get("api_calls")), int):
+            continue
+        key = mat.asset_key.to_user_string()
+        kind = integration.source.kind if key.endswith("_raw") else integration.target.kind
+        calls[kind] += int(_value(mat.metadata["api_calls"]))
+    return calls
+
+
+def _value(entry: Any) -> Any:
+    return getattr(entry, "value", entry)
 
 
 def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict[str, Any]:

@@ -6,8 +6,9 @@ handles them), a read of the target (`TargetClient.iter_feedback`, e.g. bounces)
 target refused because the member unsubscribed there, a full listing that shows members nobody
 sent. The same piece of feedback seen twice has the same `Feedback.key`, so it is one row here
 however often it arrives (`seen` counts the sightings); that is what makes a click delivered
-three times one click. `decided` says what the core made of it (write-backs planned, or why not),
-and `mailed_at` when a bounce was mailed, so nothing is mailed twice.
+three times one click. Feedback belongs to the list (integrations sharing a list share it);
+`feedback_decisions` says, per integration, what the core made of it (write-backs planned, or why
+not), and `mailed_at` when a bounce was mailed, so nothing is mailed twice.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ CREATE TABLE IF NOT EXISTS feedback (
     key VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, email VARCHAR, member_id VARCHAR,
     occurred_at TIMESTAMPTZ, detail VARCHAR, member_values VARCHAR, route VARCHAR,
     first_seen_at TIMESTAMPTZ, first_run VARCHAR, seen INTEGER DEFAULT 1,
-    decided VARCHAR, mailed_at TIMESTAMPTZ);
+    mailed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS feedback_decisions (
+    integration VARCHAR NOT NULL, key VARCHAR NOT NULL, decided VARCHAR NOT NULL,
+    decided_at TIMESTAMPTZ, PRIMARY KEY (integration, key));
 """
 
 
@@ -70,12 +74,15 @@ def record(
     return new
 
 
-def undecided(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
-    """Feedback the core has not decided about yet, oldest first."""
+def undecided(conn: duckdb.DuckDBPyConnection, integration: str) -> list[dict[str, Any]]:
+    """Feedback the core has not decided about yet for `integration`, oldest first."""
     ensure_feedback(conn)
     rows = conn.execute(
         """SELECT key, kind, email, member_id, occurred_at, detail, member_values
-           FROM feedback WHERE decided IS NULL ORDER BY occurred_at, key"""
+           FROM feedback f WHERE NOT EXISTS (
+               SELECT 1 FROM feedback_decisions d WHERE d.key = f.key AND d.integration = ?)
+           ORDER BY occurred_at, key""",
+        [integration],
     ).fetchall()
     return [
         {
@@ -91,8 +98,11 @@ def undecided(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     ]
 
 
-def decide(conn: duckdb.DuckDBPyConnection, key: str, decision: str) -> None:
-    conn.execute("UPDATE feedback SET decided = ? WHERE key = ?", [decision, key])
+def decide(conn: duckdb.DuckDBPyConnection, integration: str, key: str, decision: str) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO feedback_decisions VALUES (?, ?, ?, ?)",
+        [integration, key, decision, datetime.now(UTC)],
+    )
 
 
 def unmailed_bounces(conn: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -39,7 +39,8 @@ ACTION_OF = {"unsubscribed": "unsubscribe", "clicked": "record_click", "only_on_
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS write_backs (
-    key VARCHAR PRIMARY KEY, feedback_key VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    key VARCHAR PRIMARY KEY, integration VARCHAR NOT NULL, feedback_key VARCHAR NOT NULL,
+    action VARCHAR NOT NULL,
     record_id VARCHAR, match_key VARCHAR, member_id VARCHAR, wb_values VARCHAR, detail VARCHAR,
     state VARCHAR NOT NULL, attempts INTEGER DEFAULT 0, result_record_id VARCHAR,
     reason VARCHAR, planned_at TIMESTAMPTZ, planned_by VARCHAR, attempted_at TIMESTAMPTZ,
@@ -48,10 +49,16 @@ CREATE TABLE IF NOT EXISTS write_backs (
 OPEN = ("planned", "attempted")
 
 
+# A click or an unsubscribe whose member has no source record yet (created at the source from
+# the list moments ago, not extracted yet) waits this long for it before it is given up.
+RECORD_GRACE = timedelta(days=1)
+
+
 @dataclass(frozen=True)
 class WriteBackSetup:
     """What the core needs to know of one two-way integration."""
 
+    integration: str
     enabled: bool  # feedback.write_back (opt-in)
     members_table: str  # the integration's staged member table
     actions: frozenset[str]  # what its source can apply (SourceClient.write_back_actions)
@@ -65,7 +72,8 @@ class WriteBackReport:
     not_written: dict[str, int] = field(default_factory=dict)  # by decision text
     results: dict[str, dict[str, int]] = field(default_factory=dict)  # action -> status -> n
     resumed: int = 0
-    refused: list[dict[str, str]] = field(default_factory=list)
+    problems: list[dict[str, str]] = field(default_factory=list)  # refused or skipped, with why
+    waiting: int = 0  # feedback waiting for its member's source record (RECORD_GRACE)
     transient_error: str | None = None
 
     def count(self, action: str, status: str) -> None:
@@ -86,13 +94,16 @@ def plan(
     """Decide every undecided piece of feedback (module docstring); one transaction each, so a
     crash never leaves feedback decided without its write-backs."""
     ensure_write_backs(conn)
-    for item in feedback_log.undecided(conn):
+    for item in feedback_log.undecided(conn, setup.integration):
         planned, decision = _write_backs_for(conn, setup, item)
+        if decision is None:
+            report.waiting += 1
+            continue
         conn.execute("BEGIN TRANSACTION")
         try:
             for wb in planned:
-                _insert(conn, item, wb, run_id)
-            feedback_log.decide(conn, item["key"], decision)
+                _insert(conn, setup.integration, item, wb, run_id)
+            feedback_log.decide(conn, setup.integration, item["key"], decision)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -105,7 +116,9 @@ def plan(
 
 def _write_backs_for(
     conn: duckdb.DuckDBPyConnection, setup: WriteBackSetup, item: dict[str, Any]
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The write-backs for one piece of feedback and the decision to record; no decision (None)
+    while its member's source record may still be on its way."""
     kind = item["kind"]
     if kind == "bounced":
         return [], "bounce: mailed, not written back"
@@ -123,6 +136,10 @@ def _write_backs_for(
         return [{"action": action, "record_id": None, "values": values}], "planned: create"
     records = _records_with_key(conn, setup.members_table, email, live_only=True)
     if not records:
+        records = _created_here(conn, setup.integration, email)
+    if not records:
+        if _age(item["occurred_at"]) < RECORD_GRACE:
+            return [], None
         return [], "no live source record has this member"
     if action == "record_click":
         records = records[:1]
@@ -145,17 +162,40 @@ def _records_with_key(
     return [str(r[0]) for r in rows]
 
 
+def _created_here(conn: duckdb.DuckDBPyConnection, integration: str, key: str | None) -> list[str]:
+    """The source record a create write-back of this integration made (or found) for `key`."""
+    rows = conn.execute(
+        """SELECT DISTINCT result_record_id FROM write_backs
+           WHERE integration = ? AND action = 'create' AND match_key = ?
+             AND state IN ('done', 'already') AND result_record_id IS NOT NULL""",
+        [integration, key],
+    ).fetchall()
+    return sorted(str(r[0]) for r in rows)
+
+
+def _age(moment: Any) -> timedelta:
+    if not isinstance(moment, datetime):
+        return timedelta(0)
+    aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return datetime.now(UTC) - aware
+
+
 def _insert(
-    conn: duckdb.DuckDBPyConnection, item: dict[str, Any], wb: dict[str, Any], run_id: str
+    conn: duckdb.DuckDBPyConnection,
+    integration: str,
+    item: dict[str, Any],
+    wb: dict[str, Any],
+    run_id: str,
 ) -> None:
-    key = f"{item['key']}|{wb['record_id'] or 'new'}"
+    key = f"{integration}|{item['key']}|{wb['record_id'] or 'new'}"
     detail = {**item["detail"], "occurred_at": _iso(item["occurred_at"])}
     conn.execute(
-        """INSERT OR IGNORE INTO write_backs (key, feedback_key, action, record_id, match_key,
-               member_id, wb_values, detail, state, planned_at, planned_by)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)""",
+        """INSERT OR IGNORE INTO write_backs (key, integration, feedback_key, action, record_id,
+               match_key, member_id, wb_values, detail, state, planned_at, planned_by)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'planned', ?, ?)""",
         [
             key,
+            integration,
             item["key"],
             wb["action"],
             wb["record_id"],
@@ -175,6 +215,7 @@ def _insert(
 def apply(
     conn: duckdb.DuckDBPyConnection,
     client: SourceClient,
+    integration: str,
     run_id: str,
     report: WriteBackReport,
     progress: Callable[[int, int], None] | None = None,
@@ -185,7 +226,9 @@ def apply(
     ensure_state(conn)
     rows = conn.execute(
         f"""SELECT key, action, record_id, match_key, member_id, wb_values, detail, state
-            FROM write_backs WHERE state IN {OPEN} ORDER BY planned_at, key"""
+            FROM write_backs WHERE state IN {OPEN} AND integration = ?
+            ORDER BY planned_at, key""",
+        [integration],
     ).fetchall()
     done = 0
     for start in range(0, len(rows), BATCH):
@@ -200,18 +243,26 @@ def apply(
         members = {row[0]: (row[3], row[4]) for row in batch}
         try:
             for wb, result in client.write_back(changes):
-                _finish(conn, wb, result.status, result.record_id, result.reason, run_id)
+                adopt = wb.action == "create" and result.status in ("done", "already")
+                conn.execute("BEGIN TRANSACTION")
+                try:
+                    _finish(conn, wb, result.status, result.record_id, result.reason, run_id)
+                    if adopt:
+                        _adopt(conn, *members[wb.key])
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
                 report.count(wb.action, result.status)
-                if result.status == "refused":
-                    report.refused.append(
+                if result.status in ("refused", "skipped"):
+                    report.problems.append(
                         {
                             "action": wb.action,
+                            "status": result.status,
                             "record": wb.record_id or "new",
                             "reason": str(result.reason or ""),
                         }
                     )
-                if wb.action == "create" and result.status in ("done", "already"):
-                    _adopt(conn, *members[wb.key])
         except VendorError as exc:
             report.transient_error = exc.summary()
             return
@@ -259,11 +310,10 @@ def _adopt(conn: duckdb.DuckDBPyConnection, match_key: str | None, member_id: st
     )
 
 
-def open_count(conn: duckdb.DuckDBPyConnection) -> int:
+def open_count(conn: duckdb.DuckDBPyConnection, integration: str) -> int:
     ensure_write_backs(conn)
-    return int(
-        conn.execute(f"SELECT count(*) FROM write_backs WHERE state IN {OPEN}").fetchall()[0][0]
-    )
+    sql = f"SELECT count(*) FROM write_backs WHERE state IN {OPEN} AND integration = ?"
+    return int(conn.execute(sql, [integration]).fetchall()[0][0])
 
 
 def _iso(value: Any) -> str:

@@ -7,6 +7,7 @@ and a forged webhook refused."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections import Counter
@@ -97,7 +98,7 @@ def _feedback_run(harness: Harness) -> dg.ExecuteInProcessResult:
     """What the feedback sensor starts when the receiver stored feedback."""
     assert harness.defs is not None
     job = harness.defs.resolve_job_def(f"feedback_{NAME}")
-    tags = {"memberflow/list": harness.integration(NAME).list_key}
+    tags = {"memberflow/list": harness.integration(NAME).list_key, "memberflow/changed": "feedback"}
     result = job.execute_in_process(instance=harness.instance, tags=tags, raise_on_error=False)
     assert result.success, runner.failure_messages(result)
     return result
@@ -181,7 +182,9 @@ def test_with_opt_in_off_flexmail_feedback_stays_on_flexmail(harness):
     assert run.success, run.failures
     assert _relation(harness, email)["Newsletter"] is True
     assert harness.query(
-        "SELECT decided FROM feedback WHERE kind = 'unsubscribed' AND email = ?", [email]
+        "SELECT d.decided FROM feedback f JOIN feedback_decisions d USING (key)"
+        " WHERE f.kind = 'unsubscribed' AND f.email = ?",
+        [email],
     ) == [("write-back off",)]
 
 
@@ -213,9 +216,13 @@ def test_an_unsubscribe_unticks_the_box_and_the_relation_is_never_readded(harnes
     assert email not in _on_flexmail(harness)
     # the office ticks the box again: Flexmail keeps its blacklist, memberflow never lifts it
     _admin(harness).update_relation(cid, {"Newsletter": True})
+    posts = _flex(harness).request_count("POST /contacts")
     run = harness.tick(NAME)
     assert run.success, run.failures
     assert run.get("members_delivered", "created") == 0
+    # memberflow's own guard, not Flexmail's blacklist: the contact was not even tried
+    assert run.get("members_delivered", "skipped_unsubscribed") == 1
+    assert _flex(harness).request_count("POST /contacts") == posts
     assert email not in _on_flexmail(harness) and email in _flex(harness).blacklist
 
 
@@ -225,18 +232,29 @@ def test_a_click_delivered_three_times_makes_one_communication(harness):
     email = _unique(harness)[2]
     cid = _relation(harness, email)["CustomerId"]
     flex = _flex(harness)
-    with _receiver(harness):
+    with _receiver(harness) as url:
         flex.click(email, 7001, "Nieuwsbrief december", "https://kantoor.be/btw-2027")
         flex.redeliver("last", 2)
         _wait(lambda: sum(d.outcome == "delivered" for d in flex.deliveries) == 3, "3 deliveries")
+        # the same event once more, serialised another way (a vendor's retry need not repeat the
+        # bytes): a new body for the receiver, the same feedback key for the warehouse
+        event = json.loads(flex.deliveries[-1].body)
+        again = json.dumps(event, indent=2, sort_keys=True).encode()
+        answer = httpx.post(
+            f"{url}/webhooks/{NAME}/feedback",
+            content=again,
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.json() == {"stored": 1}
     _feedback_run(harness)
     harness.tick(NAME)
     mine = [c for c in _admin(harness).communications.values() if c["CustomerId"] == cid]
     assert len(mine) == 1
     assert mine[0]["Description"] == "Click: https://kantoor.be/btw-2027"
     assert mine[0]["Subject"] == "Nieuwsbrief december"
-    # the receiver stored the body once (the two redeliveries were answered `stored: 0`)
-    assert harness.query("SELECT seen FROM feedback WHERE kind = 'clicked'") == [(1,)]
+    # stored twice (the byte-identical redeliveries were answered `stored: 0`), one feedback row
+    assert harness.query("SELECT seen FROM feedback WHERE kind = 'clicked'") == [(2,)]
+    assert _admin(harness).request_counts["POST communications"] == 1
 
 
 # --- AF6: bounces and the summary mail ---------------------------------------------------------

@@ -85,3 +85,21 @@ def test_no_feedback_run_beside_another_run_of_the_list(setup):
     )
     result = tick()
     assert not result.run_requests
+
+
+def test_a_manual_sync_never_starts_beside_a_run_of_the_list(setup):
+    """AF7: `memberflow sync` (and the demo, the tests) refuse while the list has a run in
+    flight, the feedback sensor's included."""
+    from app import runner
+
+    defs, _, _, instance, integration = setup
+    instance.add_run(
+        dg.DagsterRun(
+            job_name="feedback_demo_flexpos",
+            run_id="feedback-in-flight",
+            status=dg.DagsterRunStatus.STARTED,
+            tags={"memberflow/list": integration.list_key},
+        )
+    )
+    with pytest.raises(runner.RunInFlight, match="two syncs of one list never run at once"):
+        runner.run_sync(defs, integration, instance)

@@ -56,6 +56,7 @@ class FakeSource:
             self.clicks.append(click)
             return WriteBackResult("done", str(len(self.clicks)))
         self.created.append(dict(wb.values))
+        self.flags[f"new-{len(self.created)}"] = True  # created with the flag set
         return WriteBackResult("done", f"new-{len(self.created)}")
 
 
@@ -74,6 +75,7 @@ def conn() -> duckdb.DuckDBPyConnection:
 
 def setup(enabled: bool = True) -> write_back.WriteBackSetup:
     return write_back.WriteBackSetup(
+        integration="demo",
         enabled=enabled,
         members_table=MEMBERS,
         actions=FakeSource.write_back_actions,
@@ -89,7 +91,7 @@ def click(email: str = "bart@kantoor.be", at: datetime = AT) -> Feedback:
 def run(conn, source, enabled: bool = True, run_id: str = "r1") -> write_back.WriteBackReport:
     report = write_back.WriteBackReport()
     write_back.plan(conn, setup(enabled), run_id, report)
-    write_back.apply(conn, source, run_id, report)
+    write_back.apply(conn, source, "demo", run_id, report)
     return report
 
 
@@ -130,7 +132,7 @@ def test_a_crash_between_the_call_and_its_bookkeeping_resumes_with_a_look(conn):
     conn.execute("UPDATE write_backs SET state = 'attempted', attempts = 1")
     source.clicks.append(("13", "https://x.be"))
     report = write_back.WriteBackReport()
-    write_back.apply(conn, source, "r2", report)
+    write_back.apply(conn, source, "demo", "r2", report)
     assert source.seen[0].resumed is True
     assert source.clicks == [("13", "https://x.be")]
     assert report.results == {"record_click": {"already": 1}} and report.resumed == 1
@@ -147,10 +149,10 @@ def test_a_transient_failure_leaves_the_rest_open_for_the_next_run(conn):
     )
     report = run(conn, source)
     assert report.transient_error and "could not reach fake" in report.transient_error
-    assert write_back.open_count(conn) == 2
+    assert write_back.open_count(conn, "demo") == 2
     source.fail_after = None
     report = run(conn, source, run_id="r2")
-    assert write_back.open_count(conn) == 0
+    assert write_back.open_count(conn, "demo") == 0
     assert source.flags == {"11": False, "12": False} and len(source.clicks) == 1
 
 
@@ -179,7 +181,7 @@ def test_with_write_back_off_feedback_is_decided_and_never_replayed(conn):
     run(conn, source, enabled=False)
     run(conn, source, enabled=True, run_id="r2")
     assert source.seen == []
-    (decided,) = conn.execute("SELECT decided FROM feedback").fetchall()
+    (decided,) = conn.execute("SELECT decided FROM feedback_decisions").fetchall()
     assert decided == ("write-back off",)
 
 
@@ -242,3 +244,59 @@ def test_values_of_a_listed_member_are_inverted_to_source_field_names():
     convert = write_back.source_values_of(columns, members)
     values = {"name": "Claes", "language": "fr", "email": "c@x.be", "city": "Gent"}
     assert convert(values) == {"Name": "Claes", "Language": "F", "Email": "c@x.be"}
+
+
+def test_each_integration_on_a_list_decides_the_lists_feedback_for_itself(conn):
+    """A one-way integration sharing the list never decides (or applies) for a two-way one."""
+    feedback_log.record(conn, [click()], "webhook", "r1")
+    one_way = write_back.WriteBackSetup(
+        integration="other",
+        enabled=False,
+        members_table="stg_other__customers",
+        actions=frozenset(),
+        to_source=dict,
+    )
+    write_back.plan(conn, one_way, "r1", write_back.WriteBackReport())
+    source = FakeSource()
+    run(conn, source)
+    assert source.clicks == [("13", "https://x.be")]
+    decided = conn.execute("SELECT integration, decided FROM feedback_decisions ORDER BY 1")
+    assert decided.fetchall() == [
+        ("demo", "planned: record_click on 1 record(s)"),
+        ("other", "write-back off"),
+    ]
+
+
+def test_feedback_for_a_member_just_created_at_the_source_waits_for_its_record(conn):
+    """An unsubscribe right after the member was created at the source from the list: the
+    record is not extracted yet, so the one the create made is used; without either, the
+    feedback waits (undecided) instead of being given up."""
+    source = FakeSource()
+    only = Feedback("only_on_target", "new@firma.be", "777", AT)
+    feedback_log.record(conn, [only], "listing", "r1")
+    run(conn, source)
+    now = datetime.now(UTC)
+    feedback_log.record(conn, [Feedback("unsubscribed", "new@firma.be", "777", now)], "w", "r2")
+    report = run(conn, source, run_id="r2")
+    assert report.results == {"unsubscribe": {"done": 1}} and source.flags["new-1"] is False
+    feedback_log.record(conn, [Feedback("clicked", "later@firma.be", "778", now)], "w", "r3")
+    report = run(conn, source, run_id="r3")
+    assert report.waiting == 1 and write_back.open_count(conn, "demo") == 0
+    assert feedback_log.undecided(conn, "demo")[0]["email"] == "later@firma.be"
+
+
+def test_a_refused_or_skipped_write_back_is_reported_with_its_reason(conn):
+    class Refusing(FakeSource):
+        def _apply(self, wb: WriteBack) -> WriteBackResult:
+            return WriteBackResult("skipped", reason="Newsletter not writable: read-only field")
+
+    feedback_log.record(conn, [Feedback("unsubscribed", "bart@kantoor.be", "9", AT)], "w", "r")
+    report = run(conn, Refusing())
+    assert report.problems == [
+        {
+            "action": "unsubscribe",
+            "status": "skipped",
+            "record": "13",
+            "reason": "Newsletter not writable: read-only field",
+        }
+    ]
