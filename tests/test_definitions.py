@@ -57,5 +57,6 @@ def test_definitions_load_like_dagster_does(tmp_path, monkeypatch):
         "demo_ticketmaster_sensor",
         "demo_teyca_axle_sensor",
         "demo_amilia_cyberimpact_sensor",
+        "demo_admin_flexmail_sensor",  # its feedback sensor needs the webhook token's env var
     }
     assert {s.name for s in defs.schedules} == {"demo_teyca_axle_segments_daily"}
