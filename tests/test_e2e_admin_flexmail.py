@@ -378,3 +378,24 @@ def test_flexmails_monthly_cap_is_not_retried(harness):
     assert not run.success
     assert any("Monthly API call limit reached" in m for m in run.failures), run.failures
     assert sum(flex.requests.values()) - before <= 2  # one refused call per step, no retries
+
+
+# --- AF2, AF8 up front ---------------------------------------------------------------------
+
+
+def test_check_verifies_both_ends_the_placeholders_and_the_months_budget(harness, monkeypatch):
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    monkeypatch.setenv("MEMBERFLOW_INTEGRATIONS", str(harness.tmp / "integrations"))
+    _load(harness)
+    passed = CliRunner().invoke(main, ["check", NAME])
+    assert passed.exit_code == 0, passed.output
+    assert "PASS" in passed.output and "/month" in passed.output, passed.output
+    # a custom field mapped to a placeholder Flexmail does not have: FAIL before any send
+    _load(harness, **{"mapping.customers.cupboard": "CupboardNumber"})
+    failed = CliRunner().invoke(main, ["check", NAME])
+    assert failed.exit_code == 1 and "cupboard" in failed.output, failed.output
+    run = harness.tick(NAME)
+    assert not run.success and not _flex(harness).request_count("POST /contacts")
