@@ -103,3 +103,25 @@ def test_a_manual_sync_never_starts_beside_a_run_of_the_list(setup):
     )
     with pytest.raises(runner.RunInFlight, match="two syncs of one list never run at once"):
         runner.run_sync(defs, integration, instance)
+
+
+def test_the_sync_sensor_starts_no_run_once_the_months_budget_is_spent(tmp_path, monkeypatch):
+    """AF8: the list's monthly call budget spent (memberflow's own count, no API call): skip."""
+    from resources.heyloyalty import HeyloyaltyClient
+    from resources.target import RateBudget
+
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    (integration,) = load_all([INTEGRATIONS_DIR / "demo_flexpos.yaml"])
+    for name in [*integration.source.env_vars(), *integration.target.env_vars()]:
+        monkeypatch.setenv(name, "unused")
+    spent = RateBudget(window="month", limit=1000, used=1000)
+    monkeypatch.setattr(HeyloyaltyClient, "rate_budget", lambda self: spent)
+    defs = build_definitions([integration])
+    sensor = defs.resolve_sensor_def("demo_flexpos_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, resources=defs.resources, repository_def=defs.get_repository_def()
+        )
+        result = sensor.evaluate_tick(context)
+    assert not result.run_requests
+    assert "monthly budget of 1000 API calls is spent" in (result.skip_message or "")
