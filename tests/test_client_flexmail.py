@@ -85,6 +85,11 @@ class FakeFlexmail:
         self.webhooks: list[dict[str, Any]] = []
         self.imports: dict[str, dict[str, Any]] = {}
         self.import_polls = 2
+        self.import_end = "completed"  # or "failed"
+        self.start_methods = {"PATCH", "POST"}  # FM-A8: how an import may be started
+        self.refuse_imports = False  # 422 on creating an import
+        self.create_answer = "body"  # FM-A2: "body", "location", "absolute" or "empty"
+        self.languages: list[Any] = ["nl", "fr", "en", "de"]
         self.bounces: list[dict[str, Any]] = []
         self.requests: list[httpx.Request] = []
         self.forced: list[httpx.Response] = []  # answered first, one per request
@@ -129,6 +134,8 @@ class FakeFlexmail:
         method = request.method
         if parts == ["sources"]:
             return httpx.Response(200, json=hal([{"id": 1, "name": "Admin"}]))
+        if parts == ["account-contact-languages"]:
+            return httpx.Response(200, json={"languages": self.languages})
         if parts == ["custom-fields"]:
             return httpx.Response(200, json=hal(self.custom))
         if parts == ["interests"]:
@@ -169,7 +176,7 @@ class FakeFlexmail:
                 return problem(409, "Contact already exists")
             new = self.add(**{k: v for k, v in body.items() if k != "source"})
             self.contacts[new]["source"] = body["source"]
-            return httpx.Response(201, json={"id": new}, headers={"Location": f"/contacts/{new}"})
+            return self.created(new)
         contact = self.contacts.get(int(parts[1]))
         if contact is None:
             return problem(404, "Contact not found")
@@ -190,26 +197,47 @@ class FakeFlexmail:
         self.subscriptions.discard(key)
         return httpx.Response(204)
 
+    def created(self, new: int) -> httpx.Response:
+        """FM-A2's 201, or the variants a real server might send instead."""
+        location = {"Location": f"/contacts/{new}"}
+        if self.create_answer == "location":
+            return httpx.Response(201, headers=location)
+        if self.create_answer == "absolute":
+            absolute = f"https://api.flexmail.test/contacts/{new}/"
+            return httpx.Response(201, headers={"Location": absolute})
+        if self.create_answer == "empty":
+            return httpx.Response(201)
+        return httpx.Response(201, json={"id": new}, headers=location)
+
     def import_(self, method: str, parts: list[str], body: Any) -> httpx.Response:
         if len(parts) == 2:
+            if self.refuse_imports:
+                return problem(422, "Imports are not enabled for this account")
             self.imports[body["id"]] = {"records": [], "status": "idle", "polls": 0, **body}
             return httpx.Response(201, json={"id": body["id"]})
         job = self.imports[parts[2]]
         if parts[-1] == "records":
             job["records"] += body
             return httpx.Response(201, json={})
-        if method == "PATCH":
-            job["status"] = body["status"]
+        if method == "PATCH" or parts[-1] == "start":
+            if method not in self.start_methods:
+                return problem(405 if method == "PATCH" else 404, "no such route")
+            job["status"] = "queued"
             return httpx.Response(200, json={"id": parts[2], "status": job["status"]})
         job["polls"] += 1
+        report = {"total_added": 0, "total_updated": 0, "total_ignored": 0}
         if job["status"] == "queued" and job["polls"] >= self.import_polls:
-            for record in job["records"]:
+            job["status"] = self.import_end
+            for record in job["records"] if self.import_end == "completed" else []:
                 email = record["email"]
                 if email in self.blacklist or self.by_email(email) or email.endswith("@invalid"):
+                    report["total_ignored"] += 1
                     continue  # ignored by the import
-                self.add(**{k: record[k] for k in ("email", "first_name", "name", "language")})
-            job["status"] = "completed"
-        return httpx.Response(200, json={"id": parts[2], "status": job["status"], "report": {}})
+                self.add(**{k: record.get(k) for k in ("email", "first_name", "name", "language")})
+                report["total_added"] += 1
+            job["report"] = report
+        answer = {"id": parts[2], "status": job["status"], "report": job.get("report", {})}
+        return httpx.Response(200, json=answer)
 
     def webhook(self, method: str, parts: list[str], body: Any) -> httpx.Response:
         if method == "GET":
@@ -615,7 +643,7 @@ def test_webhook_parse_each_event_and_unknown():
         assert refused.value.status == 400
 
 
-def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
+def test_ensure_webhooks_is_idempotent_and_replaces_only_hooks_to_our_url(client, fake):
     url = "https://memberflow.kantoor.be/feedback/admin-flexmail"
     fake.webhooks = [
         {
@@ -638,7 +666,7 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
             "target_url": "https://old.example/hook",
             "verification_token": HOOK_TOKEN,
             "enabled": True,
-        },  # ours, moved: replaced
+        },  # our token, another url (another integration sharing it): kept
         {
             "id": 4,
             "event_name": "contact.clicked",
@@ -660,7 +688,8 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
         "contact.unsubscribed",
     ]
     assert all(h["verification_token"] == HOOK_TOKEN and h["enabled"] for h in ours)
-    assert [h["id"] for h in fake.webhooks if h["id"] < 5] == [1]
+    assert [h["id"] for h in fake.webhooks if h["id"] < 5] == [1, 3]
+    assert not fake.calls("DELETE", "/webhooks/3") and not fake.calls("DELETE", "/webhooks/1")
     assert client.run_figures()["webhooks_registered"] == 3
 
 
@@ -734,8 +763,16 @@ def test_calls_are_counted_in_the_month_ledger(make, fake, tmp_path):
 
 def test_estimate_calls_single_versus_import(make):
     client = make(bulk_threshold=500)
-    assert client.estimate_calls({"create": 10, "update": 5, "remove": 1}) == 2 + 16
-    assert client.estimate_calls({"create": 2000}) == 2 + 2 + 2 + 3 + 4 + 1
+    reads = 3  # custom fields, languages, interests
+    assert client.estimate_calls({"create": 10, "update": 5, "remove": 1}) == reads + 16 + 10
+    assert client.estimate_calls({"create": 10, "interest_calls": 0}) == reads + 10
+    # 2500 creates: batches 1000, 1000 (imports) and 500 (an import too, at the threshold)
+    one = 2 + 1 + 3  # create, one records chunk, start; three polls
+    lookups = (1 + 2) + (1 + 4) + (1 + 5)  # a count read, then the pages of a growing account
+    assert client.estimate_calls({"create": 2500}) == reads + 2500 + 3 * one + lookups
+    assert client.estimate_calls({"create": 2500, "interest_calls": 0}) == reads + 3 * one
+    # 1400 creates: one import of 1000, then 400 single POSTs (below the threshold)
+    assert client.estimate_calls({"create": 1400, "interest_calls": 0}) == reads + one + 400
 
 
 def test_bad_credentials_stop_the_batch(make, fake):
