@@ -90,6 +90,8 @@ class FakeFlexmail:
         self.refuse_imports = False  # 422 on creating an import
         self.create_answer = "body"  # FM-A2: "body", "location", "absolute" or "empty"
         self.languages: list[Any] = ["nl", "fr", "en", "de"]
+        self.totals = True  # False: collections without `total` (section 2.4 is [C], still)
+        self.interest_failures = 0  # 500s answered to the next interest POSTs
         self.bounces: list[dict[str, Any]] = []
         self.requests: list[httpx.Request] = []
         self.forced: list[httpx.Response] = []  # answered first, one per request
@@ -158,7 +160,10 @@ class FakeFlexmail:
                 rows = [c for c in rows if c["email"] == request.url.params["email"]]
             offset = int(request.url.params.get("offset", 0))
             limit = int(request.url.params.get("limit", 500))
-            return httpx.Response(200, json=hal(rows[offset : offset + limit], len(rows)))
+            page = hal(rows[offset : offset + limit], len(rows))
+            if not self.totals:
+                del page["total"]
+            return httpx.Response(200, json=page)
         if parts == ["contacts"] and method == "POST":
             email = body["email"]
             if email != email.lower():
@@ -187,6 +192,10 @@ class FakeFlexmail:
             del self.contacts[contact["id"]]
             return httpx.Response(204)
         key = (contact["id"], str((body or {}).get("interest_id") or parts[-1]))
+        if method == "POST" and self.interest_failures:
+            self.interest_failures -= 1
+            self.subscriptions.add(key)
+            return problem(500, "Internal error")  # after storing it: the retry answers 409
         if method == "POST":
             if key in self.subscriptions:
                 return problem(409, "Already subscribed")
@@ -787,6 +796,157 @@ def test_check_connection_probes_sources(client, fake):
     assert fake.requests[0].url.path == "/sources" and fake.requests[0].url.params["limit"] == "1"
 
 
+# --- review findings ---------------------------------------------------------------------------
+
+
+def contact_reads(fake: FakeFlexmail) -> list[httpx.Request]:
+    """GET /contacts itself: the listing and `?email=` lookups (not imports or ids)."""
+    return [r for r in fake.calls("GET", "/contacts") if r.url.path == "/contacts"]
+
+
+@pytest.mark.parametrize("answer", ["location", "absolute", "empty"])
+def test_a_create_without_an_id_in_its_body_still_gets_its_id_and_interests(client, fake, answer):
+    fake.create_answer = answer
+    ack = write(client, [change("kaal@firma.be", groups=("Btw",))])["kaal@firma.be"]
+    known = fake.by_email("kaal@firma.be")["id"]
+    assert (ack.outcome, ack.member_id, ack.dropped) == ("created", str(known), ())
+    assert (known, "2") in fake.subscriptions
+    lookups = [r for r in fake.calls("GET", "/contacts") if "email" in r.url.params]
+    assert len(lookups) == (1 if answer == "empty" else 0)  # Location read when there is one
+
+
+def test_a_create_whose_id_cannot_be_found_drops_its_groups_with_a_reason(
+    client, fake, monkeypatch
+):
+    fake.create_answer = "empty"
+    monkeypatch.setattr(client, "_find", lambda email: None)
+    ack = write(client, [change("kaal@firma.be", groups=("Btw",))])["kaal@firma.be"]
+    assert ack.outcome == "created" and ack.member_id is None
+    assert [name for name, _ in ack.dropped] == ["groups"] and "id unknown" in ack.dropped[0][1]
+    assert not fake.subscriptions
+
+
+def test_an_import_started_only_by_post_start(make, fake):
+    client = make(bulk_threshold=2)
+    fake.start_methods = {"POST"}
+    acks = write(client, [change("a@firma.be"), change("b@firma.be")])
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert len(fake.calls("PATCH", "/contacts/imports")) == 1  # 405, then POST .../start
+    assert len([r for r in fake.calls("POST", "/contacts/imports") if "start" in r.url.path]) == 1
+    write(client, [change("c@firma.be"), change("d@firma.be")])
+    assert len(fake.calls("PATCH", "/contacts/imports")) == 1  # remembered: straight to POST
+    assert client.run_figures()["imports"] == 2
+
+
+@pytest.mark.parametrize("broken", ["refused", "failed", "no start route"])
+def test_an_import_that_cannot_be_used_falls_back_to_single_creates(make, fake, broken):
+    client = make(bulk_threshold=2)
+    fake.refuse_imports = broken == "refused"
+    fake.import_end = "failed" if broken == "failed" else "completed"
+    fake.start_methods = set() if broken == "no start route" else {"PATCH", "POST"}
+    fake.blacklist.add("weg@firma.be")
+    emails = ["a@firma.be", "weg@firma.be", "fout@invalid"]
+    acks = write(client, [change(e) for e in emails])
+    assert {e: acks[e].outcome for e in emails} == {
+        "a@firma.be": "created",
+        "weg@firma.be": "unsubscribed",
+        "fout@invalid": "refused",
+    }
+    assert client.run_figures()["imports_abandoned"] == 1
+    before = len(fake.calls("POST", "/contacts/imports"))
+    again = write(client, [change("b@firma.be"), change("c@firma.be")])
+    assert {a.outcome for a in again.values()} == {"created"}
+    assert len(fake.calls("POST", "/contacts/imports")) == before  # no import tried again
+
+
+def test_an_import_without_groups_or_ignored_records_needs_no_lookup(make, fake):
+    client = make(bulk_threshold=2)
+    emails = ["a@firma.be", "b@firma.be", "c@firma.be"]
+    acks = write(client, [change(e) for e in emails])
+    assert {acks[e].outcome for e in emails} == {"created"}
+    assert not contact_reads(fake)  # no listing, no lookups
+    later = write(client, [change("b@firma.be", "update", member_id=acks["b@firma.be"].member_id)])
+    assert later["b@firma.be"].outcome == "updated"  # found by email
+
+
+def test_an_import_looks_up_only_the_members_with_groups(make, fake):
+    client = make(bulk_threshold=2)
+    changes = [change("a@firma.be", groups=("Btw",)), change("b@firma.be"), change("c@firma.be")]
+    acks = write(client, changes)
+    reads = contact_reads(fake)
+    assert [dict(r.url.params) for r in reads] == [{"limit": "1"}, {"email": "a@firma.be"}]
+    assert (int(acks["a@firma.be"].member_id), "2") in fake.subscriptions
+    assert client.run_figures()["import_lookups"] == 1
+
+
+def test_import_records_leave_empty_names_out(make, fake):
+    client = make(bulk_threshold=1)
+    values = {"email": "a@firma.be", "first_name": None, "name": "Peeters", "language": None}
+    write(client, [change("a@firma.be", values=values)])
+    (job,) = fake.imports.values()
+    (record,) = job["records"]
+    assert "first_name" not in record and None not in record.values()
+    assert record["language"] == "nl"  # required: the default stands in
+
+
+def test_a_synthetic_id_never_reaches_a_url(client, fake):
+    synthetic = "email:weg@firma.be"
+    fake.blacklist.add("weg@firma.be")
+    removed = write(client, [change("weg@firma.be", "remove", member_id=synthetic, values={})])
+    assert removed["weg@firma.be"].outcome == "removed" and not fake.requests
+    write(client, [change("weg@firma.be", "update", member_id=synthetic)])
+    assert not [r for r in fake.requests if "email:" in r.url.path]
+
+
+def test_languages_not_enabled_on_the_account_fail_before_sending(make, fake):
+    fake.languages = [{"code": "nl"}, {"code": "fr"}]  # objects with a code are read too
+    client = make(languages={"N": "nl", "D": "de"}, default_language="en")
+    with pytest.raises(ValueError) as refused:
+        client.target_fields()
+    assert "de, en" in str(refused.value)
+    with pytest.raises(ValueError):
+        client.check_connection()
+    assert not fake.calls("POST", "/contacts")
+    fine = make(languages={"N": "nl", "F": "fr"}, default_language="nl")
+    fine.target_fields()
+    fine.target_fields()
+    assert len(fake.calls("GET", "/account-contact-languages")) == 3  # once per client
+
+
+def test_a_collection_without_total_is_paged_until_a_short_page(client, fake, monkeypatch):
+    monkeypatch.setattr(flexmail_module, "PAGE_SIZE", 2)
+    fake.totals = False
+    for n in range(5):
+        fake.add(f"lid{n}@firma.be")
+    assert len(list(client.iter_members(None))) == 5
+    assert len(fake.calls("GET", "/contacts")) == 3
+    assert client.member_count() is None
+
+
+def test_pacing_is_per_account_and_the_legacy_call_has_no_rest_auth(make, fake):
+    one, other = make(requests_per_minute=60), make(requests_per_minute=60, token="another")
+    assert one._limiter.path == other._limiter.path  # FM-A10: one window per account
+    fake.bounces = []
+    list(one.iter_feedback(None))
+    (legacy,) = fake.calls("GET", "/legacy/bounces")
+    assert "Authorization" not in legacy.headers and legacy.headers["userToken"] == LEGACY
+
+
+def test_an_interest_post_is_retried_after_a_500(client, fake):
+    fake.interest_failures = 1
+    ack = write(client, [change("nieuw@firma.be", groups=("Btw",))])["nieuw@firma.be"]
+    assert (ack.outcome, ack.dropped) == ("created", ())  # the retry's 409 means done
+    assert (int(ack.member_id), "2") in fake.subscriptions
+    assert len(fake.calls("POST", f"/contacts/{ack.member_id}/interest-subscriptions")) == 2
+
+
+def test_a_yaml_number_account_is_taken_as_text():
+    section = parse_target(
+        {"kind": "flexmail", "account": 204518, "token_env": "FM_TOKEN", "source_id": 1}
+    )
+    assert section.account == "204518" and section.destination == "204518"
+
+
 # --- the integration-file section ----------------------------------------------------------------
 
 
@@ -990,6 +1150,41 @@ def test_emulator_bulk_import_first_sync(live, fm, sleeps):
     assert fm.interest_names(emails[0]) == {"Btw"}
     assert all(acks[e].member_id == str(fm.contact(e)["id"]) for e in emails)
     assert client.run_figures()["imports"] == 1 and client.run_figures()["import_records"] == 9
+
+
+def test_emulator_create_with_only_a_location_keeps_id_and_interests(live, fm):
+    fm.create_empty_body = True
+    ack = write(live(), [change("kaal@kantoor.be", groups=("Btw",))])["kaal@kantoor.be"]
+    assert ack.member_id == str(fm.contact("kaal@kantoor.be")["id"]) and not ack.dropped
+    assert fm.interest_names("kaal@kantoor.be") == {"Btw"}
+
+
+def test_emulator_import_started_by_post_only(live, fm):
+    fm.import_start = "post"
+    client = live(bulk_threshold=2)
+    acks = write(client, [change("p1@kantoor.be"), change("p2@kantoor.be", groups=("Btw",))])
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert fm.request_count("PATCH /contacts/imports/{import_id}") == 1  # 405
+    assert fm.request_count("POST /contacts/imports/{import_id}/start") == 1
+    assert fm.interest_names("p2@kantoor.be") == {"Btw"}
+    assert fm.request_count("GET /contacts") == 2  # a count, then one lookup (p2 has groups)
+
+
+def test_emulator_failed_import_falls_back_to_single_creates(live, fm):
+    fm.import_outcome = "failed"
+    client = live(bulk_threshold=2)
+    acks = write(client, [change("f1@kantoor.be"), change("f2@kantoor.be"), change(PIETER)])
+    assert [acks[e].outcome for e in ("f1@kantoor.be", "f2@kantoor.be", PIETER)] == [
+        "created",
+        "created",
+        "unsubscribed",
+    ]
+    assert fm.request_count("POST /contacts") == 3
+    write(client, [change("f3@kantoor.be"), change("f4@kantoor.be")])
+    assert (
+        fm.request_count("POST /contacts/imports") == 1
+        and client.run_figures()["imports_abandoned"] == 1
+    )
 
 
 def test_emulator_listing_and_count(live, fm):
