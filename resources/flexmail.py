@@ -6,6 +6,7 @@ import for large first syncs, feedback by webhooks and legacy bounces, and a mon
   personal access token; HAL collections, `_embedded` left out when empty.
 - FM-A2/FM-A3: `POST /contacts` with a lowercased email; 409 "Contact already exists" is looked
   up by `?email=` and PATCHed (an update); 422 is the member's refusal with its violations.
+  A create's id comes from its body, else from the `Location` path, else by `?email=`.
 - FM-A4: an unsubscribed contact is blacklisted: it vanishes from listings, and a POST answers
   409 "Contact is blacklisted". Such a member is acked `unsubscribed` and never re-added (no
   import ever sets `resubscribe_blacklisted_contacts`).
@@ -14,11 +15,17 @@ import for large first syncs, feedback by webhooks and legacy bounces, and a mon
 - FM-A7: a member's groups are interests by name; one POST per interest added (409: already),
   one DELETE per interest removed. A group no interest is named after is dropped with a reason.
 - FM-A8: from `bulk_threshold` creates in one call, an import: created with a uuid, records in
-  chunks of 1000, started with PATCH status=queued, polled; the new ids come from one listing.
-- FM-A9/FM-A12: webhooks registered by `ensure_webhooks`; legacy bounces read by `iter_feedback`.
+  chunks of 1000, started with PATCH status=queued (POST .../start where PATCH is missing),
+  polled; ids are looked up only for members with interests or when records were ignored. An
+  import the account cannot use falls back to single creates for the rest of the client.
+- FM-A9/FM-A12: webhooks registered by `ensure_webhooks` (only hooks to our url are touched);
+  legacy bounces read by `iter_feedback` with the legacy headers only.
+- FM-A13: the default and mapped languages must be enabled on the account (checked before any
+  send, in `check_connection` and `target_fields`).
+- A value empty at the source is left out, so Flexmail keeps what it holds (never cleared).
 - FM-A10/AF8: every call is counted in the month's ledger and checked against the configured
-  budget before it is sent; calls are paced to `requests_per_minute` across processes; the
-  "Monthly API call limit reached" 429 is final (never retried) and stops the run.
+  budget before it is sent; calls are paced to `requests_per_minute` per account across
+  processes; the "Monthly API call limit reached" 429 is final (never retried) and stops the run.
 """
 
 from __future__ import annotations
