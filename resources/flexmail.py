@@ -6,6 +6,7 @@ import for large first syncs, feedback by webhooks and legacy bounces, and a mon
   personal access token; HAL collections, `_embedded` left out when empty.
 - FM-A2/FM-A3: `POST /contacts` with a lowercased email; 409 "Contact already exists" is looked
   up by `?email=` and PATCHed (an update); 422 is the member's refusal with its violations.
+  A create's id comes from its body, else from the `Location` path, else by `?email=`.
 - FM-A4: an unsubscribed contact is blacklisted: it vanishes from listings, and a POST answers
   409 "Contact is blacklisted". Such a member is acked `unsubscribed` and never re-added (no
   import ever sets `resubscribe_blacklisted_contacts`).
@@ -14,11 +15,17 @@ import for large first syncs, feedback by webhooks and legacy bounces, and a mon
 - FM-A7: a member's groups are interests by name; one POST per interest added (409: already),
   one DELETE per interest removed. A group no interest is named after is dropped with a reason.
 - FM-A8: from `bulk_threshold` creates in one call, an import: created with a uuid, records in
-  chunks of 1000, started with PATCH status=queued, polled; the new ids come from one listing.
-- FM-A9/FM-A12: webhooks registered by `ensure_webhooks`; legacy bounces read by `iter_feedback`.
+  chunks of 1000, started with PATCH status=queued (POST .../start where PATCH is missing),
+  polled; ids are looked up only for members with interests or when records were ignored. An
+  import the account cannot use falls back to single creates for the rest of the client.
+- FM-A9/FM-A12: webhooks registered by `ensure_webhooks` (only hooks to our url are touched);
+  legacy bounces read by `iter_feedback` with the legacy headers only.
+- FM-A13: the default and mapped languages must be enabled on the account (checked before any
+  send, in `check_connection` and `target_fields`).
+- A value empty at the source is left out, so Flexmail keeps what it holds (never cleared).
 - FM-A10/AF8: every call is counted in the month's ledger and checked against the configured
-  budget before it is sent; calls are paced to `requests_per_minute` across processes; the
-  "Monthly API call limit reached" 429 is final (never retried) and stops the run.
+  budget before it is sent; calls are paced to `requests_per_minute` per account across
+  processes; the "Monthly API call limit reached" 429 is final (never retried) and stops the run.
 """
 
 from __future__ import annotations
@@ -32,11 +39,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import dagster as dg
 import httpx
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 from resources import paging
 from resources.base import CallCounter, ListField, RemoteMember, UncertainOutcome, VendorError
@@ -55,17 +62,21 @@ from resources.flexmail_wire import (
     LanguageMap,
     WireContact,
     as_int,
+    check_languages,
     custom_fields,
+    enabled_languages,
     hal_collection,
     is_monthly_cap,
     list_fields,
+    location_id,
     parse_contact,
     parse_time,
     problem_reason,
     said,
+    url_id,
     wire_contact,
 )
-from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret
+from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret, str_id
 from resources.rate_budget import SharedRateLimiter, Window
 from resources.registry import TargetSectionBase
 from resources.target import (
@@ -88,8 +99,10 @@ BULK_THRESHOLD = 500  # FM-A8: creates in one call from which an import is used
 POLL_TIMEOUT = 1800.0  # an import still running after this leaves its members without a verdict
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # "everything" for FM-A12's required `since`
 POLLS_GUESSED = 3  # estimate_calls: polls of one import
+INTEREST_CALLS_PER_CREATE = 1  # estimate_calls: interests a created member is guessed to get
 _FINISHED = frozenset({"completed", "failed"})  # FM-A8 import statuses that end the polling
 _AUTH_FAILURES = frozenset({401, 403})
+SYNTHETIC_ID = "email:"  # FM-A4: a blacklisted contact's id is unseen; it is known by its address
 _BLACKLISTED = "blacklisted in Flexmail (unsubscribed): never re-subscribed (FM-A4)"
 
 
@@ -163,7 +176,7 @@ class FlexmailClient(TargetClient):
         self._limiter = (
             SharedRateLimiter(
                 self.vendor,
-                f"{self._user}:{token}",
+                self._user,  # FM-A10: 60 a minute per account, whichever token calls
                 [Window("minute", requests_per_minute, 60.0, wait=True)],
                 directory=budget_dir,
                 clock=clock,
@@ -174,9 +187,14 @@ class FlexmailClient(TargetClient):
         )
         self._custom: dict[str, CustomField] | None = None
         self._interests: dict[str, str] | None = None
+        self._languages_checked = False
+        self._imports_usable = True  # off once an import could not be used (FM-A8 fallback)
+        self._start_by_post = False  # FM-A8: PATCH status=queued answered 404/405
         self._figures = {
             "imports": 0,
             "import_records": 0,
+            "imports_abandoned": 0,
+            "import_lookups": 0,
             "interest_calls": 0,
             "blacklisted_skips": 0,
             "languages_defaulted": 0,
@@ -190,11 +208,16 @@ class FlexmailClient(TargetClient):
     # --- TargetClient --------------------------------------------------------------------------
 
     def check_connection(self) -> None:
-        """`GET /sources?limit=1` (FM-posthog's probe): 401/403 means bad credentials."""
+        """`GET /sources?limit=1` (FM-posthog's probe): 401/403 means bad credentials. Then the
+        languages we would send must be enabled on the account (FM-A13)."""
         self._get("/sources", "sources", params={"limit": 1}, validate=hal_collection)
+        self._check_languages()
 
     def target_fields(self) -> dict[str, ListField]:
-        """email, first_name, name, language, and every custom field by placeholder (AF2)."""
+        """email, first_name, name, language, and every custom field by placeholder (AF2).
+        The core reads these before every send, so the language check (FM-A13) rides along:
+        a language the account lacks fails the run before any contact is sent."""
+        self._check_languages()
         return list_fields(self._custom_fields(refresh=True))
 
     def write_members(
@@ -214,7 +237,11 @@ class FlexmailClient(TargetClient):
                 creates.append(change)
             else:
                 single.append(change)
-        bulk = len(creates) >= self._bulk_threshold and policy.import_type == "create_and_update"
+        bulk = (
+            self._imports_usable
+            and len(creates) >= self._bulk_threshold
+            and policy.import_type == "create_and_update"
+        )
         if not bulk:
             single += creates
         yield from self._one_by_one(single, policy)
@@ -235,25 +262,23 @@ class FlexmailClient(TargetClient):
 
     def ensure_webhooks(self, url: str) -> list[str]:
         """Register FM-A9's three events to `url` with our verification token; returns the
-        event names newly registered. A webhook of one of these events that is ours (to `url`,
-        or carrying our token) but disabled, moved elsewhere or with another token is deleted
-        and made again; webhooks of other systems (other url and token) are left alone."""
+        event names newly registered. Only a webhook to `url` is ours: one that is disabled,
+        shows another token, or repeats an event is deleted and made again. A webhook to any
+        other url is left alone even when it carries our token (another integration, or another
+        memberflow, may share it): a token match alone never deletes anything."""
         if self._webhook_token is None:
             raise ValueError("flexmail webhooks need webhook_token_env (the verification token)")
         present: set[str] = set()
         for hook in self._rows("/webhooks", "webhooks"):
             event = str(hook.get("event_name") or "")
-            if event not in EVENTS:
-                continue
-            same_url = str(hook.get("target_url") or "") == url
+            if event not in EVENTS or str(hook.get("target_url") or "") != url:
+                continue  # not ours
             shown = hook.get("verification_token")
-            same_token = isinstance(shown, str) and hmac.compare_digest(
-                shown.encode(), self._webhook_token.encode()
+            token_ok = shown is None or (  # a token not shown back cannot be judged
+                isinstance(shown, str)
+                and hmac.compare_digest(shown.encode(), self._webhook_token.encode())
             )
-            if not (same_url or same_token):
-                continue  # another system's webhook
-            token_ok = same_token or shown is None  # a token not shown back cannot be judged
-            if same_url and token_ok and hook.get("enabled", True) and event not in present:
+            if token_ok and hook.get("enabled", True) and event not in present:
                 present.add(event)
             else:
                 self._call("DELETE", f"/webhooks/{hook.get('id')}", "webhooks/delete")
@@ -283,6 +308,7 @@ class FlexmailClient(TargetClient):
             params=params,
             validate=_rows,
             headers={"userId": self._user, "userToken": self._legacy_token},
+            rest_auth=False,
         )
         for row in rows:
             when = parse_time(row.get("bounced_at"))
@@ -300,15 +326,31 @@ class FlexmailClient(TargetClient):
             )
 
     def estimate_calls(self, actions: Mapping[str, int]) -> int | None:
-        """One call per update and removal; creates one each (a 409 costs two more), or an
-        import: create, records per 1000, start, a few polls, and the listing for the ids.
-        Plus the custom fields and interests read once. Interest calls are not foreseen."""
-        creates, updates = actions.get("create", 0), actions.get("update", 0)
-        calls = 2 + updates + actions.get("remove", 0)
-        if creates >= self._bulk_threshold:
-            chunks = math.ceil(creates / IMPORT_CHUNK)
-            return calls + 2 + chunks + POLLS_GUESSED + math.ceil(creates / PAGE_SIZE) + 1
-        return calls + creates
+        """About the calls `write_members` spends, as the core will call it: the reads before
+        sending (custom fields, languages, interests), one call per update and removal, and
+        creates in batches of `batch_size`. A batch at or over `bulk_threshold` is an import
+        (create, records per 1000, start, a few polls, then the id lookup, at most one `limit=1`
+        read and the account's listing pages, which grows by each import); any other batch is
+        one POST per create (a 409 costs two more, not foreseen).
+
+        Interest calls cannot be seen from here (the core hands over counts, not MemberChanges):
+        `actions["interest_calls"]` is used when given, else a create is guessed to add
+        INTEREST_CALLS_PER_CREATE interests (CRM interests on). With interests off that
+        over-counts, which errs toward not starting a run the budget may not cover."""
+        creates = actions.get("create", 0)
+        calls = 3 + actions.get("update", 0) + actions.get("remove", 0)
+        interests = actions.get("interest_calls")
+        calls += INTEREST_CALLS_PER_CREATE * creates if interests is None else interests
+        lookups = interests is None or interests > 0  # imported contacts with interests
+        imported = 0
+        for size in _batch_sizes(creates, self.batch_size):
+            if self._imports_usable and size >= self._bulk_threshold:
+                imported += size
+                calls += 2 + math.ceil(size / IMPORT_CHUNK) + POLLS_GUESSED
+                calls += 1 + math.ceil(imported / PAGE_SIZE) if lookups else 0
+            else:
+                calls += size
+        return calls
 
     def rate_budget(self) -> RateBudget | None:
         """The month's calls against `monthly_call_budget` (AF8); None without a budget."""
@@ -351,7 +393,7 @@ class FlexmailClient(TargetClient):
             return self._remove(change)
         if change.action == "create":
             return self._create_or_update(change, policy)
-        contact_id = change.member_id or self._find(_email(change))
+        contact_id = url_id(change.member_id) or self._find(_email(change))
         if contact_id is not None and self._patch(contact_id, change):
             return self._with_interests(change, "updated", contact_id, created=False)
         if policy.import_type == "update_only":  # gone: deleted, or blacklisted (FM-A4)
@@ -365,7 +407,7 @@ class FlexmailClient(TargetClient):
         wire = self._wire(change, create=True)
         try:
             answer = self._call(
-                "POST", "/contacts", "contacts/create", json=self._create_body(wire)
+                "POST", "/contacts", "contacts/create", json=self._create_body(wire), raw=True
             )
         except VendorError as exc:
             if exc.status != 409:
@@ -381,6 +423,8 @@ class FlexmailClient(TargetClient):
                 return _error(change, "Flexmail says the contact exists but does not list it")
             return self._with_interests(change, "updated", contact_id, created=False)
         contact_id = _created_id(answer)
+        if contact_id is None:
+            contact_id = self._find(wire.email)  # FM-statik: search again after a bare create
         return self._with_interests(change, "created", contact_id, created=True, wire=wire)
 
     def _create_body(self, wire: WireContact) -> dict[str, Any]:
@@ -407,8 +451,12 @@ class FlexmailClient(TargetClient):
         return True
 
     def _remove(self, change: MemberChange) -> MemberAck:
-        """DELETE the contact; not there (404, or not listed: deleted or blacklisted) is gone."""
-        contact_id = change.member_id or self._find(_email(change))
+        """DELETE the contact; not there (404, or not listed: deleted or blacklisted) is gone.
+        A member known only by the synthetic `email:` id is blacklisted (FM-A4): nothing to
+        take off, so no call (and never a non-numeric id in a URL)."""
+        if str(change.member_id or "").startswith(SYNTHETIC_ID):
+            return MemberAck(change.match_key, "removed", change.member_id)
+        contact_id = url_id(change.member_id) or self._find(_email(change))
         if contact_id is not None:
             try:
                 self._call("DELETE", f"/contacts/{contact_id}", "contacts/delete")
@@ -423,7 +471,7 @@ class FlexmailClient(TargetClient):
         self._figures["blacklisted_skips"] += 1
         email = _email(change)
         remote = RemoteMember(
-            member_id=change.member_id or f"email:{email}",
+            member_id=change.member_id or f"{SYNTHETIC_ID}{email}",
             email=email,
             mobile=None,
             status="unsubscribed",
@@ -468,6 +516,8 @@ class FlexmailClient(TargetClient):
         dropped = list(wire.dropped)
         if contact_id is not None:
             dropped += self._move_interests(contact_id, change, created)
+        elif _has_groups(change, created):
+            dropped.append(("groups", "contact id unknown: interests not changed"))
         return MemberAck(
             change.match_key, outcome, contact_id or change.member_id, dropped=tuple(dropped)
         )
@@ -475,7 +525,7 @@ class FlexmailClient(TargetClient):
     def _move_interests(
         self, contact_id: str, change: MemberChange, created: bool
     ) -> list[tuple[str, str]]:
-        gained = change.groups if created and change.groups is not None else change.groups_added
+        gained = _gained(change, created)
         if not gained and not change.groups_removed:
             return []
         known = self._interest_ids()
@@ -509,7 +559,8 @@ class FlexmailClient(TargetClient):
         base = f"/contacts/{contact_id}/interest-subscriptions"
         if method == "POST":
             body = {"interest_id": interest}
-            self._call("POST", base, "interest-subscriptions/create", json=body)
+            # 409 means already subscribed (FM-A7), so sending it twice is harmless
+            self._call("POST", base, "interest-subscriptions/create", json=body, idempotent=True)
         else:
             self._call("DELETE", f"{base}/{interest}", "interest-subscriptions/delete")
 
@@ -526,39 +577,85 @@ class FlexmailClient(TargetClient):
     # --- bulk import (FM-A8) -------------------------------------------------------------------
 
     def _imported(self, creates: list[MemberChange], policy: WritePolicy) -> Iterator[MemberAck]:
-        """One import for every create of the call. Once it completed, the ids come from one
-        listing; a member not listed then (blacklisted, or a record the import ignored) is
-        written by a single POST, which gives its own verdict (409 blacklisted ->
-        `unsubscribed`, 422 -> `refused`). An import that failed or did not finish in time
-        leaves its members `error` (sent again next run)."""
+        """One import for every create of the call. An import the account cannot use (a 4xx
+        on create, records or start, or an import that ends `failed`) is given up for this
+        client and its members are written one by one, so each gets its own verdict instead of
+        an `error` that would come back every run. An import that did not finish in time, or a
+        host that failed, leaves its members `error` (sent again next run)."""
         wires = {id(change): self._wire(change, create=True) for change in creates}
         import_id = str(uuid.uuid4())
         try:
             self._submit_import(import_id, [wires[id(c)] for c in creates])
-            status, message = self._poll_import(import_id)
+            status, message, report = self._poll_import(import_id)
         except VendorError as exc:
             if _fatal(exc):
                 raise
+            if _import_refused(exc):
+                yield from self._without_imports(creates, policy, f"HTTP {exc.status}")
+                return
             yield from (_error(change, exc.message) for change in creates)
+            return
+        if status == "failed":
+            yield from self._without_imports(creates, policy, "it failed")
             return
         if status != "completed":
             why = f"the import {status}" + (f": {message}" if message else "")
             yield from (_error(change, why) for change in creates)
             return
-        ids = {member.email: member.member_id for member in self._listing()}
+        yield from self._after_import(creates, wires, report, policy)
+
+    def _without_imports(
+        self, creates: list[MemberChange], policy: WritePolicy, why: str
+    ) -> Iterator[MemberAck]:
+        """The FM-A8 fallback: no more imports in this client; these creates one by one (a
+        failed import may have added some: their POST answers 409 exists and is PATCHed)."""
+        self._imports_usable = False
+        self._figures["imports_abandoned"] += 1
+        log.warning(
+            "flexmail: the bulk import could not be used (%s); %d creates are written one by one",
+            why,
+            len(creates),
+        )
+        yield from self._one_by_one(creates, policy)
+
+    def _after_import(
+        self,
+        creates: list[MemberChange],
+        wires: dict[int, WireContact],
+        report: dict[str, Any],
+        policy: WritePolicy,
+    ) -> Iterator[MemberAck]:
+        """Acks for a completed import. Ids are looked up only where they are needed: for
+        members with interests to add, and for every member when the report says (or may say)
+        some records were ignored (blacklisted or refused: a single POST gives their verdict).
+        Otherwise no lookup at all: later updates and removals find a contact by email."""
+        ignored = as_int(report.get("total_ignored"))
+        needed = {id(c) for c in creates if ignored != 0 or _has_groups(c, created=True)}
+        emails = [wires[id(c)].email for c in creates if id(c) in needed]
+        ids = self._imported_ids(emails) if emails else {}
         missing: list[MemberChange] = []
         for change in creates:
-            contact_id = ids.get(wires[id(change)].email)
-            if contact_id is None:
+            wire = wires[id(change)]
+            contact_id = ids.get(wire.email)
+            if contact_id is None and id(change) in needed:
                 missing.append(change)
                 continue
             try:
-                yield self._with_interests(
-                    change, "created", contact_id, created=True, wire=wires[id(change)]
-                )
+                yield self._with_interests(change, "created", contact_id, created=True, wire=wire)
             except VendorError as exc:
                 yield self._failed(change, exc)
         yield from self._one_by_one(missing, policy)
+
+    def _imported_ids(self, emails: list[str]) -> dict[str, str]:
+        """Contact ids by email: one `?email=` read each when that is fewer calls than
+        listing the whole account (its size from one `limit=1` read), else the listing."""
+        total = self.member_count()
+        pages = math.ceil(total / PAGE_SIZE) if total is not None else None
+        if pages is not None and len(emails) <= pages:
+            self._figures["import_lookups"] += len(emails)
+            found = {email: self._find(email) for email in emails}
+            return {email: contact_id for email, contact_id in found.items() if contact_id}
+        return {member.email: member.member_id for member in self._listing() if member.email}
 
     def _submit_import(self, import_id: str, wires: list[WireContact]) -> None:
         self._call(
@@ -573,32 +670,40 @@ class FlexmailClient(TargetClient):
             path = f"/contacts/imports/{import_id}/records"
             self._call("POST", path, "imports/records", json=records)
             self._figures["import_records"] += len(records)
-        self._call(
-            "PATCH",
-            f"/contacts/imports/{import_id}",
-            "imports/start",
-            json={"status": "queued"},
-            idempotent=True,
-        )
+        self._start_import(import_id)
         self._figures["imports"] += 1
+
+    def _start_import(self, import_id: str) -> None:
+        """FM-A8 step 3 is unresolved (section 2.3): PATCH status=queued (FM-apteco); when
+        that route is missing (404/405), POST .../start (FM-mind), remembered for the client."""
+        path = f"/contacts/imports/{import_id}"
+        if not self._start_by_post:
+            try:
+                body = {"status": "queued"}
+                self._call("PATCH", path, "imports/start", json=body, idempotent=True)
+                return
+            except VendorError as exc:
+                if exc.status not in (404, 405):
+                    raise
+                self._start_by_post = True
+        self._call("POST", f"{path}/start", "imports/start")
 
     def _record(self, wire: WireContact) -> dict[str, Any]:
         """An import record (FM-A8): the contact, its source, no interest labels or
-        preferences (interests follow as single calls, FM-A7)."""
+        preferences (interests follow as single calls, FM-A7). A name empty at the source is
+        left out, never sent as null (Flexmail refuses null, as it does in custom fields)."""
         return {
             "email": wire.email,
-            "first_name": wire.fields.get("first_name"),
-            "name": wire.fields.get("name"),
-            "language": wire.fields["language"],
+            **{k: v for k, v in wire.fields.items() if v is not None},
             "custom_fields": dict(wire.custom),
             "sources": [self._source_id],
             "interest_labels": [],
             "preferences": [],
         }
 
-    def _poll_import(self, import_id: str) -> tuple[str, str | None]:
-        """Every `poll_seconds` until completed or failed: (status, message). Counted in polls,
-        not on a clock: after `poll_timeout` seconds' worth the status is "did not finish"."""
+    def _poll_import(self, import_id: str) -> tuple[str, str | None, dict[str, Any]]:
+        """Every `poll_seconds` until completed or failed: (status, message, report). Counted
+        in polls, not on a clock: after `poll_timeout` seconds' worth it "did not finish"."""
         polls = max(1, math.ceil(self._poll_timeout / max(self._poll_seconds, 1e-9)))
         for _ in range(polls):
             self._sleep(self._poll_seconds)
@@ -608,8 +713,13 @@ class FlexmailClient(TargetClient):
             status = body["status"]
             if status in _FINISHED:
                 message = body.get("message")
-                return status, str(message) if message else None
-        return "did not finish in time", None
+                report = body.get("report")
+                return (
+                    status,
+                    str(message) if message else None,
+                    report if isinstance(report, dict) else {},
+                )
+        return "did not finish in time", None, {}
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -632,6 +742,17 @@ class FlexmailClient(TargetClient):
             specs = self._get("/custom-fields", "custom-fields", validate=custom_fields)
             self._custom = {spec.placeholder: spec for spec in specs}
         return self._custom
+
+    def _check_languages(self) -> None:
+        """FM-A13: read `/account-contact-languages` once per client and fail (naming them)
+        when the default or a mapped language is not enabled on the account."""
+        if self._languages_checked:
+            return
+        enabled = self._get(
+            "/account-contact-languages", "account-contact-languages", validate=enabled_languages
+        )
+        check_languages(self._languages, enabled)
+        self._languages_checked = True
 
     def _wire(self, change: MemberChange, *, create: bool) -> WireContact:
         names = [n for n in change.values if n not in ("email", "first_name", "name", "language")]
@@ -671,27 +792,31 @@ class FlexmailClient(TargetClient):
         *,
         validate: Callable[[Any], Any] | None = None,
         headers: Mapping[str, str] | None = None,
+        rest_auth: bool = True,
+        raw: bool = False,
         **kwargs: Any,
     ) -> Any:
         """One request, after the month's budget was checked (AF8: stop before sending) and
         with each try paced by the shared per-minute window. Returns the validated JSON when
-        `validate` is given (or for a GET), else the parsed body if any."""
+        `validate` is given (or for a GET), the response itself when `raw`, else the parsed
+        body if any. `rest_auth=False` leaves the REST Basic credentials out (FM-A12's legacy
+        call carries its own headers)."""
         self._ledger.check(self.vendor, self._budget)
-        extra = dict(headers or {})
+        base = self._auth if rest_auth else {"Accept": self._auth["Accept"]}
+        extra = {**base, **(headers or {})}
 
         def fresh() -> dict[str, str]:
             if self._limiter is not None:
                 self._limiter.acquire()  # before every try, retries too
-            return {**self._auth, **extra}
+            return dict(extra)
 
         url = f"{self._base}{path}"
-        if validate is not None or method == "GET":
+        if not raw and (validate is not None or method == "GET"):
             return self._http.request_json(
                 method, url, endpoint=endpoint, validate=validate, headers=fresh, **kwargs
             )
-        return _lenient_json(
-            self._http.request(method, url, endpoint=endpoint, headers=fresh, **kwargs)
-        )
+        response = self._http.request(method, url, endpoint=endpoint, headers=fresh, **kwargs)
+        return response if raw else _lenient_json(response)
 
 
 # --- pure helpers --------------------------------------------------------------------------------
@@ -715,6 +840,18 @@ def _fatal(exc: VendorError) -> bool:
     return is_monthly_cap(exc.status, exc.body)
 
 
+def _batch_sizes(total: int, size: int) -> list[int]:
+    """`total` creates as the core hands them over: full batches of `size`, then the rest."""
+    full, rest = divmod(max(0, total), max(1, size))
+    return [size] * full + ([rest] if rest else [])
+
+
+def _import_refused(exc: VendorError) -> bool:
+    """A 4xx other than 429 on an import step: the account does not take our import requests
+    (a missing route, a refused body), so retrying an import next run would fail the same way."""
+    return 400 <= exc.status < 500 and exc.status != 429 and not isinstance(exc, UncertainOutcome)
+
+
 def _email(change: MemberChange) -> str:
     """FM-A3: the member's email, lowercased (the match key, or its `email` value)."""
     value = change.match_key or change.values.get("email") or ""
@@ -725,10 +862,24 @@ def _error(change: MemberChange, reason: str) -> MemberAck:
     return MemberAck(change.match_key, "error", change.member_id, reason=reason)
 
 
-def _created_id(answer: Any) -> str | None:
-    """FM-A2: the body's `{id}` (the Location header is the same id)."""
+def _created_id(response: httpx.Response) -> str | None:
+    """FM-A2: the body's `{id}`, else the last path segment of `Location` (relative or
+    absolute); None when the answer carries neither (the caller looks the email up)."""
+    answer = _lenient_json(response)
     found = as_int(answer.get("id")) if isinstance(answer, dict) else None
-    return str(found) if found is not None else None
+    if found is not None:
+        return str(found)
+    return location_id(response.headers.get("Location"))
+
+
+def _gained(change: MemberChange, created: bool) -> tuple[str, ...]:
+    """The groups to add: all of a created contact's, else those added since last time."""
+    return change.groups if created and change.groups is not None else change.groups_added
+
+
+def _has_groups(change: MemberChange, created: bool) -> bool:
+    """Does writing this change move any interest (FM-A7)?"""
+    return bool(_gained(change, created) or change.groups_removed)
 
 
 def _lenient_json(response: httpx.Response) -> Any:
@@ -799,7 +950,8 @@ class FlexmailTarget(TargetSectionBase):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["flexmail"]
-    account: str = Field(min_length=1)  # "Id Gebruiker"; a leading D- is stripped to log in
+    # "Id Gebruiker"; a leading D- is stripped to log in; `account: 204518` (a YAML int) too
+    account: Annotated[str, BeforeValidator(str_id), Field(min_length=1)]
     base_url: HttpUrlStr = DEFAULT_BASE_URL
     token_env: EnvVarName  # personal access token
     legacy_token_env: EnvVarName | None = None  # FM-A12: legacy bounces

@@ -46,9 +46,10 @@ class WireRefused(ValueError):
 
 @dataclass(frozen=True)
 class Collection:
-    """One HAL collection page: its `total` and the rows of `_embedded.item`."""
+    """One HAL collection page: its `total` (None when the answer has none: the caller then
+    pages until a short page) and the rows of `_embedded.item`."""
 
-    total: int
+    total: int | None
     items: list[dict[str, Any]]
 
 
@@ -64,8 +65,7 @@ def hal_collection(body: Any) -> Collection:
     if not isinstance(rows, list):
         raise ValueError("collection with an unreadable _embedded.item")
     items = [row for row in rows if isinstance(row, dict)]
-    total = as_int(body.get("total"))
-    return Collection(len(items) if total is None else total, items)
+    return Collection(as_int(body.get("total")), items)
 
 
 def as_int(value: Any) -> int | None:
@@ -138,11 +138,43 @@ class LanguageMap:
             return text.lower(), True
         return self.default, False
 
+    def codes(self) -> set[str]:
+        """Every ISO code the map sends (not the default)."""
+        return set(self._to.values())
+
     def from_flexmail(self, code: Any) -> Any:
         """The source's value for an ISO code; a code the map does not name stays as it is."""
         if not isinstance(code, str):
             return code
         return self._back.get(code.lower(), code)
+
+
+class LanguageNotEnabled(ValueError):
+    """A language memberflow would send is not one of the account's contact languages."""
+
+
+def enabled_languages(body: Any) -> set[str]:
+    """`GET /account-contact-languages` `{languages: [...]}` (FM-formie): ISO codes, each given
+    as text or as an object with a `code` (the item's shape is not documented, [I])."""
+    rows = body.get("languages") if isinstance(body, dict) else None
+    if not isinstance(rows, list):
+        raise ValueError("account-contact-languages answer without a languages list")
+    codes = (row.get("code") if isinstance(row, dict) else row for row in rows)
+    return {code.strip().lower() for code in codes if isinstance(code, str) and code.strip()}
+
+
+def check_languages(languages: LanguageMap, enabled: set[str]) -> None:
+    """FM-A13: the default and every mapped code must be enabled on the account, else Flexmail
+    refuses each contact that carries one; raised before anything is sent, naming them."""
+    wanted = {languages.default, *languages.codes()}
+    missing = sorted(wanted - enabled)
+    if missing:
+        raise LanguageNotEnabled(
+            f"flexmail: language(s) {', '.join(missing)} (default_language or languages:) are "
+            f"not enabled on the account, which has {', '.join(sorted(enabled)) or 'none'}; "
+            "enable them in Flexmail or change the integration's language settings. "
+            "Nothing was sent."
+        )
 
 
 # --- custom fields (FM-A6) -----------------------------------------------------------------------
@@ -323,3 +355,19 @@ def id_text(value: Any) -> str | None:
     if value is None or isinstance(value, bool) or str(value).strip() == "":
         return None
     return str(value).strip()
+
+
+def url_id(value: Any) -> str | None:
+    """A contact id fit for a URL: digits only (ids are numeric, section 2.1). Anything else,
+    such as the synthetic `email:<addr>` a blacklisted member is known by, is None."""
+    found = as_int(value)
+    return str(found) if found is not None else None
+
+
+def location_id(location: str | None) -> str | None:
+    """The id in a create's `Location` (FM-A2): the last path segment of a relative or absolute
+    URL, when it is numeric."""
+    if not location:
+        return None
+    path = location.split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    return url_id(path.rsplit("/", 1)[-1])

@@ -163,6 +163,8 @@ class FlexmailState(PushesWebhooks):
     """One Flexmail account: contacts, blacklist, imports, webhooks, limits; thread-safe.
 
     Settings tests change on a built state: `import_delay` (seconds from queued to completed),
+    `import_start` ("both", or only "patch" / "post": FM-A8's unresolved start), `import_outcome`
+    ("completed" or "failed"), `create_empty_body` (a create answers 201 with only `Location`),
     `set_per_minute`, `set_monthly`, `retry_delays` / `sleep` / `loopback_only` (deliveries) and
     `clock`.
     """
@@ -177,6 +179,7 @@ class FlexmailState(PushesWebhooks):
         self.clock = clock
         self.default_import_delay = float(env.get(IMPORT_DELAY_ENV, "").strip() or IMPORT_DELAY)
         self.import_delay = self.default_import_delay
+        self._default_variants()
         self.default_per_minute = PER_MINUTE if rate_limits else None
         self.limiter = RateLimiter(self.default_per_minute, 60.0, clock)
         self.monthly_cap = MONTHLY_CAP
@@ -221,6 +224,26 @@ class FlexmailState(PushesWebhooks):
                 "campaign_id": 5101,
             }
         )
+
+    def _default_variants(self) -> None:
+        """The answers the API file leaves open, as FM-A2/FM-A8 assume them."""
+        self.import_start = "both"  # "patch" | "post" | "both"
+        self.import_outcome = "completed"  # "completed" | "failed"
+        self.create_empty_body = False
+
+    def set_variants(self, body: Row) -> None:
+        """The open answers (see `_default_variants`), each only when sent; checked here."""
+        with self._lock:
+            if "import_start" in body:
+                if body["import_start"] not in ("patch", "post", "both"):
+                    raise ValueError("import_start must be patch, post or both")
+                self.import_start = body["import_start"]
+            if "import_outcome" in body:
+                if body["import_outcome"] not in ("completed", "failed"):
+                    raise ValueError("import_outcome must be completed or failed")
+                self.import_outcome = body["import_outcome"]
+            if "create_empty_body" in body:
+                self.create_empty_body = bool(body["create_empty_body"])
 
     @property
     def deliveries(self) -> list[Delivery]:  # type: ignore[override]
@@ -296,6 +319,7 @@ class FlexmailState(PushesWebhooks):
             self.limiter.limit = self.default_per_minute
             self.limiter.reset()
             self.import_delay = self.default_import_delay
+            self._default_variants()
             if monthly:
                 self.monthly_cap = MONTHLY_CAP
                 self.monthly_used.clear()
@@ -552,6 +576,10 @@ class FlexmailState(PushesWebhooks):
                 self._apply(pending)
 
     def _apply(self, pending: Import) -> None:
+        if self.import_outcome == "failed":  # nothing applied ([I] a failed import is whole)
+            pending.records, pending.status = [], "failed"
+            pending.message = "Import failed: the file could not be processed"
+            return
         for record in pending.records:
             outcome = self._import_one(record, pending.resubscribe)
             pending.report[f"total_{outcome}"] += 1
@@ -630,6 +658,9 @@ def contact_values(
     }
     values: Row = {}
     for key, check in checks.items():
+        if key in allowed and key in body and body[key] is None and key not in required:
+            # [I] null refused like a null custom field (FM-A6): leave a field out instead
+            violations.append(violation(key, "This value should not be null."))
         if key in allowed and body.get(key) is not None:
             if message := check(body[key]):
                 violations.append(violation(key, message))
@@ -924,7 +955,10 @@ class Handlers:
 
     def create_contact(self, request: Request, body: Any) -> Response:
         made = self.state.create(an_object(body))
-        return hal(request, {"id": made.id}, 201, {"Location": f"/contacts/{made.id}"})
+        location = {"Location": f"/contacts/{made.id}"}
+        if self.state.create_empty_body:  # the setting: FM-A2's id only in the Location
+            return Response(status_code=201, headers=location)
+        return hal(request, {"id": made.id}, 201, location)
 
     def get_contact(self, request: Request, body: Any) -> Response:
         return hal(request, contact_json(self._contact(request)))
@@ -983,6 +1017,8 @@ class Handlers:
     def patch_import(self, request: Request, body: Any) -> Response:
         """FM-A8: `{"status": "queued"}` starts it; nothing else may be changed ([I])."""
         found = self._import(request)
+        if self.state.import_start == "post":
+            raise Problem(405, "Method PATCH is not allowed here")
         body = an_object(body)
         if body != {"status": "queued"}:
             raise invalid([violation("status", 'Only {"status": "queued"} is accepted.')])
@@ -994,6 +1030,8 @@ class Handlers:
         return hal(request, {"records": total}, 201)
 
     def start_import(self, request: Request, body: Any) -> Response:
+        if self.state.import_start == "patch":
+            return self.unknown(request, body)
         found = self._import(request)
         self.state.start_import(found)
         return hal(request, import_json(found))
@@ -1131,7 +1169,9 @@ def control_routes(state: FlexmailState) -> list[BaseRoute]:
         return {"deliveries": [d.id for d in sent]}
 
     def settings(body: Row) -> Row:
-        """FM-A10's limits and the import delay, each only when sent; per_minute null is off."""
+        """FM-A10's limits, the import delay and the open answers (`import_start`,
+        `import_outcome`, `create_empty_body`), each only when sent; per_minute null is off."""
+        state.set_variants(body)
         if "import_delay" in body:
             state.import_delay = float(body["import_delay"])
         if "per_minute" in body:

@@ -85,6 +85,13 @@ class FakeFlexmail:
         self.webhooks: list[dict[str, Any]] = []
         self.imports: dict[str, dict[str, Any]] = {}
         self.import_polls = 2
+        self.import_end = "completed"  # or "failed"
+        self.start_methods = {"PATCH", "POST"}  # FM-A8: how an import may be started
+        self.refuse_imports = False  # 422 on creating an import
+        self.create_answer = "body"  # FM-A2: "body", "location", "absolute" or "empty"
+        self.languages: list[Any] = ["nl", "fr", "en", "de"]
+        self.totals = True  # False: collections without `total` (section 2.4 is [C], still)
+        self.interest_failures = 0  # 500s answered to the next interest POSTs
         self.bounces: list[dict[str, Any]] = []
         self.requests: list[httpx.Request] = []
         self.forced: list[httpx.Response] = []  # answered first, one per request
@@ -129,6 +136,8 @@ class FakeFlexmail:
         method = request.method
         if parts == ["sources"]:
             return httpx.Response(200, json=hal([{"id": 1, "name": "Admin"}]))
+        if parts == ["account-contact-languages"]:
+            return httpx.Response(200, json={"languages": self.languages})
         if parts == ["custom-fields"]:
             return httpx.Response(200, json=hal(self.custom))
         if parts == ["interests"]:
@@ -151,7 +160,10 @@ class FakeFlexmail:
                 rows = [c for c in rows if c["email"] == request.url.params["email"]]
             offset = int(request.url.params.get("offset", 0))
             limit = int(request.url.params.get("limit", 500))
-            return httpx.Response(200, json=hal(rows[offset : offset + limit], len(rows)))
+            page = hal(rows[offset : offset + limit], len(rows))
+            if not self.totals:
+                del page["total"]
+            return httpx.Response(200, json=page)
         if parts == ["contacts"] and method == "POST":
             email = body["email"]
             if email != email.lower():
@@ -169,7 +181,7 @@ class FakeFlexmail:
                 return problem(409, "Contact already exists")
             new = self.add(**{k: v for k, v in body.items() if k != "source"})
             self.contacts[new]["source"] = body["source"]
-            return httpx.Response(201, json={"id": new}, headers={"Location": f"/contacts/{new}"})
+            return self.created(new)
         contact = self.contacts.get(int(parts[1]))
         if contact is None:
             return problem(404, "Contact not found")
@@ -180,6 +192,10 @@ class FakeFlexmail:
             del self.contacts[contact["id"]]
             return httpx.Response(204)
         key = (contact["id"], str((body or {}).get("interest_id") or parts[-1]))
+        if method == "POST" and self.interest_failures:
+            self.interest_failures -= 1
+            self.subscriptions.add(key)
+            return problem(500, "Internal error")  # after storing it: the retry answers 409
         if method == "POST":
             if key in self.subscriptions:
                 return problem(409, "Already subscribed")
@@ -190,26 +206,47 @@ class FakeFlexmail:
         self.subscriptions.discard(key)
         return httpx.Response(204)
 
+    def created(self, new: int) -> httpx.Response:
+        """FM-A2's 201, or the variants a real server might send instead."""
+        location = {"Location": f"/contacts/{new}"}
+        if self.create_answer == "location":
+            return httpx.Response(201, headers=location)
+        if self.create_answer == "absolute":
+            absolute = f"https://api.flexmail.test/contacts/{new}/"
+            return httpx.Response(201, headers={"Location": absolute})
+        if self.create_answer == "empty":
+            return httpx.Response(201)
+        return httpx.Response(201, json={"id": new}, headers=location)
+
     def import_(self, method: str, parts: list[str], body: Any) -> httpx.Response:
         if len(parts) == 2:
+            if self.refuse_imports:
+                return problem(422, "Imports are not enabled for this account")
             self.imports[body["id"]] = {"records": [], "status": "idle", "polls": 0, **body}
             return httpx.Response(201, json={"id": body["id"]})
         job = self.imports[parts[2]]
         if parts[-1] == "records":
             job["records"] += body
             return httpx.Response(201, json={})
-        if method == "PATCH":
-            job["status"] = body["status"]
+        if method == "PATCH" or parts[-1] == "start":
+            if method not in self.start_methods:
+                return problem(405 if method == "PATCH" else 404, "no such route")
+            job["status"] = "queued"
             return httpx.Response(200, json={"id": parts[2], "status": job["status"]})
         job["polls"] += 1
+        report = {"total_added": 0, "total_updated": 0, "total_ignored": 0}
         if job["status"] == "queued" and job["polls"] >= self.import_polls:
-            for record in job["records"]:
+            job["status"] = self.import_end
+            for record in job["records"] if self.import_end == "completed" else []:
                 email = record["email"]
                 if email in self.blacklist or self.by_email(email) or email.endswith("@invalid"):
+                    report["total_ignored"] += 1
                     continue  # ignored by the import
-                self.add(**{k: record[k] for k in ("email", "first_name", "name", "language")})
-            job["status"] = "completed"
-        return httpx.Response(200, json={"id": parts[2], "status": job["status"], "report": {}})
+                self.add(**{k: record.get(k) for k in ("email", "first_name", "name", "language")})
+                report["total_added"] += 1
+            job["report"] = report
+        answer = {"id": parts[2], "status": job["status"], "report": job.get("report", {})}
+        return httpx.Response(200, json=answer)
 
     def webhook(self, method: str, parts: list[str], body: Any) -> httpx.Response:
         if method == "GET":
@@ -615,7 +652,7 @@ def test_webhook_parse_each_event_and_unknown():
         assert refused.value.status == 400
 
 
-def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
+def test_ensure_webhooks_is_idempotent_and_replaces_only_hooks_to_our_url(client, fake):
     url = "https://memberflow.kantoor.be/feedback/admin-flexmail"
     fake.webhooks = [
         {
@@ -638,7 +675,7 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
             "target_url": "https://old.example/hook",
             "verification_token": HOOK_TOKEN,
             "enabled": True,
-        },  # ours, moved: replaced
+        },  # our token, another url (another integration sharing it): kept
         {
             "id": 4,
             "event_name": "contact.clicked",
@@ -660,7 +697,8 @@ def test_ensure_webhooks_is_idempotent_and_replaces_only_ours(client, fake):
         "contact.unsubscribed",
     ]
     assert all(h["verification_token"] == HOOK_TOKEN and h["enabled"] for h in ours)
-    assert [h["id"] for h in fake.webhooks if h["id"] < 5] == [1]
+    assert [h["id"] for h in fake.webhooks if h["id"] < 5] == [1, 3]
+    assert not fake.calls("DELETE", "/webhooks/3") and not fake.calls("DELETE", "/webhooks/1")
     assert client.run_figures()["webhooks_registered"] == 3
 
 
@@ -734,8 +772,16 @@ def test_calls_are_counted_in_the_month_ledger(make, fake, tmp_path):
 
 def test_estimate_calls_single_versus_import(make):
     client = make(bulk_threshold=500)
-    assert client.estimate_calls({"create": 10, "update": 5, "remove": 1}) == 2 + 16
-    assert client.estimate_calls({"create": 2000}) == 2 + 2 + 2 + 3 + 4 + 1
+    reads = 3  # custom fields, languages, interests
+    assert client.estimate_calls({"create": 10, "update": 5, "remove": 1}) == reads + 16 + 10
+    assert client.estimate_calls({"create": 10, "interest_calls": 0}) == reads + 10
+    # 2500 creates: batches 1000, 1000 (imports) and 500 (an import too, at the threshold)
+    one = 2 + 1 + 3  # create, one records chunk, start; three polls
+    lookups = (1 + 2) + (1 + 4) + (1 + 5)  # a count read, then the pages of a growing account
+    assert client.estimate_calls({"create": 2500}) == reads + 2500 + 3 * one + lookups
+    assert client.estimate_calls({"create": 2500, "interest_calls": 0}) == reads + 3 * one
+    # 1400 creates: one import of 1000, then 400 single POSTs (below the threshold)
+    assert client.estimate_calls({"create": 1400, "interest_calls": 0}) == reads + one + 400
 
 
 def test_bad_credentials_stop_the_batch(make, fake):
@@ -748,6 +794,157 @@ def test_bad_credentials_stop_the_batch(make, fake):
 def test_check_connection_probes_sources(client, fake):
     client.check_connection()
     assert fake.requests[0].url.path == "/sources" and fake.requests[0].url.params["limit"] == "1"
+
+
+# --- review findings ---------------------------------------------------------------------------
+
+
+def contact_reads(fake: FakeFlexmail) -> list[httpx.Request]:
+    """GET /contacts itself: the listing and `?email=` lookups (not imports or ids)."""
+    return [r for r in fake.calls("GET", "/contacts") if r.url.path == "/contacts"]
+
+
+@pytest.mark.parametrize("answer", ["location", "absolute", "empty"])
+def test_a_create_without_an_id_in_its_body_still_gets_its_id_and_interests(client, fake, answer):
+    fake.create_answer = answer
+    ack = write(client, [change("kaal@firma.be", groups=("Btw",))])["kaal@firma.be"]
+    known = fake.by_email("kaal@firma.be")["id"]
+    assert (ack.outcome, ack.member_id, ack.dropped) == ("created", str(known), ())
+    assert (known, "2") in fake.subscriptions
+    lookups = [r for r in fake.calls("GET", "/contacts") if "email" in r.url.params]
+    assert len(lookups) == (1 if answer == "empty" else 0)  # Location read when there is one
+
+
+def test_a_create_whose_id_cannot_be_found_drops_its_groups_with_a_reason(
+    client, fake, monkeypatch
+):
+    fake.create_answer = "empty"
+    monkeypatch.setattr(client, "_find", lambda email: None)
+    ack = write(client, [change("kaal@firma.be", groups=("Btw",))])["kaal@firma.be"]
+    assert ack.outcome == "created" and ack.member_id is None
+    assert [name for name, _ in ack.dropped] == ["groups"] and "id unknown" in ack.dropped[0][1]
+    assert not fake.subscriptions
+
+
+def test_an_import_started_only_by_post_start(make, fake):
+    client = make(bulk_threshold=2)
+    fake.start_methods = {"POST"}
+    acks = write(client, [change("a@firma.be"), change("b@firma.be")])
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert len(fake.calls("PATCH", "/contacts/imports")) == 1  # 405, then POST .../start
+    assert len([r for r in fake.calls("POST", "/contacts/imports") if "start" in r.url.path]) == 1
+    write(client, [change("c@firma.be"), change("d@firma.be")])
+    assert len(fake.calls("PATCH", "/contacts/imports")) == 1  # remembered: straight to POST
+    assert client.run_figures()["imports"] == 2
+
+
+@pytest.mark.parametrize("broken", ["refused", "failed", "no start route"])
+def test_an_import_that_cannot_be_used_falls_back_to_single_creates(make, fake, broken):
+    client = make(bulk_threshold=2)
+    fake.refuse_imports = broken == "refused"
+    fake.import_end = "failed" if broken == "failed" else "completed"
+    fake.start_methods = set() if broken == "no start route" else {"PATCH", "POST"}
+    fake.blacklist.add("weg@firma.be")
+    emails = ["a@firma.be", "weg@firma.be", "fout@invalid"]
+    acks = write(client, [change(e) for e in emails])
+    assert {e: acks[e].outcome for e in emails} == {
+        "a@firma.be": "created",
+        "weg@firma.be": "unsubscribed",
+        "fout@invalid": "refused",
+    }
+    assert client.run_figures()["imports_abandoned"] == 1
+    before = len(fake.calls("POST", "/contacts/imports"))
+    again = write(client, [change("b@firma.be"), change("c@firma.be")])
+    assert {a.outcome for a in again.values()} == {"created"}
+    assert len(fake.calls("POST", "/contacts/imports")) == before  # no import tried again
+
+
+def test_an_import_without_groups_or_ignored_records_needs_no_lookup(make, fake):
+    client = make(bulk_threshold=2)
+    emails = ["a@firma.be", "b@firma.be", "c@firma.be"]
+    acks = write(client, [change(e) for e in emails])
+    assert {acks[e].outcome for e in emails} == {"created"}
+    assert not contact_reads(fake)  # no listing, no lookups
+    later = write(client, [change("b@firma.be", "update", member_id=acks["b@firma.be"].member_id)])
+    assert later["b@firma.be"].outcome == "updated"  # found by email
+
+
+def test_an_import_looks_up_only_the_members_with_groups(make, fake):
+    client = make(bulk_threshold=2)
+    changes = [change("a@firma.be", groups=("Btw",)), change("b@firma.be"), change("c@firma.be")]
+    acks = write(client, changes)
+    reads = contact_reads(fake)
+    assert [dict(r.url.params) for r in reads] == [{"limit": "1"}, {"email": "a@firma.be"}]
+    assert (int(acks["a@firma.be"].member_id), "2") in fake.subscriptions
+    assert client.run_figures()["import_lookups"] == 1
+
+
+def test_import_records_leave_empty_names_out(make, fake):
+    client = make(bulk_threshold=1)
+    values = {"email": "a@firma.be", "first_name": None, "name": "Peeters", "language": None}
+    write(client, [change("a@firma.be", values=values)])
+    (job,) = fake.imports.values()
+    (record,) = job["records"]
+    assert "first_name" not in record and None not in record.values()
+    assert record["language"] == "nl"  # required: the default stands in
+
+
+def test_a_synthetic_id_never_reaches_a_url(client, fake):
+    synthetic = "email:weg@firma.be"
+    fake.blacklist.add("weg@firma.be")
+    removed = write(client, [change("weg@firma.be", "remove", member_id=synthetic, values={})])
+    assert removed["weg@firma.be"].outcome == "removed" and not fake.requests
+    write(client, [change("weg@firma.be", "update", member_id=synthetic)])
+    assert not [r for r in fake.requests if "email:" in r.url.path]
+
+
+def test_languages_not_enabled_on_the_account_fail_before_sending(make, fake):
+    fake.languages = [{"code": "nl"}, {"code": "fr"}]  # objects with a code are read too
+    client = make(languages={"N": "nl", "D": "de"}, default_language="en")
+    with pytest.raises(ValueError) as refused:
+        client.target_fields()
+    assert "de, en" in str(refused.value)
+    with pytest.raises(ValueError):
+        client.check_connection()
+    assert not fake.calls("POST", "/contacts")
+    fine = make(languages={"N": "nl", "F": "fr"}, default_language="nl")
+    fine.target_fields()
+    fine.target_fields()
+    assert len(fake.calls("GET", "/account-contact-languages")) == 3  # once per client
+
+
+def test_a_collection_without_total_is_paged_until_a_short_page(client, fake, monkeypatch):
+    monkeypatch.setattr(flexmail_module, "PAGE_SIZE", 2)
+    fake.totals = False
+    for n in range(5):
+        fake.add(f"lid{n}@firma.be")
+    assert len(list(client.iter_members(None))) == 5
+    assert len(fake.calls("GET", "/contacts")) == 3
+    assert client.member_count() is None
+
+
+def test_pacing_is_per_account_and_the_legacy_call_has_no_rest_auth(make, fake):
+    one, other = make(requests_per_minute=60), make(requests_per_minute=60, token="another")
+    assert one._limiter.path == other._limiter.path  # FM-A10: one window per account
+    fake.bounces = []
+    list(one.iter_feedback(None))
+    (legacy,) = fake.calls("GET", "/legacy/bounces")
+    assert "Authorization" not in legacy.headers and legacy.headers["userToken"] == LEGACY
+
+
+def test_an_interest_post_is_retried_after_a_500(client, fake):
+    fake.interest_failures = 1
+    ack = write(client, [change("nieuw@firma.be", groups=("Btw",))])["nieuw@firma.be"]
+    assert (ack.outcome, ack.dropped) == ("created", ())  # the retry's 409 means done
+    assert (int(ack.member_id), "2") in fake.subscriptions
+    assert len(fake.calls("POST", f"/contacts/{ack.member_id}/interest-subscriptions")) == 2
+
+
+def test_a_yaml_number_account_is_taken_as_text():
+    section = parse_target(
+        {"kind": "flexmail", "account": 204518, "token_env": "FM_TOKEN", "source_id": 1}
+    )
+    assert section.account == "204518" and section.destination == "204518"
 
 
 # --- the integration-file section ----------------------------------------------------------------
@@ -953,6 +1150,41 @@ def test_emulator_bulk_import_first_sync(live, fm, sleeps):
     assert fm.interest_names(emails[0]) == {"Btw"}
     assert all(acks[e].member_id == str(fm.contact(e)["id"]) for e in emails)
     assert client.run_figures()["imports"] == 1 and client.run_figures()["import_records"] == 9
+
+
+def test_emulator_create_with_only_a_location_keeps_id_and_interests(live, fm):
+    fm.create_empty_body = True
+    ack = write(live(), [change("kaal@kantoor.be", groups=("Btw",))])["kaal@kantoor.be"]
+    assert ack.member_id == str(fm.contact("kaal@kantoor.be")["id"]) and not ack.dropped
+    assert fm.interest_names("kaal@kantoor.be") == {"Btw"}
+
+
+def test_emulator_import_started_by_post_only(live, fm):
+    fm.import_start = "post"
+    client = live(bulk_threshold=2)
+    acks = write(client, [change("p1@kantoor.be"), change("p2@kantoor.be", groups=("Btw",))])
+    assert {a.outcome for a in acks.values()} == {"created"}
+    assert fm.request_count("PATCH /contacts/imports/{import_id}") == 1  # 405
+    assert fm.request_count("POST /contacts/imports/{import_id}/start") == 1
+    assert fm.interest_names("p2@kantoor.be") == {"Btw"}
+    assert fm.request_count("GET /contacts") == 2  # a count, then one lookup (p2 has groups)
+
+
+def test_emulator_failed_import_falls_back_to_single_creates(live, fm):
+    fm.import_outcome = "failed"
+    client = live(bulk_threshold=2)
+    acks = write(client, [change("f1@kantoor.be"), change("f2@kantoor.be"), change(PIETER)])
+    assert [acks[e].outcome for e in ("f1@kantoor.be", "f2@kantoor.be", PIETER)] == [
+        "created",
+        "created",
+        "unsubscribed",
+    ]
+    assert fm.request_count("POST /contacts") == 3
+    write(client, [change("f3@kantoor.be"), change("f4@kantoor.be")])
+    assert (
+        fm.request_count("POST /contacts/imports") == 1
+        and client.run_figures()["imports_abandoned"] == 1
+    )
 
 
 def test_emulator_listing_and_count(live, fm):

@@ -263,6 +263,32 @@ def test_every_invalid_field_is_a_violation(http):
     assert_problem(http.post("/contacts", json=["a@voorbeeld.be"]), 400)
 
 
+def test_null_in_a_standard_field_is_refused_like_a_null_custom_field(http, fm):
+    nulls = {"email": "leeg@voorbeeld.be", "language": "nl", "source": 1, "first_name": None}
+    assert paths(http.post("/contacts", json=nulls)) == {
+        "first_name": "This value should not be null."
+    }
+    made = new_contact(http, "leeg@voorbeeld.be")
+    assert "name" in paths(http.patch(f"/contacts/{made}", json={"name": None}))
+    http.post("/contacts/imports", json={"id": "imp-null"})
+    rows = [record("null1@voorbeeld.be", name=None), record("null2@voorbeeld.be")]
+    http.post("/contacts/imports/imp-null/records", json=rows)
+    http.patch("/contacts/imports/imp-null", json={"status": "queued"})
+    done = http.get("/contacts/imports/imp-null").json()
+    assert done["report"] == {"total_added": 1, "total_updated": 0, "total_ignored": 1}
+    assert fm.contact("null1@voorbeeld.be") is None
+
+
+def test_create_can_answer_with_only_a_location(sandbox, http, fm):
+    assert control(sandbox, "/settings", create_empty_body=True).status_code == 200
+    body = {"email": "kaal@voorbeeld.be", "language": "nl", "source": 1}
+    answer = http.post("/contacts", json=body)
+    assert answer.status_code == 201 and answer.content == b""
+    assert answer.headers["Location"] == f"/contacts/{fm.contact('kaal@voorbeeld.be')['id']}"
+    fm.reset()
+    assert http.post("/contacts", json=body).json()["id"] == fm.contact(body["email"])["id"]
+
+
 def test_patch_put_and_delete(http):
     cid = new_contact(http, "wijzig@voorbeeld.be", custom_fields={"kantoor": "Gent"})
     patched = http.patch(
@@ -410,6 +436,35 @@ def test_an_import_stays_queued_until_its_delay_has_passed(sandbox, http, fm):
         assert FlexmailState(env={}).import_delay == 6.0
     finally:
         fm.clock = __import__("time").time
+
+
+def queued_import(http: httpx.Client, import_id: str) -> None:
+    http.post("/contacts/imports", json={"id": import_id})
+    http.post(f"/contacts/imports/{import_id}/records", json=[record(f"{import_id}@x.be")])
+
+
+def test_an_import_can_be_started_one_way_only(sandbox, http, fm):
+    assert control(sandbox, "/settings", import_start="post").status_code == 200
+    queued_import(http, "imp-post")
+    assert_problem(http.patch("/contacts/imports/imp-post", json={"status": "queued"}), 405)
+    assert http.post("/contacts/imports/imp-post/start").json()["status"] == "queued"
+    control(sandbox, "/settings", import_start="patch")
+    queued_import(http, "imp-patch")
+    assert_problem(http.post("/contacts/imports/imp-patch/start"), 404)
+    answer = http.patch("/contacts/imports/imp-patch", json={"status": "queued"})
+    assert answer.status_code == 200
+    assert control(sandbox, "/settings", import_start="put").status_code == 400
+    fm.reset()
+    assert fm.import_start == "both"
+
+
+def test_an_import_can_end_failed_without_adding_anyone(sandbox, http, fm):
+    assert control(sandbox, "/settings", import_outcome="failed").status_code == 200
+    queued_import(http, "imp-fail")
+    http.post("/contacts/imports/imp-fail/start")
+    done = http.get("/contacts/imports/imp-fail").json()
+    assert done["status"] == "failed" and done["message"]
+    assert fm.contact("imp-fail@x.be") is None
 
 
 # -- webhooks (section 3, FM-A9) -------------------------------------------------------------------
