@@ -354,7 +354,18 @@ def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings)
         """SELECT action, count(*) FROM member_plan
            WHERE action IN ('create', 'update', 'remove') GROUP BY 1"""
     ).fetchall()
-    return {action: int(n) for action, n in rows}
+    actions = {action: int(n) for action, n in rows}
+    if groups:  # each group joined or left is a call of its own on some targets
+        (changes,) = conn.execute(
+            """SELECT coalesce(sum(
+                   len(list_filter(coalesce(m_groups, []), lambda g: NOT list_contains(
+                       coalesce(sent_groups, []), g)))
+                 + len(list_filter(coalesce(sent_groups, []), lambda g: NOT list_contains(
+                       coalesce(m_groups, []), g)))), 0)
+               FROM member_plan WHERE action IN ('create', 'update')"""
+        ).fetchone()
+        actions["group_changes"] = int(changes)
+    return actions
 
 
 def _present(value: Any) -> bool:

@@ -333,13 +333,13 @@ class FlexmailClient(TargetClient):
         read and the account's listing pages, which grows by each import); any other batch is
         one POST per create (a 409 costs two more, not foreseen).
 
-        Interest calls cannot be seen from here (the core hands over counts, not MemberChanges):
-        `actions["interest_calls"]` is used when given, else a create is guessed to add
-        INTEREST_CALLS_PER_CREATE interests (CRM interests on). With interests off that
-        over-counts, which errs toward not starting a run the budget may not cover."""
+        Interest calls are one per group joined or left: `actions["group_changes"]` (the core
+        counts them when the list keeps groups), else a create is guessed to add
+        INTEREST_CALLS_PER_CREATE interests, which errs toward not starting a run the budget may
+        not cover."""
         creates = actions.get("create", 0)
         calls = 3 + actions.get("update", 0) + actions.get("remove", 0)
-        interests = actions.get("interest_calls")
+        interests = actions.get("group_changes")
         calls += INTEREST_CALLS_PER_CREATE * creates if interests is None else interests
         lookups = interests is None or interests > 0  # imported contacts with interests
         imported = 0

@@ -774,14 +774,14 @@ def test_estimate_calls_single_versus_import(make):
     client = make(bulk_threshold=500)
     reads = 3  # custom fields, languages, interests
     assert client.estimate_calls({"create": 10, "update": 5, "remove": 1}) == reads + 16 + 10
-    assert client.estimate_calls({"create": 10, "interest_calls": 0}) == reads + 10
+    assert client.estimate_calls({"create": 10, "group_changes": 0}) == reads + 10
     # 2500 creates: batches 1000, 1000 (imports) and 500 (an import too, at the threshold)
     one = 2 + 1 + 3  # create, one records chunk, start; three polls
     lookups = (1 + 2) + (1 + 4) + (1 + 5)  # a count read, then the pages of a growing account
     assert client.estimate_calls({"create": 2500}) == reads + 2500 + 3 * one + lookups
-    assert client.estimate_calls({"create": 2500, "interest_calls": 0}) == reads + 3 * one
+    assert client.estimate_calls({"create": 2500, "group_changes": 0}) == reads + 3 * one
     # 1400 creates: one import of 1000, then 400 single POSTs (below the threshold)
-    assert client.estimate_calls({"create": 1400, "interest_calls": 0}) == reads + one + 400
+    assert client.estimate_calls({"create": 1400, "group_changes": 0}) == reads + one + 400
 
 
 def test_bad_credentials_stop_the_batch(make, fake):

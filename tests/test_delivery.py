@@ -217,3 +217,25 @@ def test_members_with_groups_fail_before_any_send_on_a_target_without_groups():
     with pytest.raises(TargetCannotError, match="keeps no groups"):
         deliver_members(conn, target, _settings("external_id"), MAPPED)
     assert target.written == []
+
+
+def test_planned_actions_count_the_group_changes_a_budget_must_cover():
+    """AF8: a target paying a call per group joined or left learns how many before sending."""
+    from memberflow.delivery import deliver_members, planned_actions
+    from tests.fake_target import FakeTarget
+
+    rows = _keyed("external_id", CARDS)
+    conn = _warehouse(rows, groups=True)
+    assert planned_actions(conn, _settings("external_id")) == {"create": 3, "group_changes": 2}
+    deliver_members(conn, FakeTarget(), _settings("external_id"), MAPPED)
+    rows[2]["groups"] = ["a", "b"]  # Борис joins two groups
+    rows[0]["groups"] = []  # the first card leaves one
+    _replace_members(conn, _warehouse(rows, groups=True))
+    assert planned_actions(conn, _settings("external_id")) == {"update": 2, "group_changes": 3}
+
+
+def _replace_members(conn, other) -> None:
+    frame = other.execute("SELECT * FROM members").df()
+    conn.register("frame", frame)
+    conn.execute("CREATE OR REPLACE TABLE members AS SELECT * FROM frame")
+    conn.unregister("frame")
