@@ -658,6 +658,62 @@ def test_unsubscribe_not_writable_is_skipped_and_a_gone_relation_refused(make, a
     ]
 
 
+def test_unsubscribe_sends_the_head_office_address_and_null_for_zero_ids(make, admin):
+    admin.customers = {5: customer(5, CustomerGroup=0, CustomerCrmType=0, CommercialName="P BV")}
+    office = {"CustomerAddressId": 51, "CustomerId": 5, "RegisteredOffice": True,
+              "StreetName": "Kerkstraat", "Street1": "Kerkstraat 12/A", "Street2": None,
+              "HouseNr": "12", "HouseBox": "A", "ZipCode": "9000", "City": "Gent",
+              "CountryCode": "BE"}  # fmt: skip
+    branch = {**office, "CustomerAddressId": 52, "RegisteredOffice": False, "City": "Brugge"}
+    admin.addresses = [branch, office]
+    assert results(make(), wb("unsubscribe", "5")) == [("done", "5", None)]
+    body = json.loads(next(r for r in admin.requests if r.method == "PUT").content)
+    assert {k: body[k] for k in ("Street1", "Street2", "Nr", "Box", "Zipcode", "City")} == {
+        "Street1": "Kerkstraat",
+        "Street2": None,
+        "Nr": "12",
+        "Box": "A",
+        "Zipcode": "9000",
+        "City": "Gent",
+    }
+    assert body["CountryCode"] == "BE" and body["CommercialName"] == "P BV"
+    assert body["CustomerGroup"] is None and body["CustomerCrmType"] is None  # 0 is none
+    assert filters(admin, "customeraddresses") == ["CustomerId eq 5 and RegisteredOffice eq true"]
+
+
+def test_a_400_that_does_not_name_newsletter_is_refused_with_admin_words(make, admin):
+    admin.customers = {5: customer(5)}
+    admin.put_error = (400, "Email is not a valid email address")
+    assert results(make(), wb("unsubscribe", "5")) == [
+        ("refused", "5", "Email is not a valid email address")
+    ]
+
+
+def test_an_answer_without_newsletter_is_skipped_not_already(make, admin):
+    admin.customers = {5: {k: v for k, v in customer(5).items() if k != "Newsletter"}}
+    [(status, cid, reason)] = results(make(), wb("unsubscribe", "5"))
+    assert (status, cid) == ("skipped", "5") and "no Newsletter field" in reason
+    assert not any(r.method == "PUT" for r in admin.requests)
+
+
+def test_create_sends_only_a_language_admin_knows(make, admin):
+    admin.languages = [
+        {"ListValueId": 1, "ListValue": "N", "ExtCode": "nl"},
+        {"ListValueId": 2, "ListValue": "F", "ExtCode": "fr"},
+        {"ListValueId": 3, "ListValue": "E", "ExtCode": "en"},
+    ]
+    client = make(language_default="F")
+    given = ["nl", "E", "xx", None]
+    changes = [
+        wb("create", values={"Email": f"p{i}@kantoor.be", "Name": "P", "Language": language})
+        for i, language in enumerate(given)
+    ]
+    assert [r[0] for r in results(client, *changes)] == ["done"] * 4
+    posts = [json.loads(r.content) for r in admin.requests if r.method == "POST"]
+    assert [p["Language"] for p in posts] == ["N", "E", "F", "F"]
+    assert admin.counts["GET lists/{id}"] == 1  # read once
+
+
 def test_a_click_becomes_one_communication_even_when_resumed(make, admin):
     admin.customers = {5: customer(5)}
     detail = {
