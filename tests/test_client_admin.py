@@ -1,8 +1,11 @@
 """AdminClient against a scripted Admin (httpx.MockTransport): the token and its renewal
-(AD-A2), throttling 403s waited out and pacing (AD-A3), Link paging and empty answers (AD-A4),
-the selection (AD-A5), change-log reads with halving, chunks of 100 and tombstones (AD-A6),
-custom fields (AD-A11), interests (AD-A10, AF6), every write-back (AD-A7..A9) and the key kept
-out of errors and logs; then the `source:` section and the default mappings."""
+(AD-A2), the server's clock read from it, throttling 403s waited out and pacing (AD-A3), Link
+paging (a proxy's host name replaced by ours) and empty answers (AD-A4), the selection (AD-A5),
+change-log reads by LogId (bursts over 1000 rows, a DST fall-back, the older text cursor),
+chunks of 100 and tombstones (AD-A6), custom fields and their 404/403 (AD-A11), interests
+(AD-A10, AF6), every write-back (AD-A7..A9, the head-office address on PUT) and the key kept
+out of errors and logs; then the `source:` section and the default mappings; then the same
+against the emulator over a real socket."""
 
 from __future__ import annotations
 

@@ -486,7 +486,7 @@ def stamp_of(row: dict) -> str:
     return row["DateAction"]
 
 
-def test_at_most_1000_changes_per_call_so_the_client_halves_its_window(admin, http, control):
+def test_at_most_1000_changes_per_call_so_the_client_goes_on_by_log_id(admin, http, control):
     start = admin.now()
     admin.now = lambda: start + timedelta(minutes=1)
     try:
