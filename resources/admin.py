@@ -238,9 +238,7 @@ class AdminClient(SourceClient):
                 if str(row.get("TableName") or CUSTOMER_TABLE).upper() != CUSTOMER_TABLE:
                     action = "UPDATE"
                 latest[str(row["Id"])] = action
-        highest = max((_log_id(r) for r in rows), default=0)
-        at = local_text(started, self._zone)
-        self._next_cursor[entity] = ChangeCursor(at, highest) if highest else since
+        self._next_cursor[entity] = _following(since, rows, local_text(started, self._zone))
         deleted = [cid for cid, action in latest.items() if action == "DELETE"]
         if deleted:
             yield [self.tombstone(CUSTOMERS.name, cid) for cid in deleted]
@@ -417,6 +415,18 @@ def _log_id(row: Row) -> int:
         return int(row.get("LogId") or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def _following(cursor: ChangeCursor, rows: list[Row], started: str) -> ChangeCursor:
+    """The cursor after a read: the highest LogId found; without one (a server whose rows carry
+    none) the read's start, read next time with ChangeCursor's overlap; the old cursor when the
+    read found nothing."""
+    highest = max((_log_id(r) for r in rows), default=0)
+    if highest:
+        return ChangeCursor(started, highest)
+    if rows and cursor.log_id is None:
+        return ChangeCursor(started)
+    return cursor
 
 
 def _no_custom_fields(exc: VendorError) -> bool:

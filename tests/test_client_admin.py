@@ -862,6 +862,15 @@ def test_a_read_that_finds_no_change_keeps_the_cursor(make, admin, clock):
     assert client.cursor_after("customers", with_log, None, datetime.now(UTC)) == with_log
 
 
+def test_change_rows_without_a_log_id_move_a_time_cursor_to_the_read(make, admin, clock):
+    admin.customers = {1: customer(1)}
+    admin.changes = [{**change(1, clock.local(-30)), "LogId": None}]
+    client = make()
+    cursor = clock.local(-600)
+    assert [r["CustomerId"] for r in records(client.iter_changed("customers", cursor))] == [1]
+    assert client.cursor_after("customers", cursor, None, datetime.now(UTC)) == clock.local()
+
+
 # -- the server's clock ----------------------------------------------------------------------------
 def test_a_server_clock_off_by_more_than_two_minutes_fails_the_check_and_the_read(make, admin):
     admin.customers = {1: customer(1)}
