@@ -8,8 +8,11 @@ Admin is self-hosted (AD-A1); the token, pacing, paging and error answers are th
   box (AD-A5); later reads follow the change log of relations and their custom fields (AD-A6)
   and re-read the changed ids without the selection filter, so a relation that left it comes
   back with `InNewsletterSelection` false and is withdrawn; a deleted one is a tombstone.
-  Custom fields of `extradata/{table}` are joined in (AD-A11). The cursor is the server-local
-  DateAction the next window starts at.
+  Custom fields of `extradata/{table}` are joined in (AD-A11). The cursor is the highest LogId
+  read (`l.LogId gt <n>`, the API file's LogId range), so neither our clock, a wrong zone, a
+  DST fall-back nor 1000 changes in one second lose a change; right after a full read, and for
+  a cursor of the older text format, it is a server-local moment read with an overlap
+  (resources/admin_filter.py ChangeCursor).
 - `interests` (events, read whole, AD-A10): one call per selected relation, so it is an optional
   entity unless `crm_interests` is on (AF6).
 """
@@ -30,15 +33,16 @@ from pydantic import BeforeValidator, Field, field_validator
 from resources.admin_filter import (
     CUSTOMER_TABLE,
     SELECTION,
-    changes_window,
+    ChangeCursor,
+    changes_filter,
     chunks,
-    halves,
+    local_iso,
     local_text,
     one_of,
     parse_local,
 )
 from resources.admin_session import THROTTLE_WAIT_SECONDS, AdminSession
-from resources.admin_write_back import AdminWriteBack, truthy
+from resources.admin_write_back import AdminWriteBack, admin_message, truthy
 from resources.base import CallCounter, EntitySpec, RecordMeta, SourceClient, VendorError
 from resources.http import (
     EnvVarName,
@@ -116,7 +120,7 @@ class AdminClient(SourceClient):
             sleep=sleep,
             clock=clock,
         )
-        self._next_cursor: dict[str, str] = {}  # entity -> where the next read starts
+        self._next_cursor: dict[str, ChangeCursor] = {}  # entity -> where the next read starts
         self._complete: dict[str, bool] = {}
         self._warnings: list[str] = []
         self._writer = AdminWriteBack(
@@ -133,16 +137,18 @@ class AdminClient(SourceClient):
         return frozenset() if self._crm_interests else frozenset({INTERESTS.name})
 
     def check_connection(self) -> None:
-        """A token (the key is right) and `apisettings` (the host answers it)."""
+        """A token (the key is right), `apisettings` (the host answers it) and the server's clock
+        against ours in the configured zone (the change log is read in server time)."""
         self._api.settings(refresh=True)
+        self._api.check_clock()
 
     def record_meta(self, entity: str, record: Row) -> RecordMeta:
-        """Customers have no modified field. `ChangedAt` stands in: the change log's DateAction
-        for a relation read after a change, the read's start for one read in a full read. Both
-        are moments its state was known, and they keep versions in order: a change landed later
-        is at or after the cursor, which is at or after the last full read's start. (CreationDate
-        would rank a full re-read below older changes.) Interests: the moment and the local day
-        they were read (they have no date of their own)."""
+        """Customers have no modified field. `ChangedAt` stands in: the moment the read started,
+        in the server's zone with its offset. Its state was known then, and reads follow each
+        other, so versions stay in order, also in a DST fall-back's repeated hour (a DateAction
+        there would rank a later change below an earlier one; CreationDate would rank a full
+        re-read below older changes). Interests: the moment and the local day they were read
+        (they have no date of their own)."""
         if self._entity(entity) is INTERESTS:
             moment = self._moment(record.get("ReadAt"))
             return RecordMeta(record_id(record, "Id"), moment, moment.astimezone(self._zone).date())
@@ -155,14 +161,13 @@ class AdminClient(SourceClient):
         since it. Interests: every selected relation's, whatever the cursor."""
         if self._entity(entity) is INTERESTS:
             return self._interest_pages()
-        now = local_text(self._now(), self._zone)
-        since = self._cursor_text(cursor)
+        started = self._now()
+        since = self._cursor(cursor)
         if since is None:
-            self._next_cursor[entity] = now
-            return self._selection_pages(now)
-        upper = max(since, now)  # same fixed-width format: text order is time order
-        self._next_cursor[entity] = upper
-        return self._changed_pages(since, upper)
+            self._next_cursor[entity] = ChangeCursor(local_text(started, self._zone))
+            return self._selection_pages(local_iso(started, self._zone))
+        self._api.check_clock()
+        return self._changed_pages(entity, since, started)
 
     def has_changes(self, entity: str, cursor: str | datetime | None) -> bool:
         """Customers: one change-log call for any row since the cursor. Interests: no call; a
@@ -170,20 +175,21 @@ class AdminClient(SourceClient):
         if self._entity(entity) is INTERESTS:
             since = _aware(cursor)
             return since is None or self._now() - since >= self._interests_every * 0.9
-        since = self._cursor_text(cursor)
+        since = self._cursor(cursor)
         if since is None:
             return True
-        window = changes_window(since, local_text(self._now(), self._zone))
+        window = changes_filter(since.since(self._zone), since.log_id)
         first = self._api.list_rows("customer/changes", "customer/changes", window, per_page=1)
         return bool(next(first, []))
 
     def cursor_after(
         self, entity: str, previous: str | None, high_water: datetime | None, started_at: datetime
     ) -> str | None:
-        """Customers: the upper bound of the window just landed (server-local text)."""
+        """Customers: after the highest LogId just landed (ChangeCursor's text)."""
         if self._entity(entity) is INTERESTS:
             return super().cursor_after(entity, previous, high_water, started_at)
-        return self._next_cursor.get(entity, previous)
+        following = self._next_cursor.get(entity)
+        return previous if following is None else following.text()
 
     def scan_complete(self, entity: str) -> bool:
         return self._complete.get(entity, False)
@@ -192,12 +198,11 @@ class AdminClient(SourceClient):
         """Customers read again by id (100 a call); one not returned is a tombstone."""
         if self._entity(entity) is INTERESTS:
             raise ValueError("admin interests are read whole; they cannot be re-read by id")
-        now = local_text(self._now(), self._zone)
         wanted = list(dict.fromkeys(str(i) for i in ids))
-        return self._customers_by_id(wanted, dict.fromkeys(wanted, now))
+        return self._customers_by_id(wanted, local_iso(self._now(), self._zone))
 
     def run_warnings(self) -> list[str]:
-        return list(self._warnings)
+        return [*self._api.warnings, *self._warnings]
 
     def write_back(
         self, changes: Sequence[WriteBack]
@@ -219,51 +224,53 @@ class AdminClient(SourceClient):
         for page in self._api.list_rows("customers", "customers", SELECTION):
             yield [self._customer_row(c, extra, read_at) for c in page]
 
-    def _changed_pages(self, since: str, upper: str) -> Iterator[list[Row]]:
-        """AD-A6: the ids the change log names in [since, upper), their last action deciding:
-        a DELETE of the relation (not of one of its custom-field rows) is a tombstone, anything
-        else is read again."""
-        latest: dict[str, tuple[str, str]] = {}  # id -> (DateAction, ActionType)
-        for row in sorted(self._change_rows(since, upper), key=_log_order):
+    def _changed_pages(
+        self, entity: str, since: ChangeCursor, started: datetime
+    ) -> Iterator[list[Row]]:
+        """AD-A6: the ids the change log names after the cursor, their last action deciding: a
+        DELETE of the relation (not of one of its custom-field rows) is a tombstone, anything
+        else is read again. The next cursor is the highest LogId read (the old one when none)."""
+        rows = self._change_rows(since)
+        latest: dict[str, str] = {}  # id -> ActionType
+        for row in sorted(rows, key=_log_id):
             if row.get("Id") is not None and str(row["Id"]).strip():
                 action = str(row.get("ActionType") or "").upper()
                 if str(row.get("TableName") or CUSTOMER_TABLE).upper() != CUSTOMER_TABLE:
                     action = "UPDATE"
-                latest[str(row["Id"])] = (str(row.get("DateAction") or upper), action)
-        deleted = [cid for cid, (_, action) in latest.items() if action == "DELETE"]
+                latest[str(row["Id"])] = action
+        self._next_cursor[entity] = _following(since, rows, local_text(started, self._zone))
+        deleted = [cid for cid, action in latest.items() if action == "DELETE"]
         if deleted:
             yield [self.tombstone(CUSTOMERS.name, cid) for cid in deleted]
-        alive = {cid: when for cid, (when, action) in latest.items() if action != "DELETE"}
-        yield from self._customers_by_id(list(alive), alive)
+        alive = [cid for cid, action in latest.items() if action != "DELETE"]
+        yield from self._customers_by_id(alive, local_iso(started, self._zone))
 
-    def _change_rows(self, start: str, end: str) -> list[Row]:
-        """The change-log rows of [start, end); a window that hits the 1000-row cap is halved
-        and each half read again, down to one second (then what came is kept, with a warning)."""
+    def _change_rows(self, cursor: ChangeCursor) -> list[Row]:
+        """The change-log rows after the cursor. A call that returns the 1000-row cap goes on
+        after the highest LogId it returned, so a burst (1000 rows in one second) is read whole."""
+        since, after = cursor.since(self._zone), cursor.log_id
         rows: list[Row] = []
-        windows = [(start, end)]
-        while windows:
-            first, last = windows.pop(0)
-            if first >= last:
-                continue
+        while True:
             found = [
                 r
                 for page in self._api.list_rows(
-                    "customer/changes", "customer/changes", changes_window(first, last)
+                    "customer/changes", "customer/changes", changes_filter(since, after)
                 )
                 for r in page
             ]
-            split = halves(first, last, self._zone) if len(found) >= CHANGES_CAP else None
-            if split is not None:
-                windows[0:0] = list(split)
-                continue
-            if len(found) >= CHANGES_CAP:
-                self._warnings.append(
-                    f"admin: {len(found)} changes in the second from {first}: some may be missed"
-                )
             rows.extend(found)
-        return rows
+            highest = max((_log_id(r) for r in found), default=0)
+            if len(found) < CHANGES_CAP:
+                return rows
+            if not highest or (after is not None and highest <= after):
+                self._warnings.append(
+                    f"admin: {len(found)} change rows without a usable LogId after "
+                    f"{cursor.text()}: some changes may be missed"
+                )
+                return rows
+            after = highest
 
-    def _customers_by_id(self, ids: list[str], changed_at: dict[str, str]) -> Iterator[list[Row]]:
+    def _customers_by_id(self, ids: list[str], changed_at: str) -> Iterator[list[Row]]:
         """`CustomerId in (...)` 100 at a time, without the selection filter (a relation that
         left it must come back); an id not returned is a tombstone."""
         for chunk in chunks(ids, IDS_PER_CALL):
@@ -275,10 +282,7 @@ class AdminClient(SourceClient):
                 for c in page
             ]
             extra = self._custom_fields(chunk)
-            page_out = [
-                self._customer_row(c, extra, changed_at.get(str(c.get("CustomerId")), ""))
-                for c in found
-            ]
+            page_out = [self._customer_row(c, extra, changed_at) for c in found]
             returned = {str(c.get("CustomerId")) for c in found}
             page_out += [
                 self.tombstone(CUSTOMERS.name, cid) for cid in chunk if cid not in returned
@@ -287,16 +291,27 @@ class AdminClient(SourceClient):
                 yield page_out
 
     def _custom_fields(self, ids: Sequence[str] | None) -> dict[str, Row]:
-        """AD-A11: custom-field values by CustomerId, the whole table or these ids."""
+        """AD-A11: custom-field values by CustomerId, the whole table or these ids. A 404 "No
+        extradata found" is none; a key not permitted the endpoint (403 "no valid configuration
+        for token") hands the relations without custom fields, with a warning, once a run."""
         filter_ = None if ids is None else one_of("CustomerId", ids)
         path = f"extradata/{self._table}"
         joined: dict[str, Row] = {}
-        for page in self._api.list_rows(path, "extradata/{table}", filter_):
-            for row in page:
-                if row.get("CustomerId") is None:
-                    continue
-                values = {k: v for k, v in row.items() if k != "CustomerId"}
-                joined.setdefault(str(row["CustomerId"]), {}).update(values)
+        try:
+            for page in self._api.list_rows(path, "extradata/{table}", filter_):
+                for row in page:
+                    if row.get("CustomerId") is None:
+                        continue
+                    values = {k: v for k, v in row.items() if k != "CustomerId"}
+                    joined.setdefault(str(row["CustomerId"]), {}).update(values)
+        except VendorError as exc:
+            if not _no_custom_fields(exc):
+                raise
+            if exc.status == 403:
+                self._warn_once(
+                    f"admin: custom fields not read ({admin_message(exc)}): the API key is not "
+                    f"permitted {path}; relations are handed without them"
+                )
         return joined
 
     def _customer_row(self, customer: Row, extra: dict[str, Row], changed_at: str) -> Row:
@@ -305,8 +320,12 @@ class AdminClient(SourceClient):
         fields = extra.get(str(customer.get("CustomerId")), {})
         row = {**{k: v for k, v in fields.items() if k not in customer}, **customer}
         row[IN_SELECTION] = truthy(customer.get("IsActive")) and truthy(customer.get("Newsletter"))
-        row[CHANGED_AT] = changed_at or local_text(self._now(), self._zone)
+        row[CHANGED_AT] = changed_at or local_iso(self._now(), self._zone)
         return row
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warnings:
+            self._warnings.append(message)
 
     # --- interests (AD-A10) --------------------------------------------------------------------
 
@@ -361,15 +380,16 @@ class AdminClient(SourceClient):
         except ValueError:
             return self._now()
 
-    def _cursor_text(self, cursor: str | datetime | None) -> str | None:
-        """The cursor as server-local text; None (a full read) when absent or unreadable."""
+    def _cursor(self, cursor: str | datetime | None) -> ChangeCursor | None:
+        """The stored cursor; None (a full read) when absent or unreadable."""
         if cursor is None or cursor == "":
             return None
         try:
-            moment = cursor if isinstance(cursor, datetime) else parse_local(cursor, self._zone)
+            if isinstance(cursor, datetime):
+                return ChangeCursor(local_text(cursor, self._zone))
+            return ChangeCursor.read(cursor, self._zone)
         except ValueError:
             return None
-        return local_text(moment, self._zone)
 
     def _entity(self, name: str) -> EntitySpec:
         for spec in ENTITIES:
@@ -389,13 +409,32 @@ def _interest_row(customer_id: Any, interest: Row, read_at: str, read_on: str) -
     }
 
 
-def _log_order(row: Row) -> tuple[str, int]:
-    """Change-log rows by DateAction, then LogId (several in one second)."""
+def _log_id(row: Row) -> int:
+    """A change-log row's LogId (the order rows were written in); 0 when it has none."""
     try:
-        log_id = int(row.get("LogId") or 0)
+        return int(row.get("LogId") or 0)
     except (TypeError, ValueError):
-        log_id = 0
-    return str(row.get("DateAction") or ""), log_id
+        return 0
+
+
+def _following(cursor: ChangeCursor, rows: list[Row], started: str) -> ChangeCursor:
+    """The cursor after a read: the highest LogId found; without one (a server whose rows carry
+    none) the read's start, read next time with ChangeCursor's overlap; the old cursor when the
+    read found nothing."""
+    highest = max((_log_id(r) for r in rows), default=0)
+    if highest:
+        return ChangeCursor(started, highest)
+    if rows and cursor.log_id is None:
+        return ChangeCursor(started)
+    return cursor
+
+
+def _no_custom_fields(exc: VendorError) -> bool:
+    """An extradata answer that means "no custom fields to join" rather than a failed read."""
+    message = admin_message(exc).lower()
+    if exc.status == 404:
+        return "no extradata" in message or "nothing found" in message
+    return exc.status == 403 and "no valid configuration" in message
 
 
 def _aware(cursor: str | datetime | None) -> datetime | None:

@@ -9,6 +9,7 @@ time zones are decided once.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
@@ -21,6 +22,9 @@ CUSTOMER_TABLE = "CUSTOMER"
 # its custom fields. The second name is an assumption [I]: a server without such rows just
 # matches none, and a custom-field edit is otherwise only seen by the next full read.
 CHANGE_TABLES = (CUSTOMER_TABLE, "CUSTOMER_EXTRADATA")
+# A time-based change read starts this long before its cursor: more than the repeated hour of a
+# DST fall-back plus the clock difference the session tolerates (re-reading ids is harmless).
+OVERLAP = timedelta(minutes=65)
 T = TypeVar("T")
 
 
@@ -45,17 +49,62 @@ def one_of(field: str, values: Iterable[object]) -> str:
     return f"{field} in ({','.join(literal(v) for v in values)})"
 
 
-def changes_window(start: str, end: str) -> str:
-    """AD-A6: the change-log rows of CHANGE_TABLES with start <= DateAction < end (server-local
-    text)."""
+def changes_filter(since: str | None, after_log: int | None) -> str:
+    """AD-A6: the change-log rows of CHANGE_TABLES after LogId `after_log` (the API file: a LogId
+    range can be used instead of DateAction) and, when `since` is given, with DateAction at or
+    after it (server-local text). Without an upper bound: what lands while we read is read now
+    or after the highest LogId next time, never lost between two windows."""
     tables = ",".join(text(t) for t in CHANGE_TABLES)
-    return f"TableName in ({tables}) and DateAction ge {text(start)} and DateAction lt {text(end)}"
+    parts = [f"TableName in ({tables})"]
+    if since is not None:
+        parts.append(f"DateAction ge {text(since)}")
+    if after_log is not None:
+        parts.append(f"l.LogId gt {after_log}")
+    return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class ChangeCursor:
+    """Where the next change-log read starts: after LogId `log_id` once one was seen; before
+    that (right after a full read, or a cursor of the older text-only format) from the
+    server-local moment `at` less OVERLAP. Written `<at>|<log_id>` or just `<at>`, so a stored
+    text-only cursor still reads."""
+
+    at: str
+    log_id: int | None = None
+
+    def text(self) -> str:
+        return self.at if self.log_id is None else f"{self.at}|{self.log_id}"
+
+    @classmethod
+    def read(cls, value: str, zone: ZoneInfo) -> ChangeCursor:
+        """Raises ValueError when `value` is no cursor."""
+        at, _, log = value.partition("|")
+        moment = local_text(parse_local(at, zone), zone)
+        if not log:
+            return cls(moment)
+        if not log.strip().isdigit():
+            raise ValueError(f"unreadable LogId in cursor {value!r}")
+        return cls(moment, int(log))
+
+    def since(self, zone: ZoneInfo) -> str | None:
+        """The DateAction a time-based read starts at: OVERLAP before `at`, which covers a
+        clock a little off and the repeated hour of a DST fall-back; None once a LogId leads."""
+        if self.log_id is not None:
+            return None
+        return local_text(parse_local(self.at, zone) - OVERLAP, zone)
 
 
 def local_text(moment: datetime, zone: ZoneInfo) -> str:
     """An aware (or naive UTC) moment as the server's local `YYYY-MM-DD HH:MM:SS`."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
     return aware.astimezone(zone).strftime(LOCAL_FORMAT)
+
+
+def local_iso(moment: datetime, zone: ZoneInfo) -> str:
+    """An aware moment in the server's zone with its offset: unambiguous in a DST fall-back."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(zone).isoformat(timespec="seconds")
 
 
 def parse_local(value: str, zone: ZoneInfo) -> datetime:
@@ -76,17 +125,6 @@ def same_local(left: object, right: str, zone: ZoneInfo) -> bool:
         ).replace(microsecond=0)
     except ValueError:
         return str(left).strip() == right.strip()
-
-
-def halves(start: str, end: str, zone: ZoneInfo) -> tuple[tuple[str, str], tuple[str, str]] | None:
-    """[start, end) cut in two at the whole second nearest its middle; None for a window of one
-    second or less (it cannot be cut)."""
-    first, last = parse_local(start, zone), parse_local(end, zone)
-    seconds = int((last - first).total_seconds())
-    if seconds <= 1:
-        return None
-    middle = local_text(first + timedelta(seconds=seconds // 2), zone)
-    return (start, middle), (middle, end)
 
 
 def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:

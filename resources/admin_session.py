@@ -4,13 +4,18 @@ what they read and write.
 
 - AD-A2: `GET token/{api_key}` -> TokenGuid, valid until TimeToLive (server-local time), sent as
   `synetonToken`; renewed a minute before it expires and once after a 401. The key sits in that
-  URL's path: it is one of the HTTP layer's masked secrets, so no log line or error shows it.
+  URL's path (quoted): it is one of the HTTP layer's masked secrets, so no log line or error
+  shows it. An unreadable TimeToLive is taken as now + DurationToken, with a warning.
+- The server's clock: TimeToLive - DurationToken is the server's "now" at the token call. The
+  change log speaks server-local time, so `check_clock` fails a check or a read when that differs
+  from our clock in the configured zone by more than CLOCK_TOLERANCE (a wrong zone or a skew).
 - AD-A3: `apisettings` is read once; from then on every try waits for room in the RateLimit calls
   per 60 s (a limiter shared by every run using this key), and a 403 "You are throttling the
   system" that still comes is waited out like a 429, never failed on.
 - AD-A4: lists are plain arrays, `per_page` = MaxRecordsPerPage, the next page in the `Link`
-  header (followed on our own host only: the token goes with it); 204 and 404 "Nothing found"
-  are empty.
+  header (only its path and query, under our base, sent to the configured host: a reverse proxy
+  may name itself, and the token must never go elsewhere); 204 and 404 "Nothing found" are
+  empty.
 - AD-A12: refusals carry Admin's own `ErrorMessage`, with the call and host named.
 """
 
@@ -19,15 +24,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import httpx
 
-from resources.admin_filter import parse_local
+from resources.admin_filter import local_text
 from resources.admin_write_back import admin_message, throttling
 from resources.auth import CachedToken
 from resources.base import CallCounter, VendorError
@@ -37,6 +42,8 @@ from resources.rate_budget import SharedRateLimiter, Window
 TOKEN_MARGIN_SECONDS = 60.0  # AD-A2: renewed a minute before TimeToLive
 THROTTLE_WAIT_SECONDS = 60.0  # AD-A3: a throttled call waits out the 60 s window
 PAGE_SIZE_FALLBACK = 100  # when apisettings names no MaxRecordsPerPage
+DURATION_FALLBACK_MINUTES = 30  # AD-A3's DurationToken, when apisettings is not read yet
+CLOCK_TOLERANCE_SECONDS = 120.0  # server clock vs ours in the configured zone
 
 Row = dict[str, Any]
 
@@ -78,7 +85,7 @@ class AdminSession:
             transport=transport,
             sleep=sleep,
             calls=calls,
-            secrets=[api_key],
+            secrets=[api_key, quote(api_key, safe="")],
             classify=classify,
             throttle_wait=self._throttle_wait,
         )
@@ -86,6 +93,9 @@ class AdminSession:
         self._lock = threading.Lock()
         self._settings: Row | None = None
         self._limiter: SharedRateLimiter | None = None
+        # (TimeToLive as server-local naive time, our epoch seconds) of the last token call
+        self._token_seen: tuple[datetime, float] | None = None
+        self.warnings: list[str] = []
 
     def close(self) -> None:
         self._http.close()
@@ -120,6 +130,42 @@ class AdminSession:
         if made and self._limiter is not None:
             self._limiter.acquire()  # the apisettings call just made counts too
         return body
+
+    # --- the server's clock ----------------------------------------------------------------------
+
+    def clock_offset(self) -> float | None:
+        """Seconds the server's clock is ahead of ours in the configured zone, from the last token
+        answer (TimeToLive - DurationToken); None when TimeToLive was unreadable. Read both as
+        wall-clock text and as moments, the nearer kept: a token that spans a DST change is
+        not a skew."""
+        self._token.token()
+        duration = positive(self.settings().get("DurationToken")) or DURATION_FALLBACK_MINUTES
+        with self._lock:
+            seen = self._token_seen
+        if seen is None:
+            return None
+        expires, at = seen
+        server = expires - timedelta(minutes=duration)
+        ours = datetime.fromtimestamp(at, UTC)
+        by_text = (server - _naive(ours, self._zone)).total_seconds()
+        by_moment = (server.replace(tzinfo=self._zone).astimezone(UTC) - ours).total_seconds()
+        return min(by_text, by_moment, key=abs)
+
+    def check_clock(self) -> None:
+        """Fails when the server's clock and ours (in the configured zone) are too far apart."""
+        offset = self.clock_offset()
+        if offset is None or abs(offset) <= CLOCK_TOLERANCE_SECONDS:
+            return
+        ours = local_text(self.now(), self._zone)
+        theirs = local_text(self.now() + timedelta(seconds=offset), self._zone)
+        raise VendorError(
+            self.vendor,
+            0,
+            f"Admin's clock on {self.host} reads about {theirs} while ours reads {ours} in "
+            f"{self._zone.key} ({offset / 60:+.0f} min): check the integration's `timezone` "
+            "(the server's own zone) and both clocks; the change log is read in server time, "
+            "so changes could be missed",
+        )
 
     # --- calls ---------------------------------------------------------------------------------
 
@@ -181,9 +227,14 @@ class AdminSession:
     # --- AD-A2 ---------------------------------------------------------------------------------
 
     def _fetch_token(self) -> tuple[str, float]:
+        if self._pace and self._limiter is not None:
+            self._limiter.acquire()  # a token call counts like any other [I]
+        asked_at = self._clock()
         try:
             body = self._http.get_json(
-                f"{self.base}/token/{self._key}", endpoint="token", validate=self._token_body
+                f"{self.base}/token/{quote(self._key, safe='')}",
+                endpoint="token",
+                validate=self._token_body,
             )
         except VendorError as exc:
             if exc.status in (401, 403) and not throttling(exc):
@@ -195,13 +246,32 @@ class AdminSession:
                     exc.body,
                 ) from None
             raise self._named(exc, "token") from None
-        expires = parse_local(str(body["TimeToLive"]), self._zone)
-        return str(body["TokenGuid"]), token_lifetime((expires - self.now()).total_seconds())
+        try:
+            written = datetime.fromisoformat(str(body.get("TimeToLive")).strip())
+            expires = _naive(written, self._zone)
+        except ValueError:
+            return str(body["TokenGuid"]), token_lifetime(self._unreadable_expiry())
+        with self._lock:
+            self._token_seen = (expires, asked_at)
+        moment = expires.replace(tzinfo=self._zone).astimezone(UTC)
+        return str(body["TokenGuid"]), token_lifetime((moment - self.now()).total_seconds())
+
+    def _unreadable_expiry(self) -> float:
+        """Seconds a token with an unreadable TimeToLive is used: DurationToken (AD-A3's default
+        before apisettings is read); a 401 before then renews it anyway."""
+        with self._lock:
+            known = self._settings
+            self._token_seen = None
+        minutes = positive((known or {}).get("DurationToken")) or DURATION_FALLBACK_MINUTES
+        self.warnings.append(
+            f"admin: unreadable TimeToLive in the token answer of {self.host}; the token is "
+            f"used for DurationToken ({minutes} min) and the server clock is not checked"
+        )
+        return minutes * 60.0
 
     def _token_body(self, body: Any) -> Row:
         if not isinstance(body, dict) or not body.get("TokenGuid"):
             raise ValueError("token answer without a TokenGuid")
-        parse_local(str(body.get("TimeToLive")), self._zone)  # ValueError when unreadable
         return body
 
     # --- answers -------------------------------------------------------------------------------
@@ -231,16 +301,18 @@ class AdminSession:
             raise VendorError(self.vendor, 0, message) from None
 
     def _next_url(self, link: str, current: str) -> str:
-        """A Link resolved against its page and kept on our scheme and host."""
+        """A Link's path and query on our scheme and host: behind a reverse proxy Admin may name
+        its own host, and the token is only ever sent to the configured one. A path outside our
+        base is refused."""
         parts, ours = urlsplit(urljoin(current, link)), urlsplit(self.base)
-        if (parts.hostname or "").lower() != (ours.hostname or "").lower():
+        base_path = ours.path.rstrip("/") + "/"
+        if not parts.path.startswith(base_path):
             raise VendorError(
                 self.vendor,
                 0,
-                f"a page link on {self.host} leads to another host ({parts.hostname}); not "
-                "followed, so the token never leaves the configured host",
+                f"a page link on {self.host} leads outside the API ({parts.path}); not followed",
             )
-        return urlunsplit(parts._replace(scheme=ours.scheme, netloc=ours.netloc, fragment=""))
+        return urlunsplit((ours.scheme, ours.netloc, parts.path, parts.query, ""))
 
     def _named(self, exc: VendorError, endpoint: str) -> VendorError:
         """Admin's own `ErrorMessage` with the call and host named (AD-A12, C8)."""
@@ -277,3 +349,10 @@ def positive(value: Any) -> int | None:
     except (TypeError, ValueError):
         return None
     return number if number > 0 else None
+
+
+def _naive(moment: datetime, zone: ZoneInfo) -> datetime:
+    """A moment as the server's wall-clock time (naive); a naive one is taken as that already."""
+    if moment.tzinfo is None:
+        return moment.replace(microsecond=0)
+    return moment.astimezone(zone).replace(tzinfo=None, microsecond=0)

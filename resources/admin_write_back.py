@@ -22,10 +22,18 @@ from resources.source import WriteBack, WriteBackResult
 
 Row = dict[str, Any]
 COMMUNICATION_TYPE = "Flexmail"  # AD-A9
-# AD-A7/SY-sdk customer.py: what PUT customers takes back from a fresh GET (address fields are
-# write-only and never come back on GET, so they are not sent: the API is assumed to keep them).
+LANGUAGE_LIST = "lists/19"  # section 2.2: list 19 = languages
+# Section 2.2 "customer addresses: separate endpoint"; named as the SDK's CustomerAddressList
+# (customer_address.py), filtered on the relation and its registered office (the HQ address).
+ADDRESS_PATH = "customeraddresses"
+# AD-A7/SY-sdk customer.py: what PUT customers takes back from a fresh GET, when the GET has it.
 WRITABLE = (
     "Name",
+    "CommercialName",
+    "AccCode",
+    "CupboardNumber",
+    "RegistrationNr",
+    "SocialSecurityNumber",
     "Firstname",
     "Email",
     "Mobile",
@@ -42,6 +50,20 @@ WRITABLE = (
     "Remarks",
     "RPR",
 )
+# Ids the GET answers 0 for "none", which a PUT must write as null (SY-sdk customer.py does so
+# for CustomerGroup): a 0 written back names a group or type that does not exist.
+ZERO_IS_NONE = ("CustomerGroup", "CustomerCrmType")
+# SY-sdk: the registered-office address as GET customeraddresses names it -> PUT customers. A
+# server that replaces the whole relation on PUT would otherwise wipe the head-office address.
+ADDRESS_FIELDS = {
+    "StreetName": "Street1",
+    "Street2": "Street2",
+    "HouseNr": "Nr",
+    "HouseBox": "Box",
+    "ZipCode": "Zipcode",
+    "City": "City",
+    "CountryCode": "CountryCode",
+}
 
 
 class AdminApi(Protocol):
@@ -67,6 +89,7 @@ class AdminWriteBack:
         self._zone = zone
         self._crm_type = crm_type
         self._language = language_default
+        self._languages: dict[str, str] | None = None  # casefolded code or ExtCode -> code
 
     def apply(self, change: WriteBack) -> WriteBackResult:
         """The result of one change; raises VendorError when it may succeed later."""
@@ -88,28 +111,40 @@ class AdminWriteBack:
     # --- AF4 / AD-A7 ----------------------------------------------------------------------------
 
     def unsubscribe(self, change: WriteBack) -> WriteBackResult:
-        """Untick `Newsletter` with a PUT of the fresh GET's writable fields; a relation whose
-        box is already unticked is "already"; a 400 to the PUT means the real API does not take
-        `Newsletter` (AD-A7): "skipped", for the report, not a refusal of the member."""
+        """Untick `Newsletter` with a PUT of the fresh GET's writable fields and the registered
+        office's address, as the SDK sends them; a relation whose box is already unticked is
+        "already". A 400 naming Newsletter means the real API does not take it (AD-A7):
+        "skipped", for the report; any other 400 is refused with Admin's words."""
         customer_id = change.record_id
         if not customer_id:
             return WriteBackResult("refused", None, "unsubscribe names no relation")
         current = self._api.call_json("GET", f"customers/{customer_id}", "customers/{id}")
         if not isinstance(current, dict):
             return WriteBackResult("refused", customer_id, "relation not found")
+        if "Newsletter" not in current:
+            reason = "the relation's answer has no Newsletter field: its box cannot be read"
+            return WriteBackResult("skipped", customer_id, reason)
         if not truthy(current.get("Newsletter")):
             return WriteBackResult("already", customer_id)
-        body = {key: current[key] for key in WRITABLE if key in current}
+        body = put_body(current, self._address(customer_id))
         body["CustomerId"] = current.get("CustomerId", id_value(customer_id))
         body["Newsletter"] = False
         try:
             self._api.call_json("PUT", "customers", "customers", json=body)
         except VendorError as exc:
-            if exc.status == 400 and not gone(exc):
+            if exc.status == 400 and "newsletter" in admin_message(exc).lower():
                 reason = f"Newsletter not writable: {admin_message(exc)}"
                 return WriteBackResult("skipped", customer_id, reason)
             raise
         return WriteBackResult("done", customer_id)
+
+    def _address(self, customer_id: str) -> Row:
+        """The relation's registered-office address as PUT fields; empty when it has none."""
+        filter_ = f"CustomerId eq {literal(customer_id)} and RegisteredOffice eq true"
+        for page in self._api.list_rows(ADDRESS_PATH, ADDRESS_PATH, filter_):
+            for row in page:
+                return {put: row.get(got) for got, put in ADDRESS_FIELDS.items() if got in row}
+        return {}
 
     # --- AF5 / AD-A9 ----------------------------------------------------------------------------
 
@@ -197,12 +232,40 @@ class AdminWriteBack:
             "Name": values.get("Name") or email,
             "Firstname": values.get("Firstname"),
             "Email": email,
-            "Language": values.get("Language") or self._language,
+            "Language": self._known_language(values.get("Language")),
             "IsCompany": False,
             "CustomerCrmType": None if self._crm_type is None else id_value(self._crm_type),
             "Newsletter": True,
         }
         return {key: value for key, value in body.items() if value is not None}
+
+    def _known_language(self, value: Any) -> str | None:
+        """A code of list 19 (read once, at the first create): the value when it is one (or its
+        ExtCode, `nl` for `N`), else `language_default`. Admin refuses an unknown code, and a
+        list it will not hand out leaves only the default."""
+        if self._languages is None:
+            self._languages = {}
+            try:
+                for page in self._api.list_rows(LANGUAGE_LIST, "lists/{id}", None):
+                    for item in page:
+                        code = str(item.get("ListValue") or "").strip()
+                        for name in (code, str(item.get("ExtCode") or "").strip()):
+                            if code and name:
+                                self._languages.setdefault(name.casefold(), code)
+            except VendorError as exc:
+                if exc.status not in (403, 404) or throttling(exc):
+                    raise
+        wanted = str(value or "").strip().casefold()
+        return self._languages.get(wanted, self._language) if wanted else self._language
+
+
+def put_body(current: Mapping[str, Any], address: Mapping[str, Any]) -> Row:
+    """WRITABLE fields the GET answered (ids of 0 as null) with the registered office's address."""
+    body = {key: current[key] for key in WRITABLE if key in current}
+    for key in ZERO_IS_NONE:
+        if key in body and body[key] in (0, "0"):
+            body[key] = None
+    return {**body, **address}
 
 
 def admin_message(exc: VendorError) -> str:
@@ -215,12 +278,6 @@ def admin_message(exc: VendorError) -> str:
         if isinstance(item, dict) and item.get("ErrorMessage")
     ]
     return "; ".join(texts) or exc.message
-
-
-def gone(exc: VendorError) -> bool:
-    """The relation is not there: a 404 for it, or a 400 "does not exist" (SY-sdk base.py)."""
-    message = admin_message(exc).lower()
-    return exc.status == 404 or (exc.status == 400 and "does not exist" in message)
 
 
 def transient(exc: VendorError) -> bool:

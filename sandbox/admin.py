@@ -5,7 +5,8 @@ misreads them fails here as it would at an accountancy office's server:
 
 - AD-A1: served under `<sandbox>/admin/api/v1`.
 - AD-A2: `GET token/{api_key}` gives `{TokenGuid, TimeToLive}` (ISO, Brussels local time, no
-  offset); every other call needs the `synetonToken` header; a bad key is 401 "Invalid api key",
+  offset, now + DurationToken: a client reads the server's clock from it); every other call
+  needs the `synetonToken` header; a bad key is 401 "Invalid api key",
   a missing, unknown or expired token 401 "Token expired".
 - AD-A3: `apisettings`; more than `RateLimit` calls in any 60 s (sliding, token calls not counted
   [I]) is 403 "You are throttling the system".
@@ -18,15 +19,23 @@ misreads them fails here as it would at an accountancy office's server:
 - Customers: GET list/one (no address fields), POST create (201 with the created customer), PUT
   `customers` with `CustomerId` in the body. PUT is a *full* replace of the writable fields [I]
   (the SDK sends them all after a fresh GET): a writable field left out becomes null, except
-  `IsCompany` and `Newsletter`, which keep their value; `Name` is required. `Newsletter` is
-  accepted on POST and PUT (AD-A7, AD-A8); any other field is 400. `POST customers/{id}/
-  activatedeactivate {IsActive, DisabledDate?}`.
+  `IsCompany` and `Newsletter`, which keep their value; the head-office address fields
+  (`Street1, Street2, Nr, Box, Zipcode, City, CountryCode`) are replaced too, so a PUT without
+  them wipes the address; `Name` is required. `Newsletter` is accepted on POST and PUT (AD-A7,
+  AD-A8); any other field is 400. `POST customers/{id}/activatedeactivate {IsActive,
+  DisabledDate?}`.
+- Customer addresses (section 2.2, a separate endpoint; path and fields as the SDK's
+  CustomerAddressList): `GET customeraddresses?Filter=CustomerId eq <id> and RegisteredOffice eq
+  true` gives the head office as `{CustomerAddressId, AddressId, CustomerId, StreetName, Street1
+  (street, number and box in one), Street2, HouseNr, HouseBox, ZipCode, City, CountryCode,
+  RegisteredOffice, InvoiceAddress, PostalAddress, ExploitationAddress}`.
 - AD-A6: every create, update (each PUT, changed or not [I]), delete and (de)activation appends a
   row to `customer/changes` with TableName CUSTOMER; interest links write CUSTOMER_INTEREST rows
   and custom-field edits CUSTOMER_EXTRADATA rows [I] (`Id` the customer, `OwnId` the linked row).
   One call returns at most the first 1000 matching rows (by LogId).
-- AD-A9: `POST communications` is 201 with the new communication; a second POST with the same
-  (CustomerId, Date, Description) is **200 with the existing one** (nothing new is stored).
+- AD-A9: `POST communications` is 201 with the new communication, each POST a new one, so a
+  test sees a double POST. With `dedupe_communications` on, a second POST with the same
+  (CustomerId, Date, Description) is 200 with the existing one (nothing new is stored).
 - AD-A10: `interests`, `customers/{id}/interests[/{InterestId}]`; linking one twice is 400
   "already linked", removing one that is not linked 400 "does not exist".
 - AD-A11: `extradata/{CUSTOMER_TABLE_ID}` gives `[{CustomerId, acc_software, kantoor,
@@ -175,11 +184,30 @@ EXTRADATA_FIELDS = {
     "klant_sinds": "date",
 }
 LIST_FIELDS = {"ListValueId": "int", "ListValue": "str", "ExtCode": "str", "LegalForm": "str"}
+ADDRESS_PATH = "/customeraddresses"  # SY-sdk customer_address.py: CustomerAddressList
+ADDRESS_VIEW_FIELDS = {
+    "CustomerAddressId": "int",
+    "AddressId": "int",
+    "CustomerId": "int",
+    "StreetName": "str",
+    "Street1": "str",
+    "Street2": "str",
+    "HouseNr": "str",
+    "HouseBox": "str",
+    "ZipCode": "str",
+    "City": "str",
+    "CountryCode": "str",
+    "RegisteredOffice": "bool",
+    "InvoiceAddress": "bool",
+    "PostalAddress": "bool",
+    "ExploitationAddress": "bool",
+}
 # section 2.2's writable fields, plus Newsletter (AD-A7, AD-A8); the address is write-only
 WRITABLE: dict[str, str] = {
     k: CUSTOMER_FIELDS[k]
     for k in (
         "Name",
+        "CommercialName",  # [S] SY-sdk customer.py maps it on PUT and POST
         "Firstname",
         "Email",
         "Mobile",
@@ -415,7 +443,8 @@ class AdminState:
     Settings tests change on a built state: `settings` (apisettings: page sizes, DurationToken,
     RateLimit), `rate_limits` (on/off), `now` (the server's local clock, naive Brussels time;
     token expiry and DateAction follow it), `limiter.clock` (epoch seconds of the 60 s window),
-    `token_lifetime` (seconds; overrides DurationToken when set), `api_key`.
+    `token_lifetime` (seconds; overrides DurationToken when set, and apisettings then names it in
+    whole minutes, at least 1), `api_key`, `dedupe_communications` (off: each POST is stored).
     """
 
     def __init__(self, data: AdminData, rate_limits: bool = True) -> None:
@@ -424,6 +453,7 @@ class AdminState:
         self.rate_limits = rate_limits
         self.now: Callable[[], datetime] = brussels_now
         self.token_lifetime: float | None = None
+        self.dedupe_communications = False
         self.limiter = RateLimiter(None, RATE_WINDOW, time.time)
         self.tokens: dict[str, datetime] = {}  # TokenGuid -> TimeToLive (server local)
         self.customers: dict[int, Row] = {c["CustomerId"]: dict(c) for c in data.customers}
@@ -531,9 +561,10 @@ class AdminState:
                 for name in WRITABLE:
                     if name not in KEPT_ON_PUT or name in fields:
                         customer[name] = fields.get(name)
+                self.addresses[cid] = {k: fields.get(k) for k in ADDRESS_FIELDS}
             else:
                 customer.update({k: fields[k] for k in WRITABLE if k in fields})
-            self.addresses[cid].update({k: fields[k] for k in ADDRESS_FIELDS if k in fields})
+                self.addresses[cid].update({k: fields[k] for k in ADDRESS_FIELDS if k in fields})
             if active is not None:
                 self._activate(customer, active, None)
             if fields or active is not None or not extra:
@@ -588,6 +619,7 @@ class AdminState:
                 {"GET": self._customers, "POST": self._post_customer, "PUT": self._put_customer},
             ),
             ("/customers/{cid}", {"GET": self._customer}),
+            (ADDRESS_PATH, {"GET": self._customer_addresses}),
             ("/customers/{cid}/activatedeactivate", {"POST": self._activatedeactivate}),
             (
                 "/customers/{cid}/interests",
@@ -666,7 +698,10 @@ class AdminState:
             raise AdminError(403, THROTTLED)
 
     def _settings(self, request: Request, body: Any) -> Response:
-        return JSONResponse(dict(self.settings))
+        answer = dict(self.settings)
+        if self.token_lifetime is not None:  # TimeToLive - DurationToken stays the server's now
+            answer["DurationToken"] = max(1, round(self.token_lifetime / 60))
+        return JSONResponse(answer)
 
     # -- paging and filtering (AD-A4) ---------------------------------------------------------
     def _page(self, request: Request) -> _Page:
@@ -721,6 +756,14 @@ class AdminState:
             raise AdminError(404, NOTHING_FOUND)
         return JSONResponse(dict(customer))
 
+    def _customer_addresses(self, request: Request, body: Any) -> Response:
+        rows = [
+            _address_view(cid, address)
+            for cid, address in sorted(self.addresses.items())
+            if any(v is not None for v in address.values())
+        ]
+        return self._listing(request, rows, ADDRESS_VIEW_FIELDS)
+
     def _post_customer(self, request: Request, body: Row) -> Response:
         return JSONResponse(self.create_relation(dict(body)), 201)
 
@@ -771,7 +814,7 @@ class AdminState:
         if body["CustomerId"] not in self.customers:
             raise _bad(f"Customer with CustomerId {body['CustomerId']} does not exist")
         key = (body["CustomerId"], body["Date"], body["Description"])
-        for existing in self.communications.values():
+        for existing in self.communications.values() if self.dedupe_communications else ():
             if (existing["CustomerId"], existing["Date"], existing["Description"]) == key:
                 return JSONResponse(dict(existing), 200)  # AD-A9: deduplicated
         cid = max(self.communications, default=500_000) + 1
@@ -851,6 +894,30 @@ def _list_items(values: Mapping[int, str]) -> list[Row]:
     ]
 
 
+def _address_view(cid: int, address: Row) -> Row:
+    """A stored head-office address as GET customeraddresses shows it (SY-sdk names): the street
+    alone in StreetName, with number and box in Street1."""
+    number = "/".join(str(v) for v in (address.get("Nr"), address.get("Box")) if v)
+    line = " ".join(str(v) for v in (address.get("Street1"), number) if v) or None
+    return {
+        "CustomerAddressId": cid * 10 + 1,
+        "AddressId": cid * 10 + 1,
+        "CustomerId": cid,
+        "StreetName": address.get("Street1"),
+        "Street1": line,
+        "Street2": address.get("Street2"),
+        "HouseNr": address.get("Nr"),
+        "HouseBox": address.get("Box"),
+        "ZipCode": address.get("Zipcode"),
+        "City": address.get("City"),
+        "CountryCode": address.get("CountryCode"),
+        "RegisteredOffice": True,
+        "InvoiceAddress": True,
+        "PostalAddress": True,
+        "ExploitationAddress": False,
+    }
+
+
 def _template(request: Request) -> str:
     """The path after the base with ids as `{}`: `customers/{}/interests`, `token/{}`."""
     tail = request.url.path.split(BASE, 1)[-1].strip("/")
@@ -904,7 +971,8 @@ def control_routes(state: AdminState) -> list[BaseRoute]:
     """An office user at work, under `/_sandbox/admin`, each change logged like the API's:
     `POST /relations` (create), `POST /relations/{id}` (edit the named fields; also IsActive and
     the custom fields), `DELETE /relations/{id}`; `POST /settings` (merge into apisettings),
-    `POST /tokens/expire`; `GET /stats` (calls per endpoint, refusals, counts)."""
+    `POST /tokens/expire`; `POST /communications/dedupe {"on": bool}` (AD-A9's dedupe, off by
+    default); `GET /stats` (calls per endpoint, refusals, counts)."""
 
     def action(
         change: Callable[[Request, Row], Any], status: int = 200
@@ -936,6 +1004,13 @@ def control_routes(state: AdminState) -> list[BaseRoute]:
             state.settings.update(body)
             return dict(state.settings)
 
+    def dedupe(request: Request, body: Row) -> Row:
+        if not isinstance(body.get("on"), bool):
+            raise _bad("'on' must be true or false")
+        with state._lock:
+            state.dedupe_communications = body["on"]
+        return {"dedupe_communications": body["on"]}
+
     def stats(request: Request, body: Row) -> Row:
         with state._lock:
             return {
@@ -954,6 +1029,7 @@ def control_routes(state: AdminState) -> list[BaseRoute]:
         ),
         Route("/settings", action(settings), methods=["POST"]),
         Route("/tokens/expire", action(lambda r, b: state.expire_tokens()), methods=["POST"]),
+        Route("/communications/dedupe", action(dedupe), methods=["POST"]),
         Route("/stats", action(stats), methods=["GET"]),
     ]
 

@@ -1,8 +1,11 @@
 """AdminClient against a scripted Admin (httpx.MockTransport): the token and its renewal
-(AD-A2), throttling 403s waited out and pacing (AD-A3), Link paging and empty answers (AD-A4),
-the selection (AD-A5), change-log reads with halving, chunks of 100 and tombstones (AD-A6),
-custom fields (AD-A11), interests (AD-A10, AF6), every write-back (AD-A7..A9) and the key kept
-out of errors and logs; then the `source:` section and the default mappings."""
+(AD-A2), the server's clock read from it, throttling 403s waited out and pacing (AD-A3), Link
+paging (a proxy's host name replaced by ours) and empty answers (AD-A4), the selection (AD-A5),
+change-log reads by LogId (bursts over 1000 rows, a DST fall-back, the older text cursor),
+chunks of 100 and tombstones (AD-A6), custom fields and their 404/403 (AD-A11), interests
+(AD-A10, AF6), every write-back (AD-A7..A9, the head-office address on PUT) and the key kept
+out of errors and logs; then the `source:` section and the default mappings; then the same
+against the emulator over a real socket."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -22,7 +25,7 @@ from pydantic import ValidationError
 
 from memberflow.mapping import load_mapping
 from resources.admin import AdminClient, AdminSource
-from resources.admin_filter import halves, local_text, one_of, text
+from resources.admin_filter import local_text, one_of, text
 from resources.base import VendorError
 from resources.registry import parse_source
 from resources.source import WriteBack, is_tombstone
@@ -30,6 +33,7 @@ from resources.source import WriteBack, is_tombstone
 KEY = "s3cr3t-admin-key-4711"
 BASE = "http://admin.test/api/v1"
 BRUSSELS = ZoneInfo("Europe/Brussels")
+TABLES = "TableName in ('CUSTOMER','CUSTOMER_EXTRADATA')"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC).timestamp()
 
 
@@ -77,6 +81,8 @@ class FakeAdmin:
     extradata: list[dict[str, Any]] = field(default_factory=list)
     interests: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     communications: list[dict[str, Any]] = field(default_factory=list)
+    addresses: list[dict[str, Any]] = field(default_factory=list)  # GET customeraddresses rows
+    languages: list[dict[str, Any]] = field(default_factory=list)  # GET lists/19 rows
     settings: dict[str, Any] = field(
         default_factory=lambda: {
             "DefaultRecordsPerPage": 100,
@@ -89,8 +95,15 @@ class FakeAdmin:
     throttle: int = 0  # the next N calls answer 403 throttling
     fail: dict[str, int] = field(default_factory=dict)  # "METHOD path" -> 500s to answer
     link_host: str = "admin.test"
+    link_prefix: str = "/api/v1"
+    key: str = KEY
+    time_to_live: str | None = None  # answered instead of the real expiry
+    skew: float = 0.0  # seconds the server's clock is ahead of ours
+    extradata_error: tuple[int, str] | None = None
+    put_error: tuple[int, str] | None = None
     tokens: dict[str, float] = field(default_factory=dict)
     requests: list[httpx.Request] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # the clock at each request
     counts: Counter = field(default_factory=Counter)
 
     def transport(self) -> httpx.MockTransport:
@@ -98,6 +111,7 @@ class FakeAdmin:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
+        self.times.append(self.clock())
         path = request.url.path.removeprefix("/api/v1/")
         key = request.method + " " + re.sub(r"/\d+", "/{id}", path)
         self.counts[key if not path.startswith("token/") else "GET token"] += 1
@@ -108,7 +122,8 @@ class FakeAdmin:
             self.fail[key] -= 1
             return httpx.Response(500, text="boom")
         if path.startswith("token/"):
-            return self.token(path.split("/", 1)[1])
+            raw = request.url.raw_path.decode().split("?")[0]
+            return self.token(raw.removeprefix("/api/v1/token/"))
         expires = self.tokens.get(request.headers.get("synetonToken", ""))
         if expires is None or expires <= self.clock():
             return error(401, "Token expired")
@@ -116,15 +131,14 @@ class FakeAdmin:
         body = json.loads(request.content) if request.content else None
         return self.route(request.method, path, query, body)
 
-    def token(self, key: str) -> httpx.Response:
-        if key != KEY:
+    def token(self, raw_key: str) -> httpx.Response:
+        if raw_key != quote(self.key, safe=""):
             return error(401, "Invalid api key")
         guid = f"tok-{self.counts['GET token'] - 1}"
         lifetime = self.settings["DurationToken"] * 60
         self.tokens[guid] = self.clock() + lifetime
-        return httpx.Response(
-            200, json={"TokenGuid": guid, "TimeToLive": self.clock.local(lifetime)}
-        )
+        expires = self.time_to_live or self.clock.local(lifetime + self.skew)
+        return httpx.Response(200, json={"TokenGuid": guid, "TimeToLive": expires})
 
     def route(self, method: str, path: str, query: dict, body: Any) -> httpx.Response:
         if path == "apisettings":
@@ -135,7 +149,13 @@ class FakeAdmin:
             rows = self.listing(path, query, self.changes, cap=1000)
             return rows
         if method == "GET" and path.startswith("extradata/"):
+            if self.extradata_error:
+                return error(*self.extradata_error)
             return self.listing(path, query, self.extradata)
+        if method == "GET" and path == "customeraddresses":
+            return self.listing(path, query, self.addresses)
+        if method == "GET" and path == "lists/19":
+            return self.listing(path, query, self.languages)
         if method == "GET" and path == "communications":
             return self.listing(path, query, self.communications)
         found = re.fullmatch(r"customers/(\d+)(/interests)?", path)
@@ -164,6 +184,8 @@ class FakeAdmin:
         cid = body.get("CustomerId")
         if cid not in self.customers:
             return error(400, "Customer does not exist")
+        if self.put_error:
+            return error(*self.put_error)
         if "Newsletter" in body and not self.newsletter_writable:
             return error(400, "Field Newsletter is not writable")
         self.customers[cid].update(body)
@@ -182,7 +204,7 @@ class FakeAdmin:
         chunk = kept[(page - 1) * size : page * size]
         headers = {}
         if page * size < len(kept):
-            nxt = httpx.URL(f"http://{self.link_host}/api/v1/{path}").copy_merge_params(
+            nxt = httpx.URL(f"http://{self.link_host}{self.link_prefix}/{path}").copy_merge_params(
                 {**query, "page": page + 1}
             )
             headers["Link"] = f'<{nxt}>; rel="next"'
@@ -201,7 +223,7 @@ def matches(row: dict[str, Any], flt: str) -> bool:
             if contains.group(2).lower() not in str(row.get(contains.group(1))).lower():
                 return False
             continue
-        m = re.fullmatch(r"(\w+) (eq|ge|lt|in) (.+)", part.strip())
+        m = re.fullmatch(r"(?:\w+\.)?(\w+) (eq|ge|gt|lt|in) (.+)", part.strip())
         assert m, f"unexpected filter {flt!r}"
         name, op, value = m.groups()
         have = row.get(name)
@@ -220,6 +242,8 @@ def matches(row: dict[str, Any], flt: str) -> bool:
         ):
             return False
         if op == "ge" and not str(have) >= want:
+            return False
+        if op == "gt" and not (have or 0) > want:
             return False
         if op == "lt" and not str(have) < want:
             return False
@@ -393,13 +417,40 @@ def test_an_empty_list_204_and_an_empty_lookup_404_are_empty(make, admin):
     ]  # 404 Nothing found: gone
 
 
-def test_a_page_link_to_another_host_is_not_followed(make, admin):
+def test_a_page_link_naming_another_host_is_followed_on_ours(make, admin):
     admin.customers = {i: customer(i) for i in range(1, 151)}
-    admin.link_host = "evil.example"
+    admin.link_host = "admin-intern.kantoor.lan:2100"  # a reverse proxy's inner name
     client = make()
-    with pytest.raises(VendorError, match="another host"):
-        list(client.iter_changed("customers", None))
+    assert len(records(client.iter_changed("customers", None))) == 150
     assert all(r.url.host == "admin.test" for r in admin.requests)
+    assert [r.url.params.get("page") for r in admin.requests if r.url.path.endswith("/customers")
+            ] == [None, "2"]  # fmt: skip
+
+
+def test_a_page_link_outside_the_api_is_not_followed(make, admin):
+    admin.customers = {i: customer(i) for i in range(1, 151)}
+    admin.link_prefix = "/elsewhere"
+    with pytest.raises(VendorError, match="outside the API"):
+        list(make().iter_changed("customers", None))
+    assert not any("elsewhere" in r.url.path for r in admin.requests)
+
+
+def test_the_key_is_quoted_in_the_token_path(make, admin):
+    admin.key = "k/ey?x#1"
+    make(api_key="k/ey?x#1").check_connection()
+    token = next(r for r in admin.requests if "/token/" in r.url.path)
+    assert token.url.raw_path.decode() == "/api/v1/token/k%2Fey%3Fx%231"
+
+
+def test_token_calls_are_paced_once_the_limiter_exists(make, admin, clock, tmp_path):
+    admin.settings["RateLimit"] = 2
+    admin.customers = {1: customer(1)}
+    client = make(pace=True, budget_dir=tmp_path)
+    client.check_connection()  # token (no limiter yet), apisettings: 1 of 2
+    admin.tokens.clear()  # the next call is refused 401 and a new token fetched
+    list(client.fetch_records("customers", ["1"]))  # customers (2 of 2), token, customers
+    tokens = [i for i, r in enumerate(admin.requests) if "/token/" in r.url.path]
+    assert len(tokens) == 2 and admin.times[tokens[1]] >= START + 60  # it waited for room
 
 
 def test_custom_fields_are_joined_from_the_whole_table_on_a_full_read(make, admin):
@@ -416,34 +467,58 @@ def test_custom_fields_are_joined_from_the_whole_table_on_a_full_read(make, admi
     assert filters(admin, "extradata/3") == [""]
 
 
+def test_no_extradata_is_no_custom_fields(make, admin):
+    admin.customers = {1: customer(1)}
+    admin.extradata_error = (404, "No extradata found")
+    got = records(make().iter_changed("customers", None))
+    assert [r["CustomerId"] for r in got] == [1] and "acc_software" not in got[0]
+
+
+def test_extradata_not_permitted_hands_relations_without_custom_fields(make, admin, clock):
+    admin.customers = {1: customer(1), 2: customer(2)}
+    admin.extradata_error = (403, "no valid configuration for token")
+    client = make()
+    got = records(client.iter_changed("customers", None))
+    assert sorted(r["CustomerId"] for r in got) == [1, 2]
+    admin.changes = [change(2, clock.local(), log_id=3)]
+    changed = records(client.iter_changed("customers", "2026-03-02 09:59:00"))
+    assert [r["CustomerId"] for r in changed] == [2]
+    warned = client.run_warnings()
+    assert len(warned) == 1 and "no valid configuration for token" in warned[0]
+
+
 # -- AD-A6: the change log -------------------------------------------------------------------------
 def change(cid: int, when: str, action: str = "UPDATE", log_id: int = 0) -> dict[str, Any]:
     return {"LogId": log_id, "Id": cid, "OwnId": cid, "TableName": "CUSTOMER",
             "ActionType": action, "DateAction": when}  # fmt: skip
 
 
-def test_the_cursor_starts_at_the_full_read_and_moves_to_each_window_end(make, admin, clock):
+def test_the_cursor_starts_at_the_full_read_then_follows_the_highest_log_id(make, admin, clock):
     admin.customers = {1: customer(1)}
     client = make()
     started = clock.local()
     list(client.iter_changed("customers", None))
     cursor = client.cursor_after("customers", None, None, datetime.now(UTC))
-    assert cursor == started
+    assert cursor == started  # the text-only format, read with an overlap
     clock.now += 300
-    admin.changes = [change(1, clock.local(-10))]
+    admin.changes = [change(1, clock.local(-10), log_id=41)]
     assert client.has_changes("customers", cursor) is True
     probe = [r for r in admin.requests if r.url.path.endswith("customer/changes")][-1]
     assert probe.url.params["per_page"] == "1"
-    assert probe.url.params["Filter"] == (
-        f"TableName in ('CUSTOMER','CUSTOMER_EXTRADATA') and DateAction ge '{cursor}' "
-        f"and DateAction lt '{clock.local()}'"
-    )
+    overlap = clock.local(-300 - 65 * 60)  # 65 minutes before the full read
+    assert probe.url.params["Filter"] == f"{TABLES} and DateAction ge '{overlap}'"
     got = records(client.iter_changed("customers", cursor))
     assert [r["CustomerId"] for r in got] == [1]
-    assert got[0]["ChangedAt"] == clock.local(-10)
+    assert got[0]["ChangedAt"] == "2026-03-02T10:05:00+01:00"  # the read's start, with offset
     after = client.cursor_after("customers", cursor, None, datetime.now(UTC))
-    assert after == clock.local()
+    assert after == f"{clock.local()}|41"
     assert client.has_changes("customers", after) is False
+    assert filters(admin, "customer/changes")[-1] == f"{TABLES} and l.LogId gt 41"
+    clock.now += 300
+    admin.changes.append(change(1, clock.local(-400), log_id=42))  # written late, or clock off
+    got = records(client.iter_changed("customers", after))
+    assert [r["CustomerId"] for r in got] == [1]  # our clock does not bound the window
+    assert client.cursor_after("customers", after, None, datetime.now(UTC)).endswith("|42")
 
 
 def test_changed_ids_are_read_100_at_a_time_without_the_selection(make, admin, clock):
@@ -481,25 +556,37 @@ def test_deleted_and_vanished_relations_become_tombstones(make, admin, clock):
     assert filters(admin, "customers") == ["CustomerId in (1,4)"]
 
 
-def test_a_window_with_1000_changes_is_halved_until_each_half_fits(make, admin, clock):
-    since = clock.local(-4000)
+def test_more_than_1000_changes_in_one_second_go_on_after_the_highest_log_id(make, admin, clock):
+    when = clock.local(-30)
     admin.customers = {i: customer(i) for i in range(1, 1501)}
-    admin.changes = [change(i, clock.local(-4000 + i * 2), log_id=i) for i in range(1, 1501)]
+    admin.changes = [change(i, when, log_id=i) for i in range(1, 1501)]  # one second
     client = make()
-    got = records(client.iter_changed("customers", since))
-    assert len(got) == 1500 and not any(is_tombstone(r) for r in got)
+    got = records(client.iter_changed("customers", f"{clock.local(-60)}|0"))
+    assert len({r["CustomerId"] for r in got}) == 1500 and not any(is_tombstone(r) for r in got)
     windows = list(dict.fromkeys(filters(admin, "customer/changes")))
-    assert len(windows) == 3  # the whole window (capped), then its two halves
-    assert windows[1].endswith(f"lt '{clock.local(-2000)}'")
-    assert len({r["CustomerId"] for r in got}) == 1500
+    assert windows == [f"{TABLES} and l.LogId gt 0", f"{TABLES} and l.LogId gt 1000"]
+    assert client.run_warnings() == []
+    after = client.cursor_after("customers", None, None, datetime.now(UTC))
+    assert after == f"{clock.local()}|1500"
 
 
-def test_halves_cut_at_whole_seconds_and_stop_at_one():
-    assert halves("2026-03-02 10:00:00", "2026-03-02 10:00:10", BRUSSELS) == (
-        ("2026-03-02 10:00:00", "2026-03-02 10:00:05"),
-        ("2026-03-02 10:00:05", "2026-03-02 10:00:10"),
+def test_a_dst_fall_back_loses_no_change_in_the_repeated_hour(make, admin, clock):
+    clock.now = datetime(2026, 10, 25, 1, 15, tzinfo=UTC).timestamp()  # 02:15 CET, second pass
+    admin.customers = {1: customer(1), 2: customer(2)}
+    admin.changes = [change(1, "2026-10-25 02:10:00", log_id=11)]  # after 02:40 CEST, written
+    client = make()
+    got = records(client.iter_changed("customers", "2026-10-25 02:40:00|10"))
+    assert [r["CustomerId"] for r in got] == [1]
+    assert filters(admin, "customer/changes") == [f"{TABLES} and l.LogId gt 10"]
+    # a cursor of the older text-only format: its overlap covers the repeated hour
+    admin.changes.append(change(2, "2026-10-25 02:12:00", log_id=12))
+    got = records(make().iter_changed("customers", "2026-10-25 02:40:00"))
+    assert sorted(r["CustomerId"] for r in got) == [1, 2]
+    later = client.record_meta("customers", {"CustomerId": 1, "ChangedAt": got[0]["ChangedAt"]})
+    earlier = client.record_meta(
+        "customers", {"CustomerId": 1, "ChangedAt": "2026-10-25T02:40:00+02:00"}
     )
-    assert halves("2026-03-02 10:00:00", "2026-03-02 10:00:01", BRUSSELS) is None
+    assert later.modified > earlier.modified  # versions stay in order across the fall-back
 
 
 def test_filters_quote_text_and_list_ids():
@@ -572,6 +659,62 @@ def test_unsubscribe_not_writable_is_skipped_and_a_gone_relation_refused(make, a
         ("skipped", "5", "Newsletter not writable: Field Newsletter is not writable"),
         ("refused", "99", "Customer does not exist"),
     ]
+
+
+def test_unsubscribe_sends_the_head_office_address_and_null_for_zero_ids(make, admin):
+    admin.customers = {5: customer(5, CustomerGroup=0, CustomerCrmType=0, CommercialName="P BV")}
+    office = {"CustomerAddressId": 51, "CustomerId": 5, "RegisteredOffice": True,
+              "StreetName": "Kerkstraat", "Street1": "Kerkstraat 12/A", "Street2": None,
+              "HouseNr": "12", "HouseBox": "A", "ZipCode": "9000", "City": "Gent",
+              "CountryCode": "BE"}  # fmt: skip
+    branch = {**office, "CustomerAddressId": 52, "RegisteredOffice": False, "City": "Brugge"}
+    admin.addresses = [branch, office]
+    assert results(make(), wb("unsubscribe", "5")) == [("done", "5", None)]
+    body = json.loads(next(r for r in admin.requests if r.method == "PUT").content)
+    assert {k: body[k] for k in ("Street1", "Street2", "Nr", "Box", "Zipcode", "City")} == {
+        "Street1": "Kerkstraat",
+        "Street2": None,
+        "Nr": "12",
+        "Box": "A",
+        "Zipcode": "9000",
+        "City": "Gent",
+    }
+    assert body["CountryCode"] == "BE" and body["CommercialName"] == "P BV"
+    assert body["CustomerGroup"] is None and body["CustomerCrmType"] is None  # 0 is none
+    assert filters(admin, "customeraddresses") == ["CustomerId eq 5 and RegisteredOffice eq true"]
+
+
+def test_a_400_that_does_not_name_newsletter_is_refused_with_admin_words(make, admin):
+    admin.customers = {5: customer(5)}
+    admin.put_error = (400, "Email is not a valid email address")
+    assert results(make(), wb("unsubscribe", "5")) == [
+        ("refused", "5", "Email is not a valid email address")
+    ]
+
+
+def test_an_answer_without_newsletter_is_skipped_not_already(make, admin):
+    admin.customers = {5: {k: v for k, v in customer(5).items() if k != "Newsletter"}}
+    [(status, cid, reason)] = results(make(), wb("unsubscribe", "5"))
+    assert (status, cid) == ("skipped", "5") and "no Newsletter field" in reason
+    assert not any(r.method == "PUT" for r in admin.requests)
+
+
+def test_create_sends_only_a_language_admin_knows(make, admin):
+    admin.languages = [
+        {"ListValueId": 1, "ListValue": "N", "ExtCode": "nl"},
+        {"ListValueId": 2, "ListValue": "F", "ExtCode": "fr"},
+        {"ListValueId": 3, "ListValue": "E", "ExtCode": "en"},
+    ]
+    client = make(language_default="F")
+    given = ["nl", "E", "xx", None]
+    changes = [
+        wb("create", values={"Email": f"p{i}@kantoor.be", "Name": "P", "Language": language})
+        for i, language in enumerate(given)
+    ]
+    assert [r[0] for r in results(client, *changes)] == ["done"] * 4
+    posts = [json.loads(r.content) for r in admin.requests if r.method == "POST"]
+    assert [p["Language"] for p in posts] == ["N", "E", "F", "F"]
+    assert admin.counts["GET lists/{id}"] == 1  # read once
 
 
 def test_a_click_becomes_one_communication_even_when_resumed(make, admin):
@@ -709,11 +852,56 @@ def test_an_unreadable_cursor_reads_the_selection_again(make, admin):
     assert filters(admin, "customer/changes") == []
 
 
-def test_a_cursor_ahead_of_our_clock_is_kept(make, admin, clock):
+def test_a_read_that_finds_no_change_keeps_the_cursor(make, admin, clock):
     client = make()
     ahead = clock.local(3600)
     list(client.iter_changed("customers", ahead))
     assert client.cursor_after("customers", ahead, None, datetime.now(UTC)) == ahead
+    with_log = f"{clock.local()}|77"
+    list(client.iter_changed("customers", with_log))
+    assert client.cursor_after("customers", with_log, None, datetime.now(UTC)) == with_log
+
+
+def test_change_rows_without_a_log_id_move_a_time_cursor_to_the_read(make, admin, clock):
+    admin.customers = {1: customer(1)}
+    admin.changes = [{**change(1, clock.local(-30)), "LogId": None}]
+    client = make()
+    cursor = clock.local(-600)
+    assert [r["CustomerId"] for r in records(client.iter_changed("customers", cursor))] == [1]
+    assert client.cursor_after("customers", cursor, None, datetime.now(UTC)) == clock.local()
+
+
+# -- the server's clock ----------------------------------------------------------------------------
+def test_a_server_clock_off_by_more_than_two_minutes_fails_the_check_and_the_read(make, admin):
+    admin.customers = {1: customer(1)}
+    admin.skew = 90.0
+    make().check_connection()  # within the tolerance
+    admin.skew = 600.0
+    client = make()
+    with pytest.raises(VendorError, match=r"clock .* \(\+10 min\).*timezone"):
+        client.check_connection()
+    with pytest.raises(VendorError, match="clock"):
+        records(make().iter_changed("customers", "2026-03-02 09:00:00|5"))
+    assert filters(admin, "customer/changes") == []  # nothing read past a wrong clock
+
+
+def test_a_wrong_time_zone_fails_the_check(make, admin):
+    with pytest.raises(VendorError, match="Europe/London"):
+        make(timezone="Europe/London").check_connection()  # the server is in Brussels
+    make().check_connection()
+
+
+def test_an_unreadable_time_to_live_is_duration_token_with_a_warning(make, admin, clock):
+    admin.customers = {1: customer(1)}
+    admin.time_to_live = "morgen"
+    client = make()
+    client.check_connection()  # no clock to compare: not checked
+    assert [r["CustomerId"] for r in records(client.iter_changed("customers", None))] == [1]
+    assert any("unreadable TimeToLive" in w for w in client.run_warnings())
+    tokens = admin.counts["GET token"]
+    clock.now += 25 * 60  # DurationToken is 30: still used
+    client.check_connection()
+    assert admin.counts["GET token"] == tokens
 
 
 # == against the Admin emulator over a real socket ================================================
@@ -805,22 +993,24 @@ def test_emulator_changes_unticked_deleted_and_new_relations(live, office, clock
     assert got[str(made["CustomerId"])]["acc_software"] == "WinBooks"
     assert got[str(made["CustomerId"])]["Firstname"] == "Élise"
     after = client.cursor_after("customers", cursor, None, datetime.now(UTC))
-    assert after == clock.local() and client.has_changes("customers", after) is False
+    assert after == f"{clock.local()}|{office.changes[-1]['LogId']}"
+    assert client.has_changes("customers", after) is False
 
 
-def test_emulator_1000_changes_are_read_in_halved_windows(live, office, clock):
+def test_emulator_1200_changes_in_one_second_are_read_on_by_log_id(live, office, clock):
     client = live()
-    start = clock.local()
+    start = f"{clock.local()}|{office.changes[-1]['LogId']}"
     ids = sorted(office.customers)
-    for i in range(1200):
-        clock.now += 1
+    for i in range(1200):  # the emulator's clock stands still: one second
         office.update_relation(ids[i % len(ids)], {"Remarks": f"edit {i}"})
     clock.now += 1
     before = office.request_counts["GET customer/changes"]
     got = records(client.iter_changed("customers", start))
     assert {r["CustomerId"] for r in got} == set(ids)
-    assert office.request_counts["GET customer/changes"] - before == 3
+    assert office.request_counts["GET customer/changes"] - before == 2
     assert client.run_warnings() == []
+    after = client.cursor_after("customers", start, None, datetime.now(UTC))
+    assert after.endswith(f"|{office.changes[-1]['LogId']}")
 
 
 def test_emulator_tokens_renewed_before_expiry_and_after_a_401(live, office, clock):
@@ -883,8 +1073,10 @@ def test_emulator_unsubscribe_unticks_and_keeps_the_relation_whole(live, office)
     assert {k: after[k] for k in before if k != "Newsletter"} == {
         k: v for k, v in before.items() if k != "Newsletter"
     }
-    assert office.addresses[cid] == address
+    assert office.addresses[cid] == address and address["City"]  # sent back: not wiped
+    put = office.request_counts["PUT customers"]
     assert results(client, wb("unsubscribe", str(cid))) == [("already", str(cid), None)]
+    assert office.request_counts["PUT customers"] == put
     assert results(client, wb("unsubscribe", "999999"))[0][0] == "refused"
 
 

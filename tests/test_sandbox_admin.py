@@ -1,7 +1,8 @@
 """Admin emulator over real sockets: token and expiry, apisettings and 403 throttling, plain arrays
 with Link paging, 204/404-empty, the Filter syntax, customers (PUT with CustomerId in the body),
-the change log and its 1000 cap, communications dedupe, interests, custom fields, the control
-routes, and the Belgian accountancy office's data."""
+the change log and its 1000 cap, customer addresses (and a PUT that replaces them), communications
+(each POST stored, dedupe only when switched on), interests, custom fields, the control routes,
+and the Belgian accountancy office's data."""
 
 from __future__ import annotations
 
@@ -75,7 +76,8 @@ def walk(http: httpx.Client, path: str, **params) -> list[dict]:
 def customer_body(row: dict, **changes) -> dict:
     """The full writable body a client sends after a fresh GET (AD-A7)."""
     writable = (
-        "Name Firstname Email Mobile Phone Language IsCompany CustomerCrmType CustomerGroup "
+        "Name CommercialName Firstname Email Mobile Phone Language IsCompany CustomerCrmType "
+        "CustomerGroup "
         "CustCode Homepage Title VATNr NaceCode Remarks RPR Newsletter"
     ).split()
     return {"CustomerId": row["CustomerId"], **{k: row[k] for k in writable}, **changes}
@@ -399,6 +401,44 @@ def test_put_is_a_full_replace_and_refuses_what_is_not_writable(admin, http):
         assert answer.status_code == 400 and set(answer.json()) == {"ErrorMessage"}, body
 
 
+def head_office(http: httpx.Client, cid: int) -> dict:
+    rows = walk(
+        http, "/customeraddresses", Filter=f"CustomerId eq {cid} and RegisteredOffice eq true"
+    )
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_customer_addresses_serve_the_registered_office(admin, http):
+    cid = next(i for i, a in admin.addresses.items() if a["Box"] and a["City"])
+    stored = admin.addresses[cid]
+    row = head_office(http, cid)
+    assert row["CustomerId"] == cid and row["RegisteredOffice"] is True
+    assert row["StreetName"] == stored["Street1"] and row["HouseNr"] == stored["Nr"]
+    assert row["HouseBox"] == stored["Box"] and row["ZipCode"] == stored["Zipcode"]
+    assert row["City"] == stored["City"] and row["CountryCode"] == "BE"
+    assert row["Street1"] == f"{stored['Street1']} {stored['Nr']}/{stored['Box']}"
+    answer = http.get("/customeraddresses", params={"Filter": "CustomerId eq 1"})
+    assert answer.status_code == 404 and answer.json() == {"ErrorMessage": NOTHING_FOUND}
+
+
+def test_a_put_replaces_the_head_office_address_too(admin, http):
+    kept, wiped = [i for i, a in admin.addresses.items() if a["City"]][10:12]
+    for cid in (kept, wiped):
+        fresh = http.get(f"/customers/{cid}").json()
+        office = head_office(http, cid)
+        address = {"Street1": office["StreetName"], "Street2": office["Street2"],
+                   "Nr": office["HouseNr"], "Box": office["HouseBox"],
+                   "Zipcode": office["ZipCode"], "City": office["City"],
+                   "CountryCode": office["CountryCode"]}  # fmt: skip
+        body = customer_body(fresh, **(address if cid == kept else {}))
+        assert http.put("/customers", json=body).status_code == 200
+    assert head_office(http, kept)["City"] and admin.addresses[kept]["Zipcode"]
+    assert set(admin.addresses[wiped].values()) == {None}  # a full replace without it
+    answer = http.get("/customeraddresses", params={"Filter": f"CustomerId eq {wiped}"})
+    assert answer.status_code == 404
+
+
 def test_activate_and_deactivate(admin, http):
     cid = next(i for i, c in admin.customers.items() if c["IsActive"])
     answer = http.post(
@@ -446,7 +486,7 @@ def stamp_of(row: dict) -> str:
     return row["DateAction"]
 
 
-def test_at_most_1000_changes_per_call_so_the_client_halves_its_window(admin, http, control):
+def test_at_most_1000_changes_per_call_so_the_client_goes_on_by_log_id(admin, http, control):
     start = admin.now()
     admin.now = lambda: start + timedelta(minutes=1)
     try:
@@ -468,7 +508,34 @@ def test_at_most_1000_changes_per_call_so_the_client_halves_its_window(admin, ht
 
 
 # -- communications (AD-A9) ------------------------------------------------------------------------
-def test_a_click_is_one_communication_however_often_it_is_posted(admin, http):
+def test_each_communication_post_is_stored_unless_dedupe_is_on(admin, http, control):
+    cid = list(admin.customers)[1]
+    body = {
+        "CustomerId": cid,
+        "Date": "2026-11-22 08:00:00",
+        "CommunicationType": "Flexmail",
+        "Subject": "Nieuwsbrief",
+        "Description": "Click: https://kantoor.example.be/dubbel",
+    }
+    first = http.post("/communications", json=body)
+    second = http.post("/communications", json=body)
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json()["CommunicationId"] != second.json()["CommunicationId"]  # a double POST
+    mine = walk(http, "/communications", Filter=f"CustomerId eq {cid}")
+    assert sum(1 for c in mine if c["Description"] == body["Description"]) == 2
+    assert httpx.post(f"{control}/communications/dedupe", json={"on": "ja"}).status_code == 400
+
+
+def test_a_click_is_one_communication_however_often_it_is_posted(admin, http, control):
+    assert httpx.post(f"{control}/communications/dedupe", json={"on": True}).status_code == 200
+    try:
+        _posted_three_times(admin, http)
+    finally:
+        httpx.post(f"{control}/communications/dedupe", json={"on": False})
+    assert admin.dedupe_communications is False
+
+
+def _posted_three_times(admin, http) -> None:
     cid = next(iter(admin.customers))
     body = {
         "CustomerId": cid,
