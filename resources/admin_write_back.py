@@ -139,11 +139,17 @@ class AdminWriteBack:
         return WriteBackResult("done", customer_id)
 
     def _address(self, customer_id: str) -> Row:
-        """The relation's registered-office address as PUT fields; empty when it has none."""
+        """The relation's registered-office address as PUT fields; empty when it has none, or
+        when the server offers no such endpoint (its path is the SDK's, not documented): the PUT
+        is then AD-A7's body from the fresh GET, which is all the documented contract asks."""
         filter_ = f"CustomerId eq {literal(customer_id)} and RegisteredOffice eq true"
-        for page in self._api.list_rows(ADDRESS_PATH, ADDRESS_PATH, filter_):
-            for row in page:
-                return {put: row.get(got) for got, put in ADDRESS_FIELDS.items() if got in row}
+        try:
+            for page in self._api.list_rows(ADDRESS_PATH, ADDRESS_PATH, filter_):
+                for row in page:
+                    return {put: row.get(got) for got, put in ADDRESS_FIELDS.items() if got in row}
+        except VendorError as exc:
+            if transient(exc):
+                raise
         return {}
 
     # --- AF5 / AD-A9 ----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ class FakeAdmin:
     extradata: list[dict[str, Any]] = field(default_factory=list)
     interests: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
     communications: list[dict[str, Any]] = field(default_factory=list)
-    addresses: list[dict[str, Any]] = field(default_factory=list)  # GET customeraddresses rows
+    addresses: list[dict[str, Any]] | None = field(default_factory=list)  # customeraddresses
     languages: list[dict[str, Any]] = field(default_factory=list)  # GET lists/19 rows
     settings: dict[str, Any] = field(
         default_factory=lambda: {
@@ -153,6 +153,8 @@ class FakeAdmin:
                 return error(*self.extradata_error)
             return self.listing(path, query, self.extradata)
         if method == "GET" and path == "customeraddresses":
+            if self.addresses is None:  # a server without the SDK's address endpoint
+                return error(404, "Resource not found")
             return self.listing(path, query, self.addresses)
         if method == "GET" and path == "lists/19":
             return self.listing(path, query, self.languages)
@@ -682,6 +684,15 @@ def test_unsubscribe_sends_the_head_office_address_and_null_for_zero_ids(make, a
     assert body["CountryCode"] == "BE" and body["CommercialName"] == "P BV"
     assert body["CustomerGroup"] is None and body["CustomerCrmType"] is None  # 0 is none
     assert filters(admin, "customeraddresses") == ["CustomerId eq 5 and RegisteredOffice eq true"]
+
+
+def test_a_server_without_the_address_endpoint_still_gets_the_unsubscribe(make, admin):
+    """The address path is the SDK's, not documented: without it the PUT is AD-A7's body."""
+    admin.customers = {5: customer(5)}
+    admin.addresses = None
+    assert results(make(), wb("unsubscribe", "5")) == [("done", "5", None)]
+    body = json.loads(next(r for r in admin.requests if r.method == "PUT").content)
+    assert body["Newsletter"] is False and "City" not in body
 
 
 def test_a_400_that_does_not_name_newsletter_is_refused_with_admin_words(make, admin):
