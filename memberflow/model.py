@@ -178,11 +178,12 @@ def _build_member_records(
         f"""
         CREATE OR REPLACE TEMP TABLE member_records AS
         WITH kept AS (
-            SELECT c.*, bool_or({now}) OVER (PARTITION BY c.integration, c.match_key) AS spoken
+            SELECT c.*,
+                bool_or({now}) OVER (PARTITION BY c.integration, c.match_key) AS someone_consents
             FROM member_candidates c ANTI JOIN {shared_keys.TABLE} s
                 ON s.integration = c.integration AND s.match_key = c.match_key)
-        SELECT * EXCLUDE (spoken) FROM kept
-        WHERE {now} OR NOT spoken OR NOT {withholds}
+        SELECT * EXCLUDE (someone_consents) FROM kept
+        WHERE {now} OR NOT someone_consents OR NOT {withholds}
         QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key);
         DROP TABLE member_candidates;
         """
