@@ -9,8 +9,10 @@ withdraws the member: it is taken off the list and not sent again until that sou
 anew. A record the source deleted only withdraws its member when no live record shares the key.
 
 Records of one integration that share a key are merged like any others, unless the integration
-withholds shared keys (`shared_match_keys: withhold`, AF1): then such a key gets no member from
-that integration and its records are reported (memberflow/shared_keys.py).
+withholds shared keys (`shared_match_keys: withhold`, AF1): then a key that several of its
+records consent to now gets no member from that integration and those records are reported
+(memberflow/shared_keys.py); a key that one of its records consents to now is that record's
+alone, and a key none of its records consents to now is withdrawn like any other.
 """
 
 from __future__ import annotations
@@ -158,18 +160,31 @@ def _build_member_records(
     keeps their last values and is withdrawn. `rank` orders records for ties and lists: by
     integration name, then record id (numerically when ids are numbers). `required` is a further
     condition on a record (memberflow/member_events.py: named by an event, or already a member);
-    a member one of whose records meets it takes all its records. A key that several live
-    records of a withholding integration carry takes none of that integration's records (its
-    tombstones included); returns how many such (integration, key) pairs there are.
+    a member one of whose records meets it takes all its records.
+
+    For a withholding integration only consent now counts (shared_keys.CONSENTS_NOW): a key that
+    several of its records consent to takes none of its records (tombstones and unticked ones
+    included); a key that one of them consents to takes that record only, since in that
+    integration records are not merged and an unticked duplicate must neither withdraw the
+    member nor lend it values; a key none of them consents to takes them all, so it is a
+    withdrawn member. Returns how many withheld (integration, key) pairs there are.
     """
     _build_candidates(conn, feeds, required)
-    withheld = shared_keys.build_table(conn, "member_candidates", withholding(feeds))
+    names = withholding(feeds)
+    withheld = shared_keys.build_table(conn, "member_candidates", names)
+    withholds = f"integration IN ({', '.join(_lit(n) for n in names)})" if names else "false"
+    now = shared_keys.CONSENTS_NOW
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE member_records AS
-        SELECT c.* FROM member_candidates c ANTI JOIN {shared_keys.TABLE} s
-            ON s.integration = c.integration AND s.match_key = c.match_key
-        QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY c.match_key);
+        WITH kept AS (
+            SELECT c.*,
+                bool_or({now}) OVER (PARTITION BY c.integration, c.match_key) AS someone_consents
+            FROM member_candidates c ANTI JOIN {shared_keys.TABLE} s
+                ON s.integration = c.integration AND s.match_key = c.match_key)
+        SELECT * EXCLUDE (someone_consents) FROM kept
+        WHERE {now} OR NOT someone_consents OR NOT {withholds}
+        QUALIFY live OR NOT bool_or(live) OVER (PARTITION BY match_key);
         DROP TABLE member_candidates;
         """
     )

@@ -2,9 +2,14 @@
 
 A shared mailbox (a family, an office) makes several source records carry one email. An
 integration with `shared_match_keys: withhold` syncs only keys that one of its records carries:
-a key carried by more than one of its qualifying, live records contributes no member from that
-integration (another integration on the list may still supply it), and the records are reported
-so the office can clean them up at the source.
+a key carried by more than one of its records that consent now (live, consent not false)
+contributes no member from that integration (another integration on the list may still supply
+it), and those records are reported so the office can clean them up at the source.
+
+Only consent now counts: the usual clean-up is to untick the newsletter box of the duplicates
+(or deactivate them), and that must release the key for the one record left, not keep it
+withheld forever. A key none of whose records consents now is withheld from nobody: it comes
+through as a withdrawn member, so a contact already on the target is taken off it.
 
 The model writes the warehouse table `shared_match_keys` every run; the members asset turns it
 into an asset check and a CSV report. The CSV holds the full keys on purpose: it is the office's
@@ -28,6 +33,9 @@ from memberflow import landing
 TABLE = "shared_match_keys"
 REPORT_NAME = "shared_match_keys.csv"
 CSV_COLUMNS = ("integration", "shared key", "record ids", "names")
+# A candidate record that counts as carrying its key for a withholding integration (and is the
+# one record that speaks for the key when it is the only one).
+CONSENTS_NOW = "(live AND coalesce(consent, true))"
 JOIN = "; "  # between the record ids (and names) of one key in a CSV cell
 # Canonical fields a record is named by: "first last", else the first of the fallbacks. A
 # company is usually named by its last name field (its legal name), so the pair covers it too.
@@ -49,8 +57,9 @@ def build_table(
     conn: duckdb.DuckDBPyConnection, candidates: str, withholding: Iterable[str]
 ) -> int:
     """Rebuild `shared_match_keys` from the temp table `candidates` (every record that would
-    contribute to a member: columns integration, record_id, match_key, live, rank and the
-    canonical fields): per withholding integration, the keys more than one live record carries.
+    contribute to a member: columns integration, record_id, match_key, live, consent, rank and
+    the canonical fields): per withholding integration, the keys more than one record that
+    consents now carries, with those records only (the unticked ones are already cleaned up).
     Returns how many (integration, key) pairs are withheld."""
     names = ", ".join(_lit(n) for n in withholding) or "NULL"
     conn.execute(
@@ -61,7 +70,7 @@ def build_table(
                list({_name_sql(_columns(conn, candidates))} ORDER BY rank)::VARCHAR[] AS names,
                count(*)::INT AS records
         FROM {candidates}
-        WHERE live AND integration IN ({names})
+        WHERE {CONSENTS_NOW} AND integration IN ({names})
         GROUP BY integration, match_key
         HAVING count(*) > 1
         ORDER BY integration, match_key

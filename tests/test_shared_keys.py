@@ -137,6 +137,88 @@ def test_another_integration_on_the_list_still_supplies_a_withheld_key(conn):
     assert members(conn, "sources", "source_records", "first_name")[SHARED] == (["tm"], 1, "Jan")
 
 
+WITHHOLD_TM = [MERGE[0], replace(MERGE[1], shared_match_keys="withhold")]
+
+
+def delivery_to(feeds: list[model.Feed]):
+    """A fake target and the delivery settings of a list fed by `feeds` (email as match key)."""
+    from memberflow.delivery import DeliverySettings
+    from resources.base import UpsertFlags
+    from tests.fake_target import FakeTarget
+
+    settings = DeliverySettings("email", "create_and_update", False, UpsertFlags(), run_id="r")
+    return FakeTarget(model.member_fields(feeds)), settings
+
+
+def test_unticking_a_duplicate_releases_the_key_to_the_record_left(conn):
+    """A and B share a mailbox; the office unticks B to clean up: A is synced, and the report
+    no longer lists the key (a deactivated relation arrives the same way: consent false)."""
+    from memberflow.delivery import deliver_members
+
+    target, settings = delivery_to(WITHHOLD_TM)
+    fields = model.member_fields(WITHHOLD_TM)
+    feed_tm(
+        tm_customer("t1", "2025-01-01T10:00:00Z", email=SHARED, firstName="Jan"),
+        tm_customer("t2", "2025-01-02T10:00:00Z", email=SHARED, firstName="An"),
+    )
+    assert build(conn, WITHHOLD_TM)["withheld_shared_keys"] == 1
+    assert members(conn, "source_records") == {}
+
+    feed_tm(tm_customer("t2", "2025-01-03T10:00:00Z", email=SHARED, firstName="An", consent=False))
+    counts = build(conn, WITHHOLD_TM)
+    assert (counts["withheld_shared_keys"], counts["withdrawn"]) == (0, 0)
+    assert shared_rows(conn) == []
+    # A's alone: B's newer name is not lent to it, and B's withdrawal does not withdraw it
+    assert members(conn, "sources", "source_records", "first_name", "withdrawn") == {
+        SHARED: (["tm"], 1, "Jan", False)
+    }
+    assert deliver_members(conn, target, settings, fields).created == 1
+    [member] = target.members.values()
+    assert member["values"]["first_name"] == "Jan"
+
+
+def test_unticking_one_of_three_keeps_the_key_withheld_and_lists_the_two_left(conn):
+    feed_tm(
+        tm_customer("t1", "2025-01-01T10:00:00Z", email=SHARED),
+        tm_customer("t2", "2025-01-01T10:00:00Z", email=SHARED, consent=False),
+        tm_customer("t3", "2025-01-01T10:00:00Z", email=SHARED),
+    )
+    feed_tm(tm_customer("t2", "2025-01-01T09:00:00Z", email=SHARED))  # t2 consented once
+    assert build(conn, WITHHOLD_TM)["withheld_shared_keys"] == 1
+    assert [row[2] for row in shared_rows(conn)] == [["t1", "t3"]]
+    assert members(conn, "source_records") == {}
+
+
+def test_a_withheld_key_whose_records_are_all_unticked_is_withdrawn_from_the_target(conn):
+    """A was synced alone; B gets the same email (withheld: A stays on the target); then the
+    office unticks both: the key is a withdrawn member and delivery takes it off the target."""
+    from memberflow.delivery import deliver_members
+
+    target, settings = delivery_to(WITHHOLD_TM)
+    fields = model.member_fields(WITHHOLD_TM)
+    feed_tm(tm_customer("t1", "2025-01-01T10:00:00Z", email=SHARED))
+    build(conn, WITHHOLD_TM)
+    assert deliver_members(conn, target, settings, fields).created == 1
+
+    feed_tm(tm_customer("t2", "2025-01-02T10:00:00Z", email=SHARED))
+    assert build(conn, WITHHOLD_TM)["withheld_shared_keys"] == 1
+    report = deliver_members(conn, target, settings, fields)
+    assert (report.created, report.updated, report.removed) == (0, 0, 0)
+    assert len(target.members) == 1
+
+    feed_tm(
+        tm_customer("t1", "2025-01-03T10:00:00Z", email=SHARED, consent=False),
+        tm_customer("t2", "2025-01-03T10:00:00Z", email=SHARED, consent=False),
+    )
+    counts = build(conn, WITHHOLD_TM)
+    assert (counts["withheld_shared_keys"], counts["withdrawn"]) == (0, 1)
+    assert shared_rows(conn) == []
+    assert members(conn, "source_records", "withdrawn") == {SHARED: (2, True)}
+    assert deliver_members(conn, target, settings, fields).removed == 1
+    assert target.members == {}
+    assert deliver_members(conn, target, settings, fields).removed == 0  # once, not every run
+
+
 def test_only_the_withholding_integration_withholds(conn):
     feed_tm(
         tm_customer("t1", "2025-01-01T10:00:00Z", email=SHARED),
@@ -151,17 +233,20 @@ def test_names_are_first_and_last_name_else_a_company_name_else_empty():
     conn = duckdb.connect()
     conn.execute(
         """CREATE TEMP TABLE candidates AS SELECT * FROM (VALUES
-            ('x', '1', 'k1', true, 1, 'Marie', 'Claes', NULL),
-            ('x', '2', 'k1', true, 2, NULL, 'Bakkerij Janssens', NULL),
-            ('x', '3', 'k1', true, 3, '  ', '', 'Brasserie du Coin'),
-            ('x', '4', 'k1', true, 4, NULL, NULL, NULL),
-            ('x', '5', 'k1', false, 5, 'Gone', 'Record', NULL),
-            ('x', '6', 'k2', true, 6, 'Solo', 'Record', NULL))
-           t(integration, record_id, match_key, live, rank, first_name, last_name, company_name)"""
+            ('x', '1', 'k1', true, NULL, 1, 'Marie', 'Claes', NULL),
+            ('x', '2', 'k1', true, true, 2, NULL, 'Bakkerij Janssens', NULL),
+            ('x', '3', 'k1', true, true, 3, '  ', '', 'Brasserie du Coin'),
+            ('x', '4', 'k1', true, true, 4, NULL, NULL, NULL),
+            ('x', '5', 'k1', false, false, 5, 'Gone', 'Record', NULL),
+            ('x', '6', 'k2', true, true, 6, 'Solo', 'Record', NULL),
+            ('x', '7', 'k1', true, false, 7, 'Unticked', 'Record', NULL),
+            ('x', '8', 'k2', true, false, 8, 'Unticked', 'Too', NULL))
+           t(integration, record_id, match_key, live, consent, rank, first_name, last_name,
+             company_name)"""
     )
-    assert shared_keys.build_table(conn, "candidates", ["x"]) == 1
+    assert shared_keys.build_table(conn, "candidates", ["x"]) == 1  # k2: only record 6 consents
     [key] = shared_keys.rows(conn)
-    assert key.record_ids == ("1", "2", "3", "4")  # the deleted record 5 does not count
+    assert key.record_ids == ("1", "2", "3", "4")  # deleted 5 and unticked 7 do not count
     assert key.names == ("Marie Claes", "Bakkerij Janssens", "Brasserie du Coin", "")
     assert shared_keys.build_table(conn, "candidates", []) == 0  # nobody withholds: no rows
 
