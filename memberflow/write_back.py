@@ -154,12 +154,23 @@ def _records_with_key(
     if not key or not feedback_log._table_exists(conn, table):
         return []
     live = "AND NOT coalesce(deleted, false)" if live_only else ""
+    # records that consent now first: a click belongs on the record the member was sent for
+    consenting = "coalesce(consent, true) DESC, " if _has_column(conn, table, "consent") else ""
     rows = conn.execute(
         f"""SELECT record_id FROM {table} WHERE match_key = ? {live}
-            ORDER BY try_cast(record_id AS HUGEINT) NULLS LAST, record_id""",
+            ORDER BY {consenting}try_cast(record_id AS HUGEINT) NULLS LAST, record_id""",
         [key],
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def _has_column(conn: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    row = conn.execute(
+        """SELECT count(*) FROM information_schema.columns
+           WHERE table_name = ? AND column_name = ?""",
+        [table, column],
+    ).fetchall()[0]
+    return bool(row[0])
 
 
 def _created_here(conn: duckdb.DuckDBPyConnection, integration: str, key: str | None) -> list[str]:

@@ -300,3 +300,17 @@ def test_a_refused_or_skipped_write_back_is_reported_with_its_reason(conn):
             "reason": "Newsletter not writable: read-only field",
         }
     ]
+
+
+def test_a_click_goes_on_the_record_that_consents_now(conn):
+    """Two relations share the email, the lower one unticked: the click belongs to the one the
+    member was sent for."""
+    conn.execute(
+        f"""CREATE OR REPLACE TABLE {MEMBERS} AS SELECT * FROM (VALUES
+            ('21', 'duo@kantoor.be', false, false), ('22', 'duo@kantoor.be', false, true))
+            t(record_id, match_key, deleted, consent)"""
+    )
+    source = FakeSource()
+    feedback_log.record(conn, [click("duo@kantoor.be")], "webhook", "r1")
+    run(conn, source)
+    assert source.clicks == [("22", "https://x.be")]
