@@ -41,7 +41,7 @@ from resources.admin_filter import (
     one_of,
     parse_local,
 )
-from resources.admin_session import THROTTLE_WAIT_SECONDS, AdminSession
+from resources.admin_session import CLOCK_TOLERANCE_SECONDS, THROTTLE_WAIT_SECONDS, AdminSession
 from resources.admin_write_back import AdminWriteBack, admin_message, truthy
 from resources.base import CallCounter, EntitySpec, RecordMeta, SourceClient, VendorError
 from resources.http import (
@@ -137,10 +137,9 @@ class AdminClient(SourceClient):
         return frozenset() if self._crm_interests else frozenset({INTERESTS.name})
 
     def check_connection(self) -> None:
-        """A token (the key is right), `apisettings` (the host answers it) and the server's clock
-        against ours in the configured zone (the change log is read in server time)."""
+        """A token (the key is right) and `apisettings` (the host answers it). The server's clock
+        is not held against ours: reads follow its own (see `_server_text`)."""
         self._api.settings(refresh=True)
-        self._api.check_clock()
 
     def record_meta(self, entity: str, record: Row) -> RecordMeta:
         """Customers have no modified field. `ChangedAt` stands in: the moment the read started,
@@ -164,10 +163,25 @@ class AdminClient(SourceClient):
         started = self._now()
         since = self._cursor(cursor)
         if since is None:
-            self._next_cursor[entity] = ChangeCursor(local_text(started, self._zone))
+            self._next_cursor[entity] = ChangeCursor(self._server_text(started))
             return self._selection_pages(local_iso(started, self._zone))
-        self._api.check_clock()
         return self._changed_pages(entity, since, started)
+
+    def _server_text(self, moment: datetime) -> str:
+        """`moment` as the server's clock reads it (TimeToLive - DurationToken tells how far it is
+        from ours in the configured zone): the change log's DateAction is server time, so a
+        cursor that is read by time must be too. A difference over two minutes (a skewed clock,
+        or `timezone` not the server's zone) is followed, and said in the run's warnings."""
+        offset = self._api.clock_offset() or 0.0
+        if abs(offset) > CLOCK_TOLERANCE_SECONDS:
+            warning = (
+                f"Admin's clock on {self._api.host} is {offset / 60:+.0f} min from ours in "
+                f"{self._zone.key}: change-log times are read in the server's time; check the "
+                "integration's `timezone` and both clocks"
+            )
+            if warning not in self._warnings:
+                self._warnings.append(warning)
+        return local_text(moment + timedelta(seconds=offset), self._zone)
 
     def has_changes(self, entity: str, cursor: str | datetime | None) -> bool:
         """Customers: one change-log call for any row since the cursor. Interests: no call; a
@@ -238,7 +252,7 @@ class AdminClient(SourceClient):
                 if str(row.get("TableName") or CUSTOMER_TABLE).upper() != CUSTOMER_TABLE:
                     action = "UPDATE"
                 latest[str(row["Id"])] = action
-        self._next_cursor[entity] = _following(since, rows, local_text(started, self._zone))
+        self._next_cursor[entity] = _following(since, rows, self._server_text(started))
         deleted = [cid for cid, action in latest.items() if action == "DELETE"]
         if deleted:
             yield [self.tombstone(CUSTOMERS.name, cid) for cid in deleted]
