@@ -22,9 +22,11 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -83,6 +85,18 @@ def feedback_hooks_of(integrations: list[Integration]) -> dict[str, FeedbackWebh
     return found
 
 
+@dataclass(frozen=True)
+class _Door:
+    """One kind of delivery the receiver takes: the integrations' hooks (verify, parse,
+    max_body_bytes), how a parsed body becomes storable events, and where they are stored."""
+
+    suffix: str  # added to the integration's name in log lines: "" or "/feedback"
+    missing: str  # the 404's words
+    hooks: Mapping[str, Any]
+    to_events: Callable[[Any], list[WebhookEvent]]  # what `parse` returned -> events
+    store_for: StoreFor
+
+
 def build_app(
     capabilities: Mapping[str, WebhookCapability],
     store_for: StoreFor = WebhookStore.for_integration,
@@ -91,73 +105,15 @@ def build_app(
 ) -> Starlette:
     """The receiver for these integrations (name -> capability, name -> feedback webhook);
     tests pass fakes here."""
-    stores: dict[str, WebhookStore] = {}
     feedback = feedback or {}
-
-    def store(name: str) -> WebhookStore:
-        if name not in stores:
-            stores[name] = store_for(name)
-        return stores[name]
-
-    def feedback_store(name: str) -> WebhookStore:
-        key = f"feedback:{name}"
-        if key not in stores:
-            stores[key] = feedback_store_for(name)
-        return stores[key]
-
-    async def receive_feedback(request: Request) -> JSONResponse:
-        name = request.path_params["integration"]
-        hook = feedback.get(name)
-        label = f"{name}/feedback"
-        if hook is None:
-            return _answer(label, 404, "no feedback webhook for this integration")
-        try:
-            body = await _read_body(request, hook.max_body_bytes)
-        except _TooLarge:
-            return _answer(label, 413, f"body over {hook.max_body_bytes} bytes")
-        try:
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            hook.verify(headers, body, dict(request.query_params))
-            events = feedback_events(hook.parse(body))
-        except WebhookRefused as refused:
-            return _answer(label, refused.status, refused.message, size=len(body))
-        digest = hashlib.sha256(body).hexdigest()
-        stored = await run_in_threadpool(
-            feedback_store(name).add, digest, events, datetime.now(UTC)
-        )
-        if stored is None:
-            return _answer(label, 200, "replay: nothing stored", size=len(body), stored=0)
-        return _answer(label, 200, _describe(events), size=len(body), stored=stored)
-
-    async def receive(request: Request) -> JSONResponse:
-        name = request.path_params["integration"]
-        capability = capabilities.get(name)
-        if capability is None:
-            return _answer(name, 404, "no webhook capability for this integration")
-        try:
-            body = await _read_body(request, capability.max_body_bytes)
-        except _TooLarge:
-            return _answer(name, 413, f"body over {capability.max_body_bytes} bytes")
-        try:
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            capability.verify(headers, body, dict(request.query_params))
-            events = capability.parse(body)
-        except WebhookRefused as refused:
-            return _answer(name, refused.status, refused.message, size=len(body))
-        digest = hashlib.sha256(body).hexdigest()
-        stored = await run_in_threadpool(store(name).add, digest, events, datetime.now(UTC))
-        if stored is None:
-            # Stored before: nothing is stored again. A vendor resends what it thinks failed (a
-            # lost 200) and gives up on a subscription after enough non-2xx answers, so the
-            # answer is still a 2xx, saying nothing was stored.
-            return _answer(
-                name,
-                200,
-                "replay: this body was stored before; nothing stored",
-                size=len(body),
-                stored=0,
-            )
-        return _answer(name, 200, _describe(events), size=len(body), stored=stored)
+    changes = _Door("", "no webhook capability for this integration", capabilities, list, store_for)
+    lists = _Door(
+        "/feedback",
+        "no feedback webhook for this integration",
+        feedback,
+        feedback_events,
+        feedback_store_for,
+    )
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -166,11 +122,49 @@ def build_app(
 
     return Starlette(
         routes=[
-            Route("/webhooks/{integration}/feedback", receive_feedback, methods=["POST"]),
-            Route("/webhooks/{integration}", receive, methods=["POST"]),
+            Route("/webhooks/{integration}/feedback", _endpoint(lists), methods=["POST"]),
+            Route("/webhooks/{integration}", _endpoint(changes), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
     )
+
+
+def _endpoint(door: _Door) -> Callable[[Request], Awaitable[JSONResponse]]:
+    """Verify, parse, store before the 200 (module docstring), for one kind of delivery."""
+    stores: dict[str, WebhookStore] = {}
+
+    def store(name: str) -> WebhookStore:
+        if name not in stores:
+            stores[name] = door.store_for(name)
+        return stores[name]
+
+    async def receive(request: Request) -> JSONResponse:
+        name = request.path_params["integration"]
+        label = f"{name}{door.suffix}"
+        hook = door.hooks.get(name)
+        if hook is None:
+            return _answer(label, 404, door.missing)
+        try:
+            body = await _read_body(request, hook.max_body_bytes)
+        except _TooLarge:
+            return _answer(label, 413, f"body over {hook.max_body_bytes} bytes")
+        try:
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            hook.verify(headers, body, dict(request.query_params))
+            events = door.to_events(hook.parse(body))
+        except WebhookRefused as refused:
+            return _answer(label, refused.status, refused.message, size=len(body))
+        digest = hashlib.sha256(body).hexdigest()
+        stored = await run_in_threadpool(store(name).add, digest, events, datetime.now(UTC))
+        if stored is None:
+            # Stored before: nothing is stored again. A vendor resends what it thinks failed (a
+            # lost 200) and gives up on a subscription after enough non-2xx answers, so the
+            # answer is still a 2xx, saying nothing was stored.
+            replay = "replay: this body was stored before; nothing stored"
+            return _answer(label, 200, replay, size=len(body), stored=0)
+        return _answer(label, 200, _describe(events), size=len(body), stored=stored)
+
+    return receive
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
