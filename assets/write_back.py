@@ -226,6 +226,9 @@ def _mail_summary(
     to = integration.feedback.summary_to
     if not to or not _full_sync(context, integration):
         return False
+    sent_key = f"summary_mailed:{integration.name}"
+    if list_state(conn, sent_key) == context.run_id:
+        return False  # a retry of this step: mailed once already
     lines, attachments = _summary(context, conn, integration, report)
     calls = _run_calls(context, integration)
     calls[integration.source.kind] += source.calls.total
@@ -236,7 +239,10 @@ def _mail_summary(
         lines.append(f"{target.vendor} calls this month: {budget.used} of {budget.limit}")
     subject = f"memberflow: full sync of {integration.name} done"
     mailer: ErrorReportMailer = context.resources.mailer
-    return _send(context, mailer, to, subject, "\n".join(lines) + "\n", attachments)
+    sent = _send(context, mailer, to, subject, "\n".join(lines) + "\n", attachments)
+    if sent:
+        set_list_state(conn, sent_key, context.run_id)
+    return sent
 
 
 def _full_sync(context: dg.AssetExecutionContext, integration: Integration) -> bool:
@@ -279,7 +285,7 @@ def _summary(
 def _run_calls(context: dg.AssetExecutionContext, integration: Integration) -> Counter[str]:
     """API calls of this run's other steps, by vendor kind: the extracts count the source's,
     the deliveries the target's."""
-    calls: Counter[str] = Counter()
+    per_asset: dict[str, int] = {}  # an extract repeats its run's calls on every day it touched
     records = context.instance.all_logs(
         context.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     )
@@ -287,9 +293,10 @@ def _run_calls(context: dg.AssetExecutionContext, integration: Integration) -> C
         mat = record.asset_materialization
         if mat is None or not isinstance(_value(mat.metadata.get("api_calls")), int):
             continue
-        key = mat.asset_key.to_user_string()
-        kind = integration.source.kind if key.endswith("_raw") else integration.target.kind
-        calls[kind] += int(_value(mat.metadata["api_calls"]))
+        per_asset[mat.asset_key.to_user_string()] = int(_value(mat.metadata["api_calls"]))
+    calls: Counter[str] = Counter()
+    for key, n in per_asset.items():
+        calls[integration.source.kind if key.endswith("_raw") else integration.target.kind] += n
     return calls
 
 

@@ -355,7 +355,8 @@ def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings)
            WHERE action IN ('create', 'update', 'remove') GROUP BY 1"""
     ).fetchall()
     actions = {action: int(n) for action, n in rows}
-    if groups:  # each group joined or left is a call of its own on some targets
+    actions["group_changes"] = 0  # each group joined or left is a call of its own on some targets
+    if groups:
         (changes,) = conn.execute(
             """SELECT coalesce(sum(
                    len(list_filter(coalesce(m_groups, []), lambda g: NOT list_contains(

@@ -80,9 +80,12 @@ def unlisted(conn: duckdb.DuckDBPyConnection) -> Reconciliation:
 
 
 def _acknowledged(conn: duckdb.DuckDBPyConnection) -> int:
+    """Members acknowledged and not removed; one written without the target's id (a bulk
+    import answers none) counts by its key."""
     return int(
         conn.execute(
-            "SELECT count(DISTINCT member_id) FROM sync_state WHERE NOT removed"
+            """SELECT count(DISTINCT coalesce(member_id, 'key:' || match_key))
+               FROM sync_state WHERE NOT removed"""
         ).fetchall()[0][0]
     )
 
@@ -125,7 +128,10 @@ def reconcile(
     try:
         missing, events = _forget_missing(conn, listed)
         set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
-        set_list_state(conn, LISTING_BASE, f"{len(listed)}/{_acknowledged(conn)}")
+        # the list's own count beside ours: the next runs compare a count with a count (a list
+        # may count its members otherwise than its listing lists them)
+        base = on_list if on_list is not None else len(listed)
+        set_list_state(conn, LISTING_BASE, f"{base}/{_acknowledged(conn)}")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -174,7 +180,14 @@ def _forget_missing(
            SELECT match_key FROM sync_state s
            WHERE NOT s.removed
              AND s.match_key NOT IN (SELECT match_key FROM listed WHERE match_key IS NOT NULL)
-             AND s.member_id NOT IN (SELECT member_id FROM listed WHERE member_id IS NOT NULL)"""
+             AND (s.member_id IS NULL OR s.member_id NOT IN (
+                  SELECT member_id FROM listed WHERE member_id IS NOT NULL))"""
+    )
+    # an acknowledgement without the target's id learns it from the listing, by key
+    conn.execute(
+        """UPDATE sync_state SET member_id = l.member_id FROM listed l
+           WHERE sync_state.member_id IS NULL AND l.match_key = sync_state.match_key
+             AND l.member_id IS NOT NULL"""
     )
     # The list's word on members it no longer holds is void, except an unsubscribe (see above).
     conn.execute(

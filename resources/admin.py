@@ -36,6 +36,7 @@ from resources.admin_filter import (
     ChangeCursor,
     changes_filter,
     chunks,
+    halves,
     local_iso,
     local_text,
     one_of,
@@ -192,7 +193,7 @@ class AdminClient(SourceClient):
         since = self._cursor(cursor)
         if since is None:
             return True
-        window = changes_filter(since.since(self._zone), since.log_id)
+        window = changes_filter(since.probe_since(), since.log_id)
         first = self._api.list_rows("customer/changes", "customer/changes", window, per_page=1)
         return bool(next(first, []))
 
@@ -244,7 +245,7 @@ class AdminClient(SourceClient):
         """AD-A6: the ids the change log names after the cursor, their last action deciding: a
         DELETE of the relation (not of one of its custom-field rows) is a tombstone, anything
         else is read again. The next cursor is the highest LogId read (the old one when none)."""
-        rows = self._change_rows(since)
+        rows = self._change_rows(since, self._server_text(started))
         latest: dict[str, str] = {}  # id -> ActionType
         for row in sorted(rows, key=_log_id):
             if row.get("Id") is not None and str(row["Id"]).strip():
@@ -259,23 +260,21 @@ class AdminClient(SourceClient):
         alive = [cid for cid, action in latest.items() if action != "DELETE"]
         yield from self._customers_by_id(alive, local_iso(started, self._zone))
 
-    def _change_rows(self, cursor: ChangeCursor) -> list[Row]:
+    def _change_rows(self, cursor: ChangeCursor, until: str) -> list[Row]:
         """The change-log rows after the cursor. A call that returns the 1000-row cap goes on
-        after the highest LogId it returned, so a burst (1000 rows in one second) is read whole."""
+        after the highest LogId it returned, so a burst (1000 rows in one second) is read whole;
+        a server whose rows carry no LogId is read by AD-A6's time windows up to `until` (the
+        server's now), each halved while it hits the cap."""
         since, after = cursor.since(self._zone), cursor.log_id
         rows: list[Row] = []
         while True:
-            found = [
-                r
-                for page in self._api.list_rows(
-                    "customer/changes", "customer/changes", changes_filter(since, after)
-                )
-                for r in page
-            ]
+            found = self._change_call(changes_filter(since, after))
             rows.extend(found)
             highest = max((_log_id(r) for r in found), default=0)
             if len(found) < CHANGES_CAP:
                 return rows
+            if not highest and since is not None:
+                return self._time_window_rows(since, until)
             if not highest or (after is not None and highest <= after):
                 self._warnings.append(
                     f"admin: {len(found)} change rows without a usable LogId after "
@@ -283,6 +282,25 @@ class AdminClient(SourceClient):
                 )
                 return rows
             after = highest
+
+    def _change_call(self, filter_: str) -> list[Row]:
+        pages = self._api.list_rows("customer/changes", "customer/changes", filter_)
+        return [row for page in pages for row in page]
+
+    def _time_window_rows(self, since: str, until: str) -> list[Row]:
+        """AD-A6 for rows without LogIds: [since, until), halved while a call hits the cap."""
+        found = self._change_call(changes_filter(since, None, until))
+        if len(found) < CHANGES_CAP:
+            return found
+        split = halves(since, until, self._zone)
+        if split is None:
+            self._warnings.append(
+                f"admin: over {CHANGES_CAP} changes in the second from {since}: some may be "
+                "missed until the next full read"
+            )
+            return found
+        first, middle = split
+        return self._time_window_rows(first, middle) + self._time_window_rows(middle, until)
 
     def _customers_by_id(self, ids: list[str], changed_at: str) -> Iterator[list[Row]]:
         """`CustomerId in (...)` 100 at a time, without the selection filter (a relation that

@@ -49,7 +49,7 @@ def one_of(field: str, values: Iterable[object]) -> str:
     return f"{field} in ({','.join(literal(v) for v in values)})"
 
 
-def changes_filter(since: str | None, after_log: int | None) -> str:
+def changes_filter(since: str | None, after_log: int | None, until: str | None = None) -> str:
     """AD-A6: the change-log rows of CHANGE_TABLES after LogId `after_log` (the API file: a LogId
     range can be used instead of DateAction) and, when `since` is given, with DateAction at or
     after it (server-local text). Without an upper bound: what lands while we read is read now
@@ -60,7 +60,19 @@ def changes_filter(since: str | None, after_log: int | None) -> str:
         parts.append(f"DateAction ge {text(since)}")
     if after_log is not None:
         parts.append(f"l.LogId gt {after_log}")
+    if until is not None:  # a time window of its own (AD-A6), for a server without LogIds
+        parts.append(f"DateAction lt {text(until)}")
     return " and ".join(parts)
+
+
+def halves(since: str, until: str, zone: ZoneInfo) -> tuple[str, str] | None:
+    """AD-A6: the two halves' bounds of a time window that hit the 1000-row cap, as
+    (since, middle) and (middle, until); None when the window is one second or less."""
+    start, end = parse_local(since, zone), parse_local(until, zone)
+    if end - start <= timedelta(seconds=1):
+        return None
+    middle = local_text(start + (end - start) / 2, zone)
+    return (since, middle) if middle != since else None
 
 
 @dataclass(frozen=True)
@@ -86,6 +98,12 @@ class ChangeCursor:
         if not log.strip().isdigit():
             raise ValueError(f"unreadable LogId in cursor {value!r}")
         return cls(moment, int(log))
+
+    def probe_since(self) -> str | None:
+        """Where the sensor's probe looks from: the cursor itself, without the read's overlap
+        (a change inside the overlap was read already; probing it would start a run on every
+        tick for an hour)."""
+        return self.at if self.log_id is None else None
 
     def since(self, zone: ZoneInfo) -> str | None:
         """The DateAction a time-based read starts at: OVERLAP before `at`, which covers a

@@ -6,9 +6,10 @@ what they read and write.
   `synetonToken`; renewed a minute before it expires and once after a 401. The key sits in that
   URL's path (quoted): it is one of the HTTP layer's masked secrets, so no log line or error
   shows it. An unreadable TimeToLive is taken as now + DurationToken, with a warning.
-- The server's clock: TimeToLive - DurationToken is the server's "now" at the token call. The
-  change log speaks server-local time, so `check_clock` fails a check or a read when that differs
-  from our clock in the configured zone by more than CLOCK_TOLERANCE (a wrong zone or a skew).
+- The server's clock: TimeToLive - DurationToken is the server's "now" at the token call
+  (`clock_offset`). The change log speaks server-local time, so the client writes its time
+  cursors in the server's time and warns when the two differ by more than CLOCK_TOLERANCE (a
+  wrong zone or a skew).
 - AD-A3: `apisettings` is read once; from then on every try waits for room in the RateLimit calls
   per 60 s (a limiter shared by every run using this key), and a 403 "You are throttling the
   system" that still comes is waited out like a 429, never failed on.
@@ -32,7 +33,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 
-from resources.admin_filter import local_text
 from resources.admin_write_back import admin_message, throttling
 from resources.auth import CachedToken
 from resources.base import CallCounter, VendorError
@@ -150,22 +150,6 @@ class AdminSession:
         by_text = (server - _naive(ours, self._zone)).total_seconds()
         by_moment = (server.replace(tzinfo=self._zone).astimezone(UTC) - ours).total_seconds()
         return min(by_text, by_moment, key=abs)
-
-    def check_clock(self) -> None:
-        """Fails when the server's clock and ours (in the configured zone) are too far apart."""
-        offset = self.clock_offset()
-        if offset is None or abs(offset) <= CLOCK_TOLERANCE_SECONDS:
-            return
-        ours = local_text(self.now(), self._zone)
-        theirs = local_text(self.now() + timedelta(seconds=offset), self._zone)
-        raise VendorError(
-            self.vendor,
-            0,
-            f"Admin's clock on {self.host} reads about {theirs} while ours reads {ours} in "
-            f"{self._zone.key} ({offset / 60:+.0f} min): check the integration's `timezone` "
-            "(the server's own zone) and both clocks; the change log is read in server time, "
-            "so changes could be missed",
-        )
 
     # --- calls ---------------------------------------------------------------------------------
 

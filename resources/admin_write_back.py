@@ -146,9 +146,18 @@ class AdminWriteBack:
         try:
             for page in self._api.list_rows(ADDRESS_PATH, ADDRESS_PATH, filter_):
                 for row in page:
-                    return {put: row.get(got) for got, put in ADDRESS_FIELDS.items() if got in row}
+                    # only the relation's own registered office (a server that ignored the
+                    # filter would hand every address)
+                    if str(row.get("CustomerId")) == str(customer_id) and truthy(
+                        row.get("RegisteredOffice")
+                    ):
+                        return {
+                            put: row.get(got) for got, put in ADDRESS_FIELDS.items() if got in row
+                        }
         except VendorError as exc:
-            if transient(exc):
+            # unreachable, 5xx, throttled: later; any other refusal (no such endpoint, not
+            # permitted for this key): without the address, as the documented contract does
+            if exc.status == 0 or exc.status >= 500 or exc.status == 429 or throttling(exc):
                 raise
         return {}
 
@@ -262,7 +271,11 @@ class AdminWriteBack:
                 if exc.status not in (403, 404) or throttling(exc):
                     raise
         wanted = str(value or "").strip().casefold()
-        return self._languages.get(wanted, self._language) if wanted else self._language
+        if not wanted:
+            return self._language
+        if not self._languages:  # a list whose items we could not read: the value as it is
+            return str(value).strip()
+        return self._languages.get(wanted, self._language)
 
 
 def put_body(current: Mapping[str, Any], address: Mapping[str, Any]) -> Row:

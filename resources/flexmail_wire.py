@@ -159,8 +159,14 @@ def enabled_languages(body: Any) -> set[str]:
     rows = body.get("languages") if isinstance(body, dict) else None
     if not isinstance(rows, list):
         raise ValueError("account-contact-languages answer without a languages list")
-    codes = (row.get("code") if isinstance(row, dict) else row for row in rows)
+    codes = (_language_code(row) for row in rows)
     return {code.strip().lower() for code in codes if isinstance(code, str) and code.strip()}
+
+
+def _language_code(row: Any) -> Any:
+    if not isinstance(row, dict):
+        return row
+    return next((row[k] for k in ("code", "iso", "language", "id") if row.get(k)), None)
 
 
 def check_languages(languages: LanguageMap, enabled: set[str]) -> None:
@@ -168,7 +174,7 @@ def check_languages(languages: LanguageMap, enabled: set[str]) -> None:
     refuses each contact that carries one; raised before anything is sent, naming them."""
     wanted = {languages.default, *languages.codes()}
     missing = sorted(wanted - enabled)
-    if missing:
+    if missing and enabled:  # none read: an answer we could not read proves nothing
         raise LanguageNotEnabled(
             f"flexmail: language(s) {', '.join(missing)} (default_language or languages:) are "
             f"not enabled on the account, which has {', '.join(sorted(enabled)) or 'none'}; "

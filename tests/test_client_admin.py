@@ -507,8 +507,8 @@ def test_the_cursor_starts_at_the_full_read_then_follows_the_highest_log_id(make
     assert client.has_changes("customers", cursor) is True
     probe = [r for r in admin.requests if r.url.path.endswith("customer/changes")][-1]
     assert probe.url.params["per_page"] == "1"
-    overlap = clock.local(-300 - 65 * 60)  # 65 minutes before the full read
-    assert probe.url.params["Filter"] == f"{TABLES} and DateAction ge '{overlap}'"
+    # the probe looks from the cursor itself; the read goes 65 minutes further back
+    assert probe.url.params["Filter"] == f"{TABLES} and DateAction ge '{started}'"
     got = records(client.iter_changed("customers", cursor))
     assert [r["CustomerId"] for r in got] == [1]
     assert got[0]["ChangedAt"] == "2026-03-02T10:05:00+01:00"  # the read's start, with offset
@@ -693,6 +693,16 @@ def test_a_server_without_the_address_endpoint_still_gets_the_unsubscribe(make, 
     assert results(make(), wb("unsubscribe", "5")) == [("done", "5", None)]
     body = json.loads(next(r for r in admin.requests if r.method == "PUT").content)
     assert body["Newsletter"] is False and "City" not in body
+
+
+def test_only_the_relations_own_registered_office_goes_into_the_put(make, admin):
+    """A server that ignores the address filter hands every address: none of another relation's
+    is written onto this one."""
+    admin.customers = {5: customer(5)}
+    admin.addresses = [{"CustomerId": 6, "RegisteredOffice": True, "City": "Brugge"}]
+    assert results(make(), wb("unsubscribe", "5")) == [("done", "5", None)]
+    body = json.loads(next(r for r in admin.requests if r.method == "PUT").content)
+    assert "City" not in body
 
 
 def test_a_400_that_does_not_name_newsletter_is_refused_with_admin_words(make, admin):
@@ -880,6 +890,21 @@ def test_change_rows_without_a_log_id_move_a_time_cursor_to_the_read(make, admin
     cursor = clock.local(-600)
     assert [r["CustomerId"] for r in records(client.iter_changed("customers", cursor))] == [1]
     assert client.cursor_after("customers", cursor, None, datetime.now(UTC)) == clock.local()
+
+
+def test_a_burst_without_log_ids_is_read_in_halved_time_windows(make, admin, clock):
+    """AD-A6 for a server whose change rows carry no LogId: the window [cursor, now) is halved
+    while a call returns the 1000-row cap, so a burst is read whole."""
+    admin.customers = {i: customer(i) for i in range(1, 1501)}
+    admin.changes = [
+        {**change(i, clock.local(-600 + (i % 300)), log_id=0), "LogId": None}
+        for i in range(1, 1501)
+    ]
+    client = make()
+    got = records(client.iter_changed("customers", clock.local(-3600)))
+    assert len({r["CustomerId"] for r in got}) == 1500
+    windows = [f for f in filters(admin, "customer/changes") if "DateAction lt" in f]
+    assert len(windows) >= 2 and client.run_warnings() == []
 
 
 # -- the server's clock ----------------------------------------------------------------------------

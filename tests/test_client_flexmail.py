@@ -913,6 +913,15 @@ def test_languages_not_enabled_on_the_account_fail_before_sending(make, fake):
     assert len(fake.calls("GET", "/account-contact-languages")) == 3  # once per client
 
 
+def test_a_languages_answer_of_unknown_shape_blocks_nothing(make, fake):
+    """The items' shape is not documented: codes under other keys are read, and an answer of
+    which none can be read checks nothing rather than refusing every sync."""
+    fake.languages = [{"iso": "nl"}, {"language": "fr"}]
+    make(languages={"N": "nl", "F": "fr"}, default_language="nl").target_fields()
+    fake.languages = [{"name": "Nederlands"}]
+    make(languages={"N": "nl"}, default_language="nl").target_fields()
+
+
 def test_a_collection_without_total_is_paged_until_a_short_page(client, fake, monkeypatch):
     monkeypatch.setattr(flexmail_module, "PAGE_SIZE", 2)
     fake.totals = False

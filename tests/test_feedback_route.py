@@ -119,3 +119,20 @@ def test_members_added_on_the_list_are_noticed_by_count_and_listed_once():
     listing.members.append(_member("5", "e@x.be"))
     plain = reconcile.reconcile(conn, listing, "email", now=now.replace(hour=3))
     assert plain.full_listing == "" and plain.only_on_list == ()
+
+
+def test_members_acknowledged_without_an_id_are_reconciled_by_key():
+    """A bulk import answers no ids: such a member lost on the list is still noticed, and one
+    still there learns its id from the listing."""
+    conn = duckdb.connect()
+    ensure_state(conn)
+    conn.execute(
+        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed)"
+        " VALUES ('a@x.be', NULL, 'h', 'create', now(), false),"
+        " ('b@x.be', NULL, 'h', 'create', now(), false)"
+    )
+    found = reconcile.reconcile(conn, Listing([_member("7", "a@x.be")]), "email")
+    assert found.missing == frozenset({"b@x.be"})
+    assert conn.execute("SELECT match_key, member_id FROM sync_state").fetchall() == [
+        ("a@x.be", "7")
+    ]
