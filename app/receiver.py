@@ -61,25 +61,23 @@ class ReceiverSetupError(RuntimeError):
 
 def capabilities_of(integrations: list[Integration]) -> dict[str, WebhookCapability]:
     """Integration name -> webhook capability, for those whose source has webhooks on."""
-    found = {}
-    for integration in integrations:
-        try:
-            capability = webhook_capability(integration)
-        except Exception as exc:  # e.g. the secret's env var is missing: say which integration
-            raise ReceiverSetupError(f"{integration.name}: webhook setting: {exc}") from exc
-        if capability is not None:
-            found[integration.name] = capability
-    return found
+    return _hooks_of(integrations, webhook_capability, "webhook setting")
 
 
 def feedback_hooks_of(integrations: list[Integration]) -> dict[str, FeedbackWebhook]:
     """Integration name -> its target's feedback webhook, for those whose list pushes one."""
+    return _hooks_of(integrations, feedback_webhook, "feedback webhook")
+
+
+def _hooks_of(
+    integrations: list[Integration], offer: Callable[[Integration], Any], what: str
+) -> dict[str, Any]:
     found = {}
     for integration in integrations:
         try:
-            hook = feedback_webhook(integration)
-        except Exception as exc:  # e.g. the token's env var is missing: say which integration
-            raise ReceiverSetupError(f"{integration.name}: feedback webhook: {exc}") from exc
+            hook = offer(integration)
+        except Exception as exc:  # e.g. a secret's env var is missing: say which integration
+            raise ReceiverSetupError(f"{integration.name}: {what}: {exc}") from exc
         if hook is not None:
             found[integration.name] = hook
     return found

@@ -535,7 +535,7 @@ def test_bulk_import_then_ids_by_listing_and_single_posts_for_the_missing(
     }
     assert fake.by_email("a@firma.be")["id"] == int(acks["a@firma.be"].member_id)
     assert (int(acks["a@firma.be"].member_id), "2") in fake.subscriptions
-    assert sleeps.waits == [0.01] * 3  # polled every poll_seconds until completed
+    assert sleeps.waits == [0.01] * 3  # polled at the configured interval until completed
     assert client.run_figures()["imports"] == 1
 
 
