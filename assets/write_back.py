@@ -24,6 +24,7 @@ from memberflow.config import Integration
 from memberflow.delivery import ensure_state, list_state, set_list_state
 from memberflow.mapping import available_entities
 from memberflow.masking import mask_text
+from memberflow.member_events import table_exists
 from memberflow.staging import stage_table
 from memberflow.webhook_store import WebhookStore, feedback_webhook
 from resources.base import VendorError
@@ -313,7 +314,7 @@ def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dic
 
 def _shared_keys(conn: duckdb.DuckDBPyConnection, integration: str) -> list[dict[str, str]]:
     """The shared-key report rows of this integration (memberflow/shared_keys.py), if any."""
-    if not feedback_log._table_exists(conn, "shared_match_keys"):
+    if not table_exists(conn, "shared_match_keys"):
         return []
     rows = conn.execute(
         """SELECT match_key, array_to_string(record_ids, ' '), array_to_string(names, '; ')

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from memberflow.member_events import table_exists
 from memberflow.webhook_store import WebhookStore
 from resources.feedback import Feedback
 
@@ -166,7 +167,7 @@ def from_remote_unsubscribes(conn: duckdb.DuckDBPyConnection) -> list[Feedback]:
     """Unsubscribes the target reported while being written or listed (`remote_members`), as
     feedback: the fallback for a webhook that never came. Their time is the unsubscribe's own,
     or the epoch when the target gave none, so the same one always has the same key."""
-    if not _table_exists(conn, "remote_members"):
+    if not table_exists(conn, "remote_members"):
         return []
     rows = conn.execute(
         """SELECT match_key, member_id, coalesce(unsubscribed_at, updated_at)
@@ -182,7 +183,7 @@ def note_unsubscribes(conn: duckdb.DuckDBPyConnection) -> int:
     """Tell delivery about unsubscribes that came as feedback: a `remote_members` row saying so,
     so the member is not written again (and counted as skipped) whatever its source says."""
     ensure_feedback(conn)
-    if not _table_exists(conn, "remote_members"):
+    if not table_exists(conn, "remote_members"):
         return 0
     rows = conn.execute(
         """SELECT f.email, max(f.member_id), max(f.occurred_at) FROM feedback f
@@ -202,10 +203,3 @@ def note_unsubscribes(conn: duckdb.DuckDBPyConnection) -> int:
 
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _table_exists(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchall()[0]
-    return bool(row[0])

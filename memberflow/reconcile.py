@@ -40,6 +40,7 @@ from memberflow.delivery import (
     set_list_state,
     store_remote,
 )
+from memberflow.member_events import table_exists
 from resources.base import RemoteMember
 from resources.feedback import Feedback
 from resources.target import TargetClient
@@ -155,7 +156,7 @@ def _only_on_list(
 ) -> tuple[Feedback, ...]:
     """Listed members whose key nobody acknowledged and no member of the model carries."""
     known = {k for (k,) in conn.execute("SELECT match_key FROM sync_state").fetchall()}
-    if _has_table(conn, "members"):
+    if table_exists(conn, "members"):
         known |= {k for (k,) in conn.execute("SELECT match_key FROM members").fetchall()}
     out = []
     for member in remote:
@@ -197,7 +198,7 @@ def _forget_missing(
     conn.unregister("listed")
     store_remote(conn, listed)
     events = 0
-    if _has_table(conn, "tracking_events"):
+    if table_exists(conn, "tracking_events"):
         events = conn.execute(
             """DELETE FROM event_sync WHERE event_id IN (
                    SELECT event_id FROM tracking_events
@@ -211,10 +212,3 @@ def _forget_missing(
     )
     conn.execute("DROP TABLE missing_on_list")
     return missing, int(events)
-
-
-def _has_table(conn: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchall()[0]
-    return bool(row[0])

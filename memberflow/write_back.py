@@ -31,6 +31,7 @@ import duckdb
 
 from memberflow import feedback_log
 from memberflow.delivery import ensure_state
+from memberflow.member_events import table_exists
 from resources.base import VendorError
 from resources.source import SourceClient, WriteBack
 
@@ -151,7 +152,7 @@ def _records_with_key(
     conn: duckdb.DuckDBPyConnection, table: str, key: str | None, live_only: bool
 ) -> list[str]:
     """Source record ids carrying match key `key`, numerically first."""
-    if not key or not feedback_log._table_exists(conn, table):
+    if not key or not table_exists(conn, table):
         return []
     live = "AND NOT coalesce(deleted, false)" if live_only else ""
     # records that consent now first: a click belongs on the record the member was sent for
