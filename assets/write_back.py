@@ -90,6 +90,7 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
             with warehouse.get_connection() as conn:
                 gathered = _gather(context, conn, integration, target, read=sync_run)
                 feedback_log.note_unsubscribes(conn)
+                feedback_log.join(conn, integration.name, context.run_id)
                 setup = write_back.WriteBackSetup(
                     integration=integration.name,
                     enabled=integration.feedback.write_back,

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS feedback (
     occurred_at TIMESTAMPTZ, detail VARCHAR, member_values VARCHAR, route VARCHAR,
     first_seen_at TIMESTAMPTZ, first_run VARCHAR, seen INTEGER DEFAULT 1,
     mailed_at TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS feedback_integrations (
+    integration VARCHAR PRIMARY KEY, joined_at TIMESTAMPTZ, joined_by VARCHAR);
 CREATE TABLE IF NOT EXISTS feedback_decisions (
     integration VARCHAR NOT NULL, key VARCHAR NOT NULL, decided VARCHAR NOT NULL,
     decided_at TIMESTAMPTZ, PRIMARY KEY (integration, key));
@@ -97,6 +99,37 @@ def undecided(conn: duckdb.DuckDBPyConnection, integration: str) -> list[dict[st
         }
         for key, kind, email, member_id, occurred_at, detail, values in rows
     ]
+
+
+BEFORE = "reported before this integration handled the list's feedback"
+
+
+def join(conn: duckdb.DuckDBPyConnection, integration: str, run_id: str) -> int:
+    """The first time `integration` handles the list's feedback, what the list reported in
+    earlier runs is decided BEFORE, so an integration that joins a shared list later never
+    writes months-old clicks into its source. Returns how many."""
+    ensure_feedback(conn)
+    joined = conn.execute(
+        "SELECT 1 FROM feedback_integrations WHERE integration = ?", [integration]
+    ).fetchall()
+    if joined:
+        return 0
+    old = conn.execute(
+        "SELECT key FROM feedback WHERE first_run IS DISTINCT FROM ?", [run_id]
+    ).fetchall()
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for (key,) in old:
+            decide(conn, integration, key, BEFORE)
+        conn.execute(
+            "INSERT INTO feedback_integrations VALUES (?, ?, ?)",
+            [integration, datetime.now(UTC), run_id],
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return len(old)
 
 
 def decide(conn: duckdb.DuckDBPyConnection, integration: str, key: str, decision: str) -> None:

@@ -314,3 +314,18 @@ def test_a_click_goes_on_the_record_that_consents_now(conn):
     feedback_log.record(conn, [click("duo@kantoor.be")], "webhook", "r1")
     run(conn, source)
     assert source.clicks == [("22", "https://x.be")]
+
+
+def test_an_integration_joining_a_list_later_never_replays_old_feedback(conn):
+    """Feedback the list reported before an integration first handled it is decided as such;
+    what arrives in its first run and after is handled."""
+    feedback_log.record(conn, [click()], "webhook", "earlier-run")
+    assert feedback_log.join(conn, "demo", "r1") == 1
+    feedback_log.record(conn, [click(at=AT.replace(minute=50))], "webhook", "r1")
+    assert feedback_log.join(conn, "demo", "r1") == 0
+    source = FakeSource()
+    report = write_back.WriteBackReport()
+    write_back.plan(conn, setup(), "r1", report)
+    write_back.apply(conn, source, "demo", "r1", report)
+    assert len(source.clicks) == 1
+    assert feedback_log.join(conn, "demo", "r2") == 0  # joined once, for good
