@@ -17,6 +17,7 @@ from assets import naming
 from memberflow import landing, recovery
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
+from resources.target import TargetClient
 
 IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
@@ -58,17 +59,21 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
             context.log.warning(f"recovered: {line}")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
-        if spent := _month_budget_spent(context, target_key):
-            return dg.SkipReason(spent)
-        cursor = json.loads(context.cursor) if context.cursor else {}
-        marks = {e: landing.read_source_cursor(integration.name, e) for e in entities}
-        now = datetime.now(UTC)
-        changed = _probe_source(context, source_key, marks)
-        checked = _latest(
-            cursor.get("target_checked_at"), last_run_end(context.instance, integration)
-        )
-        if _probe_target(context, target_key, integration, checked):
-            changed.append("list")
+        target = getattr(context.resources, target_key).client()  # one client for the tick
+        try:
+            if spent := _month_budget_spent(target):
+                return dg.SkipReason(spent)
+            cursor = json.loads(context.cursor) if context.cursor else {}
+            marks = {e: landing.read_source_cursor(integration.name, e) for e in entities}
+            now = datetime.now(UTC)
+            changed = _probe_source(context, source_key, marks)
+            checked = _latest(
+                cursor.get("target_checked_at"), last_run_end(context.instance, integration)
+            )
+            if _probe_target(target, checked):
+                changed.append("list")
+        finally:
+            target.close()
         new_cursor = {
             "high_water_marks": marks,
             "target_checked_at": now.isoformat(),
@@ -128,31 +133,18 @@ def _probe_source(
         client.close()
 
 
-def _probe_target(
-    context: dg.SensorEvaluationContext,
-    target_key: str,
-    integration: Integration,
-    checked_at: str | None,
-) -> bool:
+def _probe_target(client: TargetClient, checked_at: str | None) -> bool:
     if checked_at is None:
         return True
-    client = getattr(context.resources, target_key).client()
-    try:
-        if client.capabilities.feedback != "polled":
-            return False  # unsubscribes come back by push or not at all: nothing to probe
-        return client.has_member_changes(_just_after(datetime.fromisoformat(checked_at)))
-    finally:
-        client.close()
+    if client.capabilities.feedback != "polled":
+        return False  # unsubscribes come back by push or not at all: nothing to probe
+    return client.has_member_changes(_just_after(datetime.fromisoformat(checked_at)))
 
 
-def _month_budget_spent(context: dg.SensorEvaluationContext, target_key: str) -> str | None:
+def _month_budget_spent(client: TargetClient) -> str | None:
     """Why no run may start: the list's monthly call budget is spent (AF8); None otherwise.
     Read from memberflow's own count (no API call)."""
-    client = getattr(context.resources, target_key).client()
-    try:
-        budget = client.rate_budget()
-    finally:
-        client.close()
+    budget = client.rate_budget()
     if budget is None or budget.window != "month" or budget.left > 0:
         return None
     return (
