@@ -16,6 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from resources.base import ListField, RemoteMember
+from resources.http import parse_iso_utc as parse_stamp
 
 # AX-A2 fields memberflow may write, with their formats (C7 checks mapped fields against these).
 WRITABLE_FIELDS: dict[str, ListField] = {
@@ -241,17 +242,6 @@ def parse_client(raw: Mapping[str, Any]) -> RemoteMember:
         updated_at=parse_stamp(raw.get("updated_at")),
         fields=fields,
     )
-
-
-def parse_stamp(value: Any) -> datetime | None:
-    """Axle's ISO 8601 timestamps (with Moscow's or any offset) as aware UTC."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def _text(value: Any) -> str | None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from resources.base import ListField, RemoteMember
+from resources.http import parse_iso_utc as parse_stamp
 
 # Standard member fields of POST/PATCH /members (section 2.1), with their ListField format.
 STANDARD_FIELDS: dict[str, str] = {
@@ -257,18 +258,6 @@ def bounce_stamp(raw: Mapping[str, Any]) -> datetime | None:
         if when is not None:
             return when
     return None
-
-
-def parse_stamp(value: Any) -> datetime | None:
-    """CI-A12 timestamps (ISO 8601 with an offset) as aware UTC; a date-only value is midnight
-    UTC of that day; anything else None."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def parse_member(

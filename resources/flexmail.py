@@ -70,13 +70,20 @@ from resources.flexmail_wire import (
     list_fields,
     location_id,
     parse_contact,
-    parse_time,
     problem_reason,
     said,
     url_id,
     wire_contact,
 )
-from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret, str_id
+from resources.http import (
+    EnvVarName,
+    HttpUrlStr,
+    VendorHttp,
+    as_utc,
+    parse_iso_utc,
+    resolve_secret,
+    str_id,
+)
 from resources.rate_budget import SharedRateLimiter, Window
 from resources.registry import TargetSectionBase
 from resources.target import (
@@ -311,7 +318,7 @@ class FlexmailClient(TargetClient):
             rest_auth=False,
         )
         for row in rows:
-            when = parse_time(row.get("bounced_at"))
+            when = parse_iso_utc(row.get("bounced_at"))
             email = row.get("email")
             if when is None or not isinstance(email, str) or not email.strip():
                 continue

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 from resources.feedback import Feedback, FeedbackWebhook
-from resources.flexmail_wire import id_text, parse_time
-from resources.http import MissingEnvVarError
+from resources.flexmail_wire import id_text
+from resources.http import MissingEnvVarError, parse_iso_utc
 from resources.webhooks import WebhookRefused
 
 # FM-A9: the events memberflow registers, and the feedback kind each becomes.
@@ -63,7 +63,7 @@ class FlexmailFeedbackWebhook(FeedbackWebhook):
         kind = EVENTS.get(str(data.get("event_name") or ""))
         if kind is None:
             return []
-        occurred = parse_time(data.get("occurred_at"))
+        occurred = parse_iso_utc(data.get("occurred_at"))
         if occurred is None:
             raise WebhookRefused(400, "occurred_at is missing or not an ISO 8601 time")
         event = data.get("data")

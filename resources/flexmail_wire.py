@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -343,17 +343,6 @@ def parse_contact(
         updated_at=None,
         fields=fields,
     )
-
-
-def parse_time(value: Any) -> datetime | None:
-    """ISO 8601 (`Z` or an offset; naive is UTC) as aware UTC; anything else None."""
-    if not isinstance(value, str) or not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).astimezone(UTC)
 
 
 def id_text(value: Any) -> str | None:

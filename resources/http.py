@@ -481,6 +481,18 @@ def date_windows(start: date, end: date, max_days: int = 366) -> Iterator[tuple[
         cursor = window_end + timedelta(days=1)
 
 
+def parse_iso_utc(value: Any) -> datetime | None:
+    """An ISO 8601 timestamp as vendors send it (`Z` or an offset; naive, or a date alone, is
+    UTC) as aware UTC; anything else None."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return as_utc(moment)
+
+
 def as_utc(moment: datetime) -> datetime:
     """Aware UTC; a naive datetime is taken to be UTC already (the pipeline's convention)."""
     if moment.tzinfo is None:
