@@ -29,6 +29,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from sandbox.emulator import Emulator
 from sandbox.generator import SandboxData
+from sandbox.heyloyalty_import import ImportRefused, RowLoss, import_members
 from sandbox.httputil import (
     basic_credentials,
     json_object,
@@ -174,6 +175,8 @@ class HeyloyaltyState:
         self.limiter = RateLimiter(rate_limit)  # HL-A12: 20 requests/s per API key
         self.upserts: list[dict[str, Any]] = []
         self.imports: list[dict[str, Any]] = []
+        self.member_imports: list[dict[str, Any]] = []  # HL-A11, one entry per member import
+        self.import_row_loss = RowLoss()
         self._events: dict[int, list[dict[str, Any]]] = {t: [] for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -203,11 +206,17 @@ class HeyloyaltyState:
             self._counts[kind] += 1
 
     def reset_counts(self) -> None:
-        """Forget request counts, upsert log and import log (not members or events)."""
+        """Forget request counts, upsert log and import logs (not members or events)."""
         with self._lock:
             self._counts.clear()
             self.upserts.clear()
             self.imports.clear()
+            self.member_imports.clear()
+
+    def lose_import_rows(self, *values: str) -> None:
+        """The next member import answers these rows (emails or mobiles) as imported but never
+        stores them: a client must find out by reading the list back (HL-A11)."""
+        self.import_row_loss.arm(set(values))
 
     def members(self, list_id: int) -> list[dict[str, Any]]:
         """Every member of a list, flat, in creation order."""
@@ -706,22 +715,31 @@ class _Handlers:
         )
 
     async def member_import(self, request: Request, api_key: str) -> Response:
-        """HL-A11: minimal CSV member import (upsert on `duplicate_field`)."""
+        """HL 2.4 / HL-A11: the CSV member import (see sandbox/heyloyalty_import.py)."""
         form = self._form(request, await request.body())
-        unique = form.get("duplicate_field") or "email"
+        params = {
+            name: form.get(name)
+            for name in (
+                "duplicate_field",
+                "handle_existing",
+                "date_format",
+                "trigger_autoresponder",
+                "sendErrorsTo",
+            )
+        }
+        if not form.get_all("fields_selected[]"):
+            raise _bad("fields_selected[] is required: the file's columns, in order")
+        sender = params["sendErrorsTo"]
+        if sender is not None and "@" not in sender:
+            raise _bad("sendErrorsTo must be an email address")
         with self.state._lock:
             target = self.state._list(request.path_params["list_id"], api_key)
             columns, rows = _csv_rows(form)
-            imported = 0
-            for row in rows:
-                values = self.state._validate(target, dict(zip(columns, row, strict=False)))
-                found = self.state._find(target, unique, values.get(unique))
-                if found:
-                    self.state._update(target, found[0], values)
-                else:
-                    self.state._create(target, values)
-                imported += 1
-        return JSONResponse({"status": "success", "message": f"{imported} members imported"})
+            try:
+                body = import_members(self.state, target, params, columns, rows)
+            except ImportRefused as error:
+                raise HeyloyaltyError(error.status, error.body) from None
+        return JSONResponse(body)
 
     def _form(self, request: Request, body: bytes) -> Any:
         if media_type(request) != "multipart/form-data":
