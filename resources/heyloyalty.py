@@ -12,10 +12,12 @@ import csv
 import hashlib
 import hmac
 import io
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from email.utils import format_datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -29,6 +31,14 @@ from resources.base import (
     RemoteMember,
     UpsertFlags,
     VendorError,
+)
+from resources.heyloyalty_import import (
+    BULK_BATCH,
+    IMPORT_DATE_FORMAT,
+    ImportAnswer,
+    Listed,
+    parse_answer,
+    write_members_bulk,
 )
 from resources.heyloyalty_members import WIRE_DATETIME, write_batch
 from resources.http import (
@@ -48,7 +58,13 @@ from resources.target import (
     WritePolicy,
 )
 
+log = logging.getLogger(__name__)
 MEMBERS_PER_PAGE = 1000  # HL-A4
+BULK_PER_PAGE = 5000  # HL-A4's maximum: listings when the bulk path is on (HL-A11)
+BULK_THRESHOLD = 500  # creates + updates in a batch from which it goes as one import (HL-A11)
+# A listing read covers the list up to its newest `updated_at`; the next changed-since read
+# starts this much before it, for writes stamped in the same second (HL-A3: whole seconds).
+LISTING_OVERLAP = timedelta(seconds=1)
 BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
 _EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
 # Keys of the flat HL-mind member shape that are not list fields (HL-A3).
@@ -105,7 +121,9 @@ class HeyloyaltyClient(TargetClient):
         listing=True,  # GET /lists counts, GET members pages (HL-A4)
         withdrawal="delete",
     )
-    batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
+    # Members per write_members call: between two changed-since reads of the list on the single
+    # way; BULK_BATCH (one import) when the bulk path is on (set per instance).
+    batch_size: ClassVar[int] = 200
     max_events_per_call: ClassVar[int] = 50_000  # HL-A10
 
     def __init__(
@@ -124,6 +142,7 @@ class HeyloyaltyClient(TargetClient):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] | None = None,
         events_per_batch: int = 1_000,
+        bulk_threshold: int = 0,  # 0: never import (the integration file's default is 500)
     ) -> None:
         if not 1 <= events_per_batch <= self.max_events_per_call:
             raise ValueError(f"events_per_batch must be 1..{self.max_events_per_call}")
@@ -131,6 +150,18 @@ class HeyloyaltyClient(TargetClient):
         self.list_id = str(list_id)
         self.tracking_id = str(tracking_id) if tracking_id is not None else None
         self.concurrency = concurrency
+        if bulk_threshold < 0:
+            raise ValueError("bulk_threshold must be >= 0 (0: never import)")
+        self.bulk_threshold = bulk_threshold
+        self.bulk_figures: Counter[str] = Counter()
+        self._bulk_refusal: str | None = None
+        self._per_page = BULK_PER_PAGE if bulk_threshold else MEMBERS_PER_PAGE
+        if bulk_threshold:
+            self.batch_size = BULK_BATCH  # type: ignore[misc]
+        # The list's changes are known up to here: set by every complete changed-since read of
+        # this client (HL-A5), the start of the guard read before an import.
+        self._read_known = False
+        self._read_since: datetime | None = None
         if self.tracking_id is None:  # no tracking id configured: this list takes no events
             self.capabilities = replace(self.capabilities, activity_feed=False)  # type: ignore[misc]
         self._fields: dict[str, ListField] | None = None
@@ -173,21 +204,105 @@ class HeyloyaltyClient(TargetClient):
     def write_members(
         self, changes: Sequence[MemberChange], policy: WritePolicy
     ) -> Iterator[MemberAck]:
-        """Single calls by `concurrency` threads (see resources/heyloyalty_members.py)."""
+        """A CSV import for a large batch when the bulk path is on (resources/heyloyalty_import.py),
+        else single calls by `concurrency` threads (resources/heyloyalty_members.py)."""
         if policy.match_on not in self.capabilities.match_keys:
             raise ValueError(f"{self.label} recognises members by email or mobile only")
         fields = self._fields if self._fields is not None else self.target_fields()
+        if self.bulk_threshold:
+            return write_members_bulk(self, changes, policy, fields)
         return write_batch(self, changes, policy, fields, self.concurrency)
 
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
-        """Pages of perpage=1000 until a short page (HL-A4), optionally changed since (HL-A5)."""
+        """Pages of perpage=1000 (5000 with the bulk path on) until a short page (HL-A4),
+        optionally changed since (HL-A5)."""
+        for member, _ in self._listing(changed_since):
+            yield member
+
+    def read_changes(self, changed_since: datetime | None) -> list[Listed]:
+        """Members changed since then (all when None), each with its `created_at`."""
+        return list(self._listing(changed_since))
+
+    def changes_since_last_read(self) -> list[Listed] | None:
+        """The list's changes since this client's last complete listing read, or None when it
+        has made none (then nothing is known to start from)."""
+        if not self._read_known:
+            return None
+        return self.read_changes(self._read_since)
+
+    @property
+    def listing_cursor(self) -> datetime | None:
+        """Where the next changed-since read starts (None: the whole list)."""
+        return self._read_since
+
+    @property
+    def bulk_usable(self) -> bool:
+        """False once the list refused an import file this run (the single way goes on)."""
+        return self._bulk_refusal is None
+
+    def bulk_refused(self, reason: str) -> None:
+        self._bulk_refusal = reason
+        log.warning("heyloyalty: the list refused a member import (%s); single calls go on", reason)
+
+    def now(self) -> datetime:
+        return as_utc(self._clock())
+
+    def redact(self, text: str) -> str:
+        return self._http.redact(text)
+
+    def import_members(
+        self, policy: WritePolicy, columns: Sequence[str], data: bytes
+    ) -> ImportAnswer:
+        """One CSV member import (HL 2.4), answered as HL-A11 assumes; `status: error` raises.
+
+        Idempotent with handle_existing=update (the same file leaves the same members), so a
+        lost or unreadable answer is retried, and after the tries is a VendorError (status 0).
+        """
+        form = {
+            "duplicate_field": policy.match_on,
+            "handle_existing": "update",
+            "date_format": IMPORT_DATE_FORMAT,
+            "skip_header_line": "1",
+            "delimiter": ",",
+            "trigger_autoresponder": str(int(policy.flags.send_automations)),
+            "fields_selected[]": list(columns),
+        }
+        body = self._json(
+            "POST",
+            f"{self._list_url()}/import",
+            endpoint="members/import",
+            idempotent=True,
+            validate=parse_answer,
+            data=form,
+            files={"file": ("members.csv", data, "text/csv")},
+        )
+        if not isinstance(body, ImportAnswer):  # a clear `status: error`: nothing imported
+            text = self._http.redact(str(body.get("message") or body))
+            raise VendorError(self.vendor, 400, text, body)
+        return body
+
+    def _listing(self, changed_since: datetime | None) -> Iterator[Listed]:
+        newest: datetime | None = None
         page = 1
         while True:
-            members = self._members_page(changed_since, page, MEMBERS_PER_PAGE)
-            yield from (parse_member(m) for m in members)
-            if len(members) < MEMBERS_PER_PAGE:
-                return
+            raw = self._members_page(changed_since, page, self._per_page)
+            for entry in raw:
+                member = parse_member(entry)
+                if member.updated_at is not None and (newest is None or member.updated_at > newest):
+                    newest = member.updated_at
+                yield member, parse_wire_datetime(entry.get("created_at"))
+            if len(raw) < self._per_page:
+                break
             page += 1
+        self._note_read(changed_since, newest)
+
+    def _note_read(self, since: datetime | None, newest: datetime | None) -> None:
+        """A complete read of changes since `since`: the list is known up to its newest write."""
+        if newest is not None:
+            start = newest - LISTING_OVERLAP
+            since = start if since is None else max(as_utc(since), start)
+        self._read_since = since
+        self._read_known = True
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A perpage=1 probe with the HL-A5 filter."""
@@ -287,6 +402,20 @@ class HeyloyaltyClient(TargetClient):
     def events_present(self, match_on: str, events: dict[str, dict[str, Any]]) -> set[str] | None:
         """Cannot tell: Heyloyalty documents no way to read the activity feed back (2.5)."""
         return None
+
+    def run_figures(self) -> dict[str, int]:
+        """With the bulk path on: imports sent, rows sent and confirmed by the read-back, single
+        lookups of rows missing from it, unsubscribed members kept out of a file."""
+        if not self.bulk_threshold:
+            return {}
+        keys = (
+            "bulk_imports",
+            "bulk_rows_sent",
+            "bulk_rows_confirmed",
+            "bulk_lookups",
+            "bulk_unsubscribed_kept_out",
+        )
+        return {key: self.bulk_figures[key] for key in keys}
 
     def close(self) -> None:
         self._http.close()
@@ -487,6 +616,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
     list_id: str
     tracking_id: str | None = None
     events_per_batch: int = 1_000
+    bulk_threshold: int = BULK_THRESHOLD
 
     def client(self) -> HeyloyaltyClient:
         return HeyloyaltyClient(
@@ -495,6 +625,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
             list_id=self.list_id,
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
+            bulk_threshold=self.bulk_threshold,
             api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
             api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
         )
@@ -515,6 +646,8 @@ class HeyloyaltyTarget(TargetSectionBase):
     tracking_id: StrId | None = None
     # Rows per BI import: the most a lost answer can leave uncertain (HL-A10 allows 50,000).
     events_per_batch: int = Field(1_000, ge=1, le=HeyloyaltyClient.max_events_per_call)
+    # A batch with at least this many creates + updates goes as one CSV import (HL-A11); 0 never.
+    bulk_threshold: int = Field(BULK_THRESHOLD, ge=0)
 
     @model_validator(mode="after")
     def _tracking_needs_bi(self) -> HeyloyaltyTarget:
@@ -539,4 +672,5 @@ class HeyloyaltyTarget(TargetSectionBase):
             list_id=self.list_id,
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
+            bulk_threshold=self.bulk_threshold,
         )
