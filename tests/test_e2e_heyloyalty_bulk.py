@@ -1,0 +1,59 @@
+"""FlexPOS -> Heyloyalty end to end with the bulk path: real Dagster runs against the sandbox."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+LIST = 4711
+BULK = {"demo_flexpos": {"target.bulk_threshold": 50}}  # the sandbox has 150 customers
+
+
+def test_initial_import_goes_as_one_member_import_and_the_list_holds_everyone(harness):
+    harness.load("demo_flexpos", edit=BULK)
+    run = harness.backfill("demo_flexpos")
+    assert run.success, run.failures
+
+    calls = run.get("members_delivered", "api_calls_by_endpoint")
+    assert calls.get("members/import") == 1 and "members/upsert" not in calls
+    hl = harness.sandbox.heyloyalty
+    emails = {m["email"] for m in hl.members(LIST)}
+    (members,) = harness.query("SELECT count(*) FROM members WHERE NOT withdrawn")[0]
+    assert len(emails) == members == run.get("members_delivered", "created") > 50
+    assert run.get("members_delivered", "bulk_rows_confirmed") == members
+    (acked,) = harness.query("SELECT count(*) FROM sync_state WHERE action = 'create'")[0]
+    assert acked == members
+
+    # a quiet run sends nothing; an unsubscribed member whose record changes stays unsubscribed
+    member = hl.members(LIST)[0]
+    hl.unsubscribe(LIST, email=member["email"])
+    for customer in harness.sandbox.data.flexpos_customers[:80]:
+        changed = copy.deepcopy(harness.sandbox.flexpos.customer(customer["CustomerId"]))
+        changed["City"] = "Næstved"
+        harness.sandbox.flexpos.upsert_customer(changed)
+    target = next(
+        c
+        for c in harness.sandbox.data.flexpos_customers
+        if (c.get("Email") or "").strip().lower() == member["email"]
+    )
+    changed = copy.deepcopy(harness.sandbox.flexpos.customer(target["CustomerId"]))
+    changed["LastName"] += "sen"
+    harness.sandbox.flexpos.upsert_customer(changed)
+    run = harness.tick("demo_flexpos")
+    assert run.success, run.failures
+    assert hl.member_by_email(LIST, member["email"])["status"] == "unsubscribed"
+    assert run.get("members_delivered", "created") == 0
+    updated = run.get("members_delivered", "updated")
+    assert updated >= 50
+    assert run.get("members_delivered", "api_calls_by_endpoint").get("members/import") == 1
+    assert all(
+        hl.member_by_email(LIST, e)["fields"]["city"] == "Næstved"
+        for e in {m["email"] for m in hl.members(LIST)}
+        if e in _emails(harness.sandbox.data.flexpos_customers[:80]) and e != member["email"]
+    )
+
+
+def _emails(customers) -> set[str]:
+    return {(c.get("Email") or "").strip().lower() for c in customers}
