@@ -24,6 +24,7 @@ def hl(sandbox):
 
 def make_client(sandbox, threshold: int = 500) -> HeyloyaltyClient:
     return HeyloyaltyClient(
+        sleep=lambda seconds: None,  # no backoff waits in tests
         base_url=f"{sandbox.url}/heyloyalty/loyalty/v1",
         api_key=SANDBOX_ENV["HEYLOYALTY_API_KEY"],
         api_secret=SANDBOX_ENV["HEYLOYALTY_API_SECRET"],
@@ -180,3 +181,17 @@ def test_the_single_way_guards_creates_every_200_in_a_large_batch(sandbox, hl):
     assert acks["m450@x.dk"].outcome == "unsubscribed"
     assert hl.member_by_email(LIST, "m450@x.dk")["status"] == "unsubscribed"
     assert Counter(a.outcome for a in acks.values()) == {"created": 499, "unsubscribed": 1}
+
+
+def test_an_import_without_answer_is_settled_by_the_read_back_alone(sandbox, hl):
+    client = make_client(sandbox, threshold=5)
+    list(client.iter_members(None))
+    sandbox.faults.add("/import", 500, times=1)  # answered 500 before reaching the list: retried
+    acks = acks_of(client, creates(8))
+    assert Counter(a.outcome for a in acks.values()) == {"created": 8}
+
+    sandbox.faults.add("/import", 500, times=5)  # every try: nothing imported, nothing claimed
+    acks = acks_of(client, creates(8, start=100))
+    assert Counter(a.outcome for a in acks.values()) == {"error": 8}
+    assert client.run_figures()["bulk_lookups"] == 8
+    assert len(hl.members(LIST)) == 8
