@@ -192,7 +192,12 @@ def _import_chunk(
     policy: WritePolicy,
     fields: Mapping[str, ListField],
 ) -> Iterator[MemberAck]:
-    fresh = client.changes_since_last_read()
+    try:
+        fresh = client.changes_since_last_read()
+    except VendorError as exc:  # no guard read, nothing sent: no verdict, sent again next run
+        for row in rows:
+            yield MemberAck(row.change.match_key, "error", reason=str(exc))
+        return
     if fresh is None:  # no listing read of this client to start from: no guard, no import
         yield from write_single(client, [row.change for row in rows], policy, fields)
         return
@@ -373,4 +378,10 @@ def _holds(member: RemoteMember, values: Mapping[str, Any]) -> bool:
 
 
 def _same(held: Any, sent: Any) -> bool:
-    return _cell(held).strip().casefold() == _cell(sent).strip().casefold()
+    return _compared(held) == _compared(sent)
+
+
+def _compared(value: Any) -> str:
+    """A value as the list may echo it: trimmed, any case; a boolean as 1/0 (HL 2.3)."""
+    text = _cell(value).strip().casefold()
+    return {"true": "1", "false": "0"}.get(text, text)
