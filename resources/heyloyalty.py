@@ -121,9 +121,7 @@ class HeyloyaltyClient(TargetClient):
         listing=True,  # GET /lists counts, GET members pages (HL-A4)
         withdrawal="delete",
     )
-    # Members per write_members call: between two changed-since reads of the list on the single
-    # way; BULK_BATCH (one import) when the bulk path is on (set per instance).
-    batch_size: ClassVar[int] = 200
+    single_batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
     max_events_per_call: ClassVar[int] = 50_000  # HL-A10
 
     def __init__(
@@ -156,8 +154,6 @@ class HeyloyaltyClient(TargetClient):
         self.bulk_figures: Counter[str] = Counter()
         self._bulk_refusal: str | None = None
         self._per_page = BULK_PER_PAGE if bulk_threshold else MEMBERS_PER_PAGE
-        if bulk_threshold:
-            self.batch_size = BULK_BATCH  # type: ignore[misc]
         # The list's changes are known up to here: set by every complete changed-since read of
         # this client (HL-A5), the start of the guard read before an import.
         self._read_known = False
@@ -181,6 +177,12 @@ class HeyloyaltyClient(TargetClient):
         self._clock = clock or (lambda: datetime.now(UTC))
 
     # --- TargetClient --------------------------------------------------------------------------
+
+    @property  # type: ignore[override]
+    def batch_size(self) -> int:
+        """Members per write_members call: one import's worth (BULK_BATCH) when the bulk path is
+        on, else `single_batch_size`, the members between two changed-since reads of the list."""
+        return BULK_BATCH if self.bulk_threshold else self.single_batch_size
 
     @property
     def label(self) -> str:

@@ -46,7 +46,6 @@ Listed = tuple[RemoteMember, datetime | None]
 BULK_BATCH = 5_000  # members per write_members call when the bulk path is on
 MAX_IMPORT_ROWS = 50_000  # HL-A11: rows per file, as the BI import (HL-A10)
 IMPORT_DATE_FORMAT = "Y-m-d"  # PHP notation of what wire_fields makes of a date (HL-A8)
-SINGLE_CHUNK = 200  # creates between two guard reads on the single path (as before bulk)
 MISSING_LOOKUPS = 20  # members missing from the read-back looked up one by one, at most
 
 
@@ -162,13 +161,15 @@ def write_single(
 ) -> Iterator[MemberAck]:
     """The single way for a batch that may be larger than before bulk (BULK_BATCH): updates and
     removes as always (each update read right before its upsert); creates in chunks of
-    SINGLE_CHUNK, each after the first preceded by a read of the list's changes, where a member
-    who appeared meanwhile becomes a checked update, as the core does between its batches."""
+    `single_batch_size` (as before bulk), each after the first preceded by a read of the list's
+    changes, where a member who appeared meanwhile becomes a checked update, as the core does
+    between its batches."""
     others = [c for c in changes if c.action != "create"]
     creates = [c for c in changes if c.action == "create"]
     yield from write_batch(client, others, policy, fields, client.concurrency)
-    for start in range(0, len(creates), SINGLE_CHUNK):
-        chunk = creates[start : start + SINGLE_CHUNK]
+    size = max(1, client.single_batch_size)
+    for start in range(0, len(creates), size):
+        chunk = creates[start : start + size]
         if start:
             fresh = client.changes_since_last_read()
             if fresh is not None:
