@@ -1,4 +1,5 @@
-"""Heyloyalty target client: list fields, member upserts and read-back, and BI tracking imports.
+"""Heyloyalty target client: list fields, member upserts, CSV member imports and read-back, and BI
+tracking imports.
 
 Auth (HMAC over a timestamp) and the endpoints follow Heyloyalty's published API; where it is
 silent, this client follows one labelled assumption (HL-A*, summarised in the README) that the
@@ -154,8 +155,8 @@ class HeyloyaltyClient(TargetClient):
         self.bulk_figures: Counter[str] = Counter()
         self._bulk_refusal: str | None = None
         self._per_page = BULK_PER_PAGE if bulk_threshold else MEMBERS_PER_PAGE
-        # The list's changes are known up to here: set by every complete changed-since read of
-        # this client (HL-A5), the start of the guard read before an import.
+        # Where the list's changes are known up to (its clock): set by every complete listing
+        # read of this client (HL-A5); the guard read before an import starts here.
         self._read_known = False
         self._read_since: datetime | None = None
         if self.tracking_id is None:  # no tracking id configured: this list takes no events
