@@ -10,6 +10,7 @@ import pytest
 
 from resources.base import UpsertFlags
 from resources.heyloyalty import HeyloyaltyClient
+from resources.heyloyalty_import import BULK_BATCH
 from resources.target import MemberChange, WritePolicy
 from sandbox.credentials import SANDBOX_ENV
 
@@ -50,7 +51,7 @@ def acks_of(client, changes, policy=POLICY):
 
 def test_a_batch_of_1200_creates_is_one_import_and_a_read_back(sandbox, hl):
     client = make_client(sandbox)
-    assert client.batch_size == 5000  # the core hands over one import's worth
+    assert client.batch_size == BULK_BATCH  # the core hands over one import's worth
     list(client.iter_members(None))  # the core reads the list first (pull-back)
     acks = acks_of(client, creates(1200, sex="Kvinde", postalcode=5000.0))
     assert Counter(a.outcome for a in acks.values()) == {"created": 1200}
