@@ -44,6 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository r
 BENCH_DIR = Path(__file__).resolve().parent
 
 LEGS = ("ceiling", "memberflow", "dlt")
+# `--baseline DIR` adds a leg: the memberflow leg with memberflow's code taken from DIR (a checkout
+# of an older commit), so before and after alternate on the same sandbox under the same load.
+BASELINE = "baseline"
 PAGE_SIZE = 500  # the FlexPOS client's page size (FP-A3's maximum)
 POS = "/flexpos/pos"
 
@@ -59,7 +62,12 @@ def credentials() -> tuple[str, str]:
 
 
 def peak_rss_mb() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across exec
+    from the parent), or any child it waited for if larger."""
+    own = 0
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            own = int(line.split()[1])
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, children) / 1024
 
@@ -185,16 +193,30 @@ def leg_dlt(url: str, work: Path) -> int:
         return int(sql.execute_sql("SELECT count(*) FROM customers")[0][0])
 
 
+def import_leg(leg: str) -> None:
+    """The leg's modules, loaded before its clock starts (a Dagster run has them loaded)."""
+    if leg == "ceiling":
+        import httpx  # noqa: F401
+    elif leg in ("memberflow", "baseline"):
+        import pandas  # noqa: F401  (a Dagster step process has it loaded; pyarrow's first table would)
+
+        import memberflow.landing  # noqa: F401
+        import resources.flexpos  # noqa: F401
+    else:
+        import dlt  # noqa: F401
+        import dlt.sources.rest_api  # noqa: F401
+
+
 def run_leg(leg: str, url: str) -> dict[str, Any]:
     """In the child: time the leg and report rows, seconds and peak RSS as one JSON line."""
+    import_leg(leg)
     imports = time.process_time()
     with tempfile.TemporaryDirectory(prefix=f"extract-{leg}-", dir=BENCH_DIR / "out") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
         cpu = time.process_time()
-        rows = {"ceiling": leg_ceiling, "memberflow": leg_memberflow, "dlt": leg_dlt}[leg](
-            url, work
-        )
+        legs = {"ceiling": leg_ceiling, "memberflow": leg_memberflow, "dlt": leg_dlt}
+        rows = legs.get(leg, leg_memberflow)(url, work)
         seconds = time.perf_counter() - started
         cpu = time.process_time() - cpu
     return {
@@ -210,8 +232,10 @@ def run_leg(leg: str, url: str) -> dict[str, Any]:
 # --- the parent: sandbox, alternation, table ---------------------------------------------------
 
 
-def child(leg: str, url: str, python: str) -> dict[str, Any]:
+def child(leg: str, url: str, python: str, tree: str | None) -> dict[str, Any]:
     command = [python, str(Path(__file__).resolve()), "--leg", leg, "--url", url]
+    if tree:
+        command += ["--tree", tree]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{leg} leg failed ({done.returncode}):\n{done.stderr[-4000:]}")
@@ -245,8 +269,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--legs", default=",".join(LEGS), help="comma-separated subset of legs")
-    parser.add_argument("--leg", choices=LEGS, help=argparse.SUPPRESS)  # child mode
+    parser.add_argument(
+        "--baseline",
+        help="a checkout of an older commit: its memberflow leg runs too, as `baseline`",
+    )
+    parser.add_argument("--leg", choices=(*LEGS, BASELINE), help=argparse.SUPPRESS)  # child
     parser.add_argument("--url", help=argparse.SUPPRESS)  # child mode
+    parser.add_argument("--tree", help=argparse.SUPPRESS)  # child mode: code from this tree
     parser.add_argument(
         "--dlt-python",
         default=os.environ.get("DLT_PYTHON", sys.executable),
@@ -255,6 +284,8 @@ def main() -> None:
     args = parser.parse_args()
     (BENCH_DIR / "out").mkdir(exist_ok=True)
     if args.leg:
+        if args.tree:
+            sys.path.insert(0, str(Path(args.tree).resolve()))
         print(json.dumps(run_leg(args.leg, args.url)))
         return
 
@@ -269,6 +300,8 @@ def main() -> None:
     )
 
     legs = [leg for leg in args.legs.split(",") if leg]
+    if args.baseline:
+        legs.insert(legs.index("memberflow") + 1 if "memberflow" in legs else 0, BASELINE)
     credentials()  # into the environment, for the legs
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -284,7 +317,8 @@ def main() -> None:
             for leg in legs:
                 before = proc_stats(sandbox.pid).cpu_s
                 python = args.dlt_python if leg == "dlt" else sys.executable
-                figure = child(leg, url, python)
+                tree = args.baseline if leg == BASELINE else None
+                figure = child(leg, url, python, tree)
                 figure["sandbox_cpu_s"] = proc_stats(sandbox.pid).cpu_s - before
                 figure["rows_per_s"] = figure["rows"] / figure["seconds"]
                 figures[leg].append(figure)
@@ -300,25 +334,34 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, figures: dict[str, list[dict[str, Any]]]) -> None:
+    """Medians per leg. Rows per CPU second (the leg's own process) is printed beside rows per
+    wall second: on a shared machine the wall figure carries the neighbours' load."""
     print(
         f"\n{args.customers:,} customers, {args.rounds} round(s), medians "
         f"(sandbox --no-rate-limits, page size {PAGE_SIZE})\n"
     )
-    print("| leg | rows | seconds | rows/s | leg CPU s | sandbox CPU s | peak RSS MB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    rates = {}
+    print(
+        "| leg | rows | seconds | rows/s | leg CPU s | rows per leg CPU s | sandbox CPU s "
+        "| peak RSS MB |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rates, cpu_rates = {}, {}
     for leg, runs in figures.items():
         rates[leg] = median(runs, "rows_per_s")
+        cpu_rates[leg] = statistics.median(r["rows"] / max(r["cpu_s"], 1e-9) for r in runs)
         print(
             f"| {leg} | {runs[0]['rows']:,} | {median(runs, 'seconds'):.2f} | "
-            f"{rates[leg]:,.0f} | {median(runs, 'cpu_s'):.1f} | "
-            f"{median(runs, 'sandbox_cpu_s'):.1f} | {max(r['peak_rss_mb'] for r in runs):.0f} |"
+            f"{rates[leg]:,.0f} | {median(runs, 'cpu_s'):.2f} | {cpu_rates[leg]:,.0f} | "
+            f"{median(runs, 'sandbox_cpu_s'):.2f} | {max(r['peak_rss_mb'] for r in runs):.0f} |"
         )
     if "memberflow" in rates:
         print()
-        for other in ("ceiling", "dlt"):
+        for other in ("ceiling", "dlt", BASELINE):
             if other in rates:
-                print(f"memberflow / {other}: {rates['memberflow'] / rates[other]:.2f}x")
+                print(
+                    f"memberflow / {other}: {rates['memberflow'] / rates[other]:.2f}x by wall "
+                    f"time, {cpu_rates['memberflow'] / cpu_rates[other]:.2f}x by CPU time"
+                )
     out = BENCH_DIR / "out" / "extract_peers.json"
     out.write_text(json.dumps({"customers": args.customers, "figures": figures}, indent=1))
 
