@@ -15,12 +15,16 @@ child process of this script, so none inherits another's imports, caches or heap
   defaults otherwise (it unnests `cards` into a child table, as it would for anyone).
 
 Each leg's figure is its own wall time from the first HTTP call (token) to the data on disk; the
-child's interpreter start and imports are outside it and printed apart. Peak RSS is the child's
-`ru_maxrss` (itself and any process it waited for). The table shows medians over the rounds,
-and the ratios memberflow/ceiling and memberflow/dlt of those medians.
+child's interpreter start and the imports a Dagster step process has already loaded are outside
+it. Beside rows per wall second, rows per CPU second of the leg's own process (all its threads):
+on a shared machine the wall figure carries the neighbours' load. Peak RSS is the child's VmHWM
+(or that of a process it waited for). The table shows medians over the rounds, and the ratios
+memberflow/ceiling and memberflow/dlt of those medians. `--baseline DIR` adds the memberflow leg
+with memberflow's code from DIR (a checkout of an older commit), alternating with the others.
 
     .venv/bin/python bench/extract_peers.py --customers 20000            # while developing
     .venv/bin/python bench/extract_peers.py --customers 100000 --rounds 3  # the recorded figures
+    .venv/bin/python bench/extract_peers.py --baseline /tmp/before --legs ceiling,memberflow
 """
 
 from __future__ import annotations
