@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test test-quick recover sandbox dev bench clean
+.PHONY: help demo test test-quick recover sandbox dev bench bench-extract clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -37,6 +37,9 @@ dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000) wired to
 
 bench: $(STAMP) ## the 100,000-customer full-sync benchmark (minutes)
 	$(BIN)/python bench/full_sync.py --customers 100000
+
+bench-extract: $(STAMP) ## customers extract vs its bare-httpx ceiling and dlt, 100,000 customers
+	$(BIN)/python bench/extract_peers.py --customers 100000 --rounds 3
 
 clean: ## remove the environment, data and Dagster home
 	rm -rf $(VENV) data .dagster_home bench/out

@@ -8,15 +8,18 @@ emulator in sandbox/ both implement; when real documentation arrives, change it 
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import httpx
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources import paging
@@ -257,6 +260,7 @@ class FlexPOSClient(SourceClient):
             covered=lambda body, page: (
                 int(body.get("Page") or page) * int(body.get("PageSize") or size)
             ),
+            read_ahead=True,  # one request in flight at a time, as FP-A8 allows
         )
 
     def _get_page(self, spec: _Entity, params: dict[str, Any]) -> dict[str, Any]:
@@ -273,7 +277,7 @@ class FlexPOSClient(SourceClient):
             token = tokens.token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             try:
-                body = self._http.get_json(url, endpoint=endpoint, params=params, headers=headers)
+                body = self._get_json(url, endpoint, params, headers)
             except VendorError as exc:
                 if exc.status != 401 or attempt == 2:
                     raise
@@ -283,6 +287,35 @@ class FlexPOSClient(SourceClient):
                 raise VendorError(self.vendor, 200, f"{endpoint}: expected a JSON object")
             return body
         raise AssertionError("unreachable")
+
+    def _get_json(
+        self, url: str, endpoint: str, params: dict[str, Any] | None, headers: dict[str, str]
+    ) -> Any:
+        """GET and parse the body with `loads`; a body that is not JSON (cut off, an HTML error
+        page) is asked for again through `get_json`, which retries it and gives up as
+        VendorError like any unreadable answer (one call more than get_json alone)."""
+        response = self._http.request("GET", url, endpoint=endpoint, params=params, headers=headers)
+        try:
+            return loads(response.content)
+        except ValueError:
+            return self._http.get_json(url, endpoint=endpoint, params=params, headers=headers)
+
+
+_DIGITS_AS_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_WIDE_NUMBER = b"0" * 19  # 19 digits in a row may be an integer beyond 64 bits
+
+
+def loads(content: bytes) -> Any:
+    """A JSON body parsed as the standard library would, ~3x faster: orjson, unless the body
+    holds a run of 19 or more digits (orjson reads an integer beyond 64 bits as a float, losing
+    digits) or is something orjson refuses (NaN, 1e400, a lone surrogate, not UTF-8), which the
+    standard library reads as it always did. A ValueError when neither can read it."""
+    if content.translate(_DIGITS_AS_ZEROS).find(_WIDE_NUMBER) < 0:
+        try:
+            return orjson.loads(content)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(content)
 
 
 def _customer_filters(active: bool, club: bool, newsletter: bool) -> dict[str, str]:
@@ -303,7 +336,7 @@ def format_local(moment: datetime) -> str:
 
 
 def _local_datetime(record: dict[str, Any], name: str) -> datetime:
-    return record_datetime(record, name, lambda text: parse_local(text).astimezone(UTC))
+    return record_datetime(record, name, _utc_from_local)
 
 
 def parse_local(value: str) -> datetime:
@@ -312,6 +345,40 @@ def parse_local(value: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=COPENHAGEN)
     return moment
+
+
+def _utc_from_local(text: str) -> datetime:
+    """`parse_local(text)` in UTC, the same instant, without asking the time zone per record:
+    Copenhagen's offset is looked up once per day, or per hour on a day it changes (its changes
+    fall on the hour)."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is not None:
+        return moment.astimezone(UTC)
+    offset = _day_offset(moment.year, moment.month, moment.day)
+    if offset is None:
+        offset = _hour_offset(moment.year, moment.month, moment.day, moment.hour)
+        if offset is None:
+            return moment.replace(tzinfo=COPENHAGEN).astimezone(UTC)
+    return (moment - offset).replace(tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=16_384)
+def _day_offset(year: int, month: int, day: int) -> timedelta | None:
+    """Copenhagen's UTC offset for the whole day, or None on a day the offset changes."""
+    return _offset_between(datetime(year, month, day), datetime(year, month, day, 23, 59, 59))
+
+
+@functools.lru_cache(maxsize=1_024)
+def _hour_offset(year: int, month: int, day: int, hour: int) -> timedelta | None:
+    """Copenhagen's offset for every wall time of this hour (fold 0, as `parse_local`), or None
+    when it changes inside the hour (1894's switch from local mean time)."""
+    return _offset_between(datetime(year, month, day, hour), datetime(year, month, day, hour, 59))
+
+
+def _offset_between(first: datetime, last: datetime) -> timedelta | None:
+    start = first.replace(tzinfo=COPENHAGEN).utcoffset()
+    end = last.replace(second=59, microsecond=999_999, tzinfo=COPENHAGEN).utcoffset()
+    return start if start == end else None
 
 
 # --- integration file section and Dagster resource ---------------------------------------------

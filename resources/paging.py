@@ -2,7 +2,8 @@
 vendor's pages through a `fetch` callable the client supplies, so the client keeps its own
 requests, auth and error handling and states only which paging style its API uses.
 
-- `page_numbers`: page=1,2,... until an empty page, a short page, or the total is covered.
+- `page_numbers`: page=1,2,... until an empty page, a short page, or the total is covered;
+  optionally reading one page ahead in a background thread.
 - `offsets`: offset=0,limit,... until an empty page or the total (read by a callable, e.g. from
   a `meta.size`-style envelope) is reached.
 - `next_links`: follow the next-page link each answer carries until there is none.
@@ -14,6 +15,7 @@ makes a client loop forever.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 Body = TypeVar("Body")
@@ -28,29 +30,58 @@ def page_numbers(
     first: int = 1,
     total: Callable[[Body], int | None] | None = None,
     covered: Callable[[Body, int], int] | None = None,
+    read_ahead: bool = False,
 ) -> Iterator[Page]:
     """Pages of `fetch(page)`, page numbers counting up from `first`.
 
     Stops after an empty page; with `total`, once the records covered so far reach it
     (`covered(body, page)`, default: the records yielded so far); without, after a page shorter
     than `page_size`.
+
+    With `read_ahead`, the next page is fetched in a background thread while the caller works
+    on the current one: the same requests in the same order, never more than one in flight
+    (so within any per-client rate or concurrency limit the fetch itself honours), the network
+    and the server's time overlapping the caller's. An error fetching a page is raised where
+    that page would have been fetched.
     """
-    page, seen = first, 0
-    while True:
+    with _Ahead(read_ahead) as ahead:
+        page, seen = first, 0
         body = fetch(page)
-        rows = items(body)
-        if not rows:
-            return
-        yield rows
-        seen += len(rows)
-        if total is None:
-            if len(rows) < page_size:
+        while True:
+            rows = items(body)
+            if not rows:
                 return
-        else:
-            reached = covered(body, page) if covered is not None else seen
-            if reached >= (total(body) or 0):
+            seen += len(rows)
+            if total is None:
+                more = len(rows) >= page_size
+            else:
+                reached = covered(body, page) if covered is not None else seen
+                more = reached < (total(body) or 0)
+            following = ahead.fetch(fetch, page + 1) if more else None
+            yield rows
+            if following is None:
                 return
-        page += 1
+            body = following()
+            page += 1
+
+
+class _Ahead:
+    """Runs a fetch now in one background thread (`read_ahead`), or later in the caller's."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="read-ahead") if enabled else None
+
+    def fetch(self, fetch: Callable[[int], Body], page: int) -> Callable[[], Body]:
+        if self._pool is None:
+            return lambda: fetch(page)
+        return self._pool.submit(fetch, page).result
+
+    def __enter__(self) -> _Ahead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:  # a caller that stops early waits for the page in flight
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def offsets(
