@@ -148,7 +148,8 @@ def summarise(result: dg.ExecuteInProcessResult) -> RunSummary:
         if mat is None:
             continue
         values = {k: _plain(v) for k, v in mat.metadata.items()}
-        summary.assets[mat.asset_key.to_user_string()] = values
+        # a range's run figures are on one of its days (naming.result_metadata): merge them all
+        summary.assets.setdefault(mat.asset_key.to_user_string(), {}).update(values)
     return summary
 
 

@@ -140,7 +140,7 @@ def build_extract_asset(
         outside = naming.report_per_day(context, per_day, run_metadata)
         if outside:
             run_metadata["run_days_outside_partitions"] = ", ".join(map(str, outside))
-        return dg.MaterializeResult(metadata=run_metadata)
+        return dg.MaterializeResult(metadata=naming.result_metadata(context, run_metadata))
 
     return _extract
 

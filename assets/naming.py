@@ -13,6 +13,7 @@ import dagster as dg
 
 from memberflow.config import Integration
 
+RUN_FIGURES_ON = "run_figures_on"  # on a range's days: the day whose event holds the run figures
 MODE_TAG = "memberflow/mode"  # "incremental" on sensor runs; absent on backfills and manual runs
 LIST_TAG = "memberflow/list"
 INTEGRATION_TAG = "memberflow/integration"
@@ -102,6 +103,27 @@ def report_per_day(
         else:
             outside.append(day)
     return outside
+
+
+def result_metadata(
+    context: dg.AssetExecutionContext, run_metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """The metadata for a day-partitioned asset's MaterializeResult: the run's figures, stated
+    once (issue 10).
+
+    Dagster copies a ranged run's MaterializeResult metadata onto the event of every day of the
+    range. Over 1,000 days that repeated every run figure a thousand times per asset, and the
+    event log's writes grew with it. A run over several days therefore puts its figures on the
+    range's last day only (the asset's last event of the run, which the run summary and the
+    UI's latest materialization show); every day keeps its own figures (`report_per_day`) and
+    names that day under `run_figures_on`. A run over one day is unchanged.
+    """
+    keys = context.partition_keys if context.has_partition_key_range else []
+    if len(keys) <= 1:
+        return run_metadata
+    last = keys[-1]
+    context.add_asset_metadata(run_metadata, partition_key=last)
+    return {RUN_FIGURES_ON: last}
 
 
 def is_incremental(context: dg.AssetExecutionContext) -> bool:
