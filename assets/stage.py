@@ -120,9 +120,9 @@ def build_stage_asset(
                 }
                 for day, rows in result.rows_by_day.items()
             }
-            naming.report_per_day(context, per_day, run_metadata)
+            _, common = naming.report_per_day(context, per_day, run_metadata)
             metadata = naming.result_metadata(
-                context, {"table_rows_all_days": table_rows, **run_metadata}
+                context, {"table_rows_all_days": table_rows, **run_metadata}, common
             )
         else:
             metadata = {
