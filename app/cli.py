@@ -100,11 +100,15 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
 @click.option("--seed", default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
     """Start the sandbox, sync the demo integrations once, print what happened."""
+    import time
+
     from app.demo import run_demo
 
+    started = time.monotonic()
     outcome = run_demo(customers=customers, seed=seed)
     for line in outcome.lines:
         click.echo(line)
+    click.echo(f"demo done in {time.monotonic() - started:.0f} s (sandbox start included)")
     sys.exit(0 if outcome.ok else 1)
 
 

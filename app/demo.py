@@ -66,16 +66,20 @@ def run_demo(customers: int = 300, seed: int = 42, port: int = 0) -> DemoOutcome
             # the whole history: not capped (X5); without tracked events there are no days
             start = integration.schedule.history_start if integration.tracking else None
             window = {"start": start, "end": end} if start else {}
+            started = time.monotonic()
             first = runner.run_sync(defs, integration, instance, quiet=True, **window)
-            lines += _describe(integration, "initial import", first, start, end)
+            took = time.monotonic() - started
+            lines += _describe(integration, "initial import", first, start, end, took)
             ok &= first.success
             if first.success and feedback_webhook(integration) is not None:
                 scene, done = _feedback_scene(sandbox.url, defs, integration, instance)
                 lines += scene
                 ok &= done
         for integration in integrations:
+            started = time.monotonic()
             tick = runner.run_sync(defs, integration, instance, quiet=True)
-            lines += _describe(integration, "five-minute tick", tick, None, None)
+            took = time.monotonic() - started
+            lines += _describe(integration, "five-minute tick", tick, None, None, took)
             ok &= tick.success
         lines += _merge_lines(integrations)
     return DemoOutcome(lines=lines, ok=ok)
@@ -153,11 +157,13 @@ def _describe(
     result: dg.ExecuteInProcessResult,
     start: date | None,
     end: date | None,
+    seconds: float,
 ) -> list[str]:
     s = runner.summarise(result)
     window = f" {start} .. {end}" if start else ""
     status = "ok" if s.success else "FAILED"
-    out = [f"== {integration.name}: {label}{window} — {status} (run {s.run_id[:8]})"]
+    run = f"run {s.run_id[:8]}, {seconds:.1f} s"
+    out = [f"== {integration.name}: {label}{window} — {status} ({run})"]
     (entity,) = sorted(available_entities(integration.source.kind).members)
     members_raw = f"{entity}_raw"
     events_fetched = sum(

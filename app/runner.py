@@ -21,9 +21,26 @@ from memberflow import recovery
 from memberflow.config import REPO_ROOT, Integration
 from pipelines.sensors import run_in_flight
 
+# Dagster's per-partition bookkeeping (issue 10). A single-run backfill over N days of four
+# day-partitioned assets wrote 4N "planned" events before its first step and 4N materialization
+# events, each its own SQLite commit (~40-60 ms here). The first variable makes the planned
+# events one per asset, holding the range (the UI then shows a failed backfill's days as missing,
+# not failed: see the README); the second lets Dagster hand a step's per-day materializations to
+# the event log in batches, which memberflow.event_log (dagster.yaml) writes in one transaction.
+# Set here, where every memberflow command opens the instance, so `memberflow sync`, the demo
+# and `memberflow ui` (the webserver and daemon inherit this environment) all get them; a value
+# already in the environment wins.
+DAGSTER_BOOKKEEPING_ENV = {
+    "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS": "1",
+    "DAGSTER_EVENT_BATCH_SIZE": "500",
+}
+
 
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to `.dagster_home/` with the project's dagster.yaml in it."""
+    """DAGSTER_HOME, defaulting to `.dagster_home/` with the project's dagster.yaml in it, and
+    the environment that keeps Dagster's per-partition bookkeeping cheap."""
+    for name, value in DAGSTER_BOOKKEEPING_ENV.items():
+        os.environ.setdefault(name, value)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
@@ -131,7 +148,8 @@ def summarise(result: dg.ExecuteInProcessResult) -> RunSummary:
         if mat is None:
             continue
         values = {k: _plain(v) for k, v in mat.metadata.items()}
-        summary.assets[mat.asset_key.to_user_string()] = values
+        # a range's run figures are on one of its days (naming.result_metadata): merge them all
+        summary.assets.setdefault(mat.asset_key.to_user_string(), {}).update(values)
     return summary
 
 

@@ -137,10 +137,10 @@ def build_extract_asset(
             }
             for day in days
         }
-        outside = naming.report_per_day(context, per_day, run_metadata)
+        outside, common = naming.report_per_day(context, per_day, run_metadata)
         if outside:
             run_metadata["run_days_outside_partitions"] = ", ".join(map(str, outside))
-        return dg.MaterializeResult(metadata=run_metadata)
+        return dg.MaterializeResult(metadata=naming.result_metadata(context, run_metadata, common))
 
     return _extract
 

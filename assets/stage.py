@@ -79,6 +79,9 @@ def build_stage_asset(
         kinds={"duckdb"},
         tags={"memberflow/stage": "stage"},
         check_specs=[dg.AssetCheckSpec(QUARANTINE_CHECK, asset=key, blocking=False)],
+        # on the definition, not on each materialization: a backfill writes one event per day,
+        # and this schema (~2 KB serialised) was a third of each (issue 10)
+        metadata={"dagster/column_schema": _column_schema(mapping)},
     )
     def _stage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
@@ -108,7 +111,6 @@ def build_stage_asset(
             "landing_files_read": result.files_read,
             "replayed_from_raw": result.full_rebuild,
             "mapping_fingerprint": mapping.fingerprint,
-            "dagster/column_schema": _column_schema(mapping),
         }
         if events:
             per_day = {
@@ -118,8 +120,10 @@ def build_stage_asset(
                 }
                 for day, rows in result.rows_by_day.items()
             }
-            naming.report_per_day(context, per_day, run_metadata)
-            metadata = {"table_rows_all_days": table_rows, **run_metadata}
+            _, common = naming.report_per_day(context, per_day, run_metadata)
+            metadata = naming.result_metadata(
+                context, {"table_rows_all_days": table_rows, **run_metadata}, common
+            )
         else:
             metadata = {
                 "dagster/row_count": table_rows,
