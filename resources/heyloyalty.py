@@ -39,6 +39,7 @@ from resources.http import (
     resolve_secret,
     str_id,
 )
+from resources.pacing import requests_per_second_pace
 from resources.registry import TargetSectionBase
 from resources.target import (
     MemberAck,
@@ -49,6 +50,7 @@ from resources.target import (
 )
 
 MEMBERS_PER_PAGE = 1000  # HL-A4
+REQUESTS_PER_SECOND = 20.0  # HL-A12 (assumed): per API key, the client paces itself to it
 BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
 _EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
 # Keys of the flat HL-mind member shape that are not list fields (HL-A3).
@@ -124,6 +126,7 @@ class HeyloyaltyClient(TargetClient):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] | None = None,
         events_per_batch: int = 1_000,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
     ) -> None:
         if not 1 <= events_per_batch <= self.max_events_per_call:
             raise ValueError(f"events_per_batch must be 1..{self.max_events_per_call}")
@@ -141,6 +144,7 @@ class HeyloyaltyClient(TargetClient):
             transport=transport,
             sleep=sleep,
             secrets=[api_secret, api_key],
+            pace=requests_per_second_pace(self.vendor, api_key, requests_per_second),
         )
         self.calls = self._http.calls
         self._base = base_url.rstrip("/")
@@ -487,6 +491,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
     list_id: str
     tracking_id: str | None = None
     events_per_batch: int = 1_000
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> HeyloyaltyClient:
         return HeyloyaltyClient(
@@ -495,6 +500,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
             list_id=self.list_id,
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
+            requests_per_second=self.requests_per_second,
             api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
             api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
         )
@@ -515,6 +521,8 @@ class HeyloyaltyTarget(TargetSectionBase):
     tracking_id: StrId | None = None
     # Rows per BI import: the most a lost answer can leave uncertain (HL-A10 allows 50,000).
     events_per_batch: int = Field(1_000, ge=1, le=HeyloyaltyClient.max_events_per_call)
+    # client-side pacing per API key (HL-A12: 20 requests/s assumed); 0 or null: off
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     @model_validator(mode="after")
     def _tracking_needs_bi(self) -> HeyloyaltyTarget:
@@ -539,4 +547,5 @@ class HeyloyaltyTarget(TargetSectionBase):
             list_id=self.list_id,
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
+            requests_per_second=self.requests_per_second,
         )

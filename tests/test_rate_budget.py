@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
