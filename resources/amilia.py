@@ -33,7 +33,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.amilia_webhook import AmiliaWebhook
-from resources.auth import CachedToken, basic, bearer
+from resources.auth import CachedToken, basic, bearer, share_key
 from resources.base import CallCounter, EntitySpec, RecordMeta, SourceClient, VendorError
 from resources.http import (
     EnvVarName,
@@ -149,7 +149,12 @@ class AmiliaClient(SourceClient):
                 self.vendor, f"{self._org_base}\0{username}", requests_per_second
             ),
         )
-        self._token = CachedToken(self._authenticate, margin=0.0)
+        # kept for the process per credential: the next client (sensor tick) reuses it (AM-A1)
+        self._token = CachedToken(
+            self._authenticate,
+            margin=0.0,
+            share_key=share_key("amilia", self._host_url, username, password),
+        )
         self._lock = threading.Lock()
         self._complete: dict[str, bool] = {}  # entity -> did its last scan read every page?
 

@@ -30,6 +30,7 @@ from resources.amilia import (
     with_owner_id,
 )
 from resources.amilia_webhook import AmiliaWebhook
+from resources.auth import forget_shared_tokens
 from resources.base import VendorError
 from resources.source import is_tombstone
 from sandbox.credentials import SANDBOX_ENV
@@ -40,6 +41,13 @@ KEY = SANDBOX_ENV["AMILIA_API_KEY"]
 KEY_SECRET = SANDBOX_ENV["AMILIA_API_SECRET"]
 ORG = SANDBOX_ENV["AMILIA_ORG"]
 _names = count()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    """Tokens are kept per credential for the process; each test counts its own logins."""
+    forget_shared_tokens()
+    yield
 
 
 @pytest.fixture(scope="module")
