@@ -101,6 +101,30 @@ def per_second(requests_per_second: float) -> tuple[Window, ...]:
     return (Window("second", 1, 1.0 / requests_per_second, wait=True),)
 
 
+def binding_windows(windows: Sequence[Window]) -> tuple[Window, ...]:
+    """`windows` by length, without those another one already implies (they can never bind:
+    20 a second under 5000 a day, 400 a minute under 5 a second). pyrate-limiter wants a rate
+    list with strictly increasing limits and falling density; a set that still is not is refused
+    when the pace is made, naming the windows."""
+    ordered = sorted(windows, key=lambda w: w.seconds)
+    kept = [
+        w
+        for w in ordered
+        if not any(
+            (v.seconds > w.seconds and v.limit <= w.limit)
+            or (v.seconds < w.seconds and v.limit * math.ceil(w.seconds / v.seconds) <= w.limit)
+            for v in ordered
+        )
+    ]
+    for shorter, longer in zip(kept, kept[1:], strict=False):
+        if longer.limit / longer.seconds > shorter.limit / shorter.seconds:
+            raise ValueError(
+                f"{longer.limit}/{longer.name} allows more calls a second than "
+                f"{shorter.limit}/{shorter.name}: not a rate set a sliding log can keep"
+            )
+    return tuple(kept)
+
+
 class WaitCounter(Protocol):
     """What the pace reports its waits to (resources.base.CallCounter)."""
 
@@ -157,7 +181,7 @@ class Pace:
         if hold and (len(windows) != 1 or path is not None):
             raise ValueError("a held pace has one window and lives in memory")
         self.vendor = vendor
-        self.windows = tuple(sorted(windows, key=lambda w: w.seconds))
+        self.windows = binding_windows(windows)
         self.path = path
         self.hold = hold
         self._clock = clock or (time.time if path is not None else time.monotonic)
@@ -325,7 +349,7 @@ def shared_pace(
     """
     if not credential:
         raise ValueError("a pace needs the credential it limits")
-    windows = tuple(sorted(windows, key=lambda w: w.seconds))
+    windows = binding_windows(windows)
     shared = across_processes
     if shared is None:
         shared = any(w.seconds >= 3600 or not w.wait for w in windows)
