@@ -46,7 +46,9 @@ from pyrate_limiter import InMemoryBucket, Rate, RateItem, SQLiteBucket
 from resources.base import VendorError
 from resources.target import RateBudget
 
-log = logging.getLogger(__name__)
+# A child of the HTTP layer's logger, which dagster.yaml hands to Dagster (managed_python_loggers):
+# a long wait lands in the run's log beside the retries.
+log = logging.getLogger("resources.http.pacing")
 
 DATA_DIR_ENV = "MEMBERFLOW_DATA_DIR"  # the landing data dir (memberflow.landing.data_dir)
 # The vendor stamps a call when it arrives, a little after we stamp it: count each window this

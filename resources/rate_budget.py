@@ -23,11 +23,11 @@ from resources.pacing import (
     DATA_DIR_ENV,
     DEFAULT_MARGIN_SECONDS,
     BudgetExhausted,
-    Pace,
     WaitCounter,
     Window,
     credential_key,
     default_budget_dir,
+    shared_pace,
 )
 from resources.target import RateBudget
 
@@ -66,7 +66,18 @@ class SharedRateLimiter:
         self.path = (
             directory or default_budget_dir()
         ) / f"{credential_key(vendor, credential)}.sqlite"
-        self._pace = Pace(vendor, windows, path=self.path, clock=clock, sleep=sleep, margin=margin)
+        # one pace (one SQLite connection) per file in a process, however many clients come and
+        # go (a sensor tick makes one each time)
+        self._pace = shared_pace(
+            vendor,
+            credential,
+            windows,
+            across_processes=True,
+            directory=self.path.parent,
+            margin=margin,
+            clock=clock,
+            sleep=sleep,
+        )
         self.windows = self._pace.windows
         self._counter = counter
         self._spent = 0
@@ -91,6 +102,3 @@ class SharedRateLimiter:
     def budget(self) -> RateBudget:
         """What is left in the longest window (the day): for `memberflow check` and run reports."""
         return self._pace.budget()
-
-    def close(self) -> None:
-        self._pace.close()

@@ -137,7 +137,7 @@ def test_vendor_http_waits_before_every_try_and_logs_a_long_wait(caplog):
         sleep=lambda _: None,
         pace=pace,
     )
-    with caplog.at_level(logging.INFO, logger="resources.pacing"):
+    with caplog.at_level(logging.INFO, logger="resources.http"):  # its child logs the waits
         http.get_json("http://v.example/a", endpoint="a")  # two tries: 503, then 200
         http.get_json("http://v.example/a", endpoint="a")  # the third call in one second
     assert http.calls.total == 3 and http.calls.retries == 1
