@@ -144,7 +144,9 @@ class HeyloyaltyClient(TargetClient):
             transport=transport,
             sleep=sleep,
             secrets=[api_secret, api_key],
-            pace=requests_per_second_pace(self.vendor, api_key, requests_per_second),
+            pace=requests_per_second_pace(  # per key on this host (the BI API counts too)
+                self.vendor, f"{base_url.rstrip('/')}\0{api_key}", requests_per_second
+            ),
         )
         self.calls = self._http.calls
         self._base = base_url.rstrip("/")
