@@ -139,6 +139,7 @@ def build_deliver_assets(
                 "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
+                **client.calls.pacing(),  # throttled_waits, throttled_seconds
                 **_month_figures(client),
                 **({"fields_created": created} if created else {}),
                 **client.run_figures(),

@@ -87,6 +87,7 @@ def build_events_delivered_asset(
                 "api_calls": client.calls.total,
                 "api_retries": client.calls.retries,
                 "api_throttled": client.calls.throttled,
+                **client.calls.pacing(),  # throttled_waits, throttled_seconds
             },
             check_results=[
                 dg.AssetCheckResult(

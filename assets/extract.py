@@ -119,6 +119,7 @@ def build_extract_asset(
             "high_water_mark": str(stats.high_water_mark or ""),
             "api_calls": client.calls.total,  # this run's calls, also on each day it credits
             "api_calls_by_endpoint": client.calls.by_endpoint(),
+            **client.calls.pacing(),  # throttled_waits, throttled_seconds (client-side limit)
             **extra,
         }
         if not events:

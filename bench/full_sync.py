@@ -56,6 +56,20 @@ STAGE_TAG = "memberflow/stage"
 _ROW_KEYS = ("run_records_landed", "run_rows_staged", "sent_this_run", "dagster/row_count")
 
 
+def unpaced(*integrations: Integration) -> list[Integration]:
+    """The integrations with client-side pacing off (`requests_per_second: 0`), as the sandbox
+    runs with --no-rate-limits: the benchmark measures memberflow, not the vendors' limits."""
+    out = []
+    for integration in integrations:
+        update = {}
+        for role in ("source", "target"):
+            section = getattr(integration, role)
+            if "requests_per_second" in type(section).model_fields:
+                update[role] = section.model_copy(update={"requests_per_second": 0})
+        out.append(integration.model_copy(update=update))
+    return out
+
+
 def log(message: str) -> None:
     """Progress on stderr, so a backgrounded run can be followed with `tail -f`."""
     print(f"[{datetime.now():%H:%M:%S}] {message}", file=sys.stderr, flush=True)
@@ -570,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"sandbox healthy at {url} after {sandbox_start_s:.1f} s")
 
         prepare_environment(url, run_dir)
-        (integration,) = load_all([INTEGRATION_FILE])
+        (integration,) = unpaced(*load_all([INTEGRATION_FILE]))
         defs = build_definitions([integration])
         instance = dagster_instance()
         level = "INFO" if args.verbose else "WARNING"

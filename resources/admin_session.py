@@ -126,6 +126,7 @@ class AdminSession:
                     directory=self._budget_dir,
                     clock=self._clock,
                     sleep=self._sleep,
+                    counter=self._http.calls,  # waits reach the run's metadata
                 )
         if made and self._limiter is not None:
             self._limiter.acquire()  # the apisettings call just made counts too

@@ -33,7 +33,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.amilia_webhook import AmiliaWebhook
-from resources.auth import CachedToken, basic, bearer
+from resources.auth import CachedToken, basic, bearer, share_key
 from resources.base import CallCounter, EntitySpec, RecordMeta, SourceClient, VendorError
 from resources.http import (
     EnvVarName,
@@ -42,6 +42,7 @@ from resources.http import (
     redact_query_secrets,
     resolve_secret,
 )
+from resources.pacing import requests_per_second_pace
 from resources.record_fields import record_datetime, record_id
 from resources.registry import SourceSectionBase
 
@@ -49,6 +50,9 @@ DEFAULT_BASE_URL = "https://app.amilia.com"
 ORIGIN = "memberflow"  # AM-A3: X-Amilia-Origin
 RECHECK_DAYS = 90  # registrations read again at every full scan interval (AC5 without webhooks)
 PAGE_SIZE = 1000  # AM-A4
+# AM-A14 (assumed, Amilia publishes none): 10 requests/s per token. A token belongs to one user
+# (or key) of one organisation, so the client paces per credential: a fresh token keeps the count.
+REQUESTS_PER_SECOND = 10.0
 MAX_PAGE_SIZE = 2000
 TOKEN_LIFETIME = 365 * 86400.0  # AM-A1
 RECORDS_PER_PAGE = 100  # fetch_records yields re-read records in pages of this many
@@ -115,6 +119,7 @@ class AmiliaClient(SourceClient):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], date] = date.today,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
     ) -> None:
         if not username or not password:
             raise ValueError("amilia needs a username and password (or an API key and secret)")
@@ -140,8 +145,16 @@ class AmiliaClient(SourceClient):
             sleep=sleep,
             calls=self.calls,
             secrets=secrets,
+            pace=requests_per_second_pace(
+                self.vendor, f"{self._org_base}\0{username}", requests_per_second
+            ),
         )
-        self._token = CachedToken(self._authenticate, margin=0.0)
+        # kept for the process per credential: the next client (sensor tick) reuses it (AM-A1)
+        self._token = CachedToken(
+            self._authenticate,
+            margin=0.0,
+            share_key=share_key("amilia", self._host_url, username, password),
+        )
         self._lock = threading.Lock()
         self._complete: dict[str, bool] = {}  # entity -> did its last scan read every page?
 
@@ -904,6 +917,7 @@ class AmiliaResource(dg.ConfigurableResource):
     full_scan_minutes: int = 60
     recheck_days: int = RECHECK_DAYS
     page_size: int = PAGE_SIZE
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> AmiliaClient:
         token = resolve_secret(self.webhook_token, "amilia webhooks.token_env")
@@ -918,6 +932,7 @@ class AmiliaResource(dg.ConfigurableResource):
             full_scan_minutes=self.full_scan_minutes,
             recheck_days=self.recheck_days,
             page_size=self.page_size,
+            requests_per_second=self.requests_per_second,
         )
 
 
@@ -941,6 +956,8 @@ class AmiliaSource(SourceSectionBase):
     # unregistration (which changes no creation date) is seen without webhooks; 0: never
     recheck_days: int = Field(default=RECHECK_DAYS, ge=0, le=3660)
     page_size: int = Field(default=PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    # client-side pacing per credential (AM-A14: 10 requests/s assumed); 0 or null: off
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -991,6 +1008,7 @@ class AmiliaSource(SourceSectionBase):
             full_scan_minutes=self.full_scan_minutes,
             recheck_days=self.recheck_days,
             page_size=self.page_size,
+            requests_per_second=self.requests_per_second,
         )
 
     def webhook(self) -> AmiliaWebhook | None:

@@ -5,7 +5,10 @@ vendor client states *which* scheme its API uses and nothing more.
 - `bearer(token)`, `raw_key(header, key)`, `basic(user, password)`: fixed headers.
 - `CachedToken`: a token fetched on demand, kept until shortly before it expires, replaced after
   a 401 (`invalidate`); thread-safe. `client_credentials(...)` (OAuth2 client credentials grant)
-  and `token_exchange(...)` (trade a long-lived key for a short-lived token) build one.
+  and `token_exchange(...)` (trade a long-lived key for a short-lived token) build one. Given a
+  `share_key` (a hash of the credential, `share_key(...)`), the token is also kept for the
+  process, so the next client of the same credential (the next sensor tick, the next run in a
+  long-lived process) uses it until it expires instead of asking for a new one.
 - `HmacSigner`: a keyed signature of a message (a timestamp, a body), for signed requests and for
   checking a signed webhook in constant time.
 
@@ -28,6 +31,22 @@ DEFAULT_TOKEN_MARGIN_SECONDS = 60.0
 DEFAULT_TOKEN_LIFETIME_SECONDS = 3600.0
 
 TokenFetch = Callable[[], tuple[str, float | None]]  # -> (token, seconds valid or None)
+
+# (share key, clock) -> (token, expires at on that clock): tokens kept for the process. Keyed
+# by the clock too, so a test's fake clock never meets a token timed on the real one.
+_SHARED_TOKENS: dict[tuple[str, Callable[[], float]], tuple[str, float]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def forget_shared_tokens() -> None:
+    """Drop every token kept for the process (a test that starts a new vendor does this)."""
+    with _SHARED_LOCK:
+        _SHARED_TOKENS.clear()
+
+
+def share_key(*parts: str | None) -> str:
+    """A key for a credential that reveals nothing of it (what the token was asked with)."""
+    return hashlib.sha256("\0".join(p or "" for p in parts).encode()).hexdigest()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -60,6 +79,7 @@ class CachedToken:
         *,
         margin: float = DEFAULT_TOKEN_MARGIN_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        share_key: str | None = None,
     ) -> None:
         self._fetch = fetch
         self._margin = margin
@@ -67,15 +87,33 @@ class CachedToken:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
+        self._shared = (share_key, clock) if share_key else None
 
     def token(self) -> str:
         """A token valid for at least `margin` seconds more."""
         with self._lock:
             if self._token is None or self._clock() >= self._expires_at - self._margin:
-                token, lifetime = self._fetch()
-                self._token = token
-                self._expires_at = self._clock() + (lifetime or DEFAULT_TOKEN_LIFETIME_SECONDS)
+                kept = self._kept()
+                if kept is not None:
+                    self._token, self._expires_at = kept
+                else:
+                    token, lifetime = self._fetch()
+                    self._token = token
+                    self._expires_at = self._clock() + (lifetime or DEFAULT_TOKEN_LIFETIME_SECONDS)
+                    if self._shared is not None:
+                        with _SHARED_LOCK:
+                            _SHARED_TOKENS[self._shared] = (token, self._expires_at)
             return self._token
+
+    def _kept(self) -> tuple[str, float] | None:
+        """The process's token for this credential while it has `margin` seconds left."""
+        if self._shared is None:
+            return None
+        with _SHARED_LOCK:
+            kept = _SHARED_TOKENS.get(self._shared)
+        if kept is None or self._clock() >= kept[1] - self._margin:
+            return None
+        return kept
 
     def headers(self) -> dict[str, str]:
         """`Authorization: Bearer <token>` with a current token."""
@@ -86,6 +124,10 @@ class CachedToken:
         with self._lock:
             if self._token == token:
                 self._token = None
+        if self._shared is not None:
+            with _SHARED_LOCK:
+                if _SHARED_TOKENS.get(self._shared, ("",))[0] == token:
+                    del _SHARED_TOKENS[self._shared]
 
 
 def token_answer(token_field: str = "access_token") -> Callable[[Any], dict[str, Any]]:
@@ -111,6 +153,7 @@ def token_exchange(
     expires_field: str = "expires_in",
     margin: float = DEFAULT_TOKEN_MARGIN_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    share_key: str | None = None,
 ) -> CachedToken:
     """A CachedToken got by POSTing `data` (form) or `json` to `url`.
 
@@ -133,7 +176,7 @@ def token_exchange(
         lifetime = body.get(expires_field)
         return str(body[token_field]), float(lifetime) if lifetime else None
 
-    return CachedToken(fetch, margin=margin, clock=clock)
+    return CachedToken(fetch, margin=margin, clock=clock, share_key=share_key)
 
 
 def client_credentials(
@@ -146,8 +189,10 @@ def client_credentials(
     scope: str | None = None,
     margin: float = DEFAULT_TOKEN_MARGIN_SECONDS,
     clock: Callable[[], float] = time.monotonic,
+    share: bool = True,
 ) -> CachedToken:
-    """OAuth2 client credentials grant (RFC 6749 4.4), credentials in the form body."""
+    """OAuth2 client credentials grant (RFC 6749 4.4), credentials in the form body. `share`:
+    keep the token for every client of these credentials in this process (see CachedToken)."""
     form = {
         "grant_type": "client_credentials",
         "client_id": client_id,
@@ -155,7 +200,10 @@ def client_credentials(
     }
     if scope:
         form["scope"] = scope
-    return token_exchange(http, token_url, endpoint=endpoint, data=form, margin=margin, clock=clock)
+    key = share_key(token_url, client_id, client_secret, scope) if share else None
+    return token_exchange(
+        http, token_url, endpoint=endpoint, data=form, margin=margin, clock=clock, share_key=key
+    )
 
 
 class HmacSigner:

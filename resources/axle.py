@@ -39,10 +39,11 @@ import httpx
 from pydantic import ConfigDict, Field
 
 from resources import paging
-from resources.axle_pace import PacedTransport, Pacer, shared_pacer
+from resources.axle_pace import shared_pacer
 from resources.axle_wire import WRITABLE_FIELDS, parse_client, wire_client
 from resources.base import ListField, RemoteMember, VendorError
 from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret
+from resources.pacing import Pace
 from resources.registry import TargetSectionBase
 from resources.target import (
     MemberAck,
@@ -102,20 +103,23 @@ class AxleClient(TargetClient):
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
-        pacer: Pacer | None | Literal["shared"] = "shared",  # None: no pacing (tests of 429)
+        pacer: Pace | None | Literal["shared"] = "shared",  # None: no pacing (tests of 429)
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # "shared" pacer's rate; 0: off
     ) -> None:
         self._base = base_url.rstrip("/")
         self._account = account
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         if pacer == "shared":
-            pacer = shared_pacer(self._base, api_key, REQUESTS_PER_SECOND)
+            rate = requests_per_second
+            pacer = shared_pacer(self._base, api_key, rate) if rate else None
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
             max_tries=max_tries,
-            transport=PacedTransport(pacer, transport) if pacer is not None else transport,
+            transport=transport,
             sleep=sleep,
             secrets=[api_key],
+            pace=pacer,
         )
         self.calls = self._http.calls
 
@@ -377,12 +381,14 @@ class AxleResource(dg.ConfigurableResource):
     account: str
     base_url: str
     api_key: str
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> AxleClient:
         return AxleClient(
             base_url=self.base_url,
             account=self.account,
             api_key=resolve_secret(self.api_key, "axle api_key") or "",
+            requests_per_second=self.requests_per_second,
         )
 
 
@@ -395,6 +401,8 @@ class AxleTarget(TargetSectionBase):
     account: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # checked on ping
     base_url: HttpUrlStr
     api_key_env: EnvVarName
+    # client-side pacing (AX-A4: 5 per second per key); 0 or null: off
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     @property
     def destination(self) -> str:
@@ -412,5 +420,8 @@ class AxleTarget(TargetSectionBase):
 
     def resource(self) -> AxleResource:
         return AxleResource(
-            account=self.account, base_url=self.base_url, api_key=dg.EnvVar(self.api_key_env)
+            account=self.account,
+            base_url=self.base_url,
+            api_key=dg.EnvVar(self.api_key_env),
+            requests_per_second=self.requests_per_second,
         )

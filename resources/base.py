@@ -55,8 +55,9 @@ class UncertainOutcome(VendorError):
 
 
 class CallCounter:
-    """Counts the HTTP calls a client spends, by endpoint label, and how many of them were retries
-    and throttled (429) answers, so every run can report them (AF8, C8).
+    """Counts the HTTP calls a client spends, by endpoint label, how many of them were retries
+    and throttled (429) answers, and the client-side pacing waits, so every run can report them
+    (AF8, C8).
 
     Thread-safe because target clients send in parallel.
     """
@@ -69,6 +70,8 @@ class CallCounter:
         self._by_endpoint: Counter[str] = Counter()
         self._retries = 0
         self._throttled = 0
+        self._waits = 0  # client-side pacing (resources/pacing.py): waits before a call
+        self._waited = 0.0
 
     def add(self, endpoint: str) -> None:
         with self._lock:
@@ -81,6 +84,28 @@ class CallCounter:
         with self._lock:
             self._retries += 1
             self._throttled += int(throttled)
+
+    def add_wait(self, seconds: float) -> None:
+        """The client waited `seconds` for room under its vendor's limit before a call."""
+        with self._lock:
+            self._waits += 1
+            self._waited += seconds
+
+    @property
+    def throttled_waits(self) -> int:
+        """How many calls waited for the client-side limit (not the vendor's 429s: `throttled`)."""
+        with self._lock:
+            return self._waits
+
+    @property
+    def throttled_seconds(self) -> float:
+        with self._lock:
+            return round(self._waited, 3)
+
+    def pacing(self) -> dict[str, int | float]:
+        """`throttled_waits`, `throttled_seconds`: for a step's metadata."""
+        with self._lock:
+            return {"throttled_waits": self._waits, "throttled_seconds": round(self._waited, 3)}
 
     @property
     def total(self) -> int:

@@ -62,6 +62,7 @@ from resources.cyberimpact_wire import (
     wire_member,
 )
 from resources.http import EnvVarName, HttpUrlStr, VendorHttp, as_utc, resolve_secret
+from resources.pacing import Window, requests_per_second_pace, shared_pace
 from resources.registry import TargetSectionBase
 from resources.target import (
     MemberAck,
@@ -79,6 +80,7 @@ DEFAULT_BASE_URL = "https://api.cyberimpact.com"
 PAGE_SIZE = 1000  # CI-A2: the default `limit` asked for (the section's `page_size`)
 BATCH_SIZE = 1000  # CI-A4: members per addMembers batch
 POST_INTERVAL = 1.0  # CI-A6: seconds between two POST /members of one token
+REQUESTS_PER_SECOND = 10.0  # CI-A6: every other call, per token (assumed: numbers unknown)
 RELATION_TYPE = "active-clients"  # CI-A10: implied consent of an active client
 POLL_TIMEOUT = 1800.0  # a batch still running after this is left without a verdict (error)
 _RUNNING = frozenset({"NEW", "PROCESSING"})  # CI-A4: any other batch status is finished
@@ -91,26 +93,6 @@ class AccountMismatch(VendorError):
 
     def summary(self) -> str:
         return f"{self.vendor}: {self.message}"
-
-
-class _Pacer:
-    """One POST /members per `interval` seconds, counted from the previous answer (CI-A6): the
-    server counts a request on arrival, which is never earlier than our previous answer."""
-
-    def __init__(
-        self, interval: float, clock: Callable[[], float], sleep: Callable[[float], None]
-    ) -> None:
-        self._interval, self._clock, self._sleep = interval, clock, sleep
-        self._last: float | None = None
-
-    def wait(self) -> None:
-        if self._last is not None and self._interval > 0:
-            left = self._last + self._interval - self._clock()
-            if left > 0:
-                self._sleep(left)
-
-    def done(self) -> None:
-        self._last = self._clock()
 
 
 @dataclass
@@ -182,6 +164,7 @@ class CyberimpactClient(TargetClient):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
     ) -> None:
         self._base = base_url.rstrip("/")
         self._account = account
@@ -198,9 +181,32 @@ class CyberimpactClient(TargetClient):
             transport=transport,
             sleep=sleep,
             secrets=[api_token],
+            pace=requests_per_second_pace(
+                self.vendor,
+                f"{self._base}\0{api_token}",
+                requests_per_second,
+                clock=clock,
+                sleep=sleep,
+            ),
         )
         self.calls = self._http.calls
-        self._pacer = _Pacer(post_interval, clock, sleep)
+        # CI-A6: one POST /members per `post_interval` seconds per token, counted from the
+        # previous answer (the server counts a request on arrival, never before our previous
+        # answer): a held slot, shared by every client of the token in this process.
+        self._pacer = (
+            shared_pace(
+                self.vendor,
+                f"{self._base}\0{api_token}\0members/create",
+                [Window("post", 1, post_interval)],
+                hold=True,
+                across_processes=False,
+                margin=0,
+                clock=clock,
+                sleep=sleep,
+            )
+            if post_interval > 0
+            else None
+        )
         self._custom: dict[str, CustomField] | None = None
         self._groups: dict[str, int] | None = None
         self._unsubscribed: dict[str, RemoteMember] | None = None  # CI-A5, by lowercase email
@@ -525,7 +531,8 @@ class CyberimpactClient(TargetClient):
         ids = self._group_ids(write.change.groups or write.gained)
         if ids:
             body["groups"] = ",".join(map(str, ids))
-        self._pacer.wait()
+        if self._pacer is not None:
+            self._pacer.acquire(self.calls)
         try:
             answer = self._http.request(
                 "POST", f"{self._base}/members", endpoint="members/create", json=body, **self._h()
@@ -538,7 +545,8 @@ class CyberimpactClient(TargetClient):
                 return "exists"
             raise
         finally:
-            self._pacer.done()
+            if self._pacer is not None:
+                self._pacer.release()
         write.outcome, write.member_id = "created", _id_of(_lenient_json(answer))
         return "created"
 
@@ -1011,6 +1019,8 @@ class CyberimpactResource(dg.ConfigurableResource):
     batch_threshold: int = 50
     poll_timeout_seconds: float = POLL_TIMEOUT
     page_size: int = PAGE_SIZE
+    post_interval_seconds: float = POST_INTERVAL
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> CyberimpactClient:
         return CyberimpactClient(
@@ -1021,6 +1031,8 @@ class CyberimpactResource(dg.ConfigurableResource):
             batch_threshold=self.batch_threshold,
             poll_timeout=self.poll_timeout_seconds,
             page_size=self.page_size,
+            post_interval=self.post_interval_seconds,
+            requests_per_second=self.requests_per_second,
         )
 
 
@@ -1037,6 +1049,10 @@ class CyberimpactTarget(TargetSectionBase):
     batch_threshold: int = Field(default=50, ge=1)  # CI-A4
     poll_timeout_seconds: float = Field(default=POLL_TIMEOUT, gt=0)  # CI-A4: a batch's deadline
     page_size: int = Field(default=PAGE_SIZE, ge=1, le=10_000)  # CI-A2: the `limit` asked for
+    # client-side pacing (CI-A6, assumed): 1 POST /members per this many seconds, and this many
+    # other calls a second, per token; 0 (or null for the rate) turns each off
+    post_interval_seconds: float = Field(default=POST_INTERVAL, ge=0)
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     @property
     def destination(self) -> str:
@@ -1055,4 +1071,6 @@ class CyberimpactTarget(TargetSectionBase):
             batch_threshold=self.batch_threshold,
             poll_timeout_seconds=self.poll_timeout_seconds,
             page_size=self.page_size,
+            post_interval_seconds=self.post_interval_seconds,
+            requests_per_second=self.requests_per_second,
         )

@@ -188,6 +188,7 @@ class FlexmailClient(TargetClient):
                 directory=budget_dir,
                 clock=clock,
                 sleep=sleep,
+                counter=self.calls,  # waits reach the run's metadata
             )
             if requests_per_minute
             else None

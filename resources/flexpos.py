@@ -33,6 +33,7 @@ from resources.http import (
     date_windows,
     resolve_secret,
 )
+from resources.pacing import requests_per_second_pace
 from resources.record_fields import record_datetime, record_id
 from resources.registry import SourceSectionBase
 from resources.source import EntitySpec, RecordMeta, SourceClient
@@ -40,6 +41,7 @@ from resources.source import EntitySpec, RecordMeta, SourceClient
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
 TOKEN_MARGIN_SECONDS = 60.0  # FP-A2: refresh 60 s before expiry
+REQUESTS_PER_SECOND = 10.0  # FP-A8: per client id
 MAX_PAGE_SIZE = 500  # FP-A3
 
 
@@ -118,10 +120,23 @@ class FlexPOSClient(SourceClient):
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
     ) -> None:
         attractions = (attractions_base_url, attractions_client_id, attractions_client_secret)
         if any(attractions) and not all(attractions):
             raise ValueError("Attractions needs base URL, client id and client secret together")
+        # FP-A8: 10 requests/s per client id: one pace per API's client id, chosen by URL
+        paces = [
+            (
+                base.rstrip("/"),
+                requests_per_second_pace(self.vendor, f"{base}\0{cid}", rps),
+            )
+            for base, cid, rps in (
+                (pos_base_url, client_id, requests_per_second),
+                (attractions_base_url, attractions_client_id, requests_per_second),
+            )
+            if base and cid
+        ]
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
@@ -129,6 +144,7 @@ class FlexPOSClient(SourceClient):
             transport=transport,
             sleep=sleep,
             secrets=[client_secret, attractions_client_secret or ""],
+            pace=lambda url: next((p for base, p in paces if url.startswith(base)), None),
         )
         self.calls = self._http.calls
         self._bases = {"pos": pos_base_url.rstrip("/")}
@@ -417,6 +433,7 @@ class FlexPOSResource(dg.ConfigurableResource):
     only_club_members: bool = False
     only_newsletter: bool = False
     page_size: int = 500
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> FlexPOSClient:
         return FlexPOSClient(
@@ -434,6 +451,7 @@ class FlexPOSResource(dg.ConfigurableResource):
             only_club_members=self.only_club_members,
             only_newsletter=self.only_newsletter,
             page_size=self.page_size,
+            requests_per_second=self.requests_per_second,
         )
 
 
@@ -448,6 +466,8 @@ class FlexPOSSource(SourceSectionBase):
     client_secret_env: EnvVarName
     attractions: FlexPOSAttractionsSection | None = None
     customers: FlexPOSCustomerFilters = Field(default_factory=FlexPOSCustomerFilters)
+    # client-side pacing per client id (FP-A8: 10 requests/s); 0 or null: off
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     def unavailable_entities(self) -> dict[str, str]:
         """Entities this configuration cannot fetch, with why: checked when the file loads."""
@@ -476,4 +496,5 @@ class FlexPOSSource(SourceSectionBase):
             only_active=self.customers.only_active,
             only_club_members=self.customers.only_club_members,
             only_newsletter=self.customers.only_newsletter,
+            requests_per_second=self.requests_per_second,
         )

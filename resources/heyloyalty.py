@@ -50,6 +50,7 @@ from resources.http import (
     resolve_secret,
     str_id,
 )
+from resources.pacing import requests_per_second_pace
 from resources.registry import TargetSectionBase
 from resources.target import (
     MemberAck,
@@ -66,6 +67,7 @@ BULK_THRESHOLD = 500  # creates + updates in a batch from which it goes as one i
 # A listing read covers the list up to its newest `updated_at`; the next changed-since read
 # starts this much before it, for writes stamped in the same second (HL-A3: whole seconds).
 LISTING_OVERLAP = timedelta(seconds=1)
+REQUESTS_PER_SECOND = 20.0  # HL-A12 (assumed): per API key, the client paces itself to it
 BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
 _EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
 # Keys of the flat HL-mind member shape that are not list fields (HL-A3).
@@ -142,6 +144,7 @@ class HeyloyaltyClient(TargetClient):
         clock: Callable[[], datetime] | None = None,
         events_per_batch: int = 1_000,
         bulk_threshold: int = 0,  # 0: never import (the integration file's default is 500)
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
     ) -> None:
         if not 1 <= events_per_batch <= self.max_events_per_call:
             raise ValueError(f"events_per_batch must be 1..{self.max_events_per_call}")
@@ -169,6 +172,9 @@ class HeyloyaltyClient(TargetClient):
             transport=transport,
             sleep=sleep,
             secrets=[api_secret, api_key],
+            pace=requests_per_second_pace(  # per key on this host (the BI API counts too)
+                self.vendor, f"{base_url.rstrip('/')}\0{api_key}", requests_per_second
+            ),
         )
         self.calls = self._http.calls
         self._base = base_url.rstrip("/")
@@ -620,6 +626,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
     tracking_id: str | None = None
     events_per_batch: int = 1_000
     bulk_threshold: int = BULK_THRESHOLD
+    requests_per_second: float | None = REQUESTS_PER_SECOND
 
     def client(self) -> HeyloyaltyClient:
         return HeyloyaltyClient(
@@ -629,6 +636,7 @@ class HeyloyaltyResource(dg.ConfigurableResource):
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
             bulk_threshold=self.bulk_threshold,
+            requests_per_second=self.requests_per_second,
             api_key=resolve_secret(self.api_key, "heyloyalty api_key") or "",
             api_secret=resolve_secret(self.api_secret, "heyloyalty api_secret") or "",
         )
@@ -651,6 +659,8 @@ class HeyloyaltyTarget(TargetSectionBase):
     events_per_batch: int = Field(1_000, ge=1, le=HeyloyaltyClient.max_events_per_call)
     # A batch with at least this many creates + updates goes as one CSV import (HL-A11); 0 never.
     bulk_threshold: int = Field(BULK_THRESHOLD, ge=0)
+    # client-side pacing per API key (HL-A12: 20 requests/s assumed); 0 or null: off
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
 
     @model_validator(mode="after")
     def _tracking_needs_bi(self) -> HeyloyaltyTarget:
@@ -676,4 +686,5 @@ class HeyloyaltyTarget(TargetSectionBase):
             tracking_id=self.tracking_id,
             events_per_batch=self.events_per_batch,
             bulk_threshold=self.bulk_threshold,
+            requests_per_second=self.requests_per_second,
         )

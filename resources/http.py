@@ -25,6 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ import httpx
 from pydantic import AfterValidator
 
 from resources.base import CallCounter, UncertainOutcome, VendorError
+from resources.pacing import Pace
 
 # httpx logs every request URL at INFO, and Ticketmaster's URLs carry `apikey=` (TM-A1).
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -103,6 +106,31 @@ def default_timeout() -> float:
     return value
 
 
+_SSL_CONTEXT: ssl.SSLContext | None = None
+_SSL_LOCK = threading.Lock()
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """The one TLS context of this process, the CA bundle httpx would load (certifi's).
+
+    Each `httpx.Client` otherwise loads the bundle anew (~25 ms), and a sensor tick or a run builds
+    several clients; a context is safe to share between clients and threads once made."""
+    global _SSL_CONTEXT
+    with _SSL_LOCK:
+        if _SSL_CONTEXT is None:
+            import certifi
+
+            _SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
+        return _SSL_CONTEXT
+
+
+def http_client(**kwargs: Any) -> httpx.Client:
+    """An httpx.Client on the shared TLS context (unless a transport or `verify` is given)."""
+    if kwargs.get("transport") is None and "verify" not in kwargs:
+        kwargs["verify"] = shared_ssl_context()
+    return httpx.Client(**kwargs)
+
+
 class VendorHttp:
     """One `httpx.Client` for one vendor, with call counting, retries and error classification.
 
@@ -124,12 +152,16 @@ class VendorHttp:
         backoff_base: float = 0.5,
         max_wait: float = MAX_WAIT_SECONDS,
         classify: Classify | None = None,
+        pace: Pace | Callable[[str], Pace | None] | None = None,
     ) -> None:
+        """`pace`: the client-side limit every try waits for (resources/pacing.py), or a function
+        of the URL that picks it (one vendor, two credentials); None: no pacing."""
         self.vendor = vendor
         self.calls = calls if calls is not None else CallCounter()
-        self._client = httpx.Client(
+        self._client = http_client(
             timeout=timeout if timeout is not None else default_timeout(), transport=transport
         )
+        self.pace = pace
         self._max_tries = max(1, max_tries)
         self._sleep = sleep
         self._throttle_wait = throttle_wait
@@ -201,9 +233,16 @@ class VendorHttp:
     ) -> Any:
         method = method.upper()
         safe_to_repeat = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        pace = self.pace(str(url)) if callable(self.pace) else self.pace
         for attempt in range(1, self._max_tries + 1):
+            if pace is not None:
+                pace.acquire(self.calls)  # before every try: vendors count retries too
             self.calls.add(endpoint)
-            outcome = self._try_once(method, url, endpoint, params, headers, kwargs, parse)
+            try:
+                outcome = self._try_once(method, url, endpoint, params, headers, kwargs, parse)
+            finally:
+                if pace is not None:
+                    pace.release()
             if not isinstance(outcome, _Failure):
                 return outcome.value
             if not safe_to_repeat and not self._repeatable(outcome):

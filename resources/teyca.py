@@ -367,6 +367,7 @@ class TeycaClient(SourceClient):
                     directory=self._budget_dir,
                     clock=self._clock,
                     sleep=self._sleep,
+                    counter=self.calls,  # waits reach the run's metadata
                 )
             return self._http, self._limiter
 

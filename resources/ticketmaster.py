@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import dagster as dg
 import httpx
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 
 from resources import paging
 from resources.auth import basic
@@ -29,12 +29,17 @@ from resources.http import (
     date_windows,
     resolve_secret,
 )
+from resources.pacing import PER_SECOND_MARGIN_SECONDS, Pace, Window, shared_pace
+from resources.pacing import per_second as per_second_windows
 from resources.record_fields import record_datetime, record_id
 from resources.registry import SourceSectionBase
 from resources.source import EntitySpec, RecordMeta, SourceClient
+from resources.target import RateBudget
 
 UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # TM-A2
 MAX_PAGE_SIZE = 500  # TM-A2
+REQUESTS_PER_SECOND = 5.0  # TM-A2: per apikey
+CALLS_PER_DAY = 5000  # TM-A2: per apikey, counted by memberflow across runs and processes
 
 
 # The one declaration of Ticketmaster's entities (the section's ClassVar below reads it).
@@ -78,7 +83,10 @@ class TicketmasterClient(SourceClient):
         max_tries: int = 5,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        requests_per_second: float | None = REQUESTS_PER_SECOND,  # 0 or None: no pacing
+        calls_per_day: int | None = CALLS_PER_DAY,  # 0 or None: the day is not counted
     ) -> None:
+        self._pace = _pace(apikey, requests_per_second, calls_per_day)
         self._http = VendorHttp(
             vendor=self.vendor,
             timeout=timeout,
@@ -87,6 +95,7 @@ class TicketmasterClient(SourceClient):
             sleep=sleep,
             throttle_wait=rate_limit_reset_wait,
             secrets=[apikey, password],
+            pace=self._pace,
         )
         self.calls = self._http.calls
         self._root = f"{base_url.rstrip('/')}/client-data/v1/{market_code}"
@@ -101,6 +110,12 @@ class TicketmasterClient(SourceClient):
 
     def entities(self) -> Sequence[EntitySpec]:
         return [e.spec for e in _ENTITIES.values()]
+
+    def rate_budget(self) -> RateBudget | None:
+        """The apikey's calls left today (TM-A2), counted across runs, when the day is paced."""
+        if self._pace is None or self._pace.windows[-1].name != "day":
+            return None
+        return self._pace.budget()
 
     def check_connection(self) -> None:
         """`GET …/customers?size=1` (TM-A1)."""
@@ -212,6 +227,17 @@ def _items(body: dict[str, Any], collection: str) -> list[dict[str, Any]]:
     return list((body.get("_embedded") or {}).get(collection) or [])
 
 
+def _pace(apikey: str, per_second: float | None, per_day: int | None) -> Pace | None:
+    """The apikey's client-side limit (TM-A2), shared by every client of it in this process; the
+    day across processes too (`<data dir>/rate_budget`): a spent day raises BudgetExhausted."""
+    if not per_second:
+        return None
+    windows = list(per_second_windows(per_second))
+    if per_day:
+        windows.append(Window("day", per_day, 86400.0, wait=False))
+    return shared_pace("ticketmaster", apikey, windows, margin=PER_SECOND_MARGIN_SECONDS)
+
+
 def rate_limit_reset_wait(
     response: httpx.Response, now: Callable[[], float] = time.time
 ) -> float | None:
@@ -260,6 +286,8 @@ class TicketmasterResource(dg.ConfigurableResource):
     username: str
     password: str
     page_size: int = 500
+    requests_per_second: float | None = REQUESTS_PER_SECOND
+    calls_per_day: int | None = CALLS_PER_DAY
 
     def client(self) -> TicketmasterClient:
         return TicketmasterClient(
@@ -269,6 +297,8 @@ class TicketmasterResource(dg.ConfigurableResource):
             username=resolve_secret(self.username, "ticketmaster username") or "",
             password=resolve_secret(self.password, "ticketmaster password") or "",
             page_size=self.page_size,
+            requests_per_second=self.requests_per_second,
+            calls_per_day=self.calls_per_day,
         )
 
 
@@ -283,6 +313,10 @@ class TicketmasterSource(SourceSectionBase):
     apikey_env: EnvVarName
     username_env: EnvVarName
     password_env: EnvVarName
+    # client-side pacing per apikey (TM-A2: 5 requests/s and 5000 calls/day, counted across
+    # runs); 0 or null turns each off (no per-second limit: no pacing at all)
+    requests_per_second: float | None = Field(default=REQUESTS_PER_SECOND, ge=0)
+    calls_per_day: int | None = Field(default=CALLS_PER_DAY, ge=0)
 
     def env_vars(self) -> list[str]:
         return [self.apikey_env, self.username_env, self.password_env]
@@ -294,4 +328,6 @@ class TicketmasterSource(SourceSectionBase):
             apikey=dg.EnvVar(self.apikey_env),
             username=dg.EnvVar(self.username_env),
             password=dg.EnvVar(self.password_env),
+            requests_per_second=self.requests_per_second,
+            calls_per_day=self.calls_per_day,
         )

@@ -30,6 +30,7 @@ from resources.amilia import (
     with_owner_id,
 )
 from resources.amilia_webhook import AmiliaWebhook
+from resources.auth import forget_shared_tokens
 from resources.base import VendorError
 from resources.source import is_tombstone
 from sandbox.credentials import SANDBOX_ENV
@@ -40,6 +41,13 @@ KEY = SANDBOX_ENV["AMILIA_API_KEY"]
 KEY_SECRET = SANDBOX_ENV["AMILIA_API_SECRET"]
 ORG = SANDBOX_ENV["AMILIA_ORG"]
 _names = count()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    """Tokens are kept per credential for the process; each test counts its own logins."""
+    forget_shared_tokens()
+    yield
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +135,17 @@ def test_an_expired_token_costs_one_new_authentication(make, amilia):
     assert client.calls.by_endpoint() == {"authenticate": 2, "persons": 3}
 
 
+def test_paced_persons_wait_for_room_instead_of_meeting_429s(make, amilia):
+    """AM-A14: paced to 10 requests/s per credential, the same pages come without a 429, and
+    the waits are counted for the run's metadata."""
+    client = make(page_size=7)
+    before = dict(amilia.request_counts)
+    records(client.iter_changed("persons", None))
+    assert delta(amilia, before)["GET persons"] == math.ceil(len(amilia.persons) / 7)
+    assert client.calls.throttled == 0 and client.calls.retries == 0
+    assert client.calls.throttled_waits >= 1 and client.calls.throttled_seconds > 0
+
+
 def test_another_org_is_refused_with_amilias_message_and_the_host(make, sandbox):
     with pytest.raises(VendorError) as refused:
         make(org="another-org").check_connection()
@@ -138,7 +157,7 @@ def test_another_org_is_refused_with_amilias_message_and_the_host(make, sandbox)
 
 # -- persons (AM-A4, A6, AC2) ----------------------------------------------------------------------
 def test_persons_are_paged_whole_through_429s_without_children(make, amilia):
-    client = make(page_size=7)
+    client = make(page_size=7, requests_per_second=0)  # unpaced: the 429s come
     before = dict(amilia.request_counts)
     persons = records(client.iter_changed("persons", None))
     pages = math.ceil(len(amilia.persons) / 7)

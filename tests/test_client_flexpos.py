@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime
 import httpx
 import pytest
 
+from resources.auth import forget_shared_tokens
 from resources.base import VendorError
 from resources.flexpos import FlexPOSClient
 
@@ -59,10 +60,18 @@ class FakeFlexPOS:
         return [r for r in self.requests if "/api/v1/" in r.url.path]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_tokens():
+    """Each test's fake FlexPOS issues its own tokens: none kept from an earlier test."""
+    forget_shared_tokens()
+    yield
+    forget_shared_tokens()
+
+
 def make_client(fake: FakeFlexPOS, waits: list[float] | None = None, **kwargs) -> FlexPOSClient:
+    kwargs.setdefault("client_id", "pos-id")
     return FlexPOSClient(
         pos_base_url=POS,
-        client_id="pos-id",
         client_secret=SECRET,
         transport=httpx.MockTransport(fake),
         sleep=(waits if waits is not None else []).append,
@@ -118,6 +127,26 @@ def test_token_refreshed_60s_before_expiry():
     now[0] += 50  # 50 s left: inside the 60 s margin
     client.has_changes("customers", None)
     assert fake.tokens_issued == 2
+
+
+def test_a_token_serves_every_client_of_the_credentials_until_it_expires():
+    """The next sensor tick (a new client) reuses the token instead of asking for one; a
+    refused token is forgotten for all of them."""
+    fake = FakeFlexPOS(total=1, expires_in=3600)
+    now = [1000.0]
+    clock = lambda: now[0]  # noqa: E731 - one clock for both clients: one shared token
+    make_client(fake, clock=clock).has_changes("customers", None)
+    make_client(fake, clock=clock).has_changes("customers", None)
+    assert fake.tokens_issued == 1
+    now[0] += 3550  # inside the 60 s margin: the next client asks anew
+    make_client(fake, clock=clock).has_changes("customers", None)
+    assert fake.tokens_issued == 2
+    fake.reject_tokens.add("tok-2")
+    make_client(fake, clock=clock).has_changes("customers", None)
+    assert fake.tokens_issued == 3
+    other = FakeFlexPOS(total=1)
+    make_client(other, clock=clock, client_id="other-id").has_changes("customers", None)
+    assert other.tokens_issued == 1  # another credential: its own token
 
 
 def test_token_refreshed_once_on_401():

@@ -325,8 +325,9 @@ def test_a_spent_day_is_refused_before_anything_is_sent(make, teyca):
     now = time.time()
     path = client._budget().path
     with sqlite3.connect(path) as conn:  # other runs spent the day (hour and minute are free)
-        conn.executemany(
-            "INSERT INTO calls (at) VALUES (?)", [(now - 80000 + i * 15.0,) for i in range(4999)]
+        conn.executemany(  # the shared file is pyrate-limiter's table: stamps in milliseconds
+            "INSERT INTO calls (name, item_timestamp) VALUES ('call', ?)",
+            [(int((now - 80000 + i * 15.0) * 1000),) for i in range(4999)],
         )
     assert client.rate_budget().left == 0
     before = counts(teyca)

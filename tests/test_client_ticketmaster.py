@@ -14,6 +14,13 @@ import pytest
 from resources.base import VendorError
 from resources.ticketmaster import TicketmasterClient, rate_limit_reset_wait
 
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path, monkeypatch):
+    """The apikey's day of calls (TM-A2) is counted in <data dir>/rate_budget: a test's own."""
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+
+
 BASE = "http://tm.test/ticketmaster"
 APIKEY = "tm-apikey-secret-42"
 PASSWORD = "tm-password-secret"
@@ -120,7 +127,8 @@ def test_429_waits_until_rate_limit_reset():
         return answers.pop(0) if answers else fake(request)
 
     waits: list[float] = []
-    client = make_client(handler, waits)
+    # without client-side pacing: an earlier test's calls on this apikey must not make it wait
+    client = make_client(handler, waits, requests_per_second=0)
     assert client.has_changes("orders", None)
     assert len(waits) == 1 and 1.0 < waits[0] <= 2.0
     assert client.calls.by_endpoint() == {"orders": 2}
