@@ -171,12 +171,13 @@ def write_single(
     creates = [c for c in changes if c.action == "create"]
     yield from write_batch(client, others, policy, fields, client.concurrency)
     size = max(1, client.single_batch_size)
+    appeared: set[str] = set()  # every member a read showed, kept for the chunks after it
     for start in range(0, len(creates), size):
         chunk = creates[start : start + size]
         if start:
             fresh = client.changes_since_last_read()
             if fresh is not None:
-                appeared = set(_by_key(fresh, policy.match_on))
+                appeared |= set(_by_key(fresh, policy.match_on))
                 chunk = [
                     replace(c, action="update", planned="create")
                     if _wire_key(_change_key(c, policy.match_on), policy.match_on) in appeared
