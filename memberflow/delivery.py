@@ -174,8 +174,15 @@ def pull_feedback(
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     # Overlap the next window by two minutes: the target's clock and ours may differ a little,
-    # and re-reading a member is harmless (INSERT OR REPLACE).
-    set_list_state(conn, "last_pull", (started - timedelta(minutes=2)).isoformat())
+    # and re-reading a member is harmless (INSERT OR REPLACE). When the list reported changes,
+    # the newest one (on its own clock, like refresh_feedback's cursor) may start the next
+    # window later: both are safe starts, and the later one does not re-read, run after run,
+    # what the last two minutes before it wrote (a whole import's tail).
+    cursor = started - timedelta(minutes=2)
+    seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
+    if seen:
+        cursor = max(cursor, _utc(max(seen)) - REFRESH_OVERLAP)
+    set_list_state(conn, "last_pull", cursor.isoformat())
     return {
         "pulled": len(rows),
         "unsubscribed": sum(1 for r in rows if r["status"] == "unsubscribed"),
@@ -198,6 +205,20 @@ def refresh_feedback(
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
     return max(seen) - REFRESH_OVERLAP if seen else since
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def keep_cursor(conn: duckdb.DuckDBPyConnection, cursor: datetime | None) -> None:
+    """After a run's changed-since reads: the next pull starts at the last read's cursor when
+    that is later than the one stored (it covered everything the list reported until then)."""
+    if cursor is None:
+        return
+    last = list_state(conn, "last_pull")
+    if last is None or _utc(datetime.fromisoformat(last)) < _utc(cursor):
+        set_list_state(conn, "last_pull", _utc(cursor).isoformat())
 
 
 def read_members(
@@ -412,16 +433,15 @@ def deliver_members(
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
     outcomes = _Outcomes(conn, report, recreate, groups, fields)
-    existing = _plan_rows(conn, "action IN ('update', 'remove')")
-    creates = _plan_rows(conn, "action = 'create'")
+    existing, total = _stage_sends(conn)
     policy = settings.policy()
     size = max(1, int(client.batch_size))
     polled = client.capabilities.feedback == "polled"
+    cursor: datetime | None = None
     try:
-        for batch in _batches(existing, size):
+        for batch in _send_batches(conn, 0, existing, size):
             outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
-        cursor: datetime | None = None
-        for batch in _batches(creates, size):
+        for batch in _send_batches(conn, existing, total, size):
             if polled:
                 before = client.calls.total
                 cursor = refresh_feedback(conn, client, settings.match_on, cursor)
@@ -433,8 +453,9 @@ def deliver_members(
     finally:
         # Whatever stops delivery, what the target acknowledged is recorded (never resent).
         outcomes.flush()
-    attempted = [row["match_key"] for row in existing + creates]
-    _quarantine_outcomes(conn, settings, attempted, report)
+    keep_cursor(conn, cursor)
+    _quarantine_outcomes(conn, settings, SENDS, report)
+    conn.execute(f"DROP TABLE {SENDS}")
     return report
 
 
@@ -485,10 +506,36 @@ def _batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, A
         yield rows[start : start + size]
 
 
-def _plan_rows(conn: duckdb.DuckDBPyConnection, where: str) -> list[dict[str, Any]]:
-    """Planned rows in match-key order (creates go out batch by batch in this order)."""
-    sql = f"SELECT * FROM member_plan WHERE {where} ORDER BY match_key"
-    return conn.execute(sql).df().to_dict("records")
+SENDS = "member_sends"  # temp table: the plan's writes, numbered in the order they go out
+
+
+def _stage_sends(conn: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """Number the planned writes into `member_sends`: updates and removals first, then creates,
+    each in match-key order (creates go out batch by batch in this order). Returns (updates and
+    removals, all). Batches are read from it one at a time: memory stays flat in the list's
+    size."""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {SENDS} AS
+            SELECT row_number() OVER (ORDER BY action = 'create', match_key) AS n, *
+            FROM member_plan WHERE action IN ('update', 'remove', 'create')
+            ORDER BY n"""
+    )
+    (existing, total) = conn.execute(
+        f"SELECT count(*) FILTER (WHERE action <> 'create'), count(*) FROM {SENDS}"
+    ).fetchone()
+    return int(existing), int(total)
+
+
+def _send_batches(
+    conn: duckdb.DuckDBPyConnection, start: int, end: int, size: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows start+1 .. end of `member_sends`, `size` at a time, read as they are needed."""
+    for first in range(start, end, size):
+        frame = conn.execute(
+            f"SELECT * EXCLUDE (n) FROM {SENDS} WHERE n > ? AND n <= ? ORDER BY n",
+            [first, min(first + size, end)],
+        ).df()
+        yield frame.to_dict("records")
 
 
 def _route_appeared(
@@ -710,18 +757,17 @@ def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]], gr
 def _quarantine_outcomes(
     conn: duckdb.DuckDBPyConnection,
     settings: DeliverySettings,
-    attempted: list[str],
+    attempted: str,
     report: MemberReport,
 ) -> None:
     """This run's verdicts (refusals, dropped fields) replace earlier ones for the members it
-    tried to send; each row carries this run's id. Members not sent keep their last verdict."""
+    tried to send (the table `attempted`); each row carries this run's id. Members not sent keep
+    their last verdict."""
     ensure_bookkeeping(conn)
-    conn.register("attempted", pd.DataFrame({"match_key": attempted}, dtype=object))
     conn.execute(
-        """DELETE FROM quarantine WHERE stage = 'deliver' AND entity = 'members'
-           AND match_key IN (SELECT match_key FROM attempted)"""
+        f"""DELETE FROM quarantine WHERE stage = 'deliver' AND entity = 'members'
+           AND match_key IN (SELECT match_key FROM {attempted})"""
     )
-    conn.unregister("attempted")
     rows = [{**r, "field": None, "action": "row withheld"} for r in report.refused] + [
         {**r, "action": "field dropped"} for r in report.dropped_fields
     ]
