@@ -329,16 +329,33 @@ def ensure_group_state(conn: duckdb.DuckDBPyConnection) -> None:
 def plan_members(
     conn: duckdb.DuckDBPyConnection, settings: DeliverySettings, groups: bool = False
 ) -> None:
-    """Create the temp table `member_plan`: every member with its action (see _ACTION_SQL).
+    """Create the temp table `member_plan`: the members that may need a call, with their action
+    (see _ACTION_SQL); every member not in it is unchanged (plan_counts).
 
     Unsubscribed on the target: sent again only when `reimport_unsubscribed` is on and the source
     record changed after the unsubscribe. Withdrawn: removed if it is on the target. With groups,
     a member whose groups differ from the acknowledged ones is an update like a changed field.
+
+    Only candidates are planned, so a run costs one narrow join over the list plus work for what
+    changed: a member whose values and groups the list acknowledged (with its id, not removed
+    since), not withdrawn and not unsubscribed there, is unchanged under every branch of
+    _ACTION_SQL.
     """
     ensure_state(conn)
     sent_groups = f"s.{GROUPS}" if groups else "NULL::VARCHAR[]"
     differ = f"(m_groups IS DISTINCT FROM sent_{GROUPS})" if groups else "false"
     own_groups = f", m.{GROUPS} AS m_groups" if groups else ""
+    groups_moved = f" OR m.{GROUPS} IS DISTINCT FROM s.{GROUPS}" if groups else ""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE plan_keys AS
+            SELECT m.match_key FROM members m LEFT JOIN sync_state s USING (match_key)
+            WHERE s.match_key IS NULL OR s.member_id IS NULL OR coalesce(s.removed, false)
+               OR s.fields_hash IS DISTINCT FROM m.fields_hash OR m.withdrawn{groups_moved}
+            UNION
+            SELECT match_key FROM remote_members
+            WHERE status = 'unsubscribed' AND match_key IS NOT NULL"""
+    )
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE member_plan AS
@@ -351,9 +368,11 @@ def plan_members(
                    r.unsubscribed_at AS remote_unsubscribed_at
             FROM members m
             LEFT JOIN sync_state s USING (match_key)
-            LEFT JOIN (SELECT * FROM remote_members QUALIFY
+            LEFT JOIN (SELECT * FROM remote_members
+                       WHERE match_key IN (SELECT match_key FROM plan_keys) QUALIFY
                        row_number() OVER (PARTITION BY match_key ORDER BY updated_at DESC) = 1) r
-                   ON r.match_key = m.match_key),
+                   ON r.match_key = m.match_key
+            WHERE m.match_key IN (SELECT match_key FROM plan_keys)),
         flagged AS (
             SELECT *, remote_id IS NOT NULL OR (known_id IS NOT NULL AND NOT removed_before)
                       AS on_list
@@ -362,6 +381,20 @@ def plan_members(
         """,
         {"reimport": settings.reimport_unsubscribed, "import_type": settings.import_type},
     )
+    conn.execute("DROP TABLE plan_keys")
+
+
+def plan_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Members per action of the last plan; those not planned are unchanged."""
+    counts = {
+        action: int(n)
+        for action, n in conn.execute(
+            "SELECT action, count(*) FROM member_plan GROUP BY 1"
+        ).fetchall()
+    }
+    (members,) = conn.execute("SELECT count(*) FROM members").fetchone()
+    counts["unchanged"] = int(members) - sum(n for a, n in counts.items() if a != "unchanged")
+    return counts
 
 
 def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> dict[str, int]:
@@ -428,7 +461,7 @@ def deliver_members(
     fields = [name for name in fields if name != GROUPS]
     report = MemberReport()
     plan_members(conn, settings, groups)
-    counts = dict(conn.execute("SELECT action, count(*) FROM member_plan GROUP BY 1").fetchall())
+    counts = plan_counts(conn)
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
