@@ -160,8 +160,11 @@ def _fingerprint(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
 
-def _members_fingerprint(feeds: list[Feed]) -> str:
+def _members_fingerprint(feeds: list[Feed], segments: Sequence[SegmentSettings] = ()) -> str:
+    """What the members tables' shape and content depend on besides the staged rows (segments:
+    their names, so dropping them all rebuilds `members` without its groups)."""
     return _fingerprint(
+        sorted(s.name for s in segments),
         [
             (f.integration, f.members.fingerprint, f.shared_match_keys, repr(f.member_events))
             for f in feeds
@@ -203,7 +206,7 @@ def _changed_keys(
 ) -> int | None:
     """Fill temp table `model_keys` with the match keys to rebuild and return how many; None
     when a full rebuild is due (see above)."""
-    fingerprint = _members_fingerprint(feeds)
+    fingerprint = _members_fingerprint(feeds, segments)
     mark = _get(conn, "members.seq")
     if (
         segments
@@ -248,7 +251,7 @@ def build_members(
         counts = _build_some_members(conn, feeds, changed)
     _set(conn, "members.seq", high)
     _set(conn, "members.rebuilt", "all" if changed is None else changed)
-    _set(conn, "members.fingerprint", _members_fingerprint(feeds))
+    _set(conn, "members.fingerprint", _members_fingerprint(feeds, segments))
     _prune(conn)
     row = conn.execute(
         """SELECT count(*), count(*) FILTER (WHERE len(sources) > 1),

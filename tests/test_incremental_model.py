@@ -148,3 +148,26 @@ def test_the_change_log_is_pruned_once_both_tables_read_it(data_dir):
     assert conn.execute(f"SELECT count(*) FROM {staging.CHANGES}").fetchone()[0] == 0
     assert conn.execute(f"SELECT count(*) FROM {model.MODEL_CHANGES}").fetchone()[0] == 0
     conn.close()
+
+
+def test_segments_build_in_full_and_dropping_them_drops_the_groups(data_dir):
+    from datetime import date
+
+    from memberflow import segments
+
+    conn = duckdb.connect(str(data_dir / "w.duckdb"))
+    land_batch(random.Random(7), 0)
+    stage_and_build(conn)
+    soon = segments.SegmentSettings.model_validate(
+        {"name": "soon", "rule": {"anniversary_of": "birthday", "within_days": 7}}
+    )
+    model.build_members(conn, FEEDS, [soon], date(2025, 3, 1))
+    model.build_members(conn, FEEDS, [soon], date(2025, 3, 2))  # the day rolled over
+    assert model.rebuilt(conn, "members") == "all"
+    model.build_members(conn, FEEDS)
+    assert model.rebuilt(conn, "members") == "all"
+    columns = {
+        c for (c,) in conn.execute("SELECT name FROM pragma_table_info('members')").fetchall()
+    }
+    assert "groups" not in columns
+    conn.close()
