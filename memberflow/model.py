@@ -131,6 +131,9 @@ _existing = facts.table_exists
 
 STATE = "model_state"
 MODEL_CHANGES = "model_changes"
+# What each tracking_events build rebuilt, for event delivery (memberflow/event_delivery.py):
+# event days (integration, entity, business_date) and match keys; `everything` for a full build.
+TRACKING_CHANGES = "tracking_changes"
 FULL_SHARE = 0.25
 
 
@@ -138,7 +141,10 @@ def _ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
     ensure_change_log(conn)
     conn.execute(
         f"""CREATE TABLE IF NOT EXISTS {STATE} (key VARCHAR PRIMARY KEY, value VARCHAR);
-            CREATE TABLE IF NOT EXISTS {MODEL_CHANGES} (seq BIGINT, match_key VARCHAR)"""
+            CREATE TABLE IF NOT EXISTS {MODEL_CHANGES} (seq BIGINT, match_key VARCHAR);
+            CREATE TABLE IF NOT EXISTS {TRACKING_CHANGES} (
+                seq BIGINT, everything BOOLEAN, integration VARCHAR, entity VARCHAR,
+                business_date DATE, match_key VARCHAR)"""
     )
 
 
@@ -603,12 +609,24 @@ def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
             for m in f.events
         )
         conn.execute(f"CREATE OR REPLACE TEMP TABLE all_events AS {touched}")
+        tables = " UNION ALL ".join(
+            f"SELECT {_lit(stage_table(f.integration, m.entity))} AS tbl, "
+            f"{_lit(f.integration)} AS integration, {_lit(m.entity)} AS entity"
+            for f in feeds
+            for m in f.events
+        )
+        seq = next_change(conn)
         conn.execute("BEGIN TRANSACTION")
         try:
             conn.execute(
                 f"""DELETE FROM tracking_events
                     WHERE match_key IN (SELECT match_key FROM event_keys) OR {days or "false"};
-                    INSERT INTO tracking_events BY NAME {shaped};"""
+                    INSERT INTO tracking_events BY NAME {shaped};
+                    INSERT INTO {TRACKING_CHANGES}
+                        SELECT {seq}, false, t.integration, t.entity, d.business_date, NULL
+                        FROM event_days d JOIN ({tables}) t USING (tbl);
+                    INSERT INTO {TRACKING_CHANGES}
+                        SELECT {seq}, false, NULL, NULL, NULL, match_key FROM event_keys;"""
             )
         except BaseException:
             conn.execute("ROLLBACK")
@@ -629,7 +647,9 @@ def build_tracking_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed]) ->
             ]
         conn.execute(
             f"""CREATE OR REPLACE TEMP TABLE all_events AS {" UNION ALL ".join(selects)};
-                CREATE OR REPLACE TABLE tracking_events AS {shaped};"""
+                CREATE OR REPLACE TABLE tracking_events AS {shaped};
+                INSERT INTO {TRACKING_CHANGES} VALUES
+                    ({next_change(conn)}, true, NULL, NULL, NULL, NULL);"""
         )
         (total,) = conn.execute("SELECT count(*) FROM all_events").fetchone()
         conn.execute("DROP TABLE all_events")

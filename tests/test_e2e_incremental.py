@@ -57,3 +57,37 @@ def test_a_changed_customer_is_rebuilt_alone_and_reaches_the_list(harness, tmp_p
         assert model.rebuilt(conn, "members") == "all"
         for table, rows in ticked.items():
             assert _rows(conn, table) == rows, table
+
+
+def test_after_a_settled_run_only_a_new_sale_is_sent_and_nothing_is_left_pending(harness):
+    from assets.deliver import delivery_settings
+    from memberflow import event_delivery
+
+    harness.load("demo_flexpos")
+    assert harness.backfill("demo_flexpos").success
+    assert harness.tick("demo_flexpos").success  # everything pending went: the list is settled
+    listed = {m["email"] for m in harness.sandbox.heyloyalty.members(LIST)}
+    customer = next(
+        c
+        for c in harness.sandbox.data.flexpos_customers
+        if (c.get("Email") or "").strip().lower() in listed
+    )
+    line = {"LineNo": 1, "ProductId": "P-NEW", "ProductName": "Ny vare", "ProductGroup": "X"}
+    line |= {"Quantity": 1, "UnitPrice": 10.0, "Discount": 0.0, "Amount": 10.0}
+    harness.sandbox.emulator("flexpos").add_journal(
+        {"CustomerId": customer["CustomerId"], "Lines": [line]}
+    )
+    before = len(harness.sandbox.heyloyalty.events(99))
+
+    run = harness.tick("demo_flexpos")
+    assert run.success, run.failures
+    assert run.get("events_delivered", "sent_this_run") == 1
+    assert len(harness.sandbox.heyloyalty.events(99)) == before + 1
+
+    # looking at every event, as a run after a full rebuild would, finds nothing left to send
+    integration = harness.integration("demo_flexpos")
+    columns = model.event_columns([feed_of(integration)])
+    settings = delivery_settings(integration, "check")
+    with duckdb.connect(str(warehouse_path(integration.list_key))) as conn:
+        event_delivery._select_pending(conn, settings, columns, None)
+        assert conn.execute("SELECT count(*) FROM pending_events").fetchone()[0] == 0
