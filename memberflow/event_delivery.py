@@ -61,6 +61,7 @@ class EventReport:
     held: int = 0  # events held in uncertain batches now, all runs
     held_sample: list[str] = field(default_factory=list)
     acknowledged: int = 0  # events the list acknowledged, all runs (event_sync 'sent')
+    looked_at: str = "nothing"  # which events this run considered (see the module docstring)
     warnings: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
@@ -75,6 +76,7 @@ class EventReport:
             "held_uncertain_sample": ", ".join(self.held_sample),
             "pending_members": self.pending_members,
             "acknowledged_total": self.acknowledged,
+            "looked_at": self.looked_at,
         }
 
 
@@ -114,6 +116,7 @@ def deliver_events(
         )
         scope = None if abandoned or report.released else _pending_scope(conn)
         set_list_state(conn, SETTLED, "false")  # until this run has sent everything pending
+        report.looked_at = "every event" if scope is None else "events changed since the last run"
         if _send_pending(conn, client, settings, columns, report, scope):
             set_list_state(conn, SETTLED_MARK, str(mark))
             set_list_state(conn, SETTLED_SINCE, started.isoformat())

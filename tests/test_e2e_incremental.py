@@ -82,6 +82,7 @@ def test_after_a_settled_run_only_a_new_sale_is_sent_and_nothing_is_left_pending
     run = harness.tick("demo_flexpos")
     assert run.success, run.failures
     assert run.get("events_delivered", "sent_this_run") == 1
+    assert run.get("events_delivered", "looked_at") == "events changed since the last run"
     assert len(harness.sandbox.heyloyalty.events(99)) == before + 1
 
     # looking at every event, as a run after a full rebuild would, finds nothing left to send
