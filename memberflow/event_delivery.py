@@ -231,7 +231,7 @@ def _pending_scope(conn: duckdb.DuckDBPyConnection) -> str | None:
                 UNION SELECT match_key FROM sync_state WHERE acked_at >= ?::TIMESTAMPTZ""",
         [since],
     )
-    # the candidates' ids by two hash joins (an OR of both conditions per event is a slow plan)
+    # the candidates' ids first, so both sides of the pending join can be cut to them
     conn.execute(
         """CREATE OR REPLACE TEMP TABLE scope_events AS
                SELECT e.event_id FROM tracking_events e
