@@ -1,5 +1,6 @@
 """Model assets of one target list: `members` and `tracking_events`, across every integration that
-feeds the list (X6), rebuilt in DuckDB SQL from the staged tables.
+feeds the list (X6), built in DuckDB SQL from the staged tables: incrementally (only what staging
+touched since the last build) where memberflow/model.py can, else in full.
 """
 
 import os
@@ -151,6 +152,7 @@ def build_model_assets(
         today = resolve_today(day, zone) if segments else None
         with warehouse.get_connection() as conn:
             counts = model.build_members(conn, feeds, segments, today, zone)
+            rebuilt = model.rebuilt(conn, "members")
             dupes = conn.execute(
                 "SELECT count(*) - count(DISTINCT match_key) FROM members"
             ).fetchall()[0][0]
@@ -166,6 +168,8 @@ def build_model_assets(
                 "merged_across_sources": counts["merged_across_sources"],
                 "source_records": counts["source_records"],
                 "withdrawn": counts["withdrawn"],
+                # "all", or how many match keys staging touched since the last build
+                "rebuilt_keys": rebuilt,
                 **({"segment_members": counts["segment_members"]} if segments else {}),
                 **({"withheld_shared_keys": counts["withheld_shared_keys"]} if withholds else {}),
                 "preview": dg.MetadataValue.md(sample.to_markdown(index=False)),
@@ -197,6 +201,7 @@ def build_model_assets(
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         with warehouse.get_connection() as conn:
             counts = model.build_tracking_events(conn, feeds)
+            rebuilt = model.rebuilt(conn, "tracking")
             by_source = conn.execute(
                 "SELECT integration, entity, count(*) AS events FROM tracking_events "
                 "GROUP BY ALL ORDER BY ALL"
@@ -205,6 +210,7 @@ def build_model_assets(
             metadata={
                 "dagster/row_count": counts["events"],  # rows of the tracking_events table
                 "events_without_member": counts["without_member"],
+                "rebuilt": rebuilt,  # "all", or only the changed event days and member keys
                 "by_source": dg.MetadataValue.md(by_source.to_markdown(index=False)),
             }
         )

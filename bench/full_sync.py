@@ -4,7 +4,9 @@ The sandbox runs in its own process (`memberflow sandbox --no-rate-limits`), so 
 does not share the pipeline's GIL. Two Dagster runs on a fresh data dir and Dagster instance:
 
 1. the initial import: a backfill over the last 365 days (customers, journals, tickets);
-2. an incremental run with nothing changed at the source (X2: calls and time should collapse).
+2. two incremental runs with nothing changed at the source (X2: calls and time should collapse);
+3. a 1%-changed run: 1% of the customers changed at the till (the sandbox's batch control route)
+   just before it, so its cost can be set against the no-change runs (O(changes), not O(list)).
 
 Then a mapping baseline over the landed customer Parquet: a naive per-record Python loop
 (json.loads + dict walking) against memberflow's DuckDB mapping SQL (`mapping.rule_sql`).
@@ -341,6 +343,22 @@ def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if isinstance(v, int | float | str | bool | dict)}
 
 
+def change_customers(url: str, customers: int, percent: float) -> int:
+    """Change `percent` of the sandbox's customers at the till (spread evenly over the ids the
+    generator gives, 1000 onwards), in batches through the control route; returns how many."""
+    step = max(1, round(100 / percent)) if percent > 0 else 0
+    ids = list(range(1000, 1000 + customers, step)) if step else []
+    stamp = f"{datetime.now():%H%M%S}"
+    for start in range(0, len(ids), 1000):
+        batch = [{"CustomerId": i, "City": f"Flyttet {stamp}"} for i in ids[start : start + 1000]]
+        response = httpx.post(
+            f"{url}/_sandbox/flexpos/customers/batch", json={"customers": batch}, timeout=60
+        )
+        response.raise_for_status()
+    log(f"changed {len(ids):,} customers at the sandbox")
+    return len(ids)
+
+
 # --- mapping baseline: naive Python loop vs DuckDB mapping SQL --------------------------------
 
 
@@ -484,7 +502,9 @@ def report(
         for message in run.failures:
             lines.append(f"error: {message}")
         lines.append("")
-    full, rest = runs[0], runs[1:]
+    full = runs[0]
+    rest = [r for r in runs[1:] if r.label.startswith("no-change")]
+    changed = [r for r in runs[1:] if r not in rest]
     lines += [
         f"peak RSS: pipeline process {max(r.peak_rss_mb for r in runs):,.0f} MB "
         f"(ru_maxrss, all runs), sandbox process {sandbox.peak_rss_mb:,.0f} MB (VmHWM)",
@@ -509,6 +529,19 @@ def report(
         ratios = " | ".join(_ratio(get(full), get(r)) for r in rest)
         lines.append(f"| {name} | {fmt.format(get(full))} | {values} | {ratios} |")
     lines.append("")
+    for run in changed:
+        last = rest[-1] if rest else full
+        lines += [
+            f"### no-change / {run.label}",
+            "",
+            f"no-change wall {last.wall_s:.1f} s / changed wall {run.wall_s:.1f} s "
+            f"({_ratio(run.wall_s, last.wall_s)}) / calls {last.source_calls + last.target_calls:,}"
+            f" vs {run.source_calls + run.target_calls:,} (source {run.source_calls:,}, target "
+            f"{run.target_calls:,}); model {last.stage_seconds('model'):.2f} s vs "
+            f"{run.stage_seconds('model'):.2f} s, deliver {last.stage_seconds('deliver'):.2f} s vs "
+            f"{run.stage_seconds('deliver'):.2f} s; peak RSS {run.peak_rss_mb:,.0f} MB",
+            "",
+        ]
     if mapping:
         lines += [
             f"### mapping {mapping['rows']:,} customer payloads x {mapping['fields']} fields "
@@ -546,6 +579,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=3600,
         help="seconds before the whole benchmark is abandoned (stacks dumped, sandbox stopped)",
+    )
+    parser.add_argument(
+        "--changed-percent",
+        type=float,
+        default=1.0,
+        help="customers changed before the last run (percent)",
     )
     parser.add_argument("--keep", action="store_true", help="keep landing files and warehouse")
     parser.add_argument("--verbose", action="store_true", help="Dagster console logs at INFO")
@@ -616,6 +655,18 @@ def main(argv: list[str] | None = None) -> int:
                     rss,
                 )
             )
+        changed = change_customers(url, args.customers, args.changed_percent)
+        runs.append(
+            run_once(
+                f"{args.changed_percent:g}%-changed run ({changed:,} customers changed)",
+                defs,
+                integration,
+                instance,
+                procs[0].pid,
+                run_config,
+                rss,
+            )
+        )
         sandbox = proc_stats(procs[0].pid)
 
         members = feed_of(integration).members

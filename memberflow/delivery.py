@@ -174,8 +174,15 @@ def pull_feedback(
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     # Overlap the next window by two minutes: the target's clock and ours may differ a little,
-    # and re-reading a member is harmless (INSERT OR REPLACE).
-    set_list_state(conn, "last_pull", (started - timedelta(minutes=2)).isoformat())
+    # and re-reading a member is harmless (INSERT OR REPLACE). When the list reported changes,
+    # the newest one (on its own clock, like refresh_feedback's cursor) may start the next
+    # window later: both are safe starts, and the later one does not re-read, run after run,
+    # what the last two minutes before it wrote (a whole import's tail).
+    cursor = started - timedelta(minutes=2)
+    seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
+    if seen:
+        cursor = max(cursor, _utc(max(seen)) - REFRESH_OVERLAP)
+    set_list_state(conn, "last_pull", cursor.isoformat())
     return {
         "pulled": len(rows),
         "unsubscribed": sum(1 for r in rows if r["status"] == "unsubscribed"),
@@ -198,6 +205,20 @@ def refresh_feedback(
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
     return max(seen) - REFRESH_OVERLAP if seen else since
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def keep_cursor(conn: duckdb.DuckDBPyConnection, cursor: datetime | None) -> None:
+    """After a run's changed-since reads: the next pull starts at the last read's cursor when
+    that is later than the one stored (it covered everything the list reported until then)."""
+    if cursor is None:
+        return
+    last = list_state(conn, "last_pull")
+    if last is None or _utc(datetime.fromisoformat(last)) < _utc(cursor):
+        set_list_state(conn, "last_pull", _utc(cursor).isoformat())
 
 
 def read_members(
@@ -308,16 +329,33 @@ def ensure_group_state(conn: duckdb.DuckDBPyConnection) -> None:
 def plan_members(
     conn: duckdb.DuckDBPyConnection, settings: DeliverySettings, groups: bool = False
 ) -> None:
-    """Create the temp table `member_plan`: every member with its action (see _ACTION_SQL).
+    """Create the temp table `member_plan`: the members that may need a call, with their action
+    (see _ACTION_SQL); every member not in it is unchanged (plan_counts).
 
     Unsubscribed on the target: sent again only when `reimport_unsubscribed` is on and the source
     record changed after the unsubscribe. Withdrawn: removed if it is on the target. With groups,
     a member whose groups differ from the acknowledged ones is an update like a changed field.
+
+    Only candidates are planned, so a run costs one narrow join over the list plus work for what
+    changed: a member whose values and groups the list acknowledged (with its id, not removed
+    since), not withdrawn and not unsubscribed there, is unchanged under every branch of
+    _ACTION_SQL.
     """
     ensure_state(conn)
     sent_groups = f"s.{GROUPS}" if groups else "NULL::VARCHAR[]"
     differ = f"(m_groups IS DISTINCT FROM sent_{GROUPS})" if groups else "false"
     own_groups = f", m.{GROUPS} AS m_groups" if groups else ""
+    groups_moved = f" OR m.{GROUPS} IS DISTINCT FROM s.{GROUPS}" if groups else ""
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE plan_keys AS
+            SELECT m.match_key FROM members m LEFT JOIN sync_state s USING (match_key)
+            WHERE s.match_key IS NULL OR s.member_id IS NULL OR coalesce(s.removed, false)
+               OR s.fields_hash IS DISTINCT FROM m.fields_hash OR m.withdrawn{groups_moved}
+            UNION
+            SELECT match_key FROM remote_members
+            WHERE status = 'unsubscribed' AND match_key IS NOT NULL"""
+    )
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE member_plan AS
@@ -330,9 +368,11 @@ def plan_members(
                    r.unsubscribed_at AS remote_unsubscribed_at
             FROM members m
             LEFT JOIN sync_state s USING (match_key)
-            LEFT JOIN (SELECT * FROM remote_members QUALIFY
+            LEFT JOIN (SELECT * FROM remote_members
+                       WHERE match_key IN (SELECT match_key FROM plan_keys) QUALIFY
                        row_number() OVER (PARTITION BY match_key ORDER BY updated_at DESC) = 1) r
-                   ON r.match_key = m.match_key),
+                   ON r.match_key = m.match_key
+            WHERE m.match_key IN (SELECT match_key FROM plan_keys)),
         flagged AS (
             SELECT *, remote_id IS NOT NULL OR (known_id IS NOT NULL AND NOT removed_before)
                       AS on_list
@@ -341,6 +381,20 @@ def plan_members(
         """,
         {"reimport": settings.reimport_unsubscribed, "import_type": settings.import_type},
     )
+    conn.execute("DROP TABLE plan_keys")
+
+
+def plan_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Members per action of the last plan; those not planned are unchanged."""
+    counts = {
+        action: int(n)
+        for action, n in conn.execute(
+            "SELECT action, count(*) FROM member_plan GROUP BY 1"
+        ).fetchall()
+    }
+    (members,) = conn.execute("SELECT count(*) FROM members").fetchone()
+    counts["unchanged"] = int(members) - sum(n for a, n in counts.items() if a != "unchanged")
+    return counts
 
 
 def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> dict[str, int]:
@@ -407,21 +461,20 @@ def deliver_members(
     fields = [name for name in fields if name != GROUPS]
     report = MemberReport()
     plan_members(conn, settings, groups)
-    counts = dict(conn.execute("SELECT action, count(*) FROM member_plan GROUP BY 1").fetchall())
+    counts = plan_counts(conn)
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
     outcomes = _Outcomes(conn, report, recreate, groups, fields)
-    existing = _plan_rows(conn, "action IN ('update', 'remove')")
-    creates = _plan_rows(conn, "action = 'create'")
+    existing, total = _stage_sends(conn)
     policy = settings.policy()
     size = max(1, int(client.batch_size))
     polled = client.capabilities.feedback == "polled"
+    cursor: datetime | None = None
     try:
-        for batch in _batches(existing, size):
+        for batch in _send_batches(conn, 0, existing, size):
             outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
-        cursor: datetime | None = None
-        for batch in _batches(creates, size):
+        for batch in _send_batches(conn, existing, total, size):
             if polled:
                 before = client.calls.total
                 cursor = refresh_feedback(conn, client, settings.match_on, cursor)
@@ -433,8 +486,9 @@ def deliver_members(
     finally:
         # Whatever stops delivery, what the target acknowledged is recorded (never resent).
         outcomes.flush()
-    attempted = [row["match_key"] for row in existing + creates]
-    _quarantine_outcomes(conn, settings, attempted, report)
+    keep_cursor(conn, cursor)
+    _quarantine_outcomes(conn, settings, SENDS, report)
+    conn.execute(f"DROP TABLE {SENDS}")
     return report
 
 
@@ -485,10 +539,36 @@ def _batches(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, A
         yield rows[start : start + size]
 
 
-def _plan_rows(conn: duckdb.DuckDBPyConnection, where: str) -> list[dict[str, Any]]:
-    """Planned rows in match-key order (creates go out batch by batch in this order)."""
-    sql = f"SELECT * FROM member_plan WHERE {where} ORDER BY match_key"
-    return conn.execute(sql).df().to_dict("records")
+SENDS = "member_sends"  # temp table: the plan's writes, numbered in the order they go out
+
+
+def _stage_sends(conn: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """Number the planned writes into `member_sends`: updates and removals first, then creates,
+    each in match-key order (creates go out batch by batch in this order). Returns (updates and
+    removals, all). Batches are read from it one at a time: memory stays flat in the list's
+    size."""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {SENDS} AS
+            SELECT row_number() OVER (ORDER BY action = 'create', match_key) AS n, *
+            FROM member_plan WHERE action IN ('update', 'remove', 'create')
+            ORDER BY n"""
+    )
+    (existing, total) = conn.execute(
+        f"SELECT count(*) FILTER (WHERE action <> 'create'), count(*) FROM {SENDS}"
+    ).fetchone()
+    return int(existing), int(total)
+
+
+def _send_batches(
+    conn: duckdb.DuckDBPyConnection, start: int, end: int, size: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Rows start+1 .. end of `member_sends`, `size` at a time, read as they are needed."""
+    for first in range(start, end, size):
+        frame = conn.execute(
+            f"SELECT * EXCLUDE (n) FROM {SENDS} WHERE n > ? AND n <= ? ORDER BY n",
+            [first, min(first + size, end)],
+        ).df()
+        yield frame.to_dict("records")
 
 
 def _route_appeared(
@@ -710,18 +790,17 @@ def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]], gr
 def _quarantine_outcomes(
     conn: duckdb.DuckDBPyConnection,
     settings: DeliverySettings,
-    attempted: list[str],
+    attempted: str,
     report: MemberReport,
 ) -> None:
     """This run's verdicts (refusals, dropped fields) replace earlier ones for the members it
-    tried to send; each row carries this run's id. Members not sent keep their last verdict."""
+    tried to send (the table `attempted`); each row carries this run's id. Members not sent keep
+    their last verdict."""
     ensure_bookkeeping(conn)
-    conn.register("attempted", pd.DataFrame({"match_key": attempted}, dtype=object))
     conn.execute(
-        """DELETE FROM quarantine WHERE stage = 'deliver' AND entity = 'members'
-           AND match_key IN (SELECT match_key FROM attempted)"""
+        f"""DELETE FROM quarantine WHERE stage = 'deliver' AND entity = 'members'
+           AND match_key IN (SELECT match_key FROM {attempted})"""
     )
-    conn.unregister("attempted")
     rows = [{**r, "field": None, "action": "row withheld"} for r in report.refused] + [
         {**r, "action": "field dropped"} for r in report.dropped_fields
     ]

@@ -16,23 +16,35 @@ write, and its outcome after:
 Events of an uncertain batch are held: not sent again until the target resolves them or a user
 releases them after checking the list's feed. A run stops sending at its first uncertain batch,
 so the worst case of a run is one batch (`client.events_per_batch` rows) left uncertain.
+
+Which events to look at: after a run that sent everything pending, the next run looks only at
+the events tracking_events rebuilt since (its log, memberflow/model.py) and those of members
+acknowledged since that run began; every other event was settled then and has not changed. A
+run that stopped early, released or resolved batches, or follows a full rebuild of
+tracking_events looks at every event.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
 import pandas as pd
 
-from memberflow.delivery import DeliverySettings, ensure_state
+from memberflow.delivery import DeliverySettings, ensure_state, list_state, set_list_state
+from memberflow.model import TRACKING_CHANGES
 from resources.base import EventImportResult, UncertainOutcome, VendorError
 from resources.target import TargetClient
 
 HELD_SAMPLE = 10
 HELD = ("in_flight", "uncertain")  # batch statuses whose events are not sent again
+# list_state keys: the last run that sent everything pending (the tracking log's mark it read,
+# when it began), and whether the last run did
+SETTLED_MARK, SETTLED_SINCE = "events_settled_mark", "events_settled_since"
+SETTLED = "events_settled"
 
 
 @dataclass
@@ -49,6 +61,7 @@ class EventReport:
     held: int = 0  # events held in uncertain batches now, all runs
     held_sample: list[str] = field(default_factory=list)
     acknowledged: int = 0  # events the list acknowledged, all runs (event_sync 'sent')
+    looked_at: str = "nothing"  # which events this run considered (see the module docstring)
     warnings: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
@@ -63,6 +76,7 @@ class EventReport:
             "held_uncertain_sample": ", ".join(self.held_sample),
             "pending_members": self.pending_members,
             "acknowledged_total": self.acknowledged,
+            "looked_at": self.looked_at,
         }
 
 
@@ -94,12 +108,24 @@ def deliver_events(
     ensure_event_state(conn)
     report = EventReport()
     if settings.track_events and client.capabilities.activity_feed:
+        started, mark = datetime.now(UTC), _tracking_mark(conn)
         abandoned = _abandon_in_flight(conn, settings.run_id)
         report.uncertain += sum(abandoned.values())
         _resolve_uncertain(
             conn, client, settings, columns, resend_uncertain, report, set(abandoned)
         )
-        _send_pending(conn, client, settings, columns, report)
+        scope = None if abandoned or report.released else _pending_scope(conn)
+        set_list_state(conn, SETTLED, "false")  # until this run has sent everything pending
+        report.looked_at = "every event" if scope is None else "events changed since the last run"
+        if _send_pending(conn, client, settings, columns, report, scope):
+            set_list_state(conn, SETTLED_MARK, str(mark))
+            set_list_state(conn, SETTLED_SINCE, started.isoformat())
+            set_list_state(conn, SETTLED, "true")
+            if _has_table(conn, TRACKING_CHANGES):
+                conn.execute(f"DELETE FROM {TRACKING_CHANGES} WHERE seq <= ?", [mark])
+    elif _has_table(conn, TRACKING_CHANGES):
+        conn.execute(f"DELETE FROM {TRACKING_CHANGES}")  # nothing sent: the log is not needed
+        set_list_state(conn, SETTLED, "false")
     _totals(conn, report)
     if report.held:
         report.warnings.append(
@@ -171,6 +197,52 @@ def _resolve_uncertain(
         report.released += len(frame) - len(acked)
 
 
+# --- which events to look at -------------------------------------------------------------------
+
+
+def _tracking_mark(conn: duckdb.DuckDBPyConnection) -> int:
+    if not _has_table(conn, TRACKING_CHANGES):
+        return 0
+    return int(conn.execute(f"SELECT coalesce(max(seq), 0) FROM {TRACKING_CHANGES}").fetchone()[0])
+
+
+def _pending_scope(conn: duckdb.DuckDBPyConnection) -> str | None:
+    """A temp table of event ids that holds every event to send now (see the module docstring);
+    None: look at every event."""
+    mark, since = list_state(conn, SETTLED_MARK), list_state(conn, SETTLED_SINCE)
+    if list_state(conn, SETTLED) != "true" or mark is None or since is None:
+        return None
+    if not _has_table(conn, TRACKING_CHANGES):
+        return None
+    (everything,) = conn.execute(
+        f"SELECT bool_or(everything) FROM {TRACKING_CHANGES} WHERE seq > ?", [int(mark)]
+    ).fetchone()
+    if everything:
+        return None
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE scope_days AS
+                SELECT DISTINCT integration, entity, business_date FROM {TRACKING_CHANGES}
+                WHERE seq > {int(mark)} AND business_date IS NOT NULL"""
+    )
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE scope_keys AS
+                SELECT match_key FROM {TRACKING_CHANGES}
+                WHERE seq > {int(mark)} AND match_key IS NOT NULL
+                UNION SELECT match_key FROM sync_state WHERE acked_at >= ?::TIMESTAMPTZ""",
+        [since],
+    )
+    # the candidates' ids first, so both sides of the pending join can be cut to them
+    conn.execute(
+        """CREATE OR REPLACE TEMP TABLE scope_events AS
+               SELECT e.event_id FROM tracking_events e
+               JOIN scope_days d USING (integration, entity, business_date)
+               UNION
+               SELECT e.event_id FROM tracking_events e
+               WHERE e.match_key IN (SELECT match_key FROM scope_keys)"""
+    )
+    return "scope_events"
+
+
 # --- sending ----------------------------------------------------------------------------------
 
 
@@ -180,9 +252,11 @@ def _send_pending(
     settings: DeliverySettings,
     columns: list[str],
     report: EventReport,
-) -> None:
+    scope: str | None = None,
+) -> bool:
+    """Send what is pending (within `scope`, see _pending_scope); True when all of it went."""
     size = max(1, min(int(client.events_per_batch), int(client.max_events_per_call)))
-    _select_pending(conn, settings, columns)
+    _select_pending(conn, settings, columns, scope)
     match_col = settings.match_on
     done = 0
     while not (batch := _next_batch(conn, done, size)).empty:
@@ -194,7 +268,7 @@ def _send_pending(
             result = client.send_events(match_col, [match_col, *columns], rows)
         except UncertainOutcome as exc:
             _finish_uncertain(conn, batch_id, str(exc), len(batch), report)
-            return  # stop gambling: the rest stays pending, certainly unsent, for the next run
+            return False  # stop gambling: the rest stays pending, certainly unsent, for next run
         except (VendorError, ValueError) as exc:
             _set_batch(conn, batch_id, "failed", f"nothing stored: {exc}")
             raise
@@ -202,7 +276,7 @@ def _send_pending(
         if not _adds_up(result, len(rows)):
             detail = f"the list's counts do not add up for {len(rows)} rows: {result}"
             _finish_uncertain(conn, batch_id, detail[:500], len(batch), report)
-            return
+            return False
         failed = dict(result.failed)
         status = ["refused" if i in failed else "sent" for i in range(len(rows))]
         reasons = [failed.get(i) for i in range(len(rows))]
@@ -213,6 +287,7 @@ def _send_pending(
             )
         report.refused += len(failed)
         report.sent += len(rows) - len(failed)
+    return True
 
 
 def _adds_up(result: EventImportResult, rows: int) -> bool:
@@ -233,20 +308,28 @@ def _finish_uncertain(
 
 
 def _select_pending(
-    conn: duckdb.DuckDBPyConnection, settings: DeliverySettings, columns: list[str]
+    conn: duckdb.DuckDBPyConnection,
+    settings: DeliverySettings,
+    columns: list[str],
+    scope: str | None = None,
 ) -> None:
-    """Every event to send now, numbered, into a temp table read batch by batch (flat memory)."""
+    """Every event to send now (of those in the table `scope`, see _pending_scope), numbered,
+    into a temp table read batch by batch (flat memory)."""
     match_col = settings.match_on
     key = "e.match_key"  # canonical: the client writes it in its wire format
     values = ", ".join(f'coalesce(e."{c}", \'\') AS "{c}"' for c in columns)
     held = ", ".join(f"'{s}'" for s in HELD)
+    events, sent = "tracking_events", "event_sync"
+    if scope is not None:  # both sides cut to the candidates before they are joined
+        events = f"(SELECT * FROM tracking_events WHERE event_id IN (SELECT event_id FROM {scope}))"
+        sent = f"(SELECT * FROM event_sync WHERE event_id IN (SELECT event_id FROM {scope}))"
     conn.execute(
         f"""CREATE OR REPLACE TEMP TABLE pending_events AS
             SELECT row_number() OVER (ORDER BY e.business_date, e.event_id) AS n,
                    e.event_id, e.event_hash, {key} AS "{match_col}", {values}
-            FROM tracking_events e
+            FROM {events} e
             JOIN sync_state s ON s.match_key = e.match_key AND NOT s.removed
-            LEFT JOIN event_sync x ON x.event_id = e.event_id
+            LEFT JOIN {sent} x ON x.event_id = e.event_id
             WHERE (x.event_id IS NULL OR x.event_hash IS DISTINCT FROM e.event_hash)
               AND NOT EXISTS (
                   SELECT 1 FROM event_batch_items i JOIN event_batches b USING (batch_id)

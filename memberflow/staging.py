@@ -73,6 +73,46 @@ def ensure_bookkeeping(conn: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+# --- the change log: what each stage call touched, for the incremental model ------------------
+#
+# Every call that writes a staged table appends to `stage_changes` under one batch marker (`seq`,
+# from a sequence, increasing): for a member table the record ids it replaced with their match
+# keys before and after; for an event table the business days it replaced; `full` when the table
+# was made anew (a mapping change, the first run). The model reads the entries after its last
+# watermark (memberflow/model.py) and deletes what it consumed.
+
+CHANGES = "stage_changes"
+
+
+def ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
+    conn.execute(
+        f"""CREATE SEQUENCE IF NOT EXISTS change_seq;
+            CREATE TABLE IF NOT EXISTS {CHANGES} (
+                seq BIGINT, tbl VARCHAR, "full" BOOLEAN, record_id VARCHAR, match_key VARCHAR,
+                business_date DATE)"""
+    )
+
+
+def next_change(conn: duckdb.DuckDBPyConnection) -> int:
+    """A new batch marker (greater than every earlier one in this warehouse)."""
+    ensure_change_log(conn)
+    return int(conn.execute("SELECT nextval('change_seq')").fetchall()[0][0])
+
+
+def _log_full(conn: duckdb.DuckDBPyConnection, seq: int, table: str) -> None:
+    conn.execute(f"INSERT INTO {CHANGES} VALUES (?, ?, true, NULL, NULL, NULL)", [seq, table])
+
+
+def _log_touched(conn: duckdb.DuckDBPyConnection, seq: int, table: str, member: bool) -> None:
+    """The rows of `table` of every record in `mapped` (called before and after they change)."""
+    picked = "record_id, match_key, NULL" if member else "NULL, NULL, business_date"
+    conn.execute(
+        f"""INSERT INTO {CHANGES} SELECT DISTINCT ?, ?, false, {picked} FROM {table}
+            WHERE record_id IN (SELECT record_id FROM mapped)""",
+        [seq, table],
+    )
+
+
 ROW_WITHHELD = "row withheld"  # a NULL action (rows other modules insert) means the same
 FIELD_DROPPED = "field dropped"
 
@@ -162,8 +202,10 @@ def stage_members(
     result = StageResult(table=table)
     files, new, full = _pending_files(conn, settings, mapping)
     result.full_rebuild, result.files_read = full, len(new)
+    seq = next_change(conn)
     if full:
         _create_member_table(conn, table, mapping)
+        _log_full(conn, seq, table)
     _add_member_columns(conn, table)
     unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
     if not new:
@@ -215,7 +257,7 @@ def stage_members(
         f"""SELECT count(DISTINCT record_id) FROM read_parquet({_file_list_sql(new)})
             WHERE {_TOMBSTONE} AND record_id NOT IN (SELECT record_id FROM mapped)"""
     ).fetchall()[0][0]
-    _replace_mapped(conn, table, mapping, settings, result, member=True)
+    _replace_mapped(conn, table, mapping, settings, result, member=True, seq=seq)
     fingerprint = staged_fingerprint(mapping, settings)
     _mark_staged(conn, settings, mapping.entity, new + unreadable, fingerprint)
     return result
@@ -322,8 +364,10 @@ def stage_events(
     result = StageResult(table=table)
     files, new, full = _pending_files(conn, settings, mapping)
     result.full_rebuild = full
+    seq = next_change(conn)
     if full:
         _create_event_table(conn, table, mapping)
+        _log_full(conn, seq, table)
     else:
         _add_event_columns(conn, table)
     unreadable = _quarantine_unreadable(conn, settings, mapping, result, full)
@@ -336,11 +380,15 @@ def stage_events(
         f"DELETE FROM {table} WHERE business_date IN (SELECT unnest(?::DATE[]))",
         [sorted(touched_days)],
     )
+    conn.execute(
+        f"INSERT INTO {CHANGES} SELECT ?, ?, false, NULL, NULL, unnest(?::DATE[])",
+        [seq, table, sorted(touched_days)],
+    )
     if day_files:
         # The records of the touched days, each at its latest version wherever it landed (a
         # sale re-dated to another day must not come back in its old version).
         result.skipped += _map_events(conn, mapping, settings, files, day_files)
-        _replace_mapped(conn, table, mapping, settings, result, member=False)
+        _replace_mapped(conn, table, mapping, settings, result, member=False, seq=seq)
         conn.execute("DROP TABLE latest_records")
     _count_by_day(conn, table, touched_days, result)
     _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
@@ -507,8 +555,11 @@ def _replace_mapped(
     result: StageResult,
     *,
     member: bool,
+    seq: int,
 ) -> None:
-    """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones."""
+    """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones;
+    the change log gets their rows before and after."""
+    _log_touched(conn, seq, table, member)
     conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
     conn.execute(
         "DELETE FROM quarantine WHERE integration = ? AND entity = ? AND stage = 'stage' "
@@ -521,6 +572,7 @@ def _replace_mapped(
         result.deleted += conn.execute("SELECT count(*) FROM mapped WHERE _tomb").fetchall()[0][0]
         conn.execute("DELETE FROM mapped WHERE _tomb")
     _process_chunks(conn, table, mapping, settings, result, member=member)
+    _log_touched(conn, seq, table, member)
     conn.execute("DROP TABLE mapped")
 
 

@@ -499,12 +499,25 @@ def mounts(state: FlexposState) -> list[BaseRoute]:
 
 
 def control_routes(state: FlexposState) -> list[BaseRoute]:
-    """`POST /_sandbox/flexpos/customers`: a customer created or changed at the till."""
+    """`POST /_sandbox/flexpos/customers`: a customer created or changed at the till;
+    `POST /_sandbox/flexpos/customers/batch` with `{"customers": [...]}`: many at once (a
+    benchmark's 1%-changed run), answered with how many were written."""
 
     async def upsert_customer(request: Request) -> Response:
         return JSONResponse(state.upsert_customer(await json_object(request)))
 
-    return [Route("/customers", upsert_customer, methods=["POST"])]
+    async def upsert_customers(request: Request) -> Response:
+        given = (await json_object(request)).get("customers")
+        if not isinstance(given, list) or not all(isinstance(c, dict) for c in given):
+            return JSONResponse({"error": "customers must be a list of objects"}, status_code=400)
+        for customer in given:
+            state.upsert_customer(customer)
+        return JSONResponse({"upserted": len(given)})
+
+    return [
+        Route("/customers", upsert_customer, methods=["POST"]),
+        Route("/customers/batch", upsert_customers, methods=["POST"]),
+    ]
 
 
 EMULATOR = Emulator(
