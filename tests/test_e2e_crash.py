@@ -164,7 +164,9 @@ class Sync:
         return log.read_text()[-3000:] if log.exists() else "(no output)"
 
 
-def test_kill_9_at_every_step_then_rerun_ends_as_a_clean_sync(truth, tmp_path):
+def test_kill_9_at_every_step_then_rerun_ends_as_a_clean_sync(truth, tmp_path, monkeypatch):
+    # memberflow's event log finds its run databases under $DAGSTER_HOME, as the child's does
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     with SandboxServer(**SANDBOX) as sandbox:
         sync = Sync(tmp_path, sandbox)
         for point in KILL_POINTS:

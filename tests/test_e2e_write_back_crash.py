@@ -116,6 +116,8 @@ def test_kill_9_between_a_write_back_and_its_bookkeeping(tmp_path, monkeypatch):
         assert len(clicks) == 1
         assert leaver not in {c.email for c in flex.visible()}
 
+    # memberflow's event log finds its run databases under $DAGSTER_HOME, as the child's does
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
     statuses = [
         r.dagster_run.status
