@@ -30,6 +30,8 @@ ACK_BATCH = 500
 # Overlap of two changed-since reads within a run. Their cursor is the newest `updated_at` the
 # list reported (its own clock), so only same-second writes need the overlap.
 REFRESH_OVERLAP = timedelta(seconds=5)
+# A changed-since read never starts later than the previous read began, less this clock margin.
+PULL_OVERLAP = timedelta(minutes=2)
 GROUPS = "groups"  # the `members` column of sorted group names, when segments are configured
 
 
@@ -173,15 +175,11 @@ def pull_feedback(
     started = datetime.now(UTC)
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
-    # Overlap the next window by two minutes: the target's clock and ours may differ a little,
-    # and re-reading a member is harmless (INSERT OR REPLACE). When the list reported changes,
-    # the newest one (on its own clock, like refresh_feedback's cursor) may start the next
-    # window later: both are safe starts, and the later one does not re-read, run after run,
-    # what the last two minutes before it wrote (a whole import's tail).
-    cursor = started - timedelta(minutes=2)
-    seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
-    if seen:
-        cursor = max(cursor, _utc(max(seen)) - REFRESH_OVERLAP)
+    # The next window starts two minutes before this read began: the target's clock and ours
+    # may differ a little, and re-reading a member is harmless (INSERT OR REPLACE). Never later:
+    # the listing is paged, so a member on a page already read may change while later pages
+    # are read; the newest change the read saw can be past that member's.
+    cursor = started - PULL_OVERLAP
     set_list_state(conn, "last_pull", cursor.isoformat())
     return {
         "pulled": len(rows),
@@ -201,10 +199,15 @@ def refresh_feedback(
     if since is None:
         last = list_state(conn, "last_pull")
         since = datetime.fromisoformat(last) if last else None
+    started = datetime.now(UTC)
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
-    return max(seen) - REFRESH_OVERLAP if seen else since
+    if not seen:
+        return since
+    # The newest change seen, but never past this read's start (less the clock margin): a
+    # member on a page already read may change while our own writes move later pages on.
+    return min(_utc(max(seen)) - REFRESH_OVERLAP, started - PULL_OVERLAP)
 
 
 def _utc(moment: datetime) -> datetime:
