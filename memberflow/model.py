@@ -554,7 +554,9 @@ def _changed_events(conn: duckdb.DuckDBPyConnection, feeds: list[Feed], high: in
     event_tables = _tables_sql([t for f in feeds for t in _event_tables(f)])
     member_tables = _tables_sql(_member_tables(conn, feeds))
     (full,) = conn.execute(
-        f'SELECT bool_or("full") FROM {CHANGES} WHERE {window} AND tbl IN {event_tables}'
+        # a member table staged anew (or a staging call that never finished) re-keys events too
+        f'SELECT bool_or("full") FROM {CHANGES} WHERE {window} '
+        f"AND (tbl IN {event_tables} OR tbl IN {member_tables})"
     ).fetchone()
     (all_keys,) = conn.execute(
         f"SELECT bool_or(match_key IS NULL) FROM {MODEL_CHANGES} WHERE seq > ?", [int(seen)]

@@ -84,6 +84,9 @@ def ensure_bookkeeping(conn: duckdb.DuckDBPyConnection) -> None:
 CHANGES = "stage_changes"
 
 
+IN_PROGRESS = "<staging in progress>"  # record_id of the change log's stand-in `full` marker
+
+
 def ensure_change_log(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(
         f"""CREATE SEQUENCE IF NOT EXISTS change_seq;
@@ -376,13 +379,15 @@ def stage_events(
         files if full else landing.day_files(settings.integration, mapping.entity, touched_days)
     )
     result.files_read = len(day_files)
-    conn.execute(
-        f"DELETE FROM {table} WHERE business_date IN (SELECT unnest(?::DATE[]))",
-        [sorted(touched_days)],
-    )
+    # The days go into the change log before their rows leave the table: a crash in between
+    # must leave a day the model rebuilds, never a day gone without a trace.
     conn.execute(
         f"INSERT INTO {CHANGES} SELECT ?, ?, false, NULL, NULL, unnest(?::DATE[])",
         [seq, table, sorted(touched_days)],
+    )
+    conn.execute(
+        f"DELETE FROM {table} WHERE business_date IN (SELECT unnest(?::DATE[]))",
+        [sorted(touched_days)],
     )
     if day_files:
         # The records of the touched days, each at its latest version wherever it landed (a
@@ -558,7 +563,12 @@ def _replace_mapped(
     seq: int,
 ) -> None:
     """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones;
-    the change log gets their rows before and after."""
+    the change log gets their rows before and after. Until the rows after are logged, a `full`
+    marker stands in for them: a staging call that dies half-way (some chunks inserted, their
+    new keys unlogged) makes the next model build a full one instead of missing those keys."""
+    conn.execute(  # the stand-in `full` marker, told from a real one by its record_id
+        f"INSERT INTO {CHANGES} VALUES (?, ?, true, ?, NULL, NULL)", [seq, table, IN_PROGRESS]
+    )
     _log_touched(conn, seq, table, member)
     conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
     conn.execute(
@@ -573,6 +583,10 @@ def _replace_mapped(
         conn.execute("DELETE FROM mapped WHERE _tomb")
     _process_chunks(conn, table, mapping, settings, result, member=member)
     _log_touched(conn, seq, table, member)
+    conn.execute(
+        f"DELETE FROM {CHANGES} WHERE seq = ? AND tbl = ? AND record_id = ?",
+        [seq, table, IN_PROGRESS],
+    )
     conn.execute("DROP TABLE mapped")
 
 

@@ -171,3 +171,24 @@ def test_segments_build_in_full_and_dropping_them_drops_the_groups(data_dir):
     }
     assert "groups" not in columns
     conn.close()
+
+
+def test_a_staging_call_that_dies_half_way_makes_the_next_build_a_full_one(data_dir, monkeypatch):
+    conn = duckdb.connect(str(data_dir / "w.duckdb"))
+    rng = random.Random(7)
+    land_batch(rng, 0)
+    stage_and_build(conn)
+    land_batch(rng, 1)
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed between chunks")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(staging, "_process_chunks", dies)
+        with pytest.raises(RuntimeError):
+            staging.stage_members(conn, FP_CUSTOMERS, FP_SETTINGS)
+    model.build_members(conn, FEEDS)  # e.g. another integration's run, no re-stage of this one
+    model.build_tracking_events(conn, FEEDS)
+    assert model.rebuilt(conn, "members") == "all"
+    assert model.rebuilt(conn, "tracking") == "all"
+    conn.close()
