@@ -244,22 +244,15 @@ class HeyloyaltyClient(TargetClient):
         return self.read_changes(self._read_since)
 
     def listed(self, match_on: str, key: str) -> RemoteMember | None:
-        """The newest state of the member with this match key (wire form) that any listing read
-        or lookup of this client showed this run; None when none showed it."""
+        """The state of the member with this match key (wire form) as the latest listing read or
+        lookup of this client to show it showed it this run; None when none showed it."""
         return self._listed.get((match_on, key))
 
     def _note_member(self, member: RemoteMember) -> None:
+        """Reads are sequential, so the latest read to show a member shows its newest state."""
         for match_on, value in (("email", member.email), ("mobile", member.mobile)):
             key = listed_key(value, match_on)
-            if not key:
-                continue
-            known = self._listed.get((match_on, key))
-            if (
-                known is None
-                or known.updated_at is None
-                or member.updated_at is None
-                or as_utc(member.updated_at) >= as_utc(known.updated_at)
-            ):
+            if key:
                 self._listed[(match_on, key)] = member
 
     @property

@@ -103,6 +103,11 @@ def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _shift(stamp: str, seconds: float) -> str:
+    moved = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S") + timedelta(seconds=seconds)
+    return moved.strftime("%Y-%m-%d %H:%M:%S")
+
+
 class HeyloyaltyError(Exception):
     """A request the emulator refuses; carries the HTTP status and the JSON body."""
 
@@ -177,6 +182,11 @@ class HeyloyaltyState:
         self.imports: list[dict[str, Any]] = []
         self.member_imports: list[dict[str, Any]] = []  # HL-A11, one entry per member import
         self.import_row_loss = RowLoss()
+        # The shape of the member import's 2xx answer (HL-A11 is our assumption, so tests vary
+        # it): "detailed" (counts and failed[]), "minimal" ({status, message}), "empty" (204),
+        # "other" (JSON of another shape).
+        self.member_import_answer = "detailed"
+        self.member_import_first_row = 1  # the number failed[] gives the file's first data row
         self._events: dict[int, list[dict[str, Any]]] = {t: [] for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -217,6 +227,26 @@ class HeyloyaltyState:
         """The next member import answers these rows (emails or mobiles) as imported but never
         stores them: a client must find out by reading the list back (HL-A11)."""
         self.import_row_loss.arm(set(values))
+
+    def answer_imports_with(self, shape: str) -> None:
+        """Member imports from now on answer in this shape (see `member_import_answer`)."""
+        if shape not in ("detailed", "minimal", "empty", "other"):
+            raise ValueError(f"unknown import answer shape: {shape}")
+        self.member_import_answer = shape
+
+    def number_import_rows_from(self, first: int) -> None:
+        """failed[] of member imports numbers the first data row `first` (e.g. 2: the header
+        line counted, 0: zero-based) - a vendor numbering rows other than HL-A11 assumes."""
+        self.member_import_first_row = first
+
+    def backdate(self, list_id: int, email: str, seconds: float) -> None:
+        """Move a member's updated_at (and unsubscribed_at, if set) `seconds` into the past."""
+        with self._lock:
+            member = self._one(list_id, email, None)
+            for name in ("updated_at", "unsubscribed_at"):
+                if member.get(name):
+                    member[name] = _shift(member[name], -seconds)
+            self._list(list_id).touch()
 
     def members(self, list_id: int) -> list[dict[str, Any]]:
         """Every member of a list, flat, in creation order."""
@@ -739,6 +769,13 @@ class _Handlers:
                 body = import_members(self.state, target, params, columns, rows)
             except ImportRefused as error:
                 raise HeyloyaltyError(error.status, error.body) from None
+            shape = self.state.member_import_answer
+        if shape == "minimal":
+            return JSONResponse({"status": "success", "message": body["message"]})
+        if shape == "empty":
+            return Response(status_code=204)
+        if shape == "other":
+            return JSONResponse({"message": "Import queued", "id": len(self.state.member_imports)})
         return JSONResponse(body)
 
     def _form(self, request: Request, body: bytes) -> Any:

@@ -103,7 +103,9 @@ def import_members(
             if len(found) > 1:
                 raise _RowError("Multiple members match")
         except _RowError as error:
-            failed.append({"row": number, "error": error.message})
+            failed.append(
+                {"row": number - 1 + state.member_import_first_row, "error": error.message}
+            )
             continue
         if found and existing == "skip":
             skipped += 1
