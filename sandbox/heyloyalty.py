@@ -759,6 +759,11 @@ class _Handlers:
         }
         if not form.get_all("fields_selected[]"):
             raise _bad("fields_selected[] is required: the file's columns, in order")
+        if not params["date_format"]:  # every documented caller sends it (HL 2.4)
+            raise _bad("date_format is required")
+        trigger = params["trigger_autoresponder"]
+        if trigger is not None and trigger.strip() not in ("0", "1"):
+            raise _bad("trigger_autoresponder must be 0 or 1")
         sender = params["sendErrorsTo"]
         if sender is not None and "@" not in sender:
             raise _bad("sendErrorsTo must be an email address")
@@ -859,6 +864,8 @@ def _event_problem(
     date_format: str,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Why a BI row cannot be stored (None if it can), and the member it belongs to."""
+    if not row:
+        return "Empty row", None
     values = dict(zip(columns, row, strict=True))
     if "date" in values and not _valid_datetime(values["date"], date_format):
         return f"Invalid date '{values['date']}' for date_format {date_format}", None
@@ -880,31 +887,40 @@ def _valid_datetime(value: str, php_format: str) -> bool:
     return True
 
 
+DELIMITERS = (",", ";", "\t")  # one character; no named aliases (HL 2.4 names the parameter only)
+
+
 def _csv_rows(form: Any) -> tuple[list[str], list[list[str]]]:
-    """Column names and data rows; names from `fields_selected[]` or else the header line."""
+    """Column names (`fields_selected[]`, else the header line) and data rows. The first line is
+    skipped only when `skip_header_line` is 1; a blank line is a row (empty: refused by the
+    import), never dropped, so row numbers count every line after the header."""
     file_part = form.files.get("file")
     if file_part is None:
         raise HeyloyaltyError(400, {"status": "error", "message": "file part is required"})
+    if form.file_types.get("file", "text/csv") != "text/csv":  # HL 2.4: the file part as text/csv
+        raise HeyloyaltyError(400, {"status": "error", "message": "file part must be text/csv"})
     delimiter = form.get("delimiter") or ","
-    delimiter = {"\\t": "\t", "tab": "\t", "semicolon": ";", "comma": ","}.get(delimiter, delimiter)
-    if len(delimiter) != 1:
+    if delimiter not in DELIMITERS:
         raise HeyloyaltyError(400, {"status": "error", "message": "Invalid delimiter"})
+    skip = form.get("skip_header_line")
+    if skip is not None and skip.strip() not in ("0", "1"):
+        message = "skip_header_line must be 0 or 1"
+        raise HeyloyaltyError(400, {"status": "error", "message": message})
     try:
         text = file_part[1].decode("utf-8-sig")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-        rows = [row for row in reader if row]
+        rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         message = f"Malformed file, nothing imported: {error}"
         raise HeyloyaltyError(400, {"status": "error", "message": message}) from error
-    selected = form.get_all("fields_selected[]") or form.get_all("fields_selected")
-    skip_header = _flag(form.get("skip_header_line")) == 1
+    selected = form.get_all("fields_selected[]")
     if not selected:
         if not rows:
             return [], []
         columns, rows = [c.strip() for c in rows[0]], rows[1:]
     else:
         columns = selected
-        if rows and (skip_header or [c.strip() for c in rows[0]] == selected):
+        if rows and skip is not None and skip.strip() == "1":
             rows = rows[1:]
     _check_shape(columns, rows)
     return columns, rows
@@ -914,7 +930,7 @@ def _check_shape(columns: list[str], rows: list[list[str]]) -> None:
     """HL-A10 is one file per call: a row with a different number of columns means the file is
     broken (cut off, or a delimiter inside an unquoted value), so nothing of it is stored."""
     for number, row in enumerate(rows, start=1):
-        if len(row) != len(columns):
+        if row and len(row) != len(columns):  # a blank line is a row of its own, refused
             message = (
                 f"Malformed file, nothing imported: row {number} has {len(row)} columns, "
                 f"expected {len(columns)}"
