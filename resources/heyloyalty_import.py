@@ -1,4 +1,4 @@
-"""How a large batch of member changes reaches a Heyloyalty list: one CSV member import
+"""How a large batch of member changes reaches a Heyloyalty list: CSV member imports
 (`POST /lists/{id}/import`, HL 2.4), confirmed by reading the list back.
 
 Used when a batch holds at least `bulk_threshold` creates and updates and the integration's rules
@@ -7,7 +7,7 @@ webhooks asked for (the import documents no switch for either). Everything else 
 CSV cannot carry, small batches, other rules) goes the single way of heyloyalty_members.py.
 
 The import must never change a member's subscription state, yet an update through it reactivates
-an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the newest
+an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the latest
 state every listing read of the run showed per match key (the core's pull and refresh, the guard
 read right before each import, every read-back, every lookup), and every row is checked against it
 right before the import: a member found unsubscribed is acked `unsubscribed` and kept out of the
@@ -36,7 +36,11 @@ parameters, not its behaviour):
   ours to a second (confirmation by match key + updated_at, values compared only as a fallback).
 - An update through the import reactivates an unsubscribed member (as HL-A6 for upserts).
 - An empty cell empties the field (why absent values are never sent as one).
-- Choice cells as option ids, as the upsert; dates in `date_format`; at most 50,000 rows a file.
+- Choice cells as option ids, as the upsert; dates in `date_format`; at most 50,000 rows a file;
+  `fields_selected[]` names the columns and `skip_header_line=1` skips our header line;
+  `duplicate_field=mobile` matches on the mobile as the upsert's `unique_field` does.
+- Whether the import created or updated a member is not read from it: by the plan and by whether
+  a read of the run had shown the member (no clock comparison).
 """
 
 from __future__ import annotations
