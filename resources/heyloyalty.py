@@ -38,6 +38,7 @@ from resources.heyloyalty_import import (
     IMPORT_DATE_FORMAT,
     ImportAnswer,
     Listed,
+    listed_key,
     parse_answer,
     write_members_bulk,
 )
@@ -62,8 +63,8 @@ from resources.target import (
 
 log = logging.getLogger(__name__)
 MEMBERS_PER_PAGE = 1000  # HL-A4
-BULK_PER_PAGE = 5000  # HL-A4's maximum: listings when the bulk path is on (HL-A11)
-BULK_THRESHOLD = 500  # creates + updates in a batch from which it goes as one import (HL-A11)
+BULK_PER_PAGE = 5000  # HL-A4's maximum: our page size for listings when the bulk path is on
+BULK_THRESHOLD = 500  # our setting: creates + updates in a batch from which it goes as one import
 # A listing read covers the list up to its newest `updated_at`; the next changed-since read
 # starts this much before it, for writes stamped in the same second (HL-A3: whole seconds).
 LISTING_OVERLAP = timedelta(seconds=1)
@@ -162,6 +163,9 @@ class HeyloyaltyClient(TargetClient):
         # read of this client (HL-A5); the guard read before an import starts here.
         self._read_known = False
         self._read_since: datetime | None = None
+        # The newest state every listing read of this client showed, per match key (email
+        # lower-case, mobile digits): no import row may reactivate an unsubscribed member.
+        self._listed: dict[tuple[str, str], RemoteMember] = {}
         if self.tracking_id is None:  # no tracking id configured: this list takes no events
             self.capabilities = replace(self.capabilities, activity_feed=False)  # type: ignore[misc]
         self._fields: dict[str, ListField] | None = None
@@ -239,6 +243,18 @@ class HeyloyaltyClient(TargetClient):
             return None
         return self.read_changes(self._read_since)
 
+    def listed(self, match_on: str, key: str) -> RemoteMember | None:
+        """The state of the member with this match key (wire form) as the latest listing read or
+        lookup of this client to show it showed it this run; None when none showed it."""
+        return self._listed.get((match_on, key))
+
+    def _note_member(self, member: RemoteMember) -> None:
+        """Reads are sequential, so the latest read to show a member shows its newest state."""
+        for match_on, value in (("email", member.email), ("mobile", member.mobile)):
+            key = listed_key(value, match_on)
+            if key:
+                self._listed[(match_on, key)] = member
+
     @property
     def listing_cursor(self) -> datetime | None:
         """Where the next changed-since read starts (None: the whole list)."""
@@ -261,11 +277,13 @@ class HeyloyaltyClient(TargetClient):
 
     def import_members(
         self, policy: WritePolicy, columns: Sequence[str], data: bytes
-    ) -> ImportAnswer:
-        """One CSV member import (HL 2.4), answered as HL-A11 assumes; `status: error` raises.
+    ) -> ImportAnswer | None:
+        """One CSV member import (HL 2.4). A clear `status: error` (or a 4xx) raises: the file
+        was refused. Any other 2xx answer is read as HL-A11 assumes, and when it has another
+        shape (or no body) it is None, "answer unknown": never sent again, the read-back decides.
 
         Idempotent with handle_existing=update (the same file leaves the same members), so a
-        lost or unreadable answer is retried, and after the tries is a VendorError (status 0).
+        lost answer (5xx, timeout) is retried, and after the tries is a VendorError (status 0).
         """
         form = {
             "duplicate_field": policy.match_on,
@@ -276,19 +294,23 @@ class HeyloyaltyClient(TargetClient):
             "trigger_autoresponder": str(int(policy.flags.send_automations)),
             "fields_selected[]": list(columns),
         }
-        body = self._json(
+        response = self._call(
             "POST",
             f"{self._list_url()}/import",
             endpoint="members/import",
             idempotent=True,
-            validate=parse_answer,
             data=form,
             files={"file": ("members.csv", data, "text/csv")},
         )
-        if not isinstance(body, ImportAnswer):  # a clear `status: error`: nothing imported
-            text = self._http.redact(str(body.get("message") or body))
-            raise VendorError(self.vendor, 400, text, body)
-        return body
+        try:
+            body: Any = response.json() if response.content.strip() else None
+        except ValueError:
+            body = None
+        answer = parse_answer(body)
+        if isinstance(answer, dict):  # a clear `status: error`: nothing imported
+            text = self._http.redact(str(answer.get("message") or answer))
+            raise VendorError(self.vendor, 400, text, answer)
+        return answer
 
     def _listing(self, changed_since: datetime | None) -> Iterator[Listed]:
         newest: datetime | None = None
@@ -297,6 +319,7 @@ class HeyloyaltyClient(TargetClient):
             raw = self._members_page(changed_since, page, self._per_page)
             for entry in raw:
                 member = parse_member(entry)
+                self._note_member(member)
                 if member.updated_at is not None and (newest is None or member.updated_at > newest):
                     newest = member.updated_at
                 yield member, parse_wire_datetime(entry.get("created_at"))
@@ -439,7 +462,11 @@ class HeyloyaltyClient(TargetClient):
         params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
         body = self._json("GET", self._members_url(), endpoint="members", params=params)
         members = _members_of(body)
-        return parse_member(members[0]) if members else None
+        if not members:
+            return None
+        member = parse_member(members[0])
+        self._note_member(member)
+        return member
 
     def _members_page(
         self, changed_since: datetime | None, page: int, perpage: int

@@ -1,4 +1,4 @@
-"""How a large batch of member changes reaches a Heyloyalty list: one CSV member import
+"""How a large batch of member changes reaches a Heyloyalty list: CSV member imports
 (`POST /lists/{id}/import`, HL 2.4), confirmed by reading the list back.
 
 Used when a batch holds at least `bulk_threshold` creates and updates and the integration's rules
@@ -7,18 +7,40 @@ webhooks asked for (the import documents no switch for either). Everything else 
 CSV cannot carry, small batches, other rules) goes the single way of heyloyalty_members.py.
 
 The import must never change a member's subscription state, yet an update through it reactivates
-an unsubscribed member, as an upsert does (HL-A6, assumed for the import in HL-A11). So right
-before each import the client reads the list's changes since its last listing read (the core
-always reads the list first, `iter_members`); a member of the batch found unsubscribed is acked
-`unsubscribed` and kept out of the file, unless the reimport rule lets it back. The window left is
-the time between that read and the import, one round trip.
+an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the latest
+state every listing read of the run showed per match key (the core's pull and refresh, the guard
+read right before each import, every read-back, every lookup), and every row is checked against it
+right before the import: a member found unsubscribed is acked `unsubscribed` and kept out of the
+file, unless the reimport rule lets it back. The window left is one round trip.
 
-The import's answer is Unknown in Heyloyalty's documentation; HL-A11 below (`parse_answer`) is the
-one place that assumes it. Its counts are never trusted: after the import the client reads back
-the members changed since just before it (5,000 per page) and matches them to the batch by the
-match key: present with the values sent -> `created` (created at or after the import started) or
-`updated`; named in `failed` -> `refused` with the list's words; neither -> looked up one by one
-when few, else `error` (no verdict: sent again next run).
+Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
+left alone on the list, never sent as an empty cell. So a batch's rows are grouped by the set of
+fields they carry, one import per group; a group smaller than MIN_IMPORT_GROUP goes the single way.
+Rows sharing a match key: the first goes in the file, the others the single way after it.
+
+After the import the client reads back the members changed since just before it (5,000 per page):
+a row whose match key the list shows changed at or after the import started (or holding the values
+sent) is `created` (the core planned a create and no read showed the member before) or `updated`;
+else the row refused by the answer is `refused` with the list's words; else it is looked up one by
+one when few, or `error` (no verdict: sent again next run).
+
+HL-A11, every assumption about the member import in one place (Heyloyalty documents the call's
+parameters, not its behaviour):
+- The import is synchronous: when the call answers, the rows are on the list (or refused).
+- The answer: `{"status": "success", "message": "...", "imported": n, "created": c, "updated": u,
+  "skipped": s, "failed": [{"row": i, "error": "..."}]}`, `row` the 1-based data row (header not
+  counted); refusal of the whole file: `{"status": "error", "message": "..."}`. Any other 2xx
+  answer (other JSON, none) is "answer unknown", settled by the read-back alone, never resent;
+  the row numbers are a hint only, the read-back overrides them.
+- The list's `updated_at` moves for every member the import writes, on a clock that agrees with
+  ours to a second (confirmation by match key + updated_at, values compared only as a fallback).
+- An update through the import reactivates an unsubscribed member (as HL-A6 for upserts).
+- An empty cell empties the field (why absent values are never sent as one).
+- Choice cells as option ids, as the upsert; dates in `date_format`; at most 50,000 rows a file;
+  `fields_selected[]` names the columns and `skip_header_line=1` skips our header line;
+  `duplicate_field=mobile` matches on the mobile as the upsert's `unique_field` does.
+- Whether the import created or updated a member is not read from it: by the plan and by whether
+  a read of the run had shown the member (no clock comparison).
 """
 
 from __future__ import annotations
@@ -28,11 +50,12 @@ import io
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from resources.base import ListField, RemoteMember, VendorError
 from resources.heyloyalty_members import _may_reactivate, wire_fields, write_batch
+from resources.http import as_utc
 from resources.target import MemberAck, MemberChange, WritePolicy, is_refusal
 
 if TYPE_CHECKING:
@@ -48,17 +71,12 @@ Listed = tuple[RemoteMember, datetime | None]
 # again; measured at 20,000 customers, 10,000 keeps the whole delivery under k/1000 + 2 calls.
 BULK_BATCH = 10_000
 MAX_IMPORT_ROWS = 50_000  # HL-A11: rows per file, as the BI import (HL-A10)
+MIN_IMPORT_GROUP = 20  # ours: fewer rows sharing a set of fields (or bulk_threshold) go single
 IMPORT_DATE_FORMAT = "Y-m-d"  # PHP notation of what wire_fields makes of a date (HL-A8)
 MISSING_LOOKUPS = 20  # members missing from the read-back looked up one by one, at most
 
 
-# --- HL-A11: the import's answer (assumed; Heyloyalty documents none) --------------------------
-#
-# Success: `{"status": "success", "message": "<n> rows imported", "imported": n, "created": c,
-#            "updated": u, "skipped": s, "failed": [{"row": i, "error": "..."}]}`
-#          with `row` the 1-based data row of the file (the header line not counted).
-# Failure of the whole file: `{"status": "error", "message": "..."}` (HTTP 400), nothing imported;
-# a parameter the list cannot honour: `400 {"error": "..."}` (HL 2.7).
+# --- the import's answer (HL-A11) ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -71,14 +89,13 @@ class ImportAnswer:
     unreadable_failures: int = 0  # `failed` entries naming no row: settled by the read-back
 
 
-def parse_answer(body: Any) -> ImportAnswer | dict[str, Any]:
-    """The HL-A11 answer; anything without `status` success or error is an unreadable answer
-    (ValueError, retried: the import is idempotent with handle_existing=update). A `status: error`
-    body is returned as it is, for the caller to raise."""
-    if not isinstance(body, dict) or body.get("status") not in ("success", "error"):
-        raise ValueError("member import answer without status success/error")
-    if body["status"] == "error":
+def parse_answer(body: Any) -> ImportAnswer | dict[str, Any] | None:
+    """The HL-A11 answer; a `status: error` body is returned as it is, for the caller to raise;
+    anything else that is not our assumed success shape is None: answer unknown."""
+    if isinstance(body, dict) and body.get("status") == "error":
         return body
+    if not isinstance(body, dict) or body.get("status") != "success":
+        return None
     failed: dict[int, str] = {}
     unreadable = 0
     entries = body.get("failed") or []
@@ -124,8 +141,9 @@ def write_members_bulk(
     policy: WritePolicy,
     fields: Mapping[str, ListField],
 ) -> Iterator[MemberAck]:
-    """One ack per change: the CSV import for the batch's creates and updates when there are
-    `bulk_threshold` of them and the rules allow, single calls for the rest."""
+    """One ack per change: CSV imports for the batch's creates and updates when there are
+    `bulk_threshold` of them and the rules allow (one per set of fields carried), single calls
+    for the rest."""
     rows: list[_Row] = []
     single: list[MemberChange] = []
     usable = import_allowed(policy) and client.bulk_usable
@@ -137,6 +155,14 @@ def write_members_bulk(
         if not all(_csv_cell_ok(v) for v in values.values()):
             single.append(change)  # e.g. a multi-choice list: the CSV has no documented form
             continue
+        for name, value in values.items():  # the file's date_format (Y-m-d), not a timestamp
+            spec = fields.get(name)
+            if spec is not None and spec.format == "date" and isinstance(value, str):
+                raw = change.values.get(name)
+                if isinstance(raw, datetime):
+                    values[name] = as_utc(raw).date().isoformat()
+                elif len(value) > 10 and value[:10].count("-") == 2:
+                    values[name] = value[:10]
         if not values.get(policy.match_on):  # the key is the match value (C3)
             values[policy.match_on] = (
                 _wire_key(change.match_key, "mobile")
@@ -148,12 +174,27 @@ def write_members_bulk(
     if len(rows) < max(1, client.bulk_threshold):
         single += [row.change for row in rows]
         rows = []
+    seen: set[str] = set()
+    later: list[MemberChange] = []  # a key's second and further rows: single, after the file
+    groups: dict[tuple[str, ...], list[_Row]] = {}
+    for row in rows:
+        if row.key in seen:
+            later.append(row.change)
+            continue
+        seen.add(row.key)
+        groups.setdefault(_columns(row.values, policy.match_on), []).append(row)
+    least = min(MIN_IMPORT_GROUP, max(1, client.bulk_threshold))
+    for group in [g for g in groups.values() if len(g) < least]:
+        single += [row.change for row in group]
     yield from write_single(client, single, policy, fields)
-    columns = _columns(changes, policy.match_on)
-    for start in range(0, len(rows), MAX_IMPORT_ROWS):
-        yield from _import_chunk(
-            client, rows[start : start + MAX_IMPORT_ROWS], columns, policy, fields
-        )
+    for columns, group in groups.items():
+        if len(group) < least:
+            continue
+        for start in range(0, len(group), MAX_IMPORT_ROWS):
+            yield from _import_chunk(
+                client, group[start : start + MAX_IMPORT_ROWS], list(columns), policy, fields
+            )
+    yield from write_single(client, later, policy, fields)
 
 
 def write_single(
@@ -165,26 +206,31 @@ def write_single(
     """The single way for a batch that may be larger than before bulk (BULK_BATCH): updates and
     removes as always (each update read right before its upsert); creates in chunks of
     `single_batch_size` (as before bulk), each after the first preceded by a read of the list's
-    changes, where a member who appeared meanwhile becomes a checked update, as the core does
-    between its batches."""
+    changes; a member any read of the run showed becomes a checked update, as the core does
+    between its batches. A failed read: `error` for the creates not yet sent."""
     others = [c for c in changes if c.action != "create"]
     creates = [c for c in changes if c.action == "create"]
     yield from write_batch(client, others, policy, fields, client.concurrency)
     size = max(1, client.single_batch_size)
-    appeared: set[str] = set()  # every member a read showed, kept for the chunks after it
     for start in range(0, len(creates), size):
         chunk = creates[start : start + size]
         if start:
-            fresh = client.changes_since_last_read()
-            if fresh is not None:
-                appeared |= set(_by_key(fresh, policy.match_on))
-                chunk = [
-                    replace(c, action="update", planned="create")
-                    if _wire_key(_change_key(c, policy.match_on), policy.match_on) in appeared
-                    else c
-                    for c in chunk
-                ]
+            try:
+                client.changes_since_last_read()
+            except VendorError as exc:  # nothing of the rest sent: no verdict, again next run
+                for change in creates[start:]:
+                    yield MemberAck(change.match_key, "error", reason=str(exc))
+                return
+        chunk = [
+            replace(c, action="update", planned="create") if _seen(client, c, policy) else c
+            for c in chunk
+        ]
         yield from write_batch(client, chunk, policy, fields, client.concurrency)
+
+
+def _seen(client: HeyloyaltyClient, change: MemberChange, policy: WritePolicy) -> bool:
+    key = _wire_key(_change_key(change, policy.match_on), policy.match_on)
+    return client.listed(policy.match_on, key) is not None
 
 
 # --- one import --------------------------------------------------------------------------------
@@ -198,7 +244,7 @@ def _import_chunk(
     fields: Mapping[str, ListField],
 ) -> Iterator[MemberAck]:
     try:
-        fresh = client.changes_since_last_read()
+        fresh = client.changes_since_last_read()  # feeds the client's listed states
     except VendorError as exc:  # no guard read, nothing sent: no verdict, sent again next run
         for row in rows:
             yield MemberAck(row.change.match_key, "error", reason=str(exc))
@@ -206,11 +252,17 @@ def _import_chunk(
     if fresh is None:  # no listing read of this client to start from: no guard, no import
         yield from write_single(client, [row.change for row in rows], policy, fields)
         return
-    now = _by_key(fresh, policy.match_on)
     sending: list[_Row] = []
+    known: set[str] = set()  # keys some read showed before the import: not created by it
     for row in rows:
-        found = next((m for m, _ in now.get(row.key, ()) if m.status == "unsubscribed"), None)
-        if found is not None and not _may_reactivate(row.change, found, policy):
+        found = client.listed(policy.match_on, row.key)
+        if found is not None:
+            known.add(row.key)
+        if (
+            found is not None
+            and found.status == "unsubscribed"
+            and not _may_reactivate(row.change, found, policy)
+        ):
             client.bulk_figures["bulk_unsubscribed_kept_out"] += 1
             yield MemberAck(
                 row.change.match_key, "unsubscribed", member_id=found.member_id, remote=found
@@ -233,9 +285,11 @@ def _import_chunk(
             return
         # No usable answer after the retries: the read-back settles what the list holds.
         log.warning("heyloyalty: member import without answer (%s); reading back", exc.message)
+    if answer is None:
+        log.warning("heyloyalty: member import answer of unknown shape; the read-back decides")
     client.bulk_figures["bulk_imports"] += 1
     client.bulk_figures["bulk_rows_sent"] += len(sending)
-    yield from _settle(client, sending, answer, since, started, policy)
+    yield from _settle(client, sending, answer, since, started, known, policy)
 
 
 def _settle(
@@ -244,9 +298,11 @@ def _settle(
     answer: ImportAnswer | None,
     since: datetime | None,
     started: datetime,
+    known: set[str],
     policy: WritePolicy,
 ) -> Iterator[MemberAck]:
-    """Acks from what the list holds now (read back), never from the import's counts alone."""
+    """Acks from what the list holds now (read back), never from the import's answer alone: a
+    row the list holds is stored whatever the answer says of its row number."""
     try:
         back = _by_key(client.read_changes(since), policy.match_on)
     except VendorError as exc:
@@ -255,22 +311,31 @@ def _settle(
         return
     failed = answer.failed if answer is not None else {}
     missing: list[_Row] = []
+    disagree = 0
     for number, row in enumerate(rows, start=1):
+        held = next((m for m, _ in back.get(row.key, ()) if _written(m, row, started)), None)
+        if held is not None:
+            disagree += number in failed
+            client.bulk_figures["bulk_rows_confirmed"] += 1
+            yield _stored(row, held, known)
+            continue
         if number in failed:
             yield MemberAck(row.change.match_key, "refused", reason=client.redact(failed[number]))
             continue
-        held = next((m for m in back.get(row.key, ()) if _holds(m[0], row.values)), None)
-        if held is None:
-            missing.append(row)
-            continue
-        client.bulk_figures["bulk_rows_confirmed"] += 1
-        yield _stored(row, held, started)
+        missing.append(row)
+    if disagree:
+        log.warning(
+            "heyloyalty: the member import named %s rows failed that the list holds; the list's "
+            "word is taken (its row numbering may differ from ours)",
+            disagree,
+        )
+    stored = len(rows) - len(missing) - (len(failed) - disagree)
     claimed = answer.counts.get("imported") if answer is not None else None
-    if claimed is not None and claimed != len(rows) - len(failed) - len(missing):
+    if claimed is not None and claimed != stored:
         log.warning(
             "heyloyalty: the member import answered %s rows imported; the list shows %s",
             claimed,
-            len(rows) - len(failed) - len(missing),
+            stored,
         )
     looked = missing[:MISSING_LOOKUPS] if len(missing) <= MISSING_LOOKUPS else []
     for row in missing:
@@ -282,28 +347,31 @@ def _settle(
             except VendorError as exc:
                 yield MemberAck(row.change.match_key, "error", reason=str(exc))
                 continue
-            held = (found, None) if found is not None and _holds(found, row.values) else None
+            held = found if found is not None and _written(found, row, started) else None
         if held is not None:
-            yield _stored(row, held, started)
+            yield _stored(row, held, known)
             continue
         yield MemberAck(
             row.change.match_key,
             "error",
-            reason="the member import did not store this row (the list does not show the values "
-            "sent); it is sent again next run",
+            reason="the member import did not store this row (the list does not show it "
+            "changed by the import); it is sent again next run",
         )
 
 
-def _stored(row: _Row, held: Listed, started: datetime) -> MemberAck:
-    """The list's word: created when it created the member at or after the import started, as
-    its `created_at` says (whole seconds, HL-A3; its clock and ours are taken to agree, a wrong
-    word only mislabels a count). A member the core believed on the list must be created after
-    the import's first second: within it, a member created a moment before reads the same. A
-    member found by a lookup alone (no created_at read) counts as updated."""
-    member, created_at = held
-    if row.change.action == "update":
-        started += timedelta(seconds=1)
-    created = created_at is not None and created_at >= started
+def _written(member: RemoteMember, row: _Row, started: datetime) -> bool:
+    """The list shows the member changed at or after the import started (HL-A11: whole seconds,
+    clocks agree), or holding every value sent (robust to a clock that lags)."""
+    updated = member.updated_at
+    if updated is not None and as_utc(updated) >= started:
+        return True
+    return _holds(member, row.values)
+
+
+def _stored(row: _Row, member: RemoteMember, known: set[str]) -> MemberAck:
+    """Created when the core planned a create and no read of the run showed the member before
+    the import (by plan and presence, not by clocks); else updated."""
+    created = row.change.action == "create" and row.key not in known
     return MemberAck(
         row.change.match_key,
         "created" if created else "updated",
@@ -315,15 +383,10 @@ def _stored(row: _Row, held: Listed, started: datetime) -> MemberAck:
 # --- the file ----------------------------------------------------------------------------------
 
 
-def _columns(changes: Sequence[MemberChange], match_on: str) -> list[str]:
-    """The match field first, then every mapped field (an empty cell empties the field, HL-A11,
-    as a field empty at the source does)."""
-    names = [match_on]
-    for change in changes:
-        for name in change.values:
-            if name not in names:
-                names.append(name)
-    return names
+def _columns(values: Mapping[str, Any], match_on: str) -> tuple[str, ...]:
+    """The match field first, then the fields this row carries (sorted): rows with the same
+    columns share a file, and no cell is ever empty (an empty cell would empty the field)."""
+    return (match_on, *sorted(name for name in values if name != match_on))
 
 
 def members_csv(columns: Sequence[str], rows: Sequence[_Row]) -> bytes:
@@ -349,6 +412,11 @@ def _cell(value: Any) -> str:
 
 
 # --- matching what the list holds to the batch -------------------------------------------------
+
+
+def listed_key(value: Any, match_on: str) -> str:
+    """The match key a listed member is known by (email lower-case, mobile digits)."""
+    return _wire_key(value, match_on)
 
 
 def _wire_key(value: Any, match_on: str) -> str:

@@ -103,6 +103,11 @@ def now_utc() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _shift(stamp: str, seconds: float) -> str:
+    moved = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S") + timedelta(seconds=seconds)
+    return moved.strftime("%Y-%m-%d %H:%M:%S")
+
+
 class HeyloyaltyError(Exception):
     """A request the emulator refuses; carries the HTTP status and the JSON body."""
 
@@ -177,6 +182,11 @@ class HeyloyaltyState:
         self.imports: list[dict[str, Any]] = []
         self.member_imports: list[dict[str, Any]] = []  # HL-A11, one entry per member import
         self.import_row_loss = RowLoss()
+        # The shape of the member import's 2xx answer (HL-A11 is our assumption, so tests vary
+        # it): "detailed" (counts and failed[]), "minimal" ({status, message}), "empty" (204),
+        # "other" (JSON of another shape).
+        self.member_import_answer = "detailed"
+        self.member_import_first_row = 1  # the number failed[] gives the file's first data row
         self._events: dict[int, list[dict[str, Any]]] = {t: [] for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -217,6 +227,26 @@ class HeyloyaltyState:
         """The next member import answers these rows (emails or mobiles) as imported but never
         stores them: a client must find out by reading the list back (HL-A11)."""
         self.import_row_loss.arm(set(values))
+
+    def answer_imports_with(self, shape: str) -> None:
+        """Member imports from now on answer in this shape (see `member_import_answer`)."""
+        if shape not in ("detailed", "minimal", "empty", "other"):
+            raise ValueError(f"unknown import answer shape: {shape}")
+        self.member_import_answer = shape
+
+    def number_import_rows_from(self, first: int) -> None:
+        """failed[] of member imports numbers the first data row `first` (e.g. 2: the header
+        line counted, 0: zero-based) - a vendor numbering rows other than HL-A11 assumes."""
+        self.member_import_first_row = first
+
+    def backdate(self, list_id: int, email: str, seconds: float) -> None:
+        """Move a member's updated_at (and unsubscribed_at, if set) `seconds` into the past."""
+        with self._lock:
+            member = self._one(list_id, email, None)
+            for name in ("updated_at", "unsubscribed_at"):
+                if member.get(name):
+                    member[name] = _shift(member[name], -seconds)
+            self._list(list_id).touch()
 
     def members(self, list_id: int) -> list[dict[str, Any]]:
         """Every member of a list, flat, in creation order."""
@@ -729,6 +759,11 @@ class _Handlers:
         }
         if not form.get_all("fields_selected[]"):
             raise _bad("fields_selected[] is required: the file's columns, in order")
+        if not params["date_format"]:  # every documented caller sends it (HL 2.4)
+            raise _bad("date_format is required")
+        trigger = params["trigger_autoresponder"]
+        if trigger is not None and trigger.strip() not in ("0", "1"):
+            raise _bad("trigger_autoresponder must be 0 or 1")
         sender = params["sendErrorsTo"]
         if sender is not None and "@" not in sender:
             raise _bad("sendErrorsTo must be an email address")
@@ -739,6 +774,13 @@ class _Handlers:
                 body = import_members(self.state, target, params, columns, rows)
             except ImportRefused as error:
                 raise HeyloyaltyError(error.status, error.body) from None
+            shape = self.state.member_import_answer
+        if shape == "minimal":
+            return JSONResponse({"status": "success", "message": body["message"]})
+        if shape == "empty":
+            return Response(status_code=204)
+        if shape == "other":
+            return JSONResponse({"message": "Import queued", "id": len(self.state.member_imports)})
         return JSONResponse(body)
 
     def _form(self, request: Request, body: bytes) -> Any:
@@ -822,6 +864,8 @@ def _event_problem(
     date_format: str,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """Why a BI row cannot be stored (None if it can), and the member it belongs to."""
+    if not row:
+        return "Empty row", None
     values = dict(zip(columns, row, strict=True))
     if "date" in values and not _valid_datetime(values["date"], date_format):
         return f"Invalid date '{values['date']}' for date_format {date_format}", None
@@ -843,31 +887,40 @@ def _valid_datetime(value: str, php_format: str) -> bool:
     return True
 
 
+DELIMITERS = (",", ";", "\t")  # one character; no named aliases (HL 2.4 names the parameter only)
+
+
 def _csv_rows(form: Any) -> tuple[list[str], list[list[str]]]:
-    """Column names and data rows; names from `fields_selected[]` or else the header line."""
+    """Column names (`fields_selected[]`, else the header line) and data rows. The first line is
+    skipped only when `skip_header_line` is 1; a blank line is a row (empty: refused by the
+    import), never dropped, so row numbers count every line after the header."""
     file_part = form.files.get("file")
     if file_part is None:
         raise HeyloyaltyError(400, {"status": "error", "message": "file part is required"})
+    if form.file_types.get("file", "text/csv") != "text/csv":  # HL 2.4: the file part as text/csv
+        raise HeyloyaltyError(400, {"status": "error", "message": "file part must be text/csv"})
     delimiter = form.get("delimiter") or ","
-    delimiter = {"\\t": "\t", "tab": "\t", "semicolon": ";", "comma": ","}.get(delimiter, delimiter)
-    if len(delimiter) != 1:
+    if delimiter not in DELIMITERS:
         raise HeyloyaltyError(400, {"status": "error", "message": "Invalid delimiter"})
+    skip = form.get("skip_header_line")
+    if skip is not None and skip.strip() not in ("0", "1"):
+        message = "skip_header_line must be 0 or 1"
+        raise HeyloyaltyError(400, {"status": "error", "message": message})
     try:
         text = file_part[1].decode("utf-8-sig")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-        rows = [row for row in reader if row]
+        rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         message = f"Malformed file, nothing imported: {error}"
         raise HeyloyaltyError(400, {"status": "error", "message": message}) from error
-    selected = form.get_all("fields_selected[]") or form.get_all("fields_selected")
-    skip_header = _flag(form.get("skip_header_line")) == 1
+    selected = form.get_all("fields_selected[]")
     if not selected:
         if not rows:
             return [], []
         columns, rows = [c.strip() for c in rows[0]], rows[1:]
     else:
         columns = selected
-        if rows and (skip_header or [c.strip() for c in rows[0]] == selected):
+        if rows and skip is not None and skip.strip() == "1":
             rows = rows[1:]
     _check_shape(columns, rows)
     return columns, rows
@@ -877,7 +930,7 @@ def _check_shape(columns: list[str], rows: list[list[str]]) -> None:
     """HL-A10 is one file per call: a row with a different number of columns means the file is
     broken (cut off, or a delimiter inside an unquoted value), so nothing of it is stored."""
     for number, row in enumerate(rows, start=1):
-        if len(row) != len(columns):
+        if row and len(row) != len(columns):  # a blank line is a row of its own, refused
             message = (
                 f"Malformed file, nothing imported: row {number} has {len(row)} columns, "
                 f"expected {len(columns)}"

@@ -82,7 +82,7 @@ def import_members(
     """Apply one import to `target` (the caller holds the state's lock); the HL-A11 answer."""
     unique = _choice(params, "duplicate_field", DUPLICATE_FIELDS)
     existing = _choice(params, "handle_existing", HANDLE_EXISTING)
-    date_format = str(params.get("date_format") or "Y-m-d")
+    date_format = str(params["date_format"])  # required (checked by the route)
     _check_columns(target, columns, unique)
     if len(rows) > MAX_IMPORT_ROWS:
         raise _file_error(f"Too many rows: {len(rows)} (max {MAX_IMPORT_ROWS} per file)")
@@ -92,6 +92,8 @@ def import_members(
     failed: list[dict[str, Any]] = []
     for number, row in enumerate(rows, start=1):  # 1-based data row, header not counted
         try:
+            if not row:  # a blank line: a row of its own, never skipped
+                raise _RowError("Empty row")
             values = _row_values(state, target, columns, row, dates, date_format)
             key = values.get(unique)
             if not key:
@@ -103,7 +105,9 @@ def import_members(
             if len(found) > 1:
                 raise _RowError("Multiple members match")
         except _RowError as error:
-            failed.append({"row": number, "error": error.message})
+            failed.append(
+                {"row": number - 1 + state.member_import_first_row, "error": error.message}
+            )
             continue
         if found and existing == "skip":
             skipped += 1

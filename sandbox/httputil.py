@@ -65,6 +65,7 @@ class Multipart:
 
     fields: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    file_types: dict[str, str] = field(default_factory=dict)  # file part -> its content type
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """The last value of a text field."""
@@ -93,6 +94,7 @@ def parse_multipart(content_type: str, body: bytes) -> Multipart:
         filename = part.get_filename()
         if filename is not None:
             result.files[str(name)] = (filename, payload)
+            result.file_types[str(name)] = part.get_content_type()
         else:
             result.fields.append((str(name), payload.decode("utf-8", errors="replace")))
     return result

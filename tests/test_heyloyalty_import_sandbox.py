@@ -197,3 +197,36 @@ def test_rows_can_be_lost_silently_for_read_back_tests(sandbox, client):
     answer = post_import(client, ["email"], ["lost@x.dk", "kept@x.dk"])
     assert answer.json()["imported"] == 2  # the answer claims both
     assert [m["email"] for m in sandbox.heyloyalty.members(LIST)] == ["kept@x.dk"]
+
+
+def test_the_emulator_is_as_strict_as_the_documented_parameters(sandbox, client):
+    columns = ["email", "firstname"]
+    # no skip_header_line: the header line is a row like any other (refused: no valid email)
+    answer = post_import(client, columns, ["a@x.dk,A"], skip_header_line="0").json()
+    assert answer["imported"] == 1 and [f["row"] for f in answer["failed"]] == [1]
+    # a blank line is a row (refused), so the numbering counts it
+    answer = post_import(client, columns, ["", "b@x.dk,B"]).json()
+    assert answer["failed"] == [{"row": 1, "error": "Empty row"}] and answer["imported"] == 1
+    for params, words in (
+        ({"delimiter": "semicolon"}, "Invalid delimiter"),
+        ({"date_format": ""}, "date_format is required"),
+        ({"skip_header_line": "yes"}, "skip_header_line must be 0 or 1"),
+        ({"trigger_autoresponder": "true"}, "trigger_autoresponder must be 0 or 1"),
+    ):
+        refused = post_import(client, columns, ["c@x.dk,C"], **params)
+        assert refused.status_code == 400 and words in refused.text, params
+    form = {"duplicate_field": "email", "handle_existing": "update", "date_format": "Y-m-d"}
+    text = b"email\nd@x.dk\n"
+    plain = client.post(
+        f"{V1}/lists/{LIST}/import",
+        data={**form, "fields_selected": ["email"]},  # without [] : not the documented name
+        files={"file": ("m.csv", text, "text/csv")},
+    )
+    assert plain.status_code == 400 and "fields_selected[] is required" in plain.text
+    octet = client.post(
+        f"{V1}/lists/{LIST}/import",
+        data={**form, "fields_selected[]": ["email"], "skip_header_line": "1"},
+        files={"file": ("m.csv", text, "application/octet-stream")},
+    )
+    assert octet.status_code == 400 and "text/csv" in octet.text
+    assert sandbox.heyloyalty.member_by_email(LIST, "d@x.dk") is None

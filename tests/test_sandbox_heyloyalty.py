@@ -233,6 +233,7 @@ def bi_post(client, tracking_id, csv_text, fields=None, date_format="Y-m-d H:i:s
     data = {"date_format": date_format, "delimiter": ","}
     if fields:
         data["fields_selected[]"] = fields
+        data["skip_header_line"] = "1"  # the header is skipped only when asked (HL-A10)
     files = {"file": ("events.csv", csv_text.encode(), "text/csv")}
     return client.post(f"{BI}/{tracking_id}", data=data, files=files)
 
