@@ -71,6 +71,9 @@ class Window:
     wait: bool = True
 
 
+PACING_ENV = "MEMBERFLOW_PACING"
+
+
 def requests_per_second_pace(
     vendor: str,
     credential: str,
@@ -79,8 +82,13 @@ def requests_per_second_pace(
     clock: Callable[[], float] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Pace | None:
-    """The shared in-process pace of a `requests_per_second` setting; 0 or None: no pacing."""
-    if not requests_per_second:
+    """The shared in-process pace of a `requests_per_second` setting; 0 or None: no pacing.
+
+    `MEMBERFLOW_PACING=off` turns these per-second paces off for every client of the process
+    (tests and benchmarks against a sandbox without limits, or whose 429s are the point); the
+    long windows (a day's quota) are kept either way.
+    """
+    if not requests_per_second or os.environ.get(PACING_ENV, "").lower() == "off":
         return None
     return shared_pace(
         vendor,

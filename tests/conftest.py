@@ -27,6 +27,9 @@ def harness(sandbox, tmp_path, monkeypatch) -> Harness:
 
     monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MEMBERFLOW_SANDBOX_URL", sandbox.url)
+    # Per-second pacing has its own tests (test_pacing, the client tests) and paces `make demo`;
+    # end-to-end tests run unpaced, as before it, meeting the sandbox's limits as 429s.
+    monkeypatch.setenv("MEMBERFLOW_PACING", "off")
     for name, value in SANDBOX_ENV.items():
         monkeypatch.setenv(name, value)
     with dg.instance_for_test(overrides=INSTANCE_OVERRIDES) as instance:

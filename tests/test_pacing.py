@@ -159,3 +159,11 @@ def test_sections_default_to_the_vendor_limit_and_zero_turns_pacing_off():
     assert off.resource().requests_per_second == 0
     with pytest.raises(ValueError):
         FlexPOSSource.model_validate({**raw, "requests_per_second": -1})
+
+
+def test_memberflow_pacing_off_turns_per_second_paces_off(monkeypatch):
+    from resources.pacing import requests_per_second_pace
+
+    assert requests_per_second_pace("demo", "key-1", 20) is not None
+    monkeypatch.setenv("MEMBERFLOW_PACING", "off")
+    assert requests_per_second_pace("demo", "key-1", 20) is None
