@@ -209,6 +209,11 @@ def _warn_missing(
             f"on the list ({found.full_listing}); they are created again this run and "
             f"{found.events_to_resend} of their events sent again"
         )
+    if found.left_unsubscribed:
+        context.log.info(
+            f"{client.label}: {len(found.left_unsubscribed)} member(s) unsubscribed there are "
+            "no longer in its listing; forgotten, not sent again"
+        )
 
 
 def _masked_rows(rows: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -57,9 +57,11 @@ class Reconciliation:
     on_list: int | None  # the list's own count; None when the target cannot say
     acknowledged: int
     full_listing: str  # why the whole list was read ("" when it was not)
-    missing: frozenset[str]  # match keys acknowledged but not on the list
+    missing: frozenset[str]  # match keys acknowledged but not on the list: created again
     events_to_resend: int
     only_on_list: tuple[Feedback, ...] = ()  # members nobody sent (with notice_additions)
+    # acknowledged, not listed, and last heard of as unsubscribed: forgotten, never sent again
+    left_unsubscribed: frozenset[str] = frozenset()
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -67,6 +69,7 @@ class Reconciliation:
             "acknowledged_before_run": self.acknowledged,
             "full_listing": self.full_listing or "not needed",
             "missing_on_list": len(self.missing),
+            "unsubscribed_not_listed": len(self.left_unsubscribed),
             "events_to_resend": self.events_to_resend,
             "only_on_list": len(self.only_on_list),
         }
@@ -127,7 +130,7 @@ def reconcile(
         return Reconciliation(on_list, acknowledged, why, frozenset(), 0)
     conn.execute("BEGIN TRANSACTION")
     try:
-        missing, events = _forget_missing(conn, listed)
+        missing, unsubscribed, events = _forget_missing(conn, listed)
         set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
         # the list's own count beside ours: the next runs compare a count with a count (a list
         # may count its members otherwise than its listing lists them)
@@ -138,7 +141,7 @@ def reconcile(
         raise
     conn.execute("COMMIT")
     extra = _only_on_list(conn, remote, match_on, now) if notice_additions else ()
-    return Reconciliation(on_list, acknowledged, why, missing, events, extra)
+    return Reconciliation(on_list, acknowledged, why, missing, events, extra, unsubscribed)
 
 
 def _expected_count(conn: duckdb.DuckDBPyConnection, acknowledged: int) -> int | None:
@@ -168,17 +171,23 @@ def _only_on_list(
 
 def _forget_missing(
     conn: duckdb.DuckDBPyConnection, listed: list[dict[str, Any]]
-) -> tuple[frozenset[str], int]:
+) -> tuple[frozenset[str], frozenset[str], int]:
     """Forget acknowledged members absent from the full listing `listed`, and their events.
 
     Absent means neither its match key nor its member id is listed (a member whose email was
-    edited on the list is still there, and must not be created twice).
+    edited on the list is still there, and must not be created twice). Returns the keys to
+    create again, the keys last heard of as unsubscribed (some lists hide those from their
+    listing; they are forgotten but never sent again), and how many events will be resent.
     """
     frame = pd.DataFrame(listed, columns=["member_id", "match_key", "status"], dtype=object)
     conn.register("listed", frame)
     conn.execute(
         """CREATE OR REPLACE TEMP TABLE missing_on_list AS
-           SELECT match_key FROM sync_state s
+           SELECT s.match_key, EXISTS (
+                    SELECT 1 FROM remote_members r WHERE r.status = 'unsubscribed'
+                      AND (r.match_key = s.match_key OR r.member_id = s.member_id)
+                  ) AS unsubscribed
+           FROM sync_state s
            WHERE NOT s.removed
              AND s.match_key NOT IN (SELECT match_key FROM listed WHERE match_key IS NOT NULL)
              AND (s.member_id IS NULL OR s.member_id NOT IN (
@@ -200,15 +209,20 @@ def _forget_missing(
     events = 0
     if table_exists(conn, "tracking_events"):
         events = conn.execute(
+            """SELECT count(*) FROM event_sync WHERE event_id IN (
+                   SELECT event_id FROM tracking_events WHERE match_key IN (
+                       SELECT match_key FROM missing_on_list WHERE NOT unsubscribed))"""
+        ).fetchall()[0][0]
+        conn.execute(
             """DELETE FROM event_sync WHERE event_id IN (
                    SELECT event_id FROM tracking_events
                    WHERE match_key IN (SELECT match_key FROM missing_on_list))"""
-        ).fetchall()[0][0]
+        )
     conn.execute(
         "DELETE FROM sync_state WHERE match_key IN (SELECT match_key FROM missing_on_list)"
     )
-    missing = frozenset(
-        k for (k,) in conn.execute("SELECT match_key FROM missing_on_list").fetchall()
-    )
+    rows = conn.execute("SELECT match_key, unsubscribed FROM missing_on_list").fetchall()
     conn.execute("DROP TABLE missing_on_list")
-    return missing, int(events)
+    missing = frozenset(key for key, gone in rows if not gone)
+    unsubscribed = frozenset(key for key, gone in rows if gone)
+    return missing, unsubscribed, int(events)

@@ -136,3 +136,30 @@ def test_members_acknowledged_without_an_id_are_reconciled_by_key():
     assert conn.execute("SELECT match_key, member_id FROM sync_state").fetchall() == [
         ("a@x.be", "7")
     ]
+
+
+def test_an_unsubscribed_member_gone_from_the_listing_is_not_called_missing():
+    """Some lists hide unsubscribed contacts from their listing: a member last heard of as
+    unsubscribed (a webhook, a changed-since read) is forgotten, not counted as lost and not
+    created again; a member lost without a word still is."""
+    conn = duckdb.connect()
+    ensure_state(conn)
+    conn.execute(
+        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed)"
+        " VALUES ('a@x.be', '1', 'h', 'create', now(), false),"
+        " ('b@x.be', '2', 'h', 'create', now(), false),"
+        " ('c@x.be', '3', 'h', 'create', now(), false)"
+    )
+    conn.execute(
+        "INSERT INTO remote_members (member_id, match_key, status) VALUES ('2', 'b@x.be', "
+        "'unsubscribed')"
+    )
+    found = reconcile.reconcile(conn, Listing([_member("1", "a@x.be")]), "email")
+    assert found.missing == frozenset({"c@x.be"})
+    assert found.left_unsubscribed == frozenset({"b@x.be"})
+    assert found.metadata()["missing_on_list"] == 1
+    assert found.metadata()["unsubscribed_not_listed"] == 1
+    assert conn.execute("SELECT match_key FROM sync_state").fetchall() == [("a@x.be",)]
+    assert conn.execute("SELECT status FROM remote_members WHERE member_id = '2'").fetchall() == [
+        ("unsubscribed",)
+    ]
