@@ -150,7 +150,7 @@ def stop(process: subprocess.Popen) -> None:
     then whatever is left of its process group."""
     try:
         os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=20)
+        process.wait(timeout=10)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
     try:
