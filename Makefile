@@ -18,10 +18,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP) ## set up, start the sandbox, run the demo integrations once, print a summary
 	$(BIN)/memberflow demo
 
-test: $(STAMP) ## set up, lint, and run every test (unit + end-to-end against the sandbox)
+test: $(STAMP) browser ## set up, lint, and run every test (unit + end-to-end against the sandbox)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal  # two workers; each test has its own sandbox, instance and data dir
+
+.PHONY: browser
+browser: ## Debian's chromium for the browser test (installed with apt-get when root; else says so)
+	sh scripts/ensure_chromium.sh
 
 test-quick: $(STAMP) ## every test except the slow fault-injection and kill -9 runs (CI runs all)
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow"
