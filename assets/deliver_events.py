@@ -6,7 +6,7 @@ lost answer never makes memberflow send an event twice.
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets import naming
+from assets import metadata, naming
 from assets.deliver import delivery_settings
 from memberflow import event_delivery, model
 from memberflow.config import Integration
@@ -87,6 +87,7 @@ def build_events_delivered_asset(
                 "api_calls": client.calls.total,
                 "api_retries": client.calls.retries,
                 "api_throttled": client.calls.throttled,
+                **metadata.api_calls(client.calls.by_endpoint()),
                 **client.calls.pacing(),  # throttled_waits, throttled_seconds
             },
             check_results=[
