@@ -50,6 +50,36 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
 
 
 @main.command()
+@click.option("--source", "source", required=True, help="Source kind, e.g. flexpos.")
+@click.option("--target", "target", required=True, help="Target kind, e.g. heyloyalty.")
+@click.option("--name", default=None, help="Integration name (default: <source>_<target>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default: integrations/<name>.yaml; - for stdout). Never overwritten.",
+)
+def scaffold(source: str, target: str, name: str | None, out: Path | None) -> None:
+    """Write a commented integration file for a source kind and a target kind."""
+    from app.scaffold import ScaffoldError, write
+    from app.scaffold import scaffold as render
+    from memberflow.config import INTEGRATIONS_DIR
+
+    name = name or f"{source}_{target}"
+    try:
+        text = render(source, target, name)
+        if out is not None and str(out) == "-":
+            click.echo(text, nl=False)
+            return
+        path = out or INTEGRATIONS_DIR / f"{name}.yaml"
+        write(text, path)
+    except ScaffoldError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path}: set the keys marked `required`, then `memberflow validate {path}`")
+
+
+@main.command()
 @click.option("--port", default=8765, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--seed", default=42, show_default=True)
