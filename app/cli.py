@@ -27,6 +27,8 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
     """Check integration files without running anything (default: integrations/*.yaml)."""
     import os
 
+    from app.scaffold import placeholders_left
+
     paths = list(files) or discover_files()
     try:
         integrations = load_all(paths)
@@ -35,6 +37,10 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
         sys.exit(1)
     missing = []
     for integration in integrations:
+        missing += [
+            f"{integration.source_file}: {key} still holds the scaffold's placeholder"
+            for key in placeholders_left(Path(integration.source_file))
+        ]
         names = integration.source.env_vars() + integration.target.env_vars()
         absent = [n for n in names if n not in os.environ]
         missing += [f"{integration.source_file}: env var {n} is not set" for n in absent]
@@ -257,10 +263,19 @@ def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | N
 @main.command()
 @click.argument("names", nargs=-1)
 def check(names: tuple[str, ...]) -> None:
-    """Check each integration against its vendors: connections, list, fields, budget (TX1)."""
+    """Check each integration against its vendors: connections, list, fields, budget (TX1).
+
+    NAMES are integration names, or integration files (*.yaml) to check instead of the
+    integrations directory."""
     from app.check import run_checks
 
-    integrations = _chosen(load_all(), list(names))
+    files = [Path(n) for n in names if n.endswith((".yaml", ".yml"))]
+    try:
+        loaded = load_all(files) if files else load_all()
+    except IntegrationFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    integrations = _chosen(loaded, [n for n in names if not n.endswith((".yaml", ".yml"))])
     failed = False
     for result in run_checks(integrations):
         click.echo(result.line())

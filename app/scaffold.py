@@ -83,6 +83,24 @@ def write(text: str, out: Path) -> None:
         handle.write(text)
 
 
+def placeholders_left(path: Path) -> list[str]:
+    """The keys of a file that still hold a scaffold placeholder (dotted), for `validate` to
+    name: such a file validates, but reaches no vendor."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return []
+    return sorted(_placeholder_keys(raw, ""))
+
+
+def _placeholder_keys(value: Any, where: str) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _placeholder_keys(item, f"{where}.{key}" if where else str(key))
+    elif value == PLACEHOLDER or (isinstance(value, str) and value.startswith(EXAMPLE_URL)):
+        yield where
+
+
 # --- values -------------------------------------------------------------------------------------
 
 

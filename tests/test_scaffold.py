@@ -73,3 +73,24 @@ def test_a_name_dagster_cannot_key_is_refused_before_anything_is_written(tmp_pat
     result = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert result.exit_code == 2 and "--name 'My-Sync'" in result.output
     assert not out.exists()
+
+
+def test_validate_names_the_placeholders_a_scaffolded_file_still_holds(tmp_path):
+    out = tmp_path / "new.yaml"
+    args = ["scaffold", "--source", "teyca", "--target", "axle", "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", str(out)])
+    assert result.exit_code == 0  # a valid file, but not a ready one: said, not refused
+    assert "target.account still holds the scaffold's placeholder" in result.output
+    strict = CliRunner().invoke(main, ["validate", "--check-env", str(out)])
+    assert strict.exit_code == 1 and "error " in strict.output
+
+
+def test_check_takes_a_file_and_names_its_broken_key(tmp_path):
+    out = tmp_path / "new.yaml"
+    args = ["scaffold", "--source", "flexpos", "--target", "heyloyalty", "--out", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    out.write_text(out.read_text() + "unknown_key: 1\n")
+    result = CliRunner().invoke(main, ["check", str(out)])
+    assert result.exit_code == 1
+    assert str(out) in result.output and "unknown_key" in result.output
