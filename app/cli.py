@@ -27,6 +27,8 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
     """Check integration files without running anything (default: integrations/*.yaml)."""
     import os
 
+    from app.scaffold import placeholders_left
+
     paths = list(files) or discover_files()
     try:
         integrations = load_all(paths)
@@ -35,6 +37,10 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
         sys.exit(1)
     missing = []
     for integration in integrations:
+        missing += [
+            f"{integration.source_file}: {key} still holds the scaffold's placeholder"
+            for key in placeholders_left(Path(integration.source_file))
+        ]
         names = integration.source.env_vars() + integration.target.env_vars()
         absent = [n for n in names if n not in os.environ]
         missing += [f"{integration.source_file}: env var {n} is not set" for n in absent]
@@ -47,6 +53,36 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
         click.echo(("error " if check_env else "note ") + line, err=True)
     if check_env and missing:
         sys.exit(1)
+
+
+@main.command()
+@click.option("--source", "source", required=True, help="Source kind, e.g. flexpos.")
+@click.option("--target", "target", required=True, help="Target kind, e.g. heyloyalty.")
+@click.option("--name", default=None, help="Integration name (default: <source>_<target>).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="File to write (default: integrations/<name>.yaml; - for stdout). Never overwritten.",
+)
+def scaffold(source: str, target: str, name: str | None, out: Path | None) -> None:
+    """Write a commented integration file for a source kind and a target kind."""
+    from app.scaffold import ScaffoldError, write
+    from app.scaffold import scaffold as render
+    from memberflow.config import INTEGRATIONS_DIR
+
+    name = name or f"{source}_{target}"
+    try:
+        text = render(source, target, name)
+        if out is not None and str(out) == "-":
+            click.echo(text, nl=False)
+            return
+        path = out or INTEGRATIONS_DIR / f"{name}.yaml"
+        write(text, path)
+    except ScaffoldError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"wrote {path}: set the keys marked `required`, then `memberflow validate {path}`")
 
 
 @main.command()
@@ -227,10 +263,19 @@ def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | N
 @main.command()
 @click.argument("names", nargs=-1)
 def check(names: tuple[str, ...]) -> None:
-    """Check each integration against its vendors: connections, list, fields, budget (TX1)."""
+    """Check each integration against its vendors: connections, list, fields, budget (TX1).
+
+    NAMES are integration names, or integration files (*.yaml) to check instead of the
+    integrations directory."""
     from app.check import run_checks
 
-    integrations = _chosen(load_all(), list(names))
+    files = [Path(n) for n in names if n.endswith((".yaml", ".yml"))]
+    try:
+        loaded = load_all(files) if files else load_all()
+    except IntegrationFileError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    integrations = _chosen(loaded, [n for n in names if not n.endswith((".yaml", ".yml"))])
     failed = False
     for result in run_checks(integrations):
         click.echo(result.line())

@@ -10,7 +10,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from assets import naming
+from assets import metadata, naming
 from memberflow import delivery, feedback_log, model, reconcile
 from memberflow.config import Integration
 from memberflow.masking import mask_text
@@ -139,6 +139,8 @@ def build_deliver_assets(
                 "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
+                **metadata.api_calls(client.calls.by_endpoint()),
+                **_member_figures(report, integrations),
                 **client.calls.pacing(),  # throttled_waits, throttled_seconds
                 **_month_figures(client),
                 **({"fields_created": created} if created else {}),
@@ -151,6 +153,25 @@ def build_deliver_assets(
         )
 
     return [_members_delivered]
+
+
+def _member_figures(
+    report: delivery.MemberReport, integrations: list[Integration]
+) -> dict[str, int]:
+    """This run's members by outcome as plottable keys, and per integration when several feed
+    the list (a member merged from two counts under both)."""
+    figures = {
+        "members_created_this_run": report.created,
+        "members_updated_this_run": report.updated,
+        "members_removed_this_run": report.removed,
+        "members_unchanged_this_run": report.unchanged,
+        "members_refused_this_run": len(report.refused),
+    }
+    if len(integrations) > 1:
+        figures |= metadata.per_integration(
+            {i.name: report.source_counts(i.name) for i in integrations}
+        )
+    return figures
 
 
 def _pushed_feedback(

@@ -6,7 +6,7 @@ lost answer never makes memberflow send an event twice.
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from assets import naming
+from assets import metadata, naming
 from assets.deliver import delivery_settings
 from memberflow import event_delivery, model
 from memberflow.config import Integration
@@ -74,6 +74,7 @@ def build_events_delivered_asset(
                 report = event_delivery.deliver_events(
                     conn, client, settings, columns, resend_uncertain=config.resend_uncertain
                 )
+                shares = _sent_per_integration(conn, integrations, context.run_id)
         finally:
             client.close()
         for warning in report.warnings:
@@ -87,6 +88,8 @@ def build_events_delivered_asset(
                 "api_calls": client.calls.total,
                 "api_retries": client.calls.retries,
                 "api_throttled": client.calls.throttled,
+                **metadata.api_calls(client.calls.by_endpoint()),
+                **shares,
                 **client.calls.pacing(),  # throttled_waits, throttled_seconds
             },
             check_results=[
@@ -103,3 +106,15 @@ def build_events_delivered_asset(
         )
 
     return _events_delivered
+
+
+def _sent_per_integration(
+    conn: object, integrations: list[Integration], run_id: str
+) -> dict[str, int]:
+    """`<integration>/events_sent_this_run` when several integrations feed the list."""
+    if len(integrations) < 2:
+        return {}
+    sent = event_delivery.sent_by_integration(conn, run_id)  # type: ignore[arg-type]
+    return metadata.per_integration(
+        {i.name: {"events_sent_this_run": sent.get(i.name, 0)} for i in integrations}
+    )

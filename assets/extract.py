@@ -18,7 +18,7 @@ from typing import Any
 
 import dagster as dg
 
-from assets import naming
+from assets import metadata, naming
 from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping
@@ -119,6 +119,8 @@ def build_extract_asset(
             "high_water_mark": str(stats.high_water_mark or ""),
             "api_calls": client.calls.total,  # this run's calls, also on each day it credits
             "api_calls_by_endpoint": client.calls.by_endpoint(),
+            **metadata.api_calls(client.calls.by_endpoint()),
+            **metadata.breakdown("unreadable_this_run", stats.unreadable_reasons),
             **client.calls.pacing(),  # throttled_waits, throttled_seconds (client-side limit)
             **extra,
         }

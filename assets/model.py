@@ -13,7 +13,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from assets import naming
+from assets import metadata, naming
 from memberflow import model, shared_keys
 from memberflow.config import Integration
 from memberflow.masking import mask_match_key
@@ -100,6 +100,32 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _rows_per_source(
+    conn: duckdb.DuckDBPyConnection, integrations: list[Integration]
+) -> dict[str, int]:
+    """Rows of `members` each integration has a record in (`<integration>/member_rows`: the
+    table now, not this run), when several feed the list; a merged member counts under each."""
+    if len(integrations) < 2:
+        return {}
+    counts = dict(
+        conn.execute(
+            "SELECT source, count(*) FROM (SELECT unnest(sources) AS source FROM members) "
+            "GROUP BY source"
+        ).fetchall()
+    )
+    return metadata.per_integration(
+        {i.name: {"member_rows": int(counts.get(i.name, 0))} for i in integrations}
+    )
+
+
+def _event_rows_per_source(by_source: object) -> dict[str, int]:
+    """`<integration>/event_rows/<entity>`: rows of `tracking_events` now, per source entity."""
+    figures: dict[str, dict[str, int]] = {}
+    for integration, entity, n in by_source.itertuples(index=False):  # type: ignore[attr-defined]
+        figures.setdefault(str(integration), {})[f"event_rows/{entity}"] = int(n)
+    return metadata.per_integration(figures)
+
+
 def build_model_assets(
     list_key: str, integrations: list[Integration], feeds: list[model.Feed]
 ) -> list[dg.AssetsDefinition]:
@@ -161,6 +187,7 @@ def build_model_assets(
                 "ORDER BY len(sources) DESC, match_key LIMIT 5"
             ).df()
             shared = [shared_keys_check(conn, list_key)] if withholds else []
+            per_source = _rows_per_source(conn, integrations)
         sample["match_key"] = sample["match_key"].map(mask_match_key)  # never a whole address
         return dg.MaterializeResult(
             metadata={
@@ -173,6 +200,7 @@ def build_model_assets(
                 **({"segment_members": counts["segment_members"]} if segments else {}),
                 **({"withheld_shared_keys": counts["withheld_shared_keys"]} if withholds else {}),
                 "preview": dg.MetadataValue.md(sample.to_markdown(index=False)),
+                **per_source,
             },
             check_results=[
                 dg.AssetCheckResult(
@@ -212,6 +240,7 @@ def build_model_assets(
                 "events_without_member": counts["without_member"],
                 "rebuilt": rebuilt,  # "all", or only the changed event days and member keys
                 "by_source": dg.MetadataValue.md(by_source.to_markdown(index=False)),
+                **(_event_rows_per_source(by_source) if len(integrations) > 1 else {}),
             }
         )
 

@@ -11,6 +11,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from assets import naming
+from assets.metadata import breakdown
 from memberflow import staging
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping, mapping_summary
@@ -107,6 +108,8 @@ def build_stage_asset(
             "fields_dropped": result.fields_dropped,
             "field_drop_reasons": result.drop_reasons,
             "quarantine_sample": dg.MetadataValue.md(sample),
+            **breakdown("quarantined_this_run", result.reasons),
+            **breakdown("fields_dropped_this_run", result.drop_reasons),
             "skipped": result.skipped,
             "landing_files_read": result.files_read,
             "replayed_from_raw": result.full_rebuild,

@@ -18,7 +18,7 @@ import dagster as dg
 import duckdb
 from dagster_duckdb import DuckDBResource
 
-from assets import naming
+from assets import metadata, naming
 from memberflow import feedback_log, model, write_back
 from memberflow.config import Integration
 from memberflow.delivery import ensure_state, list_state, set_list_state
@@ -147,6 +147,13 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
                     source.vendor: source.calls.by_endpoint(),
                     target.vendor: target.calls.by_endpoint(),
                 },
+                "api_calls_this_run": source.calls.total + target.calls.total,
+                **metadata.api_calls(source.calls.by_endpoint(), vendor=source.vendor),
+                **metadata.api_calls(target.calls.by_endpoint(), vendor=target.vendor),
+                **metadata.breakdown(
+                    "write_back_results_this_run",
+                    {f"{a}/{s}": n for a, by in report.results.items() for s, n in by.items()},
+                ),
                 "not_written_sample": dg.MetadataValue.json(
                     [{k: mask_text(v) for k, v in r.items()} for r in report.problems[:10]]
                 ),

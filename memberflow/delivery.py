@@ -78,6 +78,17 @@ class MemberReport:
     refused: list[dict[str, str]] = field(default_factory=list)
     dropped_fields: list[dict[str, str]] = field(default_factory=list)
     transient_errors: list[str] = field(default_factory=list)
+    # per integration feeding the list: members of this run by outcome (created, updated,
+    # removed, unchanged); a member merged from two integrations counts under both
+    by_source: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def source_counts(self, integration: str) -> dict[str, int]:
+        """This run's members of one integration by outcome, every outcome named (0 if none)."""
+        figures = self.by_source.get(integration, {})
+        return {
+            f"members_{outcome}_this_run": figures.get(outcome, 0)
+            for outcome in ("created", "updated", "removed", "unchanged")
+        }
 
     def counts(self) -> dict[str, int]:
         return {
@@ -400,6 +411,24 @@ def plan_counts(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
     return counts
 
 
+def _unchanged_by_source(conn: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """plan_counts' `unchanged` per integration in the members' `sources` (none without it)."""
+    (has_sources,) = conn.execute(
+        """SELECT count(*) FROM information_schema.columns
+           WHERE table_name = 'members' AND column_name = 'sources'"""
+    ).fetchone()
+    if not has_sources:
+        return {}
+    rows = conn.execute(
+        """SELECT source, count(*) FROM (
+               SELECT unnest(sources) AS source FROM members
+               WHERE match_key NOT IN (
+                   SELECT match_key FROM member_plan WHERE action <> 'unchanged'))
+           GROUP BY source"""
+    ).fetchall()
+    return {str(source): int(n) for source, n in rows}
+
+
 def planned_actions(conn: duckdb.DuckDBPyConnection, settings: DeliverySettings) -> dict[str, int]:
     """How many members this run would create, update and remove (for a call budget check)."""
     ensure_state(conn)
@@ -468,6 +497,8 @@ def deliver_members(
     report.unchanged = counts.get("unchanged", 0)
     report.skipped_unsubscribed = counts.get("unsubscribed", 0)
     report.skipped_by_import_type = counts.get("import_type", 0)
+    for source, n in _unchanged_by_source(conn).items():
+        report.by_source.setdefault(source, {})["unchanged"] = n
     outcomes = _Outcomes(conn, report, recreate, groups, fields)
     existing, total = _stage_sends(conn)
     policy = settings.policy()
@@ -682,6 +713,8 @@ class _Outcomes:
         for ack in acks:
             row = rows[ack.match_key]
             _tally(self.report, ack, rekeyed)
+            if not rekeyed:
+                _tally_sources(self.report, ack, row)
             if state := self._state(ack, row):
                 self.acks.append(state)
                 self.report.recreated += ack.match_key in self.recreate and not state["removed"]
@@ -763,6 +796,18 @@ def _tally(report: MemberReport, ack: MemberAck, rekeyed: bool) -> None:
         report.refused.append({"match_key": ack.match_key, "reason": ack.reason or ""})
     else:
         report.transient_errors.append(f"{ack.match_key}: {ack.reason}")
+
+
+def _tally_sources(report: MemberReport, ack: MemberAck, row: dict[str, Any]) -> None:
+    """An acknowledged write, counted under each integration the member's record came from."""
+    if ack.outcome not in ("created", "updated", "removed"):
+        return
+    sources = row.get("sources")
+    if sources is None or isinstance(sources, str) or not isinstance(sources, Iterable):
+        return
+    for source in sources:
+        figures = report.by_source.setdefault(str(source), {})
+        figures[ack.outcome] = figures.get(ack.outcome, 0) + 1
 
 
 def _record_acks(conn: duckdb.DuckDBPyConnection, acks: list[dict[str, Any]], groups: bool) -> None:

@@ -290,6 +290,24 @@ def _send_pending(
     return True
 
 
+def sent_by_integration(conn: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
+    """Events the list acknowledged in this run's batches, per integration they came from (the
+    `sent_this_run` figure, split for a list fed by several)."""
+    if not _has_table(conn, "tracking_events"):
+        return {}
+    rows = conn.execute(
+        """SELECT t.integration, count(DISTINCT i.event_id)
+           FROM event_batches b
+           JOIN event_batch_items i USING (batch_id)
+           JOIN event_sync x ON x.event_id = i.event_id AND x.status = 'sent'
+           JOIN tracking_events t ON t.event_id = i.event_id
+           WHERE b.run_id = ? AND b.status = 'done'
+           GROUP BY 1""",
+        [run_id],
+    ).fetchall()
+    return {str(integration): int(n) for integration, n in rows}
+
+
 def _adds_up(result: EventImportResult, rows: int) -> bool:
     """A clear answer accounts for every row exactly once: imported + refused = sent."""
     indices = [i for i, _ in result.failed]
