@@ -66,6 +66,7 @@ class Snapshot:
     seconds: float
     done: bool = False
     ok: bool = True
+    run: str = ""  # the run's id, when the step knows it
 
     def rows(self) -> tuple[int, str] | None:
         """The step's main count and its label ("300", "records landed"), or None."""
@@ -77,7 +78,7 @@ class Snapshot:
     def line(self) -> str:
         """`progress customers_raw: 4 pages, 1,200 records landed; 5 calls (1 retried) — 12 s`"""
         done = ", ".join(f"{n:,} {LABELS.get(k, k)}" for k, n in self.counts.items())
-        calls = f"{self.calls:,} calls"
+        calls = f"{self.calls:,} call{'' if self.calls == 1 else 's'}"
         extra = [
             f"{n:,} {what}"
             for n, what in (
@@ -103,6 +104,7 @@ class StepProgress:
     every: float = DEFAULT_EVERY_SECONDS
     clock: Callable[[], float] = time.monotonic
     counts: dict[str, int] = field(default_factory=dict)
+    run: str = ""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -141,6 +143,7 @@ class StepProgress:
             seconds=self.clock() - self._started,
             done=done,
             ok=ok,
+            run=self.run,
         )
 
 
@@ -204,7 +207,7 @@ def _each_listener() -> list[Listener]:
 
 
 @contextmanager
-def working(step: str, log: Callable[[str], None]) -> Iterator[StepProgress]:
+def working(step: str, log: Callable[[str], None], run: str = "") -> Iterator[StepProgress]:
     """Report `step` while the block runs: progress lines to `log`, a last one when it ends."""
 
     def log_and_tell(text: str) -> None:
@@ -212,7 +215,7 @@ def working(step: str, log: Callable[[str], None]) -> Iterator[StepProgress]:
         for listener in _each_listener():
             listener.step_line(text)
 
-    progress = StepProgress(step=step, log=log_and_tell, every=every_seconds())
+    progress = StepProgress(step=step, log=log_and_tell, every=every_seconds(), run=run)
     token = _current.set(progress)
     with _registry_lock:
         _active.append(progress)
@@ -241,7 +244,7 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def wrapper(context: Any, *args: Any, **kwargs: Any) -> Any:
-        with working(_step_name(context), context.log.info):
+        with working(_step_name(context), context.log.info, run=context.run_id):
             return fn(context, *args, **kwargs)
 
     return wrapper

@@ -44,3 +44,26 @@ def test_sync_backfills_a_date_range_from_the_cli(harness, tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     assert "members_delivered" in result.output
     assert harness.sandbox.heyloyalty.members(4711)
+
+
+@pytest.mark.e2e
+def test_sync_prints_progress_and_a_step_table_in_plain_lines(harness, tmp_path, monkeypatch):
+    """Not a terminal (CliRunner, like CI or a pipe): plain lines, no redraws, no DEBUG lines."""
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MEMBERFLOW_INTEGRATIONS", str(INTEGRATIONS_DIR / "demo_flexpos.yaml"))
+    monkeypatch.setenv("MEMBERFLOW_PROGRESS_SECONDS", "0")
+    end = date.today()
+    args = ["sync", "demo_flexpos", "--from", str(end - timedelta(days=30)), "--to", str(end)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    print(out)
+    assert "progress demo_flexpos/customers_raw: started" in out
+    assert "progress demo_flexpos/customers_raw done:" in out
+    assert "records landed" in out and "members sent" in out
+    assert "\x1b[" not in out  # no colour codes, no cursor movement
+    assert " - DEBUG - " not in out and "{'" not in out  # no Dagster event flood, no raw dicts
+    header = next(line for line in out.splitlines() if line.lstrip().startswith("step"))
+    for column in ("rows", "calls", "retried", "throttled", "quarantined", "seconds"):
+        assert column in header
+    assert "members: " in out and " created, " in out
