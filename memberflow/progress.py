@@ -77,7 +77,7 @@ class Snapshot:
 
     def line(self) -> str:
         """`progress customers_raw: 4 pages, 1,200 records landed; 5 calls (1 retried) — 12 s`"""
-        done = ", ".join(f"{n:,} {LABELS.get(k, k)}" for k, n in self.counts.items())
+        done = ", ".join(f"{n:,} {_label(k, n)}" for k, n in self.counts.items())
         calls = f"{self.calls:,} call{'' if self.calls == 1 else 's'}"
         extra = [
             f"{n:,} {what}"
@@ -93,6 +93,15 @@ class Snapshot:
         state = "" if not self.done else " done" if self.ok else " failed"
         body = "; ".join(part for part in (done, calls) if part)
         return f"{PREFIX} {self.step}{state}: {body} — {self.seconds:.0f} s"
+
+
+def _label(key: str, n: int) -> str:
+    """ "records landed", or "record landed" for one."""
+    label = LABELS.get(key, key)
+    if n != 1:
+        return label
+    first, _, rest = label.partition(" ")
+    return " ".join(part for part in (first.removesuffix("s"), rest) if part)
 
 
 @dataclass

@@ -67,3 +67,41 @@ def test_sync_prints_progress_and_a_step_table_in_plain_lines(harness, tmp_path,
     for column in ("rows", "calls", "retried", "throttled", "quarantined", "seconds"):
         assert column in header
     assert "members: " in out and " created, " in out
+
+
+def test_ui_finds_dagster_beside_this_python_without_the_venv_on_path(monkeypatch):
+    """`.venv/bin/memberflow ui` from a shell where the venv is not activated."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.cli import dagster_dev_command
+
+    monkeypatch.setenv("PATH", "")
+    command = dagster_dev_command(3999)
+    assert Path(command[0]).is_absolute()
+    assert Path(command[0]).parent == Path(sys.executable).parent
+    assert command[-5:] == ["dev", "-w", command[-3], "-p", "3999"]
+    assert Path(command[-3]).name == "workspace.yaml" and Path(command[-3]).is_file()
+    program = command[: command.index("dev")]
+    found = subprocess.run([*program, "--version"], env={"PATH": ""}, capture_output=True)
+    assert found.returncode == 0 and b"dagster" in found.stdout.lower()
+
+
+def test_every_command_resolves_one_data_folder_and_instance(tmp_path, monkeypatch):
+    """The UI's webserver and daemon inherit what `memberflow ui` set; the demo and `sync` set
+    the same: the project's data/ and .dagster_home/, as absolute paths."""
+    from app import runner
+    from memberflow import landing
+    from memberflow.config import REPO_ROOT
+
+    monkeypatch.delenv("MEMBERFLOW_DATA_DIR", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)  # another shell folder changes nothing
+    runner.ensure_dagster_home()
+    assert landing.data_dir() == REPO_ROOT / "data"
+    assert (tmp_path / "home" / "dagster.yaml").is_file()
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", "relative/data")
+    runner.ensure_dagster_home()
+    assert landing.data_dir() == tmp_path / "relative" / "data"
+    assert runner.os.environ["MEMBERFLOW_DATA_DIR"] == str(tmp_path / "relative" / "data")
