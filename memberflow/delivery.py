@@ -689,7 +689,7 @@ class _Outcomes:
                 self.remote.append(_remote_row(ack))
             if len(self.acks) + len(self.remote) >= ACK_BATCH:
                 self.flush()
-        progress.note(members=len(batch))
+            progress.note(members=1)  # acknowledged as answers arrive, not when a batch ends
 
     def _state(self, ack: MemberAck, row: dict[str, Any]) -> dict[str, Any] | None:
         """The sync_state row an acknowledgement writes, or None (nothing acknowledged)."""

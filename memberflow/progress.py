@@ -247,8 +247,7 @@ def working(step: str, log: Callable[[str], None], run: str = "") -> Iterator[St
 def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a Dagster asset's function (under `@dg.asset`): its step reports progress.
 
-    The step is named by its asset key's last part (`customers_raw`) within its group
-    (`demo_flexpos/customers_raw`); lines go to the run log at INFO.
+    The step is named by its asset key (`shop/customers_raw`); lines go to the run log at INFO.
     """
 
     @functools.wraps(fn)
