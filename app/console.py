@@ -8,7 +8,6 @@ and each step's last line are printed as plain lines.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,14 +22,15 @@ from rich.table import Table
 from memberflow import progress
 from memberflow.progress import Snapshot, StepProgress
 
-PLAIN_WIDTH = 160  # a table's width when the output is not a terminal (and COLUMNS is unset)
+PLAIN_WIDTH = 160  # a table's width when the output is not a terminal (whatever COLUMNS says)
 
 
 def make_console(**kwargs: Any) -> Console:
     """The CLI's console: colours and live redraws on a terminal only; plain lines otherwise,
-    never wrapped (a log file or CI keeps one line per line), tables up to PLAIN_WIDTH wide."""
+    never wrapped (a log file or CI keeps one line per line), tables up to PLAIN_WIDTH wide
+    (a narrow COLUMNS, as some CI runners set, would cut the column names)."""
     console = Console(highlight=False, soft_wrap=True, **kwargs)
-    if not console.is_terminal and "COLUMNS" not in os.environ and "width" not in kwargs:
+    if not console.is_terminal and "width" not in kwargs:
         console.width = PLAIN_WIDTH
     return console
 
