@@ -36,8 +36,8 @@ recover: $(STAMP) ## fail runs whose process died, free their pool slots, remove
 sandbox: $(STAMP) ## serve the vendor emulators on :8765 until Ctrl-C
 	$(BIN)/memberflow sandbox
 
-dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000) wired together
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/memberflow ui
+dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000), sharing data/ and .dagster_home/ with the demo
+	$(BIN)/memberflow ui
 
 bench: $(STAMP) ## the 100,000-customer full-sync benchmark (minutes)
 	$(BIN)/python bench/full_sync.py --customers 100000

@@ -117,34 +117,62 @@ def ui(port: int, sandbox_port: int, customers: int) -> None:
 
     from app import runner
     from app.demo import prepare_environment
-    from memberflow.config import REPO_ROOT
     from sandbox.server import SandboxServer
 
-    runner.ensure_dagster_home()
+    home = runner.ensure_dagster_home()
+    command = dagster_dev_command(port)
     with SandboxServer(customers=customers, port=sandbox_port) as server:
-        prepare_environment(server.url, REPO_ROOT / "data" / "ui")
+        prepare_environment(server.url)
         click.echo(f"sandbox on {server.url}; Dagster UI on http://127.0.0.1:{port}")
-        command = ["dagster", "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]
+        click.echo(f"data folder {os.environ[runner.DATA_DIR_ENV]}, Dagster instance {home}")
         try:
             subprocess.run(command, env=os.environ.copy(), check=False)
         except KeyboardInterrupt:
             pass
 
 
+def dagster_dev_command(port: int) -> list[str]:
+    """`dagster dev` of the Python running this command: the `dagster` script beside
+    sys.executable (the venv's bin/), else `python -m dagster`; never whatever PATH finds, so
+    `.venv/bin/memberflow ui` works from a shell where the venv is not activated."""
+    from memberflow.config import REPO_ROOT
+
+    beside = Path(sys.executable).parent / "dagster"
+    program = [str(beside)] if beside.is_file() else [sys.executable, "-m", "dagster"]
+    return [*program, "dev", "-w", str(REPO_ROOT / "workspace.yaml"), "-p", str(port)]
+
+
 @main.command()
 @click.option("--customers", default=300, show_default=True)
 @click.option("--seed", default=42, show_default=True)
 def demo(customers: int, seed: int) -> None:
-    """Start the sandbox, sync the demo integrations once, print what happened."""
+    """Start the sandbox, sync the demo integrations once, print what happened.
+
+    Each step's progress shows while it works; each run's lines as soon as it ends; a table of
+    every run at the end."""
     import time
 
+    from app.console import RunRow, make_console, run_table, showing_progress
     from app.demo import run_demo
 
+    console = make_console()
+
+    def emit(lines: list[str]) -> None:
+        for line in lines:
+            console.print(line, markup=False)
+
     started = time.monotonic()
-    outcome = run_demo(customers=customers, seed=seed)
-    for line in outcome.lines:
-        click.echo(line)
-    click.echo(f"demo done in {time.monotonic() - started:.0f} s (sandbox start included)")
+    with showing_progress(console) as steps:
+        outcome = run_demo(customers=customers, seed=seed, emit=emit)
+    rows = [
+        RunRow(
+            f"{r.integration}: {r.label}", steps.of_run(r.run_id), r.quarantined, r.seconds, r.ok
+        )
+        for r in outcome.runs
+    ]
+    console.print()
+    console.print(run_table(rows))
+    console.print(f"demo done in {time.monotonic() - started:.0f} s (sandbox start included)")
     sys.exit(0 if outcome.ok else 1)
 
 
@@ -162,9 +190,19 @@ def demo(customers: int, seed: int) -> None:
     is_flag=True,
     help="Also read the entities the source leaves to manual runs (e.g. costly CRM interests).",
 )
-def sync(name: str, start: object, end: object, full: bool, include_optional: bool) -> None:
-    """Run one integration now: incremental, a full sync, or a backfill over --from .. --to."""
+@click.option("--verbose", is_flag=True, help="Also print every Dagster event line (DEBUG).")
+def sync(
+    name: str, start: object, end: object, full: bool, include_optional: bool, verbose: bool
+) -> None:
+    """Run one integration now: incremental, a full sync, or a backfill over --from .. --to.
+
+    Shows each step's progress while it works (records landed, rows staged, members and events
+    sent, calls, retries, throttling), then a table of the steps and the run in a few lines."""
+    import time
+
     from app import runner
+    from app.console import make_console, showing_progress, step_table
+    from app.demo import describe_run
     from pipelines.factory import build_definitions
 
     integrations = load_all()
@@ -179,21 +217,28 @@ def sync(name: str, start: object, end: object, full: bool, include_optional: bo
     defs = build_definitions(integrations)
     first: date | None = start.date() if start else None  # type: ignore[attr-defined]
     last: date | None = end.date() if end else None  # type: ignore[attr-defined]
+    console = make_console()
+    started = time.monotonic()
+    level = "DEBUG" if verbose else "WARNING"  # warnings and errors of the steps still show
     try:
-        result = _sync_once(defs, chosen[0], first, last, include_optional, full)
+        with showing_progress(console) as steps:
+            result = _sync_once(defs, chosen[0], first, last, include_optional, full, level)
     except runner.RunInFlight as exc:
         click.echo(str(exc), err=True)
         sys.exit(3)
+    took = time.monotonic() - started
     summary = runner.summarise(result)
-    for asset, meta in summary.assets.items():
-        shown = {k: v for k, v in meta.items() if not isinstance(v, str) or len(v) < 80}
-        click.echo(f"{asset}: {shown}")
+    console.print()
+    console.print(step_table(steps.of_run(result.run_id), summary.assets))
+    label = "backfill" if first else "full sync" if full else "incremental sync"
+    for line in describe_run(chosen[0], label, result, first, last, took):
+        console.print(line, markup=False)
     for message in runner.failure_messages(result):
         click.echo(f"error: {message}", err=True)
     sys.exit(0 if result.success else 1)
 
 
-def _sync_once(defs, integration, first, last, include_optional: bool, full: bool):
+def _sync_once(defs, integration, first, last, include_optional: bool, full: bool, level: str):
     import dagster as dg
 
     from app import runner
@@ -206,6 +251,7 @@ def _sync_once(defs, integration, first, last, include_optional: bool, full: boo
         end=last,
         run_config=runner.optional_entities_config(integration) if include_optional else None,
         full=full,
+        console_level=level,
     )
 
 

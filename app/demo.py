@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import httpx
 
 from app import runner
 from app.receiver import build_app, feedback_hooks_of, register, serving
-from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT, Integration, load_all
+from memberflow import landing
+from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, feedback_webhook
 from pipelines.factory import build_definitions, warehouse_path
@@ -33,56 +35,118 @@ DEMO_FILES = (
 
 
 @dataclass
+class DemoRun:
+    """One run of the demo, for the closing table: which integration, what kind of run."""
+
+    integration: str
+    label: str
+    run_id: str
+    seconds: float
+    ok: bool = True
+    quarantined: int = 0
+
+
+@dataclass
 class DemoOutcome:
     lines: list[str]
     ok: bool
+    runs: list[DemoRun] = field(default_factory=list)
 
 
 def demo_files() -> list[Path]:
     return [INTEGRATIONS_DIR / name for name in DEMO_FILES if (INTEGRATIONS_DIR / name).exists()]
 
 
-def prepare_environment(sandbox_url: str, data_dir: Path) -> None:
+def prepare_environment(sandbox_url: str) -> None:
     """Point integration files at the sandbox and hand them the sandbox's demo credentials."""
     os.environ["MEMBERFLOW_SANDBOX_URL"] = sandbox_url
-    os.environ["MEMBERFLOW_DATA_DIR"] = str(data_dir)
     for name, value in SANDBOX_ENV.items():
         os.environ.setdefault(name, value)
 
 
-def run_demo(customers: int = 300, seed: int = 42, port: int = 0) -> DemoOutcome:
-    data_dir = REPO_ROOT / "data" / "demo"
-    shutil.rmtree(data_dir, ignore_errors=True)
+def clear_demo_data(integrations: list[Integration]) -> list[Path]:
+    """The demo starts over in the shared data folder: its integrations' landing files and
+    cursors, webhook stores, list warehouses and reports go; other integrations' data stay.
+    Returns what was removed."""
+    root = landing.data_dir()
+    removed: list[Path] = []
+    for integration in integrations:
+        paths = [root / "landing" / integration.name, root / "reports" / integration.list_key]
+        paths += (root / "webhooks").glob(f"{integration.name}.*")
+        paths += (root / "warehouse").glob(f"{integration.list_key}.duckdb*")
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            else:
+                continue
+            removed.append(path)
+    return removed
+
+
+def run_demo(
+    customers: int = 300,
+    seed: int = 42,
+    port: int = 0,
+    emit: Callable[[list[str]], None] | None = None,
+) -> DemoOutcome:
+    """The demo's runs, one after the other; `emit` gets each run's lines as soon as it ends."""
     runner.ensure_dagster_home()
+    outcome = DemoOutcome(lines=[], ok=True)
+
+    def say(lines: list[str]) -> None:
+        outcome.lines.extend(lines)
+        if emit is not None:
+            emit(lines)
+
     with SandboxServer(seed=seed, customers=customers, port=port) as sandbox:
-        prepare_environment(sandbox.url, data_dir)
+        prepare_environment(sandbox.url)
         integrations = load_all(demo_files())
+        clear_demo_data(integrations)
         defs = build_definitions(integrations)
         instance = dg.DagsterInstance.get()
-        lines = [f"sandbox at {sandbox.url}: {customers} generated customers, seed {seed}", ""]
-        ok = True
+        say([f"sandbox at {sandbox.url}: {customers} generated customers, seed {seed}"])
+        say([f"data folder {landing.data_dir()}, Dagster instance {os.environ['DAGSTER_HOME']}"])
         end = date.today()
         for integration in integrations:
             # the whole history: not capped (X5); without tracked events there are no days
             start = integration.schedule.history_start if integration.tracking else None
             window = {"start": start, "end": end} if start else {}
-            started = time.monotonic()
-            first = runner.run_sync(defs, integration, instance, quiet=True, **window)
-            took = time.monotonic() - started
-            lines += _describe(integration, "initial import", first, start, end, took)
-            ok &= first.success
+            first = _timed_run(outcome, defs, integration, instance, "initial import", window)
+            say(describe_run(integration, "initial import", first, start, end, _took(outcome)))
             if first.success and feedback_webhook(integration) is not None:
                 scene, done = _feedback_scene(sandbox.url, defs, integration, instance)
-                lines += scene
-                ok &= done
+                say(scene)
+                outcome.ok &= done
         for integration in integrations:
-            started = time.monotonic()
-            tick = runner.run_sync(defs, integration, instance, quiet=True)
-            took = time.monotonic() - started
-            lines += _describe(integration, "five-minute tick", tick, None, None, took)
-            ok &= tick.success
-        lines += _merge_lines(integrations)
-    return DemoOutcome(lines=lines, ok=ok)
+            tick = _timed_run(outcome, defs, integration, instance, "five-minute tick", {})
+            say(describe_run(integration, "five-minute tick", tick, None, None, _took(outcome)))
+        say(_merge_lines(integrations))
+    return outcome
+
+
+def _timed_run(
+    outcome: DemoOutcome,
+    defs: dg.Definitions,
+    integration: Integration,
+    instance: dg.DagsterInstance,
+    label: str,
+    window: dict,
+) -> dg.ExecuteInProcessResult:
+    started = time.monotonic()
+    result = runner.run_sync(defs, integration, instance, quiet=True, **window)
+    took = time.monotonic() - started
+    withheld = runner.summarise(result).total("_staged", "quarantined")
+    outcome.runs.append(
+        DemoRun(integration.name, label, result.run_id, took, result.success, withheld)
+    )
+    outcome.ok &= result.success
+    return result
+
+
+def _took(outcome: DemoOutcome) -> float:
+    return outcome.runs[-1].seconds
 
 
 def _feedback_scene(
@@ -151,7 +215,7 @@ def _acknowledged_keys(integration: Integration, count: int) -> list[str]:
     return [key for (key,) in rows]
 
 
-def _describe(
+def describe_run(
     integration: Integration,
     label: str,
     result: dg.ExecuteInProcessResult,
@@ -159,6 +223,7 @@ def _describe(
     end: date | None,
     seconds: float,
 ) -> list[str]:
+    """A run in a few readable lines: what was fetched, sent, withheld, and the calls spent."""
     s = runner.summarise(result)
     window = f" {start} .. {end}" if start else ""
     status = "ok" if s.success else "FAILED"

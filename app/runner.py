@@ -36,12 +36,28 @@ DAGSTER_BOOKKEEPING_ENV = {
 }
 
 
+DATA_DIR_ENV = "MEMBERFLOW_DATA_DIR"
+
+
+def ensure_data_dir() -> Path:
+    """MEMBERFLOW_DATA_DIR as an absolute path, defaulting to the project's `data/` (not the
+    shell's current folder): the CLI, the demo, and the UI's webserver, daemon and run workers
+    (which inherit the environment) then read and write one data folder, the one whose cursors
+    and warehouses match the instance's history."""
+    path = Path(os.environ.get(DATA_DIR_ENV) or REPO_ROOT / "data").resolve()
+    os.environ[DATA_DIR_ENV] = str(path)
+    return path
+
+
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, defaulting to `.dagster_home/` with the project's dagster.yaml in it, and
-    the environment that keeps Dagster's per-partition bookkeeping cheap."""
+    """DAGSTER_HOME, defaulting to `.dagster_home/` with the project's dagster.yaml in it, the
+    shared data folder (ensure_data_dir), and the environment that keeps Dagster's per-partition
+    bookkeeping cheap."""
     for name, value in DAGSTER_BOOKKEEPING_ENV.items():
         os.environ.setdefault(name, value)
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
+    ensure_data_dir()
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
@@ -63,8 +79,12 @@ def run_sync(
     run_config: dict[str, Any] | None = None,
     quiet: bool = False,
     full: bool = False,
+    console_level: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One sync: a backfill over [start, end] when given, else an incremental run like a tick.
+
+    `quiet` keeps Dagster's console lines to warnings and errors; `console_level` sets their
+    level ("DEBUG" prints every event). The run's own log in the instance is complete either way.
 
     First recovers runs of this host whose process died (they would hold the list's pool slot
     forever), and tags this run with this process so a later call can do the same for it.
@@ -88,8 +108,9 @@ def run_sync(
         today = datetime.now(UTC).date()  # partitions are UTC days, like the sensor's
         partition_key = today.isoformat() if integration.tracking else None
     config = dict(run_config or {})
-    if quiet:  # the run's own log stays complete in the instance; only the console is quieter
-        config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
+    level = console_level or ("WARNING" if quiet else None)
+    if level:  # the run's own log stays complete in the instance; only the console changes
+        config["loggers"] = {"console": {"config": {"log_level": level}}}
     return job.execute_in_process(
         instance=instance,
         tags=tags,

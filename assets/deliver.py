@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import metadata, naming
-from memberflow import delivery, feedback_log, model, reconcile
+from memberflow import delivery, feedback_log, model, progress, reconcile
 from memberflow.config import Integration
 from memberflow.masking import mask_text
 from memberflow.webhook_store import WebhookStore
@@ -85,6 +85,7 @@ def build_deliver_assets(
         kinds={first.target.kind},
         tags={"memberflow/stage": "deliver"},
     )
+    @progress.reported
     def _members_delivered(
         context: dg.AssetExecutionContext, config: DeliverConfig
     ) -> dg.MaterializeResult:

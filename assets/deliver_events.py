@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets import metadata, naming
 from assets.deliver import delivery_settings
-from memberflow import event_delivery, model
+from memberflow import event_delivery, model, progress
 from memberflow.config import Integration
 from resources.target import TargetClient
 
@@ -63,6 +63,7 @@ def build_events_delivered_asset(
             )
         ],
     )
+    @progress.reported
     def _events_delivered(
         context: dg.AssetExecutionContext, config: EventsDeliveredConfig
     ) -> dg.MaterializeResult:

@@ -19,7 +19,7 @@ from typing import Any
 import dagster as dg
 
 from assets import metadata, naming
-from memberflow import landing
+from memberflow import landing, progress
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping
 from resources.source import DELETED_FLAG, SourceClient
@@ -61,6 +61,7 @@ def build_extract_asset(
         kinds={integration.source.kind, "parquet"},
         tags={"memberflow/stage": "extract"},
     )
+    @progress.reported
     def _extract(context: dg.AssetExecutionContext, config: ExtractConfig) -> dg.MaterializeResult:
         if not config.fetch:
             return dg.MaterializeResult(metadata={"skipped": "fetch: false in run config"})

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import metadata, naming
-from memberflow import model, shared_keys
+from memberflow import model, progress, shared_keys
 from memberflow.config import Integration
 from memberflow.masking import mask_match_key
 
@@ -171,6 +171,7 @@ def build_model_assets(
             ),
         ],
     )
+    @progress.reported
     def _members(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         zone = integrations[0].timezone
@@ -225,6 +226,7 @@ def build_model_assets(
         kinds={"duckdb"},
         tags={"memberflow/stage": "model"},
     )
+    @progress.reported
     def _tracking_events(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         with warehouse.get_connection() as conn:

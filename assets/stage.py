@@ -12,7 +12,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets import naming
 from assets.metadata import breakdown
-from memberflow import staging
+from memberflow import progress, staging
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping, mapping_summary
 from memberflow.masking import mask_text
@@ -84,6 +84,7 @@ def build_stage_asset(
         # and this schema (~2 KB serialised) was a third of each (issue 10)
         metadata={"dagster/column_schema": _column_schema(mapping)},
     )
+    @progress.reported
     def _stage(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         settings = stage_settings(integration, context.run_id)

@@ -19,7 +19,7 @@ import duckdb
 from dagster_duckdb import DuckDBResource
 
 from assets import metadata, naming
-from memberflow import feedback_log, model, write_back
+from memberflow import feedback_log, model, progress, write_back
 from memberflow.config import Integration
 from memberflow.delivery import ensure_state, list_state, set_list_state
 from memberflow.mapping import available_entities
@@ -80,6 +80,7 @@ def build_feedback_asset(integration: Integration, feed: model.Feed) -> dg.Asset
         kinds={integration.source.kind, integration.target.kind},
         tags={"memberflow/stage": "feedback"},
     )
+    @progress.reported
     def _feedback(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         target: TargetClient = getattr(context.resources, target_key).client()

@@ -21,7 +21,7 @@ import duckdb
 import pandas as pd
 import phonenumbers
 
-from memberflow import rekey
+from memberflow import progress, rekey
 from memberflow.staging import ensure_bookkeeping
 from resources.base import RemoteMember, UpsertFlags, VendorError
 from resources.target import MemberAck, MemberChange, TargetClient, WritePolicy
@@ -722,6 +722,7 @@ class _Outcomes:
                 self.remote.append(_remote_row(ack))
             if len(self.acks) + len(self.remote) >= ACK_BATCH:
                 self.flush()
+            progress.note(members=1)  # acknowledged as answers arrive, not when a batch ends
 
     def _state(self, ack: MemberAck, row: dict[str, Any]) -> dict[str, Any] | None:
         """The sync_state row an acknowledgement writes, or None (nothing acknowledged)."""

@@ -34,6 +34,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from memberflow import progress
 from memberflow.delivery import DeliverySettings, ensure_state, list_state, set_list_state
 from memberflow.model import TRACKING_CHANGES
 from resources.base import EventImportResult, UncertainOutcome, VendorError
@@ -287,6 +288,7 @@ def _send_pending(
             )
         report.refused += len(failed)
         report.sent += len(rows) - len(failed)
+        progress.note(events=len(rows) - len(failed))
     return True
 
 

@@ -34,6 +34,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from memberflow import progress
 from resources.source import DELETED_FLAG, SourceClient
 
 SCHEMA = pa.schema(
@@ -116,6 +117,7 @@ def land_pages(
     waiting = _Waiting(target, stats)
     for page in pages:
         stats.pages += 1
+        progress.note(pages=1, records=len(page))
         groups, unreadable = _by_day(client, entity, page, fetched_at)
         for day, rows in groups.items():
             count = len(rows["record_id"])

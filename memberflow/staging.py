@@ -21,7 +21,7 @@ from datetime import date
 import duckdb
 import pandas as pd
 
-from memberflow import landing, validation
+from memberflow import landing, progress, validation
 from memberflow.mapping import DELETED_FLAG, EXTERNAL_ID, EntityMapping, FieldRule, rule_sql
 
 CHUNK_ROWS = 50_000
@@ -661,6 +661,7 @@ def _write_chunk(
     dropped = _dropped_rows(frame, drops, checkable & ~bad, mapping)
     _quarantine(conn, settings, mapping, pd.concat([withheld, dropped], ignore_index=True))
     result.staged += int(good.sum())
+    progress.note(rows=int(good.sum()))
     if not member:
         for day, n in frame.loc[good, "business_date"].value_counts().items():
             key = day.date() if isinstance(day, pd.Timestamp) else day

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from memberflow import progress
+
 
 class VendorError(RuntimeError):
     """A refusal from a vendor API, kept whole so the user sees the vendor's own reason (C8).
@@ -72,6 +74,7 @@ class CallCounter:
         self._throttled = 0
         self._waits = 0  # client-side pacing (resources/pacing.py): waits before a call
         self._waited = 0.0
+        progress.watch_calls(self)  # made while a step works: the step's live figures count it
 
     def add(self, endpoint: str) -> None:
         with self._lock:
