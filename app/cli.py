@@ -163,7 +163,7 @@ def demo(customers: int, seed: int) -> None:
 
     started = time.monotonic()
     with showing_progress(console) as steps:
-        outcome = run_demo(customers=customers, seed=seed, emit=emit)
+        outcome = run_demo(customers=customers, seed=seed, emit=emit, listener=steps)
     rows = [
         RunRow(
             f"{r.integration}: {r.label}", steps.of_run(r.run_id), r.quarantined, r.seconds, r.ok

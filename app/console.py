@@ -42,11 +42,20 @@ class LiveSteps:
         self.console = console
         self.live = console.is_terminal
         self.finished: list[Snapshot] = []
-        self._spinners: dict[int, Spinner] = {}
+        self._spinners: dict[object, Spinner] = {}
+        self._remote: dict[int, list[Snapshot]] = {}  # steps working in other processes
 
     def step_started(self, step: StepProgress) -> None:
+        self.remote_started(step.step)
+
+    def remote_started(self, step: str) -> None:
+        """A step started, here or in another process (the demo's lanes)."""
         if not self.live:
-            self.console.print(f"{progress.PREFIX} {step.step}: started")
+            self.console.print(f"{progress.PREFIX} {step}: started")
+
+    def remote_active(self, lane: int, snapshots: list[Snapshot]) -> None:
+        """The running figures of the steps working now in another process."""
+        self._remote[lane] = snapshots
 
     def step_line(self, text: str) -> None:
         if not self.live and " done:" not in text and " failed:" not in text:
@@ -60,10 +69,13 @@ class LiveSteps:
 
     def __rich__(self) -> Group:
         """The steps working now, one spinner line each, read from their running figures."""
+        working = [(id(step), step.snapshot()) for step in progress.active()]
+        for lane, snapshots in list(self._remote.items()):
+            working += [((lane, s.run, s.step), s) for s in snapshots]
         lines = []
-        for step in progress.active():
-            spinner = self._spinners.setdefault(id(step), Spinner("dots"))
-            spinner.text = step.snapshot().line().removeprefix(f"{progress.PREFIX} ")
+        for key, snapshot in working:
+            spinner = self._spinners.setdefault(key, Spinner("dots"))
+            spinner.text = snapshot.line().removeprefix(f"{progress.PREFIX} ")
             lines.append(spinner)
         return Group(*lines)
 
