@@ -134,6 +134,7 @@ def run_demo(
         # lane is a process of its own: Dagster's SQLite storage is shared by processes (the UI
         # and its daemon do), not by threads of one. Lanes relay their progress through a queue.
         lanes = [[i.name for i in lane] for lane in _lanes(integrations)]
+        _create_storage()
         spawn = multiprocessing.get_context("spawn")
         with spawn.Manager() as manager:
             relay = manager.Queue()
@@ -158,6 +159,15 @@ def run_demo(
         outcome.runs.sort(key=lambda r: (r.label != "initial import", order.index(r.integration)))
         say(_merge_lines(integrations))
     return outcome
+
+
+def _create_storage() -> None:
+    """Create the instance's SQLite tables here, once: lanes starting at once on a new instance
+    would each try to create them, and all but one fail."""
+    instance = dg.DagsterInstance.get()
+    instance.get_runs(limit=1)
+    instance.all_instigator_state()
+    instance.get_latest_materialization_events([dg.AssetKey("memberflow_demo")])
 
 
 def _lanes(integrations: list[Integration]) -> list[list[Integration]]:
