@@ -83,7 +83,9 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         if not changed:  # the list is in sync: that keeps its freshness check green
             return dg.SensorResult(
                 skip_reason="nothing changed since the last committed cursor",
-                asset_events=freshness.in_sync_observations(integration, context.sensor_name),
+                asset_events=freshness.in_sync_observations(
+                    integration, f"{integration.name}_sensor"
+                ),
             )
         return dg.RunRequest(
             run_key=f"{integration.name}:{now.isoformat()}",
