@@ -19,6 +19,14 @@ from resources.base import UpsertFlags
 from resources.mailer import ErrorReportMailer
 from resources.target import TargetClient
 
+KEPT_CHECK = "list_kept_its_members"
+KEPT_MEANS = (
+    "Yellow: the list no longer held members it had acknowledged (emptied, restored from an "
+    "older backup, deleted by hand); they were created again this run and their events sent "
+    "again, except members who had unsubscribed (missing_on_list, full_listing). Nothing is "
+    "lost; find out who removed them. Targets that cannot list their members are not compared."
+)
+
 
 class DeliverConfig(dg.Config):
     """Per-run overrides of the integration's import settings (C5); None keeps the file's value."""
@@ -56,6 +64,23 @@ def delivery_settings(
     )
 
 
+def kept_check(found: reconcile.Reconciliation) -> dg.AssetCheckResult:
+    """The reconciliation's verdict: did the list still hold every member it acknowledged?"""
+    if found.on_list is None:
+        text = "not compared: the target cannot count or list its members"
+    elif found.missing:
+        text = f"{len(found.missing)} acknowledged member(s) were missing and sent again"
+    else:
+        text = "the list holds every member it acknowledged"
+    return dg.AssetCheckResult(
+        check_name=KEPT_CHECK,
+        passed=not found.missing,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=text,
+        metadata=found.metadata(),
+    )
+
+
 def build_deliver_assets(
     list_key: str, integrations: list[Integration], feeds: list[model.Feed]
 ) -> list[dg.AssetsDefinition]:
@@ -84,6 +109,11 @@ def build_deliver_assets(
         pool=naming.pool(list_key),
         kinds={first.target.kind},
         tags={"memberflow/stage": "deliver"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                KEPT_CHECK, asset=members_delivered, blocking=False, description=KEPT_MEANS
+            )
+        ],
     )
     @progress.reported
     def _members_delivered(
@@ -130,6 +160,7 @@ def build_deliver_assets(
                 metadata={"first_errors": [mask_text(e) for e in report.transient_errors[:5]]},
             )
         return dg.MaterializeResult(
+            check_results=[kept_check(found)],
             metadata={
                 # the table this asset stands for: members on the list, as it acknowledged them
                 "dagster/row_count": on_list,
@@ -150,7 +181,7 @@ def build_deliver_assets(
                 "fields_dropped_sample": dg.MetadataValue.json(
                     _masked_rows(report.dropped_fields[:10])
                 ),
-            }
+            },
         )
 
     return [_members_delivered]

@@ -57,8 +57,10 @@ def build_events_delivered_asset(
                 asset=key,
                 blocking=False,
                 description=(
-                    "No events held because the list's answer to their import was lost; "
-                    "when it fails, check the list's feed, then resend_uncertain: true."
+                    "Yellow: events are held because the list's answer to their import was "
+                    "lost, so they may or may not be on it (held_events, held_sample). Check "
+                    "the list's activity feed, then run with resend_uncertain: true to send "
+                    "the ones missing."
                 ),
             )
         ],

@@ -20,6 +20,16 @@ from memberflow.masking import mask_match_key
 
 UNIQUE_CHECK = "one_row_per_match_key"
 SHARED_CHECK = "no_shared_match_keys"  # AF1: lists with an integration that withholds them
+UNIQUE_MEANS = (
+    "Red: the members table holds more than one row for a match key (duplicate_keys), so "
+    "nothing is delivered this run (blocking) and the list keeps its last good state. The merge "
+    "went wrong: keep the run id and the warehouse file, and report it; the next run rebuilds."
+)
+SHARED_MEANS = (
+    "Yellow: records of an integration with shared_match_keys: withhold share a match key, so "
+    "those keys were not synced (every other member was). Open the report (metadata) and fix "
+    "the records at the source, or set shared_match_keys: merge to sync them as one member."
+)
 SHARED_PREVIEW_ROWS = 20
 TODAY_ENV = "MEMBERFLOW_TODAY"
 DAY_TAG = "memberflow/segments_day"  # set by the daily segment schedule: the day it runs for
@@ -163,9 +173,15 @@ def build_model_assets(
         kinds={"duckdb"},
         tags={"memberflow/stage": "model"},
         check_specs=[
-            dg.AssetCheckSpec(UNIQUE_CHECK, asset=members_key, blocking=True),
+            dg.AssetCheckSpec(
+                UNIQUE_CHECK, asset=members_key, blocking=True, description=UNIQUE_MEANS
+            ),
             *(
-                [dg.AssetCheckSpec(SHARED_CHECK, asset=members_key, blocking=False)]
+                [
+                    dg.AssetCheckSpec(
+                        SHARED_CHECK, asset=members_key, blocking=False, description=SHARED_MEANS
+                    )
+                ]
                 if withholds
                 else []
             ),

@@ -19,6 +19,11 @@ from memberflow.masking import mask_text
 from resources.base import SourceClient
 
 QUARANTINE_CHECK = "nothing_quarantined"
+QUARANTINE_MEANS = (
+    "Yellow: this run withheld rows or dropped bad fields (the rest went on). The reasons and a "
+    "masked sample are in the check's metadata, every row in the warehouse's quarantine table. "
+    "Fix the records at the source or the mapping; a fixed record is staged at its next change."
+)
 
 
 def source_date_format(kind: str) -> str:
@@ -79,7 +84,11 @@ def build_stage_asset(
         pool=naming.pool(integration.list_key),
         kinds={"duckdb"},
         tags={"memberflow/stage": "stage"},
-        check_specs=[dg.AssetCheckSpec(QUARANTINE_CHECK, asset=key, blocking=False)],
+        check_specs=[
+            dg.AssetCheckSpec(
+                QUARANTINE_CHECK, asset=key, blocking=False, description=QUARANTINE_MEANS
+            )
+        ],
         # on the definition, not on each materialization: a backfill writes one event per day,
         # and this schema (~2 KB serialised) was a third of each (issue 10)
         metadata={"dagster/column_schema": _column_schema(mapping)},

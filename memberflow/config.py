@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -75,11 +75,37 @@ class ImportSettings(_Strict):
 
 
 class ScheduleSettings(_Strict):
-    """C4/X5: the sensor interval and the first day backfills can reach."""
+    """C4/X5: the sensor interval, the first day backfills can reach, and whether the
+    integration's sensors and schedules start running as soon as Dagster loads the file."""
 
     interval_minutes: int = Field(default=5, ge=1, le=1440)
     history_start: date = date(2024, 1, 1)
-    enabled: bool = True
+    enabled: bool = Field(
+        default=False,
+        description="true: the integration's sensors and schedule start running when Dagster "
+        "loads the file; false: they wait to be switched on in the UI (a switch in the UI wins)",
+    )
+
+
+_EMAIL = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+class AlertSettings(_Strict):
+    """Who is told when something goes wrong with this integration, and when a list counts as
+    stale."""
+
+    email_on_failure: list[Annotated[str, Field(pattern=_EMAIL)]] = Field(
+        default_factory=list,
+        description="addresses mailed when a run of this integration fails (besides the "
+        "deployment's MEMBERFLOW_ALERT_TO)",
+    )
+    stale_after_intervals: int = Field(
+        default=3,
+        ge=1,
+        le=1000,
+        description="the list's freshness check fails when it has not been synced, or checked "
+        "in sync by the sensor, for this many sensor intervals",
+    )
 
 
 class FeedbackSettings(_Strict):
@@ -135,6 +161,7 @@ class Integration(_Strict):
     )
     feedback: FeedbackSettings = FeedbackSettings()
     schedule: ScheduleSettings = ScheduleSettings()
+    alerts: AlertSettings = AlertSettings()
     import_: ImportSettings = Field(default_factory=ImportSettings, alias="import")
     mapping: dict[str, dict[str, FieldOverride]] = Field(default_factory=dict)
 

@@ -26,6 +26,7 @@ from memberflow.mapping import available_entities, load_mapping
 from pipelines.feedback_sensor import feedback_sensors
 from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
+from pipelines.watch import alert_sensors, freshness_checks
 from pipelines.webhook_sensor import webhook_sensors
 from resources.mailer import ErrorReportMailer
 
@@ -93,8 +94,10 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
             sensors += feedback_sensors(integration, feedback_job)
             if schedule := build_segment_schedule(integration, job):
                 schedules.append(schedule)
+    sensors += alert_sensors(by_list)
     return dg.Definitions(
         assets=assets,
+        asset_checks=freshness_checks(by_list),
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,

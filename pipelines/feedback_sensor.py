@@ -19,6 +19,7 @@ import dagster as dg
 from assets import naming
 from memberflow.config import Integration
 from memberflow.webhook_store import WebhookStore, feedback_webhook
+from pipelines import switch
 from pipelines.sensors import run_in_flight
 
 MIN_INTERVAL_SECONDS = 15
@@ -45,7 +46,7 @@ def build_feedback_sensor(integration: Integration, job: dg.JobDefinition) -> dg
         name=f"{integration.name}_feedback_sensor",
         job=job,
         minimum_interval_seconds=MIN_INTERVAL_SECONDS,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=switch.sensor_status(integration),
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.target.kind} "
             f"feedback (unsubscribes, clicks, bounces) no run has taken, run {job.name}."

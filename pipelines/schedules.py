@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from assets import naming
+from pipelines import switch
 
 if TYPE_CHECKING:
     from memberflow.config import Integration
@@ -44,7 +45,7 @@ def build_segment_schedule(
         job=job,
         cron_schedule=CRON,
         execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
+        default_status=switch.schedule_status(integration),
         description=(
             f"Daily at 00:05 {timezone}: run {job.name} so the date segments ({names}) are "
             "recomputed for the new day and only who joined or left a group is sent."

@@ -13,10 +13,11 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from assets import naming
+from assets import freshness, naming
 from memberflow import landing, recovery
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
+from pipelines import switch
 from resources.target import TargetClient
 
 IN_FLIGHT = [
@@ -46,7 +47,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         name=f"{integration.name}_sensor",
         job=job,
         minimum_interval_seconds=integration.schedule.interval_minutes * 60,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=switch.sensor_status(integration),
         required_resource_keys={source_key, target_key},
         description=(
             f"Every {integration.schedule.interval_minutes} min: probe {integration.source.kind} "
@@ -79,8 +80,13 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
             "target_checked_at": now.isoformat(),
         }
         context.update_cursor(json.dumps(new_cursor, sort_keys=True))
-        if not changed:
-            return dg.SkipReason("nothing changed since the last committed cursor")
+        if not changed:  # the list is in sync: that keeps its freshness check green
+            return dg.SensorResult(
+                skip_reason="nothing changed since the last committed cursor",
+                asset_events=freshness.in_sync_observations(
+                    integration, f"{integration.name}_sensor"
+                ),
+            )
         return dg.RunRequest(
             run_key=f"{integration.name}:{now.isoformat()}",
             partition_key=now.date().isoformat() if integration.tracking else None,

@@ -24,6 +24,7 @@ from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, webhook_capability
+from pipelines import switch
 from pipelines.sensors import run_in_flight
 
 MIN_INTERVAL_SECONDS = 15
@@ -76,7 +77,7 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
         job=job,
         minimum_interval_seconds=MIN_INTERVAL_SECONDS,
         required_resource_keys={source_key},
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=switch.sensor_status(integration),
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
             f"webhook events no run has consumed, run {job.name} re-reading just those records."

@@ -58,5 +58,7 @@ def test_definitions_load_like_dagster_does(tmp_path, monkeypatch):
         "demo_teyca_axle_sensor",
         "demo_amilia_cyberimpact_sensor",
         "demo_admin_flexmail_sensor",  # its feedback sensor needs the webhook token's env var
+        "list_freshness_sensor",
+        "run_failure_email",
     }
     assert {s.name for s in defs.schedules} == {"demo_teyca_axle_segments_daily"}

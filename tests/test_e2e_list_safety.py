@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import dagster as dg
 import pytest
 
 from memberflow import normalize
@@ -131,6 +132,18 @@ def test_a_member_who_appears_and_unsubscribes_during_an_import_is_not_touched(
     assert calls["checks_before_update"] == 3  # only the members that appeared meanwhile
 
 
+def _checks(harness, run_id: str) -> dict[str, bool]:
+    """The run's check verdicts on the list's delivered assets, by check name."""
+    found = {}
+    for entry in harness.instance.all_logs(
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ):
+        evaluation = entry.dagster_event.event_specific_data
+        if evaluation.asset_key.path[-1].endswith("_delivered"):
+            found[evaluation.check_name] = evaluation.passed
+    return found
+
+
 def _empty_the_list(harness) -> None:
     """Delete every member through the list's HTTP API, as a restore or a clean-up would."""
     client = harness.integration("demo_flexpos").target.resource().client()
@@ -162,9 +175,15 @@ def test_an_emptied_list_is_noticed_and_refilled_with_members_and_events(harness
     assert run.get("members_delivered", "dagster/row_count") == len(before)
     assert run.get("events_delivered", "sent") == events  # the lost activity, sent once more
     assert len(harness.sandbox.heyloyalty.events(TRACKING)) == 2 * events
+    assert _checks(harness, run.run_id) == {
+        "list_kept_its_members": False,  # yellow: the list had lost them
+        "synced_recently": True,
+        "no_uncertain_event_batches": True,
+    }
 
     quiet = harness.tick("demo_flexpos")
     assert quiet.success, quiet.failures
+    assert _checks(harness, quiet.run_id)["list_kept_its_members"] is True
     assert quiet.get("members_delivered", "missing_on_list") == 0
     assert quiet.get("members_delivered", "sent_this_run") == 0
     assert quiet.get("members_delivered", "dagster/row_count") == len(before)  # not "0 sent"

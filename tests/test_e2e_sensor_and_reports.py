@@ -41,6 +41,11 @@ def test_sensor_runs_only_when_something_changed_and_keeps_a_cursor(harness):
 
     quiet = _evaluate(harness, first.cursor)
     assert not quiet.run_requests, [r.tags for r in quiet.run_requests]
+    list_key = harness.integration("demo_flexpos").list_key
+    assert sorted(e.asset_key.to_user_string() for e in quiet.asset_events) == [
+        f"{list_key}/events_delivered",  # in sync: keeps the list's freshness checks green
+        f"{list_key}/members_delivered",
+    ]
     cursor = json.loads(quiet.cursor)
     assert cursor["high_water_marks"]["customers"] is not None
     assert cursor["high_water_marks"]["journals"] is not None

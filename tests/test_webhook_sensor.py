@@ -59,7 +59,8 @@ class _Ticker:
 
 def test_no_sensor_without_a_webhook_capability():
     defs = build_definitions(load_all([INTEGRATIONS_DIR / "demo_flexpos.yaml"]))
-    assert [s.name for s in defs.sensors] == ["demo_flexpos_sensor"]  # type: ignore[union-attr]
+    own = [s.name for s in defs.sensors if s.name.startswith("demo_flexpos")]  # type: ignore[union-attr]
+    assert own == ["demo_flexpos_sensor"]
 
 
 def test_pending_events_request_one_run_through_the_last_seq(setup):
