@@ -7,6 +7,8 @@ assets (group = the list key), shared by every integration on the list (X6).
 
 from __future__ import annotations
 
+import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -56,6 +58,23 @@ def warehouse_path(list_key: str) -> Path:
     return landing.data_dir() / "warehouse" / f"{list_key}.duckdb"
 
 
+# What a list's warehouse (DuckDB) may hold in memory before it spills to disk next to the
+# warehouse file. DuckDB's own default is 80% of the machine's memory, so at a million customers
+# the staging, model and event tables stayed resident and the process grew past a gigabyte.
+WAREHOUSE_MEMORY_ENV = "MEMBERFLOW_WAREHOUSE_MEMORY"
+DEFAULT_WAREHOUSE_MEMORY = "512MB"
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
+
+
+def warehouse_config() -> dict[str, str]:
+    """DuckDB settings of every warehouse connection; a bad size fails at load, naming the
+    environment variable."""
+    memory = os.environ.get(WAREHOUSE_MEMORY_ENV, "").strip() or DEFAULT_WAREHOUSE_MEMORY
+    if not _MEMORY.match(memory):
+        raise ValueError(f"{WAREHOUSE_MEMORY_ENV}={memory!r} is not a size such as 512MB or 2GB")
+    return {"memory_limit": memory}
+
+
 def build_definitions(integrations: list[Integration]) -> dg.Definitions:
     by_list: dict[str, list[Integration]] = defaultdict(list)
     for integration in integrations:
@@ -73,7 +92,9 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         assets += list_assets
         path = warehouse_path(list_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(database=str(path))
+        resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(
+            database=str(path), connection_config=warehouse_config()
+        )
         resources[naming.target_resource_key(list_key)] = members[0].target.resource()
         for integration, feed in zip(members, feeds, strict=True):
             own = _integration_assets(integration, feed)
