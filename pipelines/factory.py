@@ -59,17 +59,19 @@ def warehouse_path(list_key: str) -> Path:
 
 
 # What a list's warehouse (DuckDB) may hold in memory before it spills to disk next to the
-# warehouse file. DuckDB's own default is 80% of the machine's memory, so at a million customers
-# the staging, model and event tables stayed resident and the process grew past a gigabyte.
+# warehouse file; unset, DuckDB's own default (80% of the machine's memory). Not capped by
+# default: under a tight cap staging's statements fail with DuckDB's "Out of Memory Error"
+# instead of spilling (20,000 customers needed more than 32 MB), so a cap must fit the list.
 WAREHOUSE_MEMORY_ENV = "MEMBERFLOW_WAREHOUSE_MEMORY"
-DEFAULT_WAREHOUSE_MEMORY = "512MB"
 _MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
 
 
 def warehouse_config() -> dict[str, str]:
     """DuckDB settings of every warehouse connection; a bad size fails at load, naming the
     environment variable."""
-    memory = os.environ.get(WAREHOUSE_MEMORY_ENV, "").strip() or DEFAULT_WAREHOUSE_MEMORY
+    memory = os.environ.get(WAREHOUSE_MEMORY_ENV, "").strip()
+    if not memory:
+        return {}
     if not _MEMORY.match(memory):
         raise ValueError(f"{WAREHOUSE_MEMORY_ENV}={memory!r} is not a size such as 512MB or 2GB")
     return {"memory_limit": memory}

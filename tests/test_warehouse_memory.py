@@ -1,12 +1,12 @@
-"""The warehouse's DuckDB is capped (it spills beyond the cap) instead of DuckDB's default of
-80% of the machine's memory; the cap is a size from MEMBERFLOW_WAREHOUSE_MEMORY, checked at load."""
+"""MEMBERFLOW_WAREHOUSE_MEMORY caps the warehouse's DuckDB (it spills beyond the cap); unset,
+DuckDB's own default applies; a value that is not a size fails at load, naming the variable."""
 
 from __future__ import annotations
 
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from pipelines.factory import DEFAULT_WAREHOUSE_MEMORY, WAREHOUSE_MEMORY_ENV, warehouse_config
+from pipelines.factory import WAREHOUSE_MEMORY_ENV, warehouse_config
 
 
 def _limit(tmp_path, config: dict[str, str]) -> str:
@@ -15,9 +15,13 @@ def _limit(tmp_path, config: dict[str, str]) -> str:
         return conn.execute("SELECT current_setting('memory_limit')").fetchone()[0]
 
 
-def test_default_cap_reaches_the_connection(tmp_path, monkeypatch):
+def test_unset_leaves_duckdbs_default(monkeypatch):
     monkeypatch.delenv(WAREHOUSE_MEMORY_ENV, raising=False)
-    assert warehouse_config() == {"memory_limit": DEFAULT_WAREHOUSE_MEMORY}
+    assert warehouse_config() == {}
+
+
+def test_the_cap_reaches_the_connection(tmp_path, monkeypatch):
+    monkeypatch.setenv(WAREHOUSE_MEMORY_ENV, "512MB")
     assert _limit(tmp_path, warehouse_config()) == "488.2 MiB"  # 512 MB in DuckDB's units
 
 
