@@ -91,18 +91,32 @@ def scaffold(source: str, target: str, name: str | None, out: Path | None) -> No
 @click.option("--seed", default=42, show_default=True)
 @click.option("--customers", default=300, show_default=True)
 @click.option("--no-rate-limits", is_flag=True, help="Disable the emulators' rate limits.")
-def sandbox(port: int, host: str, seed: int, customers: int, no_rate_limits: bool) -> None:
+@click.option(
+    "--lean",
+    is_flag=True,
+    help="FlexPOS records made on demand (a million customers in ~1 GB); other demo sources "
+    "get their smallest data sets.",
+)
+def sandbox(
+    port: int, host: str, seed: int, customers: int, no_rate_limits: bool, lean: bool
+) -> None:
     """Serve every vendor emulator of sandbox/ (one port, a prefix per vendor) until Ctrl-C."""
     from sandbox.credentials import SANDBOX_ENV
     from sandbox.server import serve_forever
 
-    click.echo(f"sandbox on http://{host}:{port} ({customers} customers, seed {seed})")
+    shape = ", lean" if lean else ""
+    click.echo(f"sandbox on http://{host}:{port} ({customers} customers, seed {seed}{shape})")
     click.echo("export these to run the demo integrations against it:")
     click.echo(f"  export MEMBERFLOW_SANDBOX_URL=http://{host}:{port}")
     for name, value in SANDBOX_ENV.items():
         click.echo(f"  export {name}={value}")
     serve_forever(
-        seed=seed, customers=customers, port=port, host=host, rate_limits=not no_rate_limits
+        seed=seed,
+        customers=customers,
+        port=port,
+        host=host,
+        rate_limits=not no_rate_limits,
+        lean=lean,
     )
 
 

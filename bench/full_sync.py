@@ -92,7 +92,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def sandbox_command(customers: int, port: int, seed: int) -> list[str]:
+def sandbox_command(customers: int, port: int, seed: int, lean: bool = False) -> list[str]:
     script = Path(sys.executable).with_name("memberflow")
     base = [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
     return [
@@ -105,11 +105,14 @@ def sandbox_command(customers: int, port: int, seed: int) -> list[str]:
         "--seed",
         str(seed),
         "--no-rate-limits",
+        *(["--lean"] if lean else []),
     ]
 
 
-def start_sandbox(customers: int, port: int, seed: int, log_path: Path) -> subprocess.Popen:
-    command = sandbox_command(customers, port, seed)
+def start_sandbox(
+    customers: int, port: int, seed: int, log_path: Path, lean: bool = False
+) -> subprocess.Popen:
+    command = sandbox_command(customers, port, seed, lean)
     log(f"starting sandbox: {' '.join(command)}")
     with log_path.open("wb") as out:
         return subprocess.Popen(
@@ -586,6 +589,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="customers changed before the last run (percent)",
     )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="lean sandbox: FlexPOS records made on demand (needed for 1,000,000 customers)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep landing files and warehouse")
     parser.add_argument("--verbose", action="store_true", help="Dagster console logs at INFO")
     return parser.parse_args(argv)
@@ -618,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
     timer = _watchdog(args.run_timeout, procs)
     rss = RssSampler().start()
     try:
-        procs.append(start_sandbox(args.customers, port, args.seed, run_dir / "sandbox.log"))
+        sandbox_log = run_dir / "sandbox.log"
+        procs.append(start_sandbox(args.customers, port, args.seed, sandbox_log, args.lean))
         sandbox_start_s = wait_healthy(url, procs[0], args.startup_timeout)
         log(f"sandbox healthy at {url} after {sandbox_start_s:.1f} s")
 

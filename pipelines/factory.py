@@ -7,6 +7,8 @@ assets (group = the list key), shared by every integration on the list (X6).
 
 from __future__ import annotations
 
+import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -57,6 +59,25 @@ def warehouse_path(list_key: str) -> Path:
     return landing.data_dir() / "warehouse" / f"{list_key}.duckdb"
 
 
+# What a list's warehouse (DuckDB) may hold in memory before it spills to disk next to the
+# warehouse file; unset, DuckDB's own default (80% of the machine's memory). Not capped by
+# default: under a tight cap staging's statements fail with DuckDB's "Out of Memory Error"
+# instead of spilling (20,000 customers needed more than 32 MB), so a cap must fit the list.
+WAREHOUSE_MEMORY_ENV = "MEMBERFLOW_WAREHOUSE_MEMORY"
+_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
+
+
+def warehouse_config() -> dict[str, str]:
+    """DuckDB settings of every warehouse connection; a bad size fails at load, naming the
+    environment variable."""
+    memory = os.environ.get(WAREHOUSE_MEMORY_ENV, "").strip()
+    if not memory:
+        return {}
+    if not _MEMORY.match(memory):
+        raise ValueError(f"{WAREHOUSE_MEMORY_ENV}={memory!r} is not a size such as 512MB or 2GB")
+    return {"memory_limit": memory}
+
+
 def build_definitions(integrations: list[Integration]) -> dg.Definitions:
     by_list: dict[str, list[Integration]] = defaultdict(list)
     for integration in integrations:
@@ -74,7 +95,9 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         assets += list_assets
         path = warehouse_path(list_key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(database=str(path))
+        resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(
+            database=str(path), connection_config=warehouse_config()
+        )
         resources[naming.target_resource_key(list_key)] = members[0].target.resource()
         for integration, feed in zip(members, feeds, strict=True):
             own = _integration_assets(integration, feed)

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from sandbox.emulator import Emulator
+from sandbox.flexpos_lean import LeanFlexposData
 from sandbox.generator import SandboxData
 from sandbox.httputil import (
     basic_credentials,
@@ -34,6 +35,7 @@ from sandbox.httputil import (
     media_type,
     parse_urlencoded,
 )
+from sandbox.lean_store import LeanCollection
 from sandbox.ratelimit import RateLimiter
 from sandbox.store import Collection, Record
 
@@ -76,10 +78,20 @@ class FlexposState:
         token_lifetime: float = 3600,
         rate_limit: int | None = 10,
     ) -> None:
-        self.customers = Collection(data.flexpos_customers, "CustomerId", "Modified")
-        self.journals = Collection(data.journals, "JournalId", "Modified", "Date")
-        self.tickets = Collection(data.tickets, "TicketId", "Modified", "BookingDate")
-        self.memberships = Collection(data.memberships, "MembershipId", "Modified", "PurchaseDate")
+        self.customers: Collection | LeanCollection
+        self.journals: Collection | LeanCollection
+        self.tickets: Collection | LeanCollection
+        if data.lean:  # records made on demand (sandbox.flexpos_lean), for a million customers
+            lean = LeanFlexposData(data.seed, data.customer_count, data.days, data.today)
+            self.customers, self.journals = lean.customers, lean.journals
+            self.tickets, self.memberships = lean.tickets, lean.memberships
+        else:
+            self.customers = Collection(data.flexpos_customers, "CustomerId", "Modified")
+            self.journals = Collection(data.journals, "JournalId", "Modified", "Date")
+            self.tickets = Collection(data.tickets, "TicketId", "Modified", "BookingDate")
+            self.memberships = Collection(
+                data.memberships, "MembershipId", "Modified", "PurchaseDate"
+            )
         self.clients: dict[str, tuple[str, str]] = {
             POS: (FLEXPOS_CLIENT_ID, FLEXPOS_CLIENT_SECRET),
             ATTRACTIONS: (FLEXPOS_ATTRACTIONS_CLIENT_ID, FLEXPOS_ATTRACTIONS_CLIENT_SECRET),
@@ -248,7 +260,9 @@ def _new_customer(customer_id: int) -> Record:
     }
 
 
-def _new_record(collection: Collection, id_key: str, first_id: int, given: Record) -> Record:
+def _new_record(
+    collection: Collection | LeanCollection, id_key: str, first_id: int, given: Record
+) -> Record:
     record = dict(given)
     if record.get(id_key) is None:
         record[id_key] = (collection.max_id() or first_id - 1) + 1
@@ -353,14 +367,14 @@ class _Handlers:
             return refused
         query = _Query(request)
         page, size = query.paging()
-        collection: Collection = getattr(self.state, resource)
+        collection: Collection | LeanCollection = getattr(self.state, resource)
         modified = query.modified_since()
-        predicate, key = _PREDICATES[resource](query)
+        where, key = _FILTERS[resource](query)
         from_date, to_date = query.date_range() if resource != "customers" else (None, None)
         if query.errors:
             return problem(400, "One or more validation errors occurred.", errors=query.errors)
         cache_key = (key, modified, from_date, to_date)
-        rows = collection.select(cache_key, modified, from_date, to_date, predicate)
+        rows = collection.select(cache_key, modified, from_date, to_date, where=where)
         items = rows[(page - 1) * size : page * size]
         if page == 1:
             items = items + self.state.raw_extras.get(resource, [])
@@ -449,10 +463,10 @@ class _Query:
 
 _BOOL = {"true": True, "false": False}
 _BIT = {"1": 1, "0": 0}
-Predicate = Callable[[Record], bool] | None
+Where = dict[str, Any]  # field -> the value it must equal
 
 
-def _customer_filter(query: _Query) -> tuple[Predicate, tuple[Any, ...]]:
+def _customer_filter(query: _Query) -> tuple[Where, tuple[Any, ...]]:
     """FP-A4: `isActive=true`, `isClubMember=1`, `getsNewsletter=1`, combined with AND."""
     wanted = {
         "IsActive": query.flag("isActive", _BOOL),
@@ -460,27 +474,21 @@ def _customer_filter(query: _Query) -> tuple[Predicate, tuple[Any, ...]]:
         "GetsNewsletter": query.flag("getsNewsletter", _BIT),
     }
     active = {k: v for k, v in wanted.items() if v is not None}
-    key = ("customers", tuple(sorted(active.items())))
-    if not active:
-        return None, key
-    return (lambda r: all(r.get(k) == v for k, v in active.items())), key
+    return active, ("customers", tuple(sorted(active.items())))
 
 
 def _id_filter(resource: str, names: tuple[str, ...]) -> Callable[[_Query], Any]:
     """FP-A5..FP-A7: optional `customerId` (and `storeId` on journals)."""
 
-    def build(query: _Query) -> tuple[Predicate, tuple[Any, ...]]:
+    def build(query: _Query) -> tuple[Where, tuple[Any, ...]]:
         wanted = {name: query.integer(name, None, 0) for name in names}
         active = {name[0].upper() + name[1:]: v for name, v in wanted.items() if v is not None}
-        key = (resource, tuple(sorted(active.items())))
-        if not active:
-            return None, key
-        return (lambda r: all(r.get(k) == v for k, v in active.items())), key
+        return active, (resource, tuple(sorted(active.items())))
 
     return build
 
 
-_PREDICATES: dict[str, Callable[[_Query], tuple[Predicate, tuple[Any, ...]]]] = {
+_FILTERS: dict[str, Callable[[_Query], tuple[Where, tuple[Any, ...]]]] = {
     "customers": _customer_filter,
     "journals": _id_filter("journals", ("customerId", "storeId")),
     "tickets": _id_filter("tickets", ("customerId",)),

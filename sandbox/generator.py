@@ -193,6 +193,11 @@ class SandboxData:
 
     seed: int
     today: date
+    # lean: FlexPOS records are made on demand from (seed, customer_count, days) by the FlexPOS
+    # emulator (sandbox.flexpos_lean) and the lists below stay empty (a million customers)
+    lean: bool = False
+    customer_count: int = 0
+    days: int = 400
     flexpos_customers: list[Row] = field(default_factory=list)
     journals: list[Row] = field(default_factory=list)
     tickets: list[Row] = field(default_factory=list)
@@ -238,13 +243,19 @@ def generate(
     days: int = 400,
     today: date | None = None,
     tm_overlap: float = 0.6,
+    lean: bool = False,
 ) -> SandboxData:
-    """Build the demo data; the same arguments (and `today`) always give identical output."""
+    """Build the demo data; the same arguments (and `today`) always give identical output.
+
+    `lean` builds nothing here: the FlexPOS emulator makes its records on demand (the other
+    emulators get their smallest data sets)."""
     today = today or date.today()
+    if lean:
+        return SandboxData(seed=seed, today=today, lean=True, customer_count=customers, days=days)
     rng = random.Random(seed)
     pools = _pools(seed)
     clock = _Clock(today, days)
-    data = SandboxData(seed=seed, today=today)
+    data = SandboxData(seed=seed, today=today, customer_count=customers, days=days)
     people = [_person(rng, pools, i) for i in range(customers)]
     data.flexpos_customers = _fp_customers(rng, clock, people)
     ids = [c["CustomerId"] for c in data.flexpos_customers]

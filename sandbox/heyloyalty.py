@@ -17,6 +17,7 @@ import json
 import re
 import threading
 import uuid
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -145,6 +146,43 @@ class _List:
         self.cache.clear()
 
 
+class _EventLog:
+    """One tracking id's stored events, an import at a time, its rows compressed (a million
+    customers' six million events would be ~6 GB as dicts; this is ~30 bytes an event)."""
+
+    def __init__(self) -> None:
+        self._imports: list[tuple[tuple[str, ...], bytes, list[str], int, str]] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(
+        self,
+        columns: list[str],
+        rows: list[list[str]],
+        member_ids: list[str],
+        list_id: int,
+        imported_at: str,
+    ) -> None:
+        """Keep the accepted rows of one import (`member_ids[i]` is row i's member)."""
+        if rows:
+            blob = zlib.compress(json.dumps(rows, ensure_ascii=False).encode(), 1)
+            self._imports.append((tuple(columns), blob, member_ids, list_id, imported_at))
+            self._count += len(rows)
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every stored event as a dict of its columns plus member_id, list_id, imported_at."""
+        found: list[dict[str, Any]] = []
+        for columns, blob, member_ids, list_id, imported_at in self._imports:
+            rows = json.loads(zlib.decompress(blob))
+            for row, member_id in zip(rows, member_ids, strict=True):
+                event: dict[str, Any] = dict(zip(columns, row, strict=True))
+                event.update(member_id=member_id, list_id=list_id, imported_at=imported_at)
+                found.append(event)
+        return found
+
+
 def _field_def(field_id: int, name: str, fmt: str, kind: str, options: Any) -> dict[str, Any]:
     definition = {
         "id": field_id,
@@ -187,7 +225,7 @@ class HeyloyaltyState:
         # "other" (JSON of another shape).
         self.member_import_answer = "detailed"
         self.member_import_first_row = 1  # the number failed[] gives the file's first data row
-        self._events: dict[int, list[dict[str, Any]]] = {t: [] for t in self.tracking}
+        self._events: dict[int, _EventLog] = {t: _EventLog() for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
 
@@ -293,7 +331,8 @@ class HeyloyaltyState:
     def events(self, tracking_id: int) -> list[dict[str, Any]]:
         """Tracking events stored by BI imports for one tracking id (HL-A10)."""
         with self._lock:
-            return [dict(e) for e in self._events.get(tracking_id, [])]
+            found = self._events.get(tracking_id)
+            return found.events() if found else []
 
     def upsert_flags(self, list_id: int, email: str) -> list[dict[str, Any]]:
         """The skipOptIn/trigger_autoresponder/trigger_webhooks flags of each upsert (HL-A7)."""
@@ -840,19 +879,18 @@ class _Handlers:
         date_format: str,
     ) -> tuple[list[dict[str, Any]], int]:
         failed: list[dict[str, Any]] = []
-        stored = 0
-        events = self.state._events.setdefault(tracking_id, [])
-        now = now_utc()
+        kept: list[list[str]] = []
+        member_ids: list[str] = []
         for number, row in enumerate(rows, start=1):
             error, member = _event_problem(self.state, target, columns, row, match, date_format)
             if error:
                 failed.append({"row": number, "error": error})
                 continue
-            event = dict(zip(columns, row, strict=True))
-            event.update(member_id=member["id"], list_id=target.id, imported_at=now)
-            events.append(event)
-            stored += 1
-        return failed, stored
+            kept.append(row)
+            member_ids.append(member["id"])
+        log = self.state._events.setdefault(tracking_id, _EventLog())
+        log.add(columns, kept, member_ids, target.id, now_utc())
+        return failed, len(kept)
 
 
 def _event_problem(

@@ -37,8 +37,10 @@ class SandboxServer:
         host: str = "127.0.0.1",
         rate_limits: bool = True,
         token_lifetime: float | None = None,
+        lean: bool = False,
     ) -> None:
         self.seed, self.customers, self.days, self.today = seed, customers, days, today
+        self.lean = lean  # FlexPOS records made on demand (sandbox.flexpos_lean)
         self.host, self.port = host, port
         self.rate_limits, self.token_lifetime = rate_limits, token_lifetime
         self.state: SandboxState | None = None
@@ -49,7 +51,7 @@ class SandboxServer:
     # -- lifecycle --------------------------------------------------------------------------------
     def build(self) -> SandboxState:
         """Generate the data and the emulator state (done by `start`)."""
-        data = generate(self.seed, self.customers, self.days, self.today)
+        data = generate(self.seed, self.customers, self.days, self.today, lean=self.lean)
         self.state = SandboxState.from_data(data, self.rate_limits, self.token_lifetime)
         return self.state
 
@@ -159,8 +161,9 @@ def serve_forever(
     port: int = 8765,
     host: str = "127.0.0.1",
     rate_limits: bool = True,
+    lean: bool = False,
 ) -> None:
     """Blocking entry point for the CLI: generate, then serve until interrupted."""
     SandboxServer(
-        seed=seed, customers=customers, port=port, host=host, rate_limits=rate_limits
+        seed=seed, customers=customers, port=port, host=host, rate_limits=rate_limits, lean=lean
     ).serve_forever()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from typing import Any
 
 Record = dict[str, Any]
@@ -77,11 +77,16 @@ class Collection:
         from_date: str | None = None,
         to_date: str | None = None,
         predicate: Callable[[Record], bool] | None = None,
+        where: Mapping[str, Any] | None = None,
     ) -> list[Record]:
         """Records matching the filters, sorted by id; cached per `cache_key` until a write.
 
-        `modified_since` and the dates are strings in the collection's own sortable format.
+        `modified_since` and the dates are strings in the collection's own sortable format;
+        `where` keeps records whose fields equal the given values (as a `predicate` would).
         """
+        if where:
+            wanted = dict(where)
+            predicate = lambda r: all(r.get(k) == v for k, v in wanted.items())  # noqa: E731
         with self._lock:
             hit = self._cache.get(cache_key)
             if hit is not None:
