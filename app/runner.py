@@ -19,6 +19,7 @@ import dagster as dg
 from assets import naming
 from memberflow import recovery
 from memberflow.config import REPO_ROOT, Integration
+from pipelines.list_jobs import integration_selection, sync_job_name
 from pipelines.sensors import run_in_flight
 
 # Dagster's per-partition bookkeeping (issue 10). A single-run backfill over N days of four
@@ -65,6 +66,7 @@ def run_sync(
     full: bool = False,
 ) -> dg.ExecuteInProcessResult:
     """One sync: a backfill over [start, end] when given, else an incremental run like a tick.
+    It runs the integration's share of its list's job (its assets and the list's).
 
     First recovers runs of this host whose process died (they would hold the list's pool slot
     forever), and tags this run with this process so a later call can do the same for it.
@@ -77,7 +79,7 @@ def run_sync(
         )
     tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
     tags.update(recovery.run_tags())
-    job = defs.resolve_job_def(naming.job_name(integration))
+    job = defs.resolve_job_def(sync_job_name(defs, integration))
     partition_key = None
     if start and end:
         tags["dagster/asset_partition_range_start"] = start.isoformat()
@@ -92,6 +94,7 @@ def run_sync(
         config["loggers"] = {"console": {"config": {"log_level": "WARNING"}}}
     return job.execute_in_process(
         instance=instance,
+        asset_selection=integration_selection(job, integration),
         tags=tags,
         partition_key=partition_key,
         run_config=config,

@@ -1,8 +1,10 @@
 """The one factory: integration files in, Dagster Definitions out. Nothing vendor-specific here.
 
-Per integration: extract and stage assets (group = integration name), a `sync_<name>` job and a
-sensor. Per target list (integrations sharing kind, account and list id): the model and deliver
-assets (group = the list key), shared by every integration on the list (X6).
+Per integration: extract and stage assets (group = integration name) and its sensors. Per target
+list (integrations sharing kind, account and list id): the model and deliver assets (group = the
+list key), shared by every integration on the list (X6), and one sync job holding the list's
+assets and all its integrations' (pipelines/list_jobs.py); each sensor run selects its own
+integration's share of it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
 from pipelines.feedback_sensor import feedback_sensors
+from pipelines.list_jobs import INTEGRATIONS_METADATA, ListJob, plan_list_jobs
 from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
 from pipelines.webhook_sensor import webhook_sensors
@@ -75,24 +78,29 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         path.parent.mkdir(parents=True, exist_ok=True)
         resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(database=str(path))
         resources[naming.target_resource_key(list_key)] = members[0].target.resource()
+        own: dict[str, list[dg.AssetsDefinition]] = {}
+        feedback: dict[str, dg.AssetsDefinition] = {}
         for integration, feed in zip(members, feeds, strict=True):
-            own = _integration_assets(integration, feed)
-            feedback = (
-                build_feedback_asset(integration, feed)
-                if wants_feedback_asset(integration)
-                else None
-            )
-            assets += own + ([feedback] if feedback else [])
+            own[integration.name] = _integration_assets(integration, feed)
+            if wants_feedback_asset(integration):
+                feedback[integration.name] = build_feedback_asset(integration, feed)
+                own[integration.name].append(feedback[integration.name])
+            assets += own[integration.name]
             resources[naming.source_resource_key(integration)] = integration.source.resource()
-            job = _sync_job(integration, own + ([feedback] if feedback else []), list_assets)
+        list_keys = [key for a in list_assets for key in a.keys]
+        for plan in plan_list_jobs(list_key, members):
+            job = _list_job(plan, [a for i in plan.integrations for a in own[i.name]], list_assets)
             jobs.append(job)
-            feedback_job = _feedback_job(integration, feedback) if feedback else None
-            jobs += [feedback_job] if feedback_job else []
-            sensors.append(build_sensor(integration, job))
-            sensors += webhook_sensors(integration, job)
-            sensors += feedback_sensors(integration, feedback_job)
-            if schedule := build_segment_schedule(integration, job):
-                schedules.append(schedule)
+            for integration in plan.integrations:
+                selection = [key for a in own[integration.name] for key in a.keys] + list_keys
+                sensors.append(build_sensor(integration, job, selection))
+                sensors += webhook_sensors(integration, job, selection)
+                if integration.name in feedback:
+                    sensors += feedback_sensors(
+                        integration, job, list(feedback[integration.name].keys)
+                    )
+                if schedule := build_segment_schedule(integration, job, selection):
+                    schedules.append(schedule)
     return dg.Definitions(
         assets=assets,
         jobs=jobs,
@@ -112,32 +120,25 @@ def _integration_assets(integration: Integration, feed: model.Feed) -> list[dg.A
     return out
 
 
-def _feedback_job(integration: Integration, feedback: dg.AssetsDefinition):
-    """The feedback asset alone: what the feedback sensor runs when webhooks brought some."""
-    return dg.define_asset_job(
-        name=f"feedback_{integration.name}",
-        selection=dg.AssetSelection.assets(feedback),
-        description=f"Carry {integration.name}'s list feedback into the warehouse and source",
-        tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
-        executor_def=dg.in_process_executor,
-    )
-
-
-def _sync_job(
-    integration: Integration,
+def _list_job(
+    plan: ListJob,
     own: list[dg.AssetsDefinition],
     list_assets: list[dg.AssetsDefinition],
 ):
-    """Extract -> stage -> model -> deliver for one integration, on its list's assets.
+    """Extract -> stage -> model -> deliver for every integration of the job, on its list's
+    assets. Sensors, schedules and `memberflow sync` run one integration's share of it
+    (`asset_selection`); launched whole from the UI it syncs every integration of the job.
 
     In-process executor: the steps share one DuckDB file, which takes one writer at a time.
     """
-    partitions = naming.daily_partitions(integration) if integration.tracking else None
+    names = [i.name for i in plan.integrations]
+    described = [i.description or f"Sync {i.name}" for i in plan.integrations]
     return dg.define_asset_job(
-        name=naming.job_name(integration),
+        name=plan.name,
         selection=dg.AssetSelection.assets(*own, *list_assets),
-        partitions_def=partitions,
-        description=integration.description or f"Sync {integration.name}",
-        tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
+        partitions_def=plan.partitions_def,
+        description=f"List {plan.list_key}: " + "; ".join(described),
+        tags={naming.LIST_TAG: plan.list_key},
+        metadata={INTEGRATIONS_METADATA: names},
         executor_def=dg.in_process_executor,
     )

@@ -35,7 +35,13 @@ def run_in_flight(instance: dg.DagsterInstance, list_key: str) -> bool:
     return bool(runs)
 
 
-def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.SensorDefinition:
+def build_sensor(
+    integration: Integration,
+    job: "dg.JobDefinition | dg.UnresolvedAssetJobDefinition",
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> dg.SensorDefinition:
+    """The integration's change sensor; its runs are of `job` restricted to `asset_selection`
+    (the integration's assets and its list's, when the job is its list's)."""
     source_key = naming.source_resource_key(integration)
     target_key = naming.target_resource_key(integration.list_key)
     entities = sorted(available_entities(integration.source.kind).members) + list(
@@ -51,7 +57,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         description=(
             f"Every {integration.schedule.interval_minutes} min: probe {integration.source.kind} "
             f"for changes since the committed cursor and the list for unsubscribes; run "
-            f"{job.name} when anything changed."
+            f"{job.name} on {integration.name}'s assets when anything changed."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
@@ -84,6 +90,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         return dg.RunRequest(
             run_key=f"{integration.name}:{now.isoformat()}",
             partition_key=now.date().isoformat() if integration.tracking else None,
+            asset_selection=asset_selection,
             tags={
                 naming.MODE_TAG: naming.INCREMENTAL,
                 naming.LIST_TAG: integration.list_key,

@@ -33,14 +33,21 @@ WEBHOOK_TAG = "memberflow/webhook_through"  # the last event seq a webhook run r
 log = logging.getLogger(__name__)
 
 
-def webhook_sensors(integration: Integration, job: dg.JobDefinition) -> list[dg.SensorDefinition]:
-    """The integration's webhook sensor, or none when its source has no webhooks on."""
+def webhook_sensors(
+    integration: Integration,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> list[dg.SensorDefinition]:
+    """The integration's webhook sensor, or none when its source has no webhooks on; its runs
+    are of `job` restricted to `asset_selection`."""
     try:
         capability = webhook_capability(integration)
     except Exception as exc:  # a broken webhook setting must not take the definitions down
         log.warning(f"{integration.name}: no webhook sensor, its webhook setting failed: {exc}")
         return []
-    return [] if capability is None else [build_webhook_sensor(integration, job)]
+    if capability is None:
+        return []
+    return [build_webhook_sensor(integration, job, asset_selection)]
 
 
 def extract_op_names(integration: Integration) -> list[str]:
@@ -68,7 +75,11 @@ PROBLEMS_RECHECK_SECONDS = 60  # while a problem stands, per sensor process
 _LAST_PROBLEMS: dict[str, tuple[datetime, list[str]]] = {}  # data dir:source -> when, what
 
 
-def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.SensorDefinition:
+def build_webhook_sensor(
+    integration: Integration,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> dg.SensorDefinition:
     source_key = naming.source_resource_key(integration)
 
     @dg.sensor(
@@ -79,7 +90,8 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
-            f"webhook events no run has consumed, run {job.name} re-reading just those records."
+            f"webhook events no run has consumed, run {job.name} on {integration.name}'s assets, "
+            "re-reading just those records."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
@@ -115,6 +127,7 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
             run_key=run_key,
             run_config=webhook_run_config(integration, last),
             partition_key=now.date().isoformat() if integration.tracking else None,
+            asset_selection=asset_selection,
             tags={
                 naming.MODE_TAG: naming.INCREMENTAL,
                 naming.LIST_TAG: integration.list_key,
