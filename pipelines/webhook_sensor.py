@@ -24,7 +24,7 @@ from memberflow import landing
 from memberflow.config import Integration
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, webhook_capability
-from pipelines.sensors import run_in_flight
+from pipelines.sensors import ClientFactory, run_in_flight, source_clients
 
 MIN_INTERVAL_SECONDS = 15
 MAX_ATTEMPTS = 3  # runs asked for one batch of events before leaving it to the regular sensor
@@ -81,12 +81,12 @@ def build_webhook_sensor(
     asset_selection: list[dg.AssetKey] | None = None,
 ) -> dg.SensorDefinition:
     source_key = naming.source_resource_key(integration)
+    source = source_clients(integration)
 
     @dg.sensor(
         name=f"{integration.name}_webhook_sensor",
         job=job,
         minimum_interval_seconds=MIN_INTERVAL_SECONDS,
-        required_resource_keys={source_key},
         default_status=dg.DefaultSensorStatus.STOPPED,
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
@@ -96,7 +96,7 @@ def build_webhook_sensor(
     )
     def _sensor(context: dg.SensorEvaluationContext):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        problems = _problems(context, source_key, cursor)
+        problems = _problems(context, source, source_key, cursor)
         if run_in_flight(context.instance, integration.list_key):
             return _alert_or(problems, f"a run on list {integration.list_key} is still in flight")
         requested = int(cursor.get("requested", 0))
@@ -141,7 +141,10 @@ def build_webhook_sensor(
 
 
 def _problems(
-    context: dg.SensorEvaluationContext, source_key: str, cursor: dict[str, Any]
+    context: dg.SensorEvaluationContext,
+    source: ClientFactory,
+    source_key: str,
+    cursor: dict[str, Any],
 ) -> list[str]:
     """What the source says is wrong with its subscriptions (e.g. one it disabled after failed
     deliveries), looked at every PROBLEMS_EVERY_SECONDS while all is well, every tick after a
@@ -163,7 +166,7 @@ def _problems(
         return known[1]  # a failing tick keeps no cursor: don't ask the vendor every 15 s
     cursor["problems_checked_at"] = now.isoformat()
     try:
-        client = getattr(context.resources, source_key).client()
+        client = source.client()
     except Exception as exc:  # e.g. a credential missing: the webhook events still go through
         context.log.warning(f"webhooks: could not look at the subscriptions: {exc}")
         return []
