@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,8 +78,14 @@ def generate_integrations(count: int, folder: Path) -> list[Path]:
 
 
 def _env(folder: Path, data_dir: Path) -> dict[str, str]:
+    """A child's environment: the generated files, a data dir and a Dagster home of its own."""
+    home = data_dir.parent / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     return {
         **os.environ,
+        "DAGSTER_HOME": str(home),
         "MEMBERFLOW_INTEGRATIONS": str(folder),
         "MEMBERFLOW_DATA_DIR": str(data_dir),
         "PYTHONPATH": str(REPO),
@@ -187,7 +194,6 @@ def main(argv: list[str] | None = None) -> int:
             row.update(measure_validate(folder, run_dir / "data"))
             print(json.dumps(row), flush=True)
         if args.ticks:
-            os.environ["MEMBERFLOW_DATA_DIR"] = str(run_dir / "data")
             row.update(measure_ticks(folder, run_dir, args.ticks, args.customers))
         print(json.dumps(row), flush=True)
         rows.append(row)
