@@ -154,13 +154,18 @@ def measure_ticks(folder: Path, run_dir: Path, ticks: int, customers: int) -> di
             sensor = defs.resolve_sensor_def(f"{integration.name}_sensor")
             cursor = None
             for index in range(ticks):
-                seconds, cpu, result = tick(sensor, defs, instance, cursor)
-                cursor = result.cursor or cursor
-                (firsts if index == 0 else walls).append(seconds)
+                wall, cpu = time.perf_counter(), time.process_time()
+                try:
+                    _, _, result = tick(sensor, defs, instance, cursor)
+                except Exception as exc:  # e.g. a sandbox without the generated list: counted
+                    result, outcome = None, f"error: {type(exc).__name__}"
+                else:
+                    cursor = result.cursor or cursor
+                    outcome = "run" if result.run_requests else (result.skip_message or "skip")
+                (firsts if index == 0 else walls).append(time.perf_counter() - wall)
                 if index:
-                    cpus.append(cpu)
-                outcome = "run" if result.run_requests else (result.skip_message or "skip")[:50]
-                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                    cpus.append(time.process_time() - cpu)
+                outcomes[outcome[:50]] = outcomes.get(outcome[:50], 0) + 1
     finally:
         stop_sandbox(proc)
     return {
