@@ -19,6 +19,7 @@ import dagster as dg
 from assets import naming
 from memberflow import recovery
 from memberflow.config import REPO_ROOT, Integration
+from pipelines.list_jobs import integration_selection, sync_job_name
 from pipelines.sensors import run_in_flight
 
 # Dagster's per-partition bookkeeping (issue 10). A single-run backfill over N days of four
@@ -82,6 +83,7 @@ def run_sync(
     console_level: str | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One sync: a backfill over [start, end] when given, else an incremental run like a tick.
+    It runs the integration's share of its list's job (its assets and the list's).
 
     `quiet` keeps Dagster's console lines to warnings and errors; `console_level` sets their
     level ("DEBUG" prints every event). The run's own log in the instance is complete either way.
@@ -97,7 +99,7 @@ def run_sync(
         )
     tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
     tags.update(recovery.run_tags())
-    job = defs.resolve_job_def(naming.job_name(integration))
+    job = defs.resolve_job_def(sync_job_name(defs, integration))
     partition_key = None
     if start and end:
         tags["dagster/asset_partition_range_start"] = start.isoformat()
@@ -113,6 +115,7 @@ def run_sync(
         config["loggers"] = {"console": {"config": {"log_level": level}}}
     return job.execute_in_process(
         instance=instance,
+        asset_selection=integration_selection(job, integration),
         tags=tags,
         partition_key=partition_key,
         run_config=config,

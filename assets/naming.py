@@ -50,10 +50,6 @@ def list_asset_key(list_key: str, name: str) -> dg.AssetKey:
     return dg.AssetKey([list_key, name])
 
 
-def job_name(integration: Integration) -> str:
-    return f"sync_{integration.name}"
-
-
 def daily_partitions(integration: Integration) -> dg.DailyPartitionsDefinition:
     """Days from the integration's history start up to today (end_offset=1 includes today)."""
     return dg.DailyPartitionsDefinition(

@@ -1,8 +1,10 @@
 """The one factory: integration files in, Dagster Definitions out. Nothing vendor-specific here.
 
-Per integration: extract and stage assets (group = integration name), a `sync_<name>` job and a
-sensor. Per target list (integrations sharing kind, account and list id): the model and deliver
-assets (group = the list key), shared by every integration on the list (X6).
+Per integration: extract and stage assets (group = integration name) and its sensors. Per target
+list (integrations sharing kind, account and list id): the model and deliver assets (group = the
+list key), shared by every integration on the list (X6), and one sync job holding the list's
+assets and all its integrations' (pipelines/list_jobs.py); each sensor run selects its own
+integration's share of it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
 from pipelines.feedback_sensor import feedback_sensors
+from pipelines.list_jobs import INTEGRATIONS_METADATA, ListJob, plan_list_jobs
 from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
 from pipelines.watch import alert_sensors, freshness_checks
@@ -84,7 +87,7 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         by_list[integration.list_key].append(integration)
     assets: list[dg.AssetsDefinition] = []
     jobs, sensors, schedules = [], [], []
-    resources: dict[str, object] = {"mailer": ErrorReportMailer()}
+    mailer = ErrorReportMailer().get_resource_definition()  # one object: every list shares it
     for list_key, members in sorted(by_list.items()):
         feeds = [feed_of(i) for i in members]
         list_assets = [
@@ -92,31 +95,29 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
             *build_deliver_assets(list_key, members, feeds),
             build_events_delivered_asset(list_key, members, feeds),
         ]
-        assets += list_assets
-        path = warehouse_path(list_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        resources[naming.warehouse_resource_key(list_key)] = DuckDBResource(
-            database=str(path), connection_config=warehouse_config()
-        )
-        resources[naming.target_resource_key(list_key)] = members[0].target.resource()
+        own: dict[str, list[dg.AssetsDefinition]] = {}
+        feedback: dict[str, dg.AssetsDefinition] = {}
         for integration, feed in zip(members, feeds, strict=True):
-            own = _integration_assets(integration, feed)
-            feedback = (
-                build_feedback_asset(integration, feed)
-                if wants_feedback_asset(integration)
-                else None
-            )
-            assets += own + ([feedback] if feedback else [])
-            resources[naming.source_resource_key(integration)] = integration.source.resource()
-            job = _sync_job(integration, own + ([feedback] if feedback else []), list_assets)
+            own[integration.name] = _integration_assets(integration, feed)
+            if wants_feedback_asset(integration):
+                feedback[integration.name] = build_feedback_asset(integration, feed)
+                own[integration.name].append(feedback[integration.name])
+        bound = _with_list_resources(list_key, members, mailer, list_assets, own)
+        list_assets, own = bound[: len(list_assets)], _regroup(own, bound[len(list_assets) :])
+        assets += bound
+        list_keys = [key for a in list_assets for key in a.keys]
+        for plan in plan_list_jobs(list_key, members):
+            job = _list_job(plan, [a for i in plan.integrations for a in own[i.name]], list_assets)
             jobs.append(job)
-            feedback_job = _feedback_job(integration, feedback) if feedback else None
-            jobs += [feedback_job] if feedback_job else []
-            sensors.append(build_sensor(integration, job))
-            sensors += webhook_sensors(integration, job)
-            sensors += feedback_sensors(integration, feedback_job)
-            if schedule := build_segment_schedule(integration, job):
-                schedules.append(schedule)
+            for integration in plan.integrations:
+                selection = [key for a in own[integration.name] for key in a.keys] + list_keys
+                sensors.append(build_sensor(integration, job, selection))
+                sensors += webhook_sensors(integration, job, selection)
+                if integration.name in feedback:
+                    feedback_keys = list(feedback[integration.name].keys)
+                    sensors += feedback_sensors(integration, job, feedback_keys)
+                if schedule := build_segment_schedule(integration, job, selection):
+                    schedules.append(schedule)
     sensors += alert_sensors(by_list)
     return dg.Definitions(
         assets=assets,
@@ -124,9 +125,48 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
-        resources=resources,
         executor=dg.in_process_executor,
     )
+
+
+def _with_list_resources(
+    list_key: str,
+    members: list[Integration],
+    mailer: dg.ResourceDefinition,
+    list_assets: list[dg.AssetsDefinition],
+    own: dict[str, list[dg.AssetsDefinition]],
+) -> list[dg.AssetsDefinition]:
+    """The list's assets, then its integrations' (in `own`'s order), each bound to the resources
+    of its list: the warehouse, the target and the integrations' sources.
+
+    Resources given to Definitions are merged into every asset, checking each against every
+    resource: with 200 integrations (~1,600 assets, ~520 resources) that was about half of
+    resolving the definitions (profiled, issue 12). Bound per list, an asset meets only its
+    list's few. Sensors build their clients from the integration file (pipelines/sensors.py).
+    """
+    path = warehouse_path(list_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    resources: dict[str, object] = {
+        "mailer": mailer,
+        naming.warehouse_resource_key(list_key): DuckDBResource(
+            database=str(path), connection_config=warehouse_config()
+        ),
+        naming.target_resource_key(list_key): members[0].target.resource(),
+    }
+    for integration in members:
+        resources[naming.source_resource_key(integration)] = integration.source.resource()
+    mine = [a for assets in own.values() for a in assets]
+    return list(dg.with_resources([*list_assets, *mine], resources))
+
+
+def _regroup(
+    own: dict[str, list[dg.AssetsDefinition]], bound: list[dg.AssetsDefinition]
+) -> dict[str, list[dg.AssetsDefinition]]:
+    """`own` with its assets replaced by their bound copies (same order)."""
+    out, at = {}, 0
+    for name, assets in own.items():
+        out[name], at = bound[at : at + len(assets)], at + len(assets)
+    return out
 
 
 def _integration_assets(integration: Integration, feed: model.Feed) -> list[dg.AssetsDefinition]:
@@ -138,32 +178,25 @@ def _integration_assets(integration: Integration, feed: model.Feed) -> list[dg.A
     return out
 
 
-def _feedback_job(integration: Integration, feedback: dg.AssetsDefinition):
-    """The feedback asset alone: what the feedback sensor runs when webhooks brought some."""
-    return dg.define_asset_job(
-        name=f"feedback_{integration.name}",
-        selection=dg.AssetSelection.assets(feedback),
-        description=f"Carry {integration.name}'s list feedback into the warehouse and source",
-        tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
-        executor_def=dg.in_process_executor,
-    )
-
-
-def _sync_job(
-    integration: Integration,
+def _list_job(
+    plan: ListJob,
     own: list[dg.AssetsDefinition],
     list_assets: list[dg.AssetsDefinition],
 ):
-    """Extract -> stage -> model -> deliver for one integration, on its list's assets.
+    """Extract -> stage -> model -> deliver for every integration of the job, on its list's
+    assets. Sensors, schedules and `memberflow sync` run one integration's share of it
+    (`asset_selection`); launched whole from the UI it syncs every integration of the job.
 
     In-process executor: the steps share one DuckDB file, which takes one writer at a time.
     """
-    partitions = naming.daily_partitions(integration) if integration.tracking else None
+    names = [i.name for i in plan.integrations]
+    described = [i.description or f"Sync {i.name}" for i in plan.integrations]
     return dg.define_asset_job(
-        name=naming.job_name(integration),
+        name=plan.name,
         selection=dg.AssetSelection.assets(*own, *list_assets),
-        partitions_def=partitions,
-        description=integration.description or f"Sync {integration.name}",
-        tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
+        partitions_def=plan.partitions_def,
+        description=f"List {plan.list_key}: " + "; ".join(described),
+        tags={naming.LIST_TAG: plan.list_key},
+        metadata={INTEGRATIONS_METADATA: names},
         executor_def=dg.in_process_executor,
     )

@@ -30,10 +30,13 @@ SEGMENTS_TAG = "memberflow/segments_day"
 
 
 def build_segment_schedule(
-    integration: Integration, job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition
+    integration: Integration,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    asset_selection: list[dg.AssetKey] | None = None,
 ) -> dg.ScheduleDefinition | None:
-    """A daily schedule running `job` for an integration with date segments (the calendar moves
-    them); None without: groups from events or flags change only when their data does."""
+    """A daily schedule running `job` (restricted to `asset_selection`: the integration's assets
+    and its list's) for an integration with date segments (the calendar moves them); None
+    without: groups from events or flags change only when their data does."""
     dated = [s for s in getattr(integration, "segments", None) or [] if _dated(s)]
     if not dated:
         return None
@@ -47,8 +50,9 @@ def build_segment_schedule(
         execution_timezone=timezone,
         default_status=switch.schedule_status(integration),
         description=(
-            f"Daily at 00:05 {timezone}: run {job.name} so the date segments ({names}) are "
-            "recomputed for the new day and only who joined or left a group is sent."
+            f"Daily at 00:05 {timezone}: run {job.name} on {integration.name}'s assets so the "
+            f"date segments ({names}) are recomputed for the new day and only who joined or "
+            "left a group is sent."
         ),
     )
     def _schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
@@ -56,6 +60,7 @@ def build_segment_schedule(
         moment = moment.astimezone(ZoneInfo(timezone))
         return dg.RunRequest(
             run_key=f"{integration.name}:segments:{moment.isoformat()}",
+            asset_selection=asset_selection,
             # The job's daily partitions count UTC days, like the sensor's run requests.
             partition_key=moment.astimezone(UTC).date().isoformat()
             if integration.tracking

@@ -9,7 +9,9 @@ freed (memberflow.recovery), so a killed run never blocks the list.
 """
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import dagster as dg
 
@@ -36,9 +38,40 @@ def run_in_flight(instance: dg.DagsterInstance, list_key: str) -> bool:
     return bool(runs)
 
 
-def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.SensorDefinition:
-    source_key = naming.source_resource_key(integration)
-    target_key = naming.target_resource_key(integration.list_key)
+class ClientFactory:
+    """A vendor client per tick, from the integration file's resource, built on the first tick.
+
+    Sensors take no Dagster resources: resources given to Definitions are merged into every
+    asset (pipelines/factory.py binds them per list instead), and a tick needs only its own
+    integration's clients. Env vars are read at each tick, like Dagster would for a resource.
+    """
+
+    def __init__(self, build: Callable[[], dg.ConfigurableResource]) -> None:
+        self._build = build
+        self._resource: dg.ConfigurableResource | None = None
+
+    def client(self) -> Any:
+        if self._resource is None:
+            self._resource = self._build()
+        return self._resource.process_config_and_initialize().client()
+
+
+def source_clients(integration: Integration) -> ClientFactory:
+    return ClientFactory(integration.source.resource)
+
+
+def target_clients(integration: Integration) -> ClientFactory:
+    return ClientFactory(integration.target.resource)
+
+
+def build_sensor(
+    integration: Integration,
+    job: "dg.JobDefinition | dg.UnresolvedAssetJobDefinition",
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> dg.SensorDefinition:
+    """The integration's change sensor; its runs are of `job` restricted to `asset_selection`
+    (the integration's assets and its list's, when the job is its list's)."""
+    source, target_of = source_clients(integration), target_clients(integration)
     entities = sorted(available_entities(integration.source.kind).members) + list(
         integration.tracking
     )
@@ -48,11 +81,10 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         job=job,
         minimum_interval_seconds=integration.schedule.interval_minutes * 60,
         default_status=switch.sensor_status(integration),
-        required_resource_keys={source_key, target_key},
         description=(
             f"Every {integration.schedule.interval_minutes} min: probe {integration.source.kind} "
             f"for changes since the committed cursor and the list for unsubscribes; run "
-            f"{job.name} when anything changed."
+            f"{job.name} on {integration.name}'s assets when anything changed."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
@@ -60,14 +92,14 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
             context.log.warning(f"recovered: {line}")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")
-        target = getattr(context.resources, target_key).client()  # one client for the tick
+        target = target_of.client()  # one client for the tick
         try:
             if spent := _month_budget_spent(target):
                 return dg.SkipReason(spent)
             cursor = json.loads(context.cursor) if context.cursor else {}
             marks = {e: landing.read_source_cursor(integration.name, e) for e in entities}
             now = datetime.now(UTC)
-            changed = _probe_source(context, source_key, marks)
+            changed = _probe_source(source, marks)
             checked = _latest(
                 cursor.get("target_checked_at"), last_run_end(context.instance, integration)
             )
@@ -90,6 +122,7 @@ def build_sensor(integration: Integration, job: "dg.JobDefinition") -> dg.Sensor
         return dg.RunRequest(
             run_key=f"{integration.name}:{now.isoformat()}",
             partition_key=now.date().isoformat() if integration.tracking else None,
+            asset_selection=asset_selection,
             tags={
                 naming.MODE_TAG: naming.INCREMENTAL,
                 naming.LIST_TAG: integration.list_key,
@@ -123,12 +156,10 @@ def _latest(checked_at: str | None, run_end: datetime | None) -> str | None:
     return max(marks).isoformat()
 
 
-def _probe_source(
-    context: dg.SensorEvaluationContext, source_key: str, cursors: dict[str, str | None]
-) -> list[str]:
+def _probe_source(source: ClientFactory, cursors: dict[str, str | None]) -> list[str]:
     """Entities without a cursor yet, or whose source says something changed after it (the
     client knows what its cursor means, and that what is at it is already landed)."""
-    client = getattr(context.resources, source_key).client()
+    client = source.client()
     try:
         return [
             entity

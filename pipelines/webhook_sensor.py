@@ -25,7 +25,7 @@ from memberflow.config import Integration
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, webhook_capability
 from pipelines import switch
-from pipelines.sensors import run_in_flight
+from pipelines.sensors import ClientFactory, run_in_flight, source_clients
 
 MIN_INTERVAL_SECONDS = 15
 MAX_ATTEMPTS = 3  # runs asked for one batch of events before leaving it to the regular sensor
@@ -34,14 +34,21 @@ WEBHOOK_TAG = "memberflow/webhook_through"  # the last event seq a webhook run r
 log = logging.getLogger(__name__)
 
 
-def webhook_sensors(integration: Integration, job: dg.JobDefinition) -> list[dg.SensorDefinition]:
-    """The integration's webhook sensor, or none when its source has no webhooks on."""
+def webhook_sensors(
+    integration: Integration,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> list[dg.SensorDefinition]:
+    """The integration's webhook sensor, or none when its source has no webhooks on; its runs
+    are of `job` restricted to `asset_selection`."""
     try:
         capability = webhook_capability(integration)
     except Exception as exc:  # a broken webhook setting must not take the definitions down
         log.warning(f"{integration.name}: no webhook sensor, its webhook setting failed: {exc}")
         return []
-    return [] if capability is None else [build_webhook_sensor(integration, job)]
+    if capability is None:
+        return []
+    return [build_webhook_sensor(integration, job, asset_selection)]
 
 
 def extract_op_names(integration: Integration) -> list[str]:
@@ -69,23 +76,28 @@ PROBLEMS_RECHECK_SECONDS = 60  # while a problem stands, per sensor process
 _LAST_PROBLEMS: dict[str, tuple[datetime, list[str]]] = {}  # data dir:source -> when, what
 
 
-def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.SensorDefinition:
+def build_webhook_sensor(
+    integration: Integration,
+    job: dg.JobDefinition | dg.UnresolvedAssetJobDefinition,
+    asset_selection: list[dg.AssetKey] | None = None,
+) -> dg.SensorDefinition:
     source_key = naming.source_resource_key(integration)
+    source = source_clients(integration)
 
     @dg.sensor(
         name=f"{integration.name}_webhook_sensor",
         job=job,
         minimum_interval_seconds=MIN_INTERVAL_SECONDS,
-        required_resource_keys={source_key},
         default_status=switch.sensor_status(integration),
         description=(
             f"Every {MIN_INTERVAL_SECONDS} s: when the receiver stored {integration.source.kind} "
-            f"webhook events no run has consumed, run {job.name} re-reading just those records."
+            f"webhook events no run has consumed, run {job.name} on {integration.name}'s assets, "
+            "re-reading just those records."
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
         cursor = json.loads(context.cursor) if context.cursor else {}
-        problems = _problems(context, source_key, cursor)
+        problems = _problems(context, source, source_key, cursor)
         if run_in_flight(context.instance, integration.list_key):
             return _alert_or(problems, f"a run on list {integration.list_key} is still in flight")
         requested = int(cursor.get("requested", 0))
@@ -116,6 +128,7 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
             run_key=run_key,
             run_config=webhook_run_config(integration, last),
             partition_key=now.date().isoformat() if integration.tracking else None,
+            asset_selection=asset_selection,
             tags={
                 naming.MODE_TAG: naming.INCREMENTAL,
                 naming.LIST_TAG: integration.list_key,
@@ -129,7 +142,10 @@ def build_webhook_sensor(integration: Integration, job: dg.JobDefinition) -> dg.
 
 
 def _problems(
-    context: dg.SensorEvaluationContext, source_key: str, cursor: dict[str, Any]
+    context: dg.SensorEvaluationContext,
+    source: ClientFactory,
+    source_key: str,
+    cursor: dict[str, Any],
 ) -> list[str]:
     """What the source says is wrong with its subscriptions (e.g. one it disabled after failed
     deliveries), looked at every PROBLEMS_EVERY_SECONDS while all is well, every tick after a
@@ -151,7 +167,7 @@ def _problems(
         return known[1]  # a failing tick keeps no cursor: don't ask the vendor every 15 s
     cursor["problems_checked_at"] = now.isoformat()
     try:
-        client = getattr(context.resources, source_key).client()
+        client = source.client()
     except Exception as exc:  # e.g. a credential missing: the webhook events still go through
         context.log.warning(f"webhooks: could not look at the subscriptions: {exc}")
         return []

@@ -37,6 +37,13 @@ def test_sensor_runs_only_when_something_changed_and_keeps_a_cursor(harness):
     request = first.run_requests[0]
     assert request.tags["memberflow/mode"] == "incremental"
     assert request.partition_key is not None
+    # the list's job, on this integration's assets and the list's only
+    assert harness.defs.resolve_sensor_def("demo_flexpos_sensor").job_name == (
+        "sync_heyloyalty_demo_4711"
+    )
+    prefixes = {key.path[0] for key in request.asset_selection}
+    assert prefixes == {"demo_flexpos", "heyloyalty_demo_4711"}
+    assert request.tags["memberflow/integration"] == "demo_flexpos"
     assert harness.tick("demo_flexpos").success  # what the requested run does
 
     quiet = _evaluate(harness, first.cursor)

@@ -1,5 +1,6 @@
-"""The feedback sensor and job: stored feedback -> one run of the feedback job, never beside
-another run of the list (AF7); no sensor, job or asset for a list that reports nothing back."""
+"""The feedback sensor: stored feedback -> one run of the list's job on the feedback asset alone,
+never beside another run of the list (AF7); no sensor or asset for a list that reports nothing
+back."""
 
 from __future__ import annotations
 
@@ -61,14 +62,12 @@ def test_pending_feedback_requests_one_feedback_run(setup):
     store.add("b1", feedback_events([Feedback("unsubscribed", "a@x.dk", "1", at)]), at)
     (request,) = tick().run_requests
     assert request.run_key == "feedback-1"
+    assert request.asset_selection == [dg.AssetKey(["demo_flexpos", "feedback_applied"])]
+    assert request.tags["memberflow/integration"] == "demo_flexpos"
     assert defs.resolve_sensor_def("demo_flexpos_feedback_sensor").job_name == (
-        "feedback_demo_flexpos"
+        "sync_heyloyalty_demo_4711"
     )
-    job = defs.resolve_job_def("feedback_demo_flexpos")
-    assert [k.to_user_string() for k in job.asset_layer.selected_asset_keys] == [
-        "demo_flexpos/feedback_applied"
-    ]
-    sync = defs.resolve_job_def("sync_demo_flexpos")
+    sync = defs.resolve_job_def("sync_heyloyalty_demo_4711")
     assert dg.AssetKey(["demo_flexpos", "feedback_applied"]) in sync.asset_layer.selected_asset_keys
 
 
@@ -96,7 +95,7 @@ def test_a_manual_sync_never_starts_beside_a_run_of_the_list(setup):
     defs, _, _, instance, integration = setup
     instance.add_run(
         dg.DagsterRun(
-            job_name="feedback_demo_flexpos",
+            job_name="sync_heyloyalty_demo_4711",
             run_id="feedback-in-flight",
             status=dg.DagsterRunStatus.STARTED,
             tags={"memberflow/list": integration.list_key},
