@@ -23,6 +23,7 @@ from assets.write_back import build_feedback_asset, wants_feedback_asset
 from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
+from pipelines.executor import executor_for_deployment
 from pipelines.feedback_sensor import feedback_sensors
 from pipelines.schedules import build_segment_schedule
 from pipelines.sensors import build_sensor
@@ -99,7 +100,7 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         sensors=sensors,
         schedules=schedules,
         resources=resources,
-        executor=dg.in_process_executor,
+        executor=executor_for_deployment(),
     )
 
 
@@ -119,7 +120,7 @@ def _feedback_job(integration: Integration, feedback: dg.AssetsDefinition):
         selection=dg.AssetSelection.assets(feedback),
         description=f"Carry {integration.name}'s list feedback into the warehouse and source",
         tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
-        executor_def=dg.in_process_executor,
+        executor_def=executor_for_deployment(),
     )
 
 
@@ -139,5 +140,5 @@ def _sync_job(
         partitions_def=partitions,
         description=integration.description or f"Sync {integration.name}",
         tags={naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name},
-        executor_def=dg.in_process_executor,
+        executor_def=executor_for_deployment(),
     )

@@ -1,0 +1,151 @@
+"""The production profile on one machine: PostgreSQL instance, daemon, webserver, Celery workers.
+
+Dagster's own parts, started as their own processes: `dagster-daemon` (queued runs, sensors,
+run retries), `dagster-webserver`, and `dagster-celery worker`s that execute the steps. This module
+writes the instance's `dagster.yaml` (deploy/dagster.production.yaml) and the workers' Celery config
+into DAGSTER_HOME and starts or stops those processes; it holds no credentials (env vars only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from memberflow.config import REPO_ROOT
+from pipelines import executor
+
+PRODUCTION_YAML = REPO_ROOT / "deploy" / "dagster.production.yaml"
+WORKSPACE = REPO_ROOT / "workspace.yaml"
+POSTGRES_SCHEME = "postgresql+psycopg2"
+REQUIRED_ENV = ("MEMBERFLOW_POSTGRES_URL", executor.BROKER_ENV)
+
+
+class MissingSetting(RuntimeError):
+    """An env var the production profile needs is not set."""
+
+
+def check_environment() -> None:
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        raise MissingSetting(
+            "the production profile needs "
+            + ", ".join(missing)
+            + f" (e.g. MEMBERFLOW_POSTGRES_URL={POSTGRES_SCHEME}://user:password@host:5432/"
+            "memberflow, MEMBERFLOW_CELERY_BROKER=pyamqp://user:password@host:5672//)"
+        )
+    if not os.environ["MEMBERFLOW_POSTGRES_URL"].startswith(f"{POSTGRES_SCHEME}://"):
+        # dagster-postgres ships psycopg2; a bare postgresql:// would ask SQLAlchemy for psycopg 3
+        raise MissingSetting(f"MEMBERFLOW_POSTGRES_URL must start with {POSTGRES_SCHEME}://")
+
+
+def prepare_home(home: Path) -> Path:
+    """DAGSTER_HOME with the production dagster.yaml and the workers' celery.yaml; returns the
+    latter. Both hold `env:` references, never a credential."""
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(PRODUCTION_YAML, home / "dagster.yaml")
+    celery_yaml = home / "celery.yaml"
+    celery_yaml.write_text(yaml.safe_dump({"execution": {"config": executor.celery_config()}}))
+    return celery_yaml
+
+
+def production_env(home: Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of every production process: the instance, the Celery executor, and the
+    bookkeeping variables the embedded default also sets."""
+    from app.runner import DAGSTER_BOOKKEEPING_ENV
+
+    env = dict(os.environ if base is None else base)
+    for name, value in DAGSTER_BOOKKEEPING_ENV.items():
+        env.setdefault(name, value)
+    env["DAGSTER_HOME"] = str(home)
+    env[executor.EXECUTOR_ENV] = "celery"
+    env.setdefault(executor.QUEUE_ENV, executor.celery_queue())
+    return env
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+@dataclass
+class Stack:
+    """The processes of a production deployment on this machine, started in order, stopped
+    together."""
+
+    home: Path
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def _start(self, name: str, command: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            command,
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: `dagster-celery` forks `celery`
+        )
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        """One `dagster-celery` worker running one step at a time in its own process (solo
+        pool): killing it kills its step, whose message the broker then gives another worker."""
+        celery_yaml = self.home / "celery.yaml"
+        queue = self.env[executor.QUEUE_ENV]
+        command = [_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
+        command += ["-y", str(celery_yaml), "-q", queue, "-n", name, "--"]
+        command += ["--pool", "solo", "--without-gossip", "--without-mingle"]
+        return self._start(name, command)
+
+    def start_daemon(self) -> subprocess.Popen:
+        return self._start("daemon", [_bin("dagster-daemon"), "run", "-w", str(WORKSPACE)])
+
+    def start_webserver(self, port: int) -> subprocess.Popen:
+        command = [_bin("dagster-webserver"), "-w", str(WORKSPACE), "-p", str(port)]
+        return self._start("webserver", command + ["-h", "127.0.0.1"])
+
+    def kill(self, name: str) -> None:
+        """kill -9 of the process and its children, as a lost machine would."""
+        _signal_group(self.processes[name], signal.SIGKILL)
+        self.processes[name].wait()
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+
+def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def start_stack(home: Path, logs: Path, workers: int = 2, port: int | None = 3000) -> Stack:
+    """Daemon, `workers` Celery workers and (with a port) the webserver, on the instance in home;
+    each process's output in logs/<name>.log."""
+    check_environment()
+    prepare_home(home)
+    stack = Stack(home=home, env=production_env(home), logs=logs)
+    for number in range(1, workers + 1):
+        stack.start_worker(f"worker{number}")
+    stack.start_daemon()
+    if port is not None:
+        stack.start_webserver(port)
+    return stack
