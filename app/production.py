@@ -31,8 +31,9 @@ class MissingSetting(RuntimeError):
     """An env var the production profile needs is not set."""
 
 
-def check_environment() -> None:
-    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+def check_environment(env: dict[str, str] | None = None) -> None:
+    env = dict(os.environ if env is None else env)
+    missing = [name for name in REQUIRED_ENV if not env.get(name)]
     if missing:
         raise MissingSetting(
             "the production profile needs "
@@ -40,7 +41,7 @@ def check_environment() -> None:
             + f" (e.g. MEMBERFLOW_POSTGRES_URL={POSTGRES_SCHEME}://user:password@host:5432/"
             "memberflow, MEMBERFLOW_CELERY_BROKER=pyamqp://user:password@host:5672//)"
         )
-    if not os.environ["MEMBERFLOW_POSTGRES_URL"].startswith(f"{POSTGRES_SCHEME}://"):
+    if not env["MEMBERFLOW_POSTGRES_URL"].startswith(f"{POSTGRES_SCHEME}://"):
         # dagster-postgres ships psycopg2; a bare postgresql:// would ask SQLAlchemy for psycopg 3
         raise MissingSetting(f"MEMBERFLOW_POSTGRES_URL must start with {POSTGRES_SCHEME}://")
 
@@ -64,6 +65,8 @@ def production_env(home: Path, base: dict[str, str] | None = None) -> dict[str, 
     for name, value in DAGSTER_BOOKKEEPING_ENV.items():
         env.setdefault(name, value)
     env["DAGSTER_HOME"] = str(home)
+    # `dagster-celery worker start` runs `celery` from PATH: this environment's
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env[executor.EXECUTOR_ENV] = "celery"
     env.setdefault(executor.QUEUE_ENV, executor.celery_queue())
     return env
@@ -137,12 +140,19 @@ def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
         pass
 
 
-def start_stack(home: Path, logs: Path, workers: int = 2, port: int | None = 3000) -> Stack:
+def start_stack(
+    home: Path,
+    logs: Path,
+    workers: int = 2,
+    port: int | None = 3000,
+    env: dict[str, str] | None = None,
+) -> Stack:
     """Daemon, `workers` Celery workers and (with a port) the webserver, on the instance in home;
-    each process's output in logs/<name>.log."""
-    check_environment()
+    each process's output in logs/<name>.log. `env` (default: this process's) is their base
+    environment."""
+    check_environment(env)
     prepare_home(home)
-    stack = Stack(home=home, env=production_env(home), logs=logs)
+    stack = Stack(home=home, env=production_env(home, env), logs=logs)
     for number in range(1, workers + 1):
         stack.start_worker(f"worker{number}")
     stack.start_daemon()
