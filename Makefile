@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help demo test test-quick recover sandbox dev bench bench-extract clean
+.PHONY: help demo test test-quick recover sandbox dev prod bench bench-extract clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,16 @@ sandbox: $(STAMP) ## serve the vendor emulators on :8765 until Ctrl-C
 
 dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000) wired together
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/memberflow ui
+
+# The production profile's settings; override any of them in the environment.
+MEMBERFLOW_POSTGRES_URL  ?= postgresql+psycopg2://$(USER)@127.0.0.1:5432/memberflow
+MEMBERFLOW_CELERY_BROKER ?= pyamqp://guest:guest@127.0.0.1:5672//
+export MEMBERFLOW_POSTGRES_URL MEMBERFLOW_CELERY_BROKER
+
+prod: $(STAMP) ## production profile here: PostgreSQL, daemon, UI, 2 Celery workers, demo imports
+	bash scripts/ensure_services.sh
+	$(BIN)/python scripts/create_database.py
+	$(BIN)/memberflow deploy --profile production --demo
 
 bench: $(STAMP) ## the 100,000-customer full-sync benchmark (minutes)
 	$(BIN)/python bench/full_sync.py --customers 100000

@@ -159,3 +159,41 @@ def start_stack(
     if port is not None:
         stack.start_webserver(port)
     return stack
+
+
+def webserver_client(port: int, timeout: float = 300.0):
+    """Dagster's GraphQL client on the stack's webserver, once it answers with the code loaded."""
+    import time
+
+    from dagster_graphql import DagsterGraphQLClient
+
+    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client._execute("{ version }")  # noqa: SLF001 - the cheapest query there is
+            return client
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+def submit_initial_imports(client, integrations, end) -> dict[str, str]:
+    """A backfill over its whole history for every integration (the demo's initial import), each
+    queued on the instance; returns run ids by integration name. Runs of one list wait for each
+    other; the daemon starts the rest together."""
+    from assets import naming
+
+    runs = {}
+    for integration in integrations:
+        tags = {}
+        if integration.tracking:
+            tags["dagster/asset_partition_range_start"] = (
+                integration.schedule.history_start.isoformat()
+            )
+            tags["dagster/asset_partition_range_end"] = end.isoformat()
+        runs[integration.name] = client.submit_job_execution(
+            naming.job_name(integration), tags=tags
+        )
+    return runs

@@ -22,14 +22,14 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from app.production import start_stack
+from app.production import start_stack, webserver_client
 from memberflow.config import INTEGRATIONS_DIR
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
 from tests.harness import Harness
 from tests.list_state import ListState, list_state
 
-pytestmark = [pytest.mark.e2e, pytest.mark.production]
+pytestmark = [pytest.mark.e2e, pytest.mark.production, pytest.mark.slow]
 
 SANDBOX = {"seed": 11, "customers": 50, "days": 30, "rate_limits": False}
 BACKFILL_DAYS = 35
@@ -119,21 +119,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def graphql_client(port: int, deadline: float):
-    """The webserver's GraphQL client, once the webserver answers with the code location loaded."""
-    from dagster_graphql import DagsterGraphQLClient
-
-    client = DagsterGraphQLClient("127.0.0.1", port_number=port)
-    while True:
-        try:
-            client._execute("{ version }")  # noqa: SLF001 - a cheap readiness probe
-            return client
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
 def celery_worker_of_last_step(instance: dg.DagsterInstance, run_id: str, step: str) -> str:
     """Which worker (its -n name) took the step last, from the executor's engine events."""
     for record in reversed(instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)):
@@ -199,7 +184,7 @@ def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(truth, tmp
         try:
             monkeypatch.setenv("MEMBERFLOW_POSTGRES_URL", postgres_url)
             instance = dg.DagsterInstance.from_config(str(home))
-            client = graphql_client(port, time.monotonic() + 180)
+            client = webserver_client(port, timeout=240)
             backfill = client.submit_job_execution(
                 JOB,
                 tags={
