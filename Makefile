@@ -36,7 +36,7 @@ dev: $(STAMP) ## the sandbox and the Dagster UI (http://127.0.0.1:3000) wired to
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/memberflow ui
 
 # The production profile's settings; override any of them in the environment.
-MEMBERFLOW_POSTGRES_URL  ?= postgresql+psycopg2://$(USER)@127.0.0.1:5432/memberflow
+MEMBERFLOW_POSTGRES_URL  ?= postgresql+psycopg2://$(shell id -un)@127.0.0.1:5432/memberflow
 MEMBERFLOW_CELERY_BROKER ?= pyamqp://guest:guest@127.0.0.1:5672//
 export MEMBERFLOW_POSTGRES_URL MEMBERFLOW_CELERY_BROKER
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import psycopg2
 from sqlalchemy.engine import make_url
@@ -20,5 +21,5 @@ with server.cursor() as cursor:
     cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
     if cursor.fetchone() is None:
         cursor.execute(f'CREATE DATABASE "{url.database}"')
-        print(f"created database {url.database}")
+        sys.stdout.write(f"created database {url.database}\n")
 server.close()
