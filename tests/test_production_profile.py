@@ -78,6 +78,14 @@ def scratch_database():
             admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def delete_queue(name: str) -> None:
+    """This run's Celery queue, which RabbitMQ would otherwise keep."""
+    from kombu import Connection
+
+    with Connection(BROKER) as connection:
+        connection.default_channel.queue_delete(name)
+
+
 def environment(tmp: Path, sandbox_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(SANDBOX_ENV)
@@ -169,7 +177,9 @@ def wait_for(instance: dg.DagsterInstance, run_ids: list[str], logs: Path) -> No
     pytest.fail(f"runs not finished after {RUN_TIMEOUT}s: {tails}")
 
 
-def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(truth, tmp_path, monkeypatch):
+def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(
+    truth, tmp_path, monkeypatch, request
+):
     start, end = backfill_window()
     with SandboxServer(**SANDBOX) as sandbox, scratch_database() as postgres_url:
         env = environment(tmp_path, sandbox.url)
@@ -178,6 +188,7 @@ def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(truth, tmp
             MEMBERFLOW_CELERY_BROKER=BROKER,
             MEMBERFLOW_CELERY_QUEUE=f"memberflow-test-{uuid.uuid4().hex[:8]}",
         )
+        request.addfinalizer(lambda: delete_queue(env["MEMBERFLOW_CELERY_QUEUE"]))
         port = free_port()
         home, logs = tmp_path / "home", tmp_path / "logs"
         stack = start_stack(home, logs, workers=2, port=port, env=env)
