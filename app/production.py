@@ -106,7 +106,9 @@ class Stack:
         celery_yaml = self.home / "celery.yaml"
         queue = self.env[executor.QUEUE_ENV]
         command = [_bin("dagster-celery"), "worker", "start", "-A", "dagster_celery.app"]
-        command += ["-y", str(celery_yaml), "-q", queue, "-n", name, "--"]
+        # Celery node names are unique per broker: two deployments on one broker (or a test
+        # beside `make prod`) must not share one, so the queue is part of it
+        command += ["-y", str(celery_yaml), "-q", queue, "-n", f"{name}-{queue}", "--"]
         command += ["--pool", "solo", "--without-gossip", "--without-mingle"]
         return self._start(name, command)
 

@@ -134,7 +134,7 @@ def celery_worker_of_last_step(instance: dg.DagsterInstance, run_id: str, step: 
         if event.step_key and event.step_key.endswith(step):
             worker = event.engine_event_data.metadata.get("Celery worker")
             if worker is not None:
-                return str(worker.value).split("@")[0]
+                return str(worker.value).split("@")[0].split("-")[0]
     raise AssertionError(f"no Celery worker took a step ending {step} in run {run_id}")
 
 
@@ -144,7 +144,7 @@ def workers_by_step(instance: dg.DagsterInstance, run_id: str) -> dict[str, list
         event = record.dagster_event
         worker = event.engine_event_data.metadata.get("Celery worker")
         if event.step_key and worker is not None:
-            out.setdefault(event.step_key, []).append(str(worker.value).split("@")[0])
+            out.setdefault(event.step_key, []).append(str(worker.value).split("@")[0].split("-")[0])
     return out
 
 
