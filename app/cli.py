@@ -129,6 +129,7 @@ def deploy(
 ) -> None:
     """The production profile on this machine, with the sandbox, until Ctrl-C."""
     import os
+    import signal
     import time
     from datetime import date
 
@@ -147,6 +148,7 @@ def deploy(
     with SandboxServer(customers=customers, port=sandbox_port) as server:
         prepare_environment(server.url, data)
         os.environ.setdefault("MEMBERFLOW_INTEGRATIONS", os.pathsep.join(map(str, demo_files())))
+        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop, like Ctrl-C
         stack = production.start_stack(home, data / "logs", workers=workers, port=port)
         click.echo(f"{profile}: instance {home}, logs {data / 'logs'}, sandbox {server.url}")
         click.echo(f"Dagster UI on http://127.0.0.1:{port}; {workers} Celery workers; Ctrl-C stops")
@@ -162,6 +164,10 @@ def deploy(
             pass
         finally:
             stack.stop()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 @main.command()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dagster as dg
 import psycopg2
+from kombu import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -96,6 +97,8 @@ def production_profile(customers: int, seed: int, tmp: Path) -> tuple[float, flo
                 stack.stop()
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with Connection(os.environ["MEMBERFLOW_CELERY_BROKER"]) as broker:
+            broker.default_channel.queue_delete(os.environ["MEMBERFLOW_CELERY_QUEUE"])
 
 
 def main() -> None:
