@@ -191,6 +191,64 @@ def demo(customers: int, seed: int) -> None:
 
 
 @main.command()
+@click.option(
+    "--profile",
+    type=click.Choice(["production"]),
+    required=True,
+    help="production: PostgreSQL instance, daemon, webserver, dagster-celery workers.",
+)
+@click.option("--workers", default=2, show_default=True, help="Celery workers to start.")
+@click.option("--port", default=3000, show_default=True, help="Dagster UI port.")
+@click.option("--sandbox-port", default=8765, show_default=True)
+@click.option("--customers", default=300, show_default=True)
+@click.option("--demo", is_flag=True, help="Queue each demo integration's initial import.")
+def deploy(
+    profile: str, workers: int, port: int, sandbox_port: int, customers: int, demo: bool
+) -> None:
+    """The production profile on this machine, with the sandbox, until Ctrl-C."""
+    import os
+    import signal
+    import time
+    from datetime import date
+
+    from app import production
+    from app.demo import demo_files, prepare_environment
+    from memberflow.config import REPO_ROOT, load_all
+    from sandbox.server import SandboxServer
+
+    try:
+        production.check_environment()
+    except production.MissingSetting as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home_production")
+    data = REPO_ROOT / "data" / "production"
+    with SandboxServer(customers=customers, port=sandbox_port) as server:
+        prepare_environment(server.url, data)
+        os.environ.setdefault("MEMBERFLOW_INTEGRATIONS", os.pathsep.join(map(str, demo_files())))
+        signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop, like Ctrl-C
+        stack = production.start_stack(home, data / "logs", workers=workers, port=port)
+        click.echo(f"{profile}: instance {home}, logs {data / 'logs'}, sandbox {server.url}")
+        click.echo(f"Dagster UI on http://127.0.0.1:{port}; {workers} Celery workers; Ctrl-C stops")
+        try:
+            if demo:
+                client = production.webserver_client(port)
+                runs = production.submit_initial_imports(client, load_all(), date.today())
+                click.echo(f"queued {len(runs)} initial imports: {', '.join(runs)}")
+            while all(p.poll() is None for p in stack.processes.values()):
+                time.sleep(1)
+            click.echo("a process of the stack ended: stopping (see its log)", err=True)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stack.stop()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
 @click.argument("name")
 @click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), help="Backfill start day.")
 @click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), help="Backfill end day.")

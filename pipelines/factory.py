@@ -27,6 +27,7 @@ from assets.write_back import build_feedback_asset, wants_feedback_asset
 from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
+from pipelines.executor import executor_for_deployment
 from pipelines.feedback_sensor import feedback_sensors
 from pipelines.list_jobs import INTEGRATIONS_METADATA, ListJob, plan_list_jobs
 from pipelines.schedules import build_segment_schedule
@@ -125,7 +126,7 @@ def build_definitions(integrations: list[Integration]) -> dg.Definitions:
         jobs=jobs,
         sensors=sensors,
         schedules=schedules,
-        executor=dg.in_process_executor,
+        executor=executor_for_deployment(),
     )
 
 
@@ -187,7 +188,8 @@ def _list_job(
     assets. Sensors, schedules and `memberflow sync` run one integration's share of it
     (`asset_selection`); launched whole from the UI it syncs every integration of the job.
 
-    In-process executor: the steps share one DuckDB file, which takes one writer at a time.
+    The executor is the deployment's (pipelines/executor.py): in-process by default; on Celery
+    every step that writes the list's DuckDB file holds the list's pool, one writer at a time.
     """
     names = [i.name for i in plan.integrations]
     described = [i.description or f"Sync {i.name}" for i in plan.integrations]
@@ -198,5 +200,5 @@ def _list_job(
         description=f"List {plan.list_key}: " + "; ".join(described),
         tags={naming.LIST_TAG: plan.list_key},
         metadata={INTEGRATIONS_METADATA: names},
-        executor_def=dg.in_process_executor,
+        executor_def=executor_for_deployment(),
     )
