@@ -183,19 +183,24 @@ def webserver_client(port: int, timeout: float = 300.0):
 
 def submit_initial_imports(client, integrations, end) -> dict[str, str]:
     """A backfill over its whole history for every integration (the demo's initial import), each
-    queued on the instance; returns run ids by integration name. Runs of one list wait for each
-    other; the daemon starts the rest together."""
+    queued on the instance as its list's job with the integration's share of the assets, as its
+    sensor asks; returns run ids by integration name. Runs of one list wait for each other; the
+    daemon starts the rest together."""
     from assets import naming
+    from pipelines.factory import build_definitions
+    from pipelines.list_jobs import integration_selection, sync_job_name
 
+    defs = build_definitions(integrations)
     runs = {}
     for integration in integrations:
-        tags = {}
+        tags = {naming.LIST_TAG: integration.list_key, naming.INTEGRATION_TAG: integration.name}
         if integration.tracking:
             tags["dagster/asset_partition_range_start"] = (
                 integration.schedule.history_start.isoformat()
             )
             tags["dagster/asset_partition_range_end"] = end.isoformat()
+        job = defs.resolve_job_def(sync_job_name(defs, integration))
         runs[integration.name] = client.submit_job_execution(
-            naming.job_name(integration), tags=tags
+            job.name, tags=tags, asset_selection=integration_selection(job, integration)
         )
     return runs

@@ -36,7 +36,7 @@ BACKFILL_DAYS = 35
 POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("PGUSER", "root")}
 BROKER = os.environ.get("MEMBERFLOW_TEST_BROKER", "pyamqp://guest:guest@127.0.0.1:5672//")
 RUN_TIMEOUT = 300  # seconds for both runs; past it a run is hung
-JOB = "sync_demo_flexpos"
+JOB = "sync_heyloyalty_demo_4711"  # the list job; demo_flexpos is the only integration loaded
 
 
 def _reachable(port: int) -> bool:
