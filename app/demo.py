@@ -23,11 +23,13 @@ import httpx
 
 from app import runner
 from app.receiver import build_app, feedback_hooks_of, register, serving
+from assets.write_back import feedback_key
 from memberflow import landing, progress
 from memberflow.config import INTEGRATIONS_DIR, Integration, load_all
 from memberflow.mapping import available_entities
 from memberflow.webhook_store import WebhookStore, feedback_webhook
 from pipelines.factory import build_definitions, warehouse_path
+from pipelines.list_jobs import sync_job_name
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
 
@@ -313,9 +315,11 @@ def _feedback_scene(
         while len(store.pending()) < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
     stored = len(store.pending())
-    job = defs.resolve_job_def(f"feedback_{integration.name}")
+    # what the feedback sensor asks for: the list's job, the integration's feedback asset only
+    job = defs.resolve_job_def(sync_job_name(defs, integration))
     result = job.execute_in_process(
         instance=instance,
+        asset_selection=[feedback_key(integration)],
         tags={
             "memberflow/list": integration.list_key,
             "memberflow/integration": integration.name,
@@ -327,7 +331,7 @@ def _feedback_scene(
     status = "ok" if s.success else "FAILED"
     results = s.get("feedback_applied", "write_back_results", {})
     lines = [
-        f"== {integration.name}: feedback from the list (receiver + feedback job) — {status}",
+        f"== {integration.name}: feedback from the list (receiver + feedback run) — {status}",
         f"   webhooks: an unsubscribe, a click delivered 3 times, a bounce -> {stored} stored",
         f"   new feedback: {s.get('feedback_applied', 'feedback_new_this_run', {})}",
         f"   written back to {integration.source.kind}: {results}",

@@ -722,7 +722,8 @@ class _Outcomes:
                 self.remote.append(_remote_row(ack))
             if len(self.acks) + len(self.remote) >= ACK_BATCH:
                 self.flush()
-            progress.note(members=1)  # acknowledged as answers arrive, not when a batch ends
+            if ack.outcome in ("created", "updated", "removed"):
+                progress.note(members=1)  # sent and answered, as answers arrive
 
     def _state(self, ack: MemberAck, row: dict[str, Any]) -> dict[str, Any] | None:
         """The sync_state row an acknowledgement writes, or None (nothing acknowledged)."""

@@ -213,10 +213,12 @@ def _forget_missing(
                    SELECT event_id FROM tracking_events WHERE match_key IN (
                        SELECT match_key FROM missing_on_list WHERE NOT unsubscribed))"""
         ).fetchall()[0][0]
+        # only the events of members created again are sent again; an unsubscribed member's
+        # stay acknowledged (if it ever comes back, its history is not sent twice)
         conn.execute(
             """DELETE FROM event_sync WHERE event_id IN (
-                   SELECT event_id FROM tracking_events
-                   WHERE match_key IN (SELECT match_key FROM missing_on_list))"""
+                   SELECT event_id FROM tracking_events WHERE match_key IN (
+                       SELECT match_key FROM missing_on_list WHERE NOT unsubscribed))"""
         )
     conn.execute(
         "DELETE FROM sync_state WHERE match_key IN (SELECT match_key FROM missing_on_list)"

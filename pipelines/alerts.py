@@ -29,6 +29,7 @@ from resources.mailer import ErrorReportMailer
 SENSOR_NAME = "run_failure_email"
 ALERT_TO_ENV = "MEMBERFLOW_ALERT_TO"
 UI_URL_ENV = "MEMBERFLOW_UI_URL"
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it will re-execute
 MAX_ERROR_CHARS = 2000
 
 
@@ -38,9 +39,15 @@ def deployment_recipients() -> list[str]:
     return [a.strip() for a in raw.split(",") if a.strip()]
 
 
-def recipients_for(run: dg.DagsterRun, owners: dict[str, list[str]]) -> list[str]:
-    """Who hears of this run's failure: the operators, then its integration's owners."""
-    wanted = deployment_recipients() + owners.get(run.tags.get(naming.INTEGRATION_TAG, ""), [])
+def recipients_for(
+    run: dg.DagsterRun, owners: dict[str, list[str]], on_list: dict[str, list[str]]
+) -> list[str]:
+    """Who hears of this run's failure: the operators, then its integration's owners; a run of
+    a whole list (launched from the UI, no integration tag) tells the owners of every
+    integration on the list."""
+    integration = run.tags.get(naming.INTEGRATION_TAG)
+    names = [integration] if integration else on_list.get(run.tags.get(naming.LIST_TAG, ""), [])
+    wanted = deployment_recipients() + [a for name in names for a in owners.get(name, [])]
     return list(dict.fromkeys(wanted))  # once each, in order
 
 
@@ -49,7 +56,7 @@ def failure_mail(context: dg.RunFailureSensorContext) -> tuple[str, str]:
     (emails and phone numbers masked: vendors quote the records they refuse)."""
     run = context.dagster_run
     integration = run.tags.get(naming.INTEGRATION_TAG)
-    what = f"{run.job_name}" + (f" ({integration})" if integration else "")
+    what = f"{run.job_name}" + (f" ({integration})" if integration else " (the whole list)")
     lines = [
         f"The run {run.run_id} of {what} failed.",
         f"List: {run.tags.get(naming.LIST_TAG, '-')}",
@@ -71,6 +78,9 @@ def build_failure_alert(integrations: list[Integration]) -> dg.SensorDefinition:
 
     It starts running when the integration files or MEMBERFLOW_ALERT_TO name anyone to tell."""
     owners = {i.name: list(i.alerts.email_on_failure) for i in integrations}
+    on_list: dict[str, list[str]] = {}
+    for integration in integrations:
+        on_list.setdefault(integration.list_key, []).append(integration.name)
     anyone = bool(deployment_recipients()) or any(owners.values())
 
     @dg.run_failure_sensor(
@@ -84,7 +94,11 @@ def build_failure_alert(integrations: list[Integration]) -> dg.SensorDefinition:
         ),
     )
     def _alert(context: dg.RunFailureSensorContext) -> None:
-        to = recipients_for(context.dagster_run, owners)
+        run = context.dagster_run
+        if run.tags.get(WILL_RETRY_TAG) == "true":  # run_retries: only the last attempt mails
+            context.log.info(f"run {run.run_id} failed; Dagster retries it, no mail yet")
+            return
+        to = recipients_for(run, owners, on_list)
         if not to:
             context.log.info(f"run {context.dagster_run.run_id} failed; nobody to mail")
             return

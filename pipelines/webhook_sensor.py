@@ -28,6 +28,7 @@ from pipelines import switch
 from pipelines.sensors import ClientFactory, run_in_flight, source_clients
 
 MIN_INTERVAL_SECONDS = 15
+WILL_RETRY_TAG = "dagster/will_retry"  # set by Dagster on a failed run it will re-execute
 MAX_ATTEMPTS = 3  # runs asked for one batch of events before leaving it to the regular sensor
 WEBHOOK_TAG = "memberflow/webhook_through"  # the last event seq a webhook run re-reads
 
@@ -203,7 +204,10 @@ def _failed(instance: dg.DagsterInstance, integration: Integration, through: int
         limit=1,
     )
     bad = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
-    return bool(runs) and runs[0].status in bad
+    # a failed run the daemon will retry (run_retries, the production profile) is not given up:
+    # asking again beside the daemon's retry would run the same events twice
+    retried = bool(runs) and runs[0].tags.get(WILL_RETRY_TAG) == "true"
+    return bool(runs) and runs[0].status in bad and not retried
 
 
 def _next_attempt(last: int, cursor: dict[str, Any]) -> tuple[str | None, int]:

@@ -6,6 +6,7 @@ import os
 import sys
 
 import psycopg2
+from psycopg2 import sql
 from sqlalchemy.engine import make_url
 
 url = make_url(os.environ["MEMBERFLOW_POSTGRES_URL"])
@@ -20,6 +21,6 @@ server.autocommit = True
 with server.cursor() as cursor:
     cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (url.database,))
     if cursor.fetchone() is None:
-        cursor.execute(f'CREATE DATABASE "{url.database}"')
+        cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(url.database)))
         sys.stdout.write(f"created database {url.database}\n")
 server.close()

@@ -58,7 +58,7 @@ def _failed_run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.Dagste
     def deliver():
         raise RuntimeError("the list refused jens.hansen@example.dk: quota exceeded")
 
-    @dg.job(name="sync_demo_flexpos")
+    @dg.job(name="sync_heyloyalty_demo_4711")
     def job():
         deliver()
 
@@ -101,7 +101,7 @@ def test_a_failed_run_is_mailed_to_the_operators_and_the_integrations_owners(
     _wait_for(inbox, 1)
     (mail,) = inbox
     assert mail["To"] == "ops@example.com, oncall@example.com, client-am@example.com"
-    assert mail["Subject"] == "memberflow: run of sync_demo_flexpos (demo_flexpos) failed"
+    assert mail["Subject"] == "memberflow: run of sync_heyloyalty_demo_4711 (demo_flexpos) failed"
     body = mail.get_payload()
     assert run.run_id in body and f"List: {integration.list_key}" in body
     assert f"http://dagster.example.com/runs/{run.run_id}" in body
@@ -119,6 +119,38 @@ def test_a_run_of_no_integration_goes_to_the_operators_only(tmp_path, monkeypatc
         _evaluate(sensor, instance, _failed_run(instance, {}))
     _wait_for(inbox, 1)
     assert [m["To"] for m in inbox] == ["ops@example.com"]
+
+
+def test_a_run_of_the_whole_list_is_mailed_to_every_owner_on_the_list(tmp_path, monkeypatch, inbox):
+    """A list job launched whole from the UI carries the list tag only: the owners of every
+    integration on that list hear of it, the mail says it was the whole list."""
+    monkeypatch.setenv("MEMBERFLOW_ALERT_TO", "ops@example.com")
+    (integration,) = load_all(
+        [_file(tmp_path, alerts={"email_on_failure": ["client-am@example.com"]})]
+    )
+    sensor = build_failure_alert([integration])
+    with dg.instance_for_test() as instance:
+        run = _failed_run(instance, {naming.LIST_TAG: integration.list_key})
+        _evaluate(sensor, instance, run)
+    _wait_for(inbox, 1)
+    assert [m["To"] for m in inbox] == ["ops@example.com, client-am@example.com"]
+    assert "(the whole list)" in inbox[0]["Subject"]
+
+
+def test_a_failed_run_dagster_will_retry_is_not_mailed(tmp_path, monkeypatch, inbox):
+    """With run_retries (the production profile) only the last attempt mails."""
+    monkeypatch.setenv("MEMBERFLOW_ALERT_TO", "ops@example.com")
+    (integration,) = load_all([_file(tmp_path)])
+    sensor = build_failure_alert([integration])
+    with dg.instance_for_test() as instance:
+        run = _failed_run(instance, {naming.INTEGRATION_TAG: integration.name})
+        instance.add_run_tags(run.run_id, {"dagster/will_retry": "true"})
+        _evaluate(sensor, instance, instance.get_run_by_id(run.run_id))
+        last = _failed_run(instance, {naming.INTEGRATION_TAG: integration.name})
+        _evaluate(sensor, instance, last)
+    _wait_for(inbox, 1)
+    time.sleep(0.2)
+    assert len(inbox) == 1 and last.run_id in inbox[0].get_payload()
 
 
 def test_without_smtp_the_tick_fails_naming_what_is_missing(tmp_path, monkeypatch):

@@ -22,7 +22,9 @@ import pytest
 
 from app import runner
 from app.receiver import build_app, feedback_hooks_of, register
+from assets.write_back import feedback_key
 from memberflow import landing
+from pipelines.list_jobs import sync_job_name
 from tests.asgi import served
 from tests.harness import Harness
 
@@ -97,9 +99,19 @@ def _receiver(harness: Harness) -> Iterator[str]:
 def _feedback_run(harness: Harness) -> dg.ExecuteInProcessResult:
     """What the feedback sensor starts when the receiver stored feedback."""
     assert harness.defs is not None
-    job = harness.defs.resolve_job_def(f"feedback_{NAME}")
-    tags = {"memberflow/list": harness.integration(NAME).list_key, "memberflow/changed": "feedback"}
-    result = job.execute_in_process(instance=harness.instance, tags=tags, raise_on_error=False)
+    integration = harness.integration(NAME)
+    job = harness.defs.resolve_job_def(sync_job_name(harness.defs, integration))
+    tags = {
+        "memberflow/list": integration.list_key,
+        "memberflow/integration": NAME,
+        "memberflow/changed": "feedback",
+    }
+    result = job.execute_in_process(
+        instance=harness.instance,
+        asset_selection=[feedback_key(integration)],
+        tags=tags,
+        raise_on_error=False,
+    )
     assert result.success, runner.failure_messages(result)
     return result
 

@@ -90,10 +90,15 @@ def test_pending_events_request_one_run_through_the_last_seq(setup):
     assert not result.run_requests
 
 
-def _ended(tick: _Ticker, status: dg.DagsterRunStatus, through: int) -> None:
+def _ended(
+    tick: _Ticker, status: dg.DagsterRunStatus, through: int, will_retry: bool = False
+) -> None:
     """A finished run of the webhook batch through `through`, as the instance records it."""
     tags = {"memberflow/integration": "demo_flexpos", webhook_sensor.WEBHOOK_TAG: str(through)}
-    tick.instance.add_run(dg.DagsterRun(job_name="sync_demo_flexpos", status=status, tags=tags))
+    if will_retry:
+        tags[webhook_sensor.WILL_RETRY_TAG] = "true"
+    job = "sync_heyloyalty_demo_4711"
+    tick.instance.add_run(dg.DagsterRun(job_name=job, status=status, tags=tags))
 
 
 @pytest.mark.parametrize("consumed", [False, True], ids=["failed-in-extract", "failed-later"])
@@ -114,6 +119,17 @@ def test_a_failed_webhook_run_is_retried_then_left(setup, consumed):
         cursor = result.cursor or cursor
     assert keys == ["webhook-1", "webhook-1-retry1", "webhook-1-retry2"]
     assert "regular sensor" in (result.skip_message or "")
+
+
+def test_a_failed_webhook_run_dagster_retries_is_not_asked_for_again(setup):
+    """With run_retries on (the production profile) the daemon re-executes the failed run; the
+    sensor asking again beside it would run the same events twice."""
+    _, tick, store = setup
+    _add(store, b"a", "1")
+    cursor = tick().cursor
+    _ended(tick, dg.DagsterRunStatus.FAILURE, 1, will_retry=True)
+    result = tick(cursor)
+    assert not result.run_requests
 
 
 def test_a_webhook_run_that_succeeded_is_not_asked_for_again(setup):
