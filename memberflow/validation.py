@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pandas as pd
-import pandera.pandas as pa
+
+if TYPE_CHECKING:  # pandera is imported where a gate runs: loading the definitions never needs it
+    import pandera.pandas as pa
 
 from memberflow import normalize
 from memberflow.mapping import EntityMapping, FieldRule, choice_values
@@ -29,6 +32,8 @@ _SHAPES = {
 
 def schema_for(mapping: EntityMapping, match_on: str | None) -> pa.DataFrameSchema:
     """A pandera schema for the staged rows of one mapped entity."""
+    import pandera.pandas as pa
+
     columns: dict[str, pa.Column] = {"record_id": pa.Column(str, nullable=False)}
     for rule in mapping.fields:
         shape = _SHAPES.get("boolean" if rule.type == "present" else rule.type)
@@ -154,6 +159,8 @@ def gate(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.Series:
 
 def gate_by_column(frame: pd.DataFrame, schema: pa.DataFrameSchema) -> dict[str, pd.Series]:
     """The pandera schema's failures per column: a reason per failing row, '' elsewhere."""
+    import pandera.pandas as pa
+
     try:
         schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
