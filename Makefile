@@ -59,4 +59,4 @@ bench-extract: $(STAMP) ## customers extract vs its bare-httpx ceiling and dlt, 
 	$(BIN)/python bench/extract_peers.py --customers 100000 --rounds 3
 
 clean: ## remove the environment, data and Dagster home
-	rm -rf $(VENV) data .dagster_home bench/out
+	rm -rf $(VENV) data .dagster_home .dagster_home_production bench/out test-artifacts
