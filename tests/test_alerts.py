@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from assets import naming
 from memberflow.config import INTEGRATIONS_DIR, IntegrationFileError, load_all
 from pipelines.alerts import SENSOR_NAME, build_failure_alert
 from pipelines.factory import build_definitions
+from tests.smtp_inbox import smtp_inbox
 
 
 def _file(tmp_path: Path, **keys) -> Path:
@@ -25,32 +25,12 @@ def _file(tmp_path: Path, **keys) -> Path:
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def inbox(monkeypatch):
-    """A plain SMTP server on a free local port (no TLS, no login); the mailer points at it."""
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    received = []
-
-    class Inbox(Message):
-        def handle_message(self, message):
-            received.append(message)
-
-    port = _free_port()
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("MEMBERFLOW_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("MEMBERFLOW_SMTP_PORT", str(port))
+    """A local SMTP server the mailer points at (tests/smtp_inbox.py)."""
     monkeypatch.setenv("MEMBERFLOW_SMTP_FROM", "memberflow@example.com")
-    yield received
-    controller.stop()
+    with smtp_inbox(monkeypatch) as received:
+        yield received
 
 
 def _failed_run(instance: dg.DagsterInstance, tags: dict[str, str]) -> dg.DagsterRun:

@@ -8,7 +8,6 @@ and a forged webhook refused."""
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from memberflow import landing
 from pipelines.list_jobs import sync_job_name
 from tests.asgi import served
 from tests.harness import Harness
+from tests.smtp_inbox import smtp_inbox
 
 pytestmark = pytest.mark.e2e
 NAME = "demo_admin_flexmail"
@@ -272,34 +272,6 @@ def test_a_click_delivered_three_times_makes_one_communication(harness):
 # --- AF6: bounces and the summary mail ---------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def _inbox(monkeypatch) -> Iterator[list[Any]]:
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    received: list[Any] = []
-
-    class Inbox(Message):
-        def handle_message(self, message):
-            received.append(message)
-
-    port = _free_port()
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
-    controller.start()
-    monkeypatch.setenv("MEMBERFLOW_SMTP_HOST", "127.0.0.1")
-    monkeypatch.setenv("MEMBERFLOW_SMTP_PORT", str(port))
-    try:
-        yield received
-    finally:
-        controller.stop()
-
-
 def _body(message: Any) -> str:
     part = message.get_payload()[0] if message.is_multipart() else message
     return part.get_payload(decode=True).decode()
@@ -307,7 +279,7 @@ def _body(message: Any) -> str:
 
 def test_bounces_are_mailed_each_run_and_a_summary_after_a_full_sync(harness, monkeypatch):
     _load(harness)
-    with _inbox(monkeypatch) as received:
+    with smtp_inbox(monkeypatch) as received:
         assert harness.tick(NAME).success
         _wait(lambda: len(received) == 2, "the bounce mail and the summary")
         by_to = {m["To"]: m for m in received}

@@ -6,12 +6,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import time
 
 import dagster as dg
 import pytest
 from dagster._core.test_utils import create_run_for_test
+
+from tests.smtp_inbox import smtp_inbox
 
 pytestmark = pytest.mark.e2e
 LIST = 4711
@@ -122,28 +123,8 @@ def test_transient_vendor_faults_are_retried_and_nothing_is_lost(harness):
     assert len(harness.sandbox.heyloyalty.members(LIST)) == members
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_refused_members_are_quarantined_and_mailed_as_an_error_report(harness, monkeypatch):
-    from aiosmtpd.controller import Controller
-    from aiosmtpd.handlers import Message
-
-    received = []
-
-    class Inbox(Message):
-        def handle_message(self, message):
-            received.append(message)
-
-    port = _free_port()
-    controller = Controller(Inbox(), hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        monkeypatch.setenv("MEMBERFLOW_SMTP_HOST", "127.0.0.1")
-        monkeypatch.setenv("MEMBERFLOW_SMTP_PORT", str(port))
+    with smtp_inbox(monkeypatch) as received:
         harness.load("demo_flexpos")
         reason = "Member blocked by list policy"
         harness.sandbox.faults.add("members/upsert", 400, times=2, body={"error": reason})
@@ -155,8 +136,6 @@ def test_refused_members_are_quarantined_and_mailed_as_an_error_report(harness, 
         deadline = time.time() + 5
         while not received and time.time() < deadline:
             time.sleep(0.05)
-    finally:
-        controller.stop()
     assert len(received) == 1
     mail = received[0]
     assert mail["To"] == "data-team@example.com"
