@@ -16,8 +16,9 @@ async batches, with unsubscribes and bounces polled back (CI-A1..CI-A13).
   and on 404 `POST /members` (a 409 "already exists" goes back to PATCH). From `batch_threshold`
   on they go as `addMembers` batches of 1000, polled until finished (within `poll_timeout`); a
   batch refused whole (4xx) is written one by one instead. Group additions are additive
-  (`POST /members/{email}/groups`, or batch-level groups; the emails-only group batches go only
-  after the chunk's own batch finished, for the members it accepted); removals are one
+  (`POST /members/{email}/groups`, or batch-level groups; the emails-only group batches, each
+  with every group its members share, go only after the chunk's own batch finished, for the
+  members it accepted); removals are one
   `DELETE /members/{email}/groups/{id}` each. Removing a member deletes it.
 - CI-A6: `POST /members` is throttled to 1/s per token: paced here before sending, and a 429's
   Retry-After is honoured all the same (VendorHttp).
@@ -555,11 +556,13 @@ class CyberimpactClient(TargetClient):
     def _write_in_batches(self, writes: list[_Write], policy: WritePolicy) -> Iterator[MemberAck]:
         """CI-A4 from the threshold on: per chunk of 1000 one addMembers batch with the fields
         and the groups every member of the chunk gains, all submitted, then polled together.
-        Only then, for the members those batches accepted, one emails-only batch per other group
-        gained (batch groups are batch-level and additive; an emails-only item would create a
-        member its own batch refused). Then group removals and consent per member that came
-        through. A chunk whose batch is refused whole (a 4xx) is written one by one, so each
-        member gets its own verdict."""
+        Only then, for the members those batches accepted, emails-only batches for the other
+        groups gained, each carrying every group its members share (`group_cover`; batch groups
+        are batch-level and additive; an emails-only item would create a member its own batch
+        refused). Then group removals and consent per member that came through: each member's
+        consent date and proof are its own, and a batch's consent is batch-wide (CI-A10). A
+        chunk whose batch is refused whole (a 4xx) is written one by one, so each member gets
+        its own verdict."""
         mains: list[tuple[_Job, set[str]]] = []  # each chunk's batch, the groups it carried
         one_by_one: list[_Write] = []
         for start in range(0, len(writes), BATCH_SIZE):
