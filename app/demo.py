@@ -1,5 +1,6 @@
-"""The demo: sandbox up, demo integrations synced once (initial import over a year of daily
-partitions), then one incremental tick that shows only-what-changed (X2), and a printed summary.
+"""The demo: sandbox up, demo integrations synced once (initial import over the last
+MEMBERFLOW_DEMO_HISTORY_DAYS days of daily partitions, 92 by default), then one incremental tick
+that shows only-what-changed (X2), and a printed summary.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -70,12 +71,34 @@ def demo_files() -> list[Path]:
 # Cyberimpact batches and Flexmail imports polled every second, not every 5 s.
 DEMO_SETTINGS_ENV = {"MEMBERFLOW_DEMO_BULK_THRESHOLD": "100", "MEMBERFLOW_DEMO_POLL_SECONDS": "1"}
 
+# The demo's initial imports read the last this-many days of history, not the integrations' whole
+# history (X5 leaves a real first sync uncapped; `memberflow sync --from` and backfills still read
+# any range). A shorter window means fewer daily partitions to book and, for Amilia, fewer
+# contacts, groups and consent calls at Cyberimpact's 10 calls/s. `all` (or 0): the whole history.
+DEMO_HISTORY_ENV = "MEMBERFLOW_DEMO_HISTORY_DAYS"
+DEMO_HISTORY_DAYS = "92"
+
 
 def prepare_environment(sandbox_url: str) -> None:
     """Point integration files at the sandbox and hand them the sandbox's demo credentials."""
     os.environ["MEMBERFLOW_SANDBOX_URL"] = sandbox_url
-    for name, value in {**SANDBOX_ENV, **DEMO_SETTINGS_ENV}.items():
+    settings = {**SANDBOX_ENV, **DEMO_SETTINGS_ENV, DEMO_HISTORY_ENV: DEMO_HISTORY_DAYS}
+    for name, value in settings.items():
         os.environ.setdefault(name, value)
+
+
+def history_window(integration: Integration, end: date) -> dict[str, date]:
+    """The initial import's window: from the integration's `history_start`, or the last
+    MEMBERFLOW_DEMO_HISTORY_DAYS days when that is later; none without tracked events."""
+    start = integration.schedule.history_start if integration.tracking else None
+    if start is None:
+        return {}
+    days = os.environ.get(DEMO_HISTORY_ENV, "").strip().lower()
+    if days not in ("", "all", "0"):
+        if not days.isdigit():
+            raise ValueError(f"{DEMO_HISTORY_ENV} must be a number of days or 'all', not {days!r}")
+        start = max(start, end - timedelta(days=int(days) - 1))
+    return {"start": start, "end": end}
 
 
 def clear_demo_data(integrations: list[Integration]) -> list[Path]:
@@ -249,9 +272,7 @@ def _run_lane(sandbox_url: str, names: list[str], lane: int, relay: queue.Queue)
         with progress.listening(_Relay(relay)):
             end = date.today()
             for integration in chosen:
-                # the whole history: not capped (X5); without tracked events there are no days
-                start = integration.schedule.history_start if integration.tracking else None
-                window = {"start": start, "end": end} if start else {}
+                window = history_window(integration, end)
                 first = _timed_run(relay, defs, integration, instance, "initial import", window)
                 ok &= first.success
                 if first.success and feedback_webhook(integration) is not None:
@@ -276,13 +297,13 @@ def _timed_run(
     window: dict,
 ) -> dg.ExecuteInProcessResult:
     """One run, its lines and its record sent to the parent as soon as it ends."""
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     result = runner.run_sync(defs, integration, instance, quiet=True, **window)
-    took = time.monotonic() - started
+    took, cpu = time.monotonic() - started, time.process_time() - cpu
     withheld = runner.summarise(result).total("_staged", "quarantined")
     run = DemoRun(integration.name, label, result.run_id, took, result.success, withheld)
     start, end = window.get("start"), window.get("end")
-    relay.put(("run", describe_run(integration, label, result, start, end, took), run))
+    relay.put(("run", describe_run(integration, label, result, start, end, took, cpu), run))
     return result
 
 
@@ -361,12 +382,15 @@ def describe_run(
     start: date | None,
     end: date | None,
     seconds: float,
+    cpu: float | None = None,
 ) -> list[str]:
-    """A run in a few readable lines: what was fetched, sent, withheld, and the calls spent."""
+    """A run in a few readable lines: what was fetched, sent, withheld, and the calls spent;
+    `cpu`: the CPU seconds the run's process spent on it (a busy machine stretches the wall
+    time, not this)."""
     s = runner.summarise(result)
     window = f" {start} .. {end}" if start else ""
     status = "ok" if s.success else "FAILED"
-    run = f"run {s.run_id[:8]}, {seconds:.1f} s"
+    run = f"run {s.run_id[:8]}, {seconds:.1f} s" + (f", {cpu:.1f} s CPU" if cpu is not None else "")
     out = [f"== {integration.name}: {label}{window} — {status} ({run})"]
     (entity,) = sorted(available_entities(integration.source.kind).members)
     members_raw = f"{entity}_raw"

@@ -16,8 +16,9 @@ async batches, with unsubscribes and bounces polled back (CI-A1..CI-A13).
   and on 404 `POST /members` (a 409 "already exists" goes back to PATCH). From `batch_threshold`
   on they go as `addMembers` batches of 1000, polled until finished (within `poll_timeout`); a
   batch refused whole (4xx) is written one by one instead. Group additions are additive
-  (`POST /members/{email}/groups`, or batch-level groups; the emails-only group batches go only
-  after the chunk's own batch finished, for the members it accepted); removals are one
+  (`POST /members/{email}/groups`, or batch-level groups; the emails-only group batches, each
+  with every group its members share, go only after the chunk's own batch finished, for the
+  members it accepted); removals are one
   `DELETE /members/{email}/groups/{id}` each. Removing a member deletes it.
 - CI-A6: `POST /members` is throttled to 1/s per token: paced here before sending, and a 429's
   Retry-After is honoured all the same (VendorHttp).
@@ -555,11 +556,13 @@ class CyberimpactClient(TargetClient):
     def _write_in_batches(self, writes: list[_Write], policy: WritePolicy) -> Iterator[MemberAck]:
         """CI-A4 from the threshold on: per chunk of 1000 one addMembers batch with the fields
         and the groups every member of the chunk gains, all submitted, then polled together.
-        Only then, for the members those batches accepted, one emails-only batch per other group
-        gained (batch groups are batch-level and additive; an emails-only item would create a
-        member its own batch refused). Then group removals and consent per member that came
-        through. A chunk whose batch is refused whole (a 4xx) is written one by one, so each
-        member gets its own verdict."""
+        Only then, for the members those batches accepted, emails-only batches for the other
+        groups gained, each carrying every group its members share (`group_cover`; batch groups
+        are batch-level and additive; an emails-only item would create a member its own batch
+        refused). Then group removals and consent per member that came through: each member's
+        consent date and proof are its own, and a batch's consent is batch-wide (CI-A10). A
+        chunk whose batch is refused whole (a 4xx) is written one by one, so each member gets
+        its own verdict."""
         mains: list[tuple[_Job, set[str]]] = []  # each chunk's batch, the groups it carried
         one_by_one: list[_Write] = []
         for start in range(0, len(writes), BATCH_SIZE):
@@ -594,13 +597,16 @@ class CyberimpactClient(TargetClient):
         return verdicts
 
     def _submit_groups(self, accepted: list[_Write], common: set[str]) -> list[_Job]:
-        """One emails-only addMembers batch per group some accepted members gain beyond
-        `common` (which their own batch carried)."""
+        """Emails-only addMembers batches for the groups the accepted members gain beyond
+        `common` (which their own batch carried): a batch-level `groups` list is additive and
+        applies to every member of the batch, so one batch may carry several groups for the
+        members who all gain them (see `group_cover`), not one batch per group."""
+        needs = [set(w.gained) - common for w in accepted]
         jobs = []
-        for title in sorted({t for w in accepted for t in w.gained} - common):
-            gaining = [w for w in accepted if title in w.gained]
+        for members, titles in group_cover(needs):
+            gaining = [accepted[n] for n in members]
             body = {"members": [{"email": w.wire.email} for w in gaining]}
-            jobs.append(self._submit(gaining, body | {"groups": self._group_ids([title])}))
+            jobs.append(self._submit(gaining, body | {"groups": self._group_ids(titles)}))
         return jobs
 
     def _batch_ack(
@@ -890,6 +896,38 @@ def _merged(known: RemoteMember, bounce: RemoteMember) -> RemoteMember:
         updated_at=max(stamps) if stamps else None,
         fields=known.fields or bounce.fields,
     )
+
+
+def group_cover(needs: Sequence[set[str]]) -> list[tuple[list[int], list[str]]]:
+    """Batches `(member indexes, group titles)` that together give every member `n` each title
+    of `needs[n]` and no other (batch-level groups are additive: a member may be given a group
+    twice, never one it does not gain). Greedy: every title proposes the batch of its members
+    with the titles all of them gain; the batch giving the most (member, title) pairs not given
+    yet is taken, restricted to the members it still gives something, until none is left. Each
+    round gives at least one pair (a title's own batch gives its pending pairs), so there are
+    at most as many batches as titles; nested groups (activity within its subcategory, category
+    and program) then share one batch."""
+    pending = [set(need) for need in needs]
+    holders: dict[str, list[int]] = {}
+    for n, need in enumerate(needs):
+        for title in need:
+            holders.setdefault(title, []).append(n)
+    proposals = {
+        title: (members, set.intersection(*(set(needs[n]) for n in members)))
+        for title, members in holders.items()
+    }
+    batches: list[tuple[list[int], list[str]]] = []
+    while any(pending):
+        gain, title = max(
+            (sum(len(pending[n] & titles) for n in members), title)
+            for title, (members, titles) in proposals.items()
+        )
+        members, titles = proposals.pop(title)
+        chosen = [n for n in members if pending[n] & titles]
+        for n in chosen:
+            pending[n] -= titles
+        batches.append((chosen, sorted(titles)))
+    return batches
 
 
 def _batch_verdict(write: _Write, done: _Finished | None, why: str | None) -> _Verdict:

@@ -7,6 +7,7 @@ conversion of canonical values."""
 from __future__ import annotations
 
 import json
+import random
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -18,7 +19,12 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from resources.base import VendorError
-from resources.cyberimpact import AccountMismatch, CyberimpactClient, CyberimpactTarget
+from resources.cyberimpact import (
+    AccountMismatch,
+    CyberimpactClient,
+    CyberimpactTarget,
+    group_cover,
+)
 from resources.cyberimpact_wire import CustomField, wire_member
 from resources.registry import parse_target, target_sections
 from resources.target import MemberChange, WritePolicy
@@ -767,6 +773,41 @@ def test_group_batches_follow_their_batch_and_only_for_accepted_members(make, ci
     assert len(posts) == 2 and calls[posts[1] - 1][0] == "GET"  # polled before the group batch
     assert calls[posts[1]][2]["members"] == [{"email": "a@example.com"}]
     assert ci.member_groups("a@example.com") == {CLIENTS, DUCKS}
+
+
+def test_nested_groups_go_in_one_batch_and_no_member_gets_a_group_it_does_not_gain(make, ci):
+    """Batch-level groups are additive and apply to every member of the batch: members who
+    all gain an activity and its parents get them in one batch; a member gaining only the
+    parent is not given the activity."""
+    swim, kids = "Natation", "Natation \\ Enfants"
+    changes = [change(f"k{n}@example.com", groups=(CLIENTS, swim, kids, DUCKS)) for n in range(3)]
+    changes += [change("adult@example.com", groups=(CLIENTS, swim))]
+    changes += [change("solo@example.com", groups=(CLIENTS,))]
+    acks = write(make(**BATCHED), changes)
+    assert {ack.outcome for ack in acks.values()} == {"created"}
+    # the chunk's own batch (fields + Clients), the three groups the children share, then
+    # Natation for the adult: 3 batches, not 1 + one per group (4)
+    assert ci.request_count("POST", "/batches") == 3
+    for n in range(3):
+        assert ci.member_groups(f"k{n}@example.com") == {CLIENTS, swim, kids, DUCKS}
+    assert ci.member_groups("adult@example.com") == {CLIENTS, swim}
+    assert ci.member_groups("solo@example.com") == {CLIENTS}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_group_cover_gives_each_member_exactly_its_groups(seed):
+    rng = random.Random(seed)
+    titles = [f"g{n}" for n in range(30)]
+    needs = [set(rng.sample(titles, rng.randint(0, 6))) for _ in range(200)]
+    batches = group_cover(needs)
+    given: list[set[str]] = [set() for _ in needs]
+    for members, groups in batches:
+        assert members and groups
+        for n in members:
+            assert set(groups) <= needs[n]  # never a group the member does not gain
+            given[n] |= set(groups)
+    assert given == needs
+    assert len(batches) <= len(set().union(*needs))  # never more than one batch per group
 
 
 def test_update_only_and_create_only_never_go_as_batches(make, ci):
