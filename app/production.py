@@ -46,11 +46,17 @@ def check_environment(env: dict[str, str] | None = None) -> None:
         raise MissingSetting(f"MEMBERFLOW_POSTGRES_URL must start with {POSTGRES_SCHEME}://")
 
 
-def prepare_home(home: Path) -> Path:
+def prepare_home(home: Path, overrides: dict | None = None) -> Path:
     """DAGSTER_HOME with the production dagster.yaml and the workers' celery.yaml; returns the
-    latter. Both hold `env:` references, never a credential."""
+    latter. Both hold `env:` references, never a credential. `overrides` replaces keys of a
+    top-level section of dagster.yaml (e.g. a shorter `run_monitoring.poll_interval_seconds`)."""
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(PRODUCTION_YAML, home / "dagster.yaml")
+    if overrides:
+        config = yaml.safe_load(PRODUCTION_YAML.read_text())
+        for section, values in overrides.items():
+            config[section] = {**config.get(section, {}), **values}
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     celery_yaml = home / "celery.yaml"
     celery_yaml.write_text(yaml.safe_dump({"execution": {"config": executor.celery_config()}}))
     return celery_yaml
@@ -148,12 +154,13 @@ def start_stack(
     workers: int = 2,
     port: int | None = 3000,
     env: dict[str, str] | None = None,
+    overrides: dict | None = None,
 ) -> Stack:
     """Daemon, `workers` Celery workers and (with a port) the webserver, on the instance in home;
     each process's output in logs/<name>.log. `env` (default: this process's) is their base
-    environment."""
+    environment; `overrides` changes dagster.yaml's settings (prepare_home)."""
     check_environment(env)
-    prepare_home(home)
+    prepare_home(home, overrides)
     stack = Stack(home=home, env=production_env(home, env), logs=logs)
     for number in range(1, workers + 1):
         stack.start_worker(f"worker{number}")

@@ -8,9 +8,12 @@ worker is whatever process called `execute_in_process`. So every in-process run 
 it (`memberflow/host`, `memberflow/pid` and the process's start time, set at launch by
 `app.runner`), and `recover` — called before every in-process run, at the start of every
 sensor tick and by `memberflow recover` — finds in-flight runs of this host whose process is
-gone (and, on a local SQLite instance, daemon-launched runs whose worker pid is gone, which
-Dagster's DefaultRunLauncher cannot health-check), marks them failed with a message saying so,
-frees their pool slots, and removes the landing temp files a dead run left behind.
+gone (and daemon-launched runs whose worker pid is gone, which Dagster's DefaultRunLauncher
+cannot health-check: on a local SQLite instance all of them, on PostgreSQL those launched on this
+machine by memberflow.run_launcher, whose health check lets the daemon do the same by itself),
+marks them failed with a message saying so, frees their pool slots (on PostgreSQL the daemon
+does, after `free_slots_after_run_end_seconds`: a step of the run may still run on a Celery
+worker), and removes the landing temp files a dead run left behind.
 
 Cheap when there is nothing to do: one run-records query of the runs in flight.
 """
@@ -53,9 +56,12 @@ class RecoveredRun:
     pid: int
     slots_freed: list[str] = field(default_factory=list)  # "<pool>:<step>" claimed by the run
     pending_dropped: list[str] = field(default_factory=list)  # steps it was still waiting on
+    slots_left_to_daemon: bool = False  # a shared instance: run monitoring frees them later
 
     def describe(self) -> str:
         freed = ", ".join(self.slots_freed) or "no slot held"
+        if self.slots_left_to_daemon:
+            freed = "its pool slots after run monitoring's free_slots_after_run_end_seconds"
         line = f"run {self.run_id} ({self.job_name}, pid {self.pid}): marked failed; freed {freed}"
         if self.pending_dropped:
             line += f"; dropped its wait for {', '.join(self.pending_dropped)}"
@@ -106,18 +112,32 @@ def recover(instance: dg.DagsterInstance, *, sweep_landing: bool = True) -> Reco
         if run.tags.get(HOST_TAG) == hostname():
             dead = not worker_alive(run.tags)
             pid = int(run.tags.get(PID_TAG, 0) or 0)
-        elif HOST_TAG not in run.tags and local and run.status == dg.DagsterRunStatus.STARTED:
-            pid = _reported_worker_pid(instance, run.run_id) or 0
-            dead = bool(pid) and not _same_process_alive(pid, record.start_time)
+        elif (
+            HOST_TAG not in run.tags
+            and (local or launched_here(run))
+            and run.status == dg.DagsterRunStatus.STARTED
+        ):
+            pid = reported_worker_pid(instance, run.run_id) or 0
+            dead = bool(pid) and not same_process_alive(pid, record.start_time)
         else:
             continue  # another host's run, or no worker known yet: run monitoring's to judge
         if dead:
-            outcome.runs.append(_fail_and_free(instance, run, pid))
+            # on a shared instance a step of the run may still run on a Celery worker: its pool
+            # slot is freed by the daemon after run_monitoring's free_slots_after_run_end_seconds
+            outcome.runs.append(_fail_and_free(instance, run, pid, free_slots=local))
     if sweep_landing or outcome.runs:
         outcome.removed = sweep_orphan_temp_files(instance)
     for line in outcome.lines():
         log.warning("recovery: %s", line)
     return outcome
+
+
+def launched_here(run: dg.DagsterRun) -> bool:
+    """Launched by memberflow's run launcher (deploy/dagster.production.yaml) on this machine,
+    through a code server here: its worker process runs on this machine."""
+    from memberflow.run_launcher import worker_here
+
+    return worker_here(run) is None
 
 
 def _single_host(instance: dg.DagsterInstance) -> bool:
@@ -127,7 +147,7 @@ def _single_host(instance: dg.DagsterInstance) -> bool:
     return isinstance(instance.run_storage, SqliteRunStorage)
 
 
-def _reported_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
+def reported_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
     """The pid a launched run's worker reported ("Started process for run (pid: N).")."""
     for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
         if not (event.message or "").startswith("Started process for run"):
@@ -139,7 +159,7 @@ def _reported_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | Non
     return None
 
 
-def _same_process_alive(pid: int, run_started: float | None) -> bool:
+def same_process_alive(pid: int, run_started: float | None) -> bool:
     """Alive, and not a newer process that reused the pid after the run began."""
     if not _pid_running(pid):
         return False
@@ -204,10 +224,14 @@ def _proc_stat_fields(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
-def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int) -> RecoveredRun:
-    recovered = RecoveredRun(run_id=run.run_id, job_name=run.job_name, pid=pid)
+def _fail_and_free(
+    instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int, free_slots: bool = True
+) -> RecoveredRun:
+    recovered = RecoveredRun(
+        run_id=run.run_id, job_name=run.job_name, pid=pid, slots_left_to_daemon=not free_slots
+    )
     storage = instance.event_log_storage
-    if storage.supports_global_concurrency_limits:
+    if free_slots and storage.supports_global_concurrency_limits:
         for key in sorted(storage.get_concurrency_keys()):
             info = storage.get_concurrency_info(key)
             recovered.slots_freed += [
@@ -224,7 +248,7 @@ def _fail_and_free(instance: dg.DagsterInstance, run: dg.DagsterRun, pid: int) -
         "gone: it was killed or crashed. memberflow marked the run failed and freed its pool "
         "slots, so the next run on the list can start and pick up from what was recorded.",
     )
-    if storage.supports_global_concurrency_limits:
+    if free_slots and storage.supports_global_concurrency_limits:
         storage.free_concurrency_slots_for_run(run.run_id)
     return recovered
 

@@ -10,93 +10,30 @@ on it from the same seeded data: nothing lost, nothing twice.
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-import uuid
-from contextlib import closing, contextmanager
 from datetime import date, timedelta
-from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 
 from app.production import start_stack, webserver_client
-from memberflow.config import INTEGRATIONS_DIR
-from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
 from tests.harness import Harness
 from tests.list_state import ListState, list_state
+from tests.production_stack import (
+    environment,
+    free_port,
+    production_settings,
+    scratch_database,
+    services,  # noqa: F401 - the module's autouse fixture
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.production, pytest.mark.slow]
 
 SANDBOX = {"seed": 11, "customers": 50, "days": 30, "rate_limits": False}
 BACKFILL_DAYS = 35
-POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("PGUSER", "root")}
-BROKER = os.environ.get("MEMBERFLOW_TEST_BROKER", "pyamqp://guest:guest@127.0.0.1:5672//")
 RUN_TIMEOUT = 300  # seconds for both runs; past it a run is hung
 JOB = "sync_heyloyalty_demo_4711"  # the list job; demo_flexpos is the only integration loaded
-
-
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def services() -> None:
-    """PostgreSQL and RabbitMQ of this machine (`.ci/run` starts them): absent, the tests skip
-    locally and fail in CI."""
-    absent = [
-        name for name, port in (("PostgreSQL", 5432), ("RabbitMQ", 5672)) if not _reachable(port)
-    ]
-    if absent:
-        reason = (
-            f"{', '.join(absent)} not running on 127.0.0.1 (scripts/ensure_services.sh starts them)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
-@contextmanager
-def scratch_database():
-    """A PostgreSQL database of its own for one test run, dropped after."""
-    name = f"memberflow_test_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(dbname="postgres", **POSTGRES)
-    admin.autocommit = True
-    with closing(admin):
-        admin.cursor().execute(f'CREATE DATABASE "{name}"')
-        try:
-            user = POSTGRES["user"]
-            yield f"postgresql+psycopg2://{user}@{POSTGRES['host']}:{POSTGRES['port']}/{name}"
-        finally:
-            admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def delete_queue(name: str) -> None:
-    """This run's Celery queue, which RabbitMQ would otherwise keep."""
-    from kombu import Connection
-
-    with Connection(BROKER) as connection:
-        connection.default_channel.queue_delete(name)
-
-
-def environment(tmp: Path, sandbox_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(SANDBOX_ENV)
-    env.update(
-        MEMBERFLOW_DATA_DIR=str(tmp / "data"),
-        MEMBERFLOW_SANDBOX_URL=sandbox_url,
-        MEMBERFLOW_INTEGRATIONS=str(INTEGRATIONS_DIR / "demo_flexpos.yaml"),
-        MEMBERFLOW_PACING="off",
-        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-    )
-    return env
 
 
 def backfill_window() -> tuple[str, str]:
@@ -119,12 +56,6 @@ def truth(tmp_path_factory) -> ListState:
         h.load("demo_flexpos")
         assert h.backfill("demo_flexpos", days=BACKFILL_DAYS).success
         return list_state(sandbox)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def celery_worker_of_last_step(instance: dg.DagsterInstance, run_id: str, step: str) -> str:
@@ -166,29 +97,13 @@ def writer_intervals(
     return sorted(intervals)
 
 
-def wait_for(instance: dg.DagsterInstance, run_ids: list[str], logs: Path) -> None:
-    deadline = time.monotonic() + RUN_TIMEOUT
-    while time.monotonic() < deadline:
-        runs = [instance.get_run_by_id(r) for r in run_ids]
-        if all(run and run.is_finished for run in runs):
-            return
-        time.sleep(1)
-    tails = {p.name: p.read_text()[-1500:] for p in sorted(logs.glob("*.log"))}
-    pytest.fail(f"runs not finished after {RUN_TIMEOUT}s: {tails}")
-
-
 def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(
     truth, tmp_path, monkeypatch, request
 ):
     start, end = backfill_window()
     with SandboxServer(**SANDBOX) as sandbox, scratch_database() as postgres_url:
         env = environment(tmp_path, sandbox.url)
-        env.update(
-            MEMBERFLOW_POSTGRES_URL=postgres_url,
-            MEMBERFLOW_CELERY_BROKER=BROKER,
-            MEMBERFLOW_CELERY_QUEUE=f"memberflow-test-{uuid.uuid4().hex[:8]}",
-        )
-        request.addfinalizer(lambda: delete_queue(env["MEMBERFLOW_CELERY_QUEUE"]))
+        production_settings(env, postgres_url, request)
         port = free_port()
         home, logs = tmp_path / "home", tmp_path / "logs"
         stack = start_stack(home, logs, workers=2, port=port, env=env)
@@ -215,7 +130,7 @@ def test_celery_workers_sync_a_list_once_at_a_time_and_survive_a_kill(
             tick = client.submit_job_execution(
                 JOB, tags={"memberflow/mode": "incremental", "dagster/partition": end}
             )
-            wait_for(instance, [backfill, tick], logs)
+            wait_for(instance, [backfill, tick], logs, RUN_TIMEOUT)
 
             runs = {r: instance.get_run_record_by_id(r) for r in (backfill, tick)}
             assert [runs[r].dagster_run.status for r in (backfill, tick)] == [
