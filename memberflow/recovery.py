@@ -242,11 +242,16 @@ def _fail_and_free(
                 for p in info.pending_steps
                 if p.run_id == run.run_id and p.assigned_timestamp is None
             ]
+    slots = (
+        "freed its pool slots"
+        if free_slots
+        else "the daemon frees its pool slots after free_slots_after_run_end_seconds"
+    )
     instance.report_run_failed(
         run,
         f"The process running this run (pid {pid} on {run.tags.get(HOST_TAG, hostname())}) is "
-        "gone: it was killed or crashed. memberflow marked the run failed and freed its pool "
-        "slots, so the next run on the list can start and pick up from what was recorded.",
+        f"gone: it was killed or crashed. memberflow marked the run failed and {slots}, so the "
+        "next run on the list can start and pick up from what was recorded.",
     )
     if free_slots and storage.supports_global_concurrency_limits:
         storage.free_concurrency_slots_for_run(run.run_id)
