@@ -59,10 +59,10 @@ class RecoveredRun:
     slots_left_to_daemon: bool = False  # a shared instance: run monitoring frees them later
 
     def describe(self) -> str:
-        freed = ", ".join(self.slots_freed) or "no slot held"
+        freed = "freed " + (", ".join(self.slots_freed) or "no slot held")
         if self.slots_left_to_daemon:
-            freed = "its pool slots after run monitoring's free_slots_after_run_end_seconds"
-        line = f"run {self.run_id} ({self.job_name}, pid {self.pid}): marked failed; freed {freed}"
+            freed = "the daemon frees its pool slots after free_slots_after_run_end_seconds"
+        line = f"run {self.run_id} ({self.job_name}, pid {self.pid}): marked failed; {freed}"
         if self.pending_dropped:
             line += f"; dropped its wait for {', '.join(self.pending_dropped)}"
         return line
