@@ -20,18 +20,20 @@ an id landed before (`absent_ids`).
 from __future__ import annotations
 
 import json
+import operator
 import os
 import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from memberflow import progress
@@ -118,21 +120,20 @@ def land_pages(
     for page in pages:
         stats.pages += 1
         progress.note(pages=1, records=len(page))
-        groups, unreadable = _by_day(client, entity, page, fetched_at)
-        for day, rows in groups.items():
-            count = len(rows["record_id"])
+        landed, unreadable = _page_by_day(client, entity, page, fetched_at)
+        for day, table in landed.tables.items():
+            count = table.num_rows
             stats.days.add(day)
             stats.records += count
             stats.records_by_day[day] = stats.records_by_day.get(day, 0) + count
-            stats.tombstones += sum(bool(flag) for flag in rows["deleted"])
             if collect_ids:
-                stats.record_ids.update(rows["record_id"])
-            live = [m for m, d in zip(rows["modified"], rows["deleted"], strict=True) if not d]
-            # A tombstone's modified time is our fetch time, not the source's: never a cursor.
-            mark = max(live, default=None)
-            if mark is not None and (stats.high_water_mark is None or mark > stats.high_water_mark):
-                stats.high_water_mark = mark
-            waiting.add(day, rows)
+                stats.record_ids.update(table.column("record_id").to_pylist())
+            waiting.add(day, table)
+        stats.tombstones += landed.tombstones
+        # A tombstone's modified time is our fetch time, not the source's: never a cursor.
+        mark = landed.high_water_mark
+        if mark is not None and (stats.high_water_mark is None or mark > stats.high_water_mark):
+            stats.high_water_mark = mark
         if unreadable["payload"]:
             # Straight into the live folder, also in a backfill: it belongs to no day to swap.
             _write_batch(base / UNREADABLE, unreadable, UNREADABLE_SCHEMA)
@@ -159,8 +160,7 @@ class _Waiting:
         self.days: dict[date, list[pa.Table]] = defaultdict(list)
         self.rows = 0
 
-    def add(self, day: date, rows: dict[str, list[Any]]) -> None:
-        table = _table(rows, SCHEMA)
+    def add(self, day: date, table: pa.Table) -> None:
         self.days[day].append(table)
         self.rows += table.num_rows
         if self.rows >= ROWS_PER_FILE:
@@ -185,6 +185,90 @@ def _payload(record: dict[str, Any]) -> bytes:
     except TypeError:
         text = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         return text.encode("utf-8")  # a lone surrogate ("\ud800") is JSON but not Unicode text
+
+
+@dataclass
+class _Landed:
+    """A page's landed records: a table per day folder, its tombstones, and the newest
+    modified time of its records that are not tombstones."""
+
+    tables: dict[date, pa.Table]
+    tombstones: int = 0
+    high_water_mark: datetime | None = None
+
+
+def _page_by_day(
+    client: SourceClient, entity: str, page: list[dict[str, Any]], fetched_at: datetime
+) -> tuple[_Landed, dict[str, list[Any]]]:
+    """The page's records as a table per day folder, and the records whose metadata is
+    unreadable: read column by column when the client's `page_meta` answers for the page,
+    record by record otherwise (a tombstone, anything unusual: see `_by_day`)."""
+    landed = _page_columns(client, entity, page, fetched_at)
+    if landed is not None:
+        return landed, {"payload": []}
+    groups, unreadable = _by_day(client, entity, page, fetched_at)
+    result = _Landed({day: _table(rows, SCHEMA) for day, rows in groups.items()})
+    for rows in groups.values():
+        result.tombstones += sum(bool(flag) for flag in rows["deleted"])
+        live = [m for m, d in zip(rows["modified"], rows["deleted"], strict=True) if not d]
+        mark = max(live, default=None)
+        if mark is not None and (result.high_water_mark is None or mark > result.high_water_mark):
+            result.high_water_mark = mark
+    return result, unreadable
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DELETED = operator.methodcaller("get", DELETED_FLAG)
+
+
+def _page_columns(
+    client: SourceClient, entity: str, page: list[dict[str, Any]], fetched_at: datetime
+) -> _Landed | None:
+    """The page landed column by column, or None when the client's `page_meta` does not answer
+    for it, the page holds a tombstone, or a record has no compact JSON orjson can write (then
+    `_by_day` lands it record by record, with each record's own fallback or quarantine).
+
+    Exactly what `_by_day` would land for such a page: the same columns, rows in page order
+    within each day folder."""
+    page_meta = getattr(client, "page_meta", None)
+    if page_meta is None or not page:
+        return None
+    try:  # a tombstone (or a flag that is merely truthy): record by record
+        if any(map(_DELETED, page)):
+            return None
+    except AttributeError:  # not a JSON object: the record-by-record path says what it is
+        return None
+    meta = page_meta(entity, page)
+    if meta is None:
+        return None
+    try:
+        payloads = pa.array(map(orjson.dumps, page), pa.string(), size=len(page))
+    except TypeError:  # beyond 64 bits, a lone surrogate: _payload's way, record by record
+        return None
+    count = len(page)
+    if meta.business_date is None:
+        business = pa.nulls(count, pa.date32())
+    else:
+        business = meta.business_date
+    table = pa.Table.from_arrays(
+        [
+            meta.record_id,
+            meta.modified,
+            business,
+            payloads,
+            pa.repeat(pa.scalar(fetched_at, SCHEMA.field("fetched_at").type), count),
+            pa.repeat(pa.scalar(uuid.uuid4().hex, pa.string()), count),
+        ],
+        schema=SCHEMA,
+    )
+    newest = pc.max(meta.modified).value
+    mark = _EPOCH + timedelta(microseconds=newest)
+    if meta.business_date is None:
+        return _Landed({fetched_at.date(): table}, high_water_mark=mark)
+    tables = {}
+    for day in pc.unique(business).to_pylist():
+        tables[day] = table.filter(pc.equal(business, pa.scalar(day, pa.date32())))
+    return _Landed(tables, high_water_mark=mark)
 
 
 def _by_day(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,10 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import httpx
+import numpy as np
 import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources import paging
@@ -36,7 +40,7 @@ from resources.http import (
 from resources.pacing import requests_per_second_pace
 from resources.record_fields import record_datetime, record_id
 from resources.registry import SourceSectionBase
-from resources.source import EntitySpec, RecordMeta, SourceClient
+from resources.source import EntitySpec, PageMeta, RecordMeta, SourceClient
 
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -243,6 +247,32 @@ class FlexPOSClient(SourceClient):
             business_date=business,
         )
 
+    def page_meta(self, entity: str, page: list[dict[str, Any]]) -> PageMeta | None:
+        """`record_meta` of every record at once, read by Arrow and numpy per page rather than
+        per record in Python (issue 10: record_meta was a third of the extract's CPU). Only for
+        pages where every id is an integer (or non-blank text) and every `Modified` (and
+        business date) is exactly `YYYY-MM-DDTHH:MM:SS` from 1900 on; any other page: None,
+        and landing asks record_meta record by record, as before."""
+        try:
+            spec = self._entity(entity)
+        except ValueError:
+            return None
+        ids = _page_ids(page, spec.id_field)
+        modified = _page_local_times(page, "Modified")
+        if ids is None or modified is None:
+            return None
+        business = None
+        if spec.date_field is not None:
+            local = _page_local_times(page, spec.date_field)
+            if local is None:
+                return None
+            business = pa.array(_business_days(*local), pa.date32())
+        return PageMeta(
+            record_id=ids,
+            modified=pa.array(_utc_micros(*modified), pa.timestamp("us", tz="UTC")),
+            business_date=business,
+        )
+
     def close(self) -> None:
         self._http.close()
 
@@ -376,6 +406,109 @@ def _utc_from_local(text: str) -> datetime:
         if offset is None:
             return moment.replace(tzinfo=COPENHAGEN).astimezone(UTC)
     return (moment - offset).replace(tzinfo=UTC)
+
+
+# --- a page's metadata at once (page_meta) ------------------------------------------------------
+
+MICROS_PER_DAY = 86_400_000_000
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# page_meta's range: Copenhagen's offsets are whole hours from here on (before 1894 local mean
+# time, +0:50:20), and no date near datetime's ends, where record_meta's arithmetic overflows
+_FIRST_FAST = np.datetime64("1900-01-01T00:00:00", "us").astype(np.int64)
+_LAST_FAST = np.datetime64("9999-12-01T00:00:00", "us").astype(np.int64)
+_LOCAL_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}$"  # LOCAL_FORMAT
+_NO_OFFSET = np.iinfo(np.int64).min
+_BLOCK_DAYS = 512  # a day whose offset changes: its records go one by one
+
+
+def _page_ids(page: list[dict[str, Any]], name: str) -> pa.Array | None:
+    """The page's ids as text (`record_id` of each record), or None unless every id is an
+    integer within 64 bits or non-blank text (`str(id)` of those, which Arrow writes alike)."""
+    try:
+        values = list(map(operator.itemgetter(name), page))
+    except (KeyError, TypeError):  # a record without an id, or not a JSON object
+        return None
+    kinds = set(map(type, values))
+    try:
+        if kinds == {int}:  # not bool, not float: record_id writes those differently
+            return pa.array(values, pa.int64()).cast(pa.string())
+        if kinds == {str} and all(map(str.strip, values)):
+            return pa.array(values, pa.string())
+    except (pa.ArrowException, OverflowError, UnicodeError):
+        return None  # beyond 64 bits, or text that is not Unicode
+    return None
+
+
+def _page_local_times(page: list[dict[str, Any]], name: str) -> tuple[np.ndarray, list[str]] | None:
+    """The field's wall times as microseconds since 1970 (naive: Copenhagen's wall clock), with
+    the texts, or None unless every one is text exactly `YYYY-MM-DDTHH:MM:SS` naming a real
+    moment (Arrow refuses Feb 30, 24:00, a leap second) from 1900 to 9999."""
+    try:
+        texts = list(map(operator.itemgetter(name), page))
+    except (KeyError, TypeError):
+        return None
+    if set(map(type, texts)) != {str}:
+        return None
+    try:
+        column = pa.array(texts, pa.string())
+        if not pc.all(pc.match_substring_regex(column, _LOCAL_PATTERN)).as_py():
+            return None
+        micros = column.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy()
+    except (pa.ArrowException, UnicodeError):
+        return None  # not Unicode text, or not a date
+    if micros.min() < _FIRST_FAST or micros.max() > _LAST_FAST:
+        return None
+    return micros, texts
+
+
+def _day_offsets(micros: np.ndarray) -> np.ndarray:
+    """Copenhagen's UTC offset in microseconds for each wall time's day, `_NO_OFFSET` on a day
+    the offset changes; looked up in tables of `_BLOCK_DAYS` days, each made once."""
+    days = micros // MICROS_PER_DAY
+    blocks = days // _BLOCK_DAYS
+    first, last = int(blocks.min()), int(blocks.max())
+    if first == last:
+        return _block_offsets(first)[days - first * _BLOCK_DAYS]
+    table = np.concatenate([_block_offsets(block) for block in range(first, last + 1)])
+    return table[days - first * _BLOCK_DAYS]
+
+
+def _utc_micros(micros: np.ndarray, texts: list[str]) -> np.ndarray:
+    """Wall times -> UTC microseconds, as `_utc_from_local` would (that function itself for
+    the few on a day the offset changes)."""
+    offsets = _day_offsets(micros)
+    utc = micros - offsets
+    for i in np.flatnonzero(offsets == _NO_OFFSET):
+        utc[i] = (_utc_from_local(texts[i]) - _EPOCH) // timedelta(microseconds=1)
+    return utc
+
+
+def _business_days(micros: np.ndarray, texts: list[str]) -> np.ndarray:
+    """The Copenhagen date of each wall time, days since 1970, as record_meta's business date:
+    the wall time's own date on a day whose offset holds, `record_meta`'s way on the others."""
+    offsets = _day_offsets(micros)
+    days = micros // MICROS_PER_DAY
+    for i in np.flatnonzero(offsets == _NO_OFFSET):
+        day = _utc_from_local(texts[i]).astimezone(COPENHAGEN).date()
+        days[i] = day.toordinal() - _EPOCH_ORDINAL
+    return days.astype(np.int32)
+
+
+@functools.lru_cache(maxsize=256)
+def _block_offsets(block: int) -> np.ndarray:
+    """`_day_offset` in microseconds (or _NO_OFFSET) of the `_BLOCK_DAYS` days from day
+    `block * _BLOCK_DAYS` after 1970-01-01 (each table is made once: ~1 ms)."""
+    offsets = np.empty(_BLOCK_DAYS, np.int64)
+    for i in range(_BLOCK_DAYS):
+        moment = date.fromordinal(_EPOCH_ORDINAL + block * _BLOCK_DAYS + i)
+        offset = _offset_between(
+            datetime(moment.year, moment.month, moment.day),
+            datetime(moment.year, moment.month, moment.day, 23, 59, 59),
+        )
+        offsets[i] = _NO_OFFSET if offset is None else offset // timedelta(microseconds=1)
+    offsets.setflags(write=False)
+    return offsets
 
 
 @functools.lru_cache(maxsize=16_384)

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import pyarrow as pa
+
 from resources.base import CallCounter
 from resources.record_fields import record_id
 
@@ -58,6 +60,16 @@ class RecordMeta:
     record_id: str
     modified: datetime  # timezone-aware UTC
     business_date: date | None  # the day partition of an event record; None for members
+
+
+@dataclass(frozen=True)
+class PageMeta:
+    """The metadata of a whole page at once, as Arrow columns: entry i is what `record_meta`
+    gives for the page's record i (`SourceClient.page_meta`)."""
+
+    record_id: pa.Array  # string
+    modified: pa.Array  # timestamp("us", tz="UTC")
+    business_date: pa.Array | None  # date32; None for a members entity (no business date)
 
 
 def is_tombstone(record: dict[str, Any]) -> bool:
@@ -139,6 +151,14 @@ class SourceClient(ABC):
     @abstractmethod
     def record_meta(self, entity: str, record: dict[str, Any]) -> RecordMeta:
         """Id, modified time (as aware UTC) and business date of one raw record."""
+
+    def page_meta(self, entity: str, page: list[dict[str, Any]]) -> PageMeta | None:
+        """Optional, for speed: the metadata of every record of a page, read column by column
+        rather than record by record. None (the default, and the answer for any page with
+        anything unusual on it: a missing id, a date in another format, a tombstone) means
+        "ask `record_meta` for each record", whose errors then quarantine just the records they
+        name. When it answers, it must be exactly what `record_meta` gives for each record."""
+        return None
 
     # --- reading by cursor (override these, or the datetime primitives below) -----------------
 
