@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import metadata, naming
+from assets.run_config import config_of, schema_of
 from memberflow import delivery, feedback_log, model, progress, reconcile
 from memberflow.config import Integration
 from memberflow.masking import mask_text
@@ -114,11 +115,11 @@ def build_deliver_assets(
                 KEPT_CHECK, asset=members_delivered, blocking=False, description=KEPT_MEANS
             )
         ],
+        config_schema=schema_of(DeliverConfig),
     )
     @progress.reported
-    def _members_delivered(
-        context: dg.AssetExecutionContext, config: DeliverConfig
-    ) -> dg.MaterializeResult:
+    def _members_delivered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        config = config_of(DeliverConfig, context)
         settings = delivery_settings(first, context.run_id, config)
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         client: TargetClient = getattr(context.resources, target_key).client()

@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from assets import metadata, naming
 from assets.deliver import delivery_settings
+from assets.run_config import config_of, schema_of
 from memberflow import event_delivery, model, progress
 from memberflow.config import Integration
 from resources.target import TargetClient
@@ -64,11 +65,11 @@ def build_events_delivered_asset(
                 ),
             )
         ],
+        config_schema=schema_of(EventsDeliveredConfig),
     )
     @progress.reported
-    def _events_delivered(
-        context: dg.AssetExecutionContext, config: EventsDeliveredConfig
-    ) -> dg.MaterializeResult:
+    def _events_delivered(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        config = config_of(EventsDeliveredConfig, context)
         settings = delivery_settings(first, context.run_id)
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         client: TargetClient = getattr(context.resources, target_key).client()

@@ -19,6 +19,7 @@ from typing import Any
 import dagster as dg
 
 from assets import metadata, naming
+from assets.run_config import config_of, schema_of
 from memberflow import landing, progress
 from memberflow.config import Integration
 from memberflow.mapping import EntityMapping
@@ -60,9 +61,11 @@ def build_extract_asset(
         retry_policy=API_RETRY,
         kinds={integration.source.kind, "parquet"},
         tags={"memberflow/stage": "extract"},
+        config_schema=schema_of(ExtractConfig),
     )
     @progress.reported
-    def _extract(context: dg.AssetExecutionContext, config: ExtractConfig) -> dg.MaterializeResult:
+    def _extract(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        config = config_of(ExtractConfig, context)
         if not config.fetch:
             return dg.MaterializeResult(metadata={"skipped": "fetch: false in run config"})
         client: SourceClient = getattr(context.resources, source_key).client()

@@ -14,6 +14,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from assets import metadata, naming
+from assets.run_config import config_of, schema_of
 from memberflow import model, progress, shared_keys
 from memberflow.config import Integration
 from memberflow.masking import mask_match_key
@@ -186,9 +187,11 @@ def build_model_assets(
                 else []
             ),
         ],
+        config_schema=schema_of(ModelConfig),
     )
     @progress.reported
-    def _members(context: dg.AssetExecutionContext, config: ModelConfig) -> dg.MaterializeResult:
+    def _members(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        config = config_of(ModelConfig, context)
         warehouse: DuckDBResource = getattr(context.resources, warehouse_key)
         zone = integrations[0].timezone
         day = config.today or context.run.tags.get(DAY_TAG)

@@ -18,6 +18,13 @@ Cyberimpact account `Centre sportif démo k`), points MEMBERFLOW_INTEGRATIONS at
 
     PYTHONPATH=$PWD .venv/bin/python bench/definitions_load.py --counts 50,200 --ticks 3
 
+`--before REF` measures (a) and (b) also on the tree of git revision REF (extracted with
+`git archive` into the run's folder), alternating REF and the working tree `--repeat` times on
+the same generated files, so that both sides see the same machine load:
+
+    PYTHONPATH=$PWD .venv/bin/python bench/definitions_load.py --counts 200 --ticks 0 \
+        --before 9b4fcde --repeat 3
+
 Not a test: no limit is asserted; the figures go to bench/RESULTS.md by hand. On a machine
 shared with other work, the CPU figures are the steadier ones.
 """
@@ -77,27 +84,38 @@ def generate_integrations(count: int, folder: Path) -> list[Path]:
     return written
 
 
-def _env(folder: Path, data_dir: Path) -> dict[str, str]:
-    """A child's environment: the generated files, a data dir and a Dagster home of its own."""
+def _env(folder: Path, data_dir: Path, repo: Path = REPO) -> dict[str, str]:
+    """A child's environment: the generated files, a data dir and a Dagster home of its own,
+    the code of `repo` (this checkout, or the `--before` tree)."""
     home = data_dir.parent / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
-        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(repo / "dagster.yaml", home / "dagster.yaml")
     return {
         **os.environ,
         "DAGSTER_HOME": str(home),
         "MEMBERFLOW_INTEGRATIONS": str(folder),
         "MEMBERFLOW_DATA_DIR": str(data_dir),
-        "PYTHONPATH": str(REPO),
+        "PYTHONPATH": str(repo),
         "PYTHONWARNINGS": "ignore",
     }
 
 
-def measure_import(folder: Path, data_dir: Path) -> dict[str, float]:
+def extract_revision(ref: str, into: Path) -> Path:
+    """The tree of git revision `ref` of this repository, written to `into`."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", ref], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def measure_import(folder: Path, data_dir: Path, repo: Path = REPO) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-c", _MEASURE_IMPORT],
-        env=_env(folder, data_dir),
-        cwd=REPO,
+        env=_env(folder, data_dir, repo),
+        cwd=repo,
         capture_output=True,
         text=True,
         check=True,
@@ -105,14 +123,14 @@ def measure_import(folder: Path, data_dir: Path) -> dict[str, float]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def measure_validate(folder: Path, data_dir: Path) -> dict[str, float]:
+def measure_validate(folder: Path, data_dir: Path, repo: Path = REPO) -> dict[str, float]:
     dagster = Path(sys.executable).parent / "dagster"
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
         [str(dagster), "definitions", "validate", "-m", "pipelines.definitions"],
-        env=_env(folder, data_dir),
-        cwd=REPO,
+        env=_env(folder, data_dir, repo),
+        cwd=repo,
         capture_output=True,
         text=True,
     )
@@ -186,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=100, help="sandbox size")
     parser.add_argument("--no-validate", action="store_true", help="skip `definitions validate`")
     parser.add_argument("--ticks-only", action="store_true", help="skip (a) and (b)")
+    parser.add_argument("--before", metavar="REF", help="also measure git revision REF")
+    parser.add_argument("--repeat", type=int, default=1, help="alternations with --before")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     rows = []
@@ -193,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix=f"definitions_load_{count}_"))
         folder = run_dir / "integrations"
         generate_integrations(count, folder)
+        if args.before and not args.ticks_only:
+            rows += compare(args, count, folder, run_dir)
+            if not args.ticks:
+                continue
         row: dict[str, object] = {"integrations": count}
         if not args.ticks_only:
             row.update(measure_import(folder, run_dir / "data"))
@@ -206,6 +230,30 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     print(json.dumps(rows, indent=2))
     return 0
+
+
+def compare(args: argparse.Namespace, count: int, folder: Path, run_dir: Path) -> list[dict]:
+    """(a) and (b) on the `--before` tree and on this one, alternately, each with a data dir
+    and Dagster home of its own (both warmed by the same steps), then the medians."""
+    trees = {"before": extract_revision(args.before, run_dir / "before"), "after": REPO}
+    measured: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
+    for _ in range(args.repeat):
+        for name, repo in trees.items():
+            data_dir = run_dir / name / "data" if name == "after" else run_dir / "before_data"
+            row = {"integrations": count, "tree": name, **measure_import(folder, data_dir, repo)}
+            if not args.no_validate:
+                row.update(measure_validate(folder, data_dir, repo))
+            print(json.dumps(row), flush=True)
+            measured[name].append(row)
+    out = []
+    for name, found in measured.items():
+        median = {"integrations": count, "tree": name, "runs": len(found)}
+        for key in found[0]:
+            if key not in median:
+                values = sorted(f[key] for f in found)
+                median[key] = values[len(values) // 2]
+        out.append(median)
+    return out
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Vendor-free on purpose: the counters are anything with `total`, `retries`, `thro
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 import time
@@ -255,6 +256,9 @@ def reported(fn: Callable[..., Any]) -> Callable[..., Any]:
         with working(_step_name(context), context.log.info, run=context.run_id):
             return fn(context, *args, **kwargs)
 
+    # Dagster reads the function's signature ~17 times per asset it declares; set once, each
+    # read is a lookup instead of unwrapping `wrapper` again (issue 12: ~1,700 assets).
+    wrapper.__signature__ = inspect.signature(fn)  # type: ignore[attr-defined]
     return wrapper
 
 
