@@ -14,6 +14,7 @@ import pytest
 
 from memberflow import landing, staging
 from memberflow.mapping import load_mapping
+from memberflow.warehouse import warehouse_config
 from resources.base import RecordMeta
 
 FLEXPOS_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -42,7 +43,8 @@ JOURNALS = FakeSource("JournalId", day="Date")
 @pytest.fixture()
 def conn(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    database = tmp_path / "w.duckdb"  # bounded and unordered, as every warehouse
+    connection = duckdb.connect(str(database), config=warehouse_config(database))
     yield connection
     connection.close()
 
