@@ -658,3 +658,30 @@ def test_a_deleted_event_leaves_the_table_and_comes_back_if_seen_again(conn):
     land(REGISTRATIONS, "registrations", registration("AC-1"))
     staging.stage_events(conn, mapping, settings())
     assert [r[0] for r in registrations(conn)] == ["AC-1", "AC-2"]
+
+
+def test_staging_under_a_small_memory_cap_spills_instead_of_failing(tmp_path, monkeypatch):
+    """A 64 MB warehouse (DuckDB's buffer manager) stages thousands of customers and journal
+    lines in batches (here of 1,000 records; 10,000 by default, for the default 512 MB): what
+    does not fit goes to the spill directory, nothing fails with Out of Memory. Staging all
+    6,000 in one statement, as before, needed more than 96 MB."""
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(staging, "BATCH_ROWS", 1_000)
+    monkeypatch.setenv("MEMBERFLOW_WAREHOUSE_MEMORY", "64MB")
+    database = tmp_path / "small.duckdb"
+    filler = "x" * 200
+    n = 6_000
+    land(CUSTOMERS, "customers", *(customer(c, Note=filler) for c in range(n)))
+    journals = (
+        journal(f"J{j}", j % n, [line(f"P{k}") for k in range(4)], Note=filler) for j in range(n)
+    )
+    land(JOURNALS, "journals", *journals)
+    with duckdb.connect(str(database), config=warehouse_config(database)) as small:
+        assert small.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "61.0 MiB"
+        members = staging.stage_members(small, load_mapping("flexpos", "customers"), settings())
+        lines = staging.stage_events(small, load_mapping("flexpos", "journals"), settings())
+        assert (members.staged, members.quarantined) == (n, 0)
+        assert (lines.staged, lines.quarantined) == (4 * n, 0)
+        assert small.execute(
+            "SELECT count(DISTINCT record_id) FROM stg_fp_customers"
+        ).fetchone() == (n,)
