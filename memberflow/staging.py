@@ -227,30 +227,33 @@ def stage_members(
     )
     new_ids = f"SELECT DISTINCT record_id FROM read_parquet({_file_list_sql(new)})"
     touched = "" if full else f"WHERE record_id IN ({new_ids})"
+    # Pass 1, narrow: which landed row is each record's version, and its flags. No payload
+    # travels through the windows (its hash tells versions apart), so they stay small.
     conn.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE mapped AS
+        CREATE OR REPLACE TEMP TABLE picked AS
         WITH raw AS (
-            SELECT record_id, modified, fetched_at, payload, {_TOMBSTONE} AS tomb
-            FROM read_parquet({_file_list_sql(files)}) {touched}),
+            SELECT record_id, modified, fetched_at, filename AS _file, file_row_number AS _pos,
+                   hash(payload) AS _hash, {_TOMBSTONE} AS tomb, {consent} AS consent
+            FROM {_read_rows(files)} {touched}),
         gone AS (
             SELECT record_id FROM raw GROUP BY record_id
             HAVING max(fetched_at) FILTER (WHERE tomb)
                    >= coalesce(max(fetched_at) FILTER (WHERE NOT tomb), '-infinity'::TIMESTAMPTZ)),
         ranked AS (
-            SELECT *, {consent} AS consent,
+            SELECT record_id, modified, fetched_at, _file, _pos, consent,
                 row_number() OVER (PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC)
                     AS rn,
                 {_AMBIGUOUS} AS _ambiguous,
-                coalesce(bool_or({consent}) OVER (PARTITION BY record_id), false)
+                coalesce(bool_or(consent) OVER (PARTITION BY record_id), false)
                     AS ever_consented,
-                coalesce(bool_or(coalesce({consent}, true)) OVER (PARTITION BY record_id), false)
+                coalesce(bool_or(coalesce(consent, true)) OVER (PARTITION BY record_id), false)
                     AS was_member
             FROM raw WHERE NOT tomb)
-        SELECT row_number() OVER () AS _row, record_id, modified,
+        SELECT record_id, modified,
                CASE WHEN deleted THEN false ELSE consent END AS consent,
                CASE WHEN deleted THEN was_member ELSE ever_consented END AS ever_consented,
-               deleted, _ambiguous, payload, {cols}
+               deleted, _ambiguous, _file, _pos
         FROM (SELECT *, record_id IN (SELECT record_id FROM gone) AS deleted FROM ranked)
         WHERE rn = 1
         """
@@ -258,9 +261,22 @@ def stage_members(
     # A tombstone without any earlier version: nothing to withdraw, nothing to stage.
     result.skipped += conn.execute(
         f"""SELECT count(DISTINCT record_id) FROM read_parquet({_file_list_sql(new)})
-            WHERE {_TOMBSTONE} AND record_id NOT IN (SELECT record_id FROM mapped)"""
+            WHERE {_TOMBSTONE} AND record_id NOT IN (SELECT record_id FROM picked)"""
     ).fetchall()[0][0]
-    _replace_mapped(conn, table, mapping, settings, result, member=True, seq=seq)
+    # Pass 2, in bounded batches of landing files: the picked rows' payloads, mapped, written.
+    for batch, files in enumerate(_file_batches(conn)):
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE mapped AS
+            SELECT row_number() OVER () AS _row, p.record_id, p.modified, p.consent,
+                   p.ever_consented, p.deleted, p._ambiguous, r.payload, {cols}
+            FROM {_read_rows(files)} r
+            JOIN (FROM picked WHERE _batch = {batch}) p
+                ON p._file = r.filename AND p._pos = r.file_row_number
+            """
+        )
+        _replace_mapped(conn, table, mapping, settings, result, member=True, seq=seq, fresh=full)
+    conn.execute("DROP TABLE picked")
     fingerprint = staged_fingerprint(mapping, settings)
     _mark_staged(conn, settings, mapping.entity, new + unreadable, fingerprint)
     return result
@@ -275,8 +291,37 @@ _TOMBSTONE = f"coalesce(json_extract_string(payload, '$.{DELETED_FLAG}') IN ('tr
 
 # Two versions of one record with the same modification and fetch time (one page, one batch) but
 # different content: which is the record? Neither is picked; the record is withheld instead.
-_AMBIGUOUS = """(min(payload) OVER (PARTITION BY record_id, modified, fetched_at)
-                 <> max(payload) OVER (PARTITION BY record_id, modified, fetched_at))"""
+# (Told apart by the payload's 64-bit hash: the windows never carry a payload.)
+_AMBIGUOUS = """(min(_hash) OVER (PARTITION BY record_id, modified, fetched_at)
+                 <> max(_hash) OVER (PARTITION BY record_id, modified, fetched_at))"""
+
+
+# Staging maps and writes at most this many records per statement (pass 2), reading only the
+# landing files that hold them: memory does not grow with the number of customers or sales.
+# (Measured: a statement that extracts a dozen JSON fields into a table holds several KB per
+# row in DuckDB until it ends, so the batch, not the list, must bound it.)
+BATCH_ROWS = 10_000
+
+
+def _read_rows(files: list[str]) -> str:
+    """Landing files with each row's file and position (to fetch a picked row's payload)."""
+    return f"read_parquet({_file_list_sql(files)}, filename = true, file_row_number = true)"
+
+
+def _file_batches(conn: duckdb.DuckDBPyConnection) -> list[list[str]]:
+    """Number the `picked` rows into batches of BATCH_ROWS (column `_batch`, by file and
+    position, so a batch reads few files) and return each batch's landing files."""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE picked AS
+            SELECT * EXCLUDE (_batch_row),
+                   (_batch_row - 1) // {int(BATCH_ROWS)} AS _batch
+            FROM (SELECT *, row_number() OVER (ORDER BY _file, _pos) AS _batch_row FROM picked)"""
+    )
+    rows = conn.execute(
+        "SELECT _batch, list(DISTINCT _file ORDER BY _file) FROM picked GROUP BY _batch "
+        "ORDER BY _batch"
+    ).fetchall()
+    return [files for _, files in rows]
 
 
 def _quarantine_unreadable(
@@ -392,9 +437,14 @@ def stage_events(
     if day_files:
         # The records of the touched days, each at its latest version wherever it landed (a
         # sale re-dated to another day must not come back in its old version).
-        result.skipped += _map_events(conn, mapping, settings, files, day_files)
-        _replace_mapped(conn, table, mapping, settings, result, member=False, seq=seq)
-        conn.execute("DROP TABLE latest_records")
+        _pick_events(conn, files, day_files)
+        for batch, batch_files in enumerate(_file_batches(conn)):
+            result.skipped += _map_events(conn, mapping, settings, batch, batch_files)
+            _replace_mapped(
+                conn, table, mapping, settings, result, member=False, seq=seq, fresh=full
+            )
+            conn.execute("DROP TABLE latest_records")
+        conn.execute("DROP TABLE picked")
     _count_by_day(conn, table, touched_days, result)
     _mark_staged(conn, settings, mapping.entity, new + unreadable, mapping.fingerprint)
     return result
@@ -414,14 +464,55 @@ def _count_by_day(
     result.rows_by_day = {day: int(n) for day, n in rows}
 
 
+def _pick_events(
+    conn: duckdb.DuckDBPyConnection, files: list[str], touched_files: list[str]
+) -> None:
+    """Create the temp table `picked`: each record of the touched files at its latest version
+    wherever it landed (its file and position there), narrow: no payload (pass 1)."""
+    touched = ""
+    if touched_files != files:  # a full rebuild reads every file: no filter needed
+        ids = f"SELECT record_id FROM read_parquet({_file_list_sql(touched_files)})"
+        touched = f"WHERE record_id IN ({ids})"
+    conn.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE picked AS
+        WITH landed AS (
+            SELECT record_id, modified, business_date, fetched_at, filename AS _file,
+                   file_row_number AS _pos, hash(payload) AS _hash, {_TOMBSTONE} AS _is_tomb
+            FROM {_read_rows(files)} {touched}),
+        fetched AS (
+            SELECT *,
+                max(fetched_at) FILTER (WHERE _is_tomb) OVER (PARTITION BY record_id) AS tomb_at,
+                max(fetched_at) FILTER (WHERE NOT _is_tomb) OVER (PARTITION BY record_id)
+                    AS live_at
+            FROM landed),
+        -- deleted or not is decided by fetch time (a tombstone's modified time is when it was
+        -- seen; a record seen again after it is back); the version by modified time among the rest
+        raw AS (
+            SELECT record_id, modified, business_date, fetched_at, _file, _pos, _hash
+            FROM fetched
+            WHERE CASE WHEN tomb_at IS NOT NULL AND tomb_at >= coalesce(live_at, tomb_at)
+                       THEN _is_tomb ELSE NOT _is_tomb END),
+        ranked AS (
+            SELECT *, row_number() OVER (
+                    PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn,
+                {_AMBIGUOUS} AS _ambiguous
+            FROM raw)
+        SELECT record_id, modified, business_date, _ambiguous, _file, _pos
+        FROM ranked WHERE rn = 1
+        """
+    )
+
+
 def _map_events(
     conn: duckdb.DuckDBPyConnection,
     mapping: EntityMapping,
     settings: StageSettings,
+    batch: int,
     files: list[str],
-    touched_files: list[str],
 ) -> int:
-    """Create the temp table `mapped`, one row per event line; returns how many records had no
+    """Create the temp tables `latest_records` (the picked records of a batch of landing files,
+    with their payloads) and `mapped`, one row per event line; returns how many records had no
     line at all (a journal without lines: counted as skipped, not lost).
 
     Memory stays flat in lines per record: record-level fields are read once per record, and
@@ -438,30 +529,10 @@ def _map_events(
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE latest_records AS
-        WITH landed AS (
-            SELECT record_id, modified, business_date, fetched_at, payload,
-                   {_TOMBSTONE} AS _is_tomb
-            FROM read_parquet({_file_list_sql(files)})
-            WHERE record_id IN (
-                SELECT record_id FROM read_parquet({_file_list_sql(touched_files)}))),
-        fetched AS (
-            SELECT *,
-                max(fetched_at) FILTER (WHERE _is_tomb) OVER (PARTITION BY record_id) AS tomb_at,
-                max(fetched_at) FILTER (WHERE NOT _is_tomb) OVER (PARTITION BY record_id)
-                    AS live_at
-            FROM landed),
-        -- deleted or not is decided by fetch time (a tombstone's modified time is when it was
-        -- seen; a record seen again after it is back); the version by modified time among the rest
-        raw AS (
-            SELECT record_id, modified, business_date, fetched_at, payload FROM fetched
-            WHERE CASE WHEN tomb_at IS NOT NULL AND tomb_at >= coalesce(live_at, tomb_at)
-                       THEN _is_tomb ELSE NOT _is_tomb END),
-        ranked AS (
-            SELECT *, row_number() OVER (
-                    PARTITION BY record_id ORDER BY modified DESC, fetched_at DESC) AS rn,
-                {_AMBIGUOUS} AS _ambiguous
-            FROM raw)
-        SELECT record_id, modified, business_date, payload, _ambiguous FROM ranked WHERE rn = 1
+        SELECT p.record_id, p.modified, p.business_date, r.payload, p._ambiguous
+        FROM {_read_rows(files)} r
+        JOIN (FROM picked WHERE _batch = {batch}) p
+            ON p._file = r.filename AND p._pos = r.file_row_number
         """
     )
     customer = f"json_extract_string(payload, {_sql_text('$.' + str(mapping.customer_id))})"
@@ -561,16 +632,22 @@ def _replace_mapped(
     *,
     member: bool,
     seq: int,
+    fresh: bool = False,
 ) -> None:
     """Swap the rows (and stale quarantine reasons) of every record in `mapped` for new ones;
     the change log gets their rows before and after. Until the rows after are logged, a `full`
     marker stands in for them: a staging call that dies half-way (some chunks inserted, their
-    new keys unlogged) makes the next model build a full one instead of missing those keys."""
-    conn.execute(  # the stand-in `full` marker, told from a real one by its record_id
-        f"INSERT INTO {CHANGES} VALUES (?, ?, true, ?, NULL, NULL)", [seq, table, IN_PROGRESS]
-    )
-    _log_touched(conn, seq, table, member)
-    conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
+    new keys unlogged) makes the next model build a full one instead of missing those keys.
+
+    `fresh`: the table was made anew by this call (its real `full` marker is logged and each
+    record comes in one batch only), so there are no old rows to log or delete, and no new
+    keys to log: a full rebuild would otherwise scan the growing table twice per batch."""
+    if not fresh:
+        conn.execute(  # the stand-in `full` marker, told from a real one by its record_id
+            f"INSERT INTO {CHANGES} VALUES (?, ?, true, ?, NULL, NULL)", [seq, table, IN_PROGRESS]
+        )
+        _log_touched(conn, seq, table, member)
+        conn.execute(f"DELETE FROM {table} WHERE record_id IN (SELECT record_id FROM mapped)")
     conn.execute(
         "DELETE FROM quarantine WHERE integration = ? AND entity = ? AND stage = 'stage' "
         "AND record_id IN (SELECT record_id FROM mapped)",
@@ -582,11 +659,12 @@ def _replace_mapped(
         result.deleted += conn.execute("SELECT count(*) FROM mapped WHERE _tomb").fetchall()[0][0]
         conn.execute("DELETE FROM mapped WHERE _tomb")
     _process_chunks(conn, table, mapping, settings, result, member=member)
-    _log_touched(conn, seq, table, member)
-    conn.execute(
-        f"DELETE FROM {CHANGES} WHERE seq = ? AND tbl = ? AND record_id = ?",
-        [seq, table, IN_PROGRESS],
-    )
+    if not fresh:
+        _log_touched(conn, seq, table, member)
+        conn.execute(
+            f"DELETE FROM {CHANGES} WHERE seq = ? AND tbl = ? AND record_id = ?",
+            [seq, table, IN_PROGRESS],
+        )
     conn.execute("DROP TABLE mapped")
 
 

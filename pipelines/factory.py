@@ -9,8 +9,6 @@ integration's share of it.
 
 from __future__ import annotations
 
-import os
-import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from assets.write_back import build_feedback_asset, wants_feedback_asset
 from memberflow import landing, model
 from memberflow.config import Integration, target_mapping_of
 from memberflow.mapping import available_entities, load_mapping
+from memberflow.warehouse import warehouse_config
 from pipelines.executor import executor_for_deployment
 from pipelines.feedback_sensor import feedback_sensors
 from pipelines.list_jobs import INTEGRATIONS_METADATA, ListJob, plan_list_jobs
@@ -61,25 +60,6 @@ def feed_of(integration: Integration) -> model.Feed:
 
 def warehouse_path(list_key: str) -> Path:
     return landing.data_dir() / "warehouse" / f"{list_key}.duckdb"
-
-
-# What a list's warehouse (DuckDB) may hold in memory before it spills to disk next to the
-# warehouse file; unset, DuckDB's own default (80% of the machine's memory). Not capped by
-# default: under a tight cap staging's statements fail with DuckDB's "Out of Memory Error"
-# instead of spilling (20,000 customers needed more than 32 MB), so a cap must fit the list.
-WAREHOUSE_MEMORY_ENV = "MEMBERFLOW_WAREHOUSE_MEMORY"
-_MEMORY = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)$", re.IGNORECASE)
-
-
-def warehouse_config() -> dict[str, str]:
-    """DuckDB settings of every warehouse connection; a bad size fails at load, naming the
-    environment variable."""
-    memory = os.environ.get(WAREHOUSE_MEMORY_ENV, "").strip()
-    if not memory:
-        return {}
-    if not _MEMORY.match(memory):
-        raise ValueError(f"{WAREHOUSE_MEMORY_ENV}={memory!r} is not a size such as 512MB or 2GB")
-    return {"memory_limit": memory}
 
 
 def build_definitions(integrations: list[Integration]) -> dg.Definitions:
@@ -150,7 +130,7 @@ def _with_list_resources(
     resources: dict[str, object] = {
         "mailer": mailer,
         naming.warehouse_resource_key(list_key): DuckDBResource(
-            database=str(path), connection_config=warehouse_config()
+            database=str(path), connection_config=warehouse_config(path)
         ),
         naming.target_resource_key(list_key): members[0].target.resource(),
     }

@@ -16,6 +16,7 @@ import pytest
 from memberflow import landing, model, segments, staging, target_mapping
 from memberflow.mapping import load_mapping
 from memberflow.target_mapping import load_target_mapping
+from memberflow.warehouse import warehouse_config
 from resources.base import RecordMeta
 
 FP_SETTINGS = staging.StageSettings("fp", ",", "%Y-%m-%dT%H:%M:%S", "DK", "email")
@@ -49,7 +50,8 @@ class FakeSource:
 @pytest.fixture()
 def conn(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    database = tmp_path / "w.duckdb"  # bounded and unordered, as every warehouse
+    connection = duckdb.connect(str(database), config=warehouse_config(database))
     yield connection
     connection.close()
 

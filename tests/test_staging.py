@@ -14,6 +14,7 @@ import pytest
 
 from memberflow import landing, staging
 from memberflow.mapping import load_mapping
+from memberflow.warehouse import warehouse_config
 from resources.base import RecordMeta
 
 FLEXPOS_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -42,7 +43,8 @@ JOURNALS = FakeSource("JournalId", day="Date")
 @pytest.fixture()
 def conn(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
-    connection = duckdb.connect(str(tmp_path / "w.duckdb"))
+    database = tmp_path / "w.duckdb"  # bounded and unordered, as every warehouse
+    connection = duckdb.connect(str(database), config=warehouse_config(database))
     yield connection
     connection.close()
 
@@ -656,3 +658,86 @@ def test_a_deleted_event_leaves_the_table_and_comes_back_if_seen_again(conn):
     land(REGISTRATIONS, "registrations", registration("AC-1"))
     staging.stage_events(conn, mapping, settings())
     assert [r[0] for r in registrations(conn)] == ["AC-1", "AC-2"]
+
+
+def test_staging_under_a_small_memory_cap_spills_instead_of_failing(tmp_path, monkeypatch):
+    """A 64 MB warehouse (DuckDB's buffer manager) stages thousands of customers and journal
+    lines in batches (here of 1,000 records; 10,000 by default, for the default 512 MB): what
+    does not fit goes to the spill directory, nothing fails with Out of Memory. Staging all
+    6,000 in one statement, as before, needed more than 96 MB."""
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(staging, "BATCH_ROWS", 1_000)
+    monkeypatch.setenv("MEMBERFLOW_WAREHOUSE_MEMORY", "64MB")
+    database = tmp_path / "small.duckdb"
+    filler = "x" * 200
+    n = 6_000
+    land(CUSTOMERS, "customers", *(customer(c, Note=filler) for c in range(n)))
+    journals = (
+        journal(f"J{j}", j % n, [line(f"P{k}") for k in range(4)], Note=filler) for j in range(n)
+    )
+    land(JOURNALS, "journals", *journals)
+    with duckdb.connect(str(database), config=warehouse_config(database)) as small:
+        assert small.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "61.0 MiB"
+        members = staging.stage_members(small, load_mapping("flexpos", "customers"), settings())
+        lines = staging.stage_events(small, load_mapping("flexpos", "journals"), settings())
+        assert (members.staged, members.quarantined) == (n, 0)
+        assert (lines.staged, lines.quarantined) == (4 * n, 0)
+        assert small.execute(
+            "SELECT count(DISTINCT record_id) FROM stg_fp_customers"
+        ).fetchone() == (n,)
+
+
+def test_batches_of_one_record_stage_what_one_batch_stages(tmp_path, monkeypatch):
+    """Batching changes how much is read at once, never the outcome: first and incremental
+    runs (new versions, a tombstone, an ambiguous record, bad fields, a re-dated sale) give the
+    same tables, quarantine, counts and change log in batches of 1 as in one batch."""
+    monkeypatch.setenv("MEMBERFLOW_DATA_DIR", str(tmp_path / "data"))
+    customers, journals = load_mapping("flexpos", "customers"), load_mapping("flexpos", "journals")
+    outcomes: dict[int, list] = {1: [], 10_000: []}
+
+    def stage_both() -> None:
+        for batch, seen in outcomes.items():
+            monkeypatch.setattr(staging, "BATCH_ROWS", batch)
+            database = tmp_path / f"batch{batch}.duckdb"
+            with duckdb.connect(str(database), config=warehouse_config(database)) as conn:
+                for result in (
+                    staging.stage_members(conn, customers, settings()),
+                    staging.stage_events(conn, journals, settings()),
+                ):
+                    seen.append((result.staged, result.quarantined, result.skipped, result.deleted))
+                for sql in (
+                    "SELECT * EXCLUDE (modified) FROM stg_fp_customers ORDER BY record_id",
+                    "SELECT * EXCLUDE (modified) FROM stg_fp_journals ORDER BY event_id",
+                    "SELECT record_id, reason, action FROM quarantine ORDER BY ALL",
+                    'SELECT DISTINCT seq, tbl, "full", record_id, match_key, business_date FROM '
+                    "stage_changes ORDER BY ALL",
+                ):
+                    seen.append(rows(conn, sql))
+
+    land(
+        CUSTOMERS,
+        "customers",
+        *(customer(c) for c in range(1, 6)),
+        customer(6, Email="not an address"),
+        customer(7, Email="anna@example.dk"),
+        customer(7, Email="bo@example.dk"),  # same id and time, other content: withheld
+    )
+    land(
+        JOURNALS,
+        "journals",
+        journal("J1", 1, [line("P1"), line("P2", "lots")]),
+        journal("J2", None, [line("P3")]),
+        journal("J3", 2, []),
+        journal("J4", 3, [line("P4")], Date="2025-03-02T10:00:00"),
+    )
+    stage_both()
+    land(CUSTOMERS, "customers", customer(2, "2025-02-01T10:00:00", FirstName="New"))
+    land(CUSTOMERS, "customers", tombstone(3))
+    land(
+        JOURNALS,
+        "journals",
+        journal("J4", 3, [line("P5")], Date="2025-03-01T11:00:00", Modified="2025-03-05T10:00:00"),
+    )
+    stage_both()
+    assert outcomes[1] == outcomes[10_000]
+    assert outcomes[1][0][:2] == (5, 2)  # the first run's customers: 5 staged, 6 and 7 withheld
