@@ -21,7 +21,7 @@ demo: $(STAMP) ## set up, start the sandbox, run the demo integrations once, pri
 test: $(STAMP) browser services ## set up, lint, and run every test (unit + end-to-end against the sandbox)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal  # two workers; each test has its own sandbox, instance and data dir
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal  # two workers; each test has its own sandbox, instance and data dir (tests that only read one import's result share it), temp files in /dev/shm
 
 .PHONY: browser services
 services: ## PostgreSQL and RabbitMQ for the production-profile tests (started if stopped; required under CI)
