@@ -349,6 +349,10 @@ class HeyloyaltyClient(TargetClient):
                 return int(count) if isinstance(count, int | str) and str(count).isdigit() else None
         return None
 
+    def clock_ahead(self) -> timedelta | None:
+        """From the HTTP `Date` of the list's latest answer (resources/http.py)."""
+        return self._http.server_clock_ahead()
+
     def find_member(self, match_field: str, value: str) -> RemoteMember | None:
         """The member whose `match_field` (email or mobile, wire format) equals `value`."""
         return self.lookup_member(match_field, value)
