@@ -1024,10 +1024,13 @@ def _filtered(target: _List, query: Any) -> list[dict[str, Any]]:
         # the general path below without its per-member cost on a 100k list.
         low = min(_normal("updated_at", w) for w in conditions[0][2])
         members = [m for m in members if m.get("updated_at") and m["updated_at"] >= low]
-    elif len(conditions) == 1 and conditions[0][:2] == ("email", "eq"):
-        # The read of one member right before its update: the list's email index, same result
-        # as the general path below without a scan of a 100k list per updated member.
+    elif len(conditions) == 1 and conditions[0][:2] in (("email", "eq"), ("email", "in")):
+        # The read of members right before their updates (one, or a chunk, HL-A14): the list's
+        # email index, same result as the general path below without a scan of a 100k list.
         ids = {i for w in conditions[0][2] for i in target.by_email.get(_normal("email", w), ())}
+        members = [target.members[i] for i in ids]
+    elif len(conditions) == 1 and conditions[0][:2] in (("mobile", "eq"), ("mobile", "in")):
+        ids = {i for w in conditions[0][2] for i in target.by_mobile.get(_normal("mobile", w), ())}
         members = [target.members[i] for i in ids]
     elif conditions:
         members = [m for m in members if combine(_test(m, *c) for c in conditions)]
