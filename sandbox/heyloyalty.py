@@ -4,6 +4,9 @@ Built from the documented behaviour plus the assumed contract HL-A1..HL-A13: HMA
 auth, per-account list isolation, strict field validation on upsert (so a mapping error surfaces
 as the 400 production would give), reactivation of unsubscribed members, and a recorder of what
 the client sent (flags, events, request counts) for the end-to-end tests to assert on.
+Every answer carries a `Date` header from the list's clock, which a test may set ahead of or
+behind the machine's (`set_clock_ahead`), and `filter[email|mobile][eq|in][]` reads use the
+list's indexes (HL-A14).
 """
 
 from __future__ import annotations
