@@ -30,7 +30,10 @@ ACK_BATCH = 500
 # Overlap of two changed-since reads within a run. Their cursor is the newest `updated_at` the
 # list reported (its own clock), so only same-second writes need the overlap.
 REFRESH_OVERLAP = timedelta(seconds=5)
-# A changed-since read never starts later than the previous read began, less this clock margin.
+# A changed-since read never starts later than the previous read began. That moment is put on
+# the target's clock (TargetClient.clock_ahead, e.g. from its HTTP `Date`) less this margin for
+# whole-second stamps; a target that cannot tell its clock gets PULL_OVERLAP on ours instead.
+TARGET_CLOCK_MARGIN = timedelta(seconds=5)
 PULL_OVERLAP = timedelta(minutes=2)
 GROUPS = "groups"  # the `members` column of sorted group names, when segments are configured
 
@@ -186,11 +189,10 @@ def pull_feedback(
     started = datetime.now(UTC)
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
-    # The next window starts two minutes before this read began: the target's clock and ours
-    # may differ a little, and re-reading a member is harmless (INSERT OR REPLACE). Never later:
-    # the listing is paged, so a member on a page already read may change while later pages
-    # are read; the newest change the read saw can be past that member's.
-    cursor = started - PULL_OVERLAP
+    # The next window starts where this read began, on the target's clock (read_start); never
+    # later: the listing is paged, so a member on a page already read may change while later
+    # pages are read, and the newest change the read saw can be past that member's.
+    cursor = read_start(client, started)
     set_list_state(conn, "last_pull", cursor.isoformat())
     return {
         "pulled": len(rows),
@@ -214,11 +216,23 @@ def refresh_feedback(
     rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
-    if not seen:
-        return since
-    # The newest change seen, but never past this read's start (less the clock margin): a
+    begun = read_start(client, started)
+    if not seen:  # nothing changed on the list from `since` until this read began
+        return begun if since is None else max(_utc(since), begun)
+    # The newest change seen, but never past this read's start (on the target's clock): a
     # member on a page already read may change while our own writes move later pages on.
-    return min(_utc(max(seen)) - REFRESH_OVERLAP, started - PULL_OVERLAP)
+    return min(_utc(max(seen)) - REFRESH_OVERLAP, begun)
+
+
+def read_start(client: TargetClient, started: datetime) -> datetime:
+    """The moment a read that began at `started` (our clock) began on the target's clock, less
+    TARGET_CLOCK_MARGIN: a safe start for the next changed-since read. Every change the target
+    makes after `started` is stamped at or after it, however far its clock is from ours. When
+    the target cannot tell its clock, `started` less PULL_OVERLAP (a skew up to two minutes)."""
+    ahead = client.clock_ahead()
+    if ahead is None:
+        return started - PULL_OVERLAP
+    return started + ahead - TARGET_CLOCK_MARGIN
 
 
 def _utc(moment: datetime) -> datetime:

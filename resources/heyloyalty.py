@@ -4,6 +4,14 @@ tracking imports.
 Auth (HMAC over a timestamp) and the endpoints follow Heyloyalty's published API; where it is
 silent, this client follows one labelled assumption (HL-A*, summarised in the README) that the
 emulator in sandbox/ implements too.
+
+HL-A14 (assumed; HL 2.3 documents the `in` operator and that a filter value may be repeated):
+`GET /lists/{id}/members?filter[email][in][]=a&filter[email][in][]=b` (or `mobile`) answers the
+members whose email is any of the values, paged as any listing. The client reads the members of a
+chunk of updates this way right before their upserts (find_members); an answer holding a member
+not asked for means the list did not apply the filter, and the client then reads members one by
+one for the rest of the run; a member the answer leaves out is looked up alone. The list's clock
+is read from the HTTP `Date` header of its answers (RFC 9110), for changed-since cursors.
 """
 
 from __future__ import annotations
@@ -126,6 +134,9 @@ class HeyloyaltyClient(TargetClient):
         withdrawal="delete",
     )
     single_batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
+    # Updates whose members are read together (one call) right before their upserts go out; the
+    # window an unsubscribe can fall into is one such chunk's sending time (heyloyalty_members).
+    guard_batch: ClassVar[int] = 50
     max_events_per_call: ClassVar[int] = 50_000  # HL-A10
 
     def __init__(
@@ -157,6 +168,9 @@ class HeyloyaltyClient(TargetClient):
             raise ValueError("bulk_threshold must be >= 0 (0: never import)")
         self.bulk_threshold = bulk_threshold
         self.bulk_figures: Counter[str] = Counter()
+        # reads of members right before their updates: batched (find_members) and single
+        self.guard_figures: Counter[str] = Counter()
+        self.batch_guard = True  # False once a batched read answered against HL-A14
         self._bulk_refusal: str | None = None
         self._per_page = BULK_PER_PAGE if bulk_threshold else MEMBERS_PER_PAGE
         # Where the list's changes are known up to (its clock): set by every complete listing
@@ -349,9 +363,45 @@ class HeyloyaltyClient(TargetClient):
                 return int(count) if isinstance(count, int | str) and str(count).isdigit() else None
         return None
 
+    def clock_ahead(self) -> timedelta | None:
+        """From the HTTP `Date` of the list's latest answer (resources/http.py)."""
+        return self._http.server_clock_ahead()
+
     def find_member(self, match_field: str, value: str) -> RemoteMember | None:
         """The member whose `match_field` (email or mobile, wire format) equals `value`."""
         return self.lookup_member(match_field, value)
+
+    def find_members(
+        self, match_field: str, values: Sequence[str]
+    ) -> dict[str, RemoteMember] | None:
+        """The members whose `match_field` (wire format) is one of `values`, by listed_key, read
+        together (HL-A14: `filter[<field>][in][]` repeated, one page per GUARD_BATCH values);
+        the first listed per key, as `lookup_member` takes it. A key absent from the answer is
+        left out (the caller looks it up alone). None when the answer holds a member not asked
+        for: the list did not apply the filter as HL-A14 assumes."""
+        wanted = list(dict.fromkeys(v for v in values if v))
+        found: dict[str, RemoteMember] = {}
+        if not wanted:
+            return found
+        asked = {listed_key(v, match_field) for v in wanted}
+        perpage = min(BULK_PER_PAGE, 2 * len(wanted))
+        page = 1
+        while True:
+            params: list[tuple[str, Any]] = [(f"filter[{match_field}][in][]", v) for v in wanted]
+            params += [("page", page), ("perpage", perpage)]
+            body = self._json("GET", self._members_url(), endpoint="members", params=params)
+            raw = _members_of(body)
+            for entry in raw:
+                member = parse_member(entry)
+                value = member.email if match_field == "email" else member.mobile
+                key = listed_key(value, match_field)
+                if key not in asked:
+                    return None
+                self._note_member(member)
+                found.setdefault(key, member)
+            if len(raw) < perpage:
+                return found
+            page += 1
 
     def upsert_member(
         self, match_field: str, fields: dict[str, Any], flags: UpsertFlags
@@ -438,8 +488,9 @@ class HeyloyaltyClient(TargetClient):
     def run_figures(self) -> dict[str, int]:
         """With the bulk path on: imports sent, rows sent and confirmed by the read-back, single
         lookups of rows missing from it, unsubscribed members kept out of a file."""
+        guard = {key: self.guard_figures[key] for key in ("guard_reads", "guard_lookups")}
         if not self.bulk_threshold:
-            return {}
+            return guard
         keys = (
             "bulk_imports",
             "bulk_rows_sent",
@@ -447,7 +498,7 @@ class HeyloyaltyClient(TargetClient):
             "bulk_lookups",
             "bulk_unsubscribed_kept_out",
         )
-        return {key: self.bulk_figures[key] for key in keys}
+        return {**{key: self.bulk_figures[key] for key in keys}, **guard}
 
     def close(self) -> None:
         self._http.close()

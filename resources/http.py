@@ -134,8 +134,9 @@ def http_client(**kwargs: Any) -> httpx.Client:
 class VendorHttp:
     """One `httpx.Client` for one vendor, with call counting, retries and error classification.
 
-    Thread-safe: httpx.Client and CallCounter are, and no other state changes after construction,
-    so a target client may share one instance across a thread pool.
+    Thread-safe: httpx.Client and CallCounter are, and the only other state that changes after
+    construction is the server clock's offset (one attribute, replaced whole), so a target client
+    may share one instance across a thread pool.
     """
 
     def __init__(
@@ -169,9 +170,29 @@ class VendorHttp:
         self._backoff_base = backoff_base
         self._max_wait = max_wait
         self._classify = classify
+        self._server_ahead: timedelta | None = None
 
     def close(self) -> None:
         self._client.close()
+
+    def server_clock_ahead(self) -> timedelta | None:
+        """How far the server's clock is ahead of ours at least (negative: behind), from the
+        HTTP `Date` header of the latest answer that had one; None before any such answer.
+
+        A lower bound: the server stamped `Date` (whole seconds, rounded down) no later than we
+        received the answer, so its clock then read at least `Date` while ours read `received`.
+        """
+        return self._server_ahead
+
+    def _note_server_date(self, response: httpx.Response, received: datetime) -> None:
+        stamps = []
+        for value in response.headers.get_list("date"):
+            try:
+                stamps.append(as_utc(parsedate_to_datetime(value)))
+            except (TypeError, ValueError, IndexError):
+                continue
+        if stamps:  # two Date headers (a server's and its app's): the lower one is still safe
+            self._server_ahead = min(stamps) - received
 
     def request(
         self,
@@ -265,6 +286,7 @@ class VendorHttp:
         resolved = headers() if callable(headers) else headers
         try:
             response = self._client.request(method, url, params=params, headers=resolved, **kwargs)
+            self._note_server_date(response, datetime.now(UTC))
         except _NOT_CONNECTED + _NOT_FULLY_SENT as exc:
             return _Failure(transport_reason(exc), sent=False)
         except _ANSWER_LOST as exc:

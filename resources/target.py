@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from resources.base import (
@@ -171,6 +171,12 @@ class TargetClient(ABC):
 
     def member_count(self) -> int | None:
         """How many members the target holds now, in one cheap call; None if it can't say."""
+        return None
+
+    def clock_ahead(self) -> timedelta | None:
+        """How far the target's clock is ahead of ours at least (negative: behind), measured on
+        its answers this run (e.g. their HTTP `Date`); None when it cannot tell. Changed-since
+        reads are filtered on the target's clock, so a cursor for the next read is put on it."""
         return None
 
     # -- activity feed (capabilities.activity_feed) ---------------------------------------------

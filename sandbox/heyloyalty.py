@@ -4,6 +4,9 @@ Built from the documented behaviour plus the assumed contract HL-A1..HL-A13: HMA
 auth, per-account list isolation, strict field validation on upsert (so a mapping error surfaces
 as the 400 production would give), reactivation of unsubscribed members, and a recorder of what
 the client sent (flags, events, request counts) for the end-to-end tests to assert on.
+Every answer carries a `Date` header from the list's clock, which a test may set ahead of or
+behind the machine's (`set_clock_ahead`), and `filter[email|mobile][eq|in][]` reads use the
+list's indexes (HL-A14).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from starlette.requests import Request
@@ -99,9 +102,19 @@ _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?$")
 _PHP_DATE = {"Y": "%Y", "m": "%m", "d": "%d", "H": "%H", "i": "%M", "s": "%S", "y": "%y"}
 
 
+# How far the emulated list's clock is ahead of the machine's (tests set it through
+# HeyloyaltyState.set_clock_ahead; one per process, reset by every new state).
+_CLOCK_AHEAD = [timedelta(0)]
+
+
+def clock_now() -> datetime:
+    """The emulated list's clock: its stamps, its `Date` header and its auth window."""
+    return datetime.now(UTC) + _CLOCK_AHEAD[0]
+
+
 def now_utc() -> str:
     """HL-A3 datetime: `YYYY-MM-DD HH:MM:SS` UTC."""
-    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return clock_now().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _shift(stamp: str, seconds: float) -> str:
@@ -228,6 +241,7 @@ class HeyloyaltyState:
         self._events: dict[int, _EventLog] = {t: _EventLog() for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
+        _CLOCK_AHEAD[0] = timedelta(0)
 
     # -- auth (HL-A1) -----------------------------------------------------------------------------
     def authenticate(self, request: Request) -> str | None:
@@ -237,7 +251,7 @@ class HeyloyaltyState:
         if creds is None or stamp is None or creds[0] not in self.secrets:
             return None
         sent = _parse_timestamp(stamp)
-        if sent is None or abs(datetime.now(UTC) - sent) > CLOCK_SKEW:
+        if sent is None or abs(clock_now() - sent) > CLOCK_SKEW:
             return None
         expected = signature(self.secrets[creds[0]], stamp)
         return creds[0] if hmac.compare_digest(expected.encode(), creds[1].encode()) else None
@@ -276,6 +290,11 @@ class HeyloyaltyState:
         """failed[] of member imports numbers the first data row `first` (e.g. 2: the header
         line counted, 0: zero-based) - a vendor numbering rows other than HL-A11 assumes."""
         self.member_import_first_row = first
+
+    def set_clock_ahead(self, seconds: float) -> None:
+        """Run the list's clock `seconds` ahead of the machine's (negative: behind): every stamp
+        it writes, its `Date` header and its timestamp check move with it."""
+        _CLOCK_AHEAD[0] = timedelta(seconds=seconds)
 
     def backdate(self, list_id: int, email: str, seconds: float) -> None:
         """Move a member's updated_at (and unsubscribed_at, if set) `seconds` into the past."""
@@ -618,9 +637,13 @@ class _Handlers:
                 body = {"message": "Too Many Requests", "code": 429}
                 return JSONResponse(body, 429, headers={"Retry-After": "1"})
             try:
-                return await handler(request, api_key)
+                response = await handler(request, api_key)
             except HeyloyaltyError as error:
-                return JSONResponse(error.body, error.status)
+                response = JSONResponse(error.body, error.status)
+            # RFC 9110 6.6.1: a server with a clock sends Date, here the list's own clock (behind
+            # uvicorn, whose Date is the machine's, the answer carries both)
+            response.headers["date"] = format_datetime(clock_now(), usegmt=True)
+            return response
 
         return endpoint
 
@@ -1004,10 +1027,13 @@ def _filtered(target: _List, query: Any) -> list[dict[str, Any]]:
         # the general path below without its per-member cost on a 100k list.
         low = min(_normal("updated_at", w) for w in conditions[0][2])
         members = [m for m in members if m.get("updated_at") and m["updated_at"] >= low]
-    elif len(conditions) == 1 and conditions[0][:2] == ("email", "eq"):
-        # The read of one member right before its update: the list's email index, same result
-        # as the general path below without a scan of a 100k list per updated member.
+    elif len(conditions) == 1 and conditions[0][:2] in (("email", "eq"), ("email", "in")):
+        # The read of members right before their updates (one, or a chunk, HL-A14): the list's
+        # email index, same result as the general path below without a scan of a 100k list.
         ids = {i for w in conditions[0][2] for i in target.by_email.get(_normal("email", w), ())}
+        members = [target.members[i] for i in ids]
+    elif len(conditions) == 1 and conditions[0][:2] in (("mobile", "eq"), ("mobile", "in")):
+        ids = {i for w in conditions[0][2] for i in target.by_mobile.get(_normal("mobile", w), ())}
         members = [target.members[i] for i in ids]
     elif conditions:
         members = [m for m in members if combine(_test(m, *c) for c in conditions)]
