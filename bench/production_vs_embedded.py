@@ -40,11 +40,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def point_at_sandbox(sandbox_url: str, data_dir: Path) -> None:
+    """The demo's environment (sandbox URL, credentials, demo-sized settings) and a data dir."""
+    prepare_environment(sandbox_url)
+    os.environ["MEMBERFLOW_DATA_DIR"] = str(data_dir)
+
+
 def embedded(customers: int, seed: int, tmp: Path) -> tuple[float, bool]:
     os.environ["DAGSTER_HOME"] = str(tmp / "embedded-home")
     runner.ensure_dagster_home()
     with SandboxServer(seed=seed, customers=customers) as sandbox:
-        prepare_environment(sandbox.url, tmp / "embedded-data")
+        point_at_sandbox(sandbox.url, tmp / "embedded-data")
         integrations = load_all(demo_files())
         defs = build_definitions(integrations)
         ok = True
@@ -72,7 +78,7 @@ def production_profile(customers: int, seed: int, tmp: Path) -> tuple[float, flo
     os.environ.pop("DAGSTER_HOME", None)
     try:
         with SandboxServer(seed=seed, customers=customers) as sandbox:
-            prepare_environment(sandbox.url, tmp / "production-data")
+            point_at_sandbox(sandbox.url, tmp / "production-data")
             os.environ["MEMBERFLOW_INTEGRATIONS"] = os.pathsep.join(map(str, demo_files()))
             home = tmp / "production-home"
             port = free_port()

@@ -5,8 +5,18 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import dagster as dg
+import pytest
+
+from resources.heyloyalty import HeyloyaltyClient
+from sandbox.credentials import SANDBOX_ENV
+from sandbox.server import SandboxServer
+from tests.harness import Harness
 
 LIST_ID = 4711
 TRACKING_ID = 99
@@ -50,3 +60,38 @@ def _canonical(value: dict[str, Any]) -> str:
 def _short(counter: Counter[str]) -> dict[str, Any]:
     """How many, and a few examples (enough to see why, short enough to read)."""
     return {"count": sum(counter.values()), "examples": list(counter)[:3]}
+
+
+def list_after_embedded_run(
+    tmp: Path,
+    sandbox_settings: dict[str, Any],
+    environment: Callable[[Path, str], dict[str, str]],
+    act: Callable[[Harness], bool],
+) -> ListState:
+    """The ground truth of the crash and production tests: a fresh sandbox of
+    `sandbox_settings`, the demo FlexPOS integration loaded on the embedded default (SQLite
+    instance, in-process) with `environment(tmp, sandbox_url)` set, `act` run on its harness
+    (it must succeed), and the list it leaves."""
+    with (
+        SandboxServer(**sandbox_settings) as sandbox,
+        pytest.MonkeyPatch.context() as mp,
+        dg.instance_for_test() as instance,
+    ):
+        for name, value in environment(tmp, sandbox.url).items():
+            mp.setenv(name, value)
+        harness = Harness(tmp=tmp, sandbox=sandbox, instance=instance)
+        harness.load("demo_flexpos")
+        assert act(harness), "the embedded run that gives the truth failed"
+        return list_state(sandbox)
+
+
+def heyloyalty_client(sandbox: SandboxServer, list_id: int = LIST_ID) -> HeyloyaltyClient:
+    """memberflow's Heyloyalty client on the sandbox's list, with the sandbox's demo
+    credentials and no client pacing (the tests that use it count calls, not waits)."""
+    return HeyloyaltyClient(
+        base_url=f"{sandbox.url}/heyloyalty/loyalty/v1",
+        api_key=SANDBOX_ENV["HEYLOYALTY_API_KEY"],
+        api_secret=SANDBOX_ENV["HEYLOYALTY_API_SECRET"],
+        list_id=str(list_id),
+        requests_per_second=None,
+    )

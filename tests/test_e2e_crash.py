@@ -30,8 +30,7 @@ import pytest
 from memberflow.config import INTEGRATIONS_DIR, REPO_ROOT
 from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
-from tests.harness import Harness
-from tests.list_state import ListState, list_state
+from tests.list_state import ListState, list_after_embedded_run, list_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -78,18 +77,12 @@ def environment(tmp: Path, sandbox_url: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def truth(tmp_path_factory) -> ListState:
     """The list after one clean `memberflow sync demo_flexpos` of the same seeded data."""
-    tmp = tmp_path_factory.mktemp("clean")
-    with (
-        SandboxServer(**SANDBOX) as sandbox,
-        pytest.MonkeyPatch.context() as mp,
-        dg.instance_for_test() as instance,
-    ):
-        for name, value in environment(tmp, sandbox.url).items():
-            mp.setenv(name, value)
-        h = Harness(tmp=tmp, sandbox=sandbox, instance=instance)
-        h.load("demo_flexpos")
-        assert h.tick("demo_flexpos").success
-        return list_state(sandbox)
+    return list_after_embedded_run(
+        tmp_path_factory.mktemp("clean"),
+        SANDBOX,
+        environment,
+        lambda h: h.tick("demo_flexpos").success,
+    )
 
 
 class Sync:

@@ -17,8 +17,7 @@ import pytest
 
 from app.production import start_stack, webserver_client
 from sandbox.server import SandboxServer
-from tests.harness import Harness
-from tests.list_state import ListState, list_state
+from tests.list_state import ListState, list_after_embedded_run, list_state
 from tests.production_stack import (
     environment,
     free_port,
@@ -44,18 +43,12 @@ def backfill_window() -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def truth(tmp_path_factory) -> ListState:
     """The list after the same backfill on the embedded default (SQLite, in-process)."""
-    tmp = tmp_path_factory.mktemp("embedded")
-    with (
-        SandboxServer(**SANDBOX) as sandbox,
-        pytest.MonkeyPatch.context() as mp,
-        dg.instance_for_test() as instance,
-    ):
-        for name, value in environment(tmp, sandbox.url).items():
-            mp.setenv(name, value)
-        h = Harness(tmp=tmp, sandbox=sandbox, instance=instance)
-        h.load("demo_flexpos")
-        assert h.backfill("demo_flexpos", days=BACKFILL_DAYS).success
-        return list_state(sandbox)
+    return list_after_embedded_run(
+        tmp_path_factory.mktemp("embedded"),
+        SANDBOX,
+        environment,
+        lambda h: h.backfill("demo_flexpos", days=BACKFILL_DAYS).success,
+    )
 
 
 def celery_worker_of_last_step(instance: dg.DagsterInstance, run_id: str, step: str) -> str:

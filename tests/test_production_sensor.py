@@ -28,7 +28,7 @@ from memberflow import recovery
 from memberflow.config import INTEGRATIONS_DIR
 from sandbox.server import SandboxServer
 from tests.harness import Harness
-from tests.list_state import ListState, list_state
+from tests.list_state import ListState, list_after_embedded_run, list_state
 from tests.production_stack import (
     environment,
     free_port,
@@ -70,21 +70,17 @@ def backfill_days() -> list[str]:
 def truth(tmp_path_factory) -> ListState:
     """The list after the sensor's run (an incremental run of today) and the backfill, on the
     embedded default."""
-    tmp = tmp_path_factory.mktemp("embedded")
-    with (
-        SandboxServer(**SANDBOX) as sandbox,
-        pytest.MonkeyPatch.context() as mp,
-        dg.instance_for_test() as instance,
-    ):
-        for name, value in environment(tmp, sandbox.url).items():
-            mp.setenv(name, value)
-        h = Harness(tmp=tmp, sandbox=sandbox, instance=instance)
-        h.load("demo_flexpos")
-        assert h.tick("demo_flexpos").success
+
+    def tick_then_backfill(h: Harness) -> bool:
         days = backfill_days()
         start, end = (datetime.fromisoformat(d).date() for d in (days[0], days[-1]))
-        assert h._run("demo_flexpos", start=start, end=end).success  # noqa: SLF001
-        return list_state(sandbox)
+        return (
+            h.tick("demo_flexpos").success and h._run("demo_flexpos", start=start, end=end).success  # noqa: SLF001
+        )
+
+    return list_after_embedded_run(
+        tmp_path_factory.mktemp("embedded"), SANDBOX, environment, tick_then_backfill
+    )
 
 
 def sensor_on(tmp) -> str:

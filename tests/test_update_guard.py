@@ -15,8 +15,8 @@ import pytest
 from resources.base import UpsertFlags
 from resources.heyloyalty import HeyloyaltyClient
 from resources.target import MemberChange, WritePolicy
-from sandbox.credentials import SANDBOX_ENV
 from sandbox.server import SandboxServer
+from tests.list_state import heyloyalty_client
 
 LIST = 4711
 POLICY = WritePolicy(
@@ -34,13 +34,7 @@ def sandbox():
 
 
 def make_client(sandbox: SandboxServer) -> HeyloyaltyClient:
-    return HeyloyaltyClient(
-        base_url=f"{sandbox.url}/heyloyalty/loyalty/v1",
-        api_key=SANDBOX_ENV["HEYLOYALTY_API_KEY"],
-        api_secret=SANDBOX_ENV["HEYLOYALTY_API_SECRET"],
-        list_id=str(LIST),
-        requests_per_second=None,
-    )
+    return heyloyalty_client(sandbox, LIST)
 
 
 def updates(emails: list[str], city: str = "Svendborg") -> list[MemberChange]:
