@@ -98,12 +98,17 @@ def hostname() -> str:
     return socket.gethostname()
 
 
-def recover(instance: dg.DagsterInstance, *, sweep_landing: bool = True) -> Recovery:
+def recover(
+    instance: dg.DagsterInstance, *, sweep_landing: bool = True, shared_instance: bool = True
+) -> Recovery:
     """Fail in-flight runs whose worker process is gone, free their slots, sweep temp files.
 
     Judged: runs tagged with this host (in-process runs), and, on a local SQLite instance
     (whose run workers all run on this machine), daemon-launched runs by the pid their worker
     reported. `sweep_landing=False` sweeps only when a dead run was found (the sensor's path).
+    `shared_instance=False` (the sensors' path) leaves the daemon-launched runs of a shared
+    instance (PostgreSQL) to the daemon's run monitoring, which judges them with the same check
+    (memberflow/run_launcher.py), instead of reading their logs again at every sensor tick.
     """
     outcome = Recovery()
     local = _single_host(instance)
@@ -114,7 +119,7 @@ def recover(instance: dg.DagsterInstance, *, sweep_landing: bool = True) -> Reco
             pid = int(run.tags.get(PID_TAG, 0) or 0)
         elif (
             HOST_TAG not in run.tags
-            and (local or launched_here(run))
+            and (local or (shared_instance and launched_here(run)))
             and run.status == dg.DagsterRunStatus.STARTED
         ):
             pid = reported_worker_pid(instance, run.run_id) or 0

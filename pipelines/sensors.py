@@ -88,7 +88,8 @@ def build_sensor(
         ),
     )
     def _sensor(context: dg.SensorEvaluationContext):
-        for line in recovery.recover(context.instance, sweep_landing=False).lines():
+        recovered = recovery.recover(context.instance, sweep_landing=False, shared_instance=False)
+        for line in recovered.lines():
             context.log.warning(f"recovered: {line}")
         if run_in_flight(context.instance, integration.list_key):
             return dg.SkipReason(f"a run on list {integration.list_key} is still in flight")

@@ -134,8 +134,9 @@ class HeyloyaltyClient(TargetClient):
         withdrawal="delete",
     )
     single_batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
-    # Updates whose members are read together (one call) right before their upserts go out; the
-    # window an unsubscribe can fall into is one such chunk's sending time (heyloyalty_members).
+    # At most this many updates' members are read together (one call) right before their upserts
+    # go out; a chunk is also at most one wave of the pool (`concurrency`), so the window an
+    # unsubscribe can fall into stays about one round trip (heyloyalty_members).
     guard_batch: ClassVar[int] = 50
     max_events_per_call: ClassVar[int] = 50_000  # HL-A10
 

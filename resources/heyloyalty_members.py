@@ -8,12 +8,13 @@ part.
 An upsert on an unsubscribed member reactivates it (HL-A6), and the list has no conditional
 update. So every update (the core believes the member is on the list) is preceded by a read of
 that member, right before the upsert: an unsubscribed member is skipped unless the integration's
-reimport rule lets it back, judged on the list's fresh `unsubscribed_at`. The updates go in chunks
-of `client.guard_batch` (50): one read of the chunk's members together (`find_members`, HL-A14),
-then their upserts; a member the read did not show is looked up alone (`find_member`), as is every
-member once a batched read answered against HL-A14. So an update-only run costs about 1.02 calls
-per member instead of 2, and the window left between a member's read and its upsert is one
-chunk's sending time (50 upserts over `concurrency` threads) instead of one round trip. Creates
+reimport rule lets it back, judged on the list's fresh `unsubscribed_at`. The updates go first, in
+chunks of one wave of the pool (`concurrency`, 8, at most `client.guard_batch`): one read of the
+chunk's members together (`find_members`, HL-A14), then their upserts at once, with nothing else
+queued before them; a member the read did not show is looked up alone (`find_member`), as is every
+member once a batched read answered against HL-A14. So an update-only run costs about
+1 + 1/`concurrency` calls per member instead of 2, and the window left between a member's read and
+its upsert stays about one round trip. Creates and removes follow the updates. Creates
 get no read of their own (it would double an initial import's calls); the core re-reads the
 list's changes before each batch of creates and hands over members who appeared meanwhile as
 updates (`planned='create'`).
@@ -46,18 +47,15 @@ def write_batch(
     fields: Mapping[str, ListField],
     concurrency: int,
 ) -> Iterator[MemberAck]:
-    """One ack per change, yielded as the single calls complete: creates and removes at once,
-    updates a chunk at a time, each chunk's members read together right before its upserts."""
+    """One ack per change, yielded as the single calls complete: updates first, a chunk at a
+    time, each chunk's members read together right before its upserts; then creates and removes."""
     if not changes:
         return
     updates = [c for c in changes if c.action == "update"]
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        others = [
-            pool.submit(write_one, client, change, policy, fields)
-            for change in changes
-            if change.action != "update"
-        ]
-        size = max(1, client.guard_batch)
+        # a chunk is at most one wave of the pool, sent while nothing else waits in it: each
+        # upsert leaves about one round trip after the read that guards it
+        size = max(1, min(client.guard_batch, concurrency))
         for start in range(0, len(updates), size):
             chunk = updates[start : start + size]
             try:
@@ -72,6 +70,11 @@ def write_batch(
             ]
             for future in as_completed(futures):
                 yield future.result()
+        others = [
+            pool.submit(write_one, client, change, policy, fields)
+            for change in changes
+            if change.action != "update"
+        ]
         for future in as_completed(others):
             yield future.result()
 
