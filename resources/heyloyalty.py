@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import io
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -169,8 +170,10 @@ class HeyloyaltyClient(TargetClient):
             raise ValueError("bulk_threshold must be >= 0 (0: never import)")
         self.bulk_threshold = bulk_threshold
         self.bulk_figures: Counter[str] = Counter()
-        # reads of members right before their updates: batched (find_members) and single
+        # reads of members right before their updates: batched (find_members) and single; the
+        # single ones are counted from the upsert threads (count_guard)
         self.guard_figures: Counter[str] = Counter()
+        self._guard_lock = threading.Lock()
         self.batch_guard = True  # False once a batched read answered against HL-A14
         self._bulk_refusal: str | None = None
         self._per_page = BULK_PER_PAGE if bulk_threshold else MEMBERS_PER_PAGE
@@ -485,6 +488,11 @@ class HeyloyaltyClient(TargetClient):
     def events_present(self, match_on: str, events: dict[str, dict[str, Any]]) -> set[str] | None:
         """Cannot tell: Heyloyalty documents no way to read the activity feed back (2.5)."""
         return None
+
+    def count_guard(self, figure: str) -> None:
+        """One more guard read (`guard_reads`, `guard_lookups`); safe from the upsert threads."""
+        with self._guard_lock:
+            self.guard_figures[figure] += 1
 
     def run_figures(self) -> dict[str, int]:
         """With the bulk path on: imports sent, rows sent and confirmed by the read-back, single

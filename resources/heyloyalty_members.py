@@ -106,7 +106,7 @@ def _read_chunk(
     if not client.batch_guard:
         return {}
     by_value = {_guard_value(c, policy, wire_fields(c.values, fields)[0]): c for c in chunk}
-    client.guard_figures["guard_reads"] += 1
+    client.count_guard("guard_reads")
     found = client.find_members(policy.match_on, list(by_value))
     if found is None:
         client.batch_guard = False
@@ -184,7 +184,7 @@ def _check_before_update(
     if read is not None:
         found = read.found
     else:
-        client.guard_figures["guard_lookups"] += 1
+        client.count_guard("guard_lookups")
         found = client.find_member(policy.match_on, _guard_value(change, policy, values))
     if found is None:
         if policy.import_type == "update_only":

@@ -41,16 +41,16 @@ def test_the_client_reads_the_lists_clock_from_its_date_header(sandbox, ahead_mi
     sandbox.heyloyalty.set_clock_ahead(ahead_minutes * 60)
     client = make_client(sandbox)
     assert client.clock_ahead() is None  # nothing answered yet
-    sent = datetime.now(UTC)
     client.member_count()
-    round_trip = datetime.now(UTC) - sent
     ahead = client.clock_ahead()
     assert ahead is not None
-    # A lower bound: at most the Date's rounding (1 s) and this call's round trip below the truth.
-    # Behind uvicorn the answer carries two Dates, the machine's and the list's: the lower counts.
+    # Never above the truth (a lower bound). Behind uvicorn the answer carries two Dates, the
+    # machine's and the list's, and the lower one counts: a list 10 minutes behind is read as
+    # 10 minutes behind, one 10 minutes ahead as about our own time (still safe). Which of the
+    # two it is tells apart by minutes; the seconds of rounding and staleness are not asserted.
     truth = timedelta(minutes=ahead_minutes)
-    slack = timedelta(seconds=1) + round_trip
-    assert min(truth, timedelta(0)) - slack <= ahead <= truth
+    assert ahead <= truth
+    assert abs(ahead - min(truth, timedelta(0))) < timedelta(minutes=5)
 
 
 @pytest.mark.parametrize("ahead_minutes", [-10, 10])
@@ -65,21 +65,19 @@ def test_a_list_clock_ten_minutes_off_loses_no_unsubscribe(sandbox, ahead_minute
     sandbox.heyloyalty.unsubscribe(LIST, email=emails[2])  # stamped on the list's clock
     started = datetime.now(UTC)
     second = delivery.pull_feedback(conn, make_client(sandbox), "email")
-    took = datetime.now(UTC) - started
 
     assert second == {"pulled": 1, "unsubscribed": 1, "bounced": 0}
     (status,) = conn.execute(
         "SELECT status FROM remote_members WHERE match_key = ?", [emails[2]]
     ).fetchone()
     assert status == "unsubscribed"
-    # the stored cursor is on the list's clock: where this read began there, less the 5 s
-    # overlap, the Date's 1 s rounding and the read's own duration (the clock is known only to
-    # within a round trip); never past the list's present
+    # the stored cursor is on the list's clock (where this read began there, less a few
+    # seconds), never past the list's present; not our clock less the two-minute fallback a
+    # target without a Date gets. Minutes tell these apart; seconds are not asserted.
     cursor = datetime.fromisoformat(delivery.list_state(conn, "last_pull"))
-    offset = timedelta(minutes=ahead_minutes)
-    margin = delivery.TARGET_CLOCK_MARGIN + timedelta(seconds=1)
-    earliest = min(started, started + offset) - margin - took
-    assert earliest <= cursor <= datetime.now(UTC) + offset
+    list_started = started + min(timedelta(minutes=ahead_minutes), timedelta(0))
+    assert cursor <= datetime.now(UTC) + timedelta(minutes=ahead_minutes)
+    assert cursor > list_started - delivery.PULL_OVERLAP / 2
 
 
 def test_a_pull_right_after_a_pull_rereads_only_what_changed(sandbox):
