@@ -6,10 +6,16 @@ from __future__ import annotations
 import sys
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from memberflow.config import Integration, IntegrationFileError, discover_files, load_all
+if TYPE_CHECKING:
+    from memberflow.config import Integration
+
+# memberflow.config (and with it pandas and DuckDB) is imported inside the commands that read
+# integration files: `memberflow demo` starts its lanes' fork server before any heavy import
+# (app.lanes), so that server's imports run beside this process's own.
 
 
 @click.group()
@@ -28,6 +34,7 @@ def validate(files: tuple[Path, ...], check_env: bool) -> None:
     import os
 
     from app.scaffold import placeholders_left
+    from memberflow.config import IntegrationFileError, discover_files, load_all
 
     paths = list(files) or discover_files()
     try:
@@ -166,6 +173,9 @@ def demo(customers: int, seed: int) -> None:
     every run at the end."""
     import time
 
+    from app import lanes
+
+    lanes.start_server()  # the lanes' imports start now, beside this process's (app.lanes)
     from app.console import RunRow, make_console, run_table, showing_progress
     from app.demo import run_demo
 
@@ -275,6 +285,7 @@ def sync(
     from app import runner
     from app.console import make_console, showing_progress, step_table
     from app.demo import describe_run
+    from memberflow.config import load_all
     from pipelines.factory import build_definitions
 
     integrations = load_all()
@@ -353,6 +364,7 @@ def receiver(host: str, port: int, names: tuple[str, ...], register_url: str | N
         feedback_hooks_of,
         register,
     )
+    from memberflow.config import load_all
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     integrations = _chosen(load_all(), [n for name in names for n in name.split(",") if n])
@@ -386,6 +398,7 @@ def check(names: tuple[str, ...]) -> None:
     NAMES are integration names, or integration files (*.yaml) to check instead of the
     integrations directory."""
     from app.check import run_checks
+    from memberflow.config import IntegrationFileError, load_all
 
     files = [Path(n) for n in names if n.endswith((".yaml", ".yml"))]
     try:

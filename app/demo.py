@@ -5,7 +5,6 @@ that shows only-what-changed (X2), and a printed summary.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import queue
 import shutil
@@ -22,6 +21,7 @@ from typing import Protocol
 import dagster as dg
 import httpx
 
+from app import lanes as lane_processes
 from app import runner
 from app.receiver import build_app, feedback_hooks_of, register, serving
 from assets.write_back import feedback_key
@@ -77,6 +77,11 @@ DEMO_SETTINGS_ENV = {"MEMBERFLOW_DEMO_BULK_THRESHOLD": "100", "MEMBERFLOW_DEMO_P
 # contacts, groups and consent calls at Cyberimpact's 10 calls/s. `all` (or 0): the whole history.
 DEMO_HISTORY_ENV = "MEMBERFLOW_DEMO_HISTORY_DAYS"
 DEMO_HISTORY_DAYS = "92"
+
+# The demo's runs print no Dagster console lines: a run's warnings and errors are among its own
+# lines (describe_run), readable; every line stays in the run's log in the instance.
+QUIET_LEVEL = "CRITICAL"
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": QUIET_LEVEL}}}}
 
 
 def prepare_environment(sandbox_url: str) -> None:
@@ -139,6 +144,7 @@ def run_demo(
 ) -> DemoOutcome:
     """The demo's runs, a lane per target list, the lanes at once; `emit` gets each run's lines
     as soon as it ends, `listener` the lanes' step progress."""
+    lane_processes.start_server()  # the CLI started it already; a no-op then
     runner.ensure_dagster_home()
     outcome = DemoOutcome(lines=[], ok=True)
 
@@ -160,14 +166,17 @@ def run_demo(
         # and its daemon do), not by threads of one. Lanes relay their progress through a queue.
         lanes = [[i.name for i in lane] for lane in _lanes(integrations)]
         _create_storage()
-        spawn = multiprocessing.get_context("spawn")
-        with spawn.Manager() as manager:
+        # Lanes are forks of a server that imported their code once (app.lanes), with this
+        # process's environment handed over: the sandbox's address and credentials set above.
+        start = lane_processes.context()
+        environment = dict(os.environ)
+        with start.Manager() as manager:
             relay = manager.Queue()
             drained = threading.Thread(
                 target=_drain, args=(relay, outcome, say, listener), daemon=True
             )
             drained.start()
-            with ProcessPoolExecutor(max_workers=len(lanes), mp_context=spawn) as pool:
+            with ProcessPoolExecutor(max_workers=len(lanes), mp_context=start) as pool:
                 done = list(
                     pool.map(
                         _run_lane,
@@ -175,10 +184,12 @@ def run_demo(
                         lanes,
                         range(len(lanes)),
                         [relay] * len(lanes),
+                        [environment] * len(lanes),
                     )
                 )
             relay.put(None)
             drained.join()
+        lane_processes.stop_server()
         outcome.ok &= all(done)
         order = [i.name for i in integrations]
         outcome.runs.sort(key=lambda r: (r.label != "initial import", order.index(r.integration)))
@@ -255,9 +266,18 @@ def _relay_active(relay: queue.Queue, lane: int, stop: threading.Event) -> None:
     relay.put(("active", lane, []))
 
 
-def _run_lane(sandbox_url: str, names: list[str], lane: int, relay: queue.Queue) -> bool:
+def _run_lane(
+    sandbox_url: str,
+    names: list[str],
+    lane: int,
+    relay: queue.Queue,
+    environment: dict[str, str] | None = None,
+) -> bool:
     """One list's integrations (by name): each initial import (with its feedback scene), then
-    each tick. Runs in a process of its own, which loads the demo files again."""
+    each tick. Runs in a process of its own (with the caller's `environment`), which loads the
+    demo files again."""
+    if environment is not None:
+        lane_processes.adopt_environment(environment)
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")  # as the CLI does
     runner.ensure_dagster_home()
     integrations = load_all(demo_files())
@@ -298,12 +318,13 @@ def _timed_run(
 ) -> dg.ExecuteInProcessResult:
     """One run, its lines and its record sent to the parent as soon as it ends."""
     started, cpu = time.monotonic(), time.process_time()
-    result = runner.run_sync(defs, integration, instance, quiet=True, **window)
+    result = runner.run_sync(defs, integration, instance, console_level=QUIET_LEVEL, **window)
     took, cpu = time.monotonic() - started, time.process_time() - cpu
     withheld = runner.summarise(result).total("_staged", "quarantined")
     run = DemoRun(integration.name, label, result.run_id, took, result.success, withheld)
     start, end = window.get("start"), window.get("end")
-    relay.put(("run", describe_run(integration, label, result, start, end, took, cpu), run))
+    lines = describe_run(integration, label, result, start, end, took, cpu, instance)
+    relay.put(("run", lines, run))
     return result
 
 
@@ -346,6 +367,7 @@ def _feedback_scene(
             "memberflow/integration": integration.name,
             "memberflow/changed": "feedback",
         },
+        run_config=QUIET_CONSOLE,
         raise_on_error=False,
     )
     s = runner.summarise(result)
@@ -354,11 +376,12 @@ def _feedback_scene(
     lines = [
         f"== {integration.name}: feedback from the list (receiver + feedback run) — {status}",
         f"   webhooks: an unsubscribe, a click delivered 3 times, a bounce -> {stored} stored",
-        f"   new feedback: {s.get('feedback_applied', 'feedback_new_this_run', {})}",
-        f"   written back to {integration.source.kind}: {results}",
+        f"   new feedback: {counts_text(s.get('feedback_applied', 'feedback_new_this_run', {}))}",
+        f"   written back to {integration.source.kind}: {counts_text(results)}",
         f"   bounces mailed: {s.get('feedback_applied', 'bounces_mailed')}",
     ]
     lines += [f"   error: {m}" for m in runner.failure_messages(result)]
+    lines += [f"   warning: {m}" for m in runner.warning_messages(instance, result.run_id)]
     return lines, s.success
 
 
@@ -383,10 +406,12 @@ def describe_run(
     end: date | None,
     seconds: float,
     cpu: float | None = None,
+    instance: dg.DagsterInstance | None = None,
 ) -> list[str]:
     """A run in a few readable lines: what was fetched, sent, withheld, and the calls spent;
     `cpu`: the CPU seconds the run's process spent on it (a busy machine stretches the wall
-    time, not this)."""
+    time, not this); with the `instance`, the warnings its steps logged, one line each (the
+    demo keeps Dagster's own console lines off)."""
     s = runner.summarise(result)
     window = f" {start} .. {end}" if start else ""
     status = "ok" if s.success else "FAILED"
@@ -426,11 +451,12 @@ def describe_run(
     if withheld is not None:
         out.append(f"   shared emails withheld (see the asset check and its report): {withheld}")
     if any(k.endswith("feedback_applied") for k in s.assets):
+        new = counts_text(s.get("feedback_applied", "feedback_new_this_run", {}))
+        written = counts_text(s.get("feedback_applied", "write_back_results", {}))
         out.append(
-            f"   feedback: new {s.get('feedback_applied', 'feedback_new_this_run', {})}, "
-            f"written back {s.get('feedback_applied', 'write_back_results', {})}, "
-            f"bounces mailed {s.get('feedback_applied', 'bounces_mailed')}, "
-            f"calls {s.get('feedback_applied', 'api_calls', {})}"
+            f"   feedback: new {new}; written back {written}"
+            f"; bounces mailed {s.get('feedback_applied', 'bounces_mailed')}"
+            f"; calls {counts_text(s.get('feedback_applied', 'api_calls', {}), names_first=True)}"
         )
     consents = s.get("members_delivered", "consents_sent", None)
     if consents is not None:
@@ -447,7 +473,27 @@ def describe_run(
     )
     for message in runner.failure_messages(result):
         out.append(f"   error: {message}")
+    if instance is not None:
+        out += [f"   warning: {m}" for m in runner.warning_messages(instance, result.run_id)]
     return out
+
+
+def counts_text(counts: object, *, names_first: bool = False) -> str:
+    """A run's counts in words: {'bounced': 1, 'only_on_target': 4} -> '1 bounced, 4 only on
+    target'; by action, {'create': {'done': 4, 'failed': 1}, 'unsubscribe': {'done': 1}} ->
+    'create: 4 done, 1 failed; unsubscribe: 1 done'; `names_first`: {'admin': 15} -> 'admin 15'.
+    'none' when there are none."""
+    if not isinstance(counts, dict):
+        return str(counts)
+    parts, nested = [], False
+    for key, value in counts.items():
+        name = str(key).replace("_", " ")
+        if isinstance(value, dict):
+            parts.append(f"{name}: {counts_text(value)}")
+            nested = True
+        else:
+            parts.append(f"{name} {value}" if names_first else f"{value} {name}")
+    return ("; " if nested else ", ").join(parts) or "none"
 
 
 def _merge_lines(integrations: list) -> list[str]:

@@ -6,6 +6,7 @@ shows in the UI's run list like one launched there.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections import defaultdict
@@ -190,6 +191,20 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> list[str]:
             while error.cause is not None:  # the vendor's or the mapping check's own words
                 error = error.cause
             messages.append(f"{event.step_key}: {error.message.strip()}")
+    return messages
+
+
+def warning_messages(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """The warnings and errors a run's steps logged (not Dagster's own events), as
+    `<step>: <message>`, in order, each once: the lines a quiet console leaves out."""
+    messages: list[str] = []
+    for entry in instance.all_logs(run_id):
+        if entry.dagster_event is not None or entry.level < logging.WARNING:
+            continue
+        step = (entry.step_key or "").split("__")[-1]
+        message = f"{step}: {entry.user_message}" if step else entry.user_message
+        if message not in messages:
+            messages.append(message)
     return messages
 
 
