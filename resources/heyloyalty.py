@@ -225,7 +225,8 @@ class HeyloyaltyClient(TargetClient):
         """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9).
 
         Kept for this client's life (one run): the batches reuse it for choice option ids."""
-        body = self._json("GET", self._list_url(), endpoint="lists/{id}")
+        with self.calls.purpose("fields"):
+            body = self._json("GET", self._list_url(), endpoint="lists/{id}")
         raw = body.get("fields") if isinstance(body, dict) else None
         named = raw.items() if isinstance(raw, dict) else ((None, e) for e in raw or [])
         fields = [_list_field(key, entry) for key, entry in named if isinstance(entry, dict)]
@@ -312,14 +313,15 @@ class HeyloyaltyClient(TargetClient):
             "trigger_autoresponder": str(int(policy.flags.send_automations)),
             "fields_selected[]": list(columns),
         }
-        response = self._call(
-            "POST",
-            f"{self._list_url()}/import",
-            endpoint="members/import",
-            idempotent=True,
-            data=form,
-            files={"file": ("members.csv", data, "text/csv")},
-        )
+        with self.calls.purpose("import"):
+            response = self._call(
+                "POST",
+                f"{self._list_url()}/import",
+                endpoint="members/import",
+                idempotent=True,
+                data=form,
+                files={"file": ("members.csv", data, "text/csv")},
+            )
         try:
             body: Any = response.json() if response.content.strip() else None
         except ValueError:
@@ -334,7 +336,8 @@ class HeyloyaltyClient(TargetClient):
         newest: datetime | None = None
         page = 1
         while True:
-            raw = self._members_page(changed_since, page, self._per_page)
+            with self.calls.purpose("listing"):  # the callers name theirs (pull, read-back)
+                raw = self._members_page(changed_since, page, self._per_page)
             for entry in raw:
                 member = parse_member(entry)
                 self._note_member(member)
@@ -356,7 +359,8 @@ class HeyloyaltyClient(TargetClient):
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A perpage=1 probe with the HL-A5 filter."""
-        return bool(self._members_page(changed_since, 1, 1))
+        with self.calls.purpose("probe"):
+            return bool(self._members_page(changed_since, 1, 1))
 
     def member_count(self) -> int | None:
         """`members` of the list's entry in `GET /lists` (HL 2.2); None if the list is absent."""
@@ -393,7 +397,8 @@ class HeyloyaltyClient(TargetClient):
         while True:
             params: list[tuple[str, Any]] = [(f"filter[{match_field}][in][]", v) for v in wanted]
             params += [("page", page), ("perpage", perpage)]
-            body = self._json("GET", self._members_url(), endpoint="members", params=params)
+            with self.calls.purpose("guard read"):
+                body = self._json("GET", self._members_url(), endpoint="members", params=params)
             raw = _members_of(body)
             for entry in raw:
                 member = parse_member(entry)
@@ -520,7 +525,8 @@ class HeyloyaltyClient(TargetClient):
         Used before an upsert to respect "do not re-create previously unsubscribed" (HL-A6).
         """
         params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
-        body = self._json("GET", self._members_url(), endpoint="members", params=params)
+        with self.calls.purpose("lookup"):
+            body = self._json("GET", self._members_url(), endpoint="members", params=params)
         members = _members_of(body)
         if not members:
             return None

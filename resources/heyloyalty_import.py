@@ -216,7 +216,8 @@ def write_single(
         chunk = creates[start : start + size]
         if start:
             try:
-                client.changes_since_last_read()
+                with client.calls.purpose("refresh (single creates)"):
+                    client.changes_since_last_read()
             except VendorError as exc:  # nothing of the rest sent: no verdict, again next run
                 for change in creates[start:]:
                     yield MemberAck(change.match_key, "error", reason=str(exc))
@@ -244,7 +245,8 @@ def _import_chunk(
     fields: Mapping[str, ListField],
 ) -> Iterator[MemberAck]:
     try:
-        fresh = client.changes_since_last_read()  # feeds the client's listed states
+        with client.calls.purpose("guard read (import)"):
+            fresh = client.changes_since_last_read()  # feeds the client's listed states
     except VendorError as exc:  # no guard read, nothing sent: no verdict, sent again next run
         for row in rows:
             yield MemberAck(row.change.match_key, "error", reason=str(exc))
@@ -304,7 +306,8 @@ def _settle(
     """Acks from what the list holds now (read back), never from the import's answer alone: a
     row the list holds is stored whatever the answer says of its row number."""
     try:
-        back = _by_key(client.read_changes(since), policy.match_on)
+        with client.calls.purpose("read-back"):
+            back = _by_key(client.read_changes(since), policy.match_on)
     except VendorError as exc:
         for row in rows:
             yield MemberAck(row.change.match_key, "error", reason=f"read-back failed: {exc}")
@@ -343,7 +346,8 @@ def _settle(
         if row in looked:
             client.bulk_figures["bulk_lookups"] += 1
             try:
-                found = client.find_member(policy.match_on, row.key)
+                with client.calls.purpose("lookup (read-back)"):
+                    found = client.find_member(policy.match_on, row.key)
             except VendorError as exc:
                 yield MemberAck(row.change.match_key, "error", reason=str(exc))
                 continue
