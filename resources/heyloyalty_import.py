@@ -279,7 +279,8 @@ def _import_files(
             # the list refused a file this run, or no read of this client to start from
             rest += [row.change for row in rows]
             continue
-        if _fresh(client):
+        fresh = _fresh(client)
+        if fresh:
             client.bulk_figures["bulk_guard_reads_saved"] += 1
         else:
             try:
@@ -297,7 +298,7 @@ def _import_files(
             yield from _settle(client, pending, back, policy)
             pending = []
         cursor = client.listing_cursor
-        sent = yield from _send_file(client, rows, columns, policy, fields)
+        sent = yield from _send_file(client, rows, columns, policy, fields, fresh)
         if sent is not None:
             since = since if pending else cursor
             pending.append(sent)
@@ -325,14 +326,9 @@ def _read_back(
 def _fresh(client: HeyloyaltyClient) -> bool:
     """Whether this client's latest complete listing read (the core's pull or refresh, a read
     of this step before an earlier file) began at most `fresh_read_seconds` ago, so it stands
-    for the read right before the next file; the oldest read relied on is kept in the figures."""
+    for the read right before the next file."""
     age = client.read_age()
-    if age is None or age > client.fresh_read_seconds:
-        return False
-    ms = round(age * 1000)
-    figures = client.bulk_figures
-    figures["bulk_guard_age_ms_max"] = max(figures["bulk_guard_age_ms_max"], ms)
-    return True
+    return age is not None and age <= client.fresh_read_seconds
 
 
 def _send_file(
@@ -341,10 +337,13 @@ def _send_file(
     columns: list[str],
     policy: WritePolicy,
     fields: Mapping[str, ListField],
+    fresh: bool = False,
 ) -> Generator[MemberAck, None, _Sent | None]:
     """One import of the rows no read of the run showed unsubscribed (those are acked
     `unsubscribed`, unless the reimport rule lets them back). Returns what awaits its read-back;
-    None when nothing was sent as a file (all kept out, or the file refused: single way)."""
+    None when nothing was sent as a file (all kept out, or the file refused: single way).
+    `fresh`: no read was made for this file; the age of the read it relies on, as the file goes
+    out, is kept in the figures (the oldest: the widest window an unsubscribe had)."""
     sending: list[_Row] = []
     known: set[str] = set()
     for row in rows:
@@ -365,9 +364,14 @@ def _send_file(
     if not sending:
         return None
     started = client.now().replace(microsecond=0)
+    data = members_csv(columns, sending)
+    age = client.read_age()
+    if fresh and age is not None:
+        figures = client.bulk_figures
+        figures["bulk_guard_age_ms_max"] = max(figures["bulk_guard_age_ms_max"], round(age * 1000))
     answer: ImportAnswer | None = None
     try:
-        answer = client.import_members(policy, columns, members_csv(columns, sending))
+        answer = client.import_members(policy, columns, data)
     except VendorError as exc:
         if is_refusal(exc):
             # The list refused the file (nothing imported, HL-A11): the single way gives every
