@@ -8,6 +8,9 @@ does not share the pipeline's GIL. Two Dagster runs on a fresh data dir and Dags
 3. a 1%-changed run: 1% of the customers changed at the till (the sandbox's batch control route)
    just before it, so its cost can be set against the no-change runs (O(changes), not O(list)).
 
+Every run's target calls are also shown by purpose (fields, count, pull, guard reads, import,
+read-back, upsert, lookups, events: `api_calls_by_purpose` of the delivery step), one column a run.
+
 Then a mapping baseline over the landed customer Parquet: a naive per-record Python loop
 (json.loads + dict walking) against memberflow's DuckDB mapping SQL (`mapping.rule_sql`).
 
