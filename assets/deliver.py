@@ -172,6 +172,8 @@ def build_deliver_assets(
                 "unsubscribe_guard_calls": report.guard_calls(),
                 "api_calls": client.calls.total,
                 "api_calls_by_endpoint": client.calls.by_endpoint(),
+                # the same calls by what they were for (pull, guard read, import, read-back...)
+                "api_calls_by_purpose": client.calls.by_purpose(),
                 **metadata.api_calls(client.calls.by_endpoint()),
                 **_member_figures(report, integrations),
                 **client.calls.pacing(),  # throttled_waits, throttled_seconds

@@ -8,6 +8,9 @@ does not share the pipeline's GIL. Two Dagster runs on a fresh data dir and Dags
 3. a 1%-changed run: 1% of the customers changed at the till (the sandbox's batch control route)
    just before it, so its cost can be set against the no-change runs (O(changes), not O(list)).
 
+Every run's target calls are also shown by purpose (fields, count, pull, guard reads, import,
+read-back, upsert, lookups, events: `api_calls_by_purpose` of the delivery step), one column a run.
+
 Then a mapping baseline over the landed customer Parquet: a naive per-record Python loop
 (json.loads + dict walking) against memberflow's DuckDB mapping SQL (`mapping.rule_sql`).
 
@@ -247,6 +250,8 @@ class RunFigures:
     steps: list[StepFigure] = field(default_factory=list)
     source_calls: int = 0
     target_calls: int = 0
+    # the target's calls by what they were for (pull, guard read, import, read-back, upsert...)
+    target_purposes: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
 
@@ -338,8 +343,34 @@ def run_once(
         )
     figures.source_calls = sum(s.api_calls for s in figures.steps if s.stage == "extract")
     figures.target_calls = sum(s.api_calls for s in figures.steps if s.stage == "deliver")
+    figures.target_purposes = target_purposes(
+        {s.asset: summary.assets.get(s.asset, {}) for s in figures.steps if s.stage == "deliver"}
+    )
     log(f"run: {label} {'ok' if result.success else 'FAILED'} in {wall:.1f} s")
     return figures
+
+
+def target_purposes(metas: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """The delivery steps' calls by purpose (`api_calls_by_purpose`, the members step), else by
+    endpoint (`api_calls_this_run/<endpoint>`), named `<asset>: <purpose>` beyond the members
+    step; what no breakdown covers is `<asset>: (unlabelled)`."""
+    out: dict[str, int] = {}
+    for asset, meta in metas.items():
+        name = asset.rsplit("/", 1)[-1]
+        prefix = "" if name == "members_delivered" else f"{name}: "
+        split = meta.get("api_calls_by_purpose")
+        if not isinstance(split, dict):
+            split = {
+                key.split("/", 1)[1]: value
+                for key, value in meta.items()
+                if key.startswith("api_calls_this_run/") and isinstance(value, int)
+            }
+        for purpose, n in split.items():
+            out[f"{prefix}{purpose}"] = out.get(f"{prefix}{purpose}", 0) + int(n)
+        rest = int(meta.get("api_calls", 0) or 0) - sum(int(n) for n in split.values())
+        if rest:
+            out[f"{name}: (unlabelled)"] = rest
+    return out
 
 
 def _jsonable(meta: dict[str, Any]) -> dict[str, Any]:
@@ -462,6 +493,27 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:,.1f}x" if b else "inf"
 
 
+def purpose_table(runs: list[RunFigures]) -> list[str]:
+    """Target calls by purpose, one column per run."""
+    names = sorted({name for run in runs for name in run.target_purposes})
+    if not names:
+        return []
+    heads = ["initial", "no-change #1", "no-change #2", "changed"][: len(runs)]
+    heads += [f"run {i}" for i in range(len(heads) + 1, len(runs) + 1)]
+    lines = [
+        "### target calls by purpose (delivery steps)",
+        "",
+        "| purpose | " + " | ".join(heads) + " |",
+        "| --- " + "| ---: " * len(runs) + "|",
+    ]
+    for name in names:
+        cells = " | ".join(f"{run.target_purposes.get(name, 0):,}" for run in runs)
+        lines.append(f"| {name} | {cells} |")
+    totals = " | ".join(f"**{sum(run.target_purposes.values()):,}**" for run in runs)
+    lines += [f"| **all** | {totals} |", ""]
+    return lines
+
+
 def report(
     customers: int,
     sandbox_start_s: float,
@@ -505,6 +557,7 @@ def report(
         for message in run.failures:
             lines.append(f"error: {message}")
         lines.append("")
+    lines += purpose_table(runs)
     full = runs[0]
     rest = [r for r in runs[1:] if r.label.startswith("no-change")]
     changed = [r for r in runs[1:] if r not in rest]
@@ -737,6 +790,7 @@ def _run_json(run: RunFigures) -> dict[str, Any]:
         "peak_rss_mb": run.peak_rss_mb,
         "source_calls": run.source_calls,
         "target_calls": run.target_calls,
+        "target_purposes": run.target_purposes,
         "steps": [vars(s) for s in run.steps],
         "failures": run.failures,
         "summary": run.summary,

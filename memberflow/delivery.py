@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -187,7 +188,8 @@ def pull_feedback(
     last = list_state(conn, "last_pull")
     since = datetime.fromisoformat(last) if last else None
     started = datetime.now(UTC)
-    rows = read_members(client, match_on, since)
+    with calls_for(client, "pull"):
+        rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     # The next window starts where this read began, on the target's clock (read_start); never
     # later: the listing is paged, so a member on a page already read may change while later
@@ -213,7 +215,8 @@ def refresh_feedback(
         last = list_state(conn, "last_pull")
         since = datetime.fromisoformat(last) if last else None
     started = datetime.now(UTC)
-    rows = read_members(client, match_on, since)
+    with calls_for(client, "refresh"):
+        rows = read_members(client, match_on, since)
     store_remote(conn, rows)
     seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
     begun = read_start(client, started)
@@ -222,6 +225,13 @@ def refresh_feedback(
     # The newest change seen, but never past this read's start (on the target's clock): a
     # member on a page already read may change while our own writes move later pages on.
     return min(_utc(max(seen)) - REFRESH_OVERLAP, begun)
+
+
+def calls_for(client: Any, purpose: str) -> AbstractContextManager[Any]:
+    """The target's calls inside the block count under `purpose` (CallCounter.purpose), for a
+    client that counts its calls."""
+    calls = getattr(client, "calls", None)
+    return calls.purpose(purpose) if hasattr(calls, "purpose") else nullcontext()
 
 
 def read_start(client: TargetClient, started: datetime) -> datetime:

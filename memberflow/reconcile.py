@@ -33,6 +33,7 @@ import duckdb
 import pandas as pd
 
 from memberflow.delivery import (
+    calls_for,
     ensure_state,
     list_state,
     member_rows,
@@ -106,7 +107,8 @@ def reconcile(
     ensure_state(conn)
     now = now or datetime.now(UTC)
     acknowledged = _acknowledged(conn)
-    on_list = client.member_count()
+    with calls_for(client, "count"):
+        on_list = client.member_count()
     last = list_state(conn, LAST_FULL_LISTING)
     why = ""
     expected = _expected_count(conn, acknowledged)
@@ -120,7 +122,8 @@ def reconcile(
         why = f"periodic (every {full_every_hours:g} h)"
     if not why:
         return Reconciliation(on_list, acknowledged, "", frozenset(), 0)
-    remote = list(client.iter_members(None))
+    with calls_for(client, "full listing"):
+        remote = list(client.iter_members(None))
     listed = member_rows(remote, match_on)
     if on_list is not None and len(listed) < on_list:
         # Page-number listings skip members when others are deleted meanwhile, and a short page

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,6 +64,10 @@ class CallCounter:
     (AF8, C8).
 
     Thread-safe because target clients send in parallel.
+
+    Calls are also counted by purpose (`by_purpose`): where one endpoint serves several ends (a
+    member listing is a pull, a guard read or a read-back), the code that knows names it with
+    `purpose(...)`; a call sent outside any such block counts under its endpoint.
     """
 
     def __init__(self, ledger: Any = None) -> None:
@@ -70,6 +76,8 @@ class CallCounter:
         self._lock = threading.Lock()
         self._ledger = ledger
         self._by_endpoint: Counter[str] = Counter()
+        self._by_purpose: Counter[str] = Counter()
+        self._purpose = threading.local()  # per thread: the upsert pools send in parallel
         self._retries = 0
         self._throttled = 0
         self._waits = 0  # client-side pacing (resources/pacing.py): waits before a call
@@ -77,8 +85,10 @@ class CallCounter:
         progress.watch_calls(self)  # made while a step works: the step's live figures count it
 
     def add(self, endpoint: str) -> None:
+        purpose = getattr(self._purpose, "name", None) or endpoint
         with self._lock:
             self._by_endpoint[endpoint] += 1
+            self._by_purpose[purpose] += 1
         if self._ledger is not None:
             self._ledger.add(endpoint)
 
@@ -128,6 +138,24 @@ class CallCounter:
     def by_endpoint(self) -> dict[str, int]:
         with self._lock:
             return dict(self._by_endpoint)
+
+    def by_purpose(self) -> dict[str, int]:
+        """The same calls by what they were for (see the class docstring)."""
+        with self._lock:
+            return dict(self._by_purpose)
+
+    @contextmanager
+    def purpose(self, name: str) -> Iterator[None]:
+        """The calls this thread sends inside the block count under `name`; an enclosing
+        block's name wins (the caller knows more of why than the method it calls)."""
+        outer = getattr(self._purpose, "name", None)
+        if outer is None:
+            self._purpose.name = name
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._purpose.name = None
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,9 @@ BULK_THRESHOLD = 500  # our setting: creates + updates in a batch from which it 
 # A listing read covers the list up to its newest `updated_at`; the next changed-since read
 # starts this much before it, for writes stamped in the same second (HL-A3: whole seconds).
 LISTING_OVERLAP = timedelta(seconds=1)
+# A complete listing read begun at most this long ago stands for the read right before a member
+# import (heyloyalty_import.py): the core's pull or refresh, or the previous import's read-back.
+FRESH_READ_SECONDS = 1.0
 REQUESTS_PER_SECOND = 20.0  # HL-A12 (assumed): per API key, the client paces itself to it
 BI_DATE_FORMAT = "Y-m-d H:i:s"  # HL-A10, PHP date() notation of WIRE_DATETIME
 _EMPTY_DATES = ("", "0000-00-00", "0000-00-00 00:00:00")
@@ -181,6 +184,10 @@ class HeyloyaltyClient(TargetClient):
         # read of this client (HL-A5); the guard read before an import starts here.
         self._read_known = False
         self._read_since: datetime | None = None
+        # when (time.monotonic) the latest complete listing read began; how old it may be to
+        # stand for the read right before an import (tests set 0 to force that read)
+        self._read_began: float | None = None
+        self.fresh_read_seconds = FRESH_READ_SECONDS
         # The newest state every listing read of this client showed, per match key (email
         # lower-case, mobile digits): no import row may reactivate an unsubscribed member.
         self._listed: dict[tuple[str, str], RemoteMember] = {}
@@ -225,7 +232,8 @@ class HeyloyaltyClient(TargetClient):
         """`GET /lists/{id}` fields by name, with choice options id -> label (HL 2.2, HL-A9).
 
         Kept for this client's life (one run): the batches reuse it for choice option ids."""
-        body = self._json("GET", self._list_url(), endpoint="lists/{id}")
+        with self.calls.purpose("fields"):
+            body = self._json("GET", self._list_url(), endpoint="lists/{id}")
         raw = body.get("fields") if isinstance(body, dict) else None
         named = raw.items() if isinstance(raw, dict) else ((None, e) for e in raw or [])
         fields = [_list_field(key, entry) for key, entry in named if isinstance(entry, dict)]
@@ -260,6 +268,12 @@ class HeyloyaltyClient(TargetClient):
         if not self._read_known:
             return None
         return self.read_changes(self._read_since)
+
+    def read_age(self) -> float | None:
+        """Seconds since the latest complete listing read of this client began (None: none)."""
+        if not self._read_known or self._read_began is None:
+            return None
+        return time.monotonic() - self._read_began
 
     def listed(self, match_on: str, key: str) -> RemoteMember | None:
         """The state of the member with this match key (wire form) as the latest listing read or
@@ -312,14 +326,15 @@ class HeyloyaltyClient(TargetClient):
             "trigger_autoresponder": str(int(policy.flags.send_automations)),
             "fields_selected[]": list(columns),
         }
-        response = self._call(
-            "POST",
-            f"{self._list_url()}/import",
-            endpoint="members/import",
-            idempotent=True,
-            data=form,
-            files={"file": ("members.csv", data, "text/csv")},
-        )
+        with self.calls.purpose("import"):
+            response = self._call(
+                "POST",
+                f"{self._list_url()}/import",
+                endpoint="members/import",
+                idempotent=True,
+                data=form,
+                files={"file": ("members.csv", data, "text/csv")},
+            )
         try:
             body: Any = response.json() if response.content.strip() else None
         except ValueError:
@@ -332,9 +347,11 @@ class HeyloyaltyClient(TargetClient):
 
     def _listing(self, changed_since: datetime | None) -> Iterator[Listed]:
         newest: datetime | None = None
+        began = time.monotonic()
         page = 1
         while True:
-            raw = self._members_page(changed_since, page, self._per_page)
+            with self.calls.purpose("listing"):  # the callers name theirs (pull, read-back)
+                raw = self._members_page(changed_since, page, self._per_page)
             for entry in raw:
                 member = parse_member(entry)
                 self._note_member(member)
@@ -344,19 +361,22 @@ class HeyloyaltyClient(TargetClient):
             if len(raw) < self._per_page:
                 break
             page += 1
-        self._note_read(changed_since, newest)
+        self._note_read(changed_since, newest, began)
 
-    def _note_read(self, since: datetime | None, newest: datetime | None) -> None:
-        """A complete read of changes since `since`: the list is known up to its newest write."""
+    def _note_read(self, since: datetime | None, newest: datetime | None, began: float) -> None:
+        """A complete read of changes since `since`, begun at `began` (time.monotonic): the list
+        is known up to its newest write."""
         if newest is not None:
             start = newest - LISTING_OVERLAP
             since = start if since is None else max(as_utc(since), start)
         self._read_since = since
         self._read_known = True
+        self._read_began = began
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A perpage=1 probe with the HL-A5 filter."""
-        return bool(self._members_page(changed_since, 1, 1))
+        with self.calls.purpose("probe"):
+            return bool(self._members_page(changed_since, 1, 1))
 
     def member_count(self) -> int | None:
         """`members` of the list's entry in `GET /lists` (HL 2.2); None if the list is absent."""
@@ -393,7 +413,8 @@ class HeyloyaltyClient(TargetClient):
         while True:
             params: list[tuple[str, Any]] = [(f"filter[{match_field}][in][]", v) for v in wanted]
             params += [("page", page), ("perpage", perpage)]
-            body = self._json("GET", self._members_url(), endpoint="members", params=params)
+            with self.calls.purpose("guard read"):
+                body = self._json("GET", self._members_url(), endpoint="members", params=params)
             raw = _members_of(body)
             for entry in raw:
                 member = parse_member(entry)
@@ -496,7 +517,8 @@ class HeyloyaltyClient(TargetClient):
 
     def run_figures(self) -> dict[str, int]:
         """With the bulk path on: imports sent, rows sent and confirmed by the read-back, single
-        lookups of rows missing from it, unsubscribed members kept out of a file."""
+        lookups of rows missing from it, unsubscribed members kept out of a file, imports that
+        needed no read of their own (and how old the read they relied on was)."""
         guard = {key: self.guard_figures[key] for key in ("guard_reads", "guard_lookups")}
         if not self.bulk_threshold:
             return guard
@@ -506,6 +528,8 @@ class HeyloyaltyClient(TargetClient):
             "bulk_rows_confirmed",
             "bulk_lookups",
             "bulk_unsubscribed_kept_out",
+            "bulk_guard_reads_saved",  # imports whose read right before was a fresh earlier read
+            "bulk_guard_age_ms_max",  # the oldest such read, when its import went out
         )
         return {**{key: self.bulk_figures[key] for key in keys}, **guard}
 
@@ -520,7 +544,8 @@ class HeyloyaltyClient(TargetClient):
         Used before an upsert to respect "do not re-create previously unsubscribed" (HL-A6).
         """
         params = {f"filter[{field}][eq][]": value, "page": 1, "perpage": 1}
-        body = self._json("GET", self._members_url(), endpoint="members", params=params)
+        with self.calls.purpose("lookup"):
+            body = self._json("GET", self._members_url(), endpoint="members", params=params)
         members = _members_of(body)
         if not members:
             return None

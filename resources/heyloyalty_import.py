@@ -9,16 +9,25 @@ CSV cannot carry, small batches, other rules) goes the single way of heyloyalty_
 The import must never change a member's subscription state, yet an update through it reactivates
 an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the latest
 state every listing read of the run showed per match key (the core's pull and refresh, the guard
-read right before each import, every read-back, every lookup), and every row is checked against it
-right before the import: a member found unsubscribed is acked `unsubscribed` and kept out of the
-file, unless the reimport rule lets it back. The window left is one round trip.
+reads, every read-back, every lookup), and every row is checked against it right before the
+import: a member found unsubscribed is acked `unsubscribed` and kept out of the file, unless the
+reimport rule lets it back. Every file goes out within `fresh_read_seconds` (1 s) of the start
+of a complete changed-since read of the list: the core's pull or refresh made moments before, or
+a read before an earlier file; else a read is made right before it (a guard read), which is also
+the read-back of the files sent since the last read. So the window left for an unsubscribe to be
+undone is the age of that read (at most 1 s; one round trip when a read is made) plus the import's
+own time, where it was one round trip plus the import's time with a read before every file. The
+changed-since reads follow on from one another from the run's pull, so no change goes unread.
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
 left alone on the list, never sent as an empty cell. So a batch's rows are grouped by the set of
-fields they carry, one import per group; a group smaller than MIN_IMPORT_GROUP goes the single way.
-Rows sharing a match key: the first goes in the file, the others the single way after it.
+fields they carry, one import per group, the files first; a set carried by one member alone
+(MIN_IMPORT_GROUP) goes the single way after them. Rows sharing a match key: the first goes in a
+file, the others the single way after the files. So k changed members carrying g sets of fields
+cost g imports and one read-back of k members (5,000 a page), plus one read per second the files
+take to send (and a read before the first when the core's read is older than that).
 
-After the import the client reads back the members changed since just before it (5,000 per page):
+The read-back reads the members changed since just before the first file it settles:
 a row whose match key the list shows changed at or after the import started (or holding the values
 sent) is `created` (the core planned a create and no read showed the member before) or `updated`;
 else the row refused by the answer is `refused` with the list's words; else it is looked up one by
@@ -48,7 +57,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -66,12 +75,14 @@ log = logging.getLogger(__name__)
 # A member as a listing showed it, with its `created_at` (HL-A3), which RemoteMember leaves out.
 Listed = tuple[RemoteMember, datetime | None]
 
-# Members per write_members call when the bulk path is on: one import, then a read-back of about
-# as many members (two pages of 5,000) and, by the core before the next batch of creates, the same
-# again; measured at 20,000 customers, 10,000 keeps the whole delivery under k/1000 + 2 calls.
+# Members per write_members call when the bulk path is on: one import per set of fields, each
+# followed by a read-back of about as many members (two pages of 5,000 for 10,000), which the core
+# reads again before the next batch of creates.
 BULK_BATCH = 10_000
 MAX_IMPORT_ROWS = 50_000  # HL-A11: rows per file, as the BI import (HL-A10)
-MIN_IMPORT_GROUP = 20  # ours: fewer rows sharing a set of fields (or bulk_threshold) go single
+# ours: a set of fields carried by one member alone goes the single way (an import costs two calls,
+# the file and its read-back; a single update about 1 1/8, its upsert and a share of a read)
+MIN_IMPORT_GROUP = 2
 IMPORT_DATE_FORMAT = "Y-m-d"  # PHP notation of what wire_fields makes of a date (HL-A8)
 MISSING_LOOKUPS = 20  # members missing from the read-back looked up one by one, at most
 
@@ -186,14 +197,17 @@ def write_members_bulk(
     least = min(MIN_IMPORT_GROUP, max(1, client.bulk_threshold))
     for group in [g for g in groups.values() if len(g) < least]:
         single += [row.change for row in group]
+    # The files first, while the core's pull (or refresh) may still be fresh enough to stand for
+    # the read right before the first of them; the single way after them reads its own members
+    # right before their upserts.
+    files = [
+        (list(columns), group[start : start + MAX_IMPORT_ROWS])
+        for columns, group in groups.items()
+        if len(group) >= least
+        for start in range(0, len(group), MAX_IMPORT_ROWS)
+    ]
+    yield from _import_files(client, files, policy, fields)
     yield from write_single(client, single, policy, fields)
-    for columns, group in groups.items():
-        if len(group) < least:
-            continue
-        for start in range(0, len(group), MAX_IMPORT_ROWS):
-            yield from _import_chunk(
-                client, group[start : start + MAX_IMPORT_ROWS], list(columns), policy, fields
-            )
     yield from write_single(client, later, policy, fields)
 
 
@@ -216,7 +230,8 @@ def write_single(
         chunk = creates[start : start + size]
         if start:
             try:
-                client.changes_since_last_read()
+                with client.calls.purpose("refresh (single creates)"):
+                    client.changes_since_last_read()
             except VendorError as exc:  # nothing of the rest sent: no verdict, again next run
                 for change in creates[start:]:
                     yield MemberAck(change.match_key, "error", reason=str(exc))
@@ -233,27 +248,104 @@ def _seen(client: HeyloyaltyClient, change: MemberChange, policy: WritePolicy) -
     return client.listed(policy.match_on, key) is not None
 
 
-# --- one import --------------------------------------------------------------------------------
+# --- the files ---------------------------------------------------------------------------------
 
 
-def _import_chunk(
+@dataclass(frozen=True)
+class _Sent:
+    """A file the list took (or answered unreadably): settled by the next read of its changes."""
+
+    rows: list[_Row]
+    answer: ImportAnswer | None
+    started: datetime  # our clock, whole seconds, just before the import was sent
+    known: frozenset[str]  # keys some read showed before the import: not created by it
+
+
+def _import_files(
+    client: HeyloyaltyClient,
+    files: list[tuple[list[str], list[_Row]]],
+    policy: WritePolicy,
+    fields: Mapping[str, ListField],
+) -> Iterator[MemberAck]:
+    """The files in turn, each sent within `fresh_read_seconds` of the start of a complete
+    changed-since read of the list (else such a read is made right before it). A read made
+    while files await their read-back is that read-back too: they are settled from it. After
+    the last file, one read settles the files still waiting."""
+    pending: list[_Sent] = []
+    since: datetime | None = None  # where the pending files' read-back starts
+    rest: list[MemberChange] = []  # files that cannot go as files: the single way after
+    for index, (columns, rows) in enumerate(files):
+        if not client.bulk_usable or client.read_age() is None:
+            # the list refused a file this run, or no read of this client to start from
+            rest += [row.change for row in rows]
+            continue
+        fresh = _fresh(client)
+        if fresh:
+            client.bulk_figures["bulk_guard_reads_saved"] += 1
+        else:
+            try:
+                with client.calls.purpose("read-back" if pending else "guard read (import)"):
+                    # from before the first pending file (no later than this client's latest
+                    # read, so it is the guard read too); it feeds the listed states
+                    back = _read_back(client, pending, since)
+            except VendorError as exc:  # nothing of the rest sent: no verdict, next run
+                yield from _unsettled(pending, f"read-back failed: {exc}")
+                for _, unsent in files[index:]:
+                    for row in unsent:
+                        yield MemberAck(row.change.match_key, "error", reason=str(exc))
+                yield from write_single(client, rest, policy, fields)
+                return
+            yield from _settle(client, pending, back, policy)
+            pending = []
+        cursor = client.listing_cursor
+        sent = yield from _send_file(client, rows, columns, policy, fields, fresh)
+        if sent is not None:
+            since = since if pending else cursor
+            pending.append(sent)
+    if pending:
+        try:
+            with client.calls.purpose("read-back"):
+                back = _read_back(client, pending, since)
+        except VendorError as exc:
+            yield from _unsettled(pending, f"read-back failed: {exc}")
+        else:
+            yield from _settle(client, pending, back, policy)
+    yield from write_single(client, rest, policy, fields)
+
+
+def _read_back(
+    client: HeyloyaltyClient, pending: list[_Sent], since: datetime | None
+) -> list[Listed]:
+    """The list's changes since before the first pending file (since this client's latest
+    read when none is pending)."""
+    if pending:
+        return client.read_changes(since)
+    return client.changes_since_last_read() or []
+
+
+def _fresh(client: HeyloyaltyClient) -> bool:
+    """Whether this client's latest complete listing read (the core's pull or refresh, a read
+    of this step before an earlier file) began at most `fresh_read_seconds` ago, so it stands
+    for the read right before the next file."""
+    age = client.read_age()
+    return age is not None and age <= client.fresh_read_seconds
+
+
+def _send_file(
     client: HeyloyaltyClient,
     rows: list[_Row],
     columns: list[str],
     policy: WritePolicy,
     fields: Mapping[str, ListField],
-) -> Iterator[MemberAck]:
-    try:
-        fresh = client.changes_since_last_read()  # feeds the client's listed states
-    except VendorError as exc:  # no guard read, nothing sent: no verdict, sent again next run
-        for row in rows:
-            yield MemberAck(row.change.match_key, "error", reason=str(exc))
-        return
-    if fresh is None:  # no listing read of this client to start from: no guard, no import
-        yield from write_single(client, [row.change for row in rows], policy, fields)
-        return
+    fresh: bool = False,
+) -> Generator[MemberAck, None, _Sent | None]:
+    """One import of the rows no read of the run showed unsubscribed (those are acked
+    `unsubscribed`, unless the reimport rule lets them back). Returns what awaits its read-back;
+    None when nothing was sent as a file (all kept out, or the file refused: single way).
+    `fresh`: no read was made for this file; the age of the read it relies on, as the file goes
+    out, is kept in the figures (the oldest: the widest window an unsubscribe had)."""
     sending: list[_Row] = []
-    known: set[str] = set()  # keys some read showed before the import: not created by it
+    known: set[str] = set()
     for row in rows:
         found = client.listed(policy.match_on, row.key)
         if found is not None:
@@ -270,45 +362,59 @@ def _import_chunk(
             continue
         sending.append(row)
     if not sending:
-        return
-    since = client.listing_cursor
+        return None
     started = client.now().replace(microsecond=0)
+    data = members_csv(columns, sending)
+    age = client.read_age()
+    if fresh and age is not None:
+        figures = client.bulk_figures
+        figures["bulk_guard_age_ms_max"] = max(figures["bulk_guard_age_ms_max"], round(age * 1000))
     answer: ImportAnswer | None = None
     try:
-        answer = client.import_members(policy, columns, members_csv(columns, sending))
+        answer = client.import_members(policy, columns, data)
     except VendorError as exc:
         if is_refusal(exc):
             # The list refused the file (nothing imported, HL-A11): the single way gives every
             # member its own verdict; this client stops trying imports for the run.
             client.bulk_refused(exc.message)
             yield from write_single(client, [row.change for row in sending], policy, fields)
-            return
+            return None
         # No usable answer after the retries: the read-back settles what the list holds.
         log.warning("heyloyalty: member import without answer (%s); reading back", exc.message)
     if answer is None:
         log.warning("heyloyalty: member import answer of unknown shape; the read-back decides")
     client.bulk_figures["bulk_imports"] += 1
     client.bulk_figures["bulk_rows_sent"] += len(sending)
-    yield from _settle(client, sending, answer, since, started, known, policy)
+    return _Sent(sending, answer, started, frozenset(known))
+
+
+def _unsettled(pending: list[_Sent], reason: str) -> Iterator[MemberAck]:
+    for sent in pending:
+        for row in sent.rows:
+            yield MemberAck(row.change.match_key, "error", reason=reason)
 
 
 def _settle(
     client: HeyloyaltyClient,
-    rows: list[_Row],
-    answer: ImportAnswer | None,
-    since: datetime | None,
-    started: datetime,
-    known: set[str],
+    pending: list[_Sent],
+    listed: Sequence[Listed],
     policy: WritePolicy,
 ) -> Iterator[MemberAck]:
-    """Acks from what the list holds now (read back), never from the import's answer alone: a
-    row the list holds is stored whatever the answer says of its row number."""
-    try:
-        back = _by_key(client.read_changes(since), policy.match_on)
-    except VendorError as exc:
-        for row in rows:
-            yield MemberAck(row.change.match_key, "error", reason=f"read-back failed: {exc}")
-        return
+    """Acks from what the list holds now (`listed`: its changes since before the first pending
+    file), never from an import's answer alone: a row the list holds is stored whatever the
+    answer says of its row number."""
+    back = _by_key(listed, policy.match_on)
+    for sent in pending:
+        yield from _settle_file(client, sent, back, policy)
+
+
+def _settle_file(
+    client: HeyloyaltyClient,
+    sent: _Sent,
+    back: Mapping[str, list[Listed]],
+    policy: WritePolicy,
+) -> Iterator[MemberAck]:
+    rows, answer, started, known = sent.rows, sent.answer, sent.started, sent.known
     failed = answer.failed if answer is not None else {}
     missing: list[_Row] = []
     disagree = 0
@@ -343,7 +449,8 @@ def _settle(
         if row in looked:
             client.bulk_figures["bulk_lookups"] += 1
             try:
-                found = client.find_member(policy.match_on, row.key)
+                with client.calls.purpose("lookup (read-back)"):
+                    found = client.find_member(policy.match_on, row.key)
             except VendorError as exc:
                 yield MemberAck(row.change.match_key, "error", reason=str(exc))
                 continue
@@ -368,7 +475,7 @@ def _written(member: RemoteMember, row: _Row, started: datetime) -> bool:
     return _holds(member, row.values)
 
 
-def _stored(row: _Row, member: RemoteMember, known: set[str]) -> MemberAck:
+def _stored(row: _Row, member: RemoteMember, known: frozenset[str]) -> MemberAck:
     """Created when the core planned a create and no read of the run showed the member before
     the import (by plan and presence, not by clocks); else updated."""
     created = row.change.action == "create" and row.key not in known

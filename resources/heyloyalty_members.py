@@ -107,7 +107,8 @@ def _read_chunk(
         return {}
     by_value = {_guard_value(c, policy, wire_fields(c.values, fields)[0]): c for c in chunk}
     client.count_guard("guard_reads")
-    found = client.find_members(policy.match_on, list(by_value))
+    with client.calls.purpose("guard read (updates)"):
+        found = client.find_members(policy.match_on, list(by_value))
     if found is None:
         client.batch_guard = False
         log.warning(
@@ -185,7 +186,8 @@ def _check_before_update(
         found = read.found
     else:
         client.count_guard("guard_lookups")
-        found = client.find_member(policy.match_on, _guard_value(change, policy, values))
+        with client.calls.purpose("guard lookup"):
+            found = client.find_member(policy.match_on, _guard_value(change, policy, values))
     if found is None:
         if policy.import_type == "update_only":
             return MemberAck(key, "import_type", checked=True)

@@ -23,8 +23,11 @@ def hl(sandbox):
     return sandbox.heyloyalty
 
 
-def make_client(sandbox, threshold: int = 500) -> HeyloyaltyClient:
-    return HeyloyaltyClient(
+def make_client(sandbox, threshold: int = 500, fresh: float = 0.0) -> HeyloyaltyClient:
+    """`fresh`: how old a listing read may be to stand for the read right before an import; 0
+    (these tests' default) makes every import read the list's changes right before it, whatever
+    the machine's speed (tests/test_bulk_calls.py covers the fresh reads)."""
+    client = HeyloyaltyClient(
         sleep=lambda seconds: None,  # no backoff waits in tests
         base_url=f"{sandbox.url}/heyloyalty/loyalty/v1",
         api_key=SANDBOX_ENV["HEYLOYALTY_API_KEY"],
@@ -32,6 +35,8 @@ def make_client(sandbox, threshold: int = 500) -> HeyloyaltyClient:
         list_id=str(LIST),
         bulk_threshold=threshold,
     )
+    client.fresh_read_seconds = fresh
+    return client
 
 
 def creates(n: int, start: int = 0, **values) -> list[MemberChange]:
