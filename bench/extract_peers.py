@@ -292,6 +292,14 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="the lean sandbox (records made as pages ask for them: up in seconds, not minutes)",
+    )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=600, help="seconds to wait for the sandbox"
+    )
     parser.add_argument("--legs", default=",".join(LEGS), help="comma-separated subset of legs")
     parser.add_argument(
         "--baseline",
@@ -331,11 +339,15 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     sandbox = start_sandbox(
-        args.customers, port, args.seed, BENCH_DIR / "out" / f"extract-sandbox-{stamp}.log"
+        args.customers,
+        port,
+        args.seed,
+        BENCH_DIR / "out" / f"extract-sandbox-{stamp}.log",
+        lean=args.lean,
     )
     figures: dict[str, list[dict[str, Any]]] = {leg: [] for leg in legs}
     try:
-        log(f"sandbox healthy after {wait_healthy(url, sandbox, timeout=600):.1f} s")
+        log(f"sandbox healthy after {wait_healthy(url, sandbox, timeout=args.ready_timeout):.1f} s")
         warm_up(url)
         for round_no in range(1, args.rounds + 1):
             for leg in legs:
@@ -362,7 +374,7 @@ def report(args: argparse.Namespace, figures: dict[str, list[dict[str, Any]]]) -
     wall second: on a shared machine the wall figure carries the neighbours' load."""
     print(
         f"\n{args.customers:,} customers, {args.rounds} round(s), medians "
-        f"(sandbox --no-rate-limits, page size {PAGE_SIZE})\n"
+        f"(sandbox --no-rate-limits{' --lean' if args.lean else ''}, page size {PAGE_SIZE})\n"
     )
     print(
         "| leg | rows | seconds | rows/s | leg CPU s | rows per leg CPU s | sandbox CPU s "
