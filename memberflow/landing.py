@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from memberflow import progress
-from resources.source import DELETED_FLAG, SourceClient
+from resources.source import DELETED_FLAG, RawPage, SourceClient
 
 SCHEMA = pa.schema(
     [
@@ -229,22 +229,26 @@ def _page_columns(
     `_by_day` lands it record by record, with each record's own fallback or quarantine).
 
     Exactly what `_by_day` would land for such a page: the same columns, rows in page order
-    within each day folder."""
-    page_meta = getattr(client, "page_meta", None)
-    if page_meta is None or not page:
-        return None
-    try:  # a tombstone (or a flag that is merely truthy): record by record
-        if any(map(_DELETED, page)):
+    within each day folder. A `RawPage` (records as the source sent them, with their metadata)
+    is landed from its columns as they are, its records never parsed into objects."""
+    if isinstance(page, RawPage):
+        meta, payloads = page.meta, page.payloads
+    else:
+        page_meta = getattr(client, "page_meta", None)
+        if page_meta is None or not page:
             return None
-    except AttributeError:  # not a JSON object: the record-by-record path says what it is
-        return None
-    meta = page_meta(entity, page)
-    if meta is None:
-        return None
-    try:
-        payloads = pa.array(map(orjson.dumps, page), pa.string(), size=len(page))
-    except TypeError:  # beyond 64 bits, a lone surrogate: _payload's way, record by record
-        return None
+        try:  # a tombstone (or a flag that is merely truthy): record by record
+            if any(map(_DELETED, page)):
+                return None
+        except AttributeError:  # not a JSON object: the record-by-record path says what it is
+            return None
+        meta = page_meta(entity, page)
+        if meta is None:
+            return None
+        try:
+            payloads = pa.array(map(orjson.dumps, page), pa.string(), size=len(page))
+        except TypeError:  # beyond 64 bits, a lone surrogate: _payload's way, record by record
+            return None
     count = len(page)
     if meta.business_date is None:
         business = pa.nulls(count, pa.date32())

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import httpx
+import msgspec
 import numpy as np
 import orjson
 import pyarrow as pa
@@ -40,7 +41,14 @@ from resources.http import (
 from resources.pacing import requests_per_second_pace
 from resources.record_fields import record_datetime, record_id
 from resources.registry import SourceSectionBase
-from resources.source import EntitySpec, PageMeta, RecordMeta, SourceClient
+from resources.source import (
+    DELETED_FLAG,
+    EntitySpec,
+    PageMeta,
+    RawPage,
+    RecordMeta,
+    SourceClient,
+)
 
 COPENHAGEN = ZoneInfo("Europe/Copenhagen")  # FP-A3: datetimes are local time without offset
 LOCAL_FORMAT = "%Y-%m-%dT%H:%M:%S"
@@ -257,20 +265,17 @@ class FlexPOSClient(SourceClient):
             spec = self._entity(entity)
         except ValueError:
             return None
-        ids = _page_ids(page, spec.id_field)
-        modified = _page_local_times(page, "Modified")
-        if ids is None or modified is None:
-            return None
-        business = None
-        if spec.date_field is not None:
-            local = _page_local_times(page, spec.date_field)
-            if local is None:
+
+        def column(name: str) -> list[Any] | None:
+            try:
+                return list(map(operator.itemgetter(name), page))
+            except (KeyError, TypeError):  # a record without the field, or not a JSON object
                 return None
-            business = pa.array(_business_days(*local), pa.date32())
-        return PageMeta(
-            record_id=ids,
-            modified=pa.array(_utc_micros(*modified), pa.timestamp("us", tz="UTC")),
-            business_date=business,
+
+        return _columns_meta(
+            column(spec.id_field),
+            column("Modified"),
+            column(spec.date_field) if spec.date_field is not None else None,
         )
 
     def close(self) -> None:
@@ -299,7 +304,7 @@ class FlexPOSClient(SourceClient):
         """Page until Page*PageSize >= TotalCount, or an empty page (FP-A3)."""
         size = self._page_size
         return paging.page_numbers(
-            lambda page: self._get_page(spec, {**params, "page": page, "pageSize": size}),
+            lambda page: self._get_page(spec, {**params, "page": page, "pageSize": size}, True),
             lambda body: body.get("Items") or [],
             page_size=size,
             total=lambda body: int(body.get("TotalCount") or 0),
@@ -309,13 +314,19 @@ class FlexPOSClient(SourceClient):
             read_ahead=True,  # one request in flight at a time, as FP-A8 allows
         )
 
-    def _get_page(self, spec: _Entity, params: dict[str, Any]) -> dict[str, Any]:
-        """One page of the entity's collection (a paging envelope, FP-A3)."""
+    def _get_page(self, spec: _Entity, params: dict[str, Any], raw: bool = False) -> dict[str, Any]:
+        """One page of the entity's collection (a paging envelope, FP-A3); with `raw`, its
+        `Items` a `RawPage` when the body allows (see `_raw_envelope`)."""
         url = f"{self._bases[spec.api]}/api/v1/{spec.path}"
-        return self._get(spec, url, params, spec.path)
+        return self._get(spec, url, params, spec.path, spec if raw else None)
 
     def _get(
-        self, spec: _Entity, url: str, params: dict[str, Any] | None, endpoint: str
+        self,
+        spec: _Entity,
+        url: str,
+        params: dict[str, Any] | None,
+        endpoint: str,
+        raw: _Entity | None = None,
     ) -> dict[str, Any]:
         """GET with a bearer token; on a 401 fetch a new token once and try again (FP-A2)."""
         tokens = self._tokens[spec.api]
@@ -323,7 +334,7 @@ class FlexPOSClient(SourceClient):
             token = tokens.token()
             headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
             try:
-                body = self._get_json(url, endpoint, params, headers)
+                body = self._get_json(url, endpoint, params, headers, raw)
             except VendorError as exc:
                 if exc.status != 401 or attempt == 2:
                     raise
@@ -335,12 +346,22 @@ class FlexPOSClient(SourceClient):
         raise AssertionError("unreachable")
 
     def _get_json(
-        self, url: str, endpoint: str, params: dict[str, Any] | None, headers: dict[str, str]
+        self,
+        url: str,
+        endpoint: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str],
+        raw: _Entity | None = None,
     ) -> Any:
-        """GET and parse the body with `loads`; a body that is not JSON (cut off, an HTML error
-        page) is asked for again through `get_json`, which retries it and gives up as
-        VendorError like any unreadable answer (one call more than get_json alone)."""
+        """GET and parse the body with `loads` (with `raw`, first as `_raw_envelope` of that
+        entity); a body that is not JSON (cut off, an HTML error page) is asked for again
+        through `get_json`, which retries it and gives up as VendorError like any unreadable
+        answer (one call more than get_json alone)."""
         response = self._http.request("GET", url, endpoint=endpoint, params=params, headers=headers)
+        if raw is not None:
+            envelope = _raw_envelope(response.content, raw)
+            if envelope is not None:
+                return envelope
         try:
             return loads(response.content)
         except ValueError:
@@ -362,6 +383,103 @@ def loads(content: bytes) -> Any:
         except orjson.JSONDecodeError:
             pass
     return json.loads(content)
+
+
+# --- a page as it came (RawPage) -----------------------------------------------------------------
+
+
+class _Envelope(msgspec.Struct):
+    """FP-A3's paging envelope with each record's JSON text left as it came."""
+
+    Items: list[msgspec.Raw]
+    Page: Any = None
+    PageSize: Any = None
+    TotalCount: Any = None
+
+
+@functools.cache
+def _meta_decoder(id_field: str, date_field: str | None) -> msgspec.json.Decoder:
+    """Reads an envelope's records' id, `Modified`, business date and tombstone flag only (the
+    other fields are skipped, no object made for them); a record without one of the first three,
+    or with an id that is not an integer or text, fails the decoding (ValidationError)."""
+    fields: list[tuple[Any, ...]] = [("id", int | str), ("modified", Any)]
+    names = {"id": id_field, "modified": "Modified", "deleted": DELETED_FLAG}
+    if date_field is not None:
+        fields.append(("day", Any))
+        names["day"] = date_field
+    fields.append(("deleted", Any, None))
+    record = msgspec.defstruct("FlexPOSRecordMeta", fields, rename=names)
+    envelope = msgspec.defstruct("FlexPOSMetaEnvelope", [("Items", list[record])])
+    return msgspec.json.Decoder(envelope)
+
+
+_ENVELOPE = msgspec.json.Decoder(_Envelope)
+# Whitespace between tokens: a raw tab, CR or LF (never inside a string, where they are escaped),
+# a space before a quote (inside a string a quote is escaped) or after a key's colon.
+_WHITESPACE = (b"\n", b"\r", b"\t", b' "', b'": ')
+# Escapes orjson writes otherwise (\u00e5 as the letter, \/ as /); a lone surrogate (\ud800)
+# is one of them, which landing quarantines as text that is not Unicode.
+_ESCAPES = (b"\\u", b"\\/")
+
+
+def _compact(content: bytes) -> bool:
+    """Is the body JSON as orjson writes it, as far as whitespace and escapes go? (Numbers are
+    not looked at: a record's text keeps them as the source wrote them, the same values.)"""
+    if any(map(content.__contains__, _WHITESPACE)):
+        return False
+    return b"\\" not in content or not any(map(content.__contains__, _ESCAPES))
+
+
+def _raw_envelope(content: bytes, entity: _Entity) -> dict[str, Any] | None:
+    """The body as an envelope whose `Items` is a `RawPage` (each record's text as it came,
+    metadata read without a Python object per record: issue 10), or None, and the body is read
+    by `loads` as before, unless the body is compact JSON (`_compact`) with nothing unusual: a
+    record's text then is what orjson writes for it, but for how a number is written (`1.50`,
+    `1E2`: kept as sent; the same value to staging).
+
+    None for: whitespace between tokens or an escape orjson would write otherwise, text that is
+    not UTF-8, an empty page, a record with a truthy tombstone flag, or any record whose
+    metadata `page_meta` would not read column by column."""
+    if not _compact(content):
+        return None
+    try:
+        envelope = _ENVELOPE.decode(content)
+        records = _meta_decoder(entity.id_field, entity.date_field).decode(content).Items
+    except msgspec.MsgspecError:  # not JSON, not this envelope, an id of another kind
+        return None
+    texts = envelope.Items
+    if not texts or len(texts) != len(records):
+        return None
+    if any(map(operator.attrgetter("deleted"), records)):
+        return None  # a tombstone (or a flag merely truthy): record by record, as before
+    meta = _columns_meta(
+        list(map(operator.attrgetter("id"), records)),
+        list(map(operator.attrgetter("modified"), records)),
+        None if entity.date_field is None else list(map(operator.attrgetter("day"), records)),
+    )
+    if meta is None:
+        return None
+    offsets = np.zeros(len(texts) + 1, np.int32)  # a page is far below 2 GiB
+    np.cumsum(np.fromiter(map(len, texts), np.int32, len(texts)), out=offsets[1:])
+    payloads = pa.StringArray.from_buffers(
+        len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(texts))
+    )
+    try:
+        payloads.validate(full=True)  # UTF-8 (msgspec does not check text it skips)
+    except pa.ArrowInvalid:
+        return None
+    page = RawPage(payloads, meta, functools.partial(_items, content))
+    return {
+        "Items": page,
+        "Page": envelope.Page,
+        "PageSize": envelope.PageSize,
+        "TotalCount": envelope.TotalCount,
+    }
+
+
+def _items(content: bytes) -> list[dict[str, Any]]:
+    """A RawPage's records as dicts, as `loads` reads them (only if someone asks)."""
+    return loads(content)["Items"]
 
 
 def _customer_filters(active: bool, club: bool, newsletter: bool) -> dict[str, str]:
@@ -422,13 +540,31 @@ _NO_OFFSET = np.iinfo(np.int64).min
 _BLOCK_DAYS = 512  # a day whose offset changes: its records go one by one
 
 
-def _page_ids(page: list[dict[str, Any]], name: str) -> pa.Array | None:
+def _columns_meta(
+    ids: list[Any] | None, modified: list[Any] | None, business: list[Any] | None
+) -> PageMeta | None:
+    """A page's metadata from its id, `Modified` and business date values (`business` None for
+    customers), or None unless `_page_ids` and `_page_local_times` read every one."""
+    record_ids = None if ids is None else _page_ids(ids)
+    local = None if modified is None else _page_local_times(modified)
+    if record_ids is None or local is None:
+        return None
+    days = None
+    if business is not None:
+        business_local = _page_local_times(business)
+        if business_local is None:
+            return None
+        days = pa.array(_business_days(*business_local), pa.date32())
+    return PageMeta(
+        record_id=record_ids,
+        modified=pa.array(_utc_micros(*local), pa.timestamp("us", tz="UTC")),
+        business_date=days,
+    )
+
+
+def _page_ids(values: list[Any]) -> pa.Array | None:
     """The page's ids as text (`record_id` of each record), or None unless every id is an
     integer within 64 bits or non-blank text (`str(id)` of those, which Arrow writes alike)."""
-    try:
-        values = list(map(operator.itemgetter(name), page))
-    except (KeyError, TypeError):  # a record without an id, or not a JSON object
-        return None
     kinds = set(map(type, values))
     try:
         if kinds == {int}:  # not bool, not float: record_id writes those differently
@@ -440,14 +576,10 @@ def _page_ids(page: list[dict[str, Any]], name: str) -> pa.Array | None:
     return None
 
 
-def _page_local_times(page: list[dict[str, Any]], name: str) -> tuple[np.ndarray, list[str]] | None:
-    """The field's wall times as microseconds since 1970 (naive: Copenhagen's wall clock), with
-    the texts, or None unless every one is text exactly `YYYY-MM-DDTHH:MM:SS` naming a real
-    moment (Arrow refuses Feb 30, 24:00, a leap second) from 1900 to 9999."""
-    try:
-        texts = list(map(operator.itemgetter(name), page))
-    except (KeyError, TypeError):
-        return None
+def _page_local_times(texts: list[Any]) -> tuple[np.ndarray, list[str]] | None:
+    """The wall times as microseconds since 1970 (naive: Copenhagen's wall clock), with the
+    texts, or None unless every one is text exactly `YYYY-MM-DDTHH:MM:SS` naming a real moment
+    (Arrow refuses Feb 30, 24:00, a leap second) from 1900 to 9999."""
     if set(map(type, texts)) != {str}:
         return None
     try:

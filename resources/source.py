@@ -14,7 +14,7 @@ warnings for the run's log, the rate budget left, and registering webhooks.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -70,6 +70,51 @@ class PageMeta:
     record_id: pa.Array  # string
     modified: pa.Array  # timestamp("us", tz="UTC")
     business_date: pa.Array | None  # date32; None for a members entity (no business date)
+
+
+class RawPage(Sequence[dict[str, Any]]):
+    """A page of records as the source sent them (issue 10): each record's JSON text exactly as
+    it came (`payloads`, an Arrow string array) and the page's metadata (`meta`, entry i that of
+    record i), read from the body without a Python object per record. Landing writes the two
+    directly; anything else reads the page as its list of records, parsed on first use.
+
+    A client hands one out only for a page with nothing unusual on it (compact JSON, no
+    tombstone flag, metadata `page_meta` would answer for): any other page is a plain list of
+    records, landed as before (`page_meta`, or `record_meta` record by record)."""
+
+    __slots__ = ("_parse", "_records", "meta", "payloads")
+
+    def __init__(
+        self, payloads: pa.Array, meta: PageMeta, parse: Callable[[], list[dict[str, Any]]]
+    ) -> None:
+        self.payloads = payloads
+        self.meta = meta
+        self._parse = parse
+        self._records: list[dict[str, Any]] | None = None
+
+    def records(self) -> list[dict[str, Any]]:
+        if self._records is None:
+            self._records = self._parse()
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]  # int or slice, as a list
+        return self.records()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.records())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RawPage):
+            other = other.records()
+        return self.records() == other
+
+    __hash__ = None  # type: ignore[assignment]  # as a list's
+
+    def __repr__(self) -> str:
+        return f"RawPage({len(self)} records)"
 
 
 def is_tombstone(record: dict[str, Any]) -> bool:
