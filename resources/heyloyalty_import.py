@@ -230,7 +230,7 @@ def write_single(
 
 def _seen(client: HeyloyaltyClient, change: MemberChange, policy: WritePolicy) -> bool:
     key = _wire_key(_change_key(change, policy.match_on), policy.match_on)
-    return client.listed(policy.match_on, key) is not None
+    return client.seen(policy.match_on, key)
 
 
 # --- one import --------------------------------------------------------------------------------
@@ -255,8 +255,8 @@ def _import_chunk(
     sending: list[_Row] = []
     known: set[str] = set()  # keys some read showed before the import: not created by it
     for row in rows:
-        found = client.listed(policy.match_on, row.key)
-        if found is not None:
+        found = client.listed(policy.match_on, row.key)  # None unless not active
+        if client.seen(policy.match_on, row.key):
             known.add(row.key)
         if (
             found is not None
