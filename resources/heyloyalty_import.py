@@ -7,11 +7,13 @@ webhooks asked for (the import documents no switch for either). Everything else 
 CSV cannot carry, small batches, other rules) goes the single way of heyloyalty_members.py.
 
 The import must never change a member's subscription state, yet an update through it reactivates
-an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the latest
-state every listing read of the run showed per match key (the core's pull and refresh, the guard
-read right before each import, every read-back, every lookup), and every row is checked against it
-right before the import: a member found unsubscribed is acked `unsubscribed` and kept out of the
-file, unless the reimport rule lets it back. The window left is one round trip.
+an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps, per match
+key, that a listing read of the run showed the member (the core's pull and refresh, the guard read
+right before each import, every read-back, every lookup) and its latest state while that is not
+active, and every row is checked against it right before the import: a member found unsubscribed
+is acked `unsubscribed` and kept out of the file, unless the reimport rule lets it back. The
+window left is one round trip. (An active member is kept as a hash of its key only, so the reads
+of a million members do not stay in memory for the run.)
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
 left alone on the list, never sent as an empty cell. So a batch's rows are grouped by the set of
