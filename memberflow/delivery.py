@@ -188,19 +188,21 @@ def pull_feedback(
     last = list_state(conn, "last_pull")
     since = datetime.fromisoformat(last) if last else None
     started = datetime.now(UTC)
+    figures = {"pulled": 0, "unsubscribed": 0, "bounced": 0}
     with calls_for(client, "pull"):
-        rows = read_members(client, match_on, since)
-    store_remote(conn, rows)
+        for rows in read_members(client, match_on, since):
+            store_remote(conn, rows)
+            figures["pulled"] += len(rows)
+            figures["unsubscribed"] += sum(1 for r in rows if r["status"] == "unsubscribed")
+            figures["bounced"] += sum(
+                1 for r in rows if r["email_status"] in ("hard_bounce", "complaint")
+            )
     # The next window starts where this read began, on the target's clock (read_start); never
     # later: the listing is paged, so a member on a page already read may change while later
     # pages are read, and the newest change the read saw can be past that member's.
     cursor = read_start(client, started)
     set_list_state(conn, "last_pull", cursor.isoformat())
-    return {
-        "pulled": len(rows),
-        "unsubscribed": sum(1 for r in rows if r["status"] == "unsubscribed"),
-        "bounced": sum(1 for r in rows if r["email_status"] in ("hard_bounce", "complaint")),
-    }
+    return figures
 
 
 def refresh_feedback(
@@ -215,16 +217,20 @@ def refresh_feedback(
         last = list_state(conn, "last_pull")
         since = datetime.fromisoformat(last) if last else None
     started = datetime.now(UTC)
+    newest: datetime | None = None
     with calls_for(client, "refresh"):
-        rows = read_members(client, match_on, since)
-    store_remote(conn, rows)
-    seen = [r["updated_at"] for r in rows if r["updated_at"] is not None]
+        for rows in read_members(client, match_on, since):
+            store_remote(conn, rows)
+            for row in rows:
+                if row["updated_at"] is not None:
+                    moment = _utc(row["updated_at"])
+                    newest = moment if newest is None else max(newest, moment)
     begun = read_start(client, started)
-    if not seen:  # nothing changed on the list from `since` until this read began
+    if newest is None:  # nothing changed on the list from `since` until this read began
         return begun if since is None else max(_utc(since), begun)
     # The newest change seen, but never past this read's start (on the target's clock): a
     # member on a page already read may change while our own writes move later pages on.
-    return min(_utc(max(seen)) - REFRESH_OVERLAP, begun)
+    return min(newest - REFRESH_OVERLAP, begun)
 
 
 def calls_for(client: Any, purpose: str) -> AbstractContextManager[Any]:
@@ -259,10 +265,28 @@ def keep_cursor(conn: duckdb.DuckDBPyConnection, cursor: datetime | None) -> Non
         set_list_state(conn, "last_pull", _utc(cursor).isoformat())
 
 
+READ_ROWS = 5_000  # members of a listing read held in memory at a time (stored, then dropped)
+
+
+def member_chunks(client: TargetClient, since: datetime | None) -> Iterator[list[RemoteMember]]:
+    """The members changed since then (all when None), READ_ROWS at a time as the target lists
+    them: a read of a whole list of a million members never sits in memory at once."""
+    chunk: list[RemoteMember] = []
+    for member in client.iter_members(since):
+        chunk.append(member)
+        if len(chunk) >= READ_ROWS:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def read_members(
     client: TargetClient, match_on: str, since: datetime | None
-) -> list[dict[str, Any]]:
-    return member_rows(list(client.iter_members(since)), match_on)
+) -> Iterator[list[dict[str, Any]]]:
+    """member_chunks as `remote_members` rows."""
+    for chunk in member_chunks(client, since):
+        yield member_rows(chunk, match_on)
 
 
 def member_rows(members: list[RemoteMember], match_on: str) -> list[dict[str, Any]]:

@@ -355,14 +355,17 @@ def _select_pending(
                   SELECT 1 FROM event_batch_items i JOIN event_batches b USING (batch_id)
                   WHERE b.status IN ({held}) AND i.event_id = e.event_id
                     AND i.event_hash IS NOT DISTINCT FROM e.event_hash)
-            ORDER BY n"""  # stored in order: each batch's `n > ?` skips what was sent
+            ORDER BY n"""  # each batch reads its range of n
     )
 
 
 def _next_batch(conn: duckdb.DuckDBPyConnection, done: int, size: int) -> pd.DataFrame:
+    """Rows done+1 .. done+size of `pending_events` (numbered 1..N without gaps). A range, not
+    `n > done ... LIMIT size`: that sorts every row still pending for each batch, so a run's
+    cost grew with the square of its events (6 M events at a million customers)."""
     return conn.execute(
-        "SELECT * EXCLUDE (n) FROM pending_events WHERE n > ? ORDER BY n LIMIT ?",
-        [done, size],
+        "SELECT * EXCLUDE (n) FROM pending_events WHERE n > ? AND n <= ? ORDER BY n",
+        [done, done + size],
     ).df()
 
 

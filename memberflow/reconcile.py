@@ -36,10 +36,10 @@ from memberflow.delivery import (
     calls_for,
     ensure_state,
     list_state,
+    member_chunks,
     member_rows,
     remote_key,
     set_list_state,
-    store_remote,
 )
 from memberflow.member_events import table_exists
 from resources.base import RemoteMember
@@ -49,6 +49,7 @@ from resources.target import TargetClient
 FULL_LISTING_HOURS = 24.0
 LAST_FULL_LISTING = "last_full_listing"  # key in list_state; an ISO time on our clock
 LISTING_BASE = "listing_base"  # key in list_state: "<listed>/<acknowledged>" at the last listing
+LISTED = "listed_members"  # temp table: the whole listing of one reconciliation
 
 
 @dataclass(frozen=True)
@@ -122,28 +123,29 @@ def reconcile(
         why = f"periodic (every {full_every_hours:g} h)"
     if not why:
         return Reconciliation(on_list, acknowledged, "", frozenset(), 0)
-    with calls_for(client, "full listing"):
-        remote = list(client.iter_members(None))
-    listed = member_rows(remote, match_on)
-    if on_list is not None and len(listed) < on_list:
-        # Page-number listings skip members when others are deleted meanwhile, and a short page
-        # ends the listing early: forgetting on a listing that doesn't add up to the list's own
-        # count would resend members' events needlessly. Try again next run.
-        why = f"{why}; not acted on: the listing gave {len(listed)} of {on_list} members"
-        return Reconciliation(on_list, acknowledged, why, frozenset(), 0)
-    conn.execute("BEGIN TRANSACTION")
     try:
-        missing, unsubscribed, events = _forget_missing(conn, listed)
-        set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
-        # the list's own count beside ours: the next runs compare a count with a count (a list
-        # may count its members otherwise than its listing lists them)
-        base = on_list if on_list is not None else len(listed)
-        set_list_state(conn, LISTING_BASE, f"{base}/{_acknowledged(conn)}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    extra = _only_on_list(conn, remote, match_on, now) if notice_additions else ()
+        with calls_for(client, "full listing"):
+            count, extra = _read_listing(conn, client, match_on, now, notice_additions)
+        if on_list is not None and count < on_list:
+            # Page-number listings skip members when others are deleted meanwhile, and a short
+            # page ends the listing early: forgetting on a listing that doesn't add up to the
+            # list's own count would resend members' events needlessly. Try again next run.
+            why = f"{why}; not acted on: the listing gave {count} of {on_list} members"
+            return Reconciliation(on_list, acknowledged, why, frozenset(), 0)
+        conn.execute("BEGIN TRANSACTION")
+        try:
+            missing, unsubscribed, events = _forget_missing(conn)
+            set_list_state(conn, LAST_FULL_LISTING, now.isoformat())
+            # the list's own count beside ours: the next runs compare a count with a count (a
+            # list may count its members otherwise than its listing lists them)
+            base = on_list if on_list is not None else count
+            set_list_state(conn, LISTING_BASE, f"{base}/{_acknowledged(conn)}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.execute(f"DROP TABLE IF EXISTS {LISTED}")
     return Reconciliation(on_list, acknowledged, why, missing, events, extra, unsubscribed)
 
 
@@ -157,58 +159,112 @@ def _expected_count(conn: duckdb.DuckDBPyConnection, acknowledged: int) -> int |
     return listed + acknowledged - acknowledged_then
 
 
+def _read_listing(
+    conn: duckdb.DuckDBPyConnection,
+    client: TargetClient,
+    match_on: str,
+    now: datetime,
+    notice_additions: bool,
+) -> tuple[int, tuple[Feedback, ...]]:
+    """The whole list into the temp table LISTED, one chunk of members at a time (a listing of
+    a million members never sits in memory at once); returns how many were listed and, with
+    `notice_additions`, the listed members nobody acknowledged (see _only_on_list)."""
+    conn.execute(
+        f"""CREATE OR REPLACE TEMP TABLE {LISTED} (
+                member_id VARCHAR, match_key VARCHAR, status VARCHAR, email_status VARCHAR,
+                unsubscribed_at TIMESTAMPTZ, updated_at TIMESTAMPTZ)"""
+    )
+    count = 0
+    extra: list[Feedback] = []
+    for chunk in member_chunks(client, None):
+        rows = member_rows(chunk, match_on)
+        frame = pd.DataFrame(rows, columns=_ROW_COLUMNS).astype(
+            {"member_id": object, "match_key": object, "status": object, "email_status": object}
+        )
+        frame = frame.astype({"unsubscribed_at": object, "updated_at": object})
+        conn.register("listed_chunk", frame)
+        conn.execute(
+            f"""INSERT INTO {LISTED} SELECT member_id, match_key, status, email_status,
+                   unsubscribed_at::TIMESTAMPTZ, updated_at::TIMESTAMPTZ FROM listed_chunk"""
+        )
+        conn.unregister("listed_chunk")
+        count += len(rows)
+        if notice_additions:
+            extra += _only_on_list(conn, chunk, match_on, now)
+    return count, tuple(extra)
+
+
+_ROW_COLUMNS = ["member_id", "match_key", "status", "email_status", "unsubscribed_at", "updated_at"]
+
+
 def _only_on_list(
     conn: duckdb.DuckDBPyConnection, remote: list[RemoteMember], match_on: str, now: datetime
-) -> tuple[Feedback, ...]:
-    """Listed members whose key nobody acknowledged and no member of the model carries."""
-    known = {k for (k,) in conn.execute("SELECT match_key FROM sync_state").fetchall()}
+) -> list[Feedback]:
+    """Listed members (of one chunk of the listing) whose key nobody acknowledged and no member
+    of the model carries."""
+    keys = [remote_key(member, match_on) for member in remote]
+    asked = [key for key in keys if key]
+    if not asked:
+        return []
+    conn.register("chunk_keys", pd.DataFrame({"match_key": asked}, dtype=object))
+    known_in = "SELECT match_key FROM sync_state"
     if table_exists(conn, "members"):
-        known |= {k for (k,) in conn.execute("SELECT match_key FROM members").fetchall()}
-    out = []
-    for member in remote:
-        key = remote_key(member, match_on)
-        if key and key not in known and member.status != "unsubscribed":
-            out.append(Feedback("only_on_target", key, member.member_id, now, {}, member.fields))
-    return tuple(out)
+        known_in += " UNION ALL SELECT match_key FROM members"
+    known = {
+        key
+        for (key,) in conn.execute(
+            f"SELECT DISTINCT match_key FROM chunk_keys WHERE match_key IN ({known_in})"
+        ).fetchall()
+    }
+    conn.unregister("chunk_keys")
+    return [
+        Feedback("only_on_target", key, member.member_id, now, {}, member.fields)
+        for member, key in zip(remote, keys, strict=True)
+        if key and key not in known and member.status != "unsubscribed"
+    ]
 
 
 def _forget_missing(
-    conn: duckdb.DuckDBPyConnection, listed: list[dict[str, Any]]
+    conn: duckdb.DuckDBPyConnection,
 ) -> tuple[frozenset[str], frozenset[str], int]:
-    """Forget acknowledged members absent from the full listing `listed`, and their events.
+    """Forget acknowledged members absent from the full listing (the table LISTED), and their
+    events.
 
     Absent means neither its match key nor its member id is listed (a member whose email was
     edited on the list is still there, and must not be created twice). Returns the keys to
     create again, the keys last heard of as unsubscribed (some lists hide those from their
     listing; they are forgotten but never sent again), and how many events will be resent.
     """
-    frame = pd.DataFrame(listed, columns=["member_id", "match_key", "status"], dtype=object)
-    conn.register("listed", frame)
     conn.execute(
-        """CREATE OR REPLACE TEMP TABLE missing_on_list AS
+        f"""CREATE OR REPLACE TEMP TABLE missing_on_list AS
            SELECT s.match_key, EXISTS (
                     SELECT 1 FROM remote_members r WHERE r.status = 'unsubscribed'
                       AND (r.match_key = s.match_key OR r.member_id = s.member_id)
                   ) AS unsubscribed
            FROM sync_state s
            WHERE NOT s.removed
-             AND s.match_key NOT IN (SELECT match_key FROM listed WHERE match_key IS NOT NULL)
+             AND s.match_key NOT IN (SELECT match_key FROM {LISTED} WHERE match_key IS NOT NULL)
              AND (s.member_id IS NULL OR s.member_id NOT IN (
-                  SELECT member_id FROM listed WHERE member_id IS NOT NULL))"""
+                  SELECT member_id FROM {LISTED} WHERE member_id IS NOT NULL))"""
     )
     # an acknowledgement without the target's id learns it from the listing, by key
     conn.execute(
-        """UPDATE sync_state SET member_id = l.member_id FROM listed l
+        f"""UPDATE sync_state SET member_id = l.member_id FROM {LISTED} l
            WHERE sync_state.member_id IS NULL AND l.match_key = sync_state.match_key
              AND l.member_id IS NOT NULL"""
     )
     # The list's word on members it no longer holds is void, except an unsubscribe (see above).
     conn.execute(
-        """DELETE FROM remote_members WHERE status IS DISTINCT FROM 'unsubscribed'
-           AND member_id NOT IN (SELECT member_id FROM listed WHERE member_id IS NOT NULL)"""
+        f"""DELETE FROM remote_members WHERE status IS DISTINCT FROM 'unsubscribed'
+           AND member_id NOT IN (SELECT member_id FROM {LISTED} WHERE member_id IS NOT NULL)"""
     )
-    conn.unregister("listed")
-    store_remote(conn, listed)
+    # what the list reported replaces what it reported before (delivery.store_remote)
+    conn.execute(
+        f"""INSERT OR REPLACE INTO remote_members
+            SELECT member_id, match_key, status, email_status, unsubscribed_at, updated_at,
+                   current_timestamp
+            FROM {LISTED}"""
+    )
     events = 0
     if table_exists(conn, "tracking_events"):
         events = conn.execute(

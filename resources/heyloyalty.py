@@ -188,8 +188,12 @@ class HeyloyaltyClient(TargetClient):
         # stand for the read right before an import (tests set 0 to force that read)
         self._read_began: float | None = None
         self.fresh_read_seconds = FRESH_READ_SECONDS
-        # The newest state every listing read of this client showed, per match key (email
-        # lower-case, mobile digits): no import row may reactivate an unsubscribed member.
+        # What the listing reads and lookups of this client showed, per match key (email
+        # lower-case, mobile digits): that a read showed the member (`seen`), and the newest
+        # state of each member whose newest state is not active (`listed`), so no import row
+        # reactivates an unsubscribed member. An active member is kept as a hash of its key
+        # only: a read of a million members must not stay in memory as a million objects.
+        self._seen: set[int] = set()
         self._listed: dict[tuple[str, str], RemoteMember] = {}
         if self.tracking_id is None:  # no tracking id configured: this list takes no events
             self.capabilities = replace(self.capabilities, activity_feed=False)  # type: ignore[misc]
@@ -275,9 +279,17 @@ class HeyloyaltyClient(TargetClient):
             return None
         return time.monotonic() - self._read_began
 
+    def seen(self, match_on: str, key: str) -> bool:
+        """A listing read or lookup of this client showed the member with this match key (wire
+        form) this run. Kept as a hash of the key: a collision (about 1 in 10^13 at a million
+        members) can only make a create go as a checked update, or a created member count as
+        updated; never a send that would otherwise not happen."""
+        return hash((match_on, key)) in self._seen
+
     def listed(self, match_on: str, key: str) -> RemoteMember | None:
         """The state of the member with this match key (wire form) as the latest listing read or
-        lookup of this client to show it showed it this run; None when none showed it."""
+        lookup of this client to show it showed it this run, when that state is not active
+        (unsubscribed); None when it was active or no read showed it (see `seen`)."""
         return self._listed.get((match_on, key))
 
     def _note_member(self, member: RemoteMember) -> None:
@@ -285,7 +297,11 @@ class HeyloyaltyClient(TargetClient):
         for match_on, value in (("email", member.email), ("mobile", member.mobile)):
             key = listed_key(value, match_on)
             if key:
-                self._listed[(match_on, key)] = member
+                self._seen.add(hash((match_on, key)))
+                if member.status == "active":
+                    self._listed.pop((match_on, key), None)
+                else:
+                    self._listed[(match_on, key)] = member
 
     @property
     def listing_cursor(self) -> datetime | None:

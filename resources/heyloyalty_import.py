@@ -7,16 +7,18 @@ webhooks asked for (the import documents no switch for either). Everything else 
 CSV cannot carry, small batches, other rules) goes the single way of heyloyalty_members.py.
 
 The import must never change a member's subscription state, yet an update through it reactivates
-an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps the latest
-state every listing read of the run showed per match key (the core's pull and refresh, the guard
-reads, every read-back, every lookup), and every row is checked against it right before the
-import: a member found unsubscribed is acked `unsubscribed` and kept out of the file, unless the
-reimport rule lets it back. Every file goes out within `fresh_read_seconds` (1 s) of the start
-of a complete changed-since read of the list: the core's pull or refresh made moments before, or
-a read before an earlier file; else a read is made right before it (a guard read), which is also
-the read-back of the files sent since the last read. So the window left for an unsubscribe to be
-undone is the age of that read (at most 1 s; one round trip when a read is made) plus the import's
-own time, where it was one round trip plus the import's time with a read before every file. The
+an unsubscribed member, as an upsert does (HL-A6, HL-A11 below). So the client keeps, per match
+key, that a listing read of the run showed the member (the core's pull and refresh, the guard
+reads, every read-back, every lookup) and its latest state while that is not active, and every
+row is checked against it right before the import: a member found unsubscribed is acked
+`unsubscribed` and kept out of the file, unless the reimport rule lets it back. (An active member
+is kept as a hash of its key only, so the reads of a million members do not stay in memory for
+the run.) Every file goes out within `fresh_read_seconds` (1 s) of the start of a complete
+changed-since read of the list: the core's pull or refresh made moments before, or a read before
+an earlier file; else a read is made right before it (a guard read), which is also the read-back
+of the files sent since the last read. So the window left for an unsubscribe to be undone is the
+age of that read (at most 1 s; one round trip when a read is made) plus the import's own time,
+where it was one round trip plus the import's time with a read before every file. The
 changed-since reads follow on from one another from the run's pull, so no change goes unread.
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
@@ -245,7 +247,7 @@ def write_single(
 
 def _seen(client: HeyloyaltyClient, change: MemberChange, policy: WritePolicy) -> bool:
     key = _wire_key(_change_key(change, policy.match_on), policy.match_on)
-    return client.listed(policy.match_on, key) is not None
+    return client.seen(policy.match_on, key)
 
 
 # --- the files ---------------------------------------------------------------------------------
@@ -347,8 +349,8 @@ def _send_file(
     sending: list[_Row] = []
     known: set[str] = set()
     for row in rows:
-        found = client.listed(policy.match_on, row.key)
-        if found is not None:
+        found = client.listed(policy.match_on, row.key)  # None unless not active
+        if client.seen(policy.match_on, row.key):
             known.add(row.key)
         if (
             found is not None

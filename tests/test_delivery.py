@@ -68,6 +68,84 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
     assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
 
 
+class _Listing:
+    """A target that counts and lists these members (the core's side of a listing)."""
+
+    def __init__(self, members):
+        self.members = members
+        self.sinces = []
+
+    def member_count(self):
+        return len(self.members)
+
+    def iter_members(self, since):
+        self.sinces.append(since)
+        yield from self.members
+
+    def clock_ahead(self):
+        return None
+
+
+def _remote(i: int, status: str = "active"):
+    from datetime import UTC, datetime
+
+    from resources.base import RemoteMember
+
+    moment = datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC)
+    return RemoteMember(f"m{i}", f"u{i}@x.dk", None, status, "active", None, moment, {"n": i})
+
+
+def test_a_full_listing_read_chunk_by_chunk_forgets_and_stores_as_one_read(monkeypatch):
+    """The listing of a million members is read into the warehouse a chunk at a time (issue
+    10): members missing from every chunk are forgotten, every listed one is stored, and the
+    ones nobody acknowledged come back as only_on_target however the chunks fall."""
+    import duckdb
+
+    from memberflow import delivery, reconcile
+    from memberflow.delivery import ensure_state
+
+    monkeypatch.setattr(delivery, "READ_ROWS", 2)
+    conn = duckdb.connect()
+    ensure_state(conn)
+    acked = [f"('u{i}@x.dk', 'm{i}', 'h', 'create', now(), false)" for i in range(6)]
+    conn.execute(
+        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed) "
+        f"VALUES {', '.join(acked)}"
+    )
+    # u1 and u4 lost; u7 and u8 added on the list, u9 added and unsubscribed there
+    listed = [_remote(i) for i in (0, 2, 3, 5, 7, 8)] + [_remote(9, "unsubscribed")]
+    found = reconcile.reconcile(conn, _Listing(listed), "email", notice_additions=True)
+    assert found.missing == frozenset({"u1@x.dk", "u4@x.dk"})
+    assert [f.email for f in found.only_on_list] == ["u7@x.dk", "u8@x.dk"]
+    assert found.only_on_list[0].values == {"n": 7}
+    assert conn.execute("SELECT count(*) FROM remote_members").fetchall()[0][0] == 7
+    kept = conn.execute("SELECT match_key FROM sync_state ORDER BY 1").fetchall()
+    assert [k for (k,) in kept] == ["u0@x.dk", "u2@x.dk", "u3@x.dk", "u5@x.dk"]
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
+            [reconcile.LISTED],
+        ).fetchall()[0][0]
+        == 0
+    )  # the listing's table is dropped
+
+
+def test_a_pull_read_chunk_by_chunk_stores_every_member_and_counts_them(monkeypatch):
+    import duckdb
+
+    from memberflow import delivery
+
+    monkeypatch.setattr(delivery, "READ_ROWS", 2)
+    conn = duckdb.connect()
+    members = [_remote(i) for i in range(4)] + [_remote(4, "unsubscribed")]
+    figures = delivery.pull_feedback(conn, _Listing(members), "email")
+    assert figures == {"pulled": 5, "unsubscribed": 1, "bounced": 0}
+    assert conn.execute("SELECT count(*) FROM remote_members").fetchall()[0][0] == 5
+    cursor = delivery.refresh_feedback(conn, _Listing(members), "email", None)
+    # the newest change seen (member 4, 00:00:04) less the overlap, not past the read's start
+    assert cursor == members[4].updated_at - delivery.REFRESH_OVERLAP
+
+
 # --- delivery against a target described by its capabilities (issue 7) ------------------------
 
 

@@ -131,6 +131,28 @@ def test_the_reimport_rule_lets_a_member_changed_after_the_unsubscribe_back(sand
     assert hl.member_by_email(LIST, "m2@x.dk")["status"] == "active"
 
 
+def test_the_client_keeps_a_read_member_as_an_object_only_while_it_is_not_active(sandbox, hl):
+    """A read of a million members must not stay in memory for the run (issue 10): the client
+    keeps a hash of each key it saw, and the state of a member only while it is not active."""
+    client = make_client(sandbox, threshold=5)
+    list(client.iter_members(None))
+    acks_of(client, creates(10))  # the read-back shows the ten
+    hl.unsubscribe(LIST, email="m2@x.dk")
+    list(client.iter_members(None))
+    assert all(client.seen("email", f"m{i}@x.dk") for i in range(10))
+    assert not client.seen("email", "m10@x.dk") and not client.seen("mobile", "m2@x.dk")
+    assert client.listed("email", "m2@x.dk").status == "unsubscribed"
+    assert [client.listed("email", f"m{i}@x.dk") for i in (0, 1, 3)] == [None, None, None]
+    assert len(client._listed) == 1  # one object: the unsubscribed member
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    policy = WritePolicy("email", "create_and_update", reimport_unsubscribed=True)
+    changes = [MemberChange(c.match_key, "update", c.values, modified=later) for c in creates(10)]
+    assert acks_of(client, changes, policy)["m2@x.dk"].outcome == "updated"
+    # the read-back showed it active again: no longer kept, still seen
+    assert client.listed("email", "m2@x.dk") is None and client.seen("email", "m2@x.dk")
+    assert client._listed == {}
+
+
 def test_a_row_the_import_silently_lost_is_acked_error_not_created(sandbox, hl):
     client = make_client(sandbox, threshold=10)
     list(client.iter_members(None))
