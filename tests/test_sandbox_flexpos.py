@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -245,7 +245,9 @@ def test_fault_injection(client, sandbox):
 
 
 def test_one_year_window_is_accepted_for_today():
-    start = (date.today() - timedelta(days=366)).isoformat()
+    # the vendor's today is Copenhagen's (an hour ahead of UTC in the last hour of a UTC day)
+    today = datetime.now(ZoneInfo("Europe/Copenhagen")).date()
+    start = (today - timedelta(days=366)).isoformat()
     with SandboxServer(customers=5, rate_limits=False) as server:
         with httpx.Client(base_url=server.url) as http:
             response = http.get(
