@@ -59,7 +59,7 @@ def _evaluate(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, run: dg
 
 
 def _wait_for(received: list, count: int) -> None:
-    deadline = time.monotonic() + 5  # the server hands mail over on its own thread
+    deadline = time.monotonic() + 60  # the server hands mail over on its own thread (a hang guard)
     while len(received) < count and time.monotonic() < deadline:
         time.sleep(0.02)
 
