@@ -133,6 +133,7 @@ def ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
             event_hash VARCHAR);
         CREATE TABLE IF NOT EXISTS list_state (key VARCHAR PRIMARY KEY, value VARCHAR);
         ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS sent_values VARCHAR;
+        ALTER TABLE remote_members ADD COLUMN IF NOT EXISTS filled VARCHAR[];
         """
     )
 
@@ -299,9 +300,22 @@ def member_rows(members: list[RemoteMember], match_on: str) -> list[dict[str, An
             "email_status": m.email_status,
             "unsubscribed_at": m.unsubscribed_at,
             "updated_at": m.updated_at,
+            "filled": filled_fields(m),
         }
         for m in members
     ]
+
+
+def filled_fields(member: RemoteMember) -> list[str] | None:
+    """The fields the target showed non-empty for the member (sorted); None when the read
+    showed none at all (a target whose listing carries no field values: unknown, not empty)."""
+    if not member.fields:
+        return None
+    return sorted(
+        name
+        for name, value in member.fields.items()
+        if _present(value) and not (isinstance(value, str) and not value.strip())
+    )
 
 
 def remote_key(member: RemoteMember, match_on: str) -> str | None:
@@ -323,11 +337,17 @@ def store_remote(conn: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) ->
     if not rows:
         return
     frame = pd.DataFrame(rows).astype({"unsubscribed_at": object, "updated_at": object})
+    if "filled" not in frame:
+        frame["filled"] = None
+    frame["filled"] = frame["filled"].astype(object)
     conn.register("pulled", frame)
     conn.execute(
         """INSERT OR REPLACE INTO remote_members
+             (member_id, match_key, status, email_status, unsubscribed_at, updated_at,
+              pulled_at, filled)
            SELECT member_id, match_key, status, email_status,
-                  unsubscribed_at::TIMESTAMPTZ, updated_at::TIMESTAMPTZ, current_timestamp
+                  unsubscribed_at::TIMESTAMPTZ, updated_at::TIMESTAMPTZ, current_timestamp,
+                  filled::VARCHAR[]
            FROM pulled"""
     )
     conn.unregister("pulled")
@@ -427,7 +447,7 @@ def plan_members(
                    {sent_groups} AS sent_{GROUPS}{own_groups},
                    coalesce(s.removed, false) AS removed_before,
                    r.member_id AS remote_id, r.status AS remote_status,
-                   r.unsubscribed_at AS remote_unsubscribed_at
+                   r.unsubscribed_at AS remote_unsubscribed_at, r.filled AS remote_filled
             FROM members m
             LEFT JOIN sync_state s USING (match_key)
             LEFT JOIN (SELECT * FROM remote_members
@@ -695,7 +715,15 @@ def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChang
         groups_added=tuple(sorted(set(now or ()) - set(sent or ()))),
         groups_removed=tuple(sorted(set(sent or ()) - set(now or ()))),
         changed=_changed(values, row.get("sent_values"), action),
+        remote_filled=_filled(row.get("remote_filled")),
     )
+
+
+def _filled(value: Any) -> frozenset[str] | None:
+    """The target's non-empty fields as its last read showed them (None: unknown)."""
+    if value is None or isinstance(value, str) or not isinstance(value, Iterable):
+        return None
+    return frozenset(str(name) for name in value)
 
 
 def values_json(values: dict[str, Any]) -> str:
@@ -820,6 +848,7 @@ def _remote_row(ack: MemberAck) -> dict[str, Any]:
         "email_status": remote.email_status,
         "unsubscribed_at": remote.unsubscribed_at,
         "updated_at": remote.updated_at,
+        "filled": filled_fields(remote),
     }
 
 

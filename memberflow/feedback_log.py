@@ -227,8 +227,10 @@ def note_unsubscribes(conn: duckdb.DuckDBPyConnection) -> int:
     ).fetchall()
     for email, member_id, at in rows:
         conn.execute(
-            """INSERT OR REPLACE INTO remote_members VALUES
-               (?, ?, 'unsubscribed', NULL, ?, ?, current_timestamp)""",
+            """INSERT OR REPLACE INTO remote_members
+                 (member_id, match_key, status, email_status, unsubscribed_at, updated_at,
+                  pulled_at)
+               VALUES (?, ?, 'unsubscribed', NULL, ?, ?, current_timestamp)""",
             [member_id, email, at, at],
         )
     return len(rows)

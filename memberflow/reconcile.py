@@ -261,6 +261,8 @@ def _forget_missing(
     # what the list reported replaces what it reported before (delivery.store_remote)
     conn.execute(
         f"""INSERT OR REPLACE INTO remote_members
+              (member_id, match_key, status, email_status, unsubscribed_at, updated_at,
+               pulled_at)
             SELECT member_id, match_key, status, email_status, unsubscribed_at, updated_at,
                    current_timestamp
             FROM {LISTED}"""

@@ -189,11 +189,14 @@ class HeyloyaltyClient(TargetClient):
         self._read_began: float | None = None
         self.fresh_read_seconds = FRESH_READ_SECONDS
         # What the listing reads and lookups of this client showed, per match key (email
-        # lower-case, mobile digits): that a read showed the member (`seen`), and the newest
-        # state of each member whose newest state is not active (`listed`), so no import row
-        # reactivates an unsubscribed member. An active member is kept as a hash of its key
-        # only: a read of a million members must not stay in memory as a million objects.
-        self._seen: set[int] = set()
+        # lower-case, mobile digits): that a read showed the member (`seen`) and which of its
+        # fields it held non-empty (`filled`, so an import file may carry an empty cell only
+        # where the list holds nothing), and the newest state of each member whose newest
+        # state is not active (`listed`), so no import row reactivates an unsubscribed member.
+        # An active member is kept as a hash of its key and a shared set of field names only:
+        # a read of a million members must not stay in memory as a million objects.
+        self._seen: dict[int, frozenset[str]] = {}
+        self._field_sets: dict[frozenset[str], frozenset[str]] = {}  # one object per set
         self._listed: dict[tuple[str, str], RemoteMember] = {}
         if self.tracking_id is None:  # no tracking id configured: this list takes no events
             self.capabilities = replace(self.capabilities, activity_feed=False)  # type: ignore[misc]
@@ -286,6 +289,11 @@ class HeyloyaltyClient(TargetClient):
         updated; never a send that would otherwise not happen."""
         return hash((match_on, key)) in self._seen
 
+    def filled(self, match_on: str, key: str) -> frozenset[str] | None:
+        """The fields the latest read of this run to show the member with this match key (wire
+        form) showed non-empty; None when no read of the run showed it (see `seen`)."""
+        return self._seen.get(hash((match_on, key)))
+
     def listed(self, match_on: str, key: str) -> RemoteMember | None:
         """The state of the member with this match key (wire form) as the latest listing read or
         lookup of this client to show it showed it this run, when that state is not active
@@ -294,10 +302,12 @@ class HeyloyaltyClient(TargetClient):
 
     def _note_member(self, member: RemoteMember) -> None:
         """Reads are sequential, so the latest read to show a member shows its newest state."""
+        names = frozenset(name for name, value in member.fields.items() if not _empty(value))
+        names = self._field_sets.setdefault(names, names)
         for match_on, value in (("email", member.email), ("mobile", member.mobile)):
             key = listed_key(value, match_on)
             if key:
-                self._seen.add(hash((match_on, key)))
+                self._seen[hash((match_on, key))] = names
                 if member.status == "active":
                     self._listed.pop((match_on, key), None)
                 else:
@@ -721,6 +731,11 @@ def _member_fields(raw: dict[str, Any]) -> dict[str, Any]:
     if isinstance(data, dict):
         return dict(data)
     return {key: value for key, value in raw.items() if key not in _FLAT_META}
+
+
+def _empty(value: Any) -> bool:
+    """A listed field value that holds nothing: none, blank, or an empty date (HL-A3)."""
+    return value is None or (isinstance(value, str) and value.strip() in _EMPTY_DATES)
 
 
 def _text(value: Any) -> str | None:

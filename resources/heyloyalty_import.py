@@ -22,12 +22,16 @@ where it was one round trip plus the import's time with a read before every file
 changed-since reads follow on from one another from the run's pull, so no change goes unread.
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
-left alone on the list, never sent as an empty cell. So a batch's rows are grouped by the set of
-fields they carry, one import per group, the files first; a set carried by one member alone
-(MIN_IMPORT_GROUP) goes the single way after them. Rows sharing a match key: the first goes in a
-file, the others the single way after the files. So k changed members carrying g sets of fields
-cost g imports and one read-back of k members (5,000 a page), plus one read per second the files
-take to send (and a read before the first when the core's read is older than that).
+never sent as an empty cell where the list holds a value for that member, since an empty cell
+empties the field. Where the list holds nothing for that field (as the run's reads, or the core's
+last read of the member, showed; a new member holds nothing) an empty cell changes nothing, so
+rows carrying different sets of fields share one file with the columns of them all (`file_groups`);
+only a row whose list holds a field it does not carry goes in a file of exactly its own fields. The
+files go first; a file of one member alone (MIN_IMPORT_GROUP) goes the single way after them. Rows
+sharing a match key: the first goes in a file, the others the single way after the files. So k
+changed members cost about k/MAX_IMPORT_ROWS imports (one per BULK_BATCH batch of the core) and
+one read-back of k members (5,000 a page), plus one read per second the files take to send (and
+a read before the first when the core's read is older than that).
 
 The read-back reads the members changed since just before the first file it settles:
 a row whose match key the list shows changed at or after the import started (or holding the values
@@ -46,7 +50,7 @@ parameters, not its behaviour):
 - The list's `updated_at` moves for every member the import writes, on a clock that agrees with
   ours to a second (confirmation by match key + updated_at, values compared only as a fallback).
 - An update through the import reactivates an unsubscribed member (as HL-A6 for upserts).
-- An empty cell empties the field (why absent values are never sent as one).
+- An empty cell empties the field (so one is sent only where the list holds nothing).
 - Choice cells as option ids, as the upsert; dates in `date_format`; at most 50,000 rows a file;
   `fields_selected[]` names the columns and `skip_header_line=1` skips our header line;
   `duplicate_field=mobile` matches on the mobile as the upsert's `unique_field` does.
@@ -59,7 +63,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -189,13 +193,14 @@ def write_members_bulk(
         rows = []
     seen: set[str] = set()
     later: list[MemberChange] = []  # a key's second and further rows: single, after the file
-    groups: dict[tuple[str, ...], list[_Row]] = {}
+    firsts: list[_Row] = []
     for row in rows:
         if row.key in seen:
             later.append(row.change)
             continue
         seen.add(row.key)
-        groups.setdefault(_columns(row.values, policy.match_on), []).append(row)
+        firsts.append(row)
+    groups = file_groups(firsts, lambda row: _list_holds(client, row, policy), policy.match_on)
     least = min(MIN_IMPORT_GROUP, max(1, client.bulk_threshold))
     for group in [g for g in groups.values() if len(g) < least]:
         single += [row.change for row in group]
@@ -489,13 +494,59 @@ def _stored(row: _Row, member: RemoteMember, known: frozenset[str]) -> MemberAck
     )
 
 
+# --- which rows share a file --------------------------------------------------------------------
+
+
+def file_groups(
+    rows: Sequence[_Row],
+    list_holds: Callable[[_Row], frozenset[str] | None],
+    match_on: str,
+) -> dict[tuple[str, ...], list[_Row]]:
+    """The rows by the columns of the file each goes in.
+
+    An empty cell empties the field (HL-A11), so a row may go in a file with columns it does not
+    carry only where the list holds nothing for that member (`list_holds`: the fields a read
+    showed non-empty; None when unknown). So: the columns of every row still to place, and the
+    rows that fit them go in one file; again with the rest, while that places any; a row that
+    never fits (its list holds a field others carry and it does not, or unknown) is grouped by
+    exactly its own columns, as before. k changed members then cost about one file per
+    MAX_IMPORT_ROWS, not one per set of fields."""
+    groups: dict[tuple[str, ...], list[_Row]] = {}
+    known = {id(row): held for row in rows if (held := list_holds(row)) is not None}
+    rest = [row for row in rows if id(row) in known]
+    while rest:
+        union = set().union(*(row.values for row in rest))
+        fits = [row for row in rest if not (union - row.values.keys()) & known[id(row)]]
+        if not fits:
+            break
+        groups.setdefault(_columns(union, match_on), []).extend(fits)
+        placed = {id(row) for row in fits}
+        rest = [row for row in rest if id(row) not in placed]
+    in_files = {id(row) for group in groups.values() for row in group}
+    for row in rows:
+        if id(row) not in in_files:
+            groups.setdefault(_columns(row.values, match_on), []).append(row)
+    return groups
+
+
+def _list_holds(client: HeyloyaltyClient, row: _Row, policy: WritePolicy) -> frozenset[str] | None:
+    """The fields the list holds non-empty for the row's member: as a read of this run showed
+    them (the newest), else as the core's last read showed them; a planned create no read
+    showed: none (no member to hold them). None when unknown."""
+    filled = client.filled(policy.match_on, row.key)
+    if filled is not None:
+        return filled
+    if row.change.remote_filled is not None:
+        return row.change.remote_filled
+    return frozenset() if row.change.action == "create" else None
+
+
 # --- the file ----------------------------------------------------------------------------------
 
 
-def _columns(values: Mapping[str, Any], match_on: str) -> tuple[str, ...]:
-    """The match field first, then the fields this row carries (sorted): rows with the same
-    columns share a file, and no cell is ever empty (an empty cell would empty the field)."""
-    return (match_on, *sorted(name for name in values if name != match_on))
+def _columns(names: Iterable[str], match_on: str) -> tuple[str, ...]:
+    """The match field first, then the other fields (sorted)."""
+    return (match_on, *sorted(name for name in names if name != match_on))
 
 
 def members_csv(columns: Sequence[str], rows: Sequence[_Row]) -> bytes:

@@ -77,6 +77,9 @@ class MemberChange:
     when the integration manages no groups. `changed` names the fields whose values differ from
     what the target last acknowledged (a create: every field), so a client can skip a call
     whose inputs did not move (e.g. a consent record); None when the core cannot tell.
+    `remote_filled` names the fields the target held non-empty for this member when a read of
+    it last showed the member (the run's pull keeps that current), so a bulk write may send an
+    empty value for a field the target holds nothing in; None when no read showed them.
     """
 
     match_key: str
@@ -89,6 +92,7 @@ class MemberChange:
     groups_added: tuple[str, ...] = ()
     groups_removed: tuple[str, ...] = ()
     changed: frozenset[str] | None = None
+    remote_filled: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ how loaded the machine is.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -76,26 +78,95 @@ def test_each_set_of_fields_is_a_file_and_one_read_back_settles_them_all(sandbox
     acks = acks_of(client, batch)
 
     assert Counter(a.outcome for a in acks.values()) == {"updated": 253}
-    # three files sent within the bound of the pull, one read-back for the three; the member
-    # alone: a read of its chunk and its upsert
-    assert spent(client, before) == {
-        "import": 3,
-        "read-back": 1,
-        "guard read (updates)": 1,
-        "members/upsert": 1,
-    }
-    assert client.run_figures()["bulk_guard_reads_saved"] == 3
-    assert [i["rows"] for i in hl.member_imports] == [200, 50, 2]
+    # The list holds each member's email and city only. The 250 carrying the city share a file
+    # with columns for all five fields (an empty cell where the list holds nothing changes
+    # nothing); the three without the city cannot go in it (their empty city cell would empty
+    # the list's), so they share a second file without a city column. Both sent within the bound
+    # of the pull, one read-back for the two (was three files, a read and an upsert).
+    assert spent(client, before) == {"import": 2, "read-back": 1}
+    assert client.run_figures()["bulk_guard_reads_saved"] == 2
+    assert [i["rows"] for i in hl.member_imports] == [250, 3]
     assert hl.member_by_email(LIST, emails[251])["fields"]["lastname"] == "Holm"
     assert hl.member_by_email(LIST, emails[251])["fields"]["city"] == "Odense"  # not emptied
     assert hl.member_by_email(LIST, emails[252])["fields"]["postalcode"] == "5000"
+    assert hl.member_by_email(LIST, emails[252])["fields"]["city"] == "Odense"
+    assert not hl.member_by_email(LIST, emails[0])["fields"].get("firstname")
+
+
+def test_k_new_members_carrying_different_fields_cost_one_file_and_its_read_back(sandbox, hl):
+    """A member no read showed holds nothing on the list: creates carrying any mix of fields
+    share one file (issue 10: <= k/1000 + 2 calls however the fields fall)."""
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    client.target_fields()
+    list(client.iter_members(None))  # the core's pull: an empty list
+    before = client.calls.by_purpose()
+    extras = [
+        {},
+        {"firstname": "Kim"},
+        {"lastname": "Holm"},
+        {"postalcode": "5000"},
+        {"firstname": "Ida", "city": "Vejle"},
+        {"sex": "2"},
+    ]
+    batch = [
+        MemberChange(f"n{i:04d}@bulk.dk", "create", {"email": f"n{i:04d}@bulk.dk", **extras[i % 6]})
+        for i in range(1500)
+    ]
+
+    acks = acks_of(client, batch)
+
+    assert Counter(a.outcome for a in acks.values()) == {"created": 1500}
+    calls = spent(client, before)
+    assert calls == {"import": 1, "read-back": 1}  # was one file per set of fields (6) + a read
+    assert sum(calls.values()) <= len(batch) / 1000 + 2
+    assert [i["rows"] for i in hl.member_imports] == [1500]
+    for i in range(6):  # each member holds its own fields, nothing of the others'
+        held = hl.member_by_email(LIST, f"n{i:04d}@bulk.dk")["fields"]
+        assert {k for k, v in held.items() if v not in (None, "")} == {"email", *extras[i]}
+
+
+def test_an_update_keeps_a_field_the_core_last_saw_filled_that_it_does_not_carry(sandbox, hl):
+    """Members no read of this run showed: the core's last read of them (`remote_filled`) says
+    what the list holds. One whose list holds a first name it does not carry gets a file of
+    its own fields, so its first name is not emptied; one nobody knows about likewise."""
+    hl.add_member(LIST, {"email": "sofie@bulk.dk", "city": "Odense", "firstname": "Sofie"})
+    emails = ["sofie@bulk.dk", *seed(hl, 39)]
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    client.target_fields()
+    time.sleep(1.1)  # the list's clock counts whole seconds: past the second of the seeding
+    list(client.iter_members(datetime.now(UTC)))  # a pull that shows nobody
+    assert not client.seen("email", emails[0])
+    before = client.calls.by_purpose()
+    held = frozenset({"email", "city"})
+    batch = [
+        replace(change, remote_filled=held)
+        for change in updates(emails[1:30], city="Vejle", firstname="Kim")
+    ]
+    batch += [
+        replace(change, remote_filled=held) for change in updates(emails[30:38], city="Vejle")
+    ]
+    batch += [replace(updates(emails[:1], city="Vejle")[0], remote_filled=held | {"firstname"})]
+    batch += updates(emails[38:40], city="Vejle")  # remote_filled unknown: own fields only
+
+    acks = acks_of(client, batch)
+
+    assert Counter(a.outcome for a in acks.values()) == {"updated": 40}
+    assert sorted(i["rows"] for i in hl.member_imports) == [3, 37]
+    assert hl.member_by_email(LIST, emails[0])["fields"]["firstname"] == "Sofie"
+    assert hl.member_by_email(LIST, emails[0])["fields"]["city"] == "Vejle"
+    assert hl.member_by_email(LIST, emails[1])["fields"]["firstname"] == "Kim"
+    assert not hl.member_by_email(LIST, emails[31])["fields"].get("firstname")
+    assert spent(client, before) == {"import": 2, "read-back": 1}
 
 
 def test_an_unsubscribe_during_one_file_is_seen_by_the_read_before_the_next(sandbox, hl):
     """With no read fresh enough (bound 0), a read precedes every file; the one before the second
     file is the first file's read-back too (it reads everything changed since before that file)
     and keeps out the member who unsubscribed while the first file was on its way."""
-    emails = seed(hl, 60)
+    emails = seed(hl, 40)
+    emails += [f"o{i:04d}@bulk.dk" for i in range(20)]
+    for email in emails[40:]:
+        hl.add_member(LIST, {"email": email, "city": "Odense", "firstname": "Ole"})
     client = make_client(sandbox, threshold=10, fresh=0.0)
     client.target_fields()
     list(client.iter_members(None))
@@ -109,7 +180,12 @@ def test_an_unsubscribe_during_one_file_is_seen_by_the_read_before_the_next(sand
 
     client.import_members = import_members  # type: ignore[method-assign]
     before = client.calls.by_purpose()
-    batch = [*updates(emails[:40], city="Vejle"), *updates(emails[40:], city="Vejle", sex="1")]
+    # two files: the last 20 lack the first name the list holds for them, so they cannot share
+    # the file of the 40 that carry one
+    batch = [
+        *updates(emails[:40], city="Vejle", firstname="Kim"),
+        *updates(emails[40:], city="Vejle", sex="1"),
+    ]
 
     acks = acks_of(client, batch)
 

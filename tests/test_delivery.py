@@ -317,3 +317,47 @@ def _replace_members(conn, other) -> None:
     conn.register("frame", frame)
     conn.execute("CREATE OR REPLACE TABLE members AS SELECT * FROM frame")
     conn.unregister("frame")
+
+
+def test_the_fields_a_pull_showed_filled_reach_the_next_update_of_that_member():
+    """A bulk write may send an empty value only for a field the target holds nothing in: the
+    core keeps which fields the target's reads showed non-empty per member (`remote_members`)
+    and hands them over with each change (issue 10, k/1000 + 2 calls)."""
+    from datetime import UTC, datetime
+
+    from memberflow.delivery import deliver_members, pull_feedback
+    from resources.base import RemoteMember
+    from tests.fake_target import FakeTarget
+
+    people = [
+        {"mobile": "+4511111111", "external_id": "a", "first_name": "Anna", "groups": []},
+        {"mobile": "+4522222222", "external_id": "b", "first_name": "Bo", "groups": []},
+    ]
+    target = FakeTarget()
+    conn = _warehouse(_keyed("mobile", people))
+    assert deliver_members(conn, target, _settings("mobile"), MAPPED).created == 2
+    assert all(change.remote_filled is None for change in target.written)  # none read yet
+    seen = datetime(2026, 1, 1, tzinfo=UTC)
+    shown = {"mobile": "4511111111", "first_name": "Anna", "city": "Odense", "zip": "", "x": None}
+    ((anna_id,),) = conn.execute(
+        "SELECT member_id FROM sync_state WHERE match_key = '+4511111111'"
+    ).fetchall()
+    ((bo_id,),) = conn.execute(
+        "SELECT member_id FROM sync_state WHERE match_key = '+4522222222'"
+    ).fetchall()
+    listed = [
+        RemoteMember(anna_id, None, "4511111111", "active", None, None, seen, shown),
+        RemoteMember(bo_id, None, "4522222222", "active", None, None, seen, {}),
+    ]
+    pull_feedback(conn, _Listing(listed), "mobile")
+    _set_members(
+        conn, _keyed("mobile", [{**p, "first_name": p["first_name"] + "!"} for p in people])
+    )
+    target.written.clear()
+    assert deliver_members(conn, target, _settings("mobile"), MAPPED).updated == 2
+    filled = {change.match_key: change.remote_filled for change in target.written}
+    # blank and missing values are not held; a listing that showed no fields at all is unknown
+    assert filled == {
+        "+4511111111": frozenset({"mobile", "first_name", "city"}),
+        "+4522222222": None,
+    }
