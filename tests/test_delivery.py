@@ -387,3 +387,47 @@ def test_a_pull_after_match_on_changed_reads_the_whole_list_again():
     assert listing.sinces[0] is None and listing.sinces[1] is not None
     assert listing.sinces[2] is None  # the whole list again, under the new key
     assert vouched_absent(conn, "mobile")
+
+
+def test_after_match_on_changed_an_unsubscribe_under_the_old_key_is_still_kept():
+    """A member unsubscribed on the target, pulled while members were matched by email: after
+    switching to mobile, the whole list is read again, so the member is known unsubscribed
+    under its mobile too and is neither created nor updated (never reactivated)."""
+    from datetime import UTC, datetime
+
+    from memberflow.delivery import deliver_members, pull_feedback
+    from resources.base import RemoteMember
+    from tests.fake_target import FakeTarget
+
+    seen = datetime(2026, 1, 1, tzinfo=UTC)
+    gone = RemoteMember("m9", "anna@x.dk", "4511111111", "unsubscribed", None, seen, seen, {})
+    conn = _warehouse(
+        [
+            {
+                "match_key": "+4522222222",
+                "mobile": "+4522222222",
+                "external_id": "b",
+                "first_name": "Bo",
+                "groups": [],
+            }
+        ]
+    )
+
+    class SinceListing(_Listing):  # lists only members changed since (all when None)
+        def iter_members(self, since):
+            self.sinces.append(since)
+            yield from (m for m in self.members if since is None or m.updated_at >= since)
+
+    listing = SinceListing([gone])
+    pull_feedback(conn, listing, "email")  # keyed by email: anna@x.dk
+    people = [
+        {"mobile": "+4511111111", "external_id": "a", "first_name": "Anna", "groups": []},
+        {"mobile": "+4522222222", "external_id": "b", "first_name": "Bo", "groups": []},
+    ]
+    _set_members(conn, _keyed("mobile", people))
+    pull_feedback(conn, listing, "mobile")
+    target = FakeTarget()
+    report = deliver_members(conn, target, _settings("mobile"), MAPPED)
+    assert (report.skipped_unsubscribed, report.created) == (1, 1)
+    assert [change.match_key for change in target.written] == ["+4522222222"]
+    assert listing.sinces == [None, None]  # the whole list again after the switch
