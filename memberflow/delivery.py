@@ -133,7 +133,7 @@ def ensure_state(conn: duckdb.DuckDBPyConnection) -> None:
             event_hash VARCHAR);
         CREATE TABLE IF NOT EXISTS list_state (key VARCHAR PRIMARY KEY, value VARCHAR);
         ALTER TABLE sync_state ADD COLUMN IF NOT EXISTS sent_values VARCHAR;
-        ALTER TABLE remote_members ADD COLUMN IF NOT EXISTS filled VARCHAR[];
+        ALTER TABLE remote_members ADD COLUMN IF NOT EXISTS blank VARCHAR[];
         """
     )
 
@@ -184,10 +184,14 @@ def check_mapping(
 def pull_feedback(
     conn: duckdb.DuckDBPyConnection, client: TargetClient, match_on: str
 ) -> dict[str, int]:
-    """Read members changed on the target since the last pull (all of them the first time)."""
+    """Read members changed on the target since the last pull (all of them the first time, and
+    the first time after `match_on` changed: `remote_members` is then keyed by the current
+    `match_on` for every member on the target, REPLICA_KEY)."""
     ensure_state(conn)
     last = list_state(conn, "last_pull")
     since = datetime.fromisoformat(last) if last else None
+    if list_state(conn, REPLICA_KEY) != match_on:
+        since = None
     started = datetime.now(UTC)
     figures = {"pulled": 0, "unsubscribed": 0, "bounced": 0}
     with calls_for(client, "pull"):
@@ -203,7 +207,21 @@ def pull_feedback(
     # pages are read, and the newest change the read saw can be past that member's.
     cursor = read_start(client, started)
     set_list_state(conn, "last_pull", cursor.isoformat())
+    set_list_state(conn, REPLICA_KEY, match_on)
     return figures
+
+
+# list_state key: the `match_on` that `remote_members` holds every target member under, set by a
+# complete pull (a full read when it differs). Only then does a key absent from remote_members
+# mean the target holds no such member (see `vouched_absent`).
+REPLICA_KEY = "replica_match_on"
+
+
+def vouched_absent(conn: duckdb.DuckDBPyConnection, match_on: str) -> bool:
+    """Whether a planned create's member is known to be absent from the target: remote_members
+    holds every member the target had at this step's pull under the current match_on."""
+    ensure_state(conn)
+    return list_state(conn, REPLICA_KEY) == match_on
 
 
 def refresh_feedback(
@@ -300,21 +318,19 @@ def member_rows(members: list[RemoteMember], match_on: str) -> list[dict[str, An
             "email_status": m.email_status,
             "unsubscribed_at": m.unsubscribed_at,
             "updated_at": m.updated_at,
-            "filled": filled_fields(m),
+            "blank": blank_fields(m),
         }
         for m in members
     ]
 
 
-def filled_fields(member: RemoteMember) -> list[str] | None:
-    """The fields the target showed non-empty for the member (sorted); None when the read
-    showed none at all (a target whose listing carries no field values: unknown, not empty)."""
-    if not member.fields:
-        return None
+def blank_fields(member: RemoteMember) -> list[str]:
+    """The fields the target showed empty for the member (sorted): a field it did not show at
+    all is not among them (unknown, not empty)."""
     return sorted(
         name
         for name, value in member.fields.items()
-        if _present(value) and not (isinstance(value, str) and not value.strip())
+        if not _present(value) or (isinstance(value, str) and not value.strip())
     )
 
 
@@ -337,17 +353,17 @@ def store_remote(conn: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) ->
     if not rows:
         return
     frame = pd.DataFrame(rows).astype({"unsubscribed_at": object, "updated_at": object})
-    if "filled" not in frame:
-        frame["filled"] = None
-    frame["filled"] = frame["filled"].astype(object)
+    if "blank" not in frame:
+        frame["blank"] = None
+    frame["blank"] = frame["blank"].astype(object)
     conn.register("pulled", frame)
     conn.execute(
         """INSERT OR REPLACE INTO remote_members
              (member_id, match_key, status, email_status, unsubscribed_at, updated_at,
-              pulled_at, filled)
+              pulled_at, blank)
            SELECT member_id, match_key, status, email_status,
                   unsubscribed_at::TIMESTAMPTZ, updated_at::TIMESTAMPTZ, current_timestamp,
-                  filled::VARCHAR[]
+                  blank::VARCHAR[]
            FROM pulled"""
     )
     conn.unregister("pulled")
@@ -447,7 +463,7 @@ def plan_members(
                    {sent_groups} AS sent_{GROUPS}{own_groups},
                    coalesce(s.removed, false) AS removed_before,
                    r.member_id AS remote_id, r.status AS remote_status,
-                   r.unsubscribed_at AS remote_unsubscribed_at, r.filled AS remote_filled
+                   r.unsubscribed_at AS remote_unsubscribed_at, r.blank AS remote_blank
             FROM members m
             LEFT JOIN sync_state s USING (match_key)
             LEFT JOIN (SELECT * FROM remote_members
@@ -573,16 +589,22 @@ def deliver_members(
     size = max(1, int(client.batch_size))
     polled = client.capabilities.feedback == "polled"
     cursor: datetime | None = None
+    # a planned create's member is absent from the target: every field is empty there
+    absent = frozenset(fields) if vouched_absent(conn, settings.match_on) else None
+
+    def changes(rows: list[dict[str, Any]]) -> list[MemberChange]:
+        return [_change(row, fields, groups, absent) for row in rows]
+
     try:
         for batch in _send_batches(conn, 0, existing, size):
-            outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
+            outcomes.take(batch, client.write_members(changes(batch), policy))
         for batch in _send_batches(conn, existing, total, size):
             if polled:
                 before = client.calls.total
                 cursor = refresh_feedback(conn, client, settings.match_on, cursor)
                 report.refresh_calls += client.calls.total - before
                 batch = _route_appeared(conn, batch)
-            outcomes.take(batch, client.write_members(_changes(batch, fields, groups), policy))
+            outcomes.take(batch, client.write_members(changes(batch), policy))
         outcomes.flush()
         _rekey(conn, client, settings, outcomes)
     finally:
@@ -691,12 +713,15 @@ def _route_appeared(
     ]
 
 
-def _changes(rows: list[dict[str, Any]], fields: list[str], groups: bool) -> list[MemberChange]:
-    return [_change(row, fields, groups) for row in rows]
-
-
-def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChange:
-    """One planned row as a MemberChange: canonical values of the mapped target fields."""
+def _change(
+    row: dict[str, Any],
+    fields: list[str],
+    groups: bool,
+    absent: frozenset[str] | None = None,
+) -> MemberChange:
+    """One planned row as a MemberChange: canonical values of the mapped target fields.
+    `absent`: what a planned create's member holds empty on the target when the core knows it
+    holds no such member (every field), else None."""
     action = row["action"]
     member_id = row["remote_id"] if _present(row.get("remote_id")) else row.get("known_id")
     now = _group_tuple(row.get("m_groups")) if groups else None
@@ -715,12 +740,12 @@ def _change(row: dict[str, Any], fields: list[str], groups: bool) -> MemberChang
         groups_added=tuple(sorted(set(now or ()) - set(sent or ()))),
         groups_removed=tuple(sorted(set(sent or ()) - set(now or ()))),
         changed=_changed(values, row.get("sent_values"), action),
-        remote_filled=_filled(row.get("remote_filled")),
+        remote_blank=absent if action == "create" else _names(row.get("remote_blank")),
     )
 
 
-def _filled(value: Any) -> frozenset[str] | None:
-    """The target's non-empty fields as its last read showed them (None: unknown)."""
+def _names(value: Any) -> frozenset[str] | None:
+    """The fields the target showed empty at its last read of the member (None: no read)."""
     if value is None or isinstance(value, str) or not isinstance(value, Iterable):
         return None
     return frozenset(str(name) for name in value)
@@ -848,7 +873,7 @@ def _remote_row(ack: MemberAck) -> dict[str, Any]:
         "email_status": remote.email_status,
         "unsubscribed_at": remote.unsubscribed_at,
         "updated_at": remote.updated_at,
-        "filled": filled_fields(remote),
+        "blank": blank_fields(remote),
     }
 
 

@@ -258,7 +258,8 @@ def _forget_missing(
         f"""DELETE FROM remote_members WHERE status IS DISTINCT FROM 'unsubscribed'
            AND member_id NOT IN (SELECT member_id FROM {LISTED} WHERE member_id IS NOT NULL)"""
     )
-    # what the list reported replaces what it reported before (delivery.store_remote)
+    # what the list reported replaces what it reported before (delivery.store_remote), except
+    # the fields it showed empty (`blank`), kept from the pulls, which read every change
     conn.execute(
         f"""INSERT OR REPLACE INTO remote_members
               (member_id, match_key, status, email_status, unsubscribed_at, updated_at,

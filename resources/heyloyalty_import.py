@@ -23,15 +23,19 @@ changed-since reads follow on from one another from the run's pull, so no change
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
 never sent as an empty cell where the list holds a value for that member, since an empty cell
-empties the field. Where the list holds nothing for that field (as the run's reads, or the core's
-last read of the member, showed; a new member holds nothing) an empty cell changes nothing, so
-rows carrying different sets of fields share one file with the columns of them all (`file_groups`);
-only a row whose list holds a field it does not carry goes in a file of exactly its own fields. The
-files go first; a file of one member alone (MIN_IMPORT_GROUP) goes the single way after them. Rows
-sharing a match key: the first goes in a file, the others the single way after the files. So k
-changed members cost about k/MAX_IMPORT_ROWS imports (one per BULK_BATCH batch of the core) and
-one read-back of k members (5,000 a page), plus one read per second the files take to send (and
-a read before the first when the core's read is older than that).
+empties the field. Where the list shows the field empty for that member (as the run's reads
+showed it, else as the core's last read did; a member the core knows the list does not hold
+shows every field empty) an empty cell changes nothing, so rows carrying different sets of
+fields share one file with the columns of them all (`file_groups`); only a row whose list holds
+a value in a column it lacks (or whose list state is unknown) goes in a file of exactly its own
+fields. Right before its file a row is checked again against the latest read: one whose empty
+cells the list no longer shows empty goes the single way, and so does a row the list refused in
+a file while it carried an empty cell (a list may refuse one in a number or date column). The
+files go first; a file of one member alone (MIN_IMPORT_GROUP) goes the single way after them.
+Rows sharing a match key: the first goes in a file, the others the single way after the files.
+So k changed members cost one import per BULK_BATCH (10,000) the core hands over, however their
+fields fall, and the reads of them back (5,000 a page), plus one read per second the files take
+to send (and a read before the first when the core's read is older than that).
 
 The read-back reads the members changed since just before the first file it settles:
 a row whose match key the list shows changed at or after the import started (or holding the values
@@ -50,7 +54,9 @@ parameters, not its behaviour):
 - The list's `updated_at` moves for every member the import writes, on a clock that agrees with
   ours to a second (confirmation by match key + updated_at, values compared only as a fallback).
 - An update through the import reactivates an unsubscribed member (as HL-A6 for upserts).
-- An empty cell empties the field (so one is sent only where the list holds nothing).
+- An empty cell empties the field (so one is sent only where the list shows the field empty).
+- The member listing shows every field of the list for each member, an empty one as empty (null,
+  "" or an empty date): a field it leaves out is taken as unknown, never as empty.
 - Choice cells as option ids, as the upsert; dates in `date_format`; at most 50,000 rows a file;
   `fields_selected[]` names the columns and `skip_header_line=1` skips our header line;
   `duplicate_field=mobile` matches on the mobile as the upsert's `unique_field` does.
@@ -81,9 +87,9 @@ log = logging.getLogger(__name__)
 # A member as a listing showed it, with its `created_at` (HL-A3), which RemoteMember leaves out.
 Listed = tuple[RemoteMember, datetime | None]
 
-# Members per write_members call when the bulk path is on: one import per set of fields, each
-# followed by a read-back of about as many members (two pages of 5,000 for 10,000), which the core
-# reads again before the next batch of creates.
+# Members per write_members call when the bulk path is on: one import (a few when some members
+# must keep list values their rows lack), followed by a read-back of about as many members (two
+# pages of 5,000 for 10,000), which the core reads again before the next batch of creates.
 BULK_BATCH = 10_000
 MAX_IMPORT_ROWS = 50_000  # HL-A11: rows per file, as the BI import (HL-A10)
 # ours: a set of fields carried by one member alone goes the single way (an import costs two calls,
@@ -159,8 +165,8 @@ def write_members_bulk(
     fields: Mapping[str, ListField],
 ) -> Iterator[MemberAck]:
     """One ack per change: CSV imports for the batch's creates and updates when there are
-    `bulk_threshold` of them and the rules allow (one per set of fields carried), single calls
-    for the rest."""
+    `bulk_threshold` of them and the rules allow (see `file_groups`), single calls for the
+    rest."""
     rows: list[_Row] = []
     single: list[MemberChange] = []
     usable = import_allowed(policy) and client.bulk_usable
@@ -200,7 +206,7 @@ def write_members_bulk(
             continue
         seen.add(row.key)
         firsts.append(row)
-    groups = file_groups(firsts, lambda row: _list_holds(client, row, policy), policy.match_on)
+    groups = file_groups(firsts, lambda row: list_blank(client, row, policy), policy.match_on)
     least = min(MIN_IMPORT_GROUP, max(1, client.bulk_threshold))
     for group in [g for g in groups.values() if len(g) < least]:
         single += [row.change for row in group]
@@ -263,6 +269,7 @@ class _Sent:
     """A file the list took (or answered unreadably): settled by the next read of its changes."""
 
     rows: list[_Row]
+    columns: tuple[str, ...]
     answer: ImportAnswer | None
     started: datetime  # our clock, whole seconds, just before the import was sent
     known: frozenset[str]  # keys some read showed before the import: not created by it
@@ -280,7 +287,9 @@ def _import_files(
     the last file, one read settles the files still waiting."""
     pending: list[_Sent] = []
     since: datetime | None = None  # where the pending files' read-back starts
-    rest: list[MemberChange] = []  # files that cannot go as files: the single way after
+    # the single way after the files: files that cannot go as files, rows a read right before
+    # their file showed holding a field they would empty, rows refused with an empty cell
+    rest: list[MemberChange] = []
     for index, (columns, rows) in enumerate(files):
         if not client.bulk_usable or client.read_age() is None:
             # the list refused a file this run, or no read of this client to start from
@@ -302,10 +311,10 @@ def _import_files(
                         yield MemberAck(row.change.match_key, "error", reason=str(exc))
                 yield from write_single(client, rest, policy, fields)
                 return
-            yield from _settle(client, pending, back, policy)
+            yield from _settle(client, pending, back, policy, rest)
             pending = []
         cursor = client.listing_cursor
-        sent = yield from _send_file(client, rows, columns, policy, fields, fresh)
+        sent = yield from _send_file(client, rows, columns, policy, fields, fresh, rest)
         if sent is not None:
             since = since if pending else cursor
             pending.append(sent)
@@ -316,7 +325,7 @@ def _import_files(
         except VendorError as exc:
             yield from _unsettled(pending, f"read-back failed: {exc}")
         else:
-            yield from _settle(client, pending, back, policy)
+            yield from _settle(client, pending, back, policy, rest)
     yield from write_single(client, rest, policy, fields)
 
 
@@ -345,15 +354,24 @@ def _send_file(
     policy: WritePolicy,
     fields: Mapping[str, ListField],
     fresh: bool = False,
+    diverted: list[MemberChange] | None = None,
 ) -> Generator[MemberAck, None, _Sent | None]:
     """One import of the rows no read of the run showed unsubscribed (those are acked
     `unsubscribed`, unless the reimport rule lets them back). Returns what awaits its read-back;
     None when nothing was sent as a file (all kept out, or the file refused: single way).
     `fresh`: no read was made for this file; the age of the read it relies on, as the file goes
-    out, is kept in the figures (the oldest: the widest window an unsubscribe had)."""
+    out, is kept in the figures (the oldest: the widest window an unsubscribe had).
+    A row whose empty cells the latest read no longer shows empty on the list (a value typed in
+    there since the file was planned) is left out of the file and added to `diverted` (the
+    single way, after the files)."""
     sending: list[_Row] = []
     known: set[str] = set()
     for row in rows:
+        if not _blank_cells_still_blank(client, row, columns, policy):
+            client.bulk_figures["bulk_rows_diverted"] += 1
+            if diverted is not None:
+                diverted.append(row.change)
+            continue
         found = client.listed(policy.match_on, row.key)  # None unless not active
         if client.seen(policy.match_on, row.key):
             known.add(row.key)
@@ -392,7 +410,19 @@ def _send_file(
         log.warning("heyloyalty: member import answer of unknown shape; the read-back decides")
     client.bulk_figures["bulk_imports"] += 1
     client.bulk_figures["bulk_rows_sent"] += len(sending)
-    return _Sent(sending, answer, started, frozenset(known))
+    return _Sent(sending, tuple(columns), answer, started, frozenset(known))
+
+
+def _blank_cells_still_blank(
+    client: HeyloyaltyClient, row: _Row, columns: Sequence[str], policy: WritePolicy
+) -> bool:
+    """The columns the row carries no value for are still shown empty by the latest read of
+    the run to show the member (none showed it: as the plan had it)."""
+    lacking = set(columns) - row.values.keys()
+    if not lacking:
+        return True
+    blank = client.blank(policy.match_on, row.key)
+    return blank is None or lacking <= blank
 
 
 def _unsettled(pending: list[_Sent], reason: str) -> Iterator[MemberAck]:
@@ -406,13 +436,14 @@ def _settle(
     pending: list[_Sent],
     listed: Sequence[Listed],
     policy: WritePolicy,
+    retry: list[MemberChange],
 ) -> Iterator[MemberAck]:
     """Acks from what the list holds now (`listed`: its changes since before the first pending
     file), never from an import's answer alone: a row the list holds is stored whatever the
     answer says of its row number."""
     back = _by_key(listed, policy.match_on)
     for sent in pending:
-        yield from _settle_file(client, sent, back, policy)
+        yield from _settle_file(client, sent, back, policy, retry)
 
 
 def _settle_file(
@@ -420,7 +451,12 @@ def _settle_file(
     sent: _Sent,
     back: Mapping[str, list[Listed]],
     policy: WritePolicy,
+    retry: list[MemberChange],
 ) -> Iterator[MemberAck]:
+    """Acks for one file's rows from the read-back. A row the list refused while it carried an
+    empty cell (a column of the file it has no value for) goes the single way instead (into
+    `retry`): a list may refuse an empty cell in a number, date or choice column, and the
+    member's own upsert carries no such cell."""
     rows, answer, started, known = sent.rows, sent.answer, sent.started, sent.known
     failed = answer.failed if answer is not None else {}
     missing: list[_Row] = []
@@ -433,6 +469,10 @@ def _settle_file(
             yield _stored(row, held, known)
             continue
         if number in failed:
+            if set(sent.columns) - row.values.keys():
+                client.bulk_figures["bulk_refused_with_empty_cells"] += 1
+                retry.append(row.change)
+                continue
             yield MemberAck(row.change.match_key, "refused", reason=client.redact(failed[number]))
             continue
         missing.append(row)
@@ -442,7 +482,7 @@ def _settle_file(
             "word is taken (its row numbering may differ from ours)",
             disagree,
         )
-    stored = len(rows) - len(missing) - (len(failed) - disagree)
+    stored = len(rows) - len(missing) - (len(failed) - disagree)  # retried rows are in `failed`
     claimed = answer.counts.get("imported") if answer is not None else None
     if claimed is not None and claimed != stored:
         log.warning(
@@ -499,24 +539,25 @@ def _stored(row: _Row, member: RemoteMember, known: frozenset[str]) -> MemberAck
 
 def file_groups(
     rows: Sequence[_Row],
-    list_holds: Callable[[_Row], frozenset[str] | None],
+    list_blank: Callable[[_Row], frozenset[str] | None],
     match_on: str,
 ) -> dict[tuple[str, ...], list[_Row]]:
     """The rows by the columns of the file each goes in.
 
     An empty cell empties the field (HL-A11), so a row may go in a file with columns it does not
-    carry only where the list holds nothing for that member (`list_holds`: the fields a read
-    showed non-empty; None when unknown). So: the columns of every row still to place, and the
-    rows that fit them go in one file; again with the rest, while that places any; a row that
-    never fits (its list holds a field others carry and it does not, or unknown) is grouped by
-    exactly its own columns, as before. k changed members then cost about one file per
-    MAX_IMPORT_ROWS, not one per set of fields."""
+    carry only where the list shows that member's field empty (`list_blank`: the fields a read
+    showed empty, or every field for a member the list does not hold; None when unknown). So:
+    the columns of every row still to place, and the rows that fit them go in one file; again
+    with the rest, while that places any; a row that never fits (its list holds a value in a
+    column others carry and it does not, or unknown) is grouped by exactly its own columns, as
+    before. k changed members then cost one file per BULK_BATCH the core hands over, not one per
+    set of fields."""
     groups: dict[tuple[str, ...], list[_Row]] = {}
-    known = {id(row): held for row in rows if (held := list_holds(row)) is not None}
+    known = {id(row): blank for row in rows if (blank := list_blank(row)) is not None}
     rest = [row for row in rows if id(row) in known]
     while rest:
         union = set().union(*(row.values for row in rest))
-        fits = [row for row in rest if not (union - row.values.keys()) & known[id(row)]]
+        fits = [row for row in rest if (union - row.values.keys()) <= known[id(row)]]
         if not fits:
             break
         groups.setdefault(_columns(union, match_on), []).extend(fits)
@@ -529,16 +570,12 @@ def file_groups(
     return groups
 
 
-def _list_holds(client: HeyloyaltyClient, row: _Row, policy: WritePolicy) -> frozenset[str] | None:
-    """The fields the list holds non-empty for the row's member: as a read of this run showed
-    them (the newest), else as the core's last read showed them; a planned create no read
-    showed: none (no member to hold them). None when unknown."""
-    filled = client.filled(policy.match_on, row.key)
-    if filled is not None:
-        return filled
-    if row.change.remote_filled is not None:
-        return row.change.remote_filled
-    return frozenset() if row.change.action == "create" else None
+def list_blank(client: HeyloyaltyClient, row: _Row, policy: WritePolicy) -> frozenset[str] | None:
+    """The fields the list shows empty for the row's member: as the latest read of this run to
+    show it did (the newest), else as the core knows it (its last read, or every field for a
+    create whose member the list does not hold). None when unknown."""
+    blank = client.blank(policy.match_on, row.key)
+    return blank if blank is not None else row.change.remote_blank
 
 
 # --- the file ----------------------------------------------------------------------------------

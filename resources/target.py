@@ -77,9 +77,10 @@ class MemberChange:
     when the integration manages no groups. `changed` names the fields whose values differ from
     what the target last acknowledged (a create: every field), so a client can skip a call
     whose inputs did not move (e.g. a consent record); None when the core cannot tell.
-    `remote_filled` names the fields the target held non-empty for this member when a read of
-    it last showed the member (the run's pull keeps that current), so a bulk write may send an
-    empty value for a field the target holds nothing in; None when no read showed them.
+    `remote_blank` names the fields the target showed empty for this member at its last read of
+    it (the run's pull keeps that current; a field it did not show is not among them), or, for
+    a create whose member the core knows the target does not hold, every mapped field; so a
+    bulk write may send an empty value for a field the target holds nothing in. None: unknown.
     """
 
     match_key: str
@@ -92,7 +93,7 @@ class MemberChange:
     groups_added: tuple[str, ...] = ()
     groups_removed: tuple[str, ...] = ()
     changed: frozenset[str] | None = None
-    remote_filled: frozenset[str] | None = None
+    remote_blank: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -238,6 +238,7 @@ class HeyloyaltyState:
         # "other" (JSON of another shape).
         self.member_import_answer = "detailed"
         self.member_import_first_row = 1  # the number failed[] gives the file's first data row
+        self.import_refused_empty: set[str] = set()  # see refuse_empty_import_cells
         self._events: dict[int, _EventLog] = {t: _EventLog() for t in self.tracking}
         self._counts: Counter[str] = Counter()
         self._lock = threading.RLock()
@@ -295,6 +296,21 @@ class HeyloyaltyState:
         """Run the list's clock `seconds` ahead of the machine's (negative: behind): every stamp
         it writes, its `Date` header and its timestamp check move with it."""
         _CLOCK_AHEAD[0] = timedelta(seconds=seconds)
+
+    def edit_member(self, list_id: int, email: str, fields: dict[str, Any]) -> None:
+        """Change a member's fields as someone editing it on the list would (its updated_at
+        moves; its subscription state does not)."""
+        with self._lock:
+            target = self._list(list_id)
+            member = self._one(list_id, email, None)
+            self._set_fields(target, member, self._validate(target, fields))
+            member["updated_at"] = now_utc()
+            target.touch()
+
+    def refuse_empty_import_cells(self, *fields: str) -> None:
+        """Member imports from now on refuse a row with an empty cell in one of these fields
+        (a list stricter than HL-A11 assumes about empty cells in typed columns)."""
+        self.import_refused_empty |= set(fields)
 
     def backdate(self, list_id: int, email: str, seconds: float) -> None:
         """Move a member's updated_at (and unsubscribed_at, if set) `seconds` into the past."""

@@ -181,6 +181,9 @@ def _row_values(
     """One row's values, validated like an upsert's (HL-A8/HL-A9); a date cell is read with
     `date_format` and stored as `YYYY-MM-DD`; an empty cell empties the field."""
     raw = dict(zip(columns, row, strict=True))
+    for name in sorted(state.import_refused_empty & raw.keys()):
+        if not raw[name].strip():
+            raise _RowError(f"Empty value not allowed for field {name}")
     for name in dates:
         text = raw[name].strip()
         if text:

@@ -97,7 +97,7 @@ def test_k_new_members_carrying_different_fields_cost_one_file_and_its_read_back
     """A member no read showed holds nothing on the list: creates carrying any mix of fields
     share one file (issue 10: <= k/1000 + 2 calls however the fields fall)."""
     client = make_client(sandbox, threshold=10, fresh=FRESH)
-    client.target_fields()
+    every_field = frozenset(client.target_fields())  # the core's word after a complete pull
     list(client.iter_members(None))  # the core's pull: an empty list
     before = client.calls.by_purpose()
     extras = [
@@ -109,7 +109,12 @@ def test_k_new_members_carrying_different_fields_cost_one_file_and_its_read_back
         {"sex": "2"},
     ]
     batch = [
-        MemberChange(f"n{i:04d}@bulk.dk", "create", {"email": f"n{i:04d}@bulk.dk", **extras[i % 6]})
+        MemberChange(
+            f"n{i:04d}@bulk.dk",
+            "create",
+            {"email": f"n{i:04d}@bulk.dk", **extras[i % 6]},
+            remote_blank=every_field,
+        )
         for i in range(1500)
     ]
 
@@ -125,10 +130,32 @@ def test_k_new_members_carrying_different_fields_cost_one_file_and_its_read_back
         assert {k for k, v in held.items() if v not in (None, "")} == {"email", *extras[i]}
 
 
+def test_creates_the_core_cannot_vouch_for_keep_files_of_their_own_fields(sandbox, hl):
+    """A planned create may be a member the list holds under another key (the core's replica
+    not yet keyed by the current match_on): without the core's word (`remote_blank`) and with
+    no read showing it, nothing is known empty, so each set of fields keeps its own file."""
+    hl.add_member(LIST, {"email": "n0001@bulk.dk", "city": "Odense"})
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    client.target_fields()
+    list(client.iter_members(datetime.now(UTC) + timedelta(hours=1)))  # a read showing nobody
+    batch = [
+        MemberChange(f"n{i:04d}@bulk.dk", "create", {"email": f"n{i:04d}@bulk.dk", **extra})
+        for i, extra in enumerate([{"firstname": "Kim"}] * 5 + [{"lastname": "Holm"}] * 5)
+    ]
+
+    acks_of(client, batch)
+
+    assert sorted(i["columns"] for i in hl.member_imports) == [
+        ["email", "firstname"],
+        ["email", "lastname"],
+    ]
+    assert hl.member_by_email(LIST, "n0001@bulk.dk")["fields"]["city"] == "Odense"
+
+
 def test_an_update_keeps_a_field_the_core_last_saw_filled_that_it_does_not_carry(sandbox, hl):
-    """Members no read of this run showed: the core's last read of them (`remote_filled`) says
-    what the list holds. One whose list holds a first name it does not carry gets a file of
-    its own fields, so its first name is not emptied; one nobody knows about likewise."""
+    """Members no read of this run showed: the core's last read of them (`remote_blank`) says
+    what the list shows empty. One whose list holds a first name it does not carry gets a file
+    of its own fields, so its first name is not emptied; one nobody knows about likewise."""
     hl.add_member(LIST, {"email": "sofie@bulk.dk", "city": "Odense", "firstname": "Sofie"})
     emails = ["sofie@bulk.dk", *seed(hl, 39)]
     client = make_client(sandbox, threshold=10, fresh=FRESH)
@@ -137,16 +164,14 @@ def test_an_update_keeps_a_field_the_core_last_saw_filled_that_it_does_not_carry
     list(client.iter_members(datetime.now(UTC)))  # a pull that shows nobody
     assert not client.seen("email", emails[0])
     before = client.calls.by_purpose()
-    held = frozenset({"email", "city"})
+    blank = frozenset({"firstname", "lastname", "sex", "postalcode"})
     batch = [
-        replace(change, remote_filled=held)
+        replace(change, remote_blank=blank)
         for change in updates(emails[1:30], city="Vejle", firstname="Kim")
     ]
-    batch += [
-        replace(change, remote_filled=held) for change in updates(emails[30:38], city="Vejle")
-    ]
-    batch += [replace(updates(emails[:1], city="Vejle")[0], remote_filled=held | {"firstname"})]
-    batch += updates(emails[38:40], city="Vejle")  # remote_filled unknown: own fields only
+    batch += [replace(c, remote_blank=blank) for c in updates(emails[30:38], city="Vejle")]
+    batch += [replace(updates(emails[:1], city="Vejle")[0], remote_blank=blank - {"firstname"})]
+    batch += updates(emails[38:40], city="Vejle")  # remote_blank unknown: own fields only
 
     acks = acks_of(client, batch)
 
@@ -157,6 +182,53 @@ def test_an_update_keeps_a_field_the_core_last_saw_filled_that_it_does_not_carry
     assert hl.member_by_email(LIST, emails[1])["fields"]["firstname"] == "Kim"
     assert not hl.member_by_email(LIST, emails[31])["fields"].get("firstname")
     assert spent(client, before) == {"import": 2, "read-back": 1}
+
+
+def test_a_value_typed_in_on_the_list_after_the_plan_is_not_emptied_by_the_file(sandbox, hl):
+    """The plan put a member in a file with a first-name column it carries no value for (the
+    pull showed her first name empty); then a first name is typed in for her on the list. The
+    read right before the file shows it, so she leaves the file for her own upsert, and her
+    first name stays."""
+    emails = seed(hl, 31)
+    client = make_client(sandbox, threshold=10, fresh=0.0)  # a read right before every file
+    client.target_fields()
+    list(client.iter_members(None))
+    time.sleep(1.1)  # her change must be newer than the pull on the list's whole-second clock
+    hl.edit_member(LIST, emails[30], {"firstname": "Sofie"})
+    batch = [
+        *updates(emails[:30], city="Vejle", firstname="Kim"),
+        *updates(emails[30:], city="Vejle"),
+    ]
+
+    acks = acks_of(client, batch)
+
+    assert Counter(a.outcome for a in acks.values()) == {"updated": 31}
+    assert [i["rows"] for i in hl.member_imports] == [30]
+    sofie = hl.member_by_email(LIST, emails[30])["fields"]
+    assert (sofie["firstname"], sofie["city"]) == ("Sofie", "Vejle")
+    assert client.run_figures()["bulk_rows_diverted"] == 1
+
+
+def test_a_row_refused_for_an_empty_cell_is_sent_again_on_its_own(sandbox, hl):
+    """A list may refuse an empty cell in a number column: the member refused in the shared
+    file for it is sent by its own upsert, which carries no such cell."""
+    emails = seed(hl, 30)
+    hl.refuse_empty_import_cells("postalcode")
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    client.target_fields()
+    list(client.iter_members(None))
+    time.sleep(1.1)  # the read-back tells the import's writes by whole-second stamps
+    batch = [
+        *updates(emails[:29], city="Vejle", postalcode="5000"),
+        *updates(emails[29:], city="Vejle"),
+    ]
+
+    acks = acks_of(client, batch)
+
+    assert Counter(a.outcome for a in acks.values()) == {"updated": 30}
+    assert hl.member_by_email(LIST, emails[29])["fields"]["city"] == "Vejle"
+    assert client.run_figures()["bulk_refused_with_empty_cells"] == 1
+    assert client.calls.by_purpose()["members/upsert"] == 1
 
 
 def test_an_unsubscribe_during_one_file_is_seen_by_the_read_before_the_next(sandbox, hl):

@@ -319,10 +319,11 @@ def _replace_members(conn, other) -> None:
     conn.unregister("frame")
 
 
-def test_the_fields_a_pull_showed_filled_reach_the_next_update_of_that_member():
-    """A bulk write may send an empty value only for a field the target holds nothing in: the
-    core keeps which fields the target's reads showed non-empty per member (`remote_members`)
-    and hands them over with each change (issue 10, k/1000 + 2 calls)."""
+def test_the_fields_a_pull_showed_empty_reach_the_next_update_of_that_member():
+    """A bulk write may send an empty value only for a field the target shows empty: the core
+    keeps which fields the target's reads showed empty per member (`remote_members.blank`) and
+    hands them over with each change; a field not shown at all is unknown, not empty (issue
+    10, k/1000 + 2 calls)."""
     from datetime import UTC, datetime
 
     from memberflow.delivery import deliver_members, pull_feedback
@@ -336,9 +337,10 @@ def test_the_fields_a_pull_showed_filled_reach_the_next_update_of_that_member():
     target = FakeTarget()
     conn = _warehouse(_keyed("mobile", people))
     assert deliver_members(conn, target, _settings("mobile"), MAPPED).created == 2
-    assert all(change.remote_filled is None for change in target.written)  # none read yet
+    # no pull: the core cannot vouch that the target holds no such member
+    assert all(change.remote_blank is None for change in target.written)
     seen = datetime(2026, 1, 1, tzinfo=UTC)
-    shown = {"mobile": "4511111111", "first_name": "Anna", "city": "Odense", "zip": "", "x": None}
+    shown = {"mobile": "4511111111", "first_name": "Anna", "city": "Odense", "zip": " ", "x": None}
     ((anna_id,),) = conn.execute(
         "SELECT member_id FROM sync_state WHERE match_key = '+4511111111'"
     ).fetchall()
@@ -350,14 +352,82 @@ def test_the_fields_a_pull_showed_filled_reach_the_next_update_of_that_member():
         RemoteMember(bo_id, None, "4522222222", "active", None, None, seen, {}),
     ]
     pull_feedback(conn, _Listing(listed), "mobile")
-    _set_members(
-        conn, _keyed("mobile", [{**p, "first_name": p["first_name"] + "!"} for p in people])
-    )
+    changed = [{**p, "first_name": p["first_name"] + "!"} for p in people]
+    changed.append({"mobile": "+4533333333", "external_id": "c", "first_name": "Cy", "groups": []})
+    _set_members(conn, _keyed("mobile", changed))
     target.written.clear()
-    assert deliver_members(conn, target, _settings("mobile"), MAPPED).updated == 2
-    filled = {change.match_key: change.remote_filled for change in target.written}
-    # blank and missing values are not held; a listing that showed no fields at all is unknown
-    assert filled == {
-        "+4511111111": frozenset({"mobile", "first_name", "city"}),
-        "+4522222222": None,
+    report = deliver_members(conn, target, _settings("mobile"), MAPPED)
+    assert (report.updated, report.created) == (2, 1)
+    blank = {change.match_key: change.remote_blank for change in target.written}
+    # blank and null values are empty; a member shown without fields has none known empty; a
+    # create after a complete pull holds nothing: every mapped field is empty there
+    assert blank == {
+        "+4511111111": frozenset({"zip", "x"}),
+        "+4522222222": frozenset(),
+        "+4533333333": frozenset(MAPPED),
     }
+
+
+def test_a_pull_after_match_on_changed_reads_the_whole_list_again():
+    """`remote_members` keyed by an earlier match_on would make existing members look absent
+    (planned creates whose fields the target holds): the first pull after a switch reads the
+    whole list, and only a pull under the current match_on vouches that a key absent from it
+    is absent from the target."""
+    import duckdb
+
+    from memberflow.delivery import pull_feedback, vouched_absent
+
+    conn = duckdb.connect()
+    listing = _Listing([_remote(1), _remote(2)])
+    assert not vouched_absent(conn, "email")
+    pull_feedback(conn, listing, "email")
+    pull_feedback(conn, listing, "email")
+    assert vouched_absent(conn, "email") and not vouched_absent(conn, "mobile")
+    pull_feedback(conn, listing, "mobile")
+    assert listing.sinces[0] is None and listing.sinces[1] is not None
+    assert listing.sinces[2] is None  # the whole list again, under the new key
+    assert vouched_absent(conn, "mobile")
+
+
+def test_after_match_on_changed_an_unsubscribe_under_the_old_key_is_still_kept():
+    """A member unsubscribed on the target, pulled while members were matched by email: after
+    switching to mobile, the whole list is read again, so the member is known unsubscribed
+    under its mobile too and is neither created nor updated (never reactivated)."""
+    from datetime import UTC, datetime
+
+    from memberflow.delivery import deliver_members, pull_feedback
+    from resources.base import RemoteMember
+    from tests.fake_target import FakeTarget
+
+    seen = datetime(2026, 1, 1, tzinfo=UTC)
+    gone = RemoteMember("m9", "anna@x.dk", "4511111111", "unsubscribed", None, seen, seen, {})
+    conn = _warehouse(
+        [
+            {
+                "match_key": "+4522222222",
+                "mobile": "+4522222222",
+                "external_id": "b",
+                "first_name": "Bo",
+                "groups": [],
+            }
+        ]
+    )
+
+    class SinceListing(_Listing):  # lists only members changed since (all when None)
+        def iter_members(self, since):
+            self.sinces.append(since)
+            yield from (m for m in self.members if since is None or m.updated_at >= since)
+
+    listing = SinceListing([gone])
+    pull_feedback(conn, listing, "email")  # keyed by email: anna@x.dk
+    people = [
+        {"mobile": "+4511111111", "external_id": "a", "first_name": "Anna", "groups": []},
+        {"mobile": "+4522222222", "external_id": "b", "first_name": "Bo", "groups": []},
+    ]
+    _set_members(conn, _keyed("mobile", people))
+    pull_feedback(conn, listing, "mobile")
+    target = FakeTarget()
+    report = deliver_members(conn, target, _settings("mobile"), MAPPED)
+    assert (report.skipped_unsubscribed, report.created) == (1, 1)
+    assert [change.match_key for change in target.written] == ["+4522222222"]
+    assert listing.sinces == [None, None]  # the whole list again after the switch
