@@ -376,6 +376,7 @@ class HeyloyaltyClient(TargetClient):
     def _listing(self, changed_since: datetime | None) -> Iterator[Listed]:
         newest: datetime | None = None
         began = time.monotonic()
+        began_at = datetime.now(UTC)  # our clock; on the list's once an answer gave its Date
         page = 1
         while True:
             with self.calls.purpose("listing"):  # the callers name theirs (pull, read-back)
@@ -389,13 +390,26 @@ class HeyloyaltyClient(TargetClient):
             if len(raw) < self._per_page:
                 break
             page += 1
-        self._note_read(changed_since, newest, began)
+        ahead = self.clock_ahead()
+        self._note_read(changed_since, newest, began, None if ahead is None else began_at + ahead)
 
-    def _note_read(self, since: datetime | None, newest: datetime | None, began: float) -> None:
-        """A complete read of changes since `since`, begun at `began` (time.monotonic): the list
-        is known up to its newest write."""
+    def _note_read(
+        self,
+        since: datetime | None,
+        newest: datetime | None,
+        began: float,
+        began_there: datetime | None = None,
+    ) -> None:
+        """A complete read of changes since `since`, begun at `began` (time.monotonic), on the
+        list's clock at `began_there` or later (from its `Date`, a lower bound; None: no Date):
+        the list is known up to its newest write, but never past the read's start. The listing
+        is paged, so a member on a page already read may change while later pages are read,
+        and the newest change the read saw can then be past that member's; any change after
+        the read began is stamped at or after `began_there`."""
         if newest is not None:
             start = newest - LISTING_OVERLAP
+            if began_there is not None:
+                start = min(start, began_there - LISTING_OVERLAP)
             since = start if since is None else max(as_utc(since), start)
         self._read_since = since
         self._read_known = True

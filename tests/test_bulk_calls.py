@@ -297,3 +297,32 @@ def test_without_any_listing_read_nothing_goes_as_a_file(sandbox, hl):
     acks = acks_of(client, updates(emails, city="Vejle"))
     assert Counter(a.outcome for a in acks.values()) == {"updated": 20}
     assert "import" not in client.calls.by_purpose()
+
+
+def test_a_change_on_a_page_already_read_is_in_the_next_changed_since_read(sandbox, hl):
+    """The listing is paged: a member on a page already read may change while later pages are
+    read, and a later page may show a member changed after that. The next changed-since read
+    starts no later than this read began (on the list's clock), not at the newest change it
+    saw, so the first member's change is read; an unsubscribe there is never missed."""
+    first, second = seed(hl, 2)
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    client._per_page = 1  # one member a page: `first` on page 1, `second` on page 2
+    pages = client._members_page
+
+    def members_page(since, page, perpage):
+        answer = pages(since, page, perpage)
+        if page == 1 and since is None:
+            hl.unsubscribe(LIST, email=first)  # on a page already read
+            hl.set_clock_ahead(3)  # `second` changes later still (its stamp 3 s on)
+            hl.edit_member(LIST, second, {"firstname": "Kim"})
+            hl.set_clock_ahead(0)
+        return answer
+
+    client._members_page = members_page  # type: ignore[method-assign]
+    list(client.iter_members(None))
+    assert client.listed("email", first) is None  # that read showed her active
+
+    changed = {member.email for member, _ in client.changes_since_last_read() or []}
+
+    assert first in changed
+    assert client.listed("email", first).status == "unsubscribed"
