@@ -192,6 +192,9 @@ def pull_feedback(
     since = datetime.fromisoformat(last) if last else None
     if list_state(conn, REPLICA_KEY) != match_on:
         since = None
+        # not keyed by any match_on until this full read is complete: a read that fails
+        # halfway has re-keyed some members only, and must not vouch for either key
+        set_list_state(conn, REPLICA_KEY, "")
     started = datetime.now(UTC)
     figures = {"pulled": 0, "unsubscribed": 0, "bounced": 0}
     with calls_for(client, "pull"):
@@ -589,8 +592,10 @@ def deliver_members(
     size = max(1, int(client.batch_size))
     polled = client.capabilities.feedback == "polled"
     cursor: datetime | None = None
-    # a planned create's member is absent from the target: every field is empty there
-    absent = frozenset(fields) if vouched_absent(conn, settings.match_on) else None
+    # a planned create's member is absent from the target: every field is empty there (only
+    # when the target's changed-since listing shows every change, so its copy is complete)
+    complete = client.capabilities.lists_changes and vouched_absent(conn, settings.match_on)
+    absent = frozenset(fields) if complete else None
 
     def changes(rows: list[dict[str, Any]]) -> list[MemberChange]:
         return [_change(row, fields, groups, absent) for row in rows]

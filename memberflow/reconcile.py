@@ -126,6 +126,9 @@ def reconcile(
     try:
         with calls_for(client, "full listing"):
             count, extra = _read_listing(conn, client, match_on, now, notice_additions)
+        # distinct members: a page-number listing may show one member twice when another is
+        # deleted meanwhile, which a row count would take for the member it skipped
+        ((count,),) = conn.execute(f"SELECT count(DISTINCT member_id) FROM {LISTED}").fetchall()
         if on_list is not None and count < on_list:
             # Page-number listings skip members when others are deleted meanwhile, and a short
             # page ends the listing early: forgetting on a listing that doesn't add up to the

@@ -135,6 +135,7 @@ class HeyloyaltyClient(TargetClient):
         consent=False,
         feedback="polled",  # unsubscribes and bounces are read back (HL-A5)
         listing=True,  # GET /lists counts, GET members pages (HL-A4)
+        lists_changes=True,  # filter[updated_at][gte] lists every member changed (HL-A5)
         withdrawal="delete",
     )
     single_batch_size: ClassVar[int] = 200  # members between two changed-since reads of the list
@@ -377,10 +378,14 @@ class HeyloyaltyClient(TargetClient):
         newest: datetime | None = None
         began = time.monotonic()
         began_at = datetime.now(UTC)  # our clock; on the list's once an answer gave its Date
+        ahead: timedelta | None = None  # the least the list's clock was ahead over the read
         page = 1
         while True:
             with self.calls.purpose("listing"):  # the callers name theirs (pull, read-back)
                 raw = self._members_page(changed_since, page, self._per_page)
+            answered = self.clock_ahead()
+            if answered is not None:
+                ahead = answered if ahead is None else min(ahead, answered)
             for entry in raw:
                 member = parse_member(entry)
                 self._note_member(member)
@@ -390,7 +395,6 @@ class HeyloyaltyClient(TargetClient):
             if len(raw) < self._per_page:
                 break
             page += 1
-        ahead = self.clock_ahead()
         self._note_read(changed_since, newest, began, None if ahead is None else began_at + ahead)
 
     def _note_read(

@@ -33,9 +33,13 @@ cells the list no longer shows empty goes the single way, and so does a row the 
 a file while it carried an empty cell (a list may refuse one in a number or date column). The
 files go first; a file of one member alone (MIN_IMPORT_GROUP) goes the single way after them.
 Rows sharing a match key: the first goes in a file, the others the single way after the files.
-So k changed members cost one import per BULK_BATCH (10,000) the core hands over, however their
-fields fall, and the reads of them back (5,000 a page), plus one read per second the files take
-to send (and a read before the first when the core's read is older than that).
+So k changed members whose list shows empty what they lack cost one import per BULK_BATCH
+(10,000) the core hands over, whatever fields each carries (plus one per set of fields among
+members whose list holds a value they lack), and the reads of them back (5,000 a page), plus
+one read per second the files take to send (and a read before the first when the core's read
+is older than that). A changed-since read's cursor is never past the read's start on the list's
+clock (its `Date`, the least over the read's pages), so a member who changes on a page already
+read while later pages are read is in the next read.
 
 The read-back reads the members changed since just before the first file it settles:
 a row whose match key the list shows changed at or after the import started (or holding the values
@@ -353,8 +357,8 @@ def _send_file(
     columns: list[str],
     policy: WritePolicy,
     fields: Mapping[str, ListField],
-    fresh: bool = False,
-    diverted: list[MemberChange] | None = None,
+    fresh: bool,
+    diverted: list[MemberChange],
 ) -> Generator[MemberAck, None, _Sent | None]:
     """One import of the rows no read of the run showed unsubscribed (those are acked
     `unsubscribed`, unless the reimport rule lets them back). Returns what awaits its read-back;
@@ -369,8 +373,7 @@ def _send_file(
     for row in rows:
         if not _blank_cells_still_blank(client, row, columns, policy):
             client.bulk_figures["bulk_rows_diverted"] += 1
-            if diverted is not None:
-                diverted.append(row.change)
+            diverted.append(row.change)
             continue
         found = client.listed(policy.match_on, row.key)  # None unless not active
         if client.seen(policy.match_on, row.key):
@@ -550,8 +553,8 @@ def file_groups(
     the columns of every row still to place, and the rows that fit them go in one file; again
     with the rest, while that places any; a row that never fits (its list holds a value in a
     column others carry and it does not, or unknown) is grouped by exactly its own columns, as
-    before. k changed members then cost one file per BULK_BATCH the core hands over, not one per
-    set of fields."""
+    before. k changed members whose list shows empty what they lack then cost one file per
+    BULK_BATCH the core hands over, not one per set of fields."""
     groups: dict[tuple[str, ...], list[_Row]] = {}
     known = {id(row): blank for row in rows if (blank := list_blank(row)) is not None}
     rest = [row for row in rows if id(row) in known]

@@ -50,6 +50,9 @@ class TargetCapabilities:
     consent: bool = False  # keeps a per-member consent flag
     feedback: Literal["polled", "pushed", "none"] = "none"  # how unsubscribes/bounces come back
     listing: bool = False  # can count and list its members (reconciliation, pull-back)
+    # its changed-since listing (iter_members) shows every member changed since, not only
+    # feedback, so the core's copy of the list (remote_members) is complete after a pull
+    lists_changes: bool = False
     withdrawal: Literal["delete", "unsubscribe"] = "delete"  # what `remove` does on the target
     creates_fields: bool = False  # can add a missing custom field itself (create_fields)
 

@@ -334,7 +334,12 @@ def test_the_fields_a_pull_showed_empty_reach_the_next_update_of_that_member():
         {"mobile": "+4511111111", "external_id": "a", "first_name": "Anna", "groups": []},
         {"mobile": "+4522222222", "external_id": "b", "first_name": "Bo", "groups": []},
     ]
-    target = FakeTarget()
+    from dataclasses import replace
+
+    class Listing(FakeTarget):  # its changed-since listing shows every change (a full copy)
+        capabilities = replace(FakeTarget.capabilities, lists_changes=True)
+
+    target = Listing()
     conn = _warehouse(_keyed("mobile", people))
     assert deliver_members(conn, target, _settings("mobile"), MAPPED).created == 2
     # no pull: the core cannot vouch that the target holds no such member
@@ -366,6 +371,40 @@ def test_the_fields_a_pull_showed_empty_reach_the_next_update_of_that_member():
         "+4522222222": frozenset(),
         "+4533333333": frozenset(MAPPED),
     }
+    # a target whose changed-since listing shows only feedback keeps no full copy: no vouching
+    conn.execute("DELETE FROM sync_state WHERE match_key = '+4533333333'")
+    plain = FakeTarget()
+    deliver_members(conn, plain, _settings("mobile"), MAPPED)
+    assert [(c.match_key, c.remote_blank) for c in plain.written] == [("+4533333333", None)]
+
+
+def test_a_full_pull_that_fails_halfway_vouches_for_no_key(monkeypatch):
+    """After a switch of match_on the pull reads the whole list again, re-keying member by
+    member; one that fails halfway leaves a copy keyed half one way, half the other: no key is
+    vouched for, and the next pull (under either key) reads the whole list again."""
+    import duckdb
+
+    from memberflow import delivery
+    from memberflow.delivery import pull_feedback, vouched_absent
+    from resources.base import VendorError
+
+    class Failing(_Listing):
+        def iter_members(self, since):
+            self.sinces.append(since)
+            yield self.members[0]
+            raise VendorError("heyloyalty", 503, "members page 2: unavailable")
+
+    monkeypatch.setattr(delivery, "READ_ROWS", 1)
+    conn = duckdb.connect()
+    pull_feedback(conn, _Listing([_remote(1), _remote(2)]), "email")
+    assert vouched_absent(conn, "email")
+    failing = Failing([_remote(1), _remote(2)])
+    with pytest.raises(VendorError):
+        pull_feedback(conn, failing, "mobile")
+    assert not vouched_absent(conn, "mobile") and not vouched_absent(conn, "email")
+    again = _Listing([_remote(1), _remote(2)])
+    pull_feedback(conn, again, "email")
+    assert again.sinces == [None] and vouched_absent(conn, "email")
 
 
 def test_a_pull_after_match_on_changed_reads_the_whole_list_again():
@@ -431,3 +470,34 @@ def test_after_match_on_changed_an_unsubscribe_under_the_old_key_is_still_kept()
     assert (report.skipped_unsubscribed, report.created) == (1, 1)
     assert [change.match_key for change in target.written] == ["+4522222222"]
     assert listing.sinces == [None, None]  # the whole list again after the switch
+
+
+def test_a_listing_that_shows_one_member_twice_and_skips_another_forgets_nobody():
+    """A page-number listing may show a member twice when another is deleted meanwhile, and
+    skip one: as many rows as the list counts, but not as many members. Counted by member, the
+    listing does not add up, so nobody is forgotten (and re-created with every field empty)."""
+    import duckdb
+
+    from memberflow import reconcile
+    from memberflow.delivery import ensure_state
+    from resources.base import RemoteMember
+
+    class Doubled:
+        def member_count(self):
+            return 3
+
+        def iter_members(self, since):
+            for member_id, email in (("m1", "a@x.dk"), ("m1", "a@x.dk"), ("m3", "c@x.dk")):
+                yield RemoteMember(member_id, email, None, "active", "active", None, None)
+
+    conn = duckdb.connect()
+    ensure_state(conn)
+    conn.execute(
+        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed) "
+        "VALUES ('a@x.dk', 'm1', 'h', 'create', now(), false), "
+        "('b@x.dk', 'm2', 'h', 'create', now(), false), "
+        "('c@x.dk', 'm3', 'h', 'create', now(), false)"
+    )
+    found = reconcile.reconcile(conn, Doubled(), "email")
+    assert found.missing == frozenset() and "2 of 3" in found.full_listing
+    assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
