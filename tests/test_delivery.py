@@ -42,10 +42,6 @@ def test_only_a_judging_4xx_is_a_refusal_not_one_asking_to_wait():
 def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
     """Page-number listings skip members when others are deleted meanwhile: acting on one that
     doesn't add up to the list's count would recreate members and resend their events."""
-    import duckdb
-
-    from memberflow import reconcile
-    from memberflow.delivery import ensure_state
     from resources.base import RemoteMember
 
     class ShortListing:
@@ -55,6 +51,19 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
         def iter_members(self, since):
             yield RemoteMember("m1", "a@x.dk", None, "active", "active", None, None)
 
+    conn, found = _reconciled_with_three_acknowledged(ShortListing())
+    assert found.missing == frozenset() and "not acted on" in found.full_listing
+    assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
+
+
+def _reconciled_with_three_acknowledged(listing):
+    """A warehouse that acknowledged a@, b@ and c@x.dk (m1..m3), reconciled against `listing`
+    (which counts 3 members); the connection and the reconciliation."""
+    import duckdb
+
+    from memberflow import reconcile
+    from memberflow.delivery import ensure_state
+
     conn = duckdb.connect()
     ensure_state(conn)
     conn.execute(
@@ -63,9 +72,7 @@ def test_a_listing_shorter_than_the_lists_own_count_forgets_nobody():
         "('b@x.dk', 'm2', 'h', 'create', now(), false), "
         "('c@x.dk', 'm3', 'h', 'create', now(), false)"
     )
-    found = reconcile.reconcile(conn, ShortListing(), "email")
-    assert found.missing == frozenset() and "not acted on" in found.full_listing
-    assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
+    return conn, reconcile.reconcile(conn, listing, "email")
 
 
 class _Listing:
@@ -476,10 +483,7 @@ def test_a_listing_that_shows_one_member_twice_and_skips_another_forgets_nobody(
     """A page-number listing may show a member twice when another is deleted meanwhile, and
     skip one: as many rows as the list counts, but not as many members. Counted by member, the
     listing does not add up, so nobody is forgotten (and re-created with every field empty)."""
-    import duckdb
 
-    from memberflow import reconcile
-    from memberflow.delivery import ensure_state
     from resources.base import RemoteMember
 
     class Doubled:
@@ -490,14 +494,6 @@ def test_a_listing_that_shows_one_member_twice_and_skips_another_forgets_nobody(
             for member_id, email in (("m1", "a@x.dk"), ("m1", "a@x.dk"), ("m3", "c@x.dk")):
                 yield RemoteMember(member_id, email, None, "active", "active", None, None)
 
-    conn = duckdb.connect()
-    ensure_state(conn)
-    conn.execute(
-        "INSERT INTO sync_state (match_key, member_id, fields_hash, action, acked_at, removed) "
-        "VALUES ('a@x.dk', 'm1', 'h', 'create', now(), false), "
-        "('b@x.dk', 'm2', 'h', 'create', now(), false), "
-        "('c@x.dk', 'm3', 'h', 'create', now(), false)"
-    )
-    found = reconcile.reconcile(conn, Doubled(), "email")
+    conn, found = _reconciled_with_three_acknowledged(Doubled())
     assert found.missing == frozenset() and "2 of 3" in found.full_listing
     assert conn.execute("SELECT count(*) FROM sync_state").fetchall()[0][0] == 3
