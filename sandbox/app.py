@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from types import ModuleType
 from typing import Any
 
@@ -128,8 +129,39 @@ def build_app(sandbox: SandboxState) -> Starlette:
         *sandbox.control_routes(),
         *sandbox.discovered_routes(),
     ]
-    middleware = [Middleware(FaultMiddleware, injector=sandbox.faults)]  # in front of every route
+    middleware = [
+        Middleware(DateMiddleware),
+        Middleware(FaultMiddleware, injector=sandbox.faults),  # in front of every route
+    ]
     return Starlette(routes=routes, middleware=middleware)
+
+
+class DateMiddleware:
+    """A `Date` header stamped as each answer goes out (RFC 9110 6.6.1), as a real server's
+    is, unless the emulator set its own (the Heyloyalty list's clock may run ahead or behind).
+
+    The sandbox serves with uvicorn's own `Date` turned off (`date_header=False`): uvicorn stamps
+    it once a second from its event loop, so behind a busy handler it lags by seconds, and a
+    client that reads the server's clock from it (resources/http.py) would think the list's clock
+    seconds behind the truth: safe, but every changed-since read would start seconds early."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def stamped(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", formatdate(usegmt=True).encode("latin-1")))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, stamped)
 
 
 class _Control:

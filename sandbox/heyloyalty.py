@@ -644,6 +644,12 @@ class _Handlers:
 
     def wrap(self, kind: str, handler: Any) -> Any:
         async def endpoint(request: Request) -> Response:
+            response = await answer(request)
+            # RFC 9110 6.6.1: a server with a clock sends Date, here the list's own clock
+            response.headers["date"] = format_datetime(clock_now(), usegmt=True)
+            return response
+
+        async def answer(request: Request) -> Response:
             self.state.count(kind)
             api_key = self.state.authenticate(request)
             if api_key is None:
@@ -653,13 +659,9 @@ class _Handlers:
                 body = {"message": "Too Many Requests", "code": 429}
                 return JSONResponse(body, 429, headers={"Retry-After": "1"})
             try:
-                response = await handler(request, api_key)
+                return await handler(request, api_key)
             except HeyloyaltyError as error:
-                response = JSONResponse(error.body, error.status)
-            # RFC 9110 6.6.1: a server with a clock sends Date, here the list's own clock (behind
-            # uvicorn, whose Date is the machine's, the answer carries both)
-            response.headers["date"] = format_datetime(clock_now(), usegmt=True)
-            return response
+                return JSONResponse(error.body, error.status)
 
         return endpoint
 

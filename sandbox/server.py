@@ -67,7 +67,11 @@ class SandboxServer:
     def _uvicorn(self) -> uvicorn.Server:
         state = self.state or self.build()
         config = uvicorn.Config(
-            build_app(state), log_level="warning", access_log=False, lifespan="off"
+            build_app(state),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            date_header=False,  # each answer's Date is stamped as it goes (app.DateMiddleware)
         )
         self._server = uvicorn.Server(config)
         return self._server

@@ -9,7 +9,8 @@ import importlib.util
 import re
 import sys
 import textwrap
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
@@ -214,3 +215,19 @@ def test_a_running_sandbox_reaches_discovered_states():
         assert summary["flexpos"]["customers"] == 10
         assert server.emulator("teyca") is server.state.emulator("teyca")
         assert server.heyloyalty is server.emulator("heyloyalty")  # the older spelling
+
+
+def test_every_answer_carries_one_date_stamped_as_it_goes():
+    """One `Date` per answer, from the moment it goes out (uvicorn's own, stamped once a second
+    and late behind a busy handler, is off): a client reads the server's clock from it. An
+    emulator that keeps its own clock (the Heyloyalty list's) stamps its own instead."""
+    with SandboxServer(seed=3, customers=10, days=30, rate_limits=False) as server:
+        server.heyloyalty.set_clock_ahead(600)
+        before = datetime.now(UTC).replace(microsecond=0)
+        health = httpx.get(f"{server.url}/_sandbox/health")
+        lists = httpx.get(f"{server.url}/heyloyalty/loyalty/v1/lists")
+        after = datetime.now(UTC)
+    (stamp,) = health.headers.get_list("date")
+    assert before <= parsedate_to_datetime(stamp) <= after
+    (stamp,) = lists.headers.get_list("date")
+    assert parsedate_to_datetime(stamp) >= before + timedelta(seconds=600)
