@@ -255,6 +255,38 @@ def refresh_feedback(
     return min(newest - REFRESH_OVERLAP, begun)
 
 
+def start_keeping_reads(
+    conn: duckdb.DuckDBPyConnection, client: TargetClient, cursor: datetime | None
+) -> bool:
+    """Ask the client to keep what its own reads show while it writes members, chained from
+    `cursor` (the last pull's when None); see `store_kept_reads`."""
+    if cursor is None:
+        last = list_state(conn, "last_pull")
+        cursor = datetime.fromisoformat(last) if last else None
+    return cursor is not None and client.keep_reads(_utc(cursor))
+
+
+def store_kept_reads(
+    conn: duckdb.DuckDBPyConnection,
+    client: TargetClient,
+    match_on: str,
+    cursor: datetime | None,
+) -> datetime | None:
+    """Store what the client's own reads showed since the last call (a read before a bulk
+    write, a read-back) into `remote_members`, as a refresh would, and return the cursor for the
+    next read: where those reads reach, when they followed on from ours and that is later. So a
+    member the client read back is not read again by the refresh before the next batch, nor
+    by the next run's pull; an unsubscribe they saw is in the warehouse as if we had read it."""
+    kept = client.take_reads()
+    if kept is None:
+        return cursor
+    for start in range(0, len(kept.members), READ_ROWS):
+        store_remote(conn, member_rows(kept.members[start : start + READ_ROWS], match_on))
+    if kept.through is None:
+        return cursor
+    return kept.through if cursor is None else max(_utc(cursor), _utc(kept.through))
+
+
 def calls_for(client: Any, purpose: str) -> AbstractContextManager[Any]:
     """The target's calls inside the block count under `purpose` (CallCounter.purpose), for a
     client that counts its calls."""
@@ -600,16 +632,24 @@ def deliver_members(
     def changes(rows: list[dict[str, Any]]) -> list[MemberChange]:
         return [_change(row, fields, groups, absent) for row in rows]
 
+    kept = polled and start_keeping_reads(conn, client, cursor)
+
+    def send(batch: list[dict[str, Any]]) -> None:
+        nonlocal cursor
+        outcomes.take(batch, client.write_members(changes(batch), policy))
+        if kept:
+            cursor = store_kept_reads(conn, client, settings.match_on, cursor)
+
     try:
         for batch in _send_batches(conn, 0, existing, size):
-            outcomes.take(batch, client.write_members(changes(batch), policy))
+            send(batch)
         for batch in _send_batches(conn, existing, total, size):
             if polled:
                 before = client.calls.total
                 cursor = refresh_feedback(conn, client, settings.match_on, cursor)
                 report.refresh_calls += client.calls.total - before
                 batch = _route_appeared(conn, batch)
-            outcomes.take(batch, client.write_members(changes(batch), policy))
+            send(batch)
         outcomes.flush()
         _rekey(conn, client, settings, outcomes)
     finally:

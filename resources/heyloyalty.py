@@ -63,6 +63,7 @@ from resources.http import (
 from resources.pacing import requests_per_second_pace
 from resources.registry import TargetSectionBase
 from resources.target import (
+    KeptReads,
     MemberAck,
     MemberChange,
     TargetCapabilities,
@@ -74,8 +75,9 @@ log = logging.getLogger(__name__)
 MEMBERS_PER_PAGE = 1000  # HL-A4
 BULK_PER_PAGE = 5000  # HL-A4's maximum: our page size for listings when the bulk path is on
 BULK_THRESHOLD = 500  # our setting: creates + updates in a batch from which it goes as one import
-# A listing read covers the list up to its newest `updated_at`; the next changed-since read
-# starts this much before it, for writes stamped in the same second (HL-A3: whole seconds).
+# A listing read covers the list up to the moment it began (on the list's clock, from its `Date`;
+# else up to its newest `updated_at`); the next changed-since read starts this much before that,
+# for writes stamped in the same second (HL-A3: whole seconds).
 LISTING_OVERLAP = timedelta(seconds=1)
 # A complete listing read begun at most this long ago stands for the read right before a member
 # import (heyloyalty_import.py): the core's pull or refresh, or the previous import's read-back.
@@ -189,6 +191,10 @@ class HeyloyaltyClient(TargetClient):
         # stand for the read right before an import (tests set 0 to force that read)
         self._read_began: float | None = None
         self.fresh_read_seconds = FRESH_READ_SECONDS
+        # keep_reads: the members this client's own reads (read_changes) showed, for the core
+        # (take_reads), and how far the reads since keep_reads reach (None: they broke off)
+        self._kept: list[RemoteMember] | None = None
+        self._reach: datetime | None = None
         # What the listing reads and lookups of this client showed, per match key (email
         # lower-case, mobile digits): that a read showed the member (`seen`) and which of its
         # fields it showed empty (`blank`, so an import file may carry an empty cell only where
@@ -267,8 +273,27 @@ class HeyloyaltyClient(TargetClient):
             yield member
 
     def read_changes(self, changed_since: datetime | None) -> list[Listed]:
-        """Members changed since then (all when None), each with its `created_at`."""
-        return list(self._listing(changed_since))
+        """Members changed since then (all when None), each with its `created_at`: this
+        client's own reads (before a file, a read-back), kept for the core (keep_reads)."""
+        listed = list(self._listing(changed_since))
+        if self._kept is not None:
+            self._kept.extend(member for member, _ in listed)
+        return listed
+
+    def keep_reads(self, since: datetime) -> bool:
+        """Keep what `read_changes` shows from now on (the reads of heyloyalty_import.py and of
+        the single way), and start the next read no later than `since`. The core stores its
+        own reads (`iter_members`) itself; they count in how far the reads reach."""
+        self._kept, self._reach = [], as_utc(since)
+        if self._read_known and self._read_since is not None:
+            self._read_since = min(as_utc(self._read_since), self._reach)
+        return True
+
+    def take_reads(self) -> KeptReads | None:
+        if self._kept is None:
+            return None
+        kept, self._kept = self._kept, []
+        return KeptReads(kept, self._reach)
 
     def changes_since_last_read(self) -> list[Listed] | None:
         """The list's changes since this client's last complete listing read, or None when it
@@ -405,19 +430,35 @@ class HeyloyaltyClient(TargetClient):
         began_there: datetime | None = None,
     ) -> None:
         """A complete read of changes since `since`, begun at `began` (time.monotonic), on the
-        list's clock at `began_there` or later (from its `Date`, a lower bound; None: no Date):
-        the list is known up to its newest write, but never past the read's start. The listing
-        is paged, so a member on a page already read may change while later pages are read,
-        and the newest change the read saw can then be past that member's; any change after
-        the read began is stamped at or after `began_there`."""
-        if newest is not None:
-            start = newest - LISTING_OVERLAP
-            if began_there is not None:
-                start = min(start, began_there - LISTING_OVERLAP)
-            since = start if since is None else max(as_utc(since), start)
-        self._read_since = since
+        list's clock at `began_there` or later (from its `Date`, a lower bound; None: no Date).
+
+        The read showed every change made before it began, so the next changed-since read
+        starts at `began_there` less LISTING_OVERLAP (stamps are whole seconds): any change
+        after the read began is stamped at or after that, including one to a member on a page
+        already read while later pages were read. Not at the newest change the read saw: right
+        after a member import that is the file's own stamps, so the next read would take in
+        the whole file again. Without a `Date` (the list's clock unknown), the newest change
+        less the overlap."""
+        if began_there is not None:
+            start: datetime | None = began_there - LISTING_OVERLAP
+        else:
+            start = None if newest is None else newest - LISTING_OVERLAP
+        reached = since if start is None else start if since is None else max(as_utc(since), start)
+        self._note_reach(since, reached)
+        self._read_since = reached
         self._read_known = True
         self._read_began = began
+
+    def _note_reach(self, read_from: datetime | None, reached: datetime | None) -> None:
+        """After keep_reads: a complete read that started no later than where the reads since
+        reach extends them to where it reaches; one that started later breaks them off (a gap
+        the core must read itself: `take_reads` then vouches for nothing)."""
+        if self._reach is None:
+            return
+        if read_from is not None and as_utc(read_from) > self._reach:
+            self._reach = None
+        elif reached is not None:
+            self._reach = max(self._reach, as_utc(reached))
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A perpage=1 probe with the HL-A5 filter."""

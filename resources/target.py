@@ -126,6 +126,18 @@ class RateBudget:
         return max(0, self.limit - self.used)
 
 
+@dataclass(frozen=True)
+class KeptReads:
+    """Members a client's own changed-since reads showed, in the order read (a member read twice
+    is there twice, the later state last), and `through`: a changed-since read starting there
+    shows every change they do not, because those reads followed on from one another from
+    the cursor given to `keep_reads`, each starting no later than where the one before reached.
+    None when they did not (the core then keeps its own cursor)."""
+
+    members: list[RemoteMember]
+    through: datetime | None
+
+
 class TargetClient(ABC):
     """A list (or CRM account) where members are kept; its ids come from its own config section."""
 
@@ -172,6 +184,21 @@ class TargetClient(ABC):
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Every member, or those changed at or after `changed_since` (aware UTC)."""
         raise NotImplementedError(f"{self.vendor} cannot list its members")
+
+    def keep_reads(self, since: datetime) -> bool:
+        """From now on keep what this client's own changed-since reads of the target show (the
+        reads it makes while writing members: a read before a bulk write, a read-back), for
+        `take_reads`, and start its next read no later than `since` (the core's cursor: every
+        change before it is in the core's copy of the list). Returns whether it keeps them; a
+        client that reads nothing of its own keeps nothing (the default)."""
+        return False
+
+    def take_reads(self) -> KeptReads | None:
+        """What the client's own reads showed since `keep_reads` or the last call, and how far
+        they reach; None when it keeps none. The core stores them as if it had read them, so
+        its next changed-since read starts at `KeptReads.through` and need not read them
+        again."""
+        return None
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:
         """A one-call probe for the sensor: did any member change on the target since then?"""

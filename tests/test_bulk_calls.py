@@ -326,3 +326,22 @@ def test_a_change_on_a_page_already_read_is_in_the_next_changed_since_read(sandb
 
     assert first in changed
     assert client.listed("email", first).status == "unsubscribed"
+
+
+def test_the_next_read_starts_where_the_last_began_not_at_its_newest_change(sandbox, hl):
+    """Members written a minute ago (a file of an earlier batch, say) are read once: the next
+    changed-since read starts where the last one began on the list's clock (its `Date`), less a
+    second, not at the newest change it saw, so it does not take them in again; a change after
+    that read is in it."""
+    emails = seed(hl, 30)
+    for email in emails:
+        hl.backdate(LIST, email, 60)
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    assert len(client.read_changes(None)) == 30
+
+    assert client.changes_since_last_read() == []
+    hl.unsubscribe(LIST, email=emails[3])
+    changed = client.changes_since_last_read() or []
+
+    assert [member.email for member, _ in changed] == [emails[3]]
+    assert client.listed("email", emails[3]).status == "unsubscribed"

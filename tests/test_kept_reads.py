@@ -1,0 +1,130 @@
+"""Issue 10, member delivery calls: what a client's own reads of the list show while it writes
+(a read before an import, the import's read-back) reaches the warehouse as the core's own read
+would, and the core's next changed-since read (the refresh before the next batch, the next run's
+pull) starts where they reached instead of reading those members again. Real HTTP to the
+Heyloyalty emulator; the list's clock is moved to tell the cursors apart by a minute, not by how
+fast the machine is."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import duckdb
+import pandas as pd
+import pytest
+
+from memberflow import delivery
+from memberflow.delivery import DeliverySettings
+from resources.base import UpsertFlags
+from resources.target import KeptReads
+from tests.test_heyloyalty_import_client import LIST, make_client
+
+FRESH = 3600.0  # every read of the test stands for the read before a file (tests/test_bulk_calls)
+FIELDS = ["email", "firstname", "city"]
+
+
+@pytest.fixture
+def hl(sandbox):
+    return sandbox.heyloyalty
+
+
+def warehouse(emails: list[str]) -> duckdb.DuckDBPyConnection:
+    """A warehouse whose `members` table holds these members, none of them sent yet."""
+    frame = pd.DataFrame({"match_key": emails, "email": emails})
+    frame["firstname"] = "Kim"
+    frame["city"] = "Odense"
+    frame["fields_hash"] = "h"
+    frame["withdrawn"] = False
+    frame["modified"] = pd.Timestamp("2025-01-01", tz="UTC")
+    conn = duckdb.connect()
+    conn.register("frame", frame)
+    conn.execute("CREATE TABLE members AS SELECT * FROM frame")
+    conn.unregister("frame")
+    return conn
+
+
+def settings() -> DeliverySettings:
+    return DeliverySettings(
+        match_on="email",
+        import_type="create_and_update",
+        reimport_unsubscribed=False,
+        flags=UpsertFlags(),
+        run_id="r",
+    )
+
+
+def test_what_the_read_back_showed_is_stored_and_not_read_again(sandbox, hl):
+    hl.add_member(LIST, {"email": "other@x.dk", "city": "Vejle"})  # on the list, not in the run
+    emails = [f"m{i}@x.dk" for i in range(30)]
+    conn = warehouse(emails)
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    delivery.pull_feedback(conn, client, "email")
+    send = client.import_members
+
+    def import_members(*args, **kwargs):
+        answer = send(*args, **kwargs)
+        hl.unsubscribe(LIST, email="other@x.dk")  # after the file, before its read-back
+        hl.set_clock_ahead(60)  # the read-back begins a minute on, on the list's clock
+        return answer
+
+    client.import_members = import_members  # type: ignore[method-assign]
+
+    report = delivery.deliver_members(conn, client, settings(), FIELDS)
+
+    assert report.created == 30
+    assert client.calls.by_purpose()["read-back"] == 1
+    # the read-back's members are in the warehouse as a refresh would have put them: the
+    # unsubscribe only it saw too
+    status = dict(conn.execute("SELECT match_key, status FROM remote_members").fetchall())
+    assert status["other@x.dk"] == "unsubscribed"
+    assert all(status[email] == "active" for email in emails)
+    # the next pull starts where the read-back reached (the list's clock a minute on, less a
+    # second): it reads nothing of what the run wrote, where it read the 31 members again
+    again = delivery.pull_feedback(conn, make_client(sandbox), "email")
+    assert again["pulled"] == 0
+    hl.edit_member(LIST, emails[4], {"firstname": "Ole"})
+    assert delivery.pull_feedback(conn, make_client(sandbox), "email")["pulled"] == 1
+
+
+def test_reads_that_do_not_follow_on_vouch_for_nothing(sandbox, hl):
+    """A read that starts past where the kept reads reach leaves a gap nobody read: the kept
+    members still go to the warehouse, but the core keeps its own cursor."""
+    hl.add_member(LIST, {"email": "a@x.dk"})
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    list(client.iter_members(None))
+    since = client.listing_cursor
+    assert since is not None and client.keep_reads(since)
+
+    client.read_changes(since)
+    kept = client.take_reads()
+    assert kept is not None and kept.through is not None and kept.through >= since
+
+    client.read_changes(datetime.now(UTC) + timedelta(hours=1))  # a gap before it
+    kept = client.take_reads()
+    assert kept is not None and kept.through is None
+
+
+class _Keeping:
+    """A client whose kept reads are given: what the core does with them."""
+
+    def __init__(self, kept: KeptReads) -> None:
+        self.kept = kept
+
+    def take_reads(self) -> KeptReads:
+        return self.kept
+
+
+def test_the_core_keeps_its_own_cursor_when_the_reads_vouch_for_nothing():
+    from tests.test_delivery import _remote
+
+    conn = duckdb.connect()
+    delivery.ensure_state(conn)
+    ours = datetime(2026, 1, 1, tzinfo=UTC)
+    later = ours + timedelta(minutes=1)
+
+    cursor = delivery.store_kept_reads(conn, _Keeping(KeptReads([_remote(1)], None)), "email", ours)
+    assert cursor == ours
+    assert conn.execute("SELECT count(*) FROM remote_members").fetchone() == (1,)
+    assert delivery.store_kept_reads(conn, _Keeping(KeptReads([], later)), "email", ours) == later
+    # never back: an earlier reach leaves the later cursor
+    assert delivery.store_kept_reads(conn, _Keeping(KeptReads([], ours)), "email", later) == later
