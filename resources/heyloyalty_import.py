@@ -19,7 +19,9 @@ an earlier file; else a read is made right before it (a guard read), which is al
 of the files sent since the last read. So the window left for an unsubscribe to be undone is the
 age of that read (at most 1 s; one round trip when a read is made) plus the import's own time,
 where it was one round trip plus the import's time with a read before every file. The
-changed-since reads follow on from one another from the run's pull, so no change goes unread.
+changed-since reads follow on from one another from the run's pull, so no change goes unread,
+and what they show goes to the core (TargetClient.keep_reads), which stores it in the warehouse
+and starts its own next read where they reached instead of reading those members again.
 
 Fields are treated as by the single upsert: a value absent at the source (or a field dropped) is
 never sent as an empty cell where the list holds a value for that member, since an empty cell
