@@ -12,7 +12,7 @@ Nothing here knows a vendor: what the target can do comes from its capabilities.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,12 +28,14 @@ from resources.base import RemoteMember, UpsertFlags, VendorError
 from resources.target import MemberAck, MemberChange, TargetClient, WritePolicy
 
 ACK_BATCH = 500
-# Overlap of two changed-since reads within a run. Their cursor is the newest `updated_at` the
-# list reported (its own clock), so only same-second writes need the overlap.
+# Overlap of two changed-since reads of the core within a run: the next starts this long before
+# the newest `updated_at` the list reported (its own clock), for same-second writes.
 REFRESH_OVERLAP = timedelta(seconds=5)
 # A changed-since read never starts later than the previous read began. That moment is put on
 # the target's clock (TargetClient.clock_ahead, e.g. from its HTTP `Date`) less this margin for
 # whole-second stamps; a target that cannot tell its clock gets PULL_OVERLAP on ours instead.
+# Where a client's own reads reached later than that (TargetClient.keep_reads, with their own
+# margin, e.g. 1 s), the next read starts there (store_kept_reads).
 TARGET_CLOCK_MARGIN = timedelta(seconds=5)
 PULL_OVERLAP = timedelta(minutes=2)
 GROUPS = "groups"  # the `members` column of sorted group names, when segments are configured
@@ -280,8 +282,9 @@ def store_kept_reads(
     kept = client.take_reads()
     if kept is None:
         return cursor
-    for start in range(0, len(kept.members), READ_ROWS):
-        store_remote(conn, member_rows(kept.members[start : start + READ_ROWS], match_on))
+    latest = list({m.member_id: m for m in kept.members}.values())  # a member read twice: its last
+    for start in range(0, len(latest), READ_ROWS):
+        store_remote(conn, member_rows(latest[start : start + READ_ROWS], match_on), newer=True)
     if kept.through is None:
         return cursor
     return kept.through if cursor is None else max(_utc(cursor), _utc(kept.through))
@@ -383,23 +386,39 @@ def _key_value(member: Any, match_on: str) -> str | None:
     return None if value is None else str(value)
 
 
-def store_remote(conn: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
-    """What the target reported of these members replaces what it reported before."""
+def store_remote(
+    conn: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]], newer: bool = False
+) -> None:
+    """What the target reported of these members replaces what it reported before; with
+    `newer`, only where it is not older (by `updated_at`): rows stored out of the order they
+    were read in (a client's kept reads, a state an acknowledgement carried) never put an
+    older state over a newer one. `rows` hold each member once."""
     if not rows:
         return
     frame = pd.DataFrame(rows).astype({"unsubscribed_at": object, "updated_at": object})
     if "blank" not in frame:
         frame["blank"] = None
     frame["blank"] = frame["blank"].astype(object)
+    on_conflict = (
+        """ON CONFLICT (member_id) DO UPDATE SET
+             match_key = excluded.match_key, status = excluded.status,
+             email_status = excluded.email_status, unsubscribed_at = excluded.unsubscribed_at,
+             updated_at = excluded.updated_at, pulled_at = excluded.pulled_at,
+             blank = excluded.blank
+           WHERE excluded.updated_at IS NULL OR remote_members.updated_at IS NULL
+              OR excluded.updated_at >= remote_members.updated_at"""
+        if newer
+        else ""
+    )
     conn.register("pulled", frame)
     conn.execute(
-        """INSERT OR REPLACE INTO remote_members
+        f"""INSERT {"" if newer else "OR REPLACE "}INTO remote_members
              (member_id, match_key, status, email_status, unsubscribed_at, updated_at,
               pulled_at, blank)
            SELECT member_id, match_key, status, email_status,
                   unsubscribed_at::TIMESTAMPTZ, updated_at::TIMESTAMPTZ, current_timestamp,
                   blank::VARCHAR[]
-           FROM pulled"""
+           FROM pulled {on_conflict}"""
     )
     conn.unregister("pulled")
 
@@ -634,11 +653,19 @@ def deliver_members(
 
     kept = polled and start_keeping_reads(conn, client, cursor)
 
-    def send(batch: list[dict[str, Any]]) -> None:
+    def store_kept() -> None:
         nonlocal cursor
+        cursor = store_kept_reads(conn, client, settings.match_on, cursor)
+
+    if kept:
+        # the client's reads go in before the acknowledgements that came after them, so a
+        # member removed after a read showed them stays removed in the warehouse
+        outcomes.before_flush = store_kept
+
+    def send(batch: list[dict[str, Any]]) -> None:
         outcomes.take(batch, client.write_members(changes(batch), policy))
         if kept:
-            cursor = store_kept_reads(conn, client, settings.match_on, cursor)
+            outcomes.flush()  # and the cursor moves on before the next batch's refresh
 
     try:
         for batch in _send_batches(conn, 0, existing, size):
@@ -655,6 +682,8 @@ def deliver_members(
     finally:
         # Whatever stops delivery, what the target acknowledged is recorded (never resent).
         outcomes.flush()
+        if kept:
+            client.keep_reads(None)
     keep_cursor(conn, cursor)
     _quarantine_outcomes(conn, settings, SENDS, report)
     conn.execute(f"DROP TABLE {SENDS}")
@@ -851,6 +880,7 @@ class _Outcomes:
         self.fields = fields
         self.acks: list[dict[str, Any]] = []
         self.remote: list[dict[str, Any]] = []
+        self.before_flush: Callable[[], None] | None = None  # run first by every flush
 
     def take(
         self, batch: list[dict[str, Any]], acks: Iterable[MemberAck], rekeyed: bool = False
@@ -896,8 +926,11 @@ class _Outcomes:
         return state
 
     def flush(self) -> None:
+        if self.before_flush is not None:
+            self.before_flush()
         _record_acks(self.conn, self.acks, self.groups)
-        store_remote(self.conn, self.remote)
+        latest = list({row["member_id"]: row for row in self.remote}.values())
+        store_remote(self.conn, latest, newer=True)  # an ack's state never hides a newer read
         self.acks, self.remote = [], []
 
 

@@ -126,7 +126,9 @@ class UpsertResult:
 class HeyloyaltyClient(TargetClient):
     """One Heyloyalty list (and its BI tracking id), as a target.
 
-    Thread-safe: the only shared state is the VendorHttp, and signing is per request.
+    Its upserts run on a thread pool (heyloyalty_members.py), sharing only the VendorHttp
+    (signing is per request); the listing reads, the import and the state they keep (what
+    the reads showed, the cursor, the kept reads) belong to the calling thread.
     """
 
     vendor: ClassVar[str] = "heyloyalty"
@@ -280,10 +282,14 @@ class HeyloyaltyClient(TargetClient):
             self._kept.extend(member for member, _ in listed)
         return listed
 
-    def keep_reads(self, since: datetime) -> bool:
-        """Keep what `read_changes` shows from now on (the reads of heyloyalty_import.py and of
-        the single way), and start the next read no later than `since`. The core stores its
-        own reads (`iter_members`) itself; they count in how far the reads reach."""
+    def keep_reads(self, since: datetime | None) -> bool:
+        """Keep what `read_changes` shows from now on (the reads before and after the member
+        imports, heyloyalty_import.py, and between chunks of single creates, `write_single`),
+        and start the next read no later than `since`; None: keep nothing any more. The core
+        stores its own reads (`iter_members`) itself; they count in how far the reads reach."""
+        if since is None:
+            self._kept = self._reach = None
+            return False
         self._kept, self._reach = [], as_utc(since)
         if self._read_known and self._read_since is not None:
             self._read_since = min(as_utc(self._read_since), self._reach)
@@ -444,20 +450,22 @@ class HeyloyaltyClient(TargetClient):
         else:
             start = None if newest is None else newest - LISTING_OVERLAP
         reached = since if start is None else start if since is None else max(as_utc(since), start)
-        self._note_reach(since, reached)
+        self._note_reach(since, reached if began_there is not None else None)
         self._read_since = reached
         self._read_known = True
         self._read_began = began
 
     def _note_reach(self, read_from: datetime | None, reached: datetime | None) -> None:
         """After keep_reads: a complete read that started no later than where the reads since
-        reach extends them to where it reaches; one that started later breaks them off (a gap
-        the core must read itself: `take_reads` then vouches for nothing)."""
+        reach extends them to where it reaches; one that started later, or one whose reach is
+        not known from the list's clock (`reached` None: no `Date`, so its newest change
+        stands in, which a change on an earlier page can predate), breaks them off: the core
+        must read from its own cursor, `take_reads` vouches for nothing."""
         if self._reach is None:
             return
-        if read_from is not None and as_utc(read_from) > self._reach:
+        if reached is None or (read_from is not None and as_utc(read_from) > self._reach):
             self._reach = None
-        elif reached is not None:
+        else:
             self._reach = max(self._reach, as_utc(reached))
 
     def has_member_changes(self, changed_since: datetime | None) -> bool:

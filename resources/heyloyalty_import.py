@@ -94,8 +94,9 @@ log = logging.getLogger(__name__)
 Listed = tuple[RemoteMember, datetime | None]
 
 # Members per write_members call when the bulk path is on: one import (a few when some members
-# must keep list values their rows lack), followed by a read-back of about as many members (two
-# pages of 5,000 for 10,000), which the core reads again before the next batch of creates.
+# must keep list values their rows lack), followed by a read-back of about as many members (three
+# pages of 5,000 for 10,000: the last one empty), which the core stores (keep_reads), so its read
+# before the next batch of creates starts where the read-back began.
 BULK_BATCH = 10_000
 MAX_IMPORT_ROWS = 50_000  # HL-A11: rows per file, as the BI import (HL-A10)
 # ours: a set of fields carried by one member alone goes the single way (an import costs two calls,

@@ -185,12 +185,13 @@ class TargetClient(ABC):
         """Every member, or those changed at or after `changed_since` (aware UTC)."""
         raise NotImplementedError(f"{self.vendor} cannot list its members")
 
-    def keep_reads(self, since: datetime) -> bool:
+    def keep_reads(self, since: datetime | None) -> bool:
         """From now on keep what this client's own changed-since reads of the target show (the
         reads it makes while writing members: a read before a bulk write, a read-back), for
         `take_reads`, and start its next read no later than `since` (the core's cursor: every
-        change before it is in the core's copy of the list). Returns whether it keeps them; a
-        client that reads nothing of its own keeps nothing (the default)."""
+        change before it is in the core's copy of the list); None: stop keeping. Returns
+        whether it keeps them; a client that reads nothing of its own keeps nothing (the
+        default)."""
         return False
 
     def take_reads(self) -> KeptReads | None:

@@ -7,6 +7,7 @@ fast the machine is."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -82,6 +83,7 @@ def test_what_the_read_back_showed_is_stored_and_not_read_again(sandbox, hl):
     # second): it reads nothing of what the run wrote, where it read the 31 members again
     again = delivery.pull_feedback(conn, make_client(sandbox), "email")
     assert again["pulled"] == 0
+    assert client.take_reads() is None  # kept no longer once delivery is over
     hl.edit_member(LIST, emails[4], {"firstname": "Ole"})
     assert delivery.pull_feedback(conn, make_client(sandbox), "email")["pulled"] == 1
 
@@ -102,6 +104,54 @@ def test_reads_that_do_not_follow_on_vouch_for_nothing(sandbox, hl):
     client.read_changes(datetime.now(UTC) + timedelta(hours=1))  # a gap before it
     kept = client.take_reads()
     assert kept is not None and kept.through is None
+
+
+def test_reads_whose_reach_the_lists_clock_does_not_tell_vouch_for_nothing(sandbox, hl):
+    """Without a `Date` the client's next read starts at the newest change it saw, which a
+    change to a member on an earlier page can predate: fine for its own next read, not as a
+    cursor the warehouse keeps for good."""
+    hl.add_member(LIST, {"email": "a@x.dk"})
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    list(client.iter_members(None))
+    since = client.listing_cursor
+    assert since is not None and client.keep_reads(since)
+    client._http.server_clock_ahead = lambda: None  # type: ignore[method-assign]  # no Date
+
+    client.read_changes(since)
+    kept = client.take_reads()
+
+    assert kept is not None and kept.through is None
+
+
+def test_a_member_removed_after_a_read_showed_them_stays_removed(sandbox, hl, monkeypatch):
+    """A read before the files shows a member the same batch then removes: the read goes into
+    the warehouse before the removal's acknowledgement, never over it (every acknowledgement
+    written at once here, as 500 of them are in a large batch)."""
+    monkeypatch.setattr(delivery, "ACK_BATCH", 1)
+    emails = [f"m{i}@x.dk" for i in range(30)]
+    gone = "gone@x.dk"
+    conn = warehouse([*emails, gone])
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    delivery.pull_feedback(conn, client, "email")
+    assert delivery.deliver_members(conn, client, settings(), FIELDS).created == 31
+    conn.execute(
+        "UPDATE members SET city = 'Vejle', fields_hash = 'h2' WHERE match_key <> ?", [gone]
+    )
+    conn.execute("UPDATE members SET withdrawn = true WHERE match_key = ?", [gone])
+    client = make_client(sandbox, threshold=10, fresh=FRESH)
+    delivery.pull_feedback(conn, client, "email")
+    (gone_id,) = conn.execute(
+        "SELECT member_id FROM remote_members WHERE match_key = ?", [gone]
+    ).fetchone()
+    hl.edit_member(LIST, gone, {"firstname": "Ole"})  # so the read-back shows them too
+
+    report = delivery.deliver_members(conn, client, settings(), FIELDS)
+
+    assert (report.updated, report.removed) == (30, 1)
+    assert client.calls.by_purpose()["read-back"] == 1
+    assert hl.member_by_email(LIST, gone) is None
+    held = conn.execute("SELECT count(*) FROM remote_members WHERE member_id = ?", [gone_id])
+    assert held.fetchone() == (0,)
 
 
 class _Keeping:
@@ -128,3 +178,20 @@ def test_the_core_keeps_its_own_cursor_when_the_reads_vouch_for_nothing():
     assert delivery.store_kept_reads(conn, _Keeping(KeptReads([], later)), "email", ours) == later
     # never back: an earlier reach leaves the later cursor
     assert delivery.store_kept_reads(conn, _Keeping(KeptReads([], ours)), "email", later) == later
+
+
+def test_a_member_read_twice_keeps_the_later_state_and_never_an_older_one():
+    from tests.test_delivery import _remote
+
+    conn = duckdb.connect()
+    delivery.ensure_state(conn)
+    first, later = _remote(1), _remote(2, "unsubscribed")
+    later = replace(later, member_id=first.member_id, email=first.email)
+    kept = KeptReads([first, later], None)
+
+    delivery.store_kept_reads(conn, _Keeping(kept), "email", None)
+    status = "SELECT status FROM remote_members"
+    assert conn.execute(status).fetchall() == [("unsubscribed",)]
+    # a kept read older than what the warehouse holds does not replace it
+    delivery.store_kept_reads(conn, _Keeping(KeptReads([first], None)), "email", None)
+    assert conn.execute(status).fetchall() == [("unsubscribed",)]
