@@ -926,12 +926,21 @@ class _Outcomes:
         return state
 
     def flush(self) -> None:
-        if self.before_flush is not None:
-            self.before_flush()
-        _record_acks(self.conn, self.acks, self.groups)
-        latest = list({row["member_id"]: row for row in self.remote}.values())
-        store_remote(self.conn, latest, newer=True)  # an ack's state never hides a newer read
-        self.acks, self.remote = [], []
+        """The acknowledgements and the states they carried; first what `before_flush` stores
+        (a client's kept reads), which were read before them. A failure there still records
+        the acknowledgements (never resent) and is raised after."""
+        keeping = self.before_flush is not None
+        try:
+            if self.before_flush is not None:
+                self.before_flush()
+        finally:
+            _record_acks(self.conn, self.acks, self.groups)
+            latest = list({row["member_id"]: row for row in self.remote}.values())
+            # where kept reads went in just before, an ack's state (from an earlier read, or
+            # the same second: then the ack's) never hides a newer one; without kept reads an
+            # ack's state replaces the row, whose stamp may come from another feed
+            store_remote(self.conn, latest, newer=keeping)
+            self.acks, self.remote = [], []
 
 
 def _sent_values(row: dict[str, Any], fields: list[str], dropped: set[str]) -> str:

@@ -195,3 +195,47 @@ def test_a_member_read_twice_keeps_the_later_state_and_never_an_older_one():
     # a kept read older than what the warehouse holds does not replace it
     delivery.store_kept_reads(conn, _Keeping(KeptReads([first], None)), "email", None)
     assert conn.execute(status).fetchall() == [("unsubscribed",)]
+
+
+def _outcomes(conn):
+    delivery.ensure_state(conn)
+    return delivery._Outcomes(conn, delivery.MemberReport(), frozenset(), groups=False)
+
+
+def test_an_acknowledged_unsubscribe_replaces_a_row_from_another_feed_when_nothing_is_kept():
+    """Without kept reads an acknowledgement's state replaces the stored row whatever its stamp:
+    a target may stamp its unsubscribed list and its listing apart (a bounce read later made
+    the row active with a newer stamp), and the unsubscribe must stay in the warehouse."""
+    from tests.test_delivery import _remote
+
+    conn = duckdb.connect()
+    outcomes = _outcomes(conn)
+    delivery.store_remote(conn, delivery.member_rows([_remote(9)], "email"))
+    unsubscribed = replace(_remote(9, "unsubscribed"), updated_at=datetime(2025, 1, 1, tzinfo=UTC))
+    outcomes.take(
+        [{"match_key": "u9@x.dk"}],
+        [delivery.MemberAck("u9@x.dk", "unsubscribed", remote=unsubscribed)],
+    )
+    outcomes.flush()
+
+    assert conn.execute("SELECT status FROM remote_members").fetchall() == [("unsubscribed",)]
+
+
+def test_acknowledgements_are_recorded_when_storing_the_kept_reads_fails():
+    conn = duckdb.connect()
+    outcomes = _outcomes(conn)
+
+    def failing() -> None:
+        raise RuntimeError("the warehouse said no")
+
+    outcomes.before_flush = failing
+    outcomes.take(
+        [{"match_key": "k@x.dk", "fields_hash": "h"}],
+        [delivery.MemberAck("k@x.dk", "created", member_id="7")],
+    )
+
+    with pytest.raises(RuntimeError):
+        outcomes.flush()
+    assert conn.execute("SELECT match_key, member_id FROM sync_state").fetchall() == [
+        ("k@x.dk", "7")
+    ]
