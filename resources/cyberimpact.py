@@ -324,17 +324,23 @@ class CyberimpactClient(TargetClient):
     def iter_members(self, changed_since: datetime | None) -> Iterator[RemoteMember]:
         """Unsubscribes, then bounces, since `changed_since` (CI-A11); with None also every
         member as active. One RemoteMember per email: unsubscribed wins over active, and a
-        bounce marks the email status of whichever it is."""
+        bounce marks the email status of whichever it is. A bounce row says nothing of the
+        subscription: a bounced member who unsubscribed before this window is found in the
+        account's whole unsubscribed list (read afresh, once a call, only when such a bounce
+        comes), so the read never reports them active."""
         found: dict[str, RemoteMember] = {}
         for member in self._unsubscribes(changed_since):
             found.setdefault(member.email or "", member)
+        everyone: dict[str, RemoteMember] | None = None  # the whole unsubscribed list
         for member in self._bounces(changed_since):
             key = member.email or ""
-            if key in found:
-                known = found[key]
-                found[key] = _merged(known, member)
-            else:
-                found[key] = member
+            known = found.get(key)
+            if known is None and changed_since is not None and member.email:
+                if everyone is None:
+                    self._unsubscribed = None  # fresher than the copy kept for the writes
+                    everyone = self._unsubscribed_emails()
+                known = everyone.get(member.email)
+            found[key] = member if known is None else _merged(known, member)
         if changed_since is None:
             for raw in self._pages("/members", "members", {"status": "all"}):
                 member = parse_member(raw)

@@ -951,3 +951,27 @@ def test_a_member_without_a_consent_date_never_goes_in_a_bulk_job(client, ci):
     assert "none@example.com" not in batched and "c0@example.com" in batched
     with ci._lock:
         assert ci.account(CYBERIMPACT_API_TOKEN).members["none@example.com"].consent is None
+
+
+def test_a_bounce_after_an_earlier_unsubscribe_is_read_as_unsubscribed(client, ci, shared):
+    """A bounce row says nothing of the subscription: a member who unsubscribed before the
+    window and bounced in it is not reported active (which would overwrite the unsubscribe in
+    the warehouse)."""
+    write(client, [change("m1@example.com"), change("m2@example.com")])
+    control = f"{shared[0]}/_sandbox/cyberimpact"
+    httpx.post(f"{control}/unsubscribe", json={"email": "m1@example.com"})
+    clock = ci.clock
+    ci.clock = lambda: clock() + 3600  # the bounces come an hour later
+    try:
+        httpx.post(f"{control}/bounce", json={"email": "m1@example.com"})
+        httpx.post(f"{control}/bounce", json={"email": "m2@example.com"})
+    finally:
+        ci.clock = clock
+    window = datetime.now(UTC) + timedelta(minutes=30)
+
+    changed = {m.email: m for m in client.iter_members(window)}
+
+    assert set(changed) == {"m1@example.com", "m2@example.com"}
+    assert changed["m1@example.com"].status == "unsubscribed"
+    assert changed["m1@example.com"].email_status == "hard_bounce"
+    assert changed["m2@example.com"].status == "active"
