@@ -15,9 +15,8 @@ import pandas as pd
 import pytest
 
 from memberflow import delivery
-from memberflow.delivery import DeliverySettings
-from resources.base import UpsertFlags
 from resources.target import KeptReads
+from tests.test_delivery import _settings
 from tests.test_heyloyalty_import_client import LIST, make_client
 
 FRESH = 3600.0  # every read of the test stands for the read before a file (tests/test_bulk_calls)
@@ -44,16 +43,6 @@ def warehouse(emails: list[str]) -> duckdb.DuckDBPyConnection:
     return conn
 
 
-def settings() -> DeliverySettings:
-    return DeliverySettings(
-        match_on="email",
-        import_type="create_and_update",
-        reimport_unsubscribed=False,
-        flags=UpsertFlags(),
-        run_id="r",
-    )
-
-
 def test_what_the_read_back_showed_is_stored_and_not_read_again(sandbox, hl):
     hl.add_member(LIST, {"email": "other@x.dk", "city": "Vejle"})  # on the list, not in the run
     emails = [f"m{i}@x.dk" for i in range(30)]
@@ -70,7 +59,7 @@ def test_what_the_read_back_showed_is_stored_and_not_read_again(sandbox, hl):
 
     client.import_members = import_members  # type: ignore[method-assign]
 
-    report = delivery.deliver_members(conn, client, settings(), FIELDS)
+    report = delivery.deliver_members(conn, client, _settings("email"), FIELDS)
 
     assert report.created == 30
     assert client.calls.by_purpose()["read-back"] == 1
@@ -133,7 +122,7 @@ def test_a_member_removed_after_a_read_showed_them_stays_removed(sandbox, hl, mo
     conn = warehouse([*emails, gone])
     client = make_client(sandbox, threshold=10, fresh=FRESH)
     delivery.pull_feedback(conn, client, "email")
-    assert delivery.deliver_members(conn, client, settings(), FIELDS).created == 31
+    assert delivery.deliver_members(conn, client, _settings("email"), FIELDS).created == 31
     conn.execute(
         "UPDATE members SET city = 'Vejle', fields_hash = 'h2' WHERE match_key <> ?", [gone]
     )
@@ -145,7 +134,7 @@ def test_a_member_removed_after_a_read_showed_them_stays_removed(sandbox, hl, mo
     ).fetchone()
     hl.edit_member(LIST, gone, {"firstname": "Ole"})  # so the read-back shows them too
 
-    report = delivery.deliver_members(conn, client, settings(), FIELDS)
+    report = delivery.deliver_members(conn, client, _settings("email"), FIELDS)
 
     assert (report.updated, report.removed) == (30, 1)
     assert client.calls.by_purpose()["read-back"] == 1
